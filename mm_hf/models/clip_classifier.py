@@ -1,0 +1,117 @@
+"""Building the CLIP-family classifier from a pretrained dual encoder, and its zero-shot head."""
+
+import json
+import os
+from collections.abc import Sequence
+
+import torch
+from transformers import AutoModel
+
+from .configuration_clip_classifier import ClipClassifierConfig
+from .modeling_clip_classifier import ClipClassifierForImageClassification
+
+# The 7-template ensemble the CLIP authors selected for ImageNet: a few varied prompts beat 80.
+DEFAULT_PROMPT_TEMPLATES = (
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+)
+
+
+@torch.no_grad()
+def class_text_embeddings(
+    backbone, tokenizer, class_names: Sequence[str], templates: Sequence[str], batch_size: int = 256
+) -> torch.Tensor:
+    """Prompt-ensembled text embeddings, (num_classes, embed_dim), each row unit-norm.
+
+    For each class the normalised embeddings of all its prompts are averaged, as in CLIP.
+    """
+    device = next(backbone.parameters()).device
+    prompts = [t.format(name) for name in class_names for t in templates]
+    # SigLIP was trained on fixed-length padded text; CLIP-style towers pool the EOS token and accept any padding.
+    fixed_length = getattr(backbone.config, "model_type", "").startswith("siglip")
+    padding = {"padding": "max_length", "max_length": 64} if fixed_length else {"padding": True}
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[start : start + batch_size], truncation=True, return_tensors="pt", **padding)
+        inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        out = backbone.get_text_features(**inputs)
+        chunks.append(out if isinstance(out, torch.Tensor) else out.pooler_output)
+    emb = torch.nn.functional.normalize(torch.cat(chunks).float(), dim=-1)
+    emb = emb.view(len(class_names), len(templates), -1).mean(dim=1)
+    return torch.nn.functional.normalize(emb, dim=-1)
+
+
+def build_clip_classifier(
+    model_name_or_path: str,
+    id2label: dict[int, str],
+    *,
+    tokenizer=None,
+    head_init: str = "zeroshot",
+    prompt_templates: Sequence[str] = DEFAULT_PROMPT_TEMPLATES,
+    class_names: Sequence[str] | None = None,
+    head_dropout: float = 0.0,
+    learn_logit_scale: bool = True,
+    **from_pretrained_kwargs,
+) -> ClipClassifierForImageClassification:
+    """Wrap a pretrained dual encoder into a classifier over `id2label`.
+
+    head_init="zeroshot" (needs `tokenizer`) sets the head to the prompt-ensembled text embeddings of
+    `class_names` (default: the label names) and the temperature to the backbone's own; "random" gives
+    a plain randomly initialised head.
+    """
+    if head_init not in ("zeroshot", "random"):
+        raise ValueError(f"head_init must be 'zeroshot' or 'random', got {head_init!r}")
+    backbone = AutoModel.from_pretrained(model_name_or_path, **from_pretrained_kwargs)
+    for method in ("get_image_features", "get_text_features"):
+        if not hasattr(backbone, method):
+            raise ValueError(
+                f"{model_name_or_path} loads as {type(backbone).__name__}, which has no `{method}`: the classifier "
+                "needs a dual image-text encoder (CLIPModel, SiglipModel, VisionTextDualEncoderModel, ...)."
+            )
+    id2label = {int(k): str(v) for k, v in id2label.items()}
+    config = ClipClassifierConfig(
+        backbone_config=backbone.config.to_dict(),
+        backbone_name_or_path=model_name_or_path,
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+        head_dropout=head_dropout,
+        learn_logit_scale=learn_logit_scale,
+    )
+    model = ClipClassifierForImageClassification(config)
+    # Swap the randomly initialised backbone for the pretrained one instead of copying weights twice.
+    model.backbone = backbone.to(model.classifier.weight.dtype)
+    model.name_or_path = model_name_or_path  # recorded as base_model_name_or_path by peft adapters
+    if head_init == "zeroshot":
+        if tokenizer is None:
+            raise ValueError("head_init='zeroshot' needs the backbone's tokenizer")
+        names = list(class_names) if class_names is not None else [id2label[i] for i in range(len(id2label))]
+        text = class_text_embeddings(backbone, tokenizer, names, prompt_templates)
+        scale = backbone.logit_scale.item() if hasattr(backbone, "logit_scale") else None
+        model.classifier.init_from_text_embeddings(text, scale)
+    return model
+
+
+def load_clip_classifier(path: str, **from_pretrained_kwargs) -> torch.nn.Module:
+    """Load a fine-tuned classifier folder: a full checkpoint, or a LoRA adapter on its base backbone."""
+    if not os.path.exists(os.path.join(path, "adapter_config.json")):
+        return ClipClassifierForImageClassification.from_pretrained(path, **from_pretrained_kwargs)
+    from peft import PeftModel
+
+    config = ClipClassifierConfig.from_pretrained(path)
+    with open(os.path.join(path, "adapter_config.json")) as f:
+        base = json.load(f)["base_model_name_or_path"] or config.backbone_name_or_path
+    # The head is restored from the adapter (modules_to_save), so no zero-shot pass is needed here.
+    model = build_clip_classifier(
+        base,
+        config.id2label,
+        head_init="random",
+        head_dropout=config.head_dropout,
+        learn_logit_scale=config.learn_logit_scale,
+        **from_pretrained_kwargs,
+    )
+    return PeftModel.from_pretrained(model, path)

@@ -1,0 +1,52 @@
+"""Configuration of the CLIP-family image classifier.
+
+Self-contained on purpose: `save_pretrained` copies this file next to the weights so the checkpoint
+loads with `trust_remote_code=True` where mm_hf is not installed. Import only torch/transformers here.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+
+@strict
+class ClipClassifierConfig(PreTrainedConfig):
+    r"""
+    Config of [`ClipClassifierForImageClassification`]: a dual image–text encoder whose image tower feeds a
+    cosine-similarity head (one row per class, initialisable from class-prompt text embeddings).
+
+    Args:
+        backbone_config: config (or dict) of the wrapped dual encoder, any model exposing
+            `get_image_features`/`get_text_features` (`CLIPModel`, `SiglipModel`, `VisionTextDualEncoderModel`).
+        backbone_name_or_path: Hub id or path the backbone weights came from (recorded for cards/adapters).
+        embed_dim: size of the image embedding the head reads; derived from the backbone when None.
+        head_dropout: dropout on the normalised image embedding before the head.
+        logit_scale_init_value: log of the temperature multiplying cosine similarities (CLIP's is ln 100).
+        learn_logit_scale: whether the temperature is trained.
+    """
+
+    model_type = "mm_hf_clip_classifier"
+    sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="clip")}
+
+    backbone_config: PreTrainedConfig | dict | None = None
+    backbone_name_or_path: str | None = None
+    embed_dim: int | None = None
+    head_dropout: float = 0.0
+    logit_scale_init_value: float = 4.605170185988091
+    learn_logit_scale: bool = True
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.embed_dim is None:
+            self.embed_dim = _image_embed_dim(self.backbone_config)
+
+
+def _image_embed_dim(backbone_config) -> int:
+    # CLIP / VisionTextDualEncoder project to `projection_dim`; SigLIP's pooled output is the vision width.
+    projection_dim = getattr(backbone_config, "projection_dim", None)
+    if projection_dim:
+        return projection_dim
+    return backbone_config.vision_config.hidden_size
+
+
+__all__ = ["ClipClassifierConfig"]

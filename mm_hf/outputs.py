@@ -1,0 +1,94 @@
+"""Writing a run's output folder: model (full, LoRA adapter or merged), processor, arguments, results, plots."""
+
+import json
+import os
+import shlex
+import sys
+
+import yaml
+
+from .reports import plot_training_curves, write_classification_report, write_confusion_matrix
+
+
+def save_model(trainer, output_dir: str, merge_lora: bool = False) -> str:
+    """Save the trained model and the Trainer's processor; returns "full", "adapter" or "merged".
+
+    Call on every process (Trainer coordinates who writes). A LoRA run saves the adapter (with the
+    trained head, via modules_to_save) plus the classifier's config.json, or with `merge_lora` a plain
+    checkpoint whose LoRA deltas are folded into the weights.
+    """
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    is_peft = hasattr(model, "peft_config")
+    if not is_peft:
+        trainer.save_model(output_dir)
+        return "full"
+    if not merge_lora:
+        trainer.save_model(output_dir)
+        if trainer.is_world_process_zero():
+            # The adapter alone cannot say how many classes or what they are called.
+            model.get_base_model().config.save_pretrained(output_dir)
+        return "adapter"
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        merged = model.merge_and_unload()
+        merged.save_pretrained(output_dir)
+        if trainer.processing_class is not None:
+            trainer.processing_class.save_pretrained(output_dir)
+    trainer.accelerator.wait_for_everyone()
+    return "merged"
+
+
+def recipe_command(argv=None, script: str | None = None) -> str:
+    """The exact launch command of this run, with any token value hidden."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    script = script or os.path.relpath(sys.argv[0])
+    shown, hide = [], False
+    for arg in argv:
+        shown.append("***" if hide else arg)
+        hide = arg in ("--hub_token", "--token")
+        if arg.startswith(("--hub_token=", "--token=")):
+            shown[-1] = arg.split("=", 1)[0] + "=***"
+    return shlex.join(["accelerate", "launch", script, *shown])
+
+
+def write_run_config(output_dir: str, resolved: dict, command: str) -> str:
+    """`run_config.yaml`: every resolved argument (secrets removed), usable again with --config."""
+    path = os.path.join(output_dir, "run_config.yaml")
+    with open(path, "w") as f:
+        f.write(f"# {command}\n")
+        yaml.safe_dump(_yaml_safe(resolved), f, sort_keys=True)
+    return path
+
+
+def write_classification_outputs(output_dir: str, report: dict, prefix: str = "") -> str:
+    """Per-class report (json + txt) and confusion matrix (json + png); returns the text report."""
+    text = write_classification_report(report, output_dir, prefix=prefix)
+    write_confusion_matrix(report, output_dir, prefix=prefix)
+    return text
+
+
+def write_training_curves(trainer, output_dir: str) -> str:
+    return str(plot_training_curves(trainer.state.log_history, os.path.join(output_dir, "training_curves.png")))
+
+
+def update_all_results(output_dir: str, metrics: dict) -> dict:
+    """Merge `metrics` into `all_results.json` (the Trainer convention) and return the merged dict."""
+    path = os.path.join(output_dir, "all_results.json")
+    results = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            results = json.load(f)
+    results.update(metrics)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+    return results
+
+
+def _yaml_safe(value):
+    if isinstance(value, dict):
+        return {str(k): _yaml_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_yaml_safe(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)  # enums, paths

@@ -1,0 +1,222 @@
+"""Evaluation outputs written next to a checkpoint: classification report, confusion matrix, curves, tables.
+
+`report` arguments are the dicts produced by the `classification_report` evaluate module
+(e.g. `ClassificationMetrics.last_report`). Plots use matplotlib's object API with the Agg canvas,
+so nothing here changes the global pyplot backend or needs a display.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+_TABLE_HEADERS = ("precision", "recall", "f1-score", "support")
+# Annotating every cell stops being readable past this many classes; colours still are.
+_MAX_ANNOTATED_CLASSES = 25
+# Trainer bookkeeping that shares the `eval_` prefix but is not a metric worth plotting.
+_NOT_METRICS = (
+    "loss",
+    "runtime",
+    "samples_per_second",
+    "steps_per_second",
+    "model_preparation_time",
+    "epoch",
+)
+
+
+def write_classification_report(report: dict, output_dir, prefix: str = "", digits: int = 4) -> str:
+    """Write `{prefix}classification_report.json` and an sklearn-style `.txt` table; return the table."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / f"{prefix}classification_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = format_classification_report(report, digits=digits)
+    (output_dir / f"{prefix}classification_report.txt").write_text(text)
+    return text
+
+
+def format_classification_report(report: dict, digits: int = 4) -> str:
+    """The report as the aligned text table of `sklearn.metrics.classification_report`."""
+    top_k = {
+        key.replace("_", " "): report[key] for key in report if key.startswith("top") and key.endswith("_accuracy")
+    }
+    averages = {
+        "macro avg": report["macro_avg"],
+        "weighted avg": report["weighted_avg"],
+    }
+    width = max(len(name) for name in [*report["per_class"], *top_k, *averages])
+    row = "{:>{width}s} " + " {:>9.{digits}f}" * 3 + " {:>9}\n"
+    # Accuracy-like rows fill only the f1 column, as sklearn's "accuracy" row does.
+    single = "{:>{width}s} " + " {:>9}" * 2 + " {:>9.{digits}f} {:>9}\n"
+    total = report["macro_avg"]["support"]
+    text = ("{:>{width}s} " + " {:>9}" * 4).format("", *_TABLE_HEADERS, width=width) + "\n\n"
+    for name, scores in report["per_class"].items():
+        text += row.format(name, *_scores(scores), width=width, digits=digits)
+    text += "\n"
+    for name, value in {"accuracy": report["accuracy"], **top_k}.items():
+        text += single.format(name, "", "", value, total, width=width, digits=digits)
+    for name, scores in averages.items():
+        text += row.format(name, *_scores(scores), width=width, digits=digits)
+    return text
+
+
+def _scores(scores: dict) -> tuple:
+    return scores["precision"], scores["recall"], scores["f1"], scores["support"]
+
+
+def write_confusion_matrix(report: dict, output_dir, prefix: str = "") -> Path:
+    """Write `{prefix}confusion_matrix.json` (labels + matrix) and `.png`; return the PNG path."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    labels, matrix = list(report["per_class"]), report["confusion_matrix"]
+    payload = {
+        "labels": labels,
+        "matrix": matrix,
+        "rows": "true",
+        "columns": "predicted",
+    }
+    (output_dir / f"{prefix}confusion_matrix.json").write_text(json.dumps(payload, indent=2) + "\n")
+    png = output_dir / f"{prefix}confusion_matrix.png"
+    _plot_confusion_matrix(np.asarray(matrix), labels).savefig(png, dpi=120, bbox_inches="tight")
+    return png
+
+
+def _plot_confusion_matrix(matrix: np.ndarray, labels: list[str]):
+    from matplotlib.figure import Figure  # lazy: matplotlib is only needed for plots
+
+    n = len(labels)
+    # Row-normalised colours, so a rare class's mistakes are as visible as a frequent one's.
+    rows = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
+    side = min(max(5.0, 0.35 * n + 2.5), 22.0)
+    fontsize = 9 if n <= 10 else 8 if n <= 25 else 7
+    fig = Figure(figsize=(side + 1.5, side))
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    ax.set_xticks(
+        range(n),
+        labels,
+        rotation=90 if n > 8 else 45,
+        ha="center" if n > 8 else "right",
+        fontsize=fontsize,
+    )
+    ax.set_yticks(range(n), labels, fontsize=fontsize)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix (counts, colour = row share)")
+    if n <= _MAX_ANNOTATED_CLASSES:
+        for (i, j), count in np.ndenumerate(matrix):
+            color = "white" if share[i, j] > 0.5 else "black"
+            ax.text(
+                j,
+                i,
+                str(count),
+                ha="center",
+                va="center",
+                color=color,
+                fontsize=fontsize,
+            )
+    return fig
+
+
+def plot_training_curves(log_history: list[dict], path) -> Path:
+    """Plot train/eval loss and every `eval_*` metric versus step from `trainer.state.log_history`."""
+    from matplotlib.figure import Figure
+
+    train = [(log["step"], log["loss"]) for log in log_history if "loss" in log and "step" in log]
+    evals = [log for log in log_history if "step" in log and any(key.startswith("eval_") for key in log)]
+    metrics = sorted({key for log in evals for key in log if _is_eval_metric(key, log[key])})
+    fig = Figure(figsize=(12 if metrics else 6.5, 4.5))
+    loss_ax = fig.add_subplot(1, 2 if metrics else 1, 1)
+    _plot_series(loss_ax, train, "train loss")
+    _plot_series(
+        loss_ax,
+        [(log["step"], log["eval_loss"]) for log in evals if "eval_loss" in log],
+        "eval loss",
+    )
+    _style(loss_ax, "loss")
+    if metrics:
+        metric_ax = fig.add_subplot(1, 2, 2)
+        for key in metrics:
+            points = [(log["step"], log[key]) for log in evals if key in log]
+            _plot_series(metric_ax, points, key.removeprefix("eval_"))
+        _style(metric_ax, "eval metrics")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def _is_eval_metric(key: str, value) -> bool:
+    if not key.startswith("eval_") or key.removeprefix("eval_") in _NOT_METRICS:
+        return False
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _plot_series(ax, points: list[tuple], label: str) -> None:
+    if points:
+        steps, values = zip(*points, strict=True)
+        # Markers keep a single evaluation (one point) visible.
+        ax.plot(
+            steps,
+            values,
+            marker="o" if len(points) < 30 else None,
+            markersize=3,
+            label=label,
+        )
+
+
+def _style(ax, title: str) -> None:
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no data logged", ha="center", va="center", transform=ax.transAxes)
+
+
+def format_before_after_table(
+    before: dict,
+    after: dict,
+    metrics=("accuracy", "top5_accuracy", "macro_f1", "weighted_f1"),
+) -> str:
+    """Markdown table metric | before (zero-shot) | after (fine-tuned) | change.
+
+    Keys are looked up as given, then with the Trainer's `eval_` / `test_` prefixes, so the dicts
+    returned by `trainer.evaluate()` can be passed as they are. Metrics missing from both are skipped.
+    """
+    header = ("metric", "before (zero-shot)", "after (fine-tuned)", "change")
+    rows = []
+    for name in metrics:
+        old, new = _lookup(before, name), _lookup(after, name)
+        if old is None and new is None:
+            continue
+        change = f"{new - old:+.4f}" if old is not None and new is not None else "–"
+        rows.append((name, _number(old), _number(new), change))
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    # First column left-aligned, numbers right-aligned.
+    rule = ["-" * widths[0], *("-" * (w - 1) + ":" for w in widths[1:])]
+    return "\n".join(_markdown_row(cells, widths) for cells in [header, rule, *rows]) + "\n"
+
+
+def _lookup(metrics: dict, name: str):
+    for key in (name, f"eval_{name}", f"test_{name}"):
+        if metrics.get(key) is not None:
+            return float(metrics[key])
+    return None
+
+
+def _number(value) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def _markdown_row(cells, widths) -> str:
+    # Padded cells keep the Markdown readable when printed to the console as well.
+    aligned = (
+        cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+    )
+    return "| " + " | ".join(aligned) + " |"

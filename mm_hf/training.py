@@ -1,0 +1,168 @@
+"""Fine-tuning strategies (what is trainable), LoRA target resolution, and Trainer settings.
+
+Only the image path of a dual encoder runs in classification, so every strategy trains a subset of it:
+training text-tower parameters would waste optimizer memory and make DDP fail on unused parameters.
+"""
+
+import re
+
+from torch import nn
+
+STRATEGIES = ("linear_probe", "top_k", "full", "lora")
+# Attention projections across architectures: CLIP/SigLIP/ViT (v5) use q_proj..., BERT-style towers query/key/value.
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj", "query", "key", "value", "qkv")
+_PRE_ENCODER = ("embeddings", "pre_layrnorm", "pre_layernorm")
+
+
+def image_tower(model: nn.Module) -> tuple[str, nn.Module]:
+    """(name, module) of the backbone's vision tower, e.g. ("backbone.vision_model", CLIPVisionTransformer)."""
+    for name in ("vision_model", "vision_tower", "image_encoder", "visual"):
+        module = getattr(model.backbone, name, None)
+        if isinstance(module, nn.Module):
+            return f"backbone.{name}", module
+    raise ValueError(f"cannot find the vision tower of {type(model.backbone).__name__} (looked for vision_model, ...)")
+
+
+def image_path_modules(model: nn.Module) -> list[str]:
+    """Names of the modules the image embedding flows through: the vision tower and its projection."""
+    names = [image_tower(model)[0]]
+    if isinstance(getattr(model.backbone, "visual_projection", None), nn.Module):
+        names.append("backbone.visual_projection")
+    return names
+
+
+def encoder_layers(tower: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The longest ModuleList of identical blocks inside the tower: its transformer layers."""
+    best = None
+    for name, module in tower.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) and len({type(m) for m in module}) == 1:
+            if best is None or len(module) > len(best[1]):
+                best = (name, module)
+    if best is None:
+        raise ValueError(f"no layer list found in {type(tower).__name__}")
+    return best
+
+
+def set_trainable(model: nn.Module, prefixes) -> None:
+    """requires_grad = True exactly for parameters under one of `prefixes` (module names)."""
+    prefixes = tuple(prefixes)
+    for name, param in model.named_parameters():
+        param.requires_grad = any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def apply_finetune_strategy(model: nn.Module, args) -> nn.Module:
+    """Freeze/unfreeze `model` per `args.finetune_strategy` (FinetuneArguments); returns a PeftModel for lora."""
+    strategy = args.finetune_strategy
+    if strategy not in STRATEGIES:
+        raise ValueError(f"finetune_strategy must be one of {STRATEGIES}, got {strategy!r}")
+    head = ["classifier"]
+    if strategy == "linear_probe":
+        set_trainable(model, head)
+    elif strategy == "full":
+        set_trainable(model, head + image_path_modules(model))
+    elif strategy == "top_k":
+        set_trainable(model, head + top_k_modules(model, args.unfreeze_last_n_layers))
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        set_trainable(model, head)
+        config = LoraConfig(
+            r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules=lora_target_regex(model, args.lora_target_modules),
+            # The head is new: without modules_to_save it would not be stored with the adapter and would
+            # come back randomly initialised on reload (peft's most common classification pitfall).
+            modules_to_save=head,
+        )
+        model = get_peft_model(model, config)
+    if not getattr(model.config, "learn_logit_scale", True):
+        for name, param in model.named_parameters():
+            if "classifier" in name and name.endswith("logit_scale"):
+                param.requires_grad = False
+    return model
+
+
+def top_k_modules(model: nn.Module, n: int) -> list[str]:
+    """The last `n` encoder layers of the vision tower plus everything after them (final norm, pooling head, projection)."""
+    tower_name, tower = image_tower(model)
+    layers_name, layers = encoder_layers(tower)
+    if not 0 <= n <= len(layers):
+        raise ValueError(f"--unfreeze_last_n_layers must be between 0 and {len(layers)}, got {n}")
+    names = [f"{tower_name}.{layers_name}.{i}" for i in range(len(layers) - n, len(layers))]
+    for child, _ in tower.named_children():
+        if not layers_name.startswith(child) and not child.startswith(_PRE_ENCODER):
+            names.append(f"{tower_name}.{child}")
+    # Modules that wrap the layer list (e.g. `encoder`) may hold a final norm next to it.
+    parent = layers_name.rpartition(".")[0]
+    if parent:
+        for child, _ in tower.get_submodule(parent).named_children():
+            if f"{parent}.{child}" != layers_name:
+                names.append(f"{tower_name}.{parent}.{child}")
+    return names + image_path_modules(model)[1:]
+
+
+def lora_target_regex(model: nn.Module, names=None) -> str:
+    """A peft `target_modules` regex selecting Linear layers of the vision tower only."""
+    tower_name, tower = image_tower(model)
+    linear_leaves = sorted({n.rpartition(".")[2] for n, m in tower.named_modules() if isinstance(m, nn.Linear)})
+    wanted = list(names) if names else [n for n in ATTENTION_PROJECTIONS if n in linear_leaves]
+    missing = [n for n in wanted if n not in linear_leaves]
+    if missing or not wanted:
+        raise ValueError(
+            f"LoRA target module(s) {missing or wanted} not found among the Linear layers of {tower_name} "
+            f"({type(tower).__name__}); available: {', '.join(linear_leaves)}"
+        )
+    return rf"{re.escape(tower_name)}\..*\.({'|'.join(map(re.escape, wanted))})"
+
+
+def trainable_parameters(model: nn.Module) -> dict:
+    """Counts of trainable and total parameters and the trainable share in percent."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": trainable, "total_params": total, "trainable_share_percent": 100.0 * trainable / total}
+
+
+def prepare_training_arguments(training_args, ft_args, has_validation: bool):
+    """TrainingArguments adjusted to what the recipes need; returns a new, re-validated object.
+
+    - `remove_unused_columns=False`: images are decoded by `with_transform`, so Trainer must not drop
+      the raw column first (the classic "No columns in the dataset match" error).
+    - `label_names=["labels"]`: a PeftModel's forward hides `labels`, so Trainer could not infer it.
+    - `batch_eval_metrics=True`: metrics stream batch by batch instead of collecting every logit.
+    - with a validation split, evaluate (and save) each epoch unless the user chose otherwise;
+      early stopping turns on `load_best_model_at_end` with accuracy as the default criterion.
+    """
+    import dataclasses
+
+    if not training_args.output_dir:
+        raise ValueError("--output_dir is required")
+    changes = {"remove_unused_columns": False, "label_names": ["labels"], "batch_eval_metrics": True}
+    if has_validation and training_args.eval_strategy == "no":
+        changes["eval_strategy"] = "epoch"
+        if training_args.save_strategy == "steps":
+            changes["save_strategy"] = "epoch"
+    if ft_args.early_stopping_patience is not None:
+        if not has_validation:
+            raise ValueError("--early_stopping_patience needs a validation split (--validation_dir/--validation_file/--train_val_split)")
+        eval_strategy = changes.get("eval_strategy", training_args.eval_strategy)
+        changes.update(
+            load_best_model_at_end=True,
+            save_strategy=eval_strategy,
+            metric_for_best_model=training_args.metric_for_best_model or "accuracy",
+            greater_is_better=None,
+        )
+        if eval_strategy == "steps":
+            changes["save_steps"] = training_args.eval_steps or training_args.logging_steps
+    return dataclasses.replace(training_args, **changes)
+
+
+def check_output_dir(output_dir: str, overwrite: bool) -> None:
+    """Refuse to mix a new run into a non-empty folder unless --overwrite_output_dir is given."""
+    import os
+
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+        raise ValueError(
+            f"output folder {output_dir} exists and is not empty; pass --overwrite_output_dir to write into it "
+            "or choose another --output_dir"
+        )

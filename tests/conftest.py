@@ -1,0 +1,94 @@
+"""Offline, seeded test setup: tiny dual encoders built from configs and a small digits dataset."""
+
+import importlib.util
+import os
+import random
+import sys
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/ helpers such as hub_server
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+def load_recipe(name: str):
+    """Import recipes/<name>.py as a module (recipes are scripts, not a package)."""
+    path = os.path.join(REPO, "recipes", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny_vtde(tmp_path_factory):
+    """A tiny VisionTextDualEncoder (random ViT + BERT, word-level vocab) with its processor, 32x32 input."""
+    from mm_hf.models.tiny import build_tiny_dual_encoder
+
+    return build_tiny_dual_encoder(str(tmp_path_factory.mktemp("tiny_vtde")), image_size=32, patch_size=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A tiny CLIPModel with a character-level CLIP tokenizer and a CLIP image processor (30x30)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    chars = "abcdefghijklmnopqrstuvwxyz.{} "
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in chars.strip():
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=64)
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=64, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        ),
+        vision_config=dict(
+            image_size=30, patch_size=6, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4,
+        ),
+        projection_dim=16,
+    )
+    path = str(tmp_path_factory.mktemp("tiny_clip"))
+    CLIPModel(config).save_pretrained(path)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip(tmp_path_factory):
+    """A tiny SiglipModel (weights only; no tokenizer)."""
+    from transformers import SiglipConfig, SiglipModel
+
+    config = SiglipConfig(
+        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+    )
+    path = str(tmp_path_factory.mktemp("tiny_siglip"))
+    SiglipModel(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory):
+    """Class folders zero..three of sklearn digits: 12 train / 4 validation / 5 test images per class."""
+    from mm_hf.demo import write_digits_imagefolder
+
+    root = tmp_path_factory.mktemp("digits")
+    write_digits_imagefolder(str(root), classes=range(4), max_per_class=21, fractions=(0.58, 0.2, 0.22))
+    return root
