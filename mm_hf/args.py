@@ -29,7 +29,9 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id (or a local dataset script/folder)."})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset id (or a local dataset script/folder)."}
+    )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration name of the Hub dataset."})
     train_dir: str | None = field(default=None, metadata={"help": "Training folder: one sub-folder per class."})
     validation_dir: str | None = field(default=None, metadata={"help": "Validation folder: one sub-folder per class."})
@@ -67,10 +69,13 @@ class FinetuneArguments:
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] | None = field(
         default=None,
-        metadata={"help": "Module names to adapt (default: resolved per architecture, e.g. q_proj k_proj v_proj out_proj)."},
+        metadata={
+            "help": "Module names to adapt (default: resolved per architecture, e.g. q_proj k_proj v_proj out_proj)."
+        },
     )
     merge_lora: bool = field(
-        default=False, metadata={"help": "Save LoRA merged into the weights (a plain checkpoint) instead of an adapter."}
+        default=False,
+        metadata={"help": "Save LoRA merged into the weights (a plain checkpoint) instead of an adapter."},
     )
     precompute_features: bool = field(
         default=True,

@@ -66,7 +66,12 @@ def main(argv=None):
     if not os.path.isdir(model_dir):
         text = pretrained_text_encoder()
         build_tiny_dual_encoder(
-            model_dir, text_model_name_or_path=text, image_size=32, patch_size=8, hidden_size=96, num_layers=3,
+            model_dir,
+            text_model_name_or_path=text,
+            image_size=32,
+            patch_size=8,
+            hidden_size=96,
+            num_layers=3,
             projection_dim=64,
         )
         print(f"dual encoder written to {model_dir} (text tower: {text or 'tiny random BERT'})")

@@ -1,16 +1,26 @@
-"""Model cards (huggingface_hub `ModelCard` + a Markdown template) for the recipes' output folders."""
+"""Model cards rendered from an output folder (huggingface_hub `ModelCard` + a Markdown template).
 
+Everything a card says is read back from the files the run wrote (`run_info.json`, `all_results.json`,
+`run_config.yaml`, `before_after.md`, `classification_report.txt`, plots), so the front matter always
+equals `all_results.json`, and `mm_hf.publish` can re-render the card for another variant (adapter or
+merged) without retraining.
+"""
+
+import json
 import os
 
 import torch
 import transformers
+import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 TEMPLATE = os.path.join(os.path.dirname(__file__), "templates", "model_card.md")
+RUN_INFO = "run_info.json"
 # The hyperparameters worth a line in a card; the complete set lives in run_config.yaml.
 CARD_HYPERPARAMETERS = (
     "learning_rate",
     "num_train_epochs",
+    "max_steps",
     "per_device_train_batch_size",
     "gradient_accumulation_steps",
     "weight_decay",
@@ -23,109 +33,130 @@ CARD_HYPERPARAMETERS = (
     "lora_r",
     "lora_alpha",
     "lora_dropout",
+    "lora_target_modules",
     "unfreeze_last_n_layers",
     "head_init",
     "head_dropout",
+    "early_stopping_patience",
 )
+PLOTS = (("confusion_matrix.png", "Confusion matrix"), ("training_curves.png", "Training curves"))
+
+
+def write_run_info(output_dir: str, **info) -> dict:
+    """Record what the card needs beyond arguments and metrics: task, base model, data, command, ...
+
+    Expected keys: task, pipeline_tag, base_model, dataset, command, eval_split, before_label,
+    finetune_strategy, saved_as ("full" | "adapter" | "merged"), trainable (dict), train_runtime.
+    """
+    info = {**info, "hardware": _hardware(), "transformers_version": transformers.__version__}
+    with open(os.path.join(output_dir, RUN_INFO), "w") as f:
+        json.dump(info, f, indent=2)
+    return info
 
 
 def write_model_card(
     output_dir: str,
-    *,
-    model_name: str,
-    task: str,
-    pipeline_tag: str,
-    base_model: str,
-    dataset: str,
-    before: dict,
-    after: dict,
-    eval_split: str,
-    before_after_table: str,
-    classification_report: str,
-    resolved_args: dict,
-    trainable: dict,
-    command: str,
-    train_runtime: float | None,
-    saved_as: str,
-    before_label: str = "zero-shot",
-    tags=(),
+    saved_as: str | None = None,
+    target_dir: str | None = None,
+    repo_id: str | None = None,
+    license: str | None = None,
 ) -> ModelCard:
-    """Render `README.md` in `output_dir` and return the card.
+    """Render `README.md` for the run in `output_dir` into `target_dir` (default: the same folder).
 
-    `after` must hold the `{eval_split}_*` metrics exactly as written to all_results.json: the
-    model-index is built from them, so the card's front matter and the results file never disagree.
+    `saved_as` overrides the variant recorded at training time (e.g. "merged" when publishing a merged
+    copy of an adapter run); `repo_id` is used in the loading snippets (default: the folder's path).
     """
-    prefix = f"{eval_split}_"
-    dataset_id = dataset if "/" in dataset and not os.path.exists(dataset) else None
+    card = render_model_card(output_dir, saved_as, repo_id, license)
+    card.save(os.path.join(target_dir or output_dir, "README.md"))
+    return card
+
+
+def render_model_card(
+    output_dir: str, saved_as: str | None = None, repo_id: str | None = None, license: str | None = None
+) -> ModelCard:
+    info = _read_json(output_dir, RUN_INFO)
+    results = _read_json(output_dir, "all_results.json")
+    with open(os.path.join(output_dir, "run_config.yaml")) as f:
+        resolved = yaml.safe_load(f) or {}
+    saved_as = saved_as or info["saved_as"]
+    split, base_model, dataset = info["eval_split"], info["base_model"], info["dataset"]
+    dataset_id = dataset if _is_hub_id(dataset) else None
+    prefix = f"{split}_"
     eval_results = [
         EvalResult(
-            task_type=pipeline_tag,
+            task_type=info["pipeline_tag"],
             dataset_type=dataset_id or "custom",
             dataset_name=dataset_id or os.path.basename(os.path.normpath(dataset)),
-            dataset_split=eval_split,
+            dataset_split=split,
             metric_type=key[len(prefix) :],
             metric_value=float(value),
         )
-        for key, value in sorted(after.items())
+        for key, value in sorted(results.items())
         if key.startswith(prefix) and _is_quality_metric(key[len(prefix) :])
     ]
     card_data = ModelCardData(
         library_name="peft" if saved_as == "adapter" else "transformers",
         base_model=base_model if _is_hub_id(base_model) else None,
         datasets=[dataset_id] if dataset_id else None,
-        tags=["mm-hf", task, *tags] + (["lora"] if resolved_args.get("finetune_strategy") == "lora" else []),
-        pipeline_tag=pipeline_tag,
-        model_name=model_name,
+        license=license or info.get("license"),
+        tags=["mm-hf", info["task"]] + (["lora"] if info.get("finetune_strategy") == "lora" else []),
+        pipeline_tag=info["pipeline_tag"],
+        model_name=info.get("model_name") or os.path.basename(os.path.normpath(output_dir)),
         eval_results=eval_results or None,
     )
-    plots = [
-        {"title": title, "path": name}
-        for name, title in (
-            ("confusion_matrix.png", "Confusion matrix"),
-            ("training_curves.png", "Training curves"),
-        )
-        if os.path.exists(os.path.join(output_dir, name))
-    ]
-    card = ModelCard.from_template(
+    trainable = info["trainable"]
+    return ModelCard.from_template(
         card_data,
         template_path=TEMPLATE,
-        model_name=model_name,
-        summary=f"An {task} model fine-tuned from `{base_model}` on {dataset} with mm-hf.",
-        eval_split=eval_split,
-        eval_samples=after.get(f"{prefix}samples", "?"),
-        before_label=before_label,
-        before_after_table=before_after_table,
-        classification_report=classification_report.rstrip(),
-        plots=plots,
-        usage=_usage(saved_as, pipeline_tag),
+        model_name=card_data.model_name,
+        summary=f"An {info['task']} model fine-tuned from `{base_model}` on {dataset} with mm-hf.",
+        eval_split=split,
+        eval_samples=results.get(f"{split}_samples", "?"),
+        before_label=info.get("before_label", "zero-shot"),
+        before_after_table=_read_text(output_dir, "before_after.md"),
+        classification_report=_read_text(output_dir, "classification_report.txt").rstrip(),
+        plots=[{"title": t, "path": n} for n, t in PLOTS if os.path.exists(os.path.join(output_dir, n))],
+        usage=_usage(saved_as, info["pipeline_tag"], base_model).replace("REPO_ID", repo_id or output_dir),
         base_model=base_model,
         base_model_url=f"https://huggingface.co/{base_model}" if _is_hub_id(base_model) else base_model,
         dataset=dataset,
-        finetune_strategy=resolved_args.get("finetune_strategy", "?"),
+        finetune_strategy=info.get("finetune_strategy", "?"),
         trainable_params=f"{trainable['trainable_params']:,}",
         total_params=f"{trainable['total_params']:,}",
         trainable_share=f"{trainable['trainable_share_percent']:.2f}",
-        hardware=_hardware(),
-        train_runtime=f"{train_runtime:.1f} s" if train_runtime is not None else "not trained",
-        hyperparameters="\n".join(f"- {k}: {v}" for k, v in _card_hyperparameters(resolved_args).items()),
-        command=command,
-        transformers_version=transformers.__version__,
+        hardware=info.get("hardware", "?"),
+        train_runtime=f"{info['train_runtime']:.1f} s" if info.get("train_runtime") is not None else "not trained",
+        hyperparameters="\n".join(f"- {k}: {v}" for k, v in _card_hyperparameters(resolved).items()),
+        command=info["command"],
+        resolved_config=yaml.safe_dump(resolved, sort_keys=True).rstrip(),
+        transformers_version=info.get("transformers_version", transformers.__version__),
     )
-    card.save(os.path.join(output_dir, "README.md"))
-    return card
+
+
+def _read_json(folder: str, name: str) -> dict:
+    with open(os.path.join(folder, name)) as f:
+        return json.load(f)
+
+
+def _read_text(folder: str, name: str) -> str:
+    path = os.path.join(folder, name)
+    if not os.path.exists(path):
+        return "(not available)"
+    with open(path) as f:
+        return f.read()
 
 
 def _card_hyperparameters(resolved: dict) -> dict:
     strategy = resolved.get("finetune_strategy")
-    shown = {k: resolved[k] for k in CARD_HYPERPARAMETERS if k in resolved}
+    shown = {k: resolved[k] for k in CARD_HYPERPARAMETERS if resolved.get(k) not in (None, -1)}
     # Strategy-specific knobs only matter for their strategy.
     if strategy != "lora":
         shown = {k: v for k, v in shown.items() if not k.startswith("lora_")}
     if strategy != "top_k":
         shown.pop("unfreeze_last_n_layers", None)
-    if not (resolved.get("bf16") or resolved.get("fp16")):
-        shown.pop("bf16", None)
-        shown.pop("fp16", None)
+    for flag in ("bf16", "fp16"):
+        if not shown.get(flag):
+            shown.pop(flag, None)
     return shown
 
 
@@ -134,7 +165,7 @@ def _is_quality_metric(name: str) -> bool:
 
 
 def _is_hub_id(name: str) -> bool:
-    return bool(name) and not os.path.exists(name) and name.count("/") == 1
+    return bool(name) and not os.path.isabs(name) and not os.path.exists(name) and name.count("/") == 1
 
 
 def _hardware() -> str:
@@ -143,18 +174,22 @@ def _hardware() -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
-def _usage(saved_as: str, pipeline_tag: str) -> str:
+def _usage(saved_as: str, pipeline_tag: str, base_model: str) -> str:
     if saved_as == "adapter":
         return (
-            "This folder holds a LoRA adapter (with the trained classification head) for the base model.\n\n"
+            f"This repository holds a LoRA adapter for `{base_model}` together with the trained classification "
+            "head (saved through `modules_to_save`) and the processor. Load it with mm-hf, which rebuilds the "
+            "classifier around the base model and applies the adapter with `peft.PeftModel`:\n\n"
             "```python\nfrom mm_hf.models import load_clip_classifier\n\n"
-            'model = load_clip_classifier("path/or/repo")  # base model + adapter (peft.PeftModel)\n```'
+            'model = load_clip_classifier("REPO_ID")  # a peft.PeftModel; model.merge_and_unload() for speed\n```'
         )
     return (
         "```python\nfrom transformers import pipeline\n\n"
-        f'classifier = pipeline("{pipeline_tag}", model="path/or/repo", trust_remote_code=True)\n'
+        f'classifier = pipeline("{pipeline_tag}", model="REPO_ID", trust_remote_code=True)\n'
         'classifier("image.png")\n```\n\n'
         "or\n\n```python\nfrom transformers import AutoImageProcessor, AutoModelForImageClassification\n\n"
-        'model = AutoModelForImageClassification.from_pretrained("path/or/repo", trust_remote_code=True)\n'
-        'processor = AutoImageProcessor.from_pretrained("path/or/repo")\n```'
+        'model = AutoModelForImageClassification.from_pretrained("REPO_ID", trust_remote_code=True)\n'
+        'processor = AutoImageProcessor.from_pretrained("REPO_ID")\n```\n\n'
+        "`trust_remote_code=True` runs the model's code shipped in this repository "
+        "(`configuration_*.py`, `modeling_*.py`); mm-hf itself is not needed."
     )

@@ -4,13 +4,19 @@ Only the image path of a dual encoder runs in classification, so every strategy 
 training text-tower parameters would waste optimizer memory and make DDP fail on unused parameters.
 """
 
+import dataclasses
+import logging
+import os
 import re
 
 from torch import nn
 
+logger = logging.getLogger(__name__)
+
 STRATEGIES = ("linear_probe", "top_k", "full", "lora")
-# Attention projections across architectures: CLIP/SigLIP/ViT (v5) use q_proj..., BERT-style towers query/key/value.
-ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj", "query", "key", "value", "qkv")
+# Attention projections across architectures: CLIP/SigLIP use q_proj/k_proj/v_proj/out_proj, ViT (v5) o_proj for
+# the output, BERT-style towers query/key/value.
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj", "o_proj", "query", "key", "value", "qkv")
 _PRE_ENCODER = ("embeddings", "pre_layrnorm", "pre_layernorm")
 
 
@@ -103,17 +109,22 @@ def top_k_modules(model: nn.Module, n: int) -> list[str]:
 
 
 def lora_target_regex(model: nn.Module, names=None) -> str:
-    """A peft `target_modules` regex selecting Linear layers of the vision tower only."""
+    """A peft `target_modules` regex selecting Linear layers of the vision tower's encoder layers only.
+
+    Only inside the layer list: outside it, e.g. SigLIP's attention-pooling head, `nn.MultiheadAttention`
+    reads its `out_proj` weight directly, so a LoRA there would never run (and leave DDP unused parameters).
+    """
     tower_name, tower = image_tower(model)
-    linear_leaves = sorted({n.rpartition(".")[2] for n, m in tower.named_modules() if isinstance(m, nn.Linear)})
+    layers_name, layers = encoder_layers(tower)
+    linear_leaves = sorted({n.rpartition(".")[2] for n, m in layers.named_modules() if isinstance(m, nn.Linear)})
     wanted = list(names) if names else [n for n in ATTENTION_PROJECTIONS if n in linear_leaves]
     missing = [n for n in wanted if n not in linear_leaves]
     if missing or not wanted:
         raise ValueError(
-            f"LoRA target module(s) {missing or wanted} not found among the Linear layers of {tower_name} "
+            f"LoRA target module(s) {missing or wanted} not found among the Linear layers of {tower_name}.{layers_name} "
             f"({type(tower).__name__}); available: {', '.join(linear_leaves)}"
         )
-    return rf"{re.escape(tower_name)}\..*\.({'|'.join(map(re.escape, wanted))})"
+    return rf"{re.escape(f'{tower_name}.{layers_name}')}\.\d+\.(.*\.)?({'|'.join(map(re.escape, wanted))})"
 
 
 def trainable_parameters(model: nn.Module) -> dict:
@@ -133,18 +144,24 @@ def prepare_training_arguments(training_args, ft_args, has_validation: bool):
     - with a validation split, evaluate (and save) each epoch unless the user chose otherwise;
       early stopping turns on `load_best_model_at_end` with accuracy as the default criterion.
     """
-    import dataclasses
-
     if not training_args.output_dir:
         raise ValueError("--output_dir is required")
-    changes = {"remove_unused_columns": False, "label_names": ["labels"], "batch_eval_metrics": True}
+    # Trainer's own push would upload checkpoints and its own card: recipes publish via mm_hf.publish instead.
+    changes = {
+        "remove_unused_columns": False,
+        "label_names": ["labels"],
+        "batch_eval_metrics": True,
+        "push_to_hub": False,
+    }
     if has_validation and training_args.eval_strategy == "no":
         changes["eval_strategy"] = "epoch"
         if training_args.save_strategy == "steps":
             changes["save_strategy"] = "epoch"
     if ft_args.early_stopping_patience is not None:
         if not has_validation:
-            raise ValueError("--early_stopping_patience needs a validation split (--validation_dir/--validation_file/--train_val_split)")
+            raise ValueError(
+                "--early_stopping_patience needs a validation split (--validation_dir/--validation_file/--train_val_split)"
+            )
         eval_strategy = changes.get("eval_strategy", training_args.eval_strategy)
         changes.update(
             load_best_model_at_end=True,
@@ -159,10 +176,32 @@ def prepare_training_arguments(training_args, ft_args, has_validation: bool):
 
 def check_output_dir(output_dir: str, overwrite: bool) -> None:
     """Refuse to mix a new run into a non-empty folder unless --overwrite_output_dir is given."""
-    import os
-
     if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
         raise ValueError(
             f"output folder {output_dir} exists and is not empty; pass --overwrite_output_dir to write into it "
             "or choose another --output_dir"
         )
+
+
+def check_launch(training_args) -> None:
+    """Refuse a multi-process launch whose processes would not form one group.
+
+    Without GPUs, `accelerate launch --multi_gpu` (or torchrun) starts N unconnected copies of the run that
+    would all write the same output folder; only `--use_cpu true` joins them into one gloo group.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > training_args.world_size:
+        raise SystemExit(f"launched as {launched} processes, but each would run alone: on CPU pass --use_cpu true")
+    logger.info("world_size=%d (%s)", training_args.world_size, training_args.distributed_state.distributed_type)
+
+
+def evaluate_before_training(trainer, dataset, metric_key_prefix: str) -> dict:
+    """`trainer.evaluate` on the untouched model, leaving the model ready to be wrapped by `train()`.
+
+    evaluate() marks the model as prepared without wrapping it in DDP, and train() then skips the wrapping:
+    each process would train its own copy (transformers 5.23 + accelerate 1.15). Resetting the flag lets
+    train() wrap it as usual.
+    """
+    metrics = trainer.evaluate(dataset, metric_key_prefix=metric_key_prefix)
+    trainer.model._is_accelerate_prepared = False
+    return metrics

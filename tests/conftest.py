@@ -54,11 +54,22 @@ def tiny_clip(tmp_path_factory):
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=64)
     config = CLIPConfig(
         text_config=dict(
-            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=64, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
         ),
         vision_config=dict(
-            image_size=30, patch_size=6, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            image_size=30,
+            patch_size=6,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
             num_attention_heads=4,
         ),
         projection_dim=16,
@@ -76,8 +87,17 @@ def tiny_siglip(tmp_path_factory):
     from transformers import SiglipConfig, SiglipModel
 
     config = SiglipConfig(
-        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+        text_config=dict(
+            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+        ),
     )
     path = str(tmp_path_factory.mktemp("tiny_siglip"))
     SiglipModel(config).save_pretrained(path)

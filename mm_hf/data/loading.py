@@ -175,7 +175,9 @@ def _label_texts(ds: Dataset, label_column: str, source: str) -> list[str]:
         values = [None if v is None else str(v) for v in ds[label_column]]
     missing = [i for i, v in enumerate(values) if v is None]
     if missing:
-        raise DataError(f"{source}: {len(missing)} row(s) without a label in column {label_column!r} (first: row {missing[0]})")
+        raise DataError(
+            f"{source}: {len(missing)} row(s) without a label in column {label_column!r} (first: row {missing[0]})"
+        )
     return values
 
 

@@ -2,7 +2,12 @@
 
 from transformers import AutoConfig, AutoModelForImageClassification
 
-from .clip_classifier import DEFAULT_PROMPT_TEMPLATES, build_clip_classifier, class_text_embeddings, load_clip_classifier
+from .clip_classifier import (
+    DEFAULT_PROMPT_TEMPLATES,
+    build_clip_classifier,
+    class_text_embeddings,
+    load_clip_classifier,
+)
 from .configuration_clip_classifier import ClipClassifierConfig
 from .modeling_clip_classifier import ClipClassifierForImageClassification
 

@@ -96,15 +96,20 @@ def build_clip_classifier(
     return model
 
 
-def load_clip_classifier(path: str, **from_pretrained_kwargs) -> torch.nn.Module:
-    """Load a fine-tuned classifier folder: a full checkpoint, or a LoRA adapter on its base backbone."""
+def load_clip_classifier(
+    path: str, base_model_name_or_path: str | None = None, **from_pretrained_kwargs
+) -> torch.nn.Module:
+    """Load a fine-tuned classifier folder: a full checkpoint, or a LoRA adapter on its base backbone.
+
+    For an adapter the base comes from `base_model_name_or_path`, else from adapter_config.json.
+    """
     if not os.path.exists(os.path.join(path, "adapter_config.json")):
         return ClipClassifierForImageClassification.from_pretrained(path, **from_pretrained_kwargs)
     from peft import PeftModel
 
     config = ClipClassifierConfig.from_pretrained(path)
     with open(os.path.join(path, "adapter_config.json")) as f:
-        base = json.load(f)["base_model_name_or_path"] or config.backbone_name_or_path
+        base = base_model_name_or_path or json.load(f)["base_model_name_or_path"] or config.backbone_name_or_path
     # The head is restored from the adapter (modules_to_save), so no zero-shot pass is needed here.
     model = build_clip_classifier(
         base,

@@ -54,6 +54,10 @@ class ClipClassifierPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
+    # forward(**kwargs) would make Trainer believe the loss is already normalised by the number of items in
+    # the global batch; it is a per-batch mean, so Trainer must average it itself (else the loss and gradients
+    # get multiplied by the world size and the gradient accumulation steps).
+    accepts_loss_kwargs = False
     _supports_sdpa = True
     _supports_attention_backend = True
 

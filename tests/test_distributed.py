@@ -1,0 +1,135 @@
+"""recipes/clip_imagecls.py as a real 2-process run (gloo on CPU): metrics cover the test split exactly once.
+
+`accelerate launch --cpu --num_processes 2` starts a single process, so the runs below use `--multi_gpu`
+(recipes/accelerate/cpu_2proc.yaml) together with the recipe's `--use_cpu true`, which makes the two
+processes one `MULTI_CPU` group.
+The eval batch size 3 does not divide the 20 test images over 2 processes: accelerate pads the last
+batch with duplicates, which must be dropped before any metric or report is computed.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from huggingface_hub import ModelCard
+from transformers import AutoModelForImageClassification, AutoProcessor
+
+import mm_hf.models  # noqa: F401  (registers the Auto classes)
+from mm_hf.data.transforms import build_image_transform
+from mm_hf.models import load_clip_classifier
+
+CLASSES = ["one", "three", "two", "zero"]
+STEPS, TRAIN_BATCH, EVAL_BATCH, PROCESSES = 4, 4, 3, 2
+N_TRAIN, N_TEST = 48, 20
+RECIPE = os.path.join(REPO, "recipes", "clip_imagecls.py")
+ACCELERATE_CONFIG = os.path.join(REPO, "recipes", "accelerate", "cpu_2proc.yaml")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(model, data, out, *extra, timeout=240):
+    # The config file also keeps a user's default accelerate config (GPU ids, mixed precision...) out.
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", ACCELERATE_CONFIG,
+        "--multi_gpu", "--num_processes", str(PROCESSES), "--main_process_port", str(free_port()),
+        RECIPE,
+        "--model_name_or_path", str(model), "--train_dir", str(data / "train"),
+        "--validation_dir", str(data / "validation"), "--test_dir", str(data / "test"), "--output_dir", str(out),
+        "--do_train", "--do_eval", "--do_predict", "--use_cpu", "true", "--max_steps", str(STEPS),
+        "--per_device_train_batch_size", str(TRAIN_BATCH), "--per_device_eval_batch_size", str(EVAL_BATCH),
+        "--learning_rate", "1e-3", "--report_to", "none", "--disable_tqdm", "true",
+        "--prompt_templates", "a photo of the digit {}.", *extra,
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "MASTER_", "WORLD_SIZE", "RANK"))}
+    env.update(HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def check_ok(proc):
+    assert proc.returncode == 0, f"exit code {proc.returncode}\n--- stderr (tail) ---\n{proc.stderr[-6000:]}"
+
+
+@torch.no_grad()
+def recompute(model, processor, test_dir):
+    """(labels, logits) of `model` over every image of `test_dir`, once, with the eval transform."""
+    paths = sorted(test_dir.glob("*/*.png"))
+    transform = build_image_transform(processor.image_processor, train=False)
+    pixel_values = torch.stack(transform({"image": [str(p) for p in paths]})["pixel_values"])
+    model.eval()
+    return torch.tensor([CLASSES.index(p.parent.name) for p in paths]), model(pixel_values=pixel_values).logits
+
+
+@pytest.mark.parametrize("strategy", ["full", "linear_probe", "lora"])
+def test_two_process_run_reports_each_test_image_once(strategy, tiny_vtde, digits_dir, tmp_path):
+    out = tmp_path / "out"
+    # find_unused_parameters=False makes DDP fail loudly if a trainable parameter gets no gradient
+    # (e.g. a text tower left trainable), instead of silently searching the graph every step.
+    proc = launch(tiny_vtde, digits_dir, out, "--finetune_strategy", strategy, "--ddp_find_unused_parameters", "false")
+    check_ok(proc)
+
+    # Really two processes in one group: both log it, rank 1 saved its RNG state, and each optimizer
+    # step consumed 2 x 4 training images (one process would have reached only 4 * 4 / 48 of an epoch).
+    assert proc.stderr.count(f"world_size={PROCESSES} (DistributedType.MULTI_CPU)") == PROCESSES, proc.stderr[-3000:]
+    checkpoint = out / f"checkpoint-{STEPS}"
+    assert {f"rng_state_{rank}.pth" for rank in range(PROCESSES)} <= set(os.listdir(checkpoint))
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["epoch"] == pytest.approx(STEPS * TRAIN_BATCH * PROCESSES / N_TRAIN)
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["global_step"] == STEPS
+
+    # Every metric counts each test image exactly once: padding duplicates were dropped.
+    assert results["test_samples"] == N_TEST and results["train_samples"] == N_TRAIN
+    for prefix in ("zeroshot_", ""):  # the fine-tuned ones last, checked below
+        report = json.loads((out / f"{prefix}classification_report.json").read_text())
+        assert sorted(report["per_class"]) == CLASSES
+        assert sum(c["support"] for c in report["per_class"].values()) == N_TEST
+        matrix = json.loads((out / f"{prefix}confusion_matrix.json").read_text())
+        assert np.asarray(matrix["matrix"]).sum() == N_TEST
+        assert np.asarray(matrix["matrix"]).sum(axis=1).tolist() == [5, 5, 5, 5]
+    assert report["accuracy"] == pytest.approx(results["test_accuracy"])
+
+    # The logged numbers are the saved model's over the whole test folder, computed once here. Processes
+    # training unsynchronised copies (no DDP wrapper) fail this too: rank 1's copy scores its shard, rank 0's is saved.
+    processor = AutoProcessor.from_pretrained(out)
+    model = (
+        load_clip_classifier(str(out)) if strategy == "lora" else AutoModelForImageClassification.from_pretrained(out)
+    )
+    labels, logits = recompute(model, processor, digits_dir / "test")
+    predictions = logits.argmax(-1)
+    assert len(labels) == N_TEST
+    assert results["test_accuracy"] == pytest.approx((predictions == labels).float().mean().item())
+    # Not exact: Trainer averages per-batch mean losses, and the last batches hold the padding. But a loss
+    # scaled by the world size (Trainer's num_items_in_batch handling, see the recipe) is far outside.
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    assert results["test_loss"] == pytest.approx(loss, rel=0.02), (results["test_loss"], loss)
+    expected = np.zeros((len(CLASSES), len(CLASSES)), dtype=int)
+    np.add.at(expected, (labels.numpy(), predictions.numpy()), 1)
+    assert np.asarray(matrix["matrix"]).tolist() == expected.tolist()
+
+    # Outputs were written by the main process only (one summary printed), as whole files that parse.
+    assert proc.stdout.count("Evaluation on the test split (20 samples)") == 1
+    card = ModelCard.load(out / "README.md")
+    index = {m["type"]: m["value"] for m in card.data.to_dict()["model-index"][0]["results"][0]["metrics"]}
+    assert index["accuracy"] == pytest.approx(results["test_accuracy"])
+    assert "accelerate launch recipes/clip_imagecls.py" in card.text
+    saved = "adapter_model.safetensors" if strategy == "lora" else "model.safetensors"
+    assert (out / saved).is_file() and (out / "config.json").is_file()
+
+
+def test_multi_process_launch_without_use_cpu_fails_fast(tiny_vtde, digits_dir, tmp_path):
+    """Without GPUs and --use_cpu, each launched process would run alone, all writing one output folder."""
+    out = tmp_path / "out"
+    proc = launch(tiny_vtde, digits_dir, out, "--finetune_strategy", "linear_probe", "--use_cpu", "false", timeout=120)
+    assert proc.returncode != 0
+    assert "pass --use_cpu true" in proc.stderr
+    assert not out.exists() or not os.listdir(out)
