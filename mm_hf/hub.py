@@ -178,10 +178,15 @@ def _usage(saved_as: str, pipeline_tag: str, base_model: str) -> str:
     if saved_as == "adapter":
         return (
             f"This repository holds a LoRA adapter for `{base_model}` together with the trained classification "
-            "head (saved through `modules_to_save`) and the processor. Load it with mm-hf, which rebuilds the "
-            "classifier around the base model and applies the adapter with `peft.PeftModel`:\n\n"
-            "```python\nfrom mm_hf.models import load_clip_classifier\n\n"
-            'model = load_clip_classifier("REPO_ID")  # a peft.PeftModel; model.merge_and_unload() for speed\n```'
+            "head (saved through `modules_to_save`), the classifier's config and code, and the processor. "
+            "Plain transformers + peft rebuild the classifier around the base model and apply the adapter:\n\n"
+            "```python\nfrom peft import PeftModel\n"
+            "from transformers import AutoConfig, AutoModel, AutoModelForImageClassification\n\n"
+            'config = AutoConfig.from_pretrained("REPO_ID", trust_remote_code=True)\n'
+            "model = AutoModelForImageClassification.from_config(config, trust_remote_code=True)\n"
+            f'model.backbone = AutoModel.from_pretrained("{base_model}")  # the pretrained base weights\n'
+            'model = PeftModel.from_pretrained(model, "REPO_ID").eval()  # model.merge_and_unload() for speed\n```\n\n'
+            'With mm-hf installed, `mm_hf.models.load_clip_classifier("REPO_ID")` does the same.'
         )
     return (
         "```python\nfrom transformers import pipeline\n\n"

@@ -6,6 +6,7 @@ import shlex
 import sys
 
 import yaml
+from transformers.dynamic_module_utils import custom_object_save
 
 from .reports import plot_training_curves, write_classification_report, write_confusion_matrix
 
@@ -25,8 +26,7 @@ def save_model(trainer, output_dir: str, merge_lora: bool = False) -> str:
     if not merge_lora:
         trainer.save_model(output_dir)
         if trainer.is_world_process_zero():
-            # The adapter alone cannot say how many classes or what they are called.
-            model.get_base_model().config.save_pretrained(output_dir)
+            save_adapter_base_config(model, output_dir)
         return "adapter"
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
@@ -36,6 +36,19 @@ def save_model(trainer, output_dir: str, merge_lora: bool = False) -> str:
             trainer.processing_class.save_pretrained(output_dir)
     trainer.accelerator.wait_for_everyone()
     return "merged"
+
+
+def save_adapter_base_config(peft_model, output_dir: str) -> None:
+    """Next to an adapter: the base classifier's config.json (classes, backbone id) and its code files.
+
+    The adapter alone cannot say how many classes there are or what they are called; with the config and
+    code, plain transformers + peft rebuild the classifier (`AutoModelForImageClassification.from_config(
+    config, trust_remote_code=True)`) and apply the adapter, without mm_hf.
+    """
+    base = peft_model.get_base_model()
+    if getattr(base, "_auto_class", None) is not None:
+        custom_object_save(base, output_dir, config=base.config)  # copies the code files, sets auto_map
+    base.config.save_pretrained(output_dir)
 
 
 def recipe_command(argv=None, script: str | None = None) -> str:

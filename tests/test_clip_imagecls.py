@@ -350,3 +350,57 @@ def test_non_empty_output_dir_needs_overwrite(tiny_vtde, digits_dir, tmp_path):
         data=folders(digits_dir),
     )
     assert "model.safetensors" in os.listdir(out)
+
+
+def record_forward_context(monkeypatch):
+    """Patch the classifier's forward to record the conditions each training call runs under."""
+    seen = []
+    original = ClipClassifierForImageClassification.forward
+
+    def forward(self, *args, **kwargs):
+        if self.training:
+            seen.append(
+                {
+                    "autocast_bf16": torch.is_autocast_enabled("cpu")
+                    and torch.get_autocast_dtype("cpu") == torch.bfloat16,
+                    "checkpointing": any(getattr(m, "gradient_checkpointing", False) for m in self.modules()),
+                    "compiling": torch.compiler.is_compiling(),
+                }
+            )
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClipClassifierForImageClassification, "forward", forward)
+    return seen
+
+
+def test_bf16_and_gradient_checkpointing_reach_the_model(tiny_vtde, digits_dir, tmp_path, monkeypatch):
+    seen = record_forward_context(monkeypatch)
+    results = run(
+        tiny_vtde,
+        tmp_path / "out",
+        "--finetune_strategy",
+        "full",
+        "--bf16",
+        "true",
+        "--gradient_checkpointing",
+        "true",
+        data=folders(digits_dir),
+    )
+    assert seen and all(s["autocast_bf16"] and s["checkpointing"] for s in seen)
+    assert torch.isfinite(torch.tensor(results["train_loss"]))
+
+
+@pytest.mark.slow  # compiling takes about a minute on 2 CPU cores
+def test_torch_compile_reaches_the_model(tiny_vtde, digits_dir, tmp_path, monkeypatch):
+    seen = record_forward_context(monkeypatch)
+    run(
+        tiny_vtde,
+        tmp_path / "out",
+        "--finetune_strategy",
+        "full",
+        "--torch_compile",
+        "true",
+        data=folders(digits_dir),
+        steps=2,
+    )
+    assert seen and all(s["compiling"] for s in seen)

@@ -3,6 +3,8 @@
 import hashlib
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -152,6 +154,23 @@ def test_publish_adapter_and_merged_variants_give_the_local_logits(hub, lora_run
     reloaded = load_clip_classifier(adapter_dir, base_model_name_or_path=tiny_vtde)
     torch.testing.assert_close(logits(reloaded, pixels), expected)
 
+    # What the card tells users: plain transformers + peft, in a process where mm_hf cannot be imported.
+    card_text = ModelCard(files["README.md"].decode()).text
+    assert 'PeftModel.from_pretrained(model, "test-user/adapter")' in card_text
+    torch.save({"pixel_values": pixels}, tmp_path / "inputs.pt")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", PLAIN_PEFT_SCRIPT, adapter_dir, str(tiny_vtde), str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    torch.testing.assert_close(torch.load(tmp_path / "plain.pt"), expected)
+
     assert publish_main([str(lora_run), "--hub_model_id", "test-user/merged", "--merged", "--hub_token", TOKEN]) == 0
     files = hub.repos["test-user/merged"]["files"]
     assert "model.safetensors" in files and "adapter_config.json" not in files
@@ -159,6 +178,25 @@ def test_publish_adapter_and_merged_variants_give_the_local_logits(hub, lora_run
     merged_dir = snapshot_download("test-user/merged", token=TOKEN, cache_dir=tmp_path / "dl")
     merged = AutoModelForImageClassification.from_pretrained(merged_dir, trust_remote_code=True)
     torch.testing.assert_close(logits(merged, pixels), expected, rtol=1e-4, atol=1e-5)
+
+
+# The model card's adapter snippet, run where mm_hf is not importable.
+PLAIN_PEFT_SCRIPT = """
+import sys
+sys.modules["mm_hf"] = None
+import torch
+from peft import PeftModel
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+repo, base, work = sys.argv[1:]
+config = AutoConfig.from_pretrained(repo, trust_remote_code=True)
+model = AutoModelForImageClassification.from_config(config, trust_remote_code=True)
+model.backbone = AutoModel.from_pretrained(base)
+model = PeftModel.from_pretrained(model, repo).eval()
+assert not type(model.get_base_model()).__module__.startswith("mm_hf")
+with torch.no_grad():
+    torch.save(model(pixel_values=torch.load(work + "/inputs.pt")["pixel_values"]).logits, work + "/plain.pt")
+"""
 
 
 def metadata_load_bytes(content: bytes) -> dict:
