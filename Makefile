@@ -21,12 +21,14 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 setup: $(STAMP)
 
-# The main job on the embedded default: digits + a small dual encoder, zero-shot -> fine-tuned, offline.
+LAUNCH = $(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
+
+# The main job on the embedded default, offline: a small dual encoder is pre-trained contrastively on
+# captioned digits (retrieval before/after), then fine-tuned as a classifier (zero-shot -> fine-tuned).
 demo: setup
 	$(BIN)/python -m mm_hf.demo --output_dir $(DEMO_DIR)
-	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		recipes/clip_imagecls.py --config recipes/configs/clip_imagecls_demo.yaml \
-		--output_dir $(DEMO_DIR)/clip_imagecls --disable_tqdm true
+	$(LAUNCH) recipes/clip_retrieval.py --config recipes/configs/clip_retrieval_demo.yaml --disable_tqdm true
+	$(LAUNCH) recipes/clip_imagecls.py --config recipes/configs/clip_imagecls_demo.yaml --disable_tqdm true
 
 test: setup
 	$(BIN)/python -m pytest -q -ra

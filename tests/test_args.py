@@ -69,7 +69,7 @@ def test_unknown_cli_flag_fails():
 
 
 def test_choices_are_enforced():
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="--finetune_strategy must be one of"):
         parse_args(TYPES, ["--output_dir", "o", "--finetune_strategy", "everything"])
 
 

@@ -133,3 +133,39 @@ def test_multi_process_launch_without_use_cpu_fails_fast(tiny_vtde, digits_dir, 
     assert proc.returncode != 0
     assert "pass --use_cpu true" in proc.stderr
     assert not out.exists() or not os.listdir(out)
+
+
+def test_two_process_contrastive_run_gathers_negatives(tiny_vtde, digits_dir, tmp_path):
+    """clip_retrieval on 2 processes: DDP + gathered negatives run, evaluation happens once on the whole split.
+
+    That the gathered loss and gradients equal a single process with the global batch is shown exactly
+    in tests/test_losses.py; here the recipe's distributed path runs end to end.
+    """
+    import shutil
+
+    from mm_hf.demo import write_digit_captions
+
+    data = tmp_path / "digits"
+    shutil.copytree(digits_dir, data)
+    write_digit_captions(str(data))
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", ACCELERATE_CONFIG,
+        "--multi_gpu", "--num_processes", str(PROCESSES), "--main_process_port", str(free_port()),
+        os.path.join(REPO, "recipes", "clip_retrieval.py"), "--model_name_or_path", str(tiny_vtde),
+        "--train_dir", str(data / "train"), "--validation_dir", str(data / "validation"),
+        "--test_dir", str(data / "test"), "--output_dir", str(out), "--do_train", "--do_eval", "--use_cpu", "true",
+        "--max_steps", "3", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "3",
+        "--finetune_strategy", "lock_text", "--ddp_find_unused_parameters", "false", "--save_strategy", "no",
+        "--report_to", "none", "--disable_tqdm", "true", "--max_seq_length", "12",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "MASTER_", "WORLD_SIZE", "RANK"))}
+    env.update(HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    check_ok(proc)
+    assert proc.stderr.count(f"world_size={PROCESSES} (DistributedType.MULTI_CPU)") == PROCESSES
+    assert proc.stdout.count("Retrieval on the test split (20 images)") == 1
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["epoch"] == pytest.approx(3 * 4 * PROCESSES / N_TRAIN)
+    assert results["test_num_items"] == N_TEST and results["test_num_texts"] == 4 * N_TEST
+    assert "eval_loss" in results and "zeroshot_test_image_to_text_recall@1" in results

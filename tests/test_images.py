@@ -240,7 +240,7 @@ def test_unsupported_type_is_a_type_error():
 def test_bad_sample_error_pickles():
     error = pickle.loads(pickle.dumps(BadSampleError("a.png", "truncated")))
     assert (error.source, error.reason) == ("a.png", "truncated")
-    assert str(error) == "Cannot use image a.png: truncated"
+    assert str(error) == "Cannot use a.png: truncated"
 
 
 # ----------------------------------------------------------------------------------------- check_images

@@ -38,7 +38,7 @@ class BadSampleError(ValueError):
     def __init__(self, source: Any, reason: str):
         self.source = str(source)
         self.reason = reason
-        super().__init__(f"Cannot use image {self.source}: {reason}")
+        super().__init__(f"Cannot use {self.source}: {reason}")
 
     def __reduce__(self):
         # The default pickling replays `args` (the message) into __init__, which takes two arguments;

@@ -1,6 +1,6 @@
 """mm-hf models, registered with the transformers Auto* classes on import."""
 
-from transformers import AutoConfig, AutoModelForImageClassification
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from .clip_classifier import (
     DEFAULT_PROMPT_TEMPLATES,
@@ -9,10 +9,16 @@ from .clip_classifier import (
     load_clip_classifier,
 )
 from .configuration_clip_classifier import ClipClassifierConfig
+from .configuration_dual_encoder import ContrastiveDualEncoderConfig
 from .modeling_clip_classifier import ClipClassifierForImageClassification
+from .modeling_dual_encoder import ContrastiveDualEncoderModel
 
 AutoConfig.register(ClipClassifierConfig.model_type, ClipClassifierConfig, exist_ok=True)
 AutoModelForImageClassification.register(ClipClassifierConfig, ClipClassifierForImageClassification, exist_ok=True)
+# The contrastive wrapper is a training-time model: registered for in-process Auto loading, but what
+# clip_retrieval saves is the plain dual encoder inside it, so it ships no remote code.
+AutoConfig.register(ContrastiveDualEncoderConfig.model_type, ContrastiveDualEncoderConfig, exist_ok=True)
+AutoModel.register(ContrastiveDualEncoderConfig, ContrastiveDualEncoderModel, exist_ok=True)
 # Makes save_pretrained copy the code files and write `auto_map`, so checkpoints load without mm_hf.
 ClipClassifierConfig.register_for_auto_class()
 ClipClassifierForImageClassification.register_for_auto_class("AutoModelForImageClassification")
@@ -21,6 +27,8 @@ __all__ = [
     "DEFAULT_PROMPT_TEMPLATES",
     "ClipClassifierConfig",
     "ClipClassifierForImageClassification",
+    "ContrastiveDualEncoderConfig",
+    "ContrastiveDualEncoderModel",
     "build_clip_classifier",
     "class_text_embeddings",
     "load_clip_classifier",

@@ -47,7 +47,7 @@ def class_text_embeddings(
 
 
 def build_clip_classifier(
-    model_name_or_path: str,
+    model_name_or_path,
     id2label: dict[int, str],
     *,
     tokenizer=None,
@@ -66,7 +66,14 @@ def build_clip_classifier(
     """
     if head_init not in ("zeroshot", "random"):
         raise ValueError(f"head_init must be 'zeroshot' or 'random', got {head_init!r}")
-    backbone = AutoModel.from_pretrained(model_name_or_path, **from_pretrained_kwargs)
+    # An already loaded dual encoder is wrapped as it is (e.g. mid-training retention checks).
+    backbone = (
+        model_name_or_path
+        if isinstance(model_name_or_path, torch.nn.Module)
+        else AutoModel.from_pretrained(model_name_or_path, **from_pretrained_kwargs)
+    )
+    if isinstance(model_name_or_path, torch.nn.Module):
+        model_name_or_path = backbone.name_or_path
     for method in ("get_image_features", "get_text_features"):
         if not hasattr(backbone, method):
             raise ValueError(

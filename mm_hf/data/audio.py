@@ -1,0 +1,282 @@
+"""Decode audio to mono float32 at the model's rate, validate a dataset's audio, crop and augment clips.
+
+Decoding uses soundfile (libsndfile: WAV, FLAC, OGG/Vorbis, AIFF, ... in 8/16/24/32-bit PCM or
+float) and resampling uses soxr, so neither ffmpeg nor torchcodec is needed. As with images, a bad
+file deep in a dataset should fail the run before training with its name, not hours in:
+`load_audio` raises `BadSampleError` naming the file, and `check_audio` runs it over a whole split
+once, up front, and either fails with a list of the bad files or drops them.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import soundfile as sf
+import soxr
+
+from mm_hf.data.images import BadSampleError, _describe_sample
+
+logger = logging.getLogger(__name__)
+
+# A path, encoded bytes, a `datasets.Audio(decode=False)` record {"bytes", "path"}, or an in-memory
+# record {"array", "sampling_rate"}.
+AudioSource = str | os.PathLike | bytes | Mapping[str, Any]
+
+# Peak amplitude below which a clip counts as silent (about -120 dBFS; 24-bit PCM's step is 1.2e-7).
+SILENCE_PEAK = 1e-6
+_MAX_LISTED = 5
+_IN_MEMORY = "<in-memory bytes>"
+# libsndfile does not fail on a WAV/AIFF cut inside its audio data: it logs e.g.
+# "data : 32000 (should be 15978)" and silently returns the shorter clip. We read that log.
+_SHORT_DATA_CHUNK = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+# Writers streaming to a pipe cannot seek back to fill in sizes and leave this placeholder.
+_STREAMING_SIZE = 0xFFFFFFFF
+
+
+def load_audio(
+    source: AudioSource,
+    sampling_rate: int,
+    *,
+    mono: bool = True,
+    reject_silent: bool = False,
+) -> np.ndarray:
+    """Decode `source` into float32 samples in [-1, 1] at `sampling_rate` Hz.
+
+    Returns shape `(num_samples,)`; with `mono=False`, `(num_channels, num_samples)`. Channels are
+    mixed down by averaging and other rates are resampled with soxr (HQ). A record's bytes win over
+    its path, which then only names the sample in errors. Raises `BadSampleError` for a missing,
+    empty, non-audio, corrupt or truncated file, zero-length audio, NaN/inf samples, audio too short
+    to resample, and — only with `reject_silent=True` — silence (peak below `SILENCE_PEAK`).
+    """
+    if not isinstance(sampling_rate, int | np.integer) or sampling_rate <= 0:
+        raise ValueError(f"sampling_rate must be a positive integer, got {sampling_rate!r}")
+    samples, rate, name = _decode_source(source)  # (frames, channels), finite, non-empty
+    if mono:
+        samples = samples.mean(axis=1, dtype=np.float32)
+    if rate != sampling_rate:
+        samples = soxr.resample(samples, rate, int(sampling_rate), quality="HQ")
+        if samples.shape[0] == 0:
+            raise BadSampleError(name, f"too short to resample from {rate} Hz to {sampling_rate} Hz")
+    if reject_silent:
+        peak = float(np.abs(samples).max())
+        if peak < SILENCE_PEAK:
+            raise BadSampleError(name, f"silent (peak amplitude {peak:.1e} < {SILENCE_PEAK:.0e})")
+    samples = np.ascontiguousarray(samples if mono else samples.T, dtype=np.float32)
+    return samples
+
+
+def _decode_source(source: AudioSource) -> tuple[np.ndarray, int, str]:
+    if source is None:
+        raise BadSampleError("<missing>", "no audio (the value is None)")
+    if isinstance(source, Mapping):
+        if source.get("array") is not None:
+            name = source.get("path") or "<in-memory array>"
+            return _check_samples(source["array"], source.get("sampling_rate"), name)
+        data, path = source.get("bytes"), source.get("path")
+        if data:
+            return _decode(io.BytesIO(data), path or _IN_MEMORY)
+        if path:
+            return _decode_path(Path(path))
+        raise BadSampleError(_IN_MEMORY, "the audio record has neither 'bytes', 'path' nor 'array'")
+    if isinstance(source, bytes | bytearray | memoryview):
+        return _decode(io.BytesIO(bytes(source)), _IN_MEMORY)
+    if isinstance(source, str | os.PathLike):
+        return _decode_path(Path(source))
+    raise TypeError(f"Cannot load audio from a {type(source).__name__}; expected a path, bytes or dict.")
+
+
+def _decode_path(path: Path) -> tuple[np.ndarray, int, str]:
+    if not path.exists():
+        raise BadSampleError(path, "file not found")
+    if not path.is_file():
+        raise BadSampleError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise BadSampleError(path, "empty file (0 bytes)")
+    return _decode(path, str(path))
+
+
+def _decode(file: Path | io.BytesIO, name: str) -> tuple[np.ndarray, int, str]:
+    try:
+        with sf.SoundFile(file) as sound:
+            declared_frames = sound.frames
+            samples = sound.read(dtype="float32", always_2d=True)
+            rate, log = sound.samplerate, sound.extra_info
+    # libsndfile reports unknown formats, bad headers and undecodable data as LibsndfileError;
+    # odd inputs can also surface as other errors. Any of them means the sample cannot be used.
+    except Exception as error:
+        raise BadSampleError(name, f"not audio, or corrupt or truncated ({type(error).__name__}: {error})") from error
+    for declared, available in _SHORT_DATA_CHUNK.findall(log):
+        if int(declared) > int(available) and int(declared) != _STREAMING_SIZE:
+            raise BadSampleError(
+                name, f"truncated: the header declares {declared} bytes of audio, the file holds {available}"
+            )
+    if 0 < samples.shape[0] < declared_frames:
+        raise BadSampleError(
+            name, f"truncated: the header declares {declared_frames} frames, only {samples.shape[0]} decode"
+        )
+    return _check_samples(samples, rate, name)
+
+
+def _check_samples(samples: Any, rate: Any, name: str) -> tuple[np.ndarray, int, str]:
+    """Validate decoded samples; returns them as float32 `(frames, channels)`."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim == 1:
+        samples = samples[:, None]
+    elif samples.ndim != 2:
+        raise BadSampleError(name, f"expected 1-D or (frames, channels) samples, got shape {samples.shape}")
+    if not rate or int(rate) <= 0:
+        raise BadSampleError(name, f"invalid sampling rate {rate!r}")
+    if samples.size == 0:
+        raise BadSampleError(name, "zero-length audio (no samples)")
+    finite = np.isfinite(samples)
+    if not finite.all():
+        raise BadSampleError(name, f"{samples.size - int(finite.sum())} NaN/inf samples")
+    return samples, int(rate), name
+
+
+def check_audio(
+    dataset: datasets.Dataset,
+    column: str,
+    *,
+    sampling_rate: int,
+    skip_bad: bool,
+    num_proc: int | None = None,
+    split_name: str = "train",
+    reject_silent: bool = False,
+) -> tuple[datasets.Dataset, list[tuple[str, str]]]:
+    """Decode (and resample) every clip in `dataset[column]` once, before training, to find bad samples.
+
+    Returns `(dataset, bad)` where `bad` lists `(source, reason)` pairs. With `skip_bad=False` any bad
+    sample raises `BadSampleError` listing the first few; with `skip_bad=True` they are dropped from
+    the returned dataset (which is otherwise unchanged). Samples can be paths or `datasets.Audio`
+    records; decoded audio is never stored. Silent clips count as bad only with `reject_silent=True`.
+    """
+    if column not in dataset.column_names:
+        raise KeyError(f"No column {column!r} in the {split_name} split; columns are {dataset.column_names}.")
+    view = _undecoded(dataset, column)
+    found = view.map(
+        _find_bad_samples,
+        fn_kwargs={"split_name": split_name, "sampling_rate": sampling_rate, "reject_silent": reject_silent},
+        batched=True,
+        with_indices=True,
+        input_columns=[column],
+        remove_columns=view.column_names,
+        # Declared so the result's types never depend on whether a batch held a bad sample.
+        features=datasets.Features({"bad_source": datasets.Value("string"), "bad_reason": datasets.Value("string")}),
+        num_proc=num_proc,
+        # Files can change on disk under the same paths, so never reuse an earlier verdict.
+        load_from_cache_file=False,
+        keep_in_memory=True,
+        desc=f"Checking audio in {split_name}",
+    )
+    bad_rows = [
+        (index, (source, reason))
+        for index, (source, reason) in enumerate(zip(found["bad_source"], found["bad_reason"], strict=True))
+        if reason is not None
+    ]
+    if not bad_rows:
+        return dataset, []
+    bad = [pair for _, pair in bad_rows]
+    if not skip_bad or len(bad) == len(dataset):
+        raise _summary_error(bad, len(dataset), split_name, skip_bad=skip_bad)
+    logger.warning(
+        "Dropping %d of %d unusable audio clips from %s, e.g. %s: %s", len(bad), len(dataset), split_name, *bad[0]
+    )
+    bad_indices = {index for index, _ in bad_rows}
+    return dataset.select([i for i in range(len(dataset)) if i not in bad_indices]), bad
+
+
+def _undecoded(dataset: datasets.Dataset, column: str) -> datasets.Dataset:
+    """A view whose audio column yields `{"bytes", "path"}` records, so we decode with our own checks."""
+    feature = dataset.features.get(column) if dataset.features else None
+    if isinstance(feature, datasets.Audio) and feature.decode:
+        return dataset.cast_column(column, datasets.Audio(decode=False))
+    return dataset
+
+
+def _find_bad_samples(
+    samples: Sequence[Any], indices: Sequence[int], split_name: str, sampling_rate: int, reject_silent: bool
+) -> dict[str, list]:
+    found: dict[str, list] = {"bad_source": [], "bad_reason": []}
+    for sample, index in zip(samples, indices, strict=True):
+        try:
+            load_audio(sample, sampling_rate, reject_silent=reject_silent)  # decoded and dropped: we only validate
+        except BadSampleError as error:
+            found["bad_source"].append(_describe_sample(sample, index, split_name))
+            found["bad_reason"].append(error.reason)
+        else:
+            found["bad_source"].append(None)
+            found["bad_reason"].append(None)
+    return found
+
+
+def _summary_error(bad: list[tuple[str, str]], total: int, split_name: str, *, skip_bad: bool) -> BadSampleError:
+    listed = "\n".join(f"  - {source}: {reason}" for source, reason in bad[:_MAX_LISTED])
+    if len(bad) > _MAX_LISTED:
+        listed += f"\n  ... and {len(bad) - _MAX_LISTED} more"
+    if skip_bad:
+        hint = "Every clip is bad: check the audio column and that paths resolve from this directory."
+    else:
+        hint = "Fix or delete these files, or pass skip_bad=True to drop them."
+    first_source, first_reason = bad[0]
+    summary = f"{len(bad)} of {total} audio clips in {split_name!r} cannot be used:\n{listed}\n{hint}"
+    return BadSampleError(first_source, f"{first_reason}\n{summary}")
+
+
+def crop_or_pad(x: np.ndarray, num_samples: int, *, train: bool, rng: random.Random | None = None) -> np.ndarray:
+    """Cut `x` (last axis = time) to at most `num_samples`.
+
+    Training takes a random window (from `rng`, else the global `random`, which Trainer seeds per
+    worker); evaluation always takes the *first* `num_samples`, so metrics are reproducible and match
+    what a streaming model would hear. Shorter clips are returned as is: the feature extractor pads
+    and builds the attention mask.
+    """
+    if num_samples <= 0:
+        raise ValueError(f"num_samples must be positive, got {num_samples}")
+    excess = x.shape[-1] - num_samples
+    if excess <= 0:
+        return x
+    start = (rng or random).randint(0, excess) if train else 0
+    return x[..., start : start + num_samples]
+
+
+def augment(
+    x: np.ndarray,
+    rng: random.Random | None = None,
+    *,
+    gain_db: tuple[float, float] | None = (-6.0, 6.0),
+    snr_db: tuple[float, float] | None = (15.0, 40.0),
+    max_shift: float = 0.1,
+) -> np.ndarray:
+    """Light training augmentation of a 1-D clip: random gain, white noise at a random SNR, time shift.
+
+    The noise power is set relative to the (gained) signal's mean power, so silence stays silent;
+    the shift is circular, up to `max_shift` of the length either way. Pass `gain_db=None`,
+    `snr_db=None` or `max_shift=0` to turn a part off. Output is float32, same length, not clipped.
+    """
+    rng = rng or random
+    out = np.asarray(x, dtype=np.float32).copy()
+    if out.size == 0:
+        return out
+    if gain_db is not None:
+        out *= np.float32(10.0 ** (rng.uniform(*gain_db) / 20.0))
+    if snr_db is not None:
+        signal_power = float(np.mean(out.astype(np.float64) ** 2))
+        if signal_power > 0:
+            noise = np.random.default_rng(rng.getrandbits(64)).standard_normal(out.shape)
+            # Scale to the exact target power so the realised SNR is the drawn one.
+            noise *= np.sqrt(signal_power / 10.0 ** (rng.uniform(*snr_db) / 10.0) / np.mean(noise**2))
+            out += noise.astype(np.float32)
+    limit = int(max_shift * out.shape[-1])
+    if limit > 0:
+        out = np.roll(out, rng.randint(-limit, limit), axis=-1)
+    return out

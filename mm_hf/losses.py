@@ -1,0 +1,139 @@
+"""Contrastive losses for dual encoders with negatives gathered across processes, with gradients.
+
+transformers' `CLIPModel` / `SiglipModel` losses only see the per-device batch: on N processes each
+image is contrasted with B/N texts instead of B. The losses here gather the embeddings of every
+process (differentiably) so a run on N processes optimises exactly the objective of one process
+holding the global batch of B = N * b examples:
+
+    loss = clip_loss(image_embeds, text_embeds, model.logit_scale)           # (b, d), (b, d), () -> ()
+    loss = siglip_loss(image_embeds, text_embeds, model.logit_scale, model.logit_bias)
+
+Why the gradients come out right under DDP (same argument for both losses):
+
+* Every process builds the same global (B, B) logit matrix and computes the same scalar L (the
+  mean over the global batch), so each process's loss depends on *every* process's embeddings.
+* The backward of `torch.distributed.nn.functional.all_gather` sends the gradient w.r.t. chunk r
+  back to rank r and SUMS it over ranks. All N ranks hold the same L, so rank r receives
+  N * dL/d(emb_r) for its own embeddings, and its tower parameters get N * (the part of dL/dθ that
+  flows through its local examples).
+* DDP averages gradients over ranks: (1/N) * Σ_r N * dL/dθ|_r = dL/dθ, the single-process gradient.
+* `logit_scale` / `logit_bias` do not pass through the gather: each rank gets the full dL/dt
+  locally, identical on all ranks, and the DDP average leaves it unchanged.
+
+Requirements: every rank must pass the same batch size (set `dataloader_drop_last=True` in
+`TrainingArguments`), and all ranks must call the loss the same number of times (it is a collective).
+"""
+
+import math
+import warnings
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["clip_loss", "gather_with_grad", "siglip_loss"]
+
+# CLIP (Radford et al. 2021) clips the learned temperature exp(logit_scale) at 100.
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """Concatenate `x` from all ranks along dim 0 in rank order, keeping gradients.
+
+    Args:
+        x: (b, ...) this rank's tensor; b must be the same on every rank.
+
+    Returns:
+        (world_size * b, ...) with rank r's rows at [r * b, (r + 1) * b). The backward gives each rank
+        the SUM over all ranks of the gradients w.r.t. its own chunk. `x` itself (no copy, no
+        collective) when torch.distributed is not initialised or the world size is 1.
+
+    Raises:
+        ValueError: the batch sizes differ across ranks (on every rank, so none hangs).
+    """
+    world_size = _world_size()
+    if world_size == 1:
+        return x
+    # Cheap size check first: all_gather needs equal shapes and would otherwise fail obscurely or hang.
+    size = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
+    sizes = [torch.empty_like(size) for _ in range(world_size)]
+    dist.all_gather(sizes, size)
+    sizes = [int(s.item()) for s in sizes]
+    if len(set(sizes)) != 1:
+        raise ValueError(
+            f"gather_with_grad needs the same batch size on every rank, got {sizes} (rank order). "
+            "Set `dataloader_drop_last=True` in TrainingArguments so the last, smaller batch is dropped."
+        )
+    from torch.distributed.nn.functional import all_gather
+
+    with warnings.catch_warnings():
+        # Deprecated in favour of a functional collective, but it is the documented autograd-aware gather
+        # whose backward sums the gradients from all ranks (reduce-scatter / all-to-all + sum).
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*all_gather is deprecated")
+        chunks = all_gather(x)
+    return torch.cat(chunks, dim=0)
+
+
+def _gather_pair(image_embeds: Tensor, text_embeds: Tensor, gather: bool) -> tuple[Tensor, Tensor]:
+    if image_embeds.shape != text_embeds.shape or image_embeds.dim() != 2:
+        raise ValueError(
+            f"image_embeds and text_embeds must both be (batch, dim), got {tuple(image_embeds.shape)} "
+            f"and {tuple(text_embeds.shape)}"
+        )
+    image_embeds = F.normalize(image_embeds, dim=-1)
+    text_embeds = F.normalize(text_embeds, dim=-1)
+    if gather:
+        image_embeds, text_embeds = gather_with_grad(image_embeds), gather_with_grad(text_embeds)
+    return image_embeds, text_embeds
+
+
+def clip_loss(image_embeds: Tensor, text_embeds: Tensor, logit_scale: Tensor, gather: bool = True) -> Tensor:
+    """Symmetric InfoNCE (CLIP) over the global batch.
+
+    Args:
+        image_embeds: (b, d) un-normalised image embeddings of this rank; row i pairs with text row i.
+        text_embeds: (b, d) un-normalised text embeddings of this rank.
+        logit_scale: () learnable log-temperature; the temperature is exp(min(logit_scale, ln 100)).
+        gather: contrast against the embeddings of all ranks (B = world_size * b) instead of only the
+            local b. Ignored when torch.distributed is not initialised.
+
+    Returns:
+        () loss = (CE(logits_per_image, arange(B)) + CE(logits_per_text, arange(B))) / 2 with
+        logits_per_image = exp(logit_scale) * x̂ ŷᵀ of shape (B, B) and each CE the mean over its B rows:
+        transformers' `CLIPModel` loss on the global batch. Identical on every rank. See the module
+        docstring for why DDP's gradient averaging then yields the single-process gradients.
+    """
+    image_embeds, text_embeds = _gather_pair(image_embeds, text_embeds, gather)
+    scale = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+    logits_per_image = scale * image_embeds @ text_embeds.T  # (B, B)
+    labels = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
+    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_image.T, labels)) / 2
+
+
+def siglip_loss(
+    image_embeds: Tensor, text_embeds: Tensor, logit_scale: Tensor, logit_bias: Tensor, gather: bool = True
+) -> Tensor:
+    """Pairwise sigmoid loss of SigLIP (Zhai et al. 2023) over the global batch.
+
+    Args:
+        image_embeds: (b, d) un-normalised image embeddings of this rank; row i pairs with text row i.
+        text_embeds: (b, d) un-normalised text embeddings of this rank.
+        logit_scale: () learnable log-temperature t' (temperature t = exp(t'), not clamped, as in
+            transformers' `SiglipModel` and big_vision).
+        logit_bias: () learnable bias b.
+        gather: use the embeddings of all ranks (B = world_size * b). Ignored without torch.distributed.
+
+    Returns:
+        () loss = -(1/B) Σ_i Σ_j log σ(z_ij (t <x̂_i, ŷ_j> + b)), z_ij = +1 if i == j else -1, summed over
+        all B*B pairs of the global batch and divided by B (not B²), as in the paper and as
+        `SiglipModel` computes it (sum over one axis, mean over the other). Identical on every rank.
+    """
+    image_embeds, text_embeds = _gather_pair(image_embeds, text_embeds, gather)
+    logits = logit_scale.exp() * image_embeds @ text_embeds.T + logit_bias  # (B, B)
+    signs = 2 * torch.eye(logits.shape[0], device=logits.device, dtype=logits.dtype) - 1  # +1 diag, -1 off
+    return -F.logsigmoid(signs * logits).sum() / logits.shape[0]

@@ -1,0 +1,84 @@
+"""Contrastive training wrapper around any dual encoder, with negatives gathered across processes.
+
+The trained artifact is the wrapped dual encoder itself (`model.backbone.save_pretrained`), which loads
+with plain `AutoModel` and feeds the classification recipe; this wrapper adds the loss and the switches
+for training.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from ..losses import clip_loss, siglip_loss
+from .configuration_dual_encoder import ContrastiveDualEncoderConfig
+
+
+@dataclass
+class ContrastiveOutput(ModelOutput):
+    """loss (scalar, when both modalities are given), image_embeds (batch, dim), text_embeds (batch, dim)."""
+
+    loss: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+
+
+class ContrastiveDualEncoderModel(PreTrainedModel):
+    config_class = ContrastiveDualEncoderConfig
+    base_model_prefix = "dual_encoder"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    accepts_loss_kwargs = False  # the loss is a plain mean: Trainer must not rescale it
+    _supports_sdpa = True
+
+    def __init__(self, config: ContrastiveDualEncoderConfig):
+        super().__init__(config)
+        self.backbone = AutoModel.from_config(config.backbone_config)
+        if config.loss == "siglip" and not hasattr(self.backbone, "logit_bias"):
+            self.logit_bias = nn.Parameter(torch.tensor(config.logit_bias_init_value))
+        self.post_init()
+
+    @classmethod
+    def from_backbone(cls, backbone, loss: str = "clip", gather_negatives: bool = True, name_or_path=None):
+        """Wrap an already loaded dual encoder (its weights are kept as they are)."""
+        config = ContrastiveDualEncoderConfig(
+            backbone_config=backbone.config.to_dict(),
+            backbone_name_or_path=name_or_path,
+            loss=loss,
+            gather_negatives=gather_negatives,
+        )
+        model = cls(config)
+        model.backbone = backbone
+        return model
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.backbone.get_image_features(pixel_values=pixel_values)
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.backbone.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, return_loss=True, **kwargs):
+        image_embeds = self.get_image_features(pixel_values) if pixel_values is not None else None
+        text_embeds = self.get_text_features(input_ids, attention_mask) if input_ids is not None else None
+        loss = None
+        if return_loss and image_embeds is not None and text_embeds is not None:
+            # Gathering needs equal per-process batches, which training guarantees (drop_last) but the last
+            # evaluation batch does not; evaluation losses are therefore per device.
+            gather = self.config.gather_negatives and self.training
+            scale = self.backbone.logit_scale
+            if self.config.loss == "clip":
+                loss = clip_loss(image_embeds, text_embeds, scale, gather=gather)
+            else:
+                bias = getattr(self.backbone, "logit_bias", None)
+                loss = siglip_loss(
+                    image_embeds, text_embeds, scale, bias if bias is not None else self.logit_bias, gather=gather
+                )
+        return ContrastiveOutput(loss=loss, image_embeds=image_embeds, text_embeds=text_embeds)
+
+
+__all__ = ["ContrastiveDualEncoderModel", "ContrastiveOutput"]

@@ -1,0 +1,256 @@
+"""Contrastive image–text fine-tuning of a dual encoder, evaluated as retrieval before and after.
+
+    accelerate launch recipes/clip_retrieval.py --model_name_or_path openai/clip-vit-base-patch32 \
+        --train_file pairs.jsonl --validation_file val.jsonl --image_column image --caption_column caption \
+        --output_dir out --do_train --do_eval [--finetune_strategy lora|full|lock_image|lock_text]
+
+Data: CSV/JSONL rows of image path + caption (a string, or a list of captions per image), a folder of
+images with a metadata.jsonl (`file_name` + caption), or a Hub dataset with image + caption columns.
+A new dual encoder can be assembled from any vision and text encoder:
+`--vision_model_name_or_path google/vit-base-patch16-224 --text_model_name_or_path bert-base-uncased`.
+
+The loss (symmetric InfoNCE, or SigLIP's sigmoid loss with --loss siglip) is computed over the global
+batch: negatives are gathered from every process with gradients, so N processes optimise the same
+objective as one process with the whole batch. The output folder holds the fine-tuned dual encoder
+itself (a plain CLIPModel/SiglipModel/VisionTextDualEncoderModel checkpoint, LoRA merged) + processor.
+"""
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import transformers
+from transformers import (
+    AutoImageProcessor,
+    AutoModel,
+    AutoProcessor,
+    AutoTokenizer,
+    EarlyStoppingCallback,
+    Trainer,
+    TrainingArguments,
+    VisionTextDualEncoderModel,
+    VisionTextDualEncoderProcessor,
+    default_data_collator,
+)
+
+from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict, parse_args
+from mm_hf.data.images import check_images
+from mm_hf.data.loading import dataset_display_name
+from mm_hf.data.pairs import load_caption_splits
+from mm_hf.hub import write_model_card, write_run_info
+from mm_hf.models import ContrastiveDualEncoderModel
+from mm_hf.outputs import recipe_command, update_all_results, write_run_config, write_training_curves
+from mm_hf.publish import publish_run
+from mm_hf.reports import format_before_after_table
+from mm_hf.retrieval import PairTransform, evaluate_retrieval, zeroshot_classification
+from mm_hf.training import (
+    apply_contrastive_strategy,
+    check_launch,
+    check_output_dir,
+    prepare_training_arguments,
+    trainable_parameters,
+)
+
+logger = logging.getLogger(__name__)
+TABLE_METRICS = ("image_to_text_recall@1", "image_to_text_recall@5", "text_to_image_recall@1",
+                 "text_to_image_recall@5", "text_to_image_median_rank", "zeroshot_cls_accuracy")  # fmt: skip
+
+
+@dataclass
+class RetrievalArguments:
+    image_column: str = field(default="image", metadata={"help": "Column of images or image paths."})
+    caption_column: str = field(default="caption", metadata={"help": "Column of captions (a string or a list)."})
+    vision_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "With --text_model_name_or_path: assemble a new dual encoder from these two."}
+    )
+    text_model_name_or_path: str | None = field(default=None, metadata={"help": "Text encoder of a new dual encoder."})
+    projection_dim: int = field(default=512, metadata={"help": "Embedding size of a newly assembled dual encoder."})
+    loss: str = field(
+        default="clip", metadata={"help": "clip (InfoNCE) or siglip (sigmoid).", "choices": ["clip", "siglip"]}
+    )
+    gather_negatives: bool = field(default=True, metadata={"help": "Loss over the global batch across processes."})
+    max_seq_length: int = field(default=64, metadata={"help": "Captions are padded/truncated to this many tokens."})
+    zeroshot_eval_dir: str | None = field(
+        default=None, metadata={"help": "Class folders for zero-shot classification before/after (ability kept)."}
+    )
+    prompt_templates: list[str] = field(
+        default_factory=lambda: ["a photo of a {}."], metadata={"help": "Prompts for --zeroshot_eval_dir."}
+    )
+    augment: bool = field(default=False, metadata={"help": "Random resized crop on training images."})
+
+
+ARGUMENT_TYPES = (ModelArguments, DataArguments, FinetuneArguments, RetrievalArguments, TrainingArguments)
+
+
+def main(argv=None):
+    # 1. Arguments
+    argv = sys.argv[1:] if argv is None else list(argv)
+    model_args, data_args, ft_args, ret_args, training_args = parse_args(ARGUMENT_TYPES, argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+    check_launch(training_args)
+    if training_args.do_train:
+        check_output_dir(training_args.output_dir, ft_args.overwrite_output_dir)
+    transformers.set_seed(training_args.seed)
+
+    # 2. Data: captions cleaned, images decodable, before any training
+    column = ret_args.image_column
+    with training_args.main_process_first(desc="loading data"):
+        splits = load_caption_splits(
+            data_args, column, ret_args.caption_column, model_args.cache_dir, skip_bad=data_args.skip_bad_samples
+        )
+    for name in list(splits):
+        splits[name], _ = check_images(
+            splits[name],
+            column,
+            skip_bad=data_args.skip_bad_samples,
+            num_proc=data_args.preprocessing_num_workers,
+            split_name=name,
+        )
+    eval_split = "test" if "test" in splits else "validation"
+    push_to_hub = training_args.push_to_hub
+    # Gathering negatives needs the same batch size on every process: drop the ragged last batch. No labels:
+    # the loss comes from the pairs themselves (Trainer then reports eval_loss without them).
+    training_args = prepare_training_arguments(
+        training_args,
+        ft_args,
+        has_validation="validation" in splits,
+        best_metric="loss",
+        dataloader_drop_last=True,
+        label_names=[],
+    )
+
+    # 3. Processor and model: a pretrained dual encoder, or one assembled from two encoders
+    hub_kwargs = {
+        "cache_dir": model_args.cache_dir,
+        "revision": model_args.model_revision,
+        "trust_remote_code": model_args.trust_remote_code,
+    }
+    if ret_args.vision_model_name_or_path and ret_args.text_model_name_or_path:
+        backbone = VisionTextDualEncoderModel.from_vision_text_pretrained(
+            ret_args.vision_model_name_or_path,
+            ret_args.text_model_name_or_path,
+            projection_dim=ret_args.projection_dim,
+        )
+        processor = VisionTextDualEncoderProcessor(
+            AutoImageProcessor.from_pretrained(ret_args.vision_model_name_or_path, **hub_kwargs),
+            AutoTokenizer.from_pretrained(ret_args.text_model_name_or_path, **hub_kwargs),
+        )
+        base_model = f"{ret_args.vision_model_name_or_path} + {ret_args.text_model_name_or_path}"
+    else:
+        backbone = AutoModel.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
+        processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
+        base_model = model_args.model_name_or_path
+    model = ContrastiveDualEncoderModel.from_backbone(backbone, ret_args.loss, ret_args.gather_negatives, base_model)
+    model = apply_contrastive_strategy(model, ft_args)
+    trainable = trainable_parameters(model)
+    logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
+
+    # 4. Inputs: image + one of its captions per row
+    pair_kwargs = {"image_column": column, "max_length": ret_args.max_seq_length}
+    tokenizer, image_processor = processor.tokenizer, processor.image_processor
+    train_ds = splits["train"].with_transform(
+        PairTransform(image_processor, tokenizer, train=True, augment=ret_args.augment, **pair_kwargs)
+    )
+    eval_ds = None
+    if "validation" in splits:
+        eval_ds = splits["validation"].with_transform(
+            PairTransform(image_processor, tokenizer, train=False, **pair_kwargs)
+        )
+
+    # 5. Trainer (the loss is the model's own)
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=processor,
+        data_collator=default_data_collator,
+    )
+
+    def measure(prefix: str) -> dict:
+        """Retrieval (and zero-shot classification) metrics of the current weights, on the main process."""
+        if not trainer.is_world_process_zero():
+            return {}
+        metrics = evaluate_retrieval(
+            trainer.accelerator.unwrap_model(trainer.model),
+            splits[eval_split],
+            image_processor,
+            tokenizer,
+            image_column=column,
+            batch_size=training_args.per_device_eval_batch_size,
+            max_length=ret_args.max_seq_length,
+            prefix=f"{prefix}{eval_split}_",
+        )
+        if ret_args.zeroshot_eval_dir:
+            metrics.update(
+                zeroshot_classification(
+                    backbone,
+                    processor,
+                    ret_args.zeroshot_eval_dir,
+                    templates=ret_args.prompt_templates,
+                    batch_size=training_args.per_device_eval_batch_size,
+                    prefix=f"{prefix}{eval_split}_zeroshot_cls_",
+                )
+            )
+        metrics[f"{prefix}{eval_split}_samples"] = len(splits[eval_split])
+        return metrics
+
+    # 6. Evaluate the untouched model, train, evaluate again
+    before = measure("zeroshot_")
+    results = dict(before)
+    train_runtime = None
+    if training_args.do_train:
+        if ft_args.early_stopping_patience is not None:
+            trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=ft_args.early_stopping_patience))
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        train_runtime = train_result.metrics.get("train_runtime")
+        results.update(train_result.metrics, train_samples=len(splits["train"]))
+    if eval_ds is not None and training_args.do_eval:
+        results.update(trainer.evaluate(eval_ds, metric_key_prefix="eval"))
+    after = measure("")
+    results.update(after)
+
+    # 7. Save the dual encoder (LoRA merged), processor, results and card
+    out = training_args.output_dir
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        trained = trainer.accelerator.unwrap_model(trainer.model)
+        trained = trained.merge_and_unload() if hasattr(trained, "peft_config") else trained
+        trained.backbone.save_pretrained(out)
+        processor.save_pretrained(out)
+        command = recipe_command(argv, script="recipes/clip_retrieval.py")
+        table = format_before_after_table(
+            {k.removeprefix("zeroshot_"): v for k, v in before.items()},
+            after,
+            metrics=[f"{eval_split}_{m}" for m in TABLE_METRICS],
+        )
+        with open(os.path.join(out, "before_after.md"), "w") as f:
+            f.write(table)
+        write_training_curves(trainer, out)
+        update_all_results(out, results)
+        write_run_config(out, args_to_dict(model_args, data_args, ft_args, ret_args, training_args), command)
+        write_run_info(
+            out,
+            task="image-text retrieval",
+            pipeline_tag="zero-shot-image-classification",
+            base_model=base_model,
+            dataset=dataset_display_name(data_args),
+            command=command,
+            eval_split=eval_split,
+            before_label="before fine-tuning",
+            finetune_strategy=ft_args.finetune_strategy,
+            saved_as="full",
+            trainable=trainable,
+            train_runtime=train_runtime,
+        )
+        write_model_card(out)
+        print(f"\nRetrieval on the {eval_split} split ({len(splits[eval_split])} images):\n\n{table}")
+        if push_to_hub:
+            publish_run(training_args, out)
+    return results
+
+
+if __name__ == "__main__":
+    main()
