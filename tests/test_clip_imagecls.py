@@ -404,3 +404,27 @@ def test_torch_compile_reaches_the_model(tiny_vtde, digits_dir, tmp_path, monkey
         steps=2,
     )
     assert seen and all(s["compiling"] for s in seen)
+
+
+def test_hub_format_dataset_with_image_feature_and_classlabel(tiny_vtde, digits_dir, tmp_path):
+    """--dataset_name on a Hub-format dataset: parquet shards, an Image feature, a ClassLabel, a 'valid' split."""
+    from datasets import ClassLabel, Dataset, Features, Image, Value
+
+    names = ["zero", "one", "two", "three"]
+    features = Features({"img": Image(), "digit": ClassLabel(names=names), "extra": Value("int32")})
+    root = tmp_path / "hub_dataset"
+    for split, folder in (("train", "train"), ("valid", "validation"), ("test", "test")):
+        paths = sorted((digits_dir / folder).glob("*/*.png"))
+        rows = {"img": [str(p) for p in paths], "digit": [names.index(p.parent.name) for p in paths],
+                "extra": list(range(len(paths)))}  # fmt: skip
+        Dataset.from_dict(rows, features=features).to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+    out = tmp_path / "out"
+    results = recipe.main([
+        "--model_name_or_path", str(tiny_vtde), "--dataset_name", str(root), "--output_dir", str(out),
+        "--image_column_name", "img", "--label_column_name", "digit", "--do_train", "--max_steps", "2",
+        "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no",
+        "--finetune_strategy", "linear_probe",
+    ])  # fmt: skip
+    assert results["test_samples"] == 20 and "eval_accuracy" in results
+    report = json.loads((out / "classification_report.json").read_text())
+    assert list(report["per_class"]) == names  # ClassLabel order kept, not re-sorted

@@ -146,3 +146,56 @@ def test_contrastive_wrapper_round_trips_through_automodel(tiny_vtde, tmp_path):
         a, b = model(pixel_values=pixels, input_ids=ids), reloaded(pixel_values=pixels, input_ids=ids)
     torch.testing.assert_close(a.loss, b.loss)
     torch.testing.assert_close(a.image_embeds, b.image_embeds)
+
+
+@pytest.mark.parametrize("backbone", ["tiny_clip", "tiny_siglip", "tiny_vtde"])
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_wrapper_and_strategies_on_every_dual_encoder(backbone, loss, request):
+    """Each strategy trains exactly its towers on CLIP, SigLIP and VisionTextDualEncoder backbones."""
+    from types import SimpleNamespace
+
+    from mm_hf.models import ContrastiveDualEncoderModel
+    from mm_hf.training import apply_contrastive_strategy
+
+    path = request.getfixturevalue(backbone)
+    size = 30 if backbone == "tiny_clip" else 32
+    for strategy in ("full", "lock_image", "lock_text", "lora"):
+        model = ContrastiveDualEncoderModel.from_backbone(AutoModel.from_pretrained(path), loss=loss)
+        args = SimpleNamespace(
+            finetune_strategy=strategy, lora_r=2, lora_alpha=4, lora_dropout=0.0, lora_target_modules=None
+        )
+        model = apply_contrastive_strategy(model, args)
+        out = model(pixel_values=torch.randn(4, 3, size, size), input_ids=torch.randint(2, 40, (4, 6)))
+        out.loss.backward()
+        grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert grads <= trainable and grads, strategy
+        vision = any("vision_model" in n for n in grads)
+        text = any("text_model" in n for n in grads)
+        assert (vision, text) == {"full": (True, True), "lock_image": (False, True), "lock_text": (True, False),
+                                  "lora": (True, True)}[strategy], strategy  # fmt: skip
+        if strategy == "lora":
+            assert all("lora_" in n for n in trainable)
+
+
+def test_hub_format_dataset_with_image_feature_and_caption_lists(tiny_vtde, digits_dir, tmp_path):
+    """--dataset_name on a Hub-format dataset (parquet with an Image feature and list captions)."""
+    from datasets import Dataset, DatasetDict, Features, Image, Sequence, Value
+
+    features = Features({"image": Image(), "caption": Sequence(Value("string"))})
+    splits = {}
+    for split in ("train", "validation", "test"):
+        paths = sorted((digits_dir / split).glob("*/*.png"))
+        captions = [[f"a handwritten {p.parent.name}.", "NA"] for p in paths]
+        splits[split] = Dataset.from_dict({"image": [str(p) for p in paths], "caption": captions}, features=features)
+    root = tmp_path / "hub_dataset"
+    for split, ds in DatasetDict(splits).items():
+        ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+    out = tmp_path / "out"
+    results = recipe.main([
+        "--model_name_or_path", str(tiny_vtde), "--dataset_name", str(root), "--output_dir", str(out),
+        "--do_train", "--max_steps", "2", "--per_device_train_batch_size", "8", "--use_cpu", "true",
+        "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no", "--max_seq_length", "12",
+        "--finetune_strategy", "lock_text",
+    ])  # fmt: skip
+    assert results["test_num_items"] == 20 and results["test_num_texts"] == 20  # the "NA" captions were dropped

@@ -9,12 +9,12 @@ once, up front, and either fails with a list of the bad files or drops them.
 
 from __future__ import annotations
 
+import functools
 import io
-import logging
 import os
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from mm_hf.data.images import BadSampleError, _describe_sample
-
-logger = logging.getLogger(__name__)
+from mm_hf.data.validation import BadSampleError, check_samples
 
 # A path, encoded bytes, a `datasets.Audio(decode=False)` record {"bytes", "path"}, or an in-memory
 # record {"array", "sampling_rate"}.
@@ -33,7 +31,6 @@ AudioSource = str | os.PathLike | bytes | Mapping[str, Any]
 
 # Peak amplitude below which a clip counts as silent (about -120 dBFS; 24-bit PCM's step is 1.2e-7).
 SILENCE_PEAK = 1e-6
-_MAX_LISTED = 5
 _IN_MEMORY = "<in-memory bytes>"
 # libsndfile does not fail on a WAV/AIFF cut inside its audio data: it logs e.g.
 # "data : 32000 (should be 15978)" and silently returns the shorter clip. We read that log.
@@ -160,76 +157,17 @@ def check_audio(
     the returned dataset (which is otherwise unchanged). Samples can be paths or `datasets.Audio`
     records; decoded audio is never stored. Silent clips count as bad only with `reject_silent=True`.
     """
-    if column not in dataset.column_names:
-        raise KeyError(f"No column {column!r} in the {split_name} split; columns are {dataset.column_names}.")
-    view = _undecoded(dataset, column)
-    found = view.map(
-        _find_bad_samples,
-        fn_kwargs={"split_name": split_name, "sampling_rate": sampling_rate, "reject_silent": reject_silent},
-        batched=True,
-        with_indices=True,
-        input_columns=[column],
-        remove_columns=view.column_names,
-        # Declared so the result's types never depend on whether a batch held a bad sample.
-        features=datasets.Features({"bad_source": datasets.Value("string"), "bad_reason": datasets.Value("string")}),
+    load = functools.partial(load_audio, sampling_rate=sampling_rate, reject_silent=reject_silent)
+    return check_samples(
+        dataset,
+        column,
+        load,
+        kind="audio clips",
+        feature_type=datasets.Audio,
+        skip_bad=skip_bad,
         num_proc=num_proc,
-        # Files can change on disk under the same paths, so never reuse an earlier verdict.
-        load_from_cache_file=False,
-        keep_in_memory=True,
-        desc=f"Checking audio in {split_name}",
+        split_name=split_name,
     )
-    bad_rows = [
-        (index, (source, reason))
-        for index, (source, reason) in enumerate(zip(found["bad_source"], found["bad_reason"], strict=True))
-        if reason is not None
-    ]
-    if not bad_rows:
-        return dataset, []
-    bad = [pair for _, pair in bad_rows]
-    if not skip_bad or len(bad) == len(dataset):
-        raise _summary_error(bad, len(dataset), split_name, skip_bad=skip_bad)
-    logger.warning(
-        "Dropping %d of %d unusable audio clips from %s, e.g. %s: %s", len(bad), len(dataset), split_name, *bad[0]
-    )
-    bad_indices = {index for index, _ in bad_rows}
-    return dataset.select([i for i in range(len(dataset)) if i not in bad_indices]), bad
-
-
-def _undecoded(dataset: datasets.Dataset, column: str) -> datasets.Dataset:
-    """A view whose audio column yields `{"bytes", "path"}` records, so we decode with our own checks."""
-    feature = dataset.features.get(column) if dataset.features else None
-    if isinstance(feature, datasets.Audio) and feature.decode:
-        return dataset.cast_column(column, datasets.Audio(decode=False))
-    return dataset
-
-
-def _find_bad_samples(
-    samples: Sequence[Any], indices: Sequence[int], split_name: str, sampling_rate: int, reject_silent: bool
-) -> dict[str, list]:
-    found: dict[str, list] = {"bad_source": [], "bad_reason": []}
-    for sample, index in zip(samples, indices, strict=True):
-        try:
-            load_audio(sample, sampling_rate, reject_silent=reject_silent)  # decoded and dropped: we only validate
-        except BadSampleError as error:
-            found["bad_source"].append(_describe_sample(sample, index, split_name))
-            found["bad_reason"].append(error.reason)
-        else:
-            found["bad_source"].append(None)
-            found["bad_reason"].append(None)
-    return found
-
-
-def _summary_error(bad: list[tuple[str, str]], total: int, split_name: str, *, skip_bad: bool) -> BadSampleError:
-    listed = "\n".join(f"  - {source}: {reason}" for source, reason in bad[:_MAX_LISTED])
-    if len(bad) > _MAX_LISTED:
-        listed += f"\n  ... and {len(bad) - _MAX_LISTED} more"
-    if skip_bad:
-        hint = "Every clip is bad: check the audio column and that paths resolve from this directory."
-    else:
-        hint = "Fix or delete these files, or pass skip_bad=True to drop them."
-    first_source, first_reason = bad[0]
-    summary = f"{len(bad)} of {total} audio clips in {split_name!r} cannot be used:\n{listed}\n{hint}"
-    return BadSampleError(first_source, f"{first_reason}\n{summary}")
 
 
 def crop_or_pad(x: np.ndarray, num_samples: int, *, train: bool, rng: random.Random | None = None) -> np.ndarray:

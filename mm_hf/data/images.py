@@ -9,10 +9,9 @@ files or drops them.
 from __future__ import annotations
 
 import io
-import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import datasets
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-logger = logging.getLogger(__name__)
+from mm_hf.data.validation import BadSampleError, check_samples
 
 # A path, an already-open PIL image, encoded bytes, or a `datasets.Image(decode=False)` record.
 ImageSource = str | os.PathLike | bytes | Image.Image | Mapping[str, Any]
@@ -28,22 +27,7 @@ ImageSource = str | os.PathLike | bytes | Image.Image | Mapping[str, Any]
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "PA"})
 # Greyscale modes with more than 8 bits (16-bit ints, 32-bit ints, 32-bit floats).
 _HIGH_BIT_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-_MAX_LISTED = 5
 _IN_MEMORY = "<in-memory bytes>"
-
-
-class BadSampleError(ValueError):
-    """An image that cannot be used: `.source` names the file (or row), `.reason` says why."""
-
-    def __init__(self, source: Any, reason: str):
-        self.source = str(source)
-        self.reason = reason
-        super().__init__(f"Cannot use {self.source}: {reason}")
-
-    def __reduce__(self):
-        # The default pickling replays `args` (the message) into __init__, which takes two arguments;
-        # errors must survive the trip back from `num_proc` / DataLoader worker processes.
-        return type(self), (self.source, self.reason)
 
 
 class _RefuseTruncated:
@@ -226,89 +210,13 @@ def check_images(
     the returned dataset (which is otherwise unchanged). Samples can be paths or
     `datasets.Image` records; decoded pixels are never stored in the dataset.
     """
-    if column not in dataset.column_names:
-        raise KeyError(f"No column {column!r} in the {split_name} split; columns are {dataset.column_names}.")
-    view = _undecoded(dataset, column)
-    found = view.map(
-        _find_bad_samples,
-        fn_kwargs={"split_name": split_name},
-        batched=True,
-        with_indices=True,
-        input_columns=[column],
-        remove_columns=view.column_names,
-        # Declared so the result's types never depend on whether a batch held a bad sample
-        # (an all-None column would be typed `null`).
-        features=datasets.Features(
-            {
-                "bad_source": datasets.Value("string"),
-                "bad_reason": datasets.Value("string"),
-            }
-        ),
+    return check_samples(
+        dataset,
+        column,
+        load_image,
+        kind="images",
+        feature_type=datasets.Image,
+        skip_bad=skip_bad,
         num_proc=num_proc,
-        # Files can change on disk under the same paths, so never reuse an earlier verdict.
-        load_from_cache_file=False,
-        keep_in_memory=True,
-        desc=f"Checking images in {split_name}",
+        split_name=split_name,
     )
-    bad_rows = [
-        (index, (source, reason))
-        for index, (source, reason) in enumerate(zip(found["bad_source"], found["bad_reason"], strict=True))
-        if reason is not None
-    ]
-    if not bad_rows:
-        return dataset, []
-    bad = [pair for _, pair in bad_rows]
-    if not skip_bad or len(bad) == len(dataset):
-        raise _summary_error(bad, len(dataset), split_name, skip_bad=skip_bad)
-    logger.warning(
-        "Dropping %d of %d unreadable images from %s, e.g. %s: %s",
-        len(bad),
-        len(dataset),
-        split_name,
-        *bad[0],
-    )
-    bad_indices = {index for index, _ in bad_rows}
-    return dataset.select([i for i in range(len(dataset)) if i not in bad_indices]), bad
-
-
-def _undecoded(dataset: datasets.Dataset, column: str) -> datasets.Dataset:
-    """A view whose image column yields `{"bytes", "path"}` records, so we decode with our own checks."""
-    feature = dataset.features.get(column) if dataset.features else None
-    if isinstance(feature, datasets.Image) and feature.decode:
-        return dataset.cast_column(column, datasets.Image(decode=False))
-    return dataset
-
-
-def _find_bad_samples(samples: Sequence[Any], indices: Sequence[int], split_name: str) -> dict[str, list]:
-    found: dict[str, list] = {"bad_source": [], "bad_reason": []}
-    for sample, index in zip(samples, indices, strict=True):
-        try:
-            load_image(sample)  # decoded and dropped straight away: we only validate
-        except BadSampleError as error:
-            found["bad_source"].append(_describe_sample(sample, index, split_name))
-            found["bad_reason"].append(error.reason)
-        else:
-            found["bad_source"].append(None)
-            found["bad_reason"].append(None)
-    return found
-
-
-def _describe_sample(sample: Any, index: int, split_name: str) -> str:
-    if isinstance(sample, str | os.PathLike):
-        return str(sample)
-    if isinstance(sample, Mapping) and sample.get("path"):
-        return str(sample["path"])
-    return f"row {index} of {split_name}"
-
-
-def _summary_error(bad: list[tuple[str, str]], total: int, split_name: str, *, skip_bad: bool) -> BadSampleError:
-    listed = "\n".join(f"  - {source}: {reason}" for source, reason in bad[:_MAX_LISTED])
-    if len(bad) > _MAX_LISTED:
-        listed += f"\n  ... and {len(bad) - _MAX_LISTED} more"
-    if skip_bad:
-        hint = "Every image is bad: check the image column and that paths resolve from this directory."
-    else:
-        hint = "Fix or delete these files, or pass skip_bad=True to drop them."
-    first_source, first_reason = bad[0]
-    summary = f"{len(bad)} of {total} images in {split_name!r} cannot be used:\n{listed}\n{hint}"
-    return BadSampleError(first_source, f"{first_reason}\n{summary}")
