@@ -17,6 +17,57 @@ from PIL import Image
 
 from .models.tiny import build_tiny_dual_encoder
 
+TONE_CLASSES = {"low": (150.0, 300.0), "mid": (600.0, 1200.0), "high": (2400.0, 4800.0), "noise": None}
+
+
+def write_tones_audiofolder(
+    output_dir: str,
+    per_class: tuple[int, int, int] = (50, 15, 15),
+    seed: int = 0,
+    sampling_rate: int = 16000,
+    duration: tuple[float, float] = (0.5, 1.5),
+) -> dict[str, int]:
+    """Synthesise labelled WAV clips as class folders `<split>/<low|mid|high|noise>/NNNN.wav` (16-bit, mono).
+
+    A tone clip is a sine at a random base frequency from its class band, plus a weaker second harmonic,
+    with random phase, amplitude (0.1-0.8) and duration, a short fade in/out and background noise at
+    20-40 dB SNR; a "noise" clip is white or brown noise. `per_class` = clips per class in
+    (train, validation, test). The same seed gives the same files. Returns the number of clips per split.
+    """
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    counts = {}
+    for split, n in zip(("train", "validation", "test"), per_class, strict=True):
+        counts[split] = 0
+        for name, band in TONE_CLASSES.items():
+            folder = os.path.join(output_dir, split, name)
+            os.makedirs(folder, exist_ok=True)
+            for i in range(n):
+                clip = _synth_clip(rng, band, sampling_rate, duration)
+                sf.write(os.path.join(folder, f"{i:04d}.wav"), clip, sampling_rate, subtype="PCM_16")
+            counts[split] += n
+    return counts
+
+
+def _synth_clip(rng: np.random.Generator, band, sampling_rate: int, duration) -> np.ndarray:
+    t = np.arange(int(rng.uniform(*duration) * sampling_rate)) / sampling_rate
+    amplitude = rng.uniform(0.1, 0.8)
+    if band is None:
+        noise = rng.standard_normal(t.size)
+        if rng.random() < 0.5:  # brown noise: integrated white noise, most power at low frequencies
+            noise = np.cumsum(noise)
+            noise -= np.linspace(noise[0], noise[-1], noise.size)
+        return (amplitude * noise / np.abs(noise).max()).astype(np.float32)
+    freq = rng.uniform(*band)
+    signal = np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi))
+    signal += 0.3 * np.sin(4 * np.pi * freq * t + rng.uniform(0, 2 * np.pi))
+    fade = np.minimum(1.0, np.minimum(t, t[-1] - t) / 0.02)  # 20 ms ramps: no clicks at the edges
+    signal = amplitude * signal * fade / 1.3
+    noise = rng.standard_normal(t.size) * np.sqrt(np.mean(signal**2) / 10 ** (rng.uniform(20, 40) / 10))
+    return np.clip(signal + noise, -1, 1).astype(np.float32)
+
+
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 

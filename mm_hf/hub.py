@@ -174,6 +174,13 @@ def _hardware() -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
+# pipeline tag -> (example input, preprocessor Auto class, model Auto class) of the classifiers' snippets.
+_CLASSIFIER_USAGE = {
+    "image-classification": ('"image.png"', "AutoImageProcessor", "AutoModelForImageClassification"),
+    "audio-classification": ('"clip.wav"', "AutoFeatureExtractor", "AutoModelForAudioClassification"),
+}
+
+
 def _usage(saved_as: str, pipeline_tag: str, base_model: str) -> str:
     if pipeline_tag == "zero-shot-image-classification":  # a plain dual encoder: no remote code involved
         return (
@@ -184,26 +191,26 @@ def _usage(saved_as: str, pipeline_tag: str, base_model: str) -> str:
             'AutoProcessor.from_pretrained("REPO_ID")\n'
             'image_embeds = model.get_image_features(**processor(images=image, return_tensors="pt")).pooler_output\n```'
         )
+    example, preprocessor, auto_model = _CLASSIFIER_USAGE.get(pipeline_tag, _CLASSIFIER_USAGE["image-classification"])
     if saved_as == "adapter":
         return (
             f"This repository holds a LoRA adapter for `{base_model}` together with the trained classification "
             "head (saved through `modules_to_save`), the classifier's config and code, and the processor. "
             "Plain transformers + peft rebuild the classifier around the base model and apply the adapter:\n\n"
             "```python\nfrom peft import PeftModel\n"
-            "from transformers import AutoConfig, AutoModel, AutoModelForImageClassification\n\n"
+            f"from transformers import AutoConfig, AutoModel, {auto_model}\n\n"
             'config = AutoConfig.from_pretrained("REPO_ID", trust_remote_code=True)\n'
-            "model = AutoModelForImageClassification.from_config(config, trust_remote_code=True)\n"
+            f"model = {auto_model}.from_config(config, trust_remote_code=True)\n"
             f'model.backbone = AutoModel.from_pretrained("{base_model}")  # the pretrained base weights\n'
-            'model = PeftModel.from_pretrained(model, "REPO_ID").eval()  # model.merge_and_unload() for speed\n```\n\n'
-            'With mm-hf installed, `mm_hf.models.load_clip_classifier("REPO_ID")` does the same.'
+            'model = PeftModel.from_pretrained(model, "REPO_ID").eval()  # model.merge_and_unload() for speed\n```'
         )
     return (
         "```python\nfrom transformers import pipeline\n\n"
         f'classifier = pipeline("{pipeline_tag}", model="REPO_ID", trust_remote_code=True)\n'
-        'classifier("image.png")\n```\n\n'
-        "or\n\n```python\nfrom transformers import AutoImageProcessor, AutoModelForImageClassification\n\n"
-        'model = AutoModelForImageClassification.from_pretrained("REPO_ID", trust_remote_code=True)\n'
-        'processor = AutoImageProcessor.from_pretrained("REPO_ID")\n```\n\n'
+        f"classifier({example})\n```\n\n"
+        f"or\n\n```python\nfrom transformers import {preprocessor}, {auto_model}\n\n"
+        f'model = {auto_model}.from_pretrained("REPO_ID", trust_remote_code=True)\n'
+        f'preprocessor = {preprocessor}.from_pretrained("REPO_ID")\n```\n\n'
         "`trust_remote_code=True` runs the model's code shipped in this repository "
         "(`configuration_*.py`, `modeling_*.py`); mm-hf itself is not needed."
     )

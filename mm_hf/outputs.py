@@ -105,3 +105,54 @@ def _yaml_safe(value):
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)  # enums, paths
+
+
+def save_classification_run(
+    trainer,
+    *,
+    command: str,
+    resolved_args: dict,
+    results: dict,
+    report: dict,
+    before_report: dict,
+    before_after_table: str,
+    skipped: dict,
+    merge_lora: bool = False,
+    push_to_hub: bool = False,
+    **run_info,
+) -> dict:
+    """The last section of a classification recipe: save the model and write the complete output folder.
+
+    Call on every process (saving is coordinated by Trainer); only the main process writes the rest:
+    the per-class report and confusion matrix after training (`report`) and before it (`before_report`,
+    prefixed `zeroshot_`), training curves, `all_results.json` (merged with `results`, which is returned),
+    `run_config.yaml`, `before_after.md`, `run_info.json` (`run_info` holds task, pipeline_tag,
+    base_model, dataset, eval_split, before_label, finetune_strategy, trainable, train_runtime) and the
+    model card; prints the summary, lists skipped samples (`skipped`: split -> [(source, reason)]) and,
+    with `push_to_hub`, publishes the folder.
+    """
+    from .hub import write_model_card, write_run_info
+    from .publish import publish_run
+
+    out = trainer.args.output_dir
+    saved_as = save_model(trainer, out, merge_lora=merge_lora)
+    if not trainer.is_world_process_zero():
+        return results
+    report_text = write_classification_outputs(out, report)
+    write_classification_outputs(out, before_report, prefix="zeroshot_")
+    write_training_curves(trainer, out)
+    results = update_all_results(out, results)
+    write_run_config(out, resolved_args, command)
+    with open(os.path.join(out, "before_after.md"), "w") as f:
+        f.write(before_after_table)
+    write_run_info(out, command=command, saved_as=saved_as, **run_info)
+    write_model_card(out)
+    split = run_info["eval_split"]
+    print(f"\nEvaluation on the {split} split ({results.get(f'{split}_samples')} samples):\n\n{before_after_table}")
+    print(report_text)
+    bad = [f"{source} ({why})" for samples in skipped.values() for source, why in samples[:5]]
+    if bad:
+        print(f"Skipped {sum(len(v) for v in skipped.values())} unreadable samples: " + "; ".join(bad))
+    if push_to_hub:
+        publish_run(trainer.args, out)
+    return results

@@ -259,3 +259,93 @@ def evaluate_before_training(trainer, dataset, metric_key_prefix: str) -> dict:
     metrics = trainer.evaluate(dataset, metric_key_prefix=metric_key_prefix)
     trainer.model._is_accelerate_prepared = False
     return metrics
+
+
+# Modules of an audio backbone that run before its transformer layers: conv waveform/mel stems, patch
+# embeddings, positional embeddings. top_k leaves them frozen.
+_AUDIO_PRE_ENCODER = (
+    "feature_extractor",
+    "feature_projection",
+    "pos_conv_embed",
+    "embeddings",
+    "conv1",
+    "conv2",
+    "embed_positions",
+)
+
+
+def audio_encoder(model: nn.Module) -> tuple[str, nn.Module]:
+    """(name, module) holding the audio backbone's transformer layers: `backbone.encoder` when the backbone has
+    one (wav2vec2 family, AST), else the backbone itself (Whisper's encoder).
+
+    Searching inside it keeps `encoder_layers` off wav2vec2's conv stack (a ModuleList of identical blocks too).
+    """
+    encoder = getattr(model.backbone, "encoder", None)
+    if isinstance(encoder, nn.Module):
+        return "backbone.encoder", encoder
+    return "backbone", model.backbone
+
+
+def audio_top_k_modules(model: nn.Module, n: int) -> list[str]:
+    """The last `n` transformer layers of the audio encoder plus the modules after them (final norm, adapter)."""
+    encoder_name, encoder = audio_encoder(model)
+    layers_name, layers = encoder_layers(encoder)
+    if not 0 <= n <= len(layers):
+        raise ValueError(f"--unfreeze_last_n_layers must be between 0 and {len(layers)}, got {n}")
+    names = [f"{encoder_name}.{layers_name}.{i}" for i in range(len(layers) - n, len(layers))]
+    # wav2vec2-family encoders without `do_stable_layer_norm` apply their `layer_norm` before the layers.
+    pre_layers = _AUDIO_PRE_ENCODER
+    if hasattr(model.backbone, "feature_extractor") and not getattr(
+        model.backbone.config, "do_stable_layer_norm", True
+    ):
+        pre_layers += ("layer_norm",)
+    for child, _ in encoder.named_children():
+        if child != layers_name.partition(".")[0] and child not in pre_layers:
+            names.append(f"{encoder_name}.{child}")
+    if encoder_name != "backbone":
+        for child, _ in model.backbone.named_children():
+            if child != "encoder" and child not in _AUDIO_PRE_ENCODER:
+                names.append(f"backbone.{child}")
+    return names
+
+
+def apply_audio_finetune_strategy(model: nn.Module, args) -> nn.Module:
+    """Freeze/unfreeze an audio classifier per `args.finetune_strategy`; returns a PeftModel for lora.
+
+    linear_probe: pooler + classifier; top_k: also the last `args.unfreeze_last_n_layers` encoder layers and
+    what follows them; full: everything, except the conv feature encoder when `args.freeze_feature_encoder`;
+    lora: LoRA on the attention projections of the encoder layers, pooler + classifier trained and saved.
+    Parameters the backbone keeps frozen by design (Whisper's sinusoidal positions) stay frozen.
+    """
+    strategy = args.finetune_strategy
+    if strategy not in STRATEGIES:
+        raise ValueError(f"finetune_strategy must be one of {STRATEGIES}, got {strategy!r}")
+    fixed = {name for name, param in model.named_parameters() if not param.requires_grad}
+    head = ["pooler", "classifier"]
+    if strategy == "linear_probe":
+        set_trainable(model, head)
+    elif strategy == "top_k":
+        set_trainable(model, head + audio_top_k_modules(model, args.unfreeze_last_n_layers))
+    elif strategy == "full":
+        set_trainable(model, [name for name, _ in model.named_children()])
+        if args.freeze_feature_encoder and isinstance(getattr(model.backbone, "feature_extractor", None), nn.Module):
+            model.backbone.feature_extractor.requires_grad_(False)
+    else:
+        set_trainable(model, head)
+    for name, param in model.named_parameters():
+        if name in fixed:
+            param.requires_grad = False
+    if strategy == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules=_tower_lora_regex(*audio_encoder(model), args.lora_target_modules),
+            # The head is new: without modules_to_save it would not be stored with the adapter and would
+            # come back randomly initialised on reload.
+            modules_to_save=head,
+        )
+        model = get_peft_model(model, config)
+    return model

@@ -108,6 +108,7 @@ def main(argv=None):
     labels = splits["train"].features["labels"].names
     id2label = dict(enumerate(labels))
     eval_split = "test" if "test" in splits else "validation"
+    key = "test" if eval_split == "test" else "eval"  # Trainer's metric prefixes: test_*, eval_*
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
     training_args = prepare_training_arguments(training_args, ft_args, has_validation="validation" in splits)
 
@@ -173,7 +174,7 @@ def main(argv=None):
     )
 
     # 6. Evaluate the untouched model, train, evaluate again
-    before = evaluate_before_training(trainer, datasets_[eval_split], f"zeroshot_{eval_split}")
+    before = evaluate_before_training(trainer, datasets_[eval_split], f"zeroshot_{key}")
     before_report = metrics.last_report
     results = dict(before)
     train_runtime = None
@@ -193,8 +194,8 @@ def main(argv=None):
             trainer.evaluate(datasets_["validation"], metric_key_prefix="eval"),
             eval_samples=len(datasets_["validation"]),
         )
-    after = trainer.evaluate(datasets_[eval_split], metric_key_prefix=eval_split)
-    after[f"{eval_split}_samples"] = len(datasets_[eval_split])
+    after = trainer.evaluate(datasets_[eval_split], metric_key_prefix=key)
+    after[f"{key}_samples"] = len(datasets_[eval_split])
     results.update(after)
     before_label = "zero-shot" if cls_args.head_init == "zeroshot" else "random head"
     table = format_before_after_table({k.removeprefix("zeroshot_"): v for k, v in before.items()}, after).replace(
@@ -223,7 +224,7 @@ def main(argv=None):
             base_model=model_args.model_name_or_path,
             dataset=dataset_display_name(data_args),
             command=command,
-            eval_split=eval_split,
+            eval_split=key,
             before_label=before_label,
             finetune_strategy=ft_args.finetune_strategy,
             saved_as=saved_as,

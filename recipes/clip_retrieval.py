@@ -109,6 +109,7 @@ def main(argv=None):
             split_name=name,
         )
     eval_split = "test" if "test" in splits else "validation"
+    key = "test" if eval_split == "test" else "eval"  # metric prefixes: test_*, eval_* (Trainer's convention)
     push_to_hub = training_args.push_to_hub
     # Gathering negatives needs the same batch size on every process: drop the ragged last batch. No labels:
     # the loss comes from the pairs themselves (Trainer then reports eval_loss without them).
@@ -181,7 +182,7 @@ def main(argv=None):
             image_column=column,
             batch_size=training_args.per_device_eval_batch_size,
             max_length=ret_args.max_seq_length,
-            prefix=f"{prefix}{eval_split}_",
+            prefix=f"{prefix}{key}_",
         )
         if ret_args.zeroshot_eval_dir:
             metrics.update(
@@ -191,10 +192,10 @@ def main(argv=None):
                     ret_args.zeroshot_eval_dir,
                     templates=ret_args.prompt_templates,
                     batch_size=training_args.per_device_eval_batch_size,
-                    prefix=f"{prefix}{eval_split}_zeroshot_cls_",
+                    prefix=f"{prefix}{key}_zeroshot_cls_",
                 )
             )
-        metrics[f"{prefix}{eval_split}_samples"] = len(splits[eval_split])
+        metrics[f"{prefix}{key}_samples"] = len(splits[eval_split])
         return metrics
 
     # 6. Evaluate the untouched model, train, evaluate again
@@ -224,7 +225,7 @@ def main(argv=None):
         table = format_before_after_table(
             {k.removeprefix("zeroshot_"): v for k, v in before.items()},
             after,
-            metrics=[f"{eval_split}_{m}" for m in TABLE_METRICS],
+            metrics=[f"{key}_{m}" for m in TABLE_METRICS],
         )
         with open(os.path.join(out, "before_after.md"), "w") as f:
             f.write(table)
@@ -238,7 +239,7 @@ def main(argv=None):
             base_model=base_model,
             dataset=dataset_display_name(data_args),
             command=command,
-            eval_split=eval_split,
+            eval_split=key,
             before_label="before fine-tuning",
             finetune_strategy=ft_args.finetune_strategy,
             saved_as="full",

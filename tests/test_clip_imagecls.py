@@ -428,3 +428,19 @@ def test_hub_format_dataset_with_image_feature_and_classlabel(tiny_vtde, digits_
     assert results["test_samples"] == 20 and "eval_accuracy" in results
     report = json.loads((out / "classification_report.json").read_text())
     assert list(report["per_class"]) == names  # ClassLabel order kept, not re-sorted
+
+
+def test_without_a_test_split_the_validation_split_is_reported_as_eval(tiny_vtde, digits_dir, tmp_path):
+    out = tmp_path / "out"
+    results = run(
+        tiny_vtde,
+        out,
+        "--finetune_strategy",
+        "linear_probe",
+        data={"train": digits_dir / "train", "validation": digits_dir / "validation"},
+    )
+    assert {"zeroshot_eval_accuracy", "eval_accuracy", "eval_samples"} <= set(results)
+    assert not any(k.startswith(("test_", "validation_")) for k in results)
+    card = ModelCard.load(out / "README.md")
+    index = {m["type"]: m["value"] for m in card.data.to_dict()["model-index"][0]["results"][0]["metrics"]}
+    assert index["accuracy"] == pytest.approx(results["eval_accuracy"])

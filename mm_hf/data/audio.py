@@ -218,3 +218,59 @@ def augment(
     if limit > 0:
         out = np.roll(out, rng.randint(-limit, limit), axis=-1)
     return out
+
+
+class AudioTransform:
+    """A batch transform for `Dataset.with_transform`: audio sources + `labels` -> model inputs + `labels`.
+
+    Each clip is decoded with `load_audio` at the feature extractor's sampling rate, cut to
+    `max_length_seconds` (`crop_or_pad`: a random window in training, the first one in evaluation),
+    lightly augmented when `augment` (training only), then run through `feature_extractor` as one
+    batch. Returns one tensor per example under the extractor's input name (`input_values` for
+    wav2vec2-style models, `input_features` for Whisper/AST-style ones) and, where the extractor
+    makes one, `attention_mask`. Padding is to the longest clip of the batch, or to the extractor's
+    fixed length for those that need it (Whisper's 30 s). Because datasets hands a DataLoader batch
+    to the transform at once, the clips of a batch share one length and `default_data_collator`
+    stacks them. `return_attention_mask=None` follows the extractor's own setting: wav2vec2-base-like
+    checkpoints are meant to get zero padding without a mask. A class, not a closure, so datasets
+    carrying it pickle into DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        feature_extractor: Any,
+        *,
+        audio_column: str = "audio",
+        max_length_seconds: float | None = None,
+        train: bool = False,
+        augment: bool = False,
+        return_attention_mask: bool | None = None,
+    ):
+        self.feature_extractor = feature_extractor
+        self.audio_column = audio_column
+        self.sampling_rate = int(feature_extractor.sampling_rate)
+        self.max_samples = int(round(max_length_seconds * self.sampling_rate)) if max_length_seconds else None
+        self.train = train
+        self.augment = augment and train
+        self.return_attention_mask = return_attention_mask
+        self.input_name = feature_extractor.model_input_names[0]
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
+        if self.audio_column not in batch:
+            raise KeyError(f"No audio column {self.audio_column!r} in the batch; columns are {list(batch)}.")
+        clips = [load_audio(source, self.sampling_rate) for source in batch[self.audio_column]]
+        if self.max_samples:
+            clips = [crop_or_pad(clip, self.max_samples, train=self.train) for clip in clips]
+        if self.augment:
+            clips = [augment(clip) for clip in clips]
+        kwargs = {"return_attention_mask": self.return_attention_mask} if self.return_attention_mask is not None else {}
+        # Extractors with a fixed input size (Whisper: n_samples = 30 s) need exactly that length.
+        padding = "max_length" if getattr(self.feature_extractor, "n_samples", None) else True
+        features = self.feature_extractor(
+            clips, sampling_rate=self.sampling_rate, return_tensors="pt", padding=padding, **kwargs
+        )
+        out = {key: values for key, values in batch.items() if key != self.audio_column}
+        for key in (self.input_name, "attention_mask"):
+            if key in features:
+                out[key] = list(features[key])
+        return out

@@ -1,20 +1,25 @@
 """mm-hf models, registered with the transformers Auto* classes on import."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers import AutoConfig, AutoModel, AutoModelForAudioClassification, AutoModelForImageClassification
 
+from .audio_classifier import build_audio_classifier
 from .clip_classifier import (
     DEFAULT_PROMPT_TEMPLATES,
     build_clip_classifier,
     class_text_embeddings,
     load_clip_classifier,
 )
+from .configuration_audio_classifier import AudioClassifierConfig
 from .configuration_clip_classifier import ClipClassifierConfig
 from .configuration_dual_encoder import ContrastiveDualEncoderConfig
+from .modeling_audio_classifier import AudioClassifierForAudioClassification
 from .modeling_clip_classifier import ClipClassifierForImageClassification
 from .modeling_dual_encoder import ContrastiveDualEncoderModel
 
 AutoConfig.register(ClipClassifierConfig.model_type, ClipClassifierConfig, exist_ok=True)
 AutoModelForImageClassification.register(ClipClassifierConfig, ClipClassifierForImageClassification, exist_ok=True)
+AutoConfig.register(AudioClassifierConfig.model_type, AudioClassifierConfig, exist_ok=True)
+AutoModelForAudioClassification.register(AudioClassifierConfig, AudioClassifierForAudioClassification, exist_ok=True)
 # The contrastive wrapper is a training-time model: registered for in-process Auto loading, but what
 # clip_retrieval saves is the plain dual encoder inside it, so it ships no remote code.
 AutoConfig.register(ContrastiveDualEncoderConfig.model_type, ContrastiveDualEncoderConfig, exist_ok=True)
@@ -22,13 +27,18 @@ AutoModel.register(ContrastiveDualEncoderConfig, ContrastiveDualEncoderModel, ex
 # Makes save_pretrained copy the code files and write `auto_map`, so checkpoints load without mm_hf.
 ClipClassifierConfig.register_for_auto_class()
 ClipClassifierForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+AudioClassifierConfig.register_for_auto_class()
+AudioClassifierForAudioClassification.register_for_auto_class("AutoModelForAudioClassification")
 
 __all__ = [
     "DEFAULT_PROMPT_TEMPLATES",
+    "AudioClassifierConfig",
+    "AudioClassifierForAudioClassification",
     "ClipClassifierConfig",
     "ClipClassifierForImageClassification",
     "ContrastiveDualEncoderConfig",
     "ContrastiveDualEncoderModel",
+    "build_audio_classifier",
     "build_clip_classifier",
     "class_text_embeddings",
     "load_clip_classifier",

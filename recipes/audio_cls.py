@@ -1,0 +1,202 @@
+"""Fine-tune a pretrained speech/audio encoder (wav2vec2, HuBERT, WavLM, Whisper encoder, AST, ...) for audio classification.
+
+    accelerate launch recipes/audio_cls.py --model_name_or_path facebook/wav2vec2-base \
+        --train_dir clips/ --output_dir out --do_train --do_eval --do_predict \
+        --finetune_strategy lora --num_train_epochs 5 --per_device_train_batch_size 16 --learning_rate 3e-5
+
+`--finetune_strategy` is one of lora (default), full, linear_probe, top_k. Local data: --train_dir/
+--validation_dir/--test_dir (one sub-folder per class, e.g. clips/train/<class>/<file>.wav) or
+--train_file/--validation_file/--test_file (CSV/JSONL with an audio path column and a label column,
+paths relative to the file); or --dataset_name for a Hub dataset with an Audio column. Any sample rate,
+channel count and bit depth that libsndfile reads is resampled to the feature extractor's rate (mono).
+Defaults from a YAML file with --config recipes/configs/audio_cls_demo.yaml (the CLI wins).
+
+The classification head is new (randomly initialised), so the test split is evaluated before training
+("untrained head", the chance baseline) and after, side by side.
+"""
+
+import logging
+import sys
+from dataclasses import dataclass, field
+
+import transformers
+from transformers import AutoFeatureExtractor, EarlyStoppingCallback, Trainer, TrainingArguments, default_data_collator
+
+from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict, parse_args
+from mm_hf.data.audio import AudioTransform, check_audio
+from mm_hf.data.loading import dataset_display_name, load_classification_splits
+from mm_hf.metrics.streaming import ClassificationMetrics
+from mm_hf.models import build_audio_classifier
+from mm_hf.outputs import recipe_command, save_classification_run
+from mm_hf.reports import format_before_after_table
+from mm_hf.training import (
+    apply_audio_finetune_strategy,
+    check_launch,
+    check_output_dir,
+    evaluate_before_training,
+    prepare_training_arguments,
+    trainable_parameters,
+)
+
+logger = logging.getLogger(__name__)
+BEFORE_LABEL = "untrained head"
+
+
+@dataclass
+class AudioArguments:
+    audio_column_name: str = field(default="audio", metadata={"help": "Column holding audio or audio file paths."})
+    label_column_name: str = field(default="label", metadata={"help": "Column holding class labels."})
+    max_length_seconds: float = field(
+        default=5.0,
+        metadata={"help": "Clips are cut to this length: a random window in training, the first one in evaluation."},
+    )
+    freeze_feature_encoder: bool = field(
+        default=True, metadata={"help": "Keep the convolutional waveform feature encoder frozen (wav2vec2-style)."}
+    )
+    pooling: str = field(
+        default="mean",
+        metadata={"help": "How frames become one vector: mean or attention.", "choices": ["mean", "attention"]},
+    )
+    head_dropout: float = field(default=0.1, metadata={"help": "Dropout on the pooled embedding before the head."})
+    augment: bool = field(
+        default=True, metadata={"help": "Random gain, background noise and time shift on training clips."}
+    )
+
+
+ARGUMENT_TYPES = (ModelArguments, DataArguments, FinetuneArguments, AudioArguments, TrainingArguments)
+
+
+def main(argv=None):
+    # 1. Arguments
+    argv = sys.argv[1:] if argv is None else list(argv)
+    model_args, data_args, ft_args, audio_args, training_args = parse_args(ARGUMENT_TYPES, argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+    check_launch(training_args)
+    if training_args.do_train:
+        check_output_dir(training_args.output_dir, ft_args.overwrite_output_dir)
+    transformers.set_seed(training_args.seed)
+    # The feature encoder flag lives with the audio arguments; the strategy reads it from ft_args.
+    ft_args.freeze_feature_encoder = audio_args.freeze_feature_encoder
+
+    # 2. Feature extractor: its sampling rate is the one every clip is validated and resampled at
+    hub_kwargs = {
+        "cache_dir": model_args.cache_dir,
+        "revision": model_args.model_revision,
+        "trust_remote_code": model_args.trust_remote_code,
+    }
+    feature_extractor = AutoFeatureExtractor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
+
+    # 3. Data: every split validated (columns, labels, decodable audio) before any training
+    column = audio_args.audio_column_name
+    with training_args.main_process_first(desc="loading data"):  # one download/cache build, then the others read it
+        splits = load_classification_splits(
+            data_args, column, audio_args.label_column_name, model_args.cache_dir, training_args.seed
+        )
+    skipped = {}
+    for name in list(splits):
+        splits[name], skipped[name] = check_audio(
+            splits[name],
+            column,
+            sampling_rate=feature_extractor.sampling_rate,
+            skip_bad=data_args.skip_bad_samples,
+            num_proc=data_args.preprocessing_num_workers,
+            split_name=name,
+        )
+    labels = splits["train"].features["labels"].names
+    id2label = dict(enumerate(labels))
+    eval_split = "test" if "test" in splits else "validation"
+    push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
+    training_args = prepare_training_arguments(training_args, ft_args, has_validation="validation" in splits)
+
+    # 4. Model: pretrained encoder + pooling + new head, then what the strategy leaves trainable
+    model = build_audio_classifier(
+        model_args.model_name_or_path,
+        id2label,
+        pooling=audio_args.pooling,
+        head_dropout=audio_args.head_dropout,
+        **hub_kwargs,
+    )
+    model = apply_audio_finetune_strategy(model, ft_args)
+    trainable = trainable_parameters(model)
+    logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
+
+    # 5. Inputs decoded on the fly (clips are short; no feature cache even for a linear probe) and Trainer
+    def transform(train):
+        return AudioTransform(
+            feature_extractor,
+            audio_column=column,
+            max_length_seconds=audio_args.max_length_seconds,
+            train=train,
+            augment=audio_args.augment,
+        )
+
+    datasets_ = {name: ds.with_transform(transform(train=name == "train")) for name, ds in splits.items()}
+    metrics = ClassificationMetrics(id2label)
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=datasets_["train"],
+        eval_dataset=datasets_.get("validation"),
+        processing_class=feature_extractor,
+        data_collator=default_data_collator,
+        compute_metrics=metrics,
+    )
+
+    # 6. Evaluate the untrained head (the chance baseline), train, evaluate again
+    before = evaluate_before_training(trainer, datasets_[eval_split], f"zeroshot_{eval_split}")
+    before_report = metrics.last_report
+    results = dict(before)
+    train_runtime = None
+    if training_args.do_train:
+        # Early stopping watches only the evaluations made during training, not the before/after ones.
+        early_stopping = None
+        if ft_args.early_stopping_patience is not None:
+            early_stopping = EarlyStoppingCallback(early_stopping_patience=ft_args.early_stopping_patience)
+            trainer.add_callback(early_stopping)
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        train_runtime = train_result.metrics.get("train_runtime")
+        results.update(train_result.metrics, train_samples=len(datasets_["train"]))
+        if early_stopping is not None:
+            trainer.remove_callback(early_stopping)
+    if "validation" in datasets_ and eval_split != "validation":
+        results.update(
+            trainer.evaluate(datasets_["validation"], metric_key_prefix="eval"),
+            eval_samples=len(datasets_["validation"]),
+        )
+    after = trainer.evaluate(datasets_[eval_split], metric_key_prefix=eval_split)
+    after[f"{eval_split}_samples"] = len(datasets_[eval_split])
+    results.update(after)
+    table = format_before_after_table({k.removeprefix("zeroshot_"): v for k, v in before.items()}, after).replace(
+        "before (zero-shot)", f"before ({BEFORE_LABEL})"
+    )
+    skipped_total = sum(len(v) for v in skipped.values())
+    if skipped_total:
+        results["skipped_bad_samples"] = skipped_total
+
+    # 7. Save the model, outputs and model card (and publish when --push_to_hub)
+    return save_classification_run(
+        trainer,
+        command=recipe_command(argv, script="recipes/audio_cls.py"),
+        resolved_args=args_to_dict(model_args, data_args, ft_args, audio_args, training_args),
+        results=results,
+        report=metrics.last_report,
+        before_report=before_report,
+        before_after_table=table,
+        skipped=skipped,
+        merge_lora=ft_args.merge_lora,
+        push_to_hub=push_to_hub,
+        task="audio-classification",
+        pipeline_tag="audio-classification",
+        base_model=model_args.model_name_or_path,
+        dataset=dataset_display_name(data_args),
+        eval_split=eval_split,
+        before_label=BEFORE_LABEL,
+        finetune_strategy=ft_args.finetune_strategy,
+        trainable=trainable,
+        train_runtime=train_runtime,
+    )
+
+
+if __name__ == "__main__":
+    main()
