@@ -7,7 +7,7 @@ DEMO_DIR ?= demo_out
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-all lint format clean
+.PHONY: setup demo demo-audio test test-all lint format clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ demo: setup
 	$(BIN)/python -m mm_hf.demo --output_dir $(DEMO_DIR)
 	$(LAUNCH) recipes/clip_retrieval.py --config recipes/configs/clip_retrieval_demo.yaml --disable_tqdm true
 	$(LAUNCH) recipes/clip_imagecls.py --config recipes/configs/clip_imagecls_demo.yaml --disable_tqdm true
+
+# Audio classification on synthetic tone clips with a small random wav2vec2 (written by mm_hf.demo).
+demo-audio: setup
+	$(BIN)/python -m mm_hf.demo --output_dir $(DEMO_DIR)
+	$(LAUNCH) recipes/audio_cls.py --config recipes/configs/audio_cls_demo.yaml --disable_tqdm true
 
 test: setup
 	$(BIN)/python -m pytest -q -ra

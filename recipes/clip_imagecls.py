@@ -13,36 +13,28 @@ so the test split is evaluated before training (zero-shot) and after, side by si
 """
 
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 
 import transformers
-from transformers import AutoProcessor, EarlyStoppingCallback, Trainer, TrainingArguments, default_data_collator
+from transformers import AutoProcessor, Trainer, TrainingArguments, default_data_collator
 
 from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict, parse_args
 from mm_hf.data.images import check_images
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
 from mm_hf.data.transforms import build_image_transform
+from mm_hf.evaluation import train_with_before_after
 from mm_hf.features import precompute_image_features
-from mm_hf.hub import write_model_card, write_run_info
 from mm_hf.metrics.streaming import ClassificationMetrics
 from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, build_clip_classifier
 from mm_hf.outputs import (
     recipe_command,
-    save_model,
-    update_all_results,
-    write_classification_outputs,
-    write_run_config,
-    write_training_curves,
+    save_classification_run,
 )
-from mm_hf.publish import publish_run
-from mm_hf.reports import format_before_after_table
 from mm_hf.training import (
     apply_finetune_strategy,
     check_launch,
     check_output_dir,
-    evaluate_before_training,
     prepare_training_arguments,
     trainable_parameters,
 )
@@ -107,8 +99,6 @@ def main(argv=None):
         )
     labels = splits["train"].features["labels"].names
     id2label = dict(enumerate(labels))
-    eval_split = "test" if "test" in splits else "validation"
-    key = "test" if eval_split == "test" else "eval"  # Trainer's metric prefixes: test_*, eval_*
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
     training_args = prepare_training_arguments(training_args, ft_args, has_validation="validation" in splits)
 
@@ -174,74 +164,39 @@ def main(argv=None):
     )
 
     # 6. Evaluate the untouched model, train, evaluate again
-    before = evaluate_before_training(trainer, datasets_[eval_split], f"zeroshot_{key}")
-    before_report = metrics.last_report
-    results = dict(before)
-    train_runtime = None
-    if training_args.do_train:
-        # Early stopping watches only the evaluations made during training, not the before/after ones.
-        early_stopping = None
-        if ft_args.early_stopping_patience is not None:
-            early_stopping = EarlyStoppingCallback(early_stopping_patience=ft_args.early_stopping_patience)
-            trainer.add_callback(early_stopping)
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        train_runtime = train_result.metrics.get("train_runtime")
-        results.update(train_result.metrics, train_samples=len(datasets_["train"]))
-        if early_stopping is not None:
-            trainer.remove_callback(early_stopping)
-    if "validation" in datasets_ and eval_split != "validation":
-        results.update(
-            trainer.evaluate(datasets_["validation"], metric_key_prefix="eval"),
-            eval_samples=len(datasets_["validation"]),
-        )
-    after = trainer.evaluate(datasets_[eval_split], metric_key_prefix=key)
-    after[f"{key}_samples"] = len(datasets_[eval_split])
-    results.update(after)
     before_label = "zero-shot" if cls_args.head_init == "zeroshot" else "random head"
-    table = format_before_after_table({k.removeprefix("zeroshot_"): v for k, v in before.items()}, after).replace(
-        "before (zero-shot)", f"before ({before_label})"
+    run = train_with_before_after(
+        trainer,
+        datasets_,
+        metrics,
+        do_train=training_args.do_train,
+        early_stopping_patience=ft_args.early_stopping_patience,
+        resume_from_checkpoint=training_args.resume_from_checkpoint,
+        before_label=before_label,
     )
-    skipped_total = sum(len(v) for v in skipped.values())
-    if skipped_total:
-        results["skipped_bad_samples"] = skipped_total
 
     # 7. Save the model, outputs and model card (and publish when --push_to_hub)
-    command = recipe_command(argv, script="recipes/clip_imagecls.py")
-    saved_as = save_model(trainer, training_args.output_dir, merge_lora=ft_args.merge_lora)
-    if trainer.is_world_process_zero():
-        out = training_args.output_dir
-        report_text = write_classification_outputs(out, metrics.last_report)
-        write_classification_outputs(out, before_report, prefix="zeroshot_")
-        write_training_curves(trainer, out)
-        results = update_all_results(out, results)
-        write_run_config(out, args_to_dict(model_args, data_args, ft_args, cls_args, training_args), command)
-        with open(os.path.join(out, "before_after.md"), "w") as f:
-            f.write(table)
-        write_run_info(
-            out,
-            task="image-classification",
-            pipeline_tag="image-classification",
-            base_model=model_args.model_name_or_path,
-            dataset=dataset_display_name(data_args),
-            command=command,
-            eval_split=key,
-            before_label=before_label,
-            finetune_strategy=ft_args.finetune_strategy,
-            saved_as=saved_as,
-            trainable=trainable,
-            train_runtime=train_runtime,
-        )
-        write_model_card(out)
-        print(f"\nEvaluation on the {eval_split} split ({len(datasets_[eval_split])} samples):\n\n{table}")
-        print(report_text)
-        if skipped_total:
-            print(
-                f"Skipped {skipped_total} unreadable samples: "
-                + "; ".join(f"{src} ({why})" for bad in skipped.values() for src, why in bad[:5])
-            )
-        if push_to_hub:
-            publish_run(training_args, out)
-    return results
+    return save_classification_run(
+        trainer,
+        command=recipe_command(argv, script="recipes/clip_imagecls.py"),
+        resolved_args=args_to_dict(model_args, data_args, ft_args, cls_args, training_args),
+        results=run.results,
+        report=run.after_report,
+        before_report=run.before_report,
+        before_after_table=run.table,
+        skipped=skipped,
+        merge_lora=ft_args.merge_lora,
+        push_to_hub=push_to_hub,
+        task="image-classification",
+        pipeline_tag="image-classification",
+        base_model=model_args.model_name_or_path,
+        dataset=dataset_display_name(data_args),
+        eval_split=run.eval_key,
+        before_label=before_label,
+        finetune_strategy=ft_args.finetune_strategy,
+        trainable=trainable,
+        train_runtime=run.train_runtime,
+    )
 
 
 if __name__ == "__main__":
