@@ -122,7 +122,7 @@ def write_digit_captions(output_dir: str) -> None:
 
 
 def build_demo_audio_encoder(output_dir: str, hidden_size: int = 64, num_layers: int = 2) -> str:
-    """A small random wav2vec2 encoder (20x conv downsampling, 800 frames/s) + its 16 kHz feature extractor.
+    """A small random wav2vec2 encoder (80x conv downsampling, 200 frames/s) + its 16 kHz feature extractor.
 
     No pretrained audio encoder ships offline; random convolutions still separate the demo's tones once
     the whole network is fine-tuned (`--finetune_strategy full`).
@@ -134,10 +134,11 @@ def build_demo_audio_encoder(output_dir: str, hidden_size: int = 64, num_layers:
         num_hidden_layers=num_layers,
         num_attention_heads=4,
         intermediate_size=2 * hidden_size,
-        conv_dim=(32, 32),
-        conv_stride=(5, 4),
-        conv_kernel=(10, 4),
-        num_feat_extract_layers=2,
+        # 80x downsampling keeps a 1 s clip at 200 frames: attention cost is quadratic in frames.
+        conv_dim=(32, 32, 32),
+        conv_stride=(5, 4, 4),
+        conv_kernel=(10, 4, 4),
+        num_feat_extract_layers=3,
         num_conv_pos_embeddings=16,
         num_conv_pos_embedding_groups=4,
     )
