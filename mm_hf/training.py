@@ -349,3 +349,24 @@ def apply_audio_finetune_strategy(model: nn.Module, args) -> nn.Module:
         )
         model = get_peft_model(model, config)
     return model
+
+
+def start_run(argument_types, argv):
+    """Parse the recipe's arguments and set the run up: logging, launch and output-folder checks, seed.
+
+    `argument_types` must include FinetuneArguments and TrainingArguments; returns the parsed objects in order.
+    """
+    import transformers
+
+    from .args import FinetuneArguments, parse_args
+
+    parsed = parse_args(argument_types, argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+    training_args = next(a for a in parsed if isinstance(a, transformers.TrainingArguments))
+    ft_args = next(a for a in parsed if isinstance(a, FinetuneArguments))
+    check_launch(training_args)
+    if training_args.do_train:
+        check_output_dir(training_args.output_dir, ft_args.overwrite_output_dir)
+    transformers.set_seed(training_args.seed)
+    return parsed

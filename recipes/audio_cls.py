@@ -19,10 +19,9 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
-import transformers
 from transformers import AutoFeatureExtractor, Trainer, TrainingArguments, default_data_collator
 
-from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict, parse_args
+from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict
 from mm_hf.data.audio import AudioTransform, check_audio
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
 from mm_hf.evaluation import train_with_before_after
@@ -31,9 +30,8 @@ from mm_hf.models import build_audio_classifier
 from mm_hf.outputs import recipe_command, save_classification_run
 from mm_hf.training import (
     apply_audio_finetune_strategy,
-    check_launch,
-    check_output_dir,
     prepare_training_arguments,
+    start_run,
     trainable_parameters,
 )
 
@@ -68,13 +66,7 @@ ARGUMENT_TYPES = (ModelArguments, DataArguments, FinetuneArguments, AudioArgumen
 def main(argv=None):
     # 1. Arguments
     argv = sys.argv[1:] if argv is None else list(argv)
-    model_args, data_args, ft_args, audio_args, training_args = parse_args(ARGUMENT_TYPES, argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity_warning()
-    check_launch(training_args)
-    if training_args.do_train:
-        check_output_dir(training_args.output_dir, ft_args.overwrite_output_dir)
-    transformers.set_seed(training_args.seed)
+    model_args, data_args, ft_args, audio_args, training_args = start_run(ARGUMENT_TYPES, argv)
     # The feature encoder flag lives with the audio arguments; the strategy reads it from ft_args.
     ft_args.freeze_feature_encoder = audio_args.freeze_feature_encoder
 

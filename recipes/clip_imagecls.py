@@ -16,10 +16,9 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
-import transformers
 from transformers import AutoProcessor, Trainer, TrainingArguments, default_data_collator
 
-from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict, parse_args
+from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict
 from mm_hf.data.images import check_images
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
 from mm_hf.data.transforms import build_image_transform
@@ -33,9 +32,8 @@ from mm_hf.outputs import (
 )
 from mm_hf.training import (
     apply_finetune_strategy,
-    check_launch,
-    check_output_dir,
     prepare_training_arguments,
+    start_run,
     trainable_parameters,
 )
 
@@ -75,13 +73,7 @@ ARGUMENT_TYPES = (ModelArguments, DataArguments, FinetuneArguments, ClassifierAr
 def main(argv=None):
     # 1. Arguments
     argv = sys.argv[1:] if argv is None else list(argv)
-    model_args, data_args, ft_args, cls_args, training_args = parse_args(ARGUMENT_TYPES, argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity_warning()
-    check_launch(training_args)
-    if training_args.do_train:
-        check_output_dir(training_args.output_dir, ft_args.overwrite_output_dir)
-    transformers.set_seed(training_args.seed)
+    model_args, data_args, ft_args, cls_args, training_args = start_run(ARGUMENT_TYPES, argv)
 
     # 2. Data: every split validated (columns, labels, decodable images) before any training
     with training_args.main_process_first(desc="loading data"):  # one download/cache build, then the others read it

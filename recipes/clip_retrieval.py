@@ -20,7 +20,6 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-import transformers
 from transformers import (
     AutoImageProcessor,
     AutoModel,
@@ -34,7 +33,7 @@ from transformers import (
     default_data_collator,
 )
 
-from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict, parse_args
+from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict
 from mm_hf.data.images import check_images
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.pairs import load_caption_splits
@@ -46,9 +45,8 @@ from mm_hf.reports import format_before_after_table
 from mm_hf.retrieval import PairTransform, evaluate_retrieval, zeroshot_classification
 from mm_hf.training import (
     apply_contrastive_strategy,
-    check_launch,
-    check_output_dir,
     prepare_training_arguments,
+    start_run,
     trainable_parameters,
 )
 
@@ -86,13 +84,7 @@ ARGUMENT_TYPES = (ModelArguments, DataArguments, FinetuneArguments, RetrievalArg
 def main(argv=None):
     # 1. Arguments
     argv = sys.argv[1:] if argv is None else list(argv)
-    model_args, data_args, ft_args, ret_args, training_args = parse_args(ARGUMENT_TYPES, argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity_warning()
-    check_launch(training_args)
-    if training_args.do_train:
-        check_output_dir(training_args.output_dir, ft_args.overwrite_output_dir)
-    transformers.set_seed(training_args.seed)
+    model_args, data_args, ft_args, ret_args, training_args = start_run(ARGUMENT_TYPES, argv)
 
     # 2. Data: captions cleaned, images decodable, before any training
     column = ret_args.image_column
