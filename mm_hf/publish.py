@@ -157,10 +157,9 @@ def _base_model_license(output_dir: str) -> str | None:
 
 
 def _save_merged(output_dir: str, staging: str) -> None:
-    from .models import load_clip_classifier
+    from .models import load_finetuned
 
-    # Only the CLIP classifier has adapter runs today; other model types add their loader here.
-    model = load_clip_classifier(output_dir)
+    model = load_finetuned(output_dir)
     model.merge_and_unload().save_pretrained(staging)
 
 

@@ -240,3 +240,29 @@ def test_shipped_yaml_parses():
     _, data_args, ft_args, audio_args, training_args = parse_args(recipe.ARGUMENT_TYPES, ["--config", path])
     assert data_args.train_dir and training_args.output_dir and audio_args.max_length_seconds > 0
     assert ft_args.finetune_strategy in ("linear_probe", "top_k", "full", "lora")
+
+
+def test_lora_adapter_reloads_and_publishes_merged(tiny_wav2vec2, tones_dir, tmp_path):
+    """An audio adapter folder reloads through mm_hf.models.load_finetuned and merges to a plain checkpoint."""
+    from transformers import AutoModelForAudioClassification
+
+    from mm_hf.models import load_finetuned
+    from mm_hf.publish import _save_merged
+
+    out = tmp_path / "lora"
+    run(tiny_wav2vec2, out, "--finetune_strategy", "lora", "--lora_r", "4", "--learning_rate", "5e-2",
+        data=folders(tones_dir), steps=2)  # fmt: skip
+    adapter = load_finetuned(str(out)).eval()
+    assert type(adapter.get_base_model()).__name__ == "AudioClassifierForAudioClassification"
+    waves = torch.randn(2, 8000)
+    with torch.no_grad():
+        expected = adapter(input_values=waves).logits
+        with adapter.disable_adapter():
+            untrained = adapter(input_values=waves).logits
+    assert not torch.allclose(expected, untrained)  # the adapter and its trained head were really applied
+    merged_dir = tmp_path / "merged"
+    merged_dir.mkdir()
+    _save_merged(str(out), str(merged_dir))  # what `python -m mm_hf.publish --merged` uploads
+    merged = AutoModelForAudioClassification.from_pretrained(merged_dir).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_values=waves).logits, expected, rtol=1e-4, atol=1e-5)

@@ -12,6 +12,7 @@ from .clip_classifier import (
 from .configuration_audio_classifier import AudioClassifierConfig
 from .configuration_clip_classifier import ClipClassifierConfig
 from .configuration_dual_encoder import ContrastiveDualEncoderConfig
+from .loading import load_finetuned
 from .modeling_audio_classifier import AudioClassifierForAudioClassification
 from .modeling_clip_classifier import ClipClassifierForImageClassification
 from .modeling_dual_encoder import ContrastiveDualEncoderModel
@@ -42,4 +43,5 @@ __all__ = [
     "build_clip_classifier",
     "class_text_embeddings",
     "load_clip_classifier",
+    "load_finetuned",
 ]

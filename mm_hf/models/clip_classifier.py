@@ -1,7 +1,5 @@
 """Building the CLIP-family classifier from a pretrained dual encoder, and its zero-shot head."""
 
-import json
-import os
 from collections.abc import Sequence
 
 import torch
@@ -103,27 +101,8 @@ def build_clip_classifier(
     return model
 
 
-def load_clip_classifier(
-    path: str, base_model_name_or_path: str | None = None, **from_pretrained_kwargs
-) -> torch.nn.Module:
-    """Load a fine-tuned classifier folder: a full checkpoint, or a LoRA adapter on its base backbone.
+def load_clip_classifier(path: str, base_model_name_or_path: str | None = None, **from_pretrained_kwargs):
+    """Load a fine-tuned CLIP classifier folder: a full checkpoint, or a LoRA adapter on its base backbone."""
+    from .loading import load_finetuned
 
-    For an adapter the base comes from `base_model_name_or_path`, else from adapter_config.json.
-    """
-    if not os.path.exists(os.path.join(path, "adapter_config.json")):
-        return ClipClassifierForImageClassification.from_pretrained(path, **from_pretrained_kwargs)
-    from peft import PeftModel
-
-    config = ClipClassifierConfig.from_pretrained(path)
-    with open(os.path.join(path, "adapter_config.json")) as f:
-        base = base_model_name_or_path or json.load(f)["base_model_name_or_path"] or config.backbone_name_or_path
-    # The head is restored from the adapter (modules_to_save), so no zero-shot pass is needed here.
-    model = build_clip_classifier(
-        base,
-        config.id2label,
-        head_init="random",
-        head_dropout=config.head_dropout,
-        learn_logit_scale=config.learn_logit_scale,
-        **from_pretrained_kwargs,
-    )
-    return PeftModel.from_pretrained(model, path)
+    return load_finetuned(path, base_model_name_or_path, **from_pretrained_kwargs)
