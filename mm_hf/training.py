@@ -1,7 +1,7 @@
 """Fine-tuning strategies (what is trainable), LoRA target resolution, and Trainer settings.
 
-Only the image path of a dual encoder runs in classification, so every strategy trains a subset of it:
-training text-tower parameters would waste optimizer memory and make DDP fail on unused parameters.
+Only the image (or, for CLAP, audio) path of a dual encoder runs in classification, so every strategy trains a
+subset of it: training text-tower parameters would waste optimizer memory and make DDP fail on unused parameters.
 """
 
 import dataclasses
@@ -17,12 +17,14 @@ STRATEGIES = ("linear_probe", "top_k", "full", "lora")
 # Attention projections across architectures: CLIP/SigLIP use q_proj/k_proj/v_proj/out_proj, ViT (v5) o_proj for
 # the output, BERT-style towers query/key/value.
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj", "o_proj", "query", "key", "value", "qkv")
-_PRE_ENCODER = ("embeddings", "pre_layrnorm", "pre_layernorm")
+# Modules before the encoder layers (stems top_k leaves frozen); CLAP's HTSAT: a BatchNorm over mel bins + patch_embed.
+_PRE_ENCODER = ("embeddings", "pre_layrnorm", "pre_layernorm", "patch_embed", "batch_norm")
 
 
 def image_tower(model: nn.Module) -> tuple[str, nn.Module]:
-    """(name, module) of the backbone's vision tower, e.g. ("backbone.vision_model", CLIPVisionTransformer)."""
-    for name in ("vision_model", "vision_tower", "image_encoder", "visual"):
+    """(name, module) of the backbone's non-text tower: the vision tower, e.g. ("backbone.vision_model",
+    CLIPVisionTransformer), or CLAP's audio tower ("backbone.audio_model")."""
+    for name in ("vision_model", "vision_tower", "image_encoder", "visual", "audio_model"):
         module = getattr(model.backbone, name, None)
         if isinstance(module, nn.Module):
             return f"backbone.{name}", module
@@ -30,20 +32,26 @@ def image_tower(model: nn.Module) -> tuple[str, nn.Module]:
 
 
 def image_path_modules(model: nn.Module) -> list[str]:
-    """Names of the modules the image embedding flows through: the vision tower and its projection."""
+    """Names of the modules the image (or CLAP audio) embedding flows through: the tower and its projection."""
     names = [image_tower(model)[0]]
-    if isinstance(getattr(model.backbone, "visual_projection", None), nn.Module):
-        names.append("backbone.visual_projection")
+    for projection in ("visual_projection", "audio_projection"):
+        if isinstance(getattr(model.backbone, projection, None), nn.Module):
+            names.append(f"backbone.{projection}")
     return names
 
 
 def encoder_layers(tower: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The longest ModuleList of identical blocks inside the tower: its transformer layers."""
-    best = None
+    """The ModuleList of identical blocks inside the tower holding the most parameters: its transformer layers.
+
+    By parameters, not length: in a hierarchical (Swin-style, e.g. CLAP's HTSAT) tower the stages hold
+    everything, while the longest list is the blocks of one stage.
+    """
+    best, best_size = None, -1
     for name, module in tower.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) and len({type(m) for m in module}) == 1:
-            if best is None or len(module) > len(best[1]):
-                best = (name, module)
+            size = sum(p.numel() for p in module.parameters())
+            if size > best_size:
+                best, best_size = (name, module), size
     if best is None:
         raise ValueError(f"no layer list found in {type(tower).__name__}")
     return best
@@ -63,6 +71,28 @@ def set_trainable(model: nn.Module, prefixes) -> None:
     prefixes = tuple(prefixes)
     for name, param in model.named_parameters():
         param.requires_grad = any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _keep_eval_mode(module: nn.Module, args) -> None:
+    module.train(False)
+
+
+def freeze_norm_statistics(model: nn.Module) -> int:
+    """Keep every BatchNorm whose weights are frozen in eval mode, so training leaves its running statistics.
+
+    Trainer puts the whole model in train mode each step, and a BatchNorm in train mode re-estimates its
+    running mean/var from the batch even when no parameter of it is trainable (CLAP's HTSAT normalises its
+    mel bins this way): a "frozen" backbone would drift, and a linear probe would change its features.
+    A forward pre-hook (a plain function, so the model still deep-copies and pickles) switches the module
+    back to eval right before it runs. Returns how many modules were pinned.
+    """
+    pinned = 0
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            if not any(p.requires_grad for p in module.parameters()):
+                module.register_forward_pre_hook(_keep_eval_mode)
+                pinned += 1
+    return pinned
 
 
 def apply_finetune_strategy(model: nn.Module, args) -> nn.Module:
@@ -95,6 +125,7 @@ def apply_finetune_strategy(model: nn.Module, args) -> nn.Module:
         for name, param in model.named_parameters():
             if "classifier" in name and name.endswith("logit_scale"):
                 param.requires_grad = False
+    freeze_norm_statistics(model)
     return model
 
 
@@ -133,6 +164,7 @@ def apply_contrastive_strategy(model: nn.Module, args) -> nn.Module:
             target_modules="|".join(f"(?:{_tower_lora_regex(n, t, args.lora_target_modules)})" for n, t in towers),
         )
         model = get_peft_model(model, config)
+    freeze_norm_statistics(model)
     return model
 
 
@@ -150,7 +182,7 @@ def top_k_modules(model: nn.Module, n: int) -> list[str]:
     parent = layers_name.rpartition(".")[0]
     if parent:
         for child, _ in tower.get_submodule(parent).named_children():
-            if f"{parent}.{child}" != layers_name:
+            if f"{parent}.{child}" != layers_name and not child.startswith(_PRE_ENCODER):
                 names.append(f"{tower_name}.{parent}.{child}")
     return names + image_path_modules(model)[1:]
 
@@ -348,6 +380,7 @@ def apply_audio_finetune_strategy(model: nn.Module, args) -> nn.Module:
             modules_to_save=head,
         )
         model = get_peft_model(model, config)
+    freeze_norm_statistics(model)
     return model
 
 

@@ -1,4 +1,4 @@
-"""Fine-tune a pretrained speech/audio encoder (wav2vec2, HuBERT, WavLM, Whisper encoder, AST, ...) for audio classification.
+"""Fine-tune a pretrained audio encoder (wav2vec2, HuBERT, WavLM, Whisper encoder, AST, CLAP) for audio classification.
 
     accelerate launch recipes/audio_cls.py --model_name_or_path facebook/wav2vec2-base \
         --train_dir clips/ --output_dir out --do_train --do_eval --do_predict \
@@ -11,32 +11,42 @@ paths relative to the file); or --dataset_name for a Hub dataset with an Audio c
 channel count and bit depth that libsndfile reads is resampled to the feature extractor's rate (mono).
 Defaults from a YAML file with --config recipes/configs/audio_cls_demo.yaml (the CLI wins).
 
-The classification head is new (randomly initialised), so the test split is evaluated before training
-("untrained head", the chance baseline) and after, side by side.
+For an audio encoder the classification head is new (randomly initialised), so the test split is evaluated
+before training ("untrained head", the chance baseline) and after, side by side. A CLAP audio–text model
+(e.g. laion/clap-htsat-unfused) instead starts from its zero-shot classifier: the head holds the text
+embeddings of class-name prompts (--prompt_templates), and the table compares zero-shot with fine-tuned.
 """
 
 import logging
 import sys
 from dataclasses import dataclass, field
 
-from transformers import AutoFeatureExtractor, Trainer, TrainingArguments, default_data_collator
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoProcessor,
+    Trainer,
+    TrainingArguments,
+    default_data_collator,
+)
 
 from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict
 from mm_hf.data.audio import AudioTransform, check_audio
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
 from mm_hf.evaluation import train_with_before_after
 from mm_hf.metrics.streaming import ClassificationMetrics
-from mm_hf.models import build_audio_classifier
+from mm_hf.models import build_audio_classifier, build_clip_classifier
+from mm_hf.models.clip_classifier import is_audio_text_config
 from mm_hf.outputs import recipe_command, save_classification_run
 from mm_hf.training import (
     apply_audio_finetune_strategy,
+    apply_finetune_strategy,
     prepare_training_arguments,
     start_run,
     trainable_parameters,
 )
 
 logger = logging.getLogger(__name__)
-BEFORE_LABEL = "untrained head"
 
 
 @dataclass
@@ -52,9 +62,24 @@ class AudioArguments:
     )
     pooling: str = field(
         default="mean",
-        metadata={"help": "How frames become one vector: mean or attention.", "choices": ["mean", "attention"]},
+        metadata={
+            "help": "How frames become one vector: mean or attention (audio encoders; CLAP pools itself).",
+            "choices": ["mean", "attention"],
+        },
     )
     head_dropout: float = field(default=0.1, metadata={"help": "Dropout on the pooled embedding before the head."})
+    head_init: str = field(
+        default="auto",
+        metadata={
+            "help": "zeroshot: head from class-prompt text embeddings (CLAP models only); random; auto: zeroshot "
+            "for CLAP, random otherwise.",
+            "choices": ["auto", "zeroshot", "random"],
+        },
+    )
+    prompt_templates: list[str] | None = field(
+        default=None,
+        metadata={"help": "CLAP prompt templates with {} for the class name (default: 'This is a sound of {}.' + 2)."},
+    )
     augment: bool = field(
         default=True, metadata={"help": "Random gain, background noise and time shift on training clips."}
     )
@@ -77,6 +102,13 @@ def main(argv=None):
         "trust_remote_code": model_args.trust_remote_code,
     }
     feature_extractor = AutoFeatureExtractor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
+    audio_text = is_audio_text_config(AutoConfig.from_pretrained(model_args.model_name_or_path, **hub_kwargs))
+    if audio_args.head_init == "zeroshot" and not audio_text:
+        raise ValueError(
+            f"--head_init zeroshot needs an audio-text model (CLAP); {model_args.model_name_or_path} has no text tower"
+        )
+    zeroshot = audio_text and audio_args.head_init != "random"
+    before_label = "zero-shot" if zeroshot else "untrained head"
 
     # 3. Data: every split validated (columns, labels, decodable audio) before any training
     column = audio_args.audio_column_name
@@ -99,15 +131,30 @@ def main(argv=None):
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
     training_args = prepare_training_arguments(training_args, ft_args, has_validation="validation" in splits)
 
-    # 4. Model: pretrained encoder + pooling + new head, then what the strategy leaves trainable
-    model = build_audio_classifier(
-        model_args.model_name_or_path,
-        id2label,
-        pooling=audio_args.pooling,
-        head_dropout=audio_args.head_dropout,
-        **hub_kwargs,
-    )
-    model = apply_audio_finetune_strategy(model, ft_args)
+    # 4. Model, then what the strategy leaves trainable: CLAP's audio tower + cosine head (zero-shot or random),
+    # or any audio encoder + pooling over time + a new head
+    processing_class = feature_extractor
+    if audio_text:
+        processing_class = AutoProcessor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
+        model = build_clip_classifier(
+            model_args.model_name_or_path,
+            id2label,
+            tokenizer=processing_class.tokenizer,
+            head_init="zeroshot" if zeroshot else "random",
+            prompt_templates=audio_args.prompt_templates,
+            head_dropout=audio_args.head_dropout,
+            **hub_kwargs,
+        )
+        model = apply_finetune_strategy(model, ft_args)
+    else:
+        model = build_audio_classifier(
+            model_args.model_name_or_path,
+            id2label,
+            pooling=audio_args.pooling,
+            head_dropout=audio_args.head_dropout,
+            **hub_kwargs,
+        )
+        model = apply_audio_finetune_strategy(model, ft_args)
     trainable = trainable_parameters(model)
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 
@@ -128,7 +175,7 @@ def main(argv=None):
         args=training_args,
         train_dataset=datasets_["train"],
         eval_dataset=datasets_.get("validation"),
-        processing_class=feature_extractor,
+        processing_class=processing_class,
         data_collator=default_data_collator,
         compute_metrics=metrics,
     )
@@ -141,7 +188,7 @@ def main(argv=None):
         do_train=training_args.do_train,
         early_stopping_patience=ft_args.early_stopping_patience,
         resume_from_checkpoint=training_args.resume_from_checkpoint,
-        before_label=BEFORE_LABEL,
+        before_label=before_label,
     )
 
     # 7. Save the model, outputs and model card (and publish when --push_to_hub)
@@ -161,7 +208,7 @@ def main(argv=None):
         base_model=model_args.model_name_or_path,
         dataset=dataset_display_name(data_args),
         eval_split=run.eval_key,
-        before_label=BEFORE_LABEL,
+        before_label=before_label,
         finetune_strategy=ft_args.finetune_strategy,
         trainable=trainable,
         train_runtime=run.train_runtime,

@@ -82,6 +82,66 @@ def tiny_clip(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_clap(tmp_path_factory):
+    """A tiny ClapModel (2-stage HTSAT audio tower, 2-layer RoBERTa text tower, character-level BPE vocab) with
+    a 16 kHz ClapProcessor cutting/padding clips to 1 s (32 mel bins)."""
+    import json
+
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizer
+
+    path = str(tmp_path_factory.mktemp("tiny_clap"))
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
+    for c in "abcdefghijklmnopqrstuvwxyz.{}":
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault("\u0120" + c, len(vocab))  # byte-level BPE's marker for a preceding space
+    with open(os.path.join(path, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(path, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n")
+    tokenizer = RobertaTokenizer(
+        os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt"), model_max_length=64
+    )
+    config = ClapConfig(
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=70,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+        ),
+        audio_config=dict(
+            spec_size=64,
+            num_mel_bins=32,
+            depths=[1, 1],
+            num_attention_heads=[2, 2],
+            patch_embeds_hidden_size=16,
+            hidden_size=32,
+            window_size=4,
+        ),
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    ClapModel(config).save_pretrained(path)
+    extractor = ClapFeatureExtractor(
+        feature_size=32,
+        sampling_rate=16000,
+        hop_length=160,
+        max_length_s=1,
+        fft_window_size=400,
+        frequency_max=8000,
+        truncation="rand_trunc",
+    )
+    ClapProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(path)
+    for name in ("vocab.json", "merges.txt"):  # the processor saved its own copies
+        assert os.path.exists(os.path.join(path, name))
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_siglip(tmp_path_factory):
     """A tiny SiglipModel (weights only; no tokenizer)."""
     from transformers import SiglipConfig, SiglipModel

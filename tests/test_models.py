@@ -261,7 +261,7 @@ def test_non_dual_encoder_backbone_is_a_clear_error(tmp_path):
             intermediate_size=32,
         )
     ).save_pretrained(path)
-    with pytest.raises(ValueError, match="dual image-text encoder") as info:
+    with pytest.raises(ValueError, match="dual image-text or audio-text encoder") as info:
         build_clip_classifier(path, ID2LABEL, head_init="random")
     assert path in str(info.value) and "ViTModel" in str(info.value)
 

@@ -250,6 +250,11 @@ class AudioTransform:
         self.audio_column = audio_column
         self.sampling_rate = int(feature_extractor.sampling_rate)
         self.max_samples = int(round(max_length_seconds * self.sampling_rate)) if max_length_seconds else None
+        # CLAP's extractor crops clips longer than its own window at a random place, in evaluation too: cutting
+        # them to that window here keeps evaluation deterministic and training crops ours.
+        window = getattr(feature_extractor, "nb_max_samples", None)
+        if window:
+            self.max_samples = min(self.max_samples or window, int(window))
         self.train = train
         self.augment = augment and train
         self.return_attention_mask = return_attention_mask

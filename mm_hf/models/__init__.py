@@ -4,21 +4,24 @@ from transformers import AutoConfig, AutoModel, AutoModelForAudioClassification,
 
 from .audio_classifier import build_audio_classifier
 from .clip_classifier import (
+    DEFAULT_AUDIO_PROMPT_TEMPLATES,
     DEFAULT_PROMPT_TEMPLATES,
     build_clip_classifier,
     class_text_embeddings,
     load_clip_classifier,
 )
 from .configuration_audio_classifier import AudioClassifierConfig
-from .configuration_clip_classifier import ClipClassifierConfig
+from .configuration_clip_classifier import ClapClassifierConfig, ClipClassifierConfig
 from .configuration_dual_encoder import ContrastiveDualEncoderConfig
 from .loading import load_finetuned
 from .modeling_audio_classifier import AudioClassifierForAudioClassification
-from .modeling_clip_classifier import ClipClassifierForImageClassification
+from .modeling_clip_classifier import ClapClassifierForAudioClassification, ClipClassifierForImageClassification
 from .modeling_dual_encoder import ContrastiveDualEncoderModel
 
 AutoConfig.register(ClipClassifierConfig.model_type, ClipClassifierConfig, exist_ok=True)
 AutoModelForImageClassification.register(ClipClassifierConfig, ClipClassifierForImageClassification, exist_ok=True)
+AutoConfig.register(ClapClassifierConfig.model_type, ClapClassifierConfig, exist_ok=True)
+AutoModelForAudioClassification.register(ClapClassifierConfig, ClapClassifierForAudioClassification, exist_ok=True)
 AutoConfig.register(AudioClassifierConfig.model_type, AudioClassifierConfig, exist_ok=True)
 AutoModelForAudioClassification.register(AudioClassifierConfig, AudioClassifierForAudioClassification, exist_ok=True)
 # The contrastive wrapper is a training-time model: registered for in-process Auto loading, but what
@@ -28,13 +31,18 @@ AutoModel.register(ContrastiveDualEncoderConfig, ContrastiveDualEncoderModel, ex
 # Makes save_pretrained copy the code files and write `auto_map`, so checkpoints load without mm_hf.
 ClipClassifierConfig.register_for_auto_class()
 ClipClassifierForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+ClapClassifierConfig.register_for_auto_class()
+ClapClassifierForAudioClassification.register_for_auto_class("AutoModelForAudioClassification")
 AudioClassifierConfig.register_for_auto_class()
 AudioClassifierForAudioClassification.register_for_auto_class("AutoModelForAudioClassification")
 
 __all__ = [
+    "DEFAULT_AUDIO_PROMPT_TEMPLATES",
     "DEFAULT_PROMPT_TEMPLATES",
     "AudioClassifierConfig",
     "AudioClassifierForAudioClassification",
+    "ClapClassifierConfig",
+    "ClapClassifierForAudioClassification",
     "ClipClassifierConfig",
     "ClipClassifierForImageClassification",
     "ContrastiveDualEncoderConfig",

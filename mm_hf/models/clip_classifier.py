@@ -1,12 +1,13 @@
-"""Building the CLIP-family classifier from a pretrained dual encoder, and its zero-shot head."""
+"""Building CLIP-family classifiers from a pretrained dual encoder (image: CLIP/SigLIP/VTDE; audio: CLAP),
+and their zero-shot heads."""
 
 from collections.abc import Sequence
 
 import torch
 from transformers import AutoModel
 
-from .configuration_clip_classifier import ClipClassifierConfig
-from .modeling_clip_classifier import ClipClassifierForImageClassification
+from .configuration_clip_classifier import ClapClassifierConfig, ClipClassifierConfig
+from .modeling_clip_classifier import ClapClassifierForAudioClassification, ClipClassifierForImageClassification
 
 # The 7-template ensemble the CLIP authors selected for ImageNet: a few varied prompts beat 80.
 DEFAULT_PROMPT_TEMPLATES = (
@@ -18,6 +19,17 @@ DEFAULT_PROMPT_TEMPLATES = (
     "art of the {}.",
     "a photo of the small {}.",
 )
+# CLAP was trained on captions such as "This is a sound of dog barking"; the paper's zero-shot prompt leads.
+DEFAULT_AUDIO_PROMPT_TEMPLATES = (
+    "This is a sound of {}.",
+    "a recording of {}.",
+    "the sound of {}.",
+)
+
+
+def is_audio_text_config(config) -> bool:
+    """Whether `config` describes an audio–text dual encoder (CLAP): a text tower next to an audio tower."""
+    return getattr(config, "audio_config", None) is not None and getattr(config, "text_config", None) is not None
 
 
 @torch.no_grad()
@@ -50,13 +62,14 @@ def build_clip_classifier(
     *,
     tokenizer=None,
     head_init: str = "zeroshot",
-    prompt_templates: Sequence[str] = DEFAULT_PROMPT_TEMPLATES,
+    prompt_templates: Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
     head_dropout: float = 0.0,
     learn_logit_scale: bool = True,
     **from_pretrained_kwargs,
-) -> ClipClassifierForImageClassification:
-    """Wrap a pretrained dual encoder into a classifier over `id2label`.
+) -> ClipClassifierForImageClassification | ClapClassifierForAudioClassification:
+    """Wrap a pretrained dual encoder into a classifier over `id2label`: an image classifier for image–text
+    models, an audio classifier for audio–text ones (CLAP, recognised by `get_audio_features`).
 
     head_init="zeroshot" (needs `tokenizer`) sets the head to the prompt-ensembled text embeddings of
     `class_names` (default: the label names) and the temperature to the backbone's own; "random" gives
@@ -72,14 +85,21 @@ def build_clip_classifier(
     )
     if isinstance(model_name_or_path, torch.nn.Module):
         model_name_or_path = backbone.name_or_path
-    for method in ("get_image_features", "get_text_features"):
+    audio = hasattr(backbone, "get_audio_features")
+    for method in ("get_audio_features" if audio else "get_image_features", "get_text_features"):
         if not hasattr(backbone, method):
             raise ValueError(
                 f"{model_name_or_path} loads as {type(backbone).__name__}, which has no `{method}`: the classifier "
-                "needs a dual image-text encoder (CLIPModel, SiglipModel, VisionTextDualEncoderModel, ...)."
+                "needs a dual image-text or audio-text encoder (CLIPModel, SiglipModel, VisionTextDualEncoderModel, "
+                "ClapModel, ...)."
             )
     id2label = {int(k): str(v) for k, v in id2label.items()}
-    config = ClipClassifierConfig(
+    config_class, model_class = (
+        (ClapClassifierConfig, ClapClassifierForAudioClassification)
+        if audio
+        else (ClipClassifierConfig, ClipClassifierForImageClassification)
+    )
+    config = config_class(
         backbone_config=backbone.config.to_dict(),
         backbone_name_or_path=model_name_or_path,
         id2label=id2label,
@@ -87,7 +107,7 @@ def build_clip_classifier(
         head_dropout=head_dropout,
         learn_logit_scale=learn_logit_scale,
     )
-    model = ClipClassifierForImageClassification(config)
+    model = model_class(config)
     # Swap the randomly initialised backbone for the pretrained one instead of copying weights twice.
     model.backbone = backbone.to(model.classifier.weight.dtype)
     model.name_or_path = model_name_or_path  # recorded as base_model_name_or_path by peft adapters
@@ -95,8 +115,12 @@ def build_clip_classifier(
         if tokenizer is None:
             raise ValueError("head_init='zeroshot' needs the backbone's tokenizer")
         names = list(class_names) if class_names is not None else [id2label[i] for i in range(len(id2label))]
+        if not prompt_templates:
+            prompt_templates = DEFAULT_AUDIO_PROMPT_TEMPLATES if audio else DEFAULT_PROMPT_TEMPLATES
         text = class_text_embeddings(backbone, tokenizer, names, prompt_templates)
-        scale = backbone.logit_scale.item() if hasattr(backbone, "logit_scale") else None
+        # CLAP keeps one temperature per direction; audio->text logits use `logit_scale_a`.
+        scale = getattr(backbone, "logit_scale", getattr(backbone, "logit_scale_a", None))
+        scale = scale.item() if scale is not None else None
         model.classifier.init_from_text_embeddings(text, scale)
     return model
 

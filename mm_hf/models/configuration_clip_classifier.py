@@ -41,12 +41,24 @@ class ClipClassifierConfig(PreTrainedConfig):
             self.embed_dim = _image_embed_dim(self.backbone_config)
 
 
+@strict
+class ClapClassifierConfig(ClipClassifierConfig):
+    r"""
+    Config of [`ClapClassifierForAudioClassification`]: a CLAP audio–text model whose audio tower feeds the
+    same cosine head, initialisable from class-prompt text embeddings (zero-shot audio classification).
+    Arguments as for [`ClipClassifierConfig`]; `backbone_config` is a `ClapConfig`.
+    """
+
+    model_type = "mm_hf_clap_classifier"
+    sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="clap")}
+
+
 def _image_embed_dim(backbone_config) -> int:
-    # CLIP / VisionTextDualEncoder project to `projection_dim`; SigLIP's pooled output is the vision width.
+    # CLIP / VisionTextDualEncoder / CLAP project to `projection_dim`; SigLIP's pooled output is the vision width.
     projection_dim = getattr(backbone_config, "projection_dim", None)
     if projection_dim:
         return projection_dim
     return backbone_config.vision_config.hidden_size
 
 
-__all__ = ["ClipClassifierConfig"]
+__all__ = ["ClapClassifierConfig", "ClipClassifierConfig"]

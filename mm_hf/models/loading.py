@@ -8,20 +8,27 @@ from transformers import AutoConfig
 from .audio_classifier import build_audio_classifier
 from .clip_classifier import build_clip_classifier
 from .configuration_audio_classifier import AudioClassifierConfig
-from .configuration_clip_classifier import ClipClassifierConfig
+from .configuration_clip_classifier import ClapClassifierConfig, ClipClassifierConfig
 from .modeling_audio_classifier import AudioClassifierForAudioClassification
-from .modeling_clip_classifier import ClipClassifierForImageClassification
+from .modeling_clip_classifier import ClapClassifierForAudioClassification, ClipClassifierForImageClassification
+
+
+def _rebuild_dual_encoder_classifier(base, config, **kw):
+    return build_clip_classifier(
+        base,
+        config.id2label,
+        head_init="random",
+        head_dropout=config.head_dropout,
+        learn_logit_scale=config.learn_logit_scale,
+        **kw,
+    )
+
 
 # model_type -> (model class, rebuild of the base classifier around a pretrained backbone). The head is
 # restored from the adapter (modules_to_save), so the rebuild needs no zero-shot pass or trained head.
 _FINETUNED = {
-    ClipClassifierConfig.model_type: (
-        ClipClassifierForImageClassification,
-        lambda base, config, **kw: build_clip_classifier(
-            base, config.id2label, head_init="random", head_dropout=config.head_dropout,
-            learn_logit_scale=config.learn_logit_scale, **kw,
-        ),
-    ),
+    ClipClassifierConfig.model_type: (ClipClassifierForImageClassification, _rebuild_dual_encoder_classifier),
+    ClapClassifierConfig.model_type: (ClapClassifierForAudioClassification, _rebuild_dual_encoder_classifier),
     AudioClassifierConfig.model_type: (
         AudioClassifierForAudioClassification,
         lambda base, config, **kw: build_audio_classifier(

@@ -1,4 +1,5 @@
-"""CLIP-family image classifier: a dual encoder's image tower + a cosine head initialisable zero-shot.
+"""CLIP-family classifiers: a dual encoder's image (CLIP/SigLIP/VTDE) or audio (CLAP) tower + a cosine head
+initialisable zero-shot.
 
 Self-contained on purpose (only torch/transformers imports plus the sibling configuration file) so
 `save_pretrained` can ship it with the checkpoint for `trust_remote_code=True` loading without mm_hf.
@@ -10,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
-from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.modeling_outputs import ImageClassifierOutput, SequenceClassifierOutput
 
-from .configuration_clip_classifier import ClipClassifierConfig
+from .configuration_clip_classifier import ClapClassifierConfig, ClipClassifierConfig
 
 # CLIP clamps its temperature at 100; beyond it training becomes unstable.
 _MAX_LOGIT_SCALE = math.log(100.0)
@@ -71,12 +72,11 @@ class ClipClassifierPreTrainedModel(PreTrainedModel):
             module.logit_scale.fill_(self.config.logit_scale_init_value)
 
 
-class ClipClassifierForImageClassification(ClipClassifierPreTrainedModel):
-    """Image classifier on top of any dual encoder exposing `get_image_features`.
+class _DualEncoderClassifier(ClipClassifierPreTrainedModel):
+    """The whole dual encoder plus the cosine head; subclasses say which tower feeds the head.
 
-    The whole dual encoder is kept (its text tower can re-initialise the head for new class names),
-    but only the image path runs in `forward`. Pass `image_embeds` instead of `pixel_values` to train or
-    evaluate the head on precomputed features (linear probing without re-running the frozen backbone).
+    The text tower is kept (it can re-initialise the head for new class names) but does not run in
+    `forward`.
     """
 
     def __init__(self, config: ClipClassifierConfig):
@@ -97,6 +97,21 @@ class ClipClassifierForImageClassification(ClipClassifierPreTrainedModel):
         # would then silently miss every renamed weight. Saving the live names keeps both paths exact.
         return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
 
+    def _classify(self, embeds: torch.Tensor, labels: torch.Tensor | None):
+        logits = self.classifier(embeds)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float(), labels.to(logits.device))
+        return loss, logits
+
+
+class ClipClassifierForImageClassification(_DualEncoderClassifier):
+    """Image classifier on top of any dual encoder exposing `get_image_features` (CLIP, SigLIP, VTDE).
+
+    Pass `image_embeds` instead of `pixel_values` to train or evaluate the head on precomputed features
+    (linear probing without re-running the frozen backbone).
+    """
+
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(batch, 3, H, W) -> (batch, embed_dim) un-normalised image embeddings."""
         out = self.backbone.get_image_features(pixel_values=pixel_values)
@@ -114,11 +129,45 @@ class ClipClassifierForImageClassification(ClipClassifierPreTrainedModel):
             if pixel_values is None:
                 raise ValueError("Pass either `pixel_values` or precomputed `image_embeds`.")
             image_embeds = self.get_image_features(pixel_values)
-        logits = self.classifier(image_embeds)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.float(), labels.to(logits.device))
+        loss, logits = self._classify(image_embeds, labels)
         return ImageClassifierOutput(loss=loss, logits=logits)
 
 
-__all__ = ["ClipClassifierPreTrainedModel", "ClipClassifierForImageClassification", "CosineClassifierHead"]
+class ClapClassifierForAudioClassification(_DualEncoderClassifier):
+    """Audio classifier on top of a CLAP audio–text model: its audio tower + the cosine head.
+
+    With the head set to class-prompt text embeddings this is CLAP's zero-shot classifier. Pass
+    `audio_embeds` instead of `input_features` to work on precomputed features.
+    """
+
+    config_class = ClapClassifierConfig
+    main_input_name = "input_features"
+    input_modalities = ("audio",)
+
+    def get_audio_features(self, input_features: torch.Tensor, is_longer: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, channels, frames, mel bins) log-mel features -> (batch, embed_dim) un-normalised embeddings."""
+        out = self.backbone.get_audio_features(input_features=input_features, is_longer=is_longer)
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    def forward(
+        self,
+        input_features: torch.Tensor | None = None,
+        is_longer: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        audio_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput:
+        if audio_embeds is None:
+            if input_features is None:
+                raise ValueError("Pass either `input_features` or precomputed `audio_embeds`.")
+            audio_embeds = self.get_audio_features(input_features, is_longer)
+        loss, logits = self._classify(audio_embeds, labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+__all__ = [
+    "ClapClassifierForAudioClassification",
+    "ClipClassifierForImageClassification",
+    "ClipClassifierPreTrainedModel",
+    "CosineClassifierHead",
+]
