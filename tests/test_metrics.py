@@ -145,7 +145,14 @@ def test_modules_load_offline_in_a_fresh_process(tmp_path):
 
 
 def test_load_metric_names_and_unique_experiment_ids():
-    assert available_metrics() == ["classification_report", "retrieval", "top_k_accuracy"]
+    assert available_metrics() == [
+        "binary_report",
+        "classification_report",
+        "multilabel_report",
+        "regression_report",
+        "retrieval",
+        "top_k_accuracy",
+    ]
     first, second = (load_metric("top_k_accuracy") for _ in range(2))
     assert first.experiment_id != second.experiment_id
     with pytest.raises(ValueError, match="shipped metrics"):

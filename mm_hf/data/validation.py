@@ -53,6 +53,11 @@ _WORDING = {
         dropped="unusable audio clips",
         all_bad="Every clip is bad: check the audio column and that paths resolve from this directory.",
     ),
+    "videos": _Wording(
+        progress="videos",
+        dropped="unreadable videos",
+        all_bad="Every video is bad: check the video column and that paths resolve from this directory.",
+    ),
 }
 
 
@@ -62,7 +67,7 @@ def check_samples(
     load: Callable[[Any], Any],
     *,
     kind: str,
-    feature_type: type[datasets.Image] | type[datasets.Audio],
+    feature_type: type[datasets.Image] | type[datasets.Audio] | type[datasets.Video],
     skip_bad: bool,
     num_proc: int | None = None,
     split_name: str = "train",
