@@ -94,6 +94,107 @@ class FinetuneArguments:
             raise ValueError(f"--finetune_strategy must be one of {', '.join(known)}; got {self.finetune_strategy!r}")
 
 
+_POOLING_HELP = "cls (first token), mean (over real tokens/frames), attention (learned), pooler (the encoder's own)"
+
+
+@dataclass
+class FusionModelArguments:
+    vision_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Image/video-frame encoder (CLIP/SigLIP, ViT, DINOv2, ...): Hub id or folder."}
+    )
+    text_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Text encoder (BERT, MiniLM, CLIP text, ...): Hub id or folder."}
+    )
+    audio_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Audio encoder (wav2vec2, Whisper, AST, CLAP, ...): Hub id or folder."}
+    )
+    fusion: str = field(
+        default="concat",
+        metadata={
+            "help": "concat (early), late (per-modality heads, averaged logits), gated, cross_attention "
+            "(transformer over modality tokens), tensor (low-rank tensor fusion).",
+            "choices": ["concat", "late", "gated", "cross_attention", "tensor"],
+        },
+    )
+    hidden_size: int = field(default=256, metadata={"help": "Width every modality is projected to before fusion."})
+    fusion_num_layers: int = field(default=2, metadata={"help": "Layers of the cross_attention fusion."})
+    fusion_num_heads: int = field(
+        default=4, metadata={"help": "Heads of cross_attention fusion / transformer pooling."}
+    )
+    tensor_rank: int = field(default=4, metadata={"help": "Rank of the low-rank tensor fusion."})
+    image_pooling: str = field(default="mean", metadata={"help": f"Spatial pooling over patches: {_POOLING_HELP}."})
+    text_pooling: str = field(default="mean", metadata={"help": f"Pooling over tokens: {_POOLING_HELP}."})
+    audio_pooling: str = field(
+        default="mean", metadata={"help": f"Temporal pooling over audio frames: {_POOLING_HELP}, max, transformer."}
+    )
+    head_dropout: float = field(default=0.1, metadata={"help": "Dropout in the projections and before the heads."})
+    modality_dropout: float = field(
+        default=0.0, metadata={"help": "Training: probability of hiding each modality of a sample (never all)."}
+    )
+    vision_strategy: str | None = field(
+        default=None,
+        metadata={"help": "Per-encoder override of --finetune_strategy: frozen, top_k, full or lora."},
+    )
+    text_strategy: str | None = field(default=None, metadata={"help": "As --vision_strategy, for the text encoder."})
+    audio_strategy: str | None = field(default=None, metadata={"help": "As --vision_strategy, for the audio encoder."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to store downloaded models and datasets."})
+    model_revision: str = field(default="main", metadata={"help": "Model version: branch, tag or commit id."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom code from the Hub for the model/dataset (runs that code!)."}
+    )
+
+    def hub_kwargs(self) -> dict:
+        return {
+            "cache_dir": self.cache_dir,
+            "revision": self.model_revision,
+            "trust_remote_code": self.trust_remote_code,
+        }
+
+
+@dataclass
+class FusionDataArguments:
+    image_column: str | None = field(default=None, metadata={"help": "Column of image paths (None/empty = missing)."})
+    text_column: str | None = field(default=None, metadata={"help": "Column of texts (reports, captions, ...)."})
+    audio_column: str | None = field(default=None, metadata={"help": "Column of audio file paths."})
+    video_column: str | None = field(default=None, metadata={"help": "Column of video file paths."})
+    numeric_columns: list[str] = field(default_factory=list, metadata={"help": "Tabular numeric feature columns."})
+    categorical_columns: list[str] = field(
+        default_factory=list, metadata={"help": "Tabular categorical feature columns."}
+    )
+    label_column: list[str] = field(
+        default_factory=lambda: ["label"],
+        metadata={"help": "Label column(s): one per task, or several 0/1 / target columns of one task."},
+    )
+    problem_type: list[str] = field(
+        default_factory=lambda: ["single_label_classification"],
+        metadata={
+            "help": "single_label_classification, multi_label_classification (BCE), binary_classification or "
+            "regression (MSE). One value: one head over all label columns; one per label column: multi-task."
+        },
+    )
+    loss_weights: list[float] | None = field(default=None, metadata={"help": "Multi-task: loss weight per task."})
+    threshold: float = field(
+        default=0.5, metadata={"help": "Probability at which a label / the positive is predicted."}
+    )
+    max_seq_length: int = field(default=128, metadata={"help": "Texts are padded/truncated to this many tokens."})
+    max_length_seconds: float = field(default=10.0, metadata={"help": "Audio is cut to this length."})
+    augment: bool = field(default=True, metadata={"help": "Random resized crops on training images, audio gain/noise."})
+    ablate_modalities: bool = field(
+        default=True, metadata={"help": "Also evaluate with each modality removed (test_without_<modality>_*)."}
+    )
+
+    def tasks(self, spaces) -> list[dict]:
+        """The model's task list from the label space(s) `load_multimodal_splits` returned."""
+        spaces = spaces if isinstance(spaces, dict) else {"+".join(self.label_column): spaces}
+        weights = self.loss_weights or [1.0] * len(spaces)
+        if len(weights) != len(spaces):
+            raise ValueError(f"--loss_weights needs one weight per task ({len(spaces)}), got {weights}")
+        return [
+            {"name": name, "problem_type": space.problem_type, "labels": space.names, "loss_weight": float(weight)}
+            for (name, space), weight in zip(spaces.items(), weights, strict=True)
+        ]
+
+
 def parse_args(dataclass_types, argv=None):
     """Parse `argv` into `dataclass_types`, with `--config file.yaml` supplying defaults.
 

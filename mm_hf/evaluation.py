@@ -29,6 +29,8 @@ def train_with_before_after(
     early_stopping_patience=None,
     resume_from_checkpoint=None,
     before_label: str = "zero-shot",
+    table_metrics=None,
+    extra_after=None,
 ) -> BeforeAfter:
     """Evaluate the untouched model on the held-out split (test, else validation), train, evaluate again.
 
@@ -36,6 +38,8 @@ def train_with_before_after(
     which is also evaluated after training when a test split exists). `metrics` is the streaming
     `ClassificationMetrics` given to the Trainer; its full reports are returned for the output files.
     Early stopping watches only the evaluations made during training, not the before/after ones.
+    `table_metrics` chooses the rows of the before/after table (default: accuracy, top-5, macro/weighted F1);
+    `extra_after(split, key)` returns more after-training metrics for it (e.g. modality ablations).
     """
     split = "test" if "test" in datasets else "validation"
     key = "test" if split == "test" else "eval"
@@ -57,8 +61,93 @@ def train_with_before_after(
         results["eval_samples"] = len(datasets["validation"])
     after = trainer.evaluate(datasets[split], metric_key_prefix=key)
     after[f"{key}_samples"] = len(datasets[split])
+    report = metrics.last_report
+    if extra_after is not None:
+        after.update(extra_after(split, key))
     results.update(after)
+    rows = {"metrics": table_metrics} if table_metrics else {}
     table = format_before_after_table(
-        {k.removeprefix("zeroshot_"): v for k, v in before.items()}, after, before_label=before_label
+        {k.removeprefix("zeroshot_"): v for k, v in before.items()}, after, before_label=before_label, **rows
     )
-    return BeforeAfter(results, before_report, metrics.last_report, table, key, train_runtime)
+    return BeforeAfter(results, before_report, report, table, key, train_runtime)
+
+
+# The metrics that lead the before/after table for each kind of head; the first one also picks the best checkpoint
+# (regression by validation loss: Trainer would otherwise treat a larger MAE as better).
+HEADLINE_METRICS = {
+    "single_label_classification": ("accuracy", "macro_f1", "roc_auc", "log_loss"),
+    "multi_label_classification": ("macro_f1", "micro_f1", "mAP", "macro_roc_auc", "subset_accuracy"),
+    "binary_classification": ("roc_auc", "log_loss", "average_precision", "accuracy", "f1"),
+    "regression": ("mae", "rmse", "pearson", "spearman", "r2"),
+}
+
+
+class TaskMetrics:
+    """`compute_metrics` for `MultimodalFusionForClassification` (Trainer with `batch_eval_metrics=False`).
+
+    Every head is scored by `mm_hf.metrics.tasks.compute_task_metrics` for its problem type. The Trainer log
+    gets the summary metrics (`<task>_` prefixed for a multi-task model); `last_report` keeps everything,
+    per class / label included, for the report files.
+    """
+
+    def __init__(self, tasks: list[dict], threshold: float = 0.5):
+        self.tasks, self.threshold = tasks, threshold
+        self.last_report: dict | None = None
+
+    def key(self, task: dict, metric: str) -> str:
+        return metric if len(self.tasks) == 1 else f"{task['name']}_{metric}"
+
+    def table_metrics(self, modalities=()) -> list[str]:
+        """Rows of the before/after table: each head's headline metrics, then the first one per removed modality."""
+        rows = [self.key(t, m) for t in self.tasks for m in HEADLINE_METRICS[t["problem_type"]]]
+        first = [self.key(t, HEADLINE_METRICS[t["problem_type"]][0]) for t in self.tasks]
+        return rows + [f"without_{m}_{metric}" for m in modalities for metric in first]
+
+    def best_metric(self) -> str:
+        if len(self.tasks) > 1 or self.tasks[0]["problem_type"] == "regression":
+            return "loss"
+        return HEADLINE_METRICS[self.tasks[0]["problem_type"]][0]
+
+    def __call__(self, eval_pred) -> dict:
+        from .metrics.tasks import compute_task_metrics
+
+        predictions, label_ids = eval_pred.predictions, eval_pred.label_ids
+        if len(self.tasks) == 1:
+            predictions, label_ids = [predictions], [label_ids]
+        report, summary = {}, {}
+        for task, logits, labels in zip(self.tasks, predictions, label_ids, strict=True):
+            names = task["labels"] if task["problem_type"] != "binary_classification" else None
+            scores = compute_task_metrics(task["problem_type"], logits, labels, names, self.threshold)
+            report[task["name"]] = scores
+            per_label = tuple(f"{name}_" for name in task["labels"])
+            summary.update({self.key(task, k): v for k, v in scores.items() if not k.startswith(per_label)})
+        self.last_report = report
+        return summary
+
+
+class WithoutModality:
+    """A batch transform wrapper that marks modality `index` missing in every sample (modality ablation)."""
+
+    def __init__(self, transform, index: int):
+        self.transform, self.index = transform, index
+
+    def __call__(self, batch: dict) -> dict:
+        out = self.transform(batch)
+        for row in out["modality_mask"]:
+            row[self.index] = 0
+        return out
+
+
+def evaluate_without_modalities(trainer, dataset, transform, modalities: list[str], key: str) -> dict:
+    """`<key>_without_<modality>_<metric>` for each modality: the split evaluated with that modality removed.
+
+    Shows what each modality contributes (and how the model copes when one is missing at test time). With a
+    single modality there is nothing to compare against, so nothing is measured.
+    """
+    if len(modalities) < 2:
+        return {}
+    results = {}
+    for index, modality in enumerate(modalities):
+        ablated = dataset.with_transform(WithoutModality(transform, index))
+        results.update(trainer.evaluate(ablated, metric_key_prefix=f"{key}_without_{modality}"))
+    return results

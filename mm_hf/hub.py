@@ -84,7 +84,7 @@ def render_model_card(
     prefix = f"{split}_"
     eval_results = [
         EvalResult(
-            task_type=info["pipeline_tag"],
+            task_type=info.get("eval_task_type") or info["pipeline_tag"],
             dataset_type=dataset_id or "custom",
             dataset_name=dataset_id or os.path.basename(os.path.normpath(dataset)),
             dataset_split=split,
@@ -116,7 +116,9 @@ def render_model_card(
         before_after_table=_read_text(output_dir, "before_after.md"),
         classification_report=_read_text(output_dir, "classification_report.txt").rstrip(),  # "" when absent
         plots=[{"title": t, "path": n} for n, t in PLOTS if os.path.exists(os.path.join(output_dir, n))],
-        usage=_usage(saved_as, info["pipeline_tag"], base_model).replace("REPO_ID", repo_id or output_dir),
+        usage=_usage(saved_as, info["pipeline_tag"], base_model, info.get("usage")).replace(
+            "REPO_ID", repo_id or output_dir
+        ),
         base_model=base_model,
         base_model_url=f"https://huggingface.co/{base_model}" if _is_hub_id(base_model) else base_model,
         dataset=dataset,
@@ -174,6 +176,21 @@ def _hardware() -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
+_FUSION_USAGE = (
+    "The fusion model and its code ship in this repository; each modality's processor sits in its own subfolder "
+    "(`image_processor/`, `tokenizer/`, `feature_extractor/`), the tabular statistics in `tabular_processor.json`.\n\n"
+    "```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
+    'model = AutoModelForSequenceClassification.from_pretrained("REPO_ID", trust_remote_code=True).eval()\n'
+    'tokenizer = AutoTokenizer.from_pretrained("REPO_ID", subfolder="tokenizer")\n'
+    "print(model.config.modalities, model.config.tasks)\n```\n\n"
+    "With mm-hf installed, one processor turns raw rows (file paths, text, tabular values; None = missing) "
+    "into model inputs:\n\n"
+    "```python\nimport torch\nfrom mm_hf.processing import MultimodalProcessor\n\n"
+    'processor = MultimodalProcessor.from_pretrained("REPO_ID")\n'
+    'inputs = processor.transform(train=False)({"image": ["xray.png"], "text": ["no acute findings"]})\n'
+    "logits = model(**{k: torch.stack(v) for k, v in inputs.items()}).logits\n```"
+)
+
 # pipeline tag -> (example input, preprocessor Auto class, model Auto class) of the classifiers' snippets.
 _CLASSIFIER_USAGE = {
     "image-classification": ('"image.png"', "AutoImageProcessor", "AutoModelForImageClassification"),
@@ -181,7 +198,9 @@ _CLASSIFIER_USAGE = {
 }
 
 
-def _usage(saved_as: str, pipeline_tag: str, base_model: str) -> str:
+def _usage(saved_as: str, pipeline_tag: str, base_model: str, kind: str | None = None) -> str:
+    if kind == "fusion":
+        return _FUSION_USAGE
     if pipeline_tag == "zero-shot-image-classification":  # a plain dual encoder: no remote code involved
         return (
             "```python\nfrom transformers import AutoModel, AutoProcessor, pipeline\n\n"

@@ -8,7 +8,7 @@ import sys
 import yaml
 from transformers.dynamic_module_utils import custom_object_save
 
-from .reports import plot_training_curves, write_classification_report, write_confusion_matrix
+from .reports import plot_training_curves, write_classification_report, write_confusion_matrix, write_task_report
 
 
 def save_model(trainer, output_dir: str, merge_lora: bool = False) -> str:
@@ -80,6 +80,16 @@ def write_classification_outputs(output_dir: str, report: dict, prefix: str = ""
     return text
 
 
+class task_report_writer:  # noqa: N801 (used like a function)
+    """`write_reports` for fusion heads: `write_task_report` with the model's tasks bound."""
+
+    def __init__(self, tasks: list[dict]):
+        self.tasks = tasks
+
+    def __call__(self, output_dir: str, report: dict, prefix: str = "") -> str:
+        return write_task_report(report, self.tasks, output_dir, prefix=prefix)
+
+
 def write_training_curves(trainer, output_dir: str) -> str:
     return str(plot_training_curves(trainer.state.log_history, os.path.join(output_dir, "training_curves.png")))
 
@@ -119,6 +129,7 @@ def save_classification_run(
     skipped: dict,
     merge_lora: bool = False,
     push_to_hub: bool = False,
+    write_reports=write_classification_outputs,
     **run_info,
 ) -> dict:
     """The last section of a classification recipe: save the model and write the complete output folder.
@@ -129,7 +140,8 @@ def save_classification_run(
     `run_config.yaml`, `before_after.md`, `run_info.json` (`run_info` holds task, pipeline_tag,
     base_model, dataset, eval_split, before_label, finetune_strategy, trainable, train_runtime) and the
     model card; prints the summary, lists skipped samples (`skipped`: split -> [(source, reason)]) and,
-    with `push_to_hub`, publishes the folder.
+    with `push_to_hub`, publishes the folder. `write_reports(output_dir, report, prefix="")` writes the report
+    files and returns their text (`task_report_writer` for fusion heads).
     """
     from .hub import write_model_card, write_run_info
     from .publish import publish_run
@@ -140,8 +152,8 @@ def save_classification_run(
     saved_as = save_model(trainer, out, merge_lora=merge_lora)
     if not trainer.is_world_process_zero():
         return results
-    report_text = write_classification_outputs(out, report)
-    write_classification_outputs(out, before_report, prefix="zeroshot_")
+    report_text = write_reports(out, report)
+    write_reports(out, before_report, prefix="zeroshot_")
     write_training_curves(trainer, out)
     results = update_all_results(out, results)
     write_run_config(out, resolved_args, command)

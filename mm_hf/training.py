@@ -170,21 +170,25 @@ def apply_contrastive_strategy(model: nn.Module, args) -> nn.Module:
 
 def top_k_modules(model: nn.Module, n: int) -> list[str]:
     """The last `n` encoder layers of the vision tower plus everything after them (final norm, pooling head, projection)."""
-    tower_name, tower = image_tower(model)
+    return tower_top_k_modules(*image_tower(model), n) + image_path_modules(model)[1:]
+
+
+def tower_top_k_modules(tower_name: str, tower: nn.Module, n: int, pre_encoder=_PRE_ENCODER) -> list[str]:
+    """Names of the last `n` layers of `tower` and of the modules after them (final norm, pooling head)."""
     layers_name, layers = encoder_layers(tower)
     if not 0 <= n <= len(layers):
         raise ValueError(f"--unfreeze_last_n_layers must be between 0 and {len(layers)}, got {n}")
     names = [f"{tower_name}.{layers_name}.{i}" for i in range(len(layers) - n, len(layers))]
     for child, _ in tower.named_children():
-        if not layers_name.startswith(child) and not child.startswith(_PRE_ENCODER):
+        if not layers_name.startswith(child) and not child.startswith(pre_encoder):
             names.append(f"{tower_name}.{child}")
     # Modules that wrap the layer list (e.g. `encoder`) may hold a final norm next to it.
     parent = layers_name.rpartition(".")[0]
     if parent:
         for child, _ in tower.get_submodule(parent).named_children():
-            if f"{parent}.{child}" != layers_name and not child.startswith(_PRE_ENCODER):
+            if f"{parent}.{child}" != layers_name and not child.startswith(pre_encoder):
                 names.append(f"{tower_name}.{parent}.{child}")
-    return names + image_path_modules(model)[1:]
+    return names
 
 
 def lora_target_regex(model: nn.Module, names=None) -> str:
@@ -403,3 +407,50 @@ def start_run(argument_types, argv):
         check_output_dir(training_args.output_dir, ft_args.overwrite_output_dir)
     transformers.set_seed(training_args.seed)
     return parsed
+
+
+FUSION_ENCODER_STRATEGIES = ("frozen", "top_k", "full", "lora")
+
+
+def apply_fusion_strategy(model: nn.Module, args, per_encoder: dict[str, str | None] | None = None) -> nn.Module:
+    """What a fusion model trains: pooling, projections, placeholders, fusion and heads always; each encoder
+    ("vision", "text", "audio") per `per_encoder[key]`, else per `args.finetune_strategy`:
+    frozen (linear_probe), top_k (`args.unfreeze_last_n_layers`), full, or lora (attention projections of
+    its layers; `args.lora_*`). Returns a PeftModel when any encoder uses LoRA.
+    """
+    default = "frozen" if args.finetune_strategy == "linear_probe" else args.finetune_strategy
+    encoders = model.multimodal.encoders
+    plan = {key: (per_encoder or {}).get(key) or default for key in encoders}
+    bad = {k: v for k, v in plan.items() if v not in FUSION_ENCODER_STRATEGIES}
+    if bad:
+        raise ValueError(f"encoder strategies must be among {FUSION_ENCODER_STRATEGIES}, got {bad}")
+    trainable = [name for name, _ in model.named_children() if name != "multimodal"]
+    trainable += [f"multimodal.{name}" for name, _ in model.multimodal.named_children() if name != "encoders"]
+    trainable.append("multimodal.missing_tokens")
+    pre_encoder = _PRE_ENCODER + _AUDIO_PRE_ENCODER
+    for key, strategy in plan.items():
+        prefix = f"multimodal.encoders.{key}"
+        if strategy == "full":
+            trainable.append(prefix)
+        elif strategy == "top_k":
+            trainable += tower_top_k_modules(prefix, encoders[key], args.unfreeze_last_n_layers, pre_encoder)
+    set_trainable(model, trainable)
+    lora = [key for key, strategy in plan.items() if strategy == "lora"]
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        regex = "|".join(
+            f"(?:{_tower_lora_regex(f'multimodal.encoders.{key}', encoders[key], args.lora_target_modules)})"
+            for key in lora
+        )
+        wanted = {name for name, param in model.named_parameters() if param.requires_grad}
+        model = get_peft_model(
+            model,
+            LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, target_modules=regex),
+        )
+        # peft freezes everything but the adapters; the fusion parts and fully trained encoders train on.
+        for name, param in model.named_parameters():
+            if name.removeprefix("base_model.model.") in wanted:
+                param.requires_grad = True
+    freeze_norm_statistics(model)
+    return model

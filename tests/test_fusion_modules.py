@@ -212,13 +212,19 @@ def test_gated_fusion_by_hand():
             proj.weight.zero_()
             proj.bias.fill_([0.5, -1.0, 2.0][m])
         fusion.gate.weight.zero_()
-        fusion.gate.bias.copy_(torch.tensor([0.0, math.log(3.0), 0.0]))
+        # scores (M, D): feature 0 prefers modality 1 (ln 3), feature 1 prefers modality 2 (ln 2)
+        fusion.gate.bias.copy_(torch.tensor([0.0, 0.0, math.log(3.0), 0.0, 0.0, math.log(2.0)]))
     tokens = torch.randn(2, 3, 2)
     present = torch.tensor([[1, 1, 1], [1, 0, 1]])
     h = torch.tanh(torch.tensor([0.5, -1.0, 2.0]))
-    z = torch.tensor([[0.2, 0.6, 0.2], [0.5, 0.0, 0.5]])
+    z = torch.tensor(
+        [
+            [[0.2, 0.25], [0.6, 0.25], [0.2, 0.5]],  # feature 0: 1:3:1; feature 1: 1:1:2
+            [[0.5, 1 / 3], [0.0, 0.0], [0.5, 2 / 3]],  # modality 1 missing
+        ]
+    )
     assert torch.allclose(fusion.gate_weights(tokens, present), z)
-    assert torch.allclose(fusion(tokens, present), (z @ h)[:, None].expand(2, 2))
+    assert torch.allclose(fusion(tokens, present), (z * h[None, :, None]).sum(1))
 
 
 def test_gated_fusion_matches_explicit_formula():
@@ -228,14 +234,15 @@ def test_gated_fusion_matches_explicit_formula():
     x = tokens * present[..., None]
     expected = torch.zeros(2, 4)
     for b in range(2):
-        scores = fusion.gate.weight @ x[b].flatten() + fusion.gate.bias
-        exp = [math.exp(s) if present[b, m] else 0.0 for m, s in enumerate(scores.tolist())]
-        for m in range(3):
-            h = torch.tanh(fusion.projections[m].weight @ x[b, m] + fusion.projections[m].bias)
-            expected[b] += exp[m] / sum(exp) * h
+        scores = (fusion.gate.weight @ x[b].flatten() + fusion.gate.bias).view(3, 4)
+        for d in range(4):
+            exp = [math.exp(scores[m, d]) if present[b, m] else 0.0 for m in range(3)]
+            for m in range(3):
+                h = torch.tanh(fusion.projections[m].weight @ x[b, m] + fusion.projections[m].bias)
+                expected[b, d] += exp[m] / sum(exp) * h[d]
     assert torch.allclose(fusion(tokens, present), expected, atol=1e-6)
     weights = fusion.gate_weights(tokens, present)
-    assert weights[0, 1] == 0 and torch.allclose(weights.sum(1), torch.ones(2))
+    assert torch.all(weights[0, 1] == 0) and torch.allclose(weights.sum(1), torch.ones(2, 4))
 
 
 def test_cross_attention_fusion_matches_manual_computation():

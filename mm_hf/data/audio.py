@@ -148,6 +148,7 @@ def check_audio(
     skip_bad: bool,
     num_proc: int | None = None,
     split_name: str = "train",
+    allow_missing: bool = False,
     reject_silent: bool = False,
 ) -> tuple[datasets.Dataset, list[tuple[str, str]]]:
     """Decode (and resample) every clip in `dataset[column]` once, before training, to find bad samples.
@@ -167,6 +168,7 @@ def check_audio(
         skip_bad=skip_bad,
         num_proc=num_proc,
         split_name=split_name,
+        allow_missing=allow_missing,
     )
 
 
@@ -264,6 +266,12 @@ class AudioTransform:
         if self.audio_column not in batch:
             raise KeyError(f"No audio column {self.audio_column!r} in the batch; columns are {list(batch)}.")
         clips = [load_audio(source, self.sampling_rate) for source in batch[self.audio_column]]
+        out = {key: values for key, values in batch.items() if key != self.audio_column}
+        out.update(self.features(clips))
+        return out
+
+    def features(self, clips: list[np.ndarray]) -> dict[str, list]:
+        """Decoded clips (at `sampling_rate`) -> cropped, augmented, extracted: {input name: [...], "attention_mask": [...]}."""
         if self.max_samples:
             clips = [crop_or_pad(clip, self.max_samples, train=self.train) for clip in clips]
         if self.augment:
@@ -274,8 +282,4 @@ class AudioTransform:
         features = self.feature_extractor(
             clips, sampling_rate=self.sampling_rate, return_tensors="pt", padding=padding, **kwargs
         )
-        out = {key: values for key, values in batch.items() if key != self.audio_column}
-        for key in (self.input_name, "attention_mask"):
-            if key in features:
-                out[key] = list(features[key])
-        return out
+        return {key: list(features[key]) for key in (self.input_name, "attention_mask") if key in features}

@@ -202,6 +202,7 @@ def check_images(
     skip_bad: bool,
     num_proc: int | None = None,
     split_name: str = "train",
+    allow_missing: bool = False,
 ) -> tuple[datasets.Dataset, list[tuple[str, str]]]:
     """Decode every image in `dataset[column]` once, before training, to find unusable samples.
 
@@ -219,4 +220,5 @@ def check_images(
         skip_bad=skip_bad,
         num_proc=num_proc,
         split_name=split_name,
+        allow_missing=allow_missing,
     )

@@ -113,18 +113,25 @@ class LabelSpace:
 def load_multimodal_splits(
     data_args,
     columns: MultimodalColumns,
-    problem_type: str,
+    problem_type: str | Sequence[str],
     cache_dir=None,
     seed: int = 42,
     skip_bad: bool = False,
-) -> tuple[DatasetDict, LabelSpace]:
+) -> tuple[DatasetDict, LabelSpace | dict[str, LabelSpace]]:
     """train/validation/test splits from `data_args` (an `mm_hf.args.DataArguments`) and their label space.
 
     Sources per split: `--{split}_file` (CSV/TSV/JSON/JSONL; media paths relative to the file's folder or
     absolute) or `--dataset_name`. Without a validation split, `--train_val_split` of train is held out
     (stratified by class for single-label classification). `--max_*_samples` truncate, train after shuffling.
+
+    Multi-task: `problem_type` a list with one problem type per label column; each column becomes a task with
+    its own `labels_<column>` output column, and a dict column -> LabelSpace is returned.
     """
-    _check_columns(columns, problem_type)
+    multi_task = not isinstance(problem_type, str)
+    if multi_task and len(problem_type) != len(columns.labels):
+        raise ValueError(f"multi-task: one problem type per label column, got {problem_type} for {columns.labels}")
+    for task_type in problem_type if multi_task else [problem_type]:
+        _check_columns(columns, task_type)
     raw = {}
     hub = None
     if data_args.dataset_name:
@@ -149,15 +156,25 @@ def load_multimodal_splits(
         sources[split] = source
         if len(kept[split]) == 0:
             raise DataError(f"the {split} split is empty after dropping bad rows: {source}")
-    labels, space = encode_labels(kept, columns.labels, problem_type, sources=sources, rows=rows)
+    # (output column, label columns, problem type) per task
+    tasks = (
+        [(f"labels_{col}", [col], task_type) for col, task_type in zip(columns.labels, problem_type, strict=True)]
+        if multi_task
+        else [("labels", columns.labels, problem_type)]
+    )
+    encoded = {out: encode_labels(kept, cols, pt, sources=sources, rows=rows) for out, cols, pt in tasks}
 
     splits = DatasetDict()
     for split, ds in kept.items():
-        ds = ds.remove_columns(columns.labels).add_column("labels", labels[split])
-        if problem_type == "single_label_classification":
-            ds = ds.cast_column("labels", ClassLabel(names=space.names))
+        ds = ds.remove_columns(columns.labels)
+        for out, _, task_type in tasks:
+            ds = ds.add_column(out, encoded[out][0][split])
+            if task_type == "single_label_classification":
+                ds = ds.cast_column(out, ClassLabel(names=encoded[out][1].names))
         ds = ds.rename_columns({s: t for s, t in columns.renames.items() if s != t})
-        splits[split] = ds.select_columns([*columns.renames.values(), *columns.numeric, *columns.categorical, "labels"])
+        outputs = [out for out, _, _ in tasks]
+        splits[split] = ds.select_columns([*columns.renames.values(), *columns.numeric, *columns.categorical, *outputs])
+    space = {cols[0]: encoded[out][1] for out, cols, _ in tasks} if multi_task else encoded["labels"][1]
     if "validation" not in splits and data_args.train_val_split and data_args.train_val_split > 0:
         stratify = _stratify_column(splits["train"]) if problem_type == "single_label_classification" else None
         parts = splits["train"].train_test_split(

@@ -71,8 +71,11 @@ def check_samples(
     skip_bad: bool,
     num_proc: int | None = None,
     split_name: str = "train",
+    allow_missing: bool = False,
 ) -> tuple[datasets.Dataset, list[tuple[str, str]]]:
     """Run `load` once on every sample in `dataset[column]`, before training, to find unusable ones.
+
+    With `allow_missing` a None sample is fine (a multimodal row lacking this modality) and is not loaded.
 
     `load` takes one sample (a path or a `{"bytes", "path"}` record: a `feature_type` column is read
     undecoded) and raises `BadSampleError` for a bad one; with `num_proc` it is pickled, so pass a
@@ -88,7 +91,7 @@ def check_samples(
     view = _undecoded(dataset, column, feature_type)
     found = view.map(
         _find_bad_samples,
-        fn_kwargs={"load": load, "split_name": split_name},
+        fn_kwargs={"load": load, "split_name": split_name, "allow_missing": allow_missing},
         batched=True,
         with_indices=True,
         input_columns=[column],
@@ -130,12 +133,13 @@ def _undecoded(
 
 
 def _find_bad_samples(
-    samples: Sequence[Any], indices: Sequence[int], load: Callable[[Any], Any], split_name: str
+    samples: Sequence[Any], indices: Sequence[int], load: Callable[[Any], Any], split_name: str, allow_missing: bool
 ) -> dict[str, list]:
     found: dict[str, list] = {"bad_source": [], "bad_reason": []}
     for sample, index in zip(samples, indices, strict=True):
         try:
-            load(sample)  # decoded and dropped straight away: we only validate
+            if not (sample is None and allow_missing):
+                load(sample)  # decoded and dropped straight away: we only validate
         except BadSampleError as error:
             found["bad_source"].append(_describe_sample(sample, index, split_name))
             found["bad_reason"].append(error.reason)

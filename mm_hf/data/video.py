@@ -127,6 +127,7 @@ def check_videos(
     skip_bad: bool,
     num_proc: int | None = None,
     split_name: str = "train",
+    allow_missing: bool = False,
     sampling_rate: int | None = None,
 ) -> tuple[datasets.Dataset, list[tuple[str, str]]]:
     """Decode every video in `dataset[column]` once, before training, to find unusable samples.
@@ -146,6 +147,7 @@ def check_videos(
         skip_bad=skip_bad,
         num_proc=num_proc,
         split_name=split_name,
+        allow_missing=allow_missing,
     )
 
 

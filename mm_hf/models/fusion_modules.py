@@ -216,10 +216,12 @@ class ConcatFusion(nn.Module):
 
 
 class GatedFusion(nn.Module):
-    """Gated multimodal unit (Arevalo et al. 2017) generalised to M modalities.
+    """Gated multimodal unit (Arevalo et al. 2017) generalised to M modalities, with a gate per feature.
 
-    h_m = tanh(W_m x_m + b_m); s = W_g [x_1; ..; x_M] + b_g (M scores, missing x_m zeroed);
-    z = softmax_m(s) over present modalities only (missing get exactly 0); output = sum_m z_m h_m.
+    h_m = tanh(W_m x_m + b_m); s = W_g [x_1; ..; x_M] + b_g reshaped to (M, D) scores (missing x_m zeroed);
+    z[:, d] = softmax over the present modalities of s[:, d] (missing get exactly 0); output = sum_m z_m * h_m.
+    Per-feature gates (the GMU's vector z) let each output feature pick its modality depending on all inputs,
+    so the block can express interactions (a scalar gate per modality only mixes the two vectors).
     tokens (B, M, D), present (B, M) -> (B, D). Rows with no present modality -> zeros.
     """
 
@@ -230,19 +232,20 @@ class GatedFusion(nn.Module):
         self.num_modalities = num_modalities
         self.out_dim = dim
         self.projections = nn.ModuleList(nn.Linear(dim, dim) for _ in range(num_modalities))
-        self.gate = nn.Linear(num_modalities * dim, num_modalities)
+        self.gate = nn.Linear(num_modalities * dim, num_modalities * dim)
 
     def gate_weights(self, tokens: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, M) gate z, summing to 1 over present modalities."""
+        """(B, M, D) gates z, summing to 1 over the present modalities for every feature d."""
         present = _check_tokens(tokens, present, self.num_modalities)
         tokens = tokens.masked_fill(~present[..., None], 0.0)
-        return _masked_softmax(self.gate(tokens.flatten(1)), present)
+        scores = self.gate(tokens.flatten(1)).view(tokens.shape).transpose(1, 2)  # (B, D, M)
+        return _masked_softmax(scores, present[:, None, :]).transpose(1, 2)
 
     def forward(self, tokens: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
         present = _check_tokens(tokens, present, self.num_modalities)
         tokens = tokens.masked_fill(~present[..., None], 0.0)
         hidden = torch.stack([torch.tanh(proj(tokens[:, m])) for m, proj in enumerate(self.projections)], dim=1)
-        return torch.einsum("bm,bmd->bd", self.gate_weights(tokens, present), hidden)
+        return (self.gate_weights(tokens, present) * hidden).sum(dim=1)
 
 
 class CrossAttentionFusion(nn.Module):

@@ -79,3 +79,45 @@ def build_tiny_dual_encoder(
     model.save_pretrained(output_dir)
     VisionTextDualEncoderProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(output_dir)
     return output_dir
+
+
+# Words of the synthetic fusion datasets (mm_hf.data.synthetic); the rest map to [UNK].
+_FUSION_WORDS = (
+    "a the on shelf large big huge giant small tiny little mini box lamp chair bottle bag vase acme zenith orbit "
+    "red green blue item is"
+).split()
+
+
+def build_tiny_encoders(output_dir: str, *, image_size: int = 32, hidden_size: int = 32, seed: int = 0) -> dict:
+    """Save a tiny random ViT (+ image processor) and a tiny random BERT (+ word-level tokenizer) as two
+    standalone checkpoints under `output_dir`; returns {"vision": path, "text": path} for the fusion recipes."""
+    torch.manual_seed(seed)
+    paths = {"vision": os.path.join(output_dir, "tiny-vit"), "text": os.path.join(output_dir, "tiny-bert")}
+    vit = ViTModel(
+        ViTConfig(
+            image_size=image_size,
+            patch_size=8,
+            hidden_size=hidden_size,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=4 * hidden_size,
+        )
+    )
+    vit.save_pretrained(paths["vision"])
+    ViTImageProcessor(
+        size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    ).save_pretrained(paths["vision"])
+    vocab = {w: i for i, w in enumerate(_SPECIAL + _FUSION_WORDS)}
+    bert = BertModel(
+        BertConfig(
+            vocab_size=len(vocab),
+            hidden_size=hidden_size,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=4 * hidden_size,
+            max_position_embeddings=64,
+        )
+    )
+    bert.save_pretrained(paths["text"])
+    BertTokenizer(vocab=vocab, model_max_length=32).save_pretrained(paths["text"])
+    return paths

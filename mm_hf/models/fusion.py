@@ -1,0 +1,93 @@
+"""Building a multimodal fusion classifier from pretrained encoders (one Hub id or path per modality)."""
+
+import logging
+
+from transformers import AutoConfig, AutoModel, PreTrainedConfig
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+from .configuration_multimodal_fusion import ENCODER_OF, MultimodalFusionConfig
+from .modeling_multimodal_fusion import MultimodalFusionForClassification, drop_unused_pooler
+
+logger = logging.getLogger(__name__)
+# A composite checkpoint's tower for each encoder slot (CLIP/SigLIP: vision_model/text_model; CLAP: audio_model).
+_TOWER_OF = {"vision_config": "vision_model", "text_config": "text_model", "audio_config": "audio_model"}
+
+
+def load_encoder(name_or_path: str, slot: str, **from_pretrained_kwargs):
+    """(encoder module, its config) for an encoder slot ("vision_config", "text_config", "audio_config").
+
+    A dual encoder (CLIP, SigLIP, CLAP, ...) contributes the matching tower as a standalone model (e.g. a
+    CLIPVisionModel holding CLIP's vision weights); an encoder-decoder model (Whisper) its encoder; any other
+    checkpoint is loaded with AutoModel as it is.
+    """
+    config = AutoConfig.from_pretrained(name_or_path, **from_pretrained_kwargs)
+    sub = getattr(config, slot, None)
+    if isinstance(sub, PreTrainedConfig) and type(sub) in MODEL_MAPPING:  # a composite checkpoint: take its tower
+        full = AutoModel.from_pretrained(name_or_path, **from_pretrained_kwargs)
+        tower = getattr(full, _TOWER_OF[slot], None)
+        encoder = MODEL_MAPPING[type(sub)](sub)
+        if tower is None or encoder.load_state_dict(tower.state_dict(), strict=False).missing_keys:
+            encoder = MODEL_MAPPING[type(sub)].from_pretrained(name_or_path, **from_pretrained_kwargs)
+        return encoder, sub
+    model = AutoModel.from_pretrained(name_or_path, **from_pretrained_kwargs)
+    if getattr(model.config, "is_encoder_decoder", False):
+        return model.get_encoder(), model.config
+    return model, model.config
+
+
+def build_fusion_classifier(
+    encoders: dict[str, str | None],
+    tasks: list[dict],
+    *,
+    tabular_num_numeric: int = 0,
+    tabular_cardinalities=(),
+    from_pretrained_kwargs: dict | None = None,
+    **config_kwargs,
+) -> MultimodalFusionForClassification:
+    """A `MultimodalFusionForClassification` whose encoders are pretrained.
+
+    encoders: modality -> Hub id or path, in the order the modalities are fused ("image", "video", "text",
+        "audio"; "tabular" maps to None). "image" and "video" share one vision encoder (give the same id).
+    tasks: [{"name", "problem_type", "labels", "loss_weight"}]; config_kwargs: any other
+        `MultimodalFusionConfig` field (fusion, hidden_size, poolings, modality_dropout, ...).
+    """
+    from_pretrained_kwargs = from_pretrained_kwargs or {}
+    loaded, sub_configs, names = {}, {}, {}
+    for modality, path in encoders.items():
+        slot = ENCODER_OF.get(modality)
+        if slot is None:
+            continue
+        if slot in loaded:
+            if names[slot] != path:
+                raise ValueError(f"image and video share one vision encoder; got {names[slot]} and {path}")
+            continue
+        if not path:
+            raise ValueError(f"modality {modality!r} needs an encoder (--{slot.split('_')[0]}_model_name_or_path)")
+        loaded[slot], sub_configs[slot] = load_encoder(path, slot, **from_pretrained_kwargs)
+        names[slot] = path
+    config = MultimodalFusionConfig(
+        modalities=list(encoders),
+        **{slot: cfg.to_dict() for slot, cfg in sub_configs.items()},
+        encoder_names_or_paths={m: names[ENCODER_OF[m]] for m in encoders if m in ENCODER_OF},
+        tabular_num_numeric=tabular_num_numeric,
+        tabular_cardinalities=list(tabular_cardinalities),
+        tasks=tasks,
+        **config_kwargs,
+        **_label_maps(tasks),
+    )
+    model = MultimodalFusionForClassification(config)
+    # Swap the randomly initialised encoders for the pretrained ones instead of copying weights twice.
+    dtype = model.multimodal.missing_tokens.dtype
+    for slot, encoder in loaded.items():
+        key = "vision" if slot == "vision_config" else slot.split("_")[0]
+        model.multimodal.encoders[key] = drop_unused_pooler(encoder, model.multimodal.encoder_poolings(key)).to(dtype)
+    model.name_or_path = " + ".join(dict.fromkeys(names.values()))
+    return model
+
+
+def _label_maps(tasks: list[dict]) -> dict:
+    """id2label/label2id of a single classification task, so pipelines and cards show class names."""
+    if len(tasks) != 1 or tasks[0]["problem_type"] == "regression":
+        return {}
+    labels = [str(label) for label in tasks[0]["labels"]]
+    return {"id2label": dict(enumerate(labels)), "label2id": {label: i for i, label in enumerate(labels)}}

@@ -1,0 +1,347 @@
+"""Multimodal fusion: one pretrained encoder per modality -> pooling -> projection -> fusion -> task heads.
+
+    image  (B, 3, H, W)    -> vision encoder -> spatial pooling over patches              -> Linear+LN -> (B, D)
+    video  (B, T, 3, H, W) -> vision encoder per frame -> spatial pooling -> Linear+LN -> temporal pooling -> (B, D)
+    text   (B, L) ids      -> text encoder -> pooling over tokens (masked)                -> Linear+LN -> (B, D)
+    audio  (B, S) or mel   -> audio encoder -> pooling over frames (masked)               -> Linear+LN -> (B, D)
+    tabular numeric/categorical -> TabularEncoder                                                    -> (B, D)
+    tokens (B, M, D), present (B, M) -> fusion -> heads (one per task)
+
+A missing modality (`modality_mask` 0) is replaced by a learned placeholder token; fusions that can mask
+(gated, cross-attention, late) also ignore it. Self-contained on purpose (torch/transformers plus the sibling
+configuration and fusion_modules files) so `save_pretrained` ships it for `trust_remote_code=True` loading.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_multimodal_fusion import MultimodalFusionConfig, num_outputs
+from .fusion_modules import ModalityDropout, TabularEncoder, build_fusion, build_pooling
+
+
+@dataclass
+class MultimodalFusionOutput(ModelOutput):
+    """fused (B, out_dim) (None for late fusion), tokens (B, M, D) per-modality vectors, present (B, M) bool."""
+
+    fused: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    present: torch.Tensor | None = None
+
+
+@dataclass
+class MultimodalClassifierOutput(ModelOutput):
+    """loss (scalar, weighted sum over tasks), logits (B, outputs) for one task or a tuple in task order."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | tuple[torch.Tensor, ...] | None = None
+
+
+def encoder_width(config) -> int:
+    """Width of an encoder's hidden states (`hidden_size`, or `d_model` for Whisper-style configs)."""
+    for name in ("hidden_size", "d_model", "dim"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    raise ValueError(f"cannot tell the hidden width of {type(config).__name__}")
+
+
+def build_encoder(config) -> nn.Module:
+    """A randomly initialised encoder for `config`: encoder-decoder models (Whisper) keep only their encoder."""
+    model = AutoModel.from_config(config)
+    return model.get_encoder() if getattr(model.config, "is_encoder_decoder", False) else model
+
+
+class SequencePooling(nn.Module):
+    """An encoder output -> one vector: "pooler" reads the encoder's own pooled output, "cls" token 0, the other
+    kinds (mean, max, attention, transformer) pool `last_hidden_state` over its real positions.
+
+    Shapes: last_hidden_state (B, N, H), mask (B, N) or None -> (B, H).
+    """
+
+    def __init__(self, kind: str, width: int, num_heads: int = 4, max_length: int = 512):
+        super().__init__()
+        self.kind = kind
+        kwargs = {"num_heads": num_heads, "max_length": max_length} if kind == "transformer" else {}
+        self.pool = None if kind == "pooler" else build_pooling(kind, width, **kwargs)
+
+    def forward(self, outputs, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pool is None:
+            pooled = getattr(outputs, "pooler_output", None)
+            if pooled is None:
+                raise ValueError("pooling='pooler' needs an encoder with a pooled output; use mean, cls or attention")
+            return pooled
+        hidden = outputs.last_hidden_state
+        if mask is not None and mask.shape[1] != hidden.shape[1]:
+            mask = None  # the mask does not map onto the encoder's positions (e.g. patches, fixed windows)
+        return self.pool(hidden, mask)
+
+
+def drop_unused_pooler(encoder: nn.Module, poolings: list[str]) -> nn.Module:
+    """Remove an encoder's own pooler (BERT, ViT) when no modality reads it: its weights would never get a
+    gradient (dead parameters, and a DDP error without find_unused_parameters)."""
+    if "pooler" not in poolings and isinstance(getattr(encoder, "pooler", None), nn.Module):
+        encoder.pooler = None
+    return encoder
+
+
+def _projection(width: int, hidden_size: int, dropout: float) -> nn.Module:
+    # LayerNorm puts every modality on one scale before fusion, so no encoder dominates concat or gates by magnitude.
+    return nn.Sequential(nn.Linear(width, hidden_size), nn.LayerNorm(hidden_size), nn.Dropout(dropout))
+
+
+class MultimodalFusionPreTrainedModel(PreTrainedModel):
+    config_class = MultimodalFusionConfig
+    base_model_prefix = "multimodal"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "video", "text", "audio")
+    supports_gradient_checkpointing = True
+    # The loss is a per-batch mean: Trainer must average it itself instead of treating it as normalised.
+    accepts_loss_kwargs = False
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, MultimodalFusionModel):
+            module.missing_tokens.normal_(std=0.02)
+
+    def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
+        # transformers v5 renames some encoders' weights when saving (e.g. ViT back to its v4 names), but Trainer
+        # reloads checkpoints with a plain `load_state_dict` (load_best_model_at_end, resume), which would then
+        # silently miss every renamed weight. Saving the live names keeps both paths exact.
+        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+
+
+class MultimodalFusionModel(MultimodalFusionPreTrainedModel):
+    """Encoders + pooling + projections + missing-modality placeholders + modality dropout + fusion.
+
+    Inputs (only those of `config.modalities` are needed): pixel_values (B, 3, H, W), pixel_values_videos
+    (B, T, 3, H, W), input_ids / attention_mask (B, L) (+ token_type_ids), input_values (B, S) or input_features
+    (B, ...) with audio_attention_mask (B, S), numeric_values (B, F) (NaN = missing value), categorical_ids (B, C)
+    (0 = unknown), modality_mask (B, M) in `config.modalities` order (1 = present; default all present).
+    """
+
+    def __init__(self, config: MultimodalFusionConfig):
+        super().__init__(config)
+        config.check()
+        d = config.hidden_size
+        self.modalities = list(config.modalities)
+        self.encoders = nn.ModuleDict()
+        self.poolers = nn.ModuleDict()
+        self.projections = nn.ModuleDict()
+        visual = [m for m in ("image", "video") if m in self.modalities]
+        if visual:  # images and video frames share one vision encoder
+            self.encoders["vision"] = build_encoder(config.vision_config)
+        for modality in visual:
+            pooling = config.image_pooling if modality == "image" else config.frame_pooling
+            width = encoder_width(config.vision_config)
+            self.poolers[modality] = SequencePooling(pooling, width)
+            self.projections[modality] = _projection(width, d, config.head_dropout)
+        if "video" in self.modalities:
+            kwargs = {"num_heads": config.fusion_num_heads, "max_length": config.num_frames}
+            self.temporal_pooling = build_pooling(
+                config.temporal_pooling, d, **(kwargs if config.temporal_pooling == "transformer" else {})
+            )
+        for modality, key in (("text", "text_config"), ("audio", "audio_config")):
+            if modality in self.modalities:
+                sub = getattr(config, key)
+                self.encoders[modality] = build_encoder(sub)
+                pooling = config.text_pooling if modality == "text" else config.audio_pooling
+                self.poolers[modality] = SequencePooling(pooling, encoder_width(sub), num_heads=config.fusion_num_heads)
+                self.projections[modality] = _projection(encoder_width(sub), d, config.head_dropout)
+        if "tabular" in self.modalities:
+            self.tabular = TabularEncoder(
+                config.tabular_num_numeric, config.tabular_cardinalities, d, dropout=config.head_dropout
+            )
+        for key, encoder in self.encoders.items():
+            drop_unused_pooler(encoder, self.encoder_poolings(key))
+        self.missing_tokens = nn.Parameter(torch.zeros(len(self.modalities), d))
+        self.modality_dropout = ModalityDropout(config.modality_dropout)
+        self.fusion = None
+        if config.fusion != "late":  # late fusion lives in the heads: one per-modality head set per task
+            self.fusion = build_fusion(config.fusion, len(self.modalities), d, **fusion_kwargs(config))
+        self.post_init()
+
+    def encoder_poolings(self, key: str) -> list[str]:
+        """The pooling kinds that read encoder `key` ("vision", "text", "audio")."""
+        if key == "vision":
+            kinds = {"image": self.config.image_pooling, "video": self.config.frame_pooling}
+            return [kinds[m] for m in self.modalities if m in kinds]
+        return [getattr(self.config, f"{key}_pooling")]
+
+    @property
+    def out_dim(self) -> int:
+        return self.config.hidden_size if self.fusion is None else self.fusion.out_dim
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, D)."""
+        encoder = self.encoders["vision"]
+        outputs = encoder(pixel_values=pixel_values.to(encoder.dtype))
+        return self.projections["image"](self.poolers["image"](outputs))
+
+    def encode_video(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) frames -> per-frame vectors (B, T, D) -> temporal pooling -> (B, D)."""
+        batch, frames = pixel_values_videos.shape[:2]
+        encoder = self.encoders["vision"]
+        outputs = encoder(pixel_values=pixel_values_videos.flatten(0, 1).to(encoder.dtype))
+        per_frame = self.projections["video"](self.poolers["video"](outputs)).view(batch, frames, -1)
+        return self.temporal_pooling(per_frame)
+
+    def encode_text(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """(B, L) token ids -> (B, D), pooled over the real tokens."""
+        kwargs = {"attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        outputs = self.encoders["text"](input_ids=input_ids, **kwargs)
+        return self.projections["text"](self.poolers["text"](outputs, attention_mask))
+
+    def encode_audio(self, audio: torch.Tensor, audio_attention_mask=None) -> torch.Tensor:
+        """Waveforms (B, S) (wav2vec2 family) or spectrogram features (Whisper, AST, CLAP) -> (B, D)."""
+        encoder = self.encoders["audio"]
+        inputs = {encoder.main_input_name: audio.to(encoder.dtype)}
+        # Only the wav2vec2 family reads a sample-level mask; other encoders would misuse or ignore it.
+        wav2vec2_like = hasattr(encoder, "_get_feature_vector_attention_mask")
+        if audio_attention_mask is not None and wav2vec2_like:
+            inputs["attention_mask"] = audio_attention_mask
+        outputs = encoder(**inputs)
+        frame_mask = None
+        if audio_attention_mask is not None and wav2vec2_like:
+            frame_mask = encoder._get_feature_vector_attention_mask(
+                outputs.last_hidden_state.shape[1], audio_attention_mask
+            )
+        return self.projections["audio"](self.poolers["audio"](outputs, frame_mask))
+
+    def forward(
+        self,
+        pixel_values=None,
+        pixel_values_videos=None,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        input_values=None,
+        input_features=None,
+        audio_attention_mask=None,
+        numeric_values=None,
+        categorical_ids=None,
+        modality_mask=None,
+        **kwargs,
+    ) -> MultimodalFusionOutput:
+        audio = input_values if input_values is not None else input_features
+        tokens = []
+        for modality in self.modalities:
+            if modality == "image":
+                tokens.append(self.encode_image(_required(pixel_values, "pixel_values", modality)))
+            elif modality == "video":
+                tokens.append(self.encode_video(_required(pixel_values_videos, "pixel_values_videos", modality)))
+            elif modality == "text":
+                tokens.append(
+                    self.encode_text(_required(input_ids, "input_ids", modality), attention_mask, token_type_ids)
+                )
+            elif modality == "audio":
+                tokens.append(
+                    self.encode_audio(_required(audio, "input_values/input_features", modality), audio_attention_mask)
+                )
+            else:
+                tokens.append(self.tabular(numeric_values, categorical_ids))
+        tokens = torch.stack(tokens, dim=1)  # (B, M, D)
+        if modality_mask is None:
+            present = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        else:
+            present = modality_mask.to(tokens.device).bool()
+        present = self.modality_dropout(present)
+        # A learned placeholder stands in for a missing modality: concat and tensor fusion see "missing" as a
+        # value of its own, and a missing input's (dummy) encoding never leaks into the result.
+        tokens = torch.where(present[..., None], tokens, self.missing_tokens.to(tokens.dtype).expand_as(tokens))
+        fused = None
+        if self.fusion is not None:
+            # Fusions that can mask (gated, cross-attention) ignore missing modalities entirely; concat and tensor
+            # fusion would zero them, so they get every slot, placeholders included.
+            maskable = self.config.fusion in ("gated", "cross_attention")
+            fused = self.fusion(tokens, present if maskable else None)
+        return MultimodalFusionOutput(fused=fused, tokens=tokens, present=present)
+
+
+def fusion_kwargs(config: MultimodalFusionConfig) -> dict:
+    if config.fusion == "cross_attention":
+        return {"num_heads": config.fusion_num_heads, "num_layers": config.fusion_num_layers}
+    if config.fusion == "tensor":
+        return {"out_dim": config.hidden_size, "rank": config.tensor_rank}
+    return {}
+
+
+def _required(value, name: str, modality: str):
+    if value is None:
+        raise ValueError(f"the {modality} modality needs `{name}` (pass zeros and modality_mask=0 when missing)")
+    return value
+
+
+def task_loss(problem_type: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The loss of one head: cross-entropy, binary cross-entropy (multi-label and binary), or MSE (regression)."""
+    logits = logits.float()
+    labels = labels.to(logits.device)
+    if problem_type == "single_label_classification":
+        return F.cross_entropy(logits, labels.long())
+    if problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels.float())
+    if problem_type == "binary_classification":
+        return F.binary_cross_entropy_with_logits(logits.squeeze(-1), labels.float().view(-1))
+    return F.mse_loss(logits, labels.float().view(logits.shape))
+
+
+class MultimodalFusionForClassification(MultimodalFusionPreTrainedModel):
+    """The fusion model with one head per task in `config.tasks`: multi-class (cross-entropy), multi-label
+    (binary cross-entropy), binary, or regression (MSE); several tasks make a multi-task model whose loss is
+    the `loss_weight`-weighted sum.
+
+    Labels: `labels` for a single task; `labels_<task name>` for each task of a multi-task model (pass
+    `label_names=[...]` to Trainer). `logits` is (B, outputs) for one task, a tuple in task order otherwise.
+    """
+
+    def __init__(self, config: MultimodalFusionConfig):
+        super().__init__(config)
+        self.multimodal = MultimodalFusionModel(config)
+        num_modalities = len(config.modalities)
+        heads = {}
+        for task in config.tasks:
+            if config.fusion == "late":
+                heads[task["name"]] = build_fusion("late", num_modalities, config.hidden_size, num_outputs(task))
+            else:
+                # One hidden layer: a linear head on concatenated features could not model interactions between
+                # modalities (e.g. a label that flips with the text), which is the point of fusing them.
+                heads[task["name"]] = nn.Sequential(
+                    nn.Dropout(config.head_dropout),
+                    nn.Linear(self.multimodal.out_dim, config.hidden_size),
+                    nn.GELU(),
+                    nn.Dropout(config.head_dropout),
+                    nn.Linear(config.hidden_size, num_outputs(task)),
+                )
+        self.heads = nn.ModuleDict(heads)
+        self.post_init()
+
+    def forward(self, labels=None, **inputs) -> MultimodalClassifierOutput:
+        task_labels = {name[len("labels_") :]: inputs.pop(name) for name in list(inputs) if name.startswith("labels_")}
+        out = self.multimodal(**inputs)
+        logits = []
+        for task in self.config.tasks:
+            head = self.heads[task["name"]]
+            logits.append(head(out.tokens, out.present) if self.config.fusion == "late" else head(out.fused))
+        if len(self.config.tasks) == 1 and labels is not None:
+            task_labels[self.config.tasks[0]["name"]] = labels
+        loss = None
+        for task, task_logits in zip(self.config.tasks, logits, strict=True):
+            if task["name"] in task_labels:
+                term = task["loss_weight"] * task_loss(task["problem_type"], task_logits, task_labels[task["name"]])
+                loss = term if loss is None else loss + term
+        return MultimodalClassifierOutput(loss=loss, logits=logits[0] if len(logits) == 1 else tuple(logits))
+
+
+__all__ = [
+    "MultimodalFusionForClassification",
+    "MultimodalFusionModel",
+    "MultimodalFusionPreTrainedModel",
+    "SequencePooling",
+]

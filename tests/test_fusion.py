@@ -1,0 +1,299 @@
+"""Multimodal fusion: the model (Auto* and remote-code round trips, missing modalities, every fusion), the
+processor, and recipes/fusion_imagetext_cls.py on synthetic data whose label needs both modalities."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, load_recipe
+from transformers import AutoModelForSequenceClassification
+
+import mm_hf.models  # noqa: F401  (registers the Auto classes)
+from mm_hf.args import DataArguments, FinetuneArguments
+from mm_hf.data.multimodal import MultimodalColumns, load_multimodal_splits
+from mm_hf.data.synthetic import write_click_dataset, write_imagetext_xor
+from mm_hf.models import MultimodalFusionForClassification, build_fusion_classifier
+from mm_hf.models.tiny import build_tiny_encoders
+from mm_hf.processing import MultimodalProcessor, ProcessorSettings
+from mm_hf.training import apply_fusion_strategy
+
+recipe = load_recipe("fusion_imagetext_cls")
+TASK = [{"name": "label", "problem_type": "single_label_classification", "labels": ["no", "yes"]}]
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory):
+    return build_tiny_encoders(str(tmp_path_factory.mktemp("encoders")))
+
+
+@pytest.fixture(scope="module")
+def xor(tmp_path_factory):
+    return write_imagetext_xor(str(tmp_path_factory.mktemp("xor")), sizes=(200, 40, 100), seed=0)
+
+
+def build(encoders, fusion="concat", tasks=TASK, **kwargs):
+    torch.manual_seed(0)
+    return build_fusion_classifier(
+        {"image": encoders["vision"], "text": encoders["text"]}, tasks, fusion=fusion, hidden_size=16, **kwargs
+    )
+
+
+def batch(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "pixel_values": torch.randn(n, 3, 32, 32, generator=g),
+        "input_ids": torch.randint(5, 20, (n, 8), generator=g),
+        "attention_mask": torch.ones(n, 8, dtype=torch.long),
+    }
+
+
+@pytest.mark.parametrize("fusion", ["concat", "late", "gated", "cross_attention", "tensor"])
+def test_every_fusion_round_trips_through_auto_class_and_handles_missing_modalities(encoders, tmp_path, fusion):
+    model = build(encoders, fusion).eval()
+    inputs = batch()
+    mask = torch.tensor([[1, 1], [1, 0], [0, 1], [1, 1]])
+    with torch.no_grad():
+        logits = model(**inputs, modality_mask=mask).logits
+        # A missing modality's input does not matter: the placeholder stands in for it.
+        changed = {**inputs, "pixel_values": inputs["pixel_values"].clone()}
+        changed["pixel_values"][2] += 5.0
+        changed["input_ids"] = inputs["input_ids"].clone()
+        changed["input_ids"][1] = 7
+        same = model(**changed, modality_mask=mask).logits
+        assert torch.allclose(logits, same, atol=1e-6)
+        # ...whereas a present one does.
+        assert not torch.allclose(logits[0], model(**changed, modality_mask=torch.ones(4, 2)).logits[0] * 0 + 1)
+    model.save_pretrained(tmp_path / "m")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m").eval()
+    assert isinstance(reloaded, MultimodalFusionForClassification)
+    assert reloaded.config.fusion == fusion and reloaded.config.tasks[0]["labels"] == ["no", "yes"]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs, modality_mask=mask).logits, logits, rtol=0, atol=1e-6)
+
+
+def test_late_fusion_averages_the_present_modalities_heads(encoders):
+    model = build(encoders, "late").eval()
+    inputs = batch()
+    with torch.no_grad():
+        out = model.multimodal(**inputs)
+        head = model.heads["label"]
+        per_modality = torch.stack([h(out.tokens[:, m]) for m, h in enumerate(head.heads)], dim=1)
+        both = model(**inputs).logits
+        image_only = model(**inputs, modality_mask=torch.tensor([[1, 0]] * 4)).logits
+    torch.testing.assert_close(both, per_modality.mean(dim=1))
+    torch.testing.assert_close(image_only, per_modality[:, 0])
+
+
+REMOTE = r"""
+import json, sys
+sys.modules["mm_hf"] = None  # the checkpoint must bring its own code
+import torch
+from transformers import AutoModelForSequenceClassification
+folder = sys.argv[1]
+model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+with torch.no_grad():
+    logits = model(**torch.load(folder + "/inputs.pt")).logits
+print(json.dumps({"logits": logits.tolist(), "module": type(model).__module__}))
+"""
+
+
+def test_remote_code_loads_without_mm_hf(encoders, tmp_path):
+    model = build(encoders, "cross_attention", modality_dropout=0.3).eval()
+    folder = tmp_path / "m"
+    model.save_pretrained(folder)
+    assert {"modeling_multimodal_fusion.py", "fusion_modules.py", "configuration_multimodal_fusion.py"} <= set(
+        os.listdir(folder)
+    )
+    for code in ("modeling_multimodal_fusion.py", "fusion_modules.py", "configuration_multimodal_fusion.py"):
+        text = (folder / code).read_text()
+        assert "import mm_hf" not in text and "from mm_hf" not in text
+    inputs = {**batch(), "modality_mask": torch.tensor([[1, 1], [0, 1], [1, 0], [1, 1]])}
+    torch.save(inputs, folder / "inputs.pt")
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    proc = subprocess.run([sys.executable, "-c", REMOTE, str(folder)], capture_output=True, text=True, env=env, cwd="/")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    remote = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert remote["module"].startswith("transformers_modules")
+    torch.testing.assert_close(torch.tensor(remote["logits"]), expected, rtol=0, atol=1e-6)
+
+
+def test_processor_marks_missing_modalities_and_round_trips(encoders, xor, tmp_path):
+    splits, _ = load_multimodal_splits(
+        DataArguments(train_file=xor["train"]),
+        MultimodalColumns(image="image", text="text", labels=["label"]),
+        "single_label_classification",
+    )
+    settings = ProcessorSettings(modalities=["image", "text"], max_length=12)
+    processor = MultimodalProcessor.from_encoders({"image": encoders["vision"], "text": encoders["text"]}, settings)
+    rows = splits["train"][:3]
+    rows["image"][1], rows["text"][2] = None, None
+    out = processor.transform(train=False)(dict(rows))
+    assert [m.tolist() for m in out["modality_mask"]] == [[1, 1], [0, 1], [1, 0]]
+    assert torch.count_nonzero(out["pixel_values"][1]) == 0 and out["pixel_values"][0].shape == (3, 32, 32)
+    assert out["input_ids"][0].shape == (12,) and out["labels"] == rows["labels"]
+    processor.save_pretrained(tmp_path / "p")
+    assert {"multimodal_processor.json", "image_processor", "tokenizer"} <= set(os.listdir(tmp_path / "p"))
+    again = MultimodalProcessor.from_pretrained(str(tmp_path / "p")).transform(train=False)(dict(rows))
+    for key in ("pixel_values", "input_ids", "modality_mask"):
+        assert all(torch.equal(a, b) for a, b in zip(out[key], again[key], strict=True))
+
+
+def run(encoders, data, out, *extra, modalities=("image", "text"), epochs=15):
+    args = [
+        "--train_file", data["train"], "--validation_file", data["validation"], "--test_file", data["test"],
+        "--output_dir", str(out), "--do_train", "--do_eval", "--do_predict", "--finetune_strategy", "full",
+        "--num_train_epochs", str(epochs), "--per_device_train_batch_size", "16", "--learning_rate", "1e-3",
+        "--hidden_size", "32", "--max_seq_length", "16", "--augment", "false", "--report_to", "none",
+        "--disable_tqdm", "true", "--use_cpu", "true", "--save_strategy", "no", "--logging_steps", "5",
+    ]  # fmt: skip
+    if "image" in modalities:
+        args += ["--vision_model_name_or_path", encoders["vision"], "--image_column", "image"]
+    if "text" in modalities:
+        args += ["--text_model_name_or_path", encoders["text"], "--text_column", "text"]
+    return recipe.main(args + list(extra))
+
+
+@pytest.fixture(scope="module")
+def single_modality_accuracy(encoders, xor, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    return {m: run(encoders, xor, out / m, modalities=(m,))["test_accuracy"] for m in ("image", "text")}
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gated", "cross_attention", "tensor"])
+def test_fusion_beats_either_modality_alone(encoders, xor, tmp_path, fusion, single_modality_accuracy):
+    results = run(encoders, xor, tmp_path / "out", "--fusion", fusion)
+    # The label is (image is red) XOR (text says large): one modality alone is at chance.
+    assert max(single_modality_accuracy.values()) <= 0.65, single_modality_accuracy
+    assert results["test_accuracy"] >= 0.9, results
+    # Removing either modality at test time brings the fused model back to chance.
+    for modality in ("image", "text"):
+        assert results[f"test_without_{modality}_accuracy"] <= 0.65
+    saved = json.loads((tmp_path / "out" / "all_results.json").read_text())
+    assert saved["test_accuracy"] == results["test_accuracy"] and "test_without_text_accuracy" in saved
+    assert "without_text_accuracy" in (tmp_path / "out" / "before_after.md").read_text()
+
+
+def test_late_fusion_cannot_model_the_interaction(encoders, xor, tmp_path):
+    # Averaged per-modality decisions cannot express XOR: the reason early/attention/tensor fusion exist.
+    results = run(encoders, xor, tmp_path / "out", "--fusion", "late")
+    assert results["test_accuracy"] <= 0.7, results
+
+
+def test_saved_folder_reproduces_the_reported_metrics(encoders, xor, tmp_path):
+    out = tmp_path / "out"
+    results = run(encoders, xor, out, "--fusion", "gated", epochs=6)
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    processor = MultimodalProcessor.from_pretrained(str(out))
+    splits, _ = load_multimodal_splits(
+        DataArguments(train_file=xor["train"], test_file=xor["test"]),
+        MultimodalColumns(image="image", text="text", labels=["label"]),
+        "single_label_classification",
+    )
+    inputs = processor.transform(train=False)(dict(splits["test"][:]))
+    labels = torch.tensor(inputs.pop("labels"))
+    with torch.no_grad():
+        logits = model(**{k: torch.stack(v) for k, v in inputs.items()}).logits
+    assert (logits.argmax(-1) == labels).float().mean().item() == pytest.approx(results["test_accuracy"])
+    card = (out / "README.md").read_text()
+    assert "trust_remote_code=True" in card and "without_image_accuracy" in card
+    assert "multimodal-classification" in card
+
+
+def test_multi_task_and_multi_label_heads(encoders, xor, tmp_path):
+    results = run(
+        encoders, xor, tmp_path / "mt", "--label_column", "label", "red", "large",
+        "--problem_type", "single_label_classification", "binary_classification", "regression",
+        "--loss_weights", "1", "0.5", "0.5", epochs=4,
+    )  # fmt: skip
+    for key in ("test_label_accuracy", "test_red_roc_auc", "test_red_log_loss", "test_large_mae", "test_large_pearson"):
+        assert key in results, sorted(results)
+    config = json.loads((tmp_path / "mt" / "config.json").read_text())
+    assert [(t["name"], t["loss_weight"]) for t in config["tasks"]] == [("label", 1.0), ("red", 0.5), ("large", 0.5)]
+    report = json.loads((tmp_path / "mt" / "task_report.json").read_text())
+    assert set(report) == {"label", "red", "large"} and "yes_f1" in report["label"]
+
+    results = run(
+        encoders, xor, tmp_path / "ml", "--label_column", "red", "large",
+        "--problem_type", "multi_label_classification", epochs=12,
+    )  # fmt: skip
+    for key in ("test_micro_f1", "test_macro_f1", "test_mAP", "test_macro_roc_auc", "test_subset_accuracy"):
+        assert key in results
+    # Each label needs one modality only: multi-label BCE learns both.
+    assert results["test_macro_f1"] >= 0.9, results
+    report = json.loads((tmp_path / "ml" / "task_report.json").read_text())["red+large"]
+    assert {"red_f1", "large_f1", "red_roc_auc", "large_average_precision"} <= set(report)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "per_encoder", "vision_moves", "text_moves"),
+    [("linear_probe", {}, False, False), ("full", {"text": "frozen"}, True, False), ("lora", {}, True, True)],
+)
+def test_strategies_train_what_they_say(encoders, strategy, per_encoder, vision_moves, text_moves):
+    model = build(encoders)
+    args = FinetuneArguments(finetune_strategy=strategy, lora_r=4)
+    model = apply_fusion_strategy(model, args, per_encoder)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("heads." in n for n in trainable) and any("poolers." in n or "projections." in n for n in trainable)
+    assert any("missing_tokens" in n for n in trainable) and any("projections." in n for n in trainable)
+    assert any("encoders.vision." in n for n in trainable) == vision_moves
+    assert any("encoders.text." in n for n in trainable) == text_moves
+    if strategy == "lora":
+        assert all("lora_" in n for n in trainable if "encoders." in n)
+
+
+def test_click_example_with_tabular_features(encoders, tmp_path):
+    data = write_click_dataset(str(tmp_path / "data"), sizes=(160, 40, 80), seed=0)
+    out = tmp_path / "out"
+    args = [
+        "--vision_model_name_or_path", encoders["vision"], "--text_model_name_or_path", encoders["text"],
+        "--image_column", "image", "--text_column", "title", "--numeric_columns", "age", "price",
+        "--categorical_columns", "segment", "--label_column", "click", "--problem_type", "binary_classification",
+        "--train_file", data["train"], "--validation_file", data["validation"], "--test_file", data["test"],
+        "--output_dir", str(out), "--do_train", "--do_eval", "--do_predict", "--finetune_strategy", "full",
+        "--num_train_epochs", "6", "--per_device_train_batch_size", "16", "--learning_rate", "3e-3",
+        "--hidden_size", "32", "--max_seq_length", "8", "--report_to", "none", "--disable_tqdm", "true",
+        "--use_cpu", "true", "--save_strategy", "no",
+    ]  # fmt: skip
+    results = recipe.main(args)
+    for key in ("test_roc_auc", "test_log_loss", "test_without_tabular_roc_auc", "zeroshot_test_roc_auc"):
+        assert key in results
+    assert results["test_roc_auc"] > results["zeroshot_test_roc_auc"] + 0.1, results
+    assert os.path.exists(out / "tabular_processor.json")
+    config = json.loads((out / "config.json").read_text())
+    assert config["modalities"] == ["image", "text", "tabular"] and config["tabular_num_numeric"] == 2
+    assert config["tabular_cardinalities"] == [3]
+
+
+def test_corrupt_image_is_named_before_training(encoders, xor, tmp_path):
+    data_dir = tmp_path / "data"
+    files = write_imagetext_xor(str(data_dir), sizes=(12, 4, 4), seed=1)
+    bad = data_dir / "images" / "train_00003.png"
+    bad.write_bytes(bad.read_bytes()[:40])
+    with pytest.raises(Exception, match="train_00003.png"):
+        run(encoders, files, tmp_path / "out", epochs=1)
+
+
+def test_shipped_fusion_configs_parse():
+    from mm_hf.args import parse_args
+
+    configs = os.path.join(REPO, "recipes", "configs")
+    for name in sorted(os.listdir(configs)):
+        if name.startswith("fusion_"):
+            parsed = parse_args(recipe.ARGUMENT_TYPES, ["--config", os.path.join(configs, name)])
+            assert parsed[0].fusion in ("concat", "late", "gated", "cross_attention", "tensor")
+
+
+def test_xor_data_is_balanced_and_needs_both(xor):
+    rows = [json.loads(line) for line in open(xor["train"])]
+    labels = np.array([r["label"] == "yes" for r in rows])
+    red, large = np.array([r["red"] for r in rows]), np.array([r["large"] for r in rows])
+    assert 0.4 < labels.mean() < 0.6
+    # Neither factor alone predicts the label better than chance.
+    for factor in (red, large):
+        assert abs((labels == factor.astype(bool)).mean() - 0.5) < 0.1
