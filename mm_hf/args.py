@@ -150,6 +150,21 @@ class FusionModelArguments:
             "trust_remote_code": self.trust_remote_code,
         }
 
+    def encoders(self, modalities) -> dict:
+        """modality -> encoder id for `modalities` (image and video share the vision encoder; tabular has none)."""
+        paths = {"image": self.vision_model_name_or_path, "video": self.vision_model_name_or_path}
+        paths.update(text=self.text_model_name_or_path, audio=self.audio_model_name_or_path, tabular=None)
+        return {m: paths[m] for m in modalities}
+
+    def encoder_strategies(self) -> dict:
+        return {"vision": self.vision_strategy, "text": self.text_strategy, "audio": self.audio_strategy}
+
+    def config_kwargs(self) -> dict:
+        """The `MultimodalFusionConfig` fields these arguments set."""
+        names = ("fusion", "hidden_size", "fusion_num_layers", "fusion_num_heads", "tensor_rank", "image_pooling")
+        names += ("text_pooling", "audio_pooling", "head_dropout", "modality_dropout")
+        return {name: getattr(self, name) for name in names}
+
 
 @dataclass
 class FusionDataArguments:
@@ -182,6 +197,15 @@ class FusionDataArguments:
     ablate_modalities: bool = field(
         default=True, metadata={"help": "Also evaluate with each modality removed (test_without_<modality>_*)."}
     )
+
+    def problem_types(self) -> str | list[str]:
+        """One problem type (a single head), or the list of one per label column (multi-task)."""
+        return self.problem_type[0] if len(self.problem_type) == 1 else list(self.problem_type)
+
+    @staticmethod
+    def label_names(tasks: list[dict]) -> list[str]:
+        """The batch keys holding labels: `labels`, or `labels_<task>` per head of a multi-task model."""
+        return ["labels"] if len(tasks) == 1 else [f"labels_{t['name']}" for t in tasks]
 
     def tasks(self, spaces) -> list[dict]:
         """The model's task list from the label space(s) `load_multimodal_splits` returned."""

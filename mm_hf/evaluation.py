@@ -151,3 +151,37 @@ def evaluate_without_modalities(trainer, dataset, transform, modalities: list[st
         ablated = dataset.with_transform(WithoutModality(transform, index))
         results.update(trainer.evaluate(ablated, metric_key_prefix=f"{key}_without_{modality}"))
     return results
+
+
+def train_fusion_with_ablations(
+    trainer,
+    datasets: dict,
+    splits: dict,
+    eval_transform,
+    metrics: TaskMetrics,
+    modalities: list[str],
+    *,
+    ablate: bool = True,
+    **kwargs,
+) -> BeforeAfter:
+    """`train_with_before_after` for a fusion model: untrained heads before ("untrained heads"), after, and after
+    with each modality removed (`<key>_without_<modality>_*`, also rows of the table) when `ablate`.
+
+    `datasets` are the transformed splits the Trainer reads, `splits` the raw ones (re-transformed per ablation);
+    `kwargs` go to train_with_before_after (do_train, early_stopping_patience, resume_from_checkpoint).
+    """
+
+    def ablations(split, key):
+        if not ablate:
+            return {}
+        return evaluate_without_modalities(trainer, splits[split], eval_transform, modalities, key)
+
+    return train_with_before_after(
+        trainer,
+        datasets,
+        metrics,
+        before_label="untrained heads",
+        table_metrics=metrics.table_metrics(modalities if ablate else ()),
+        extra_after=ablations,
+        **kwargs,
+    )

@@ -170,3 +170,29 @@ def save_classification_run(
     if push_to_hub:
         publish_run(trainer.args, out)
     return results
+
+
+def save_fusion_run(trainer, run, *, tasks: list[dict], modalities: list[str], encoders: dict, **kwargs) -> dict:
+    """`save_classification_run` for a fusion recipe: merged LoRA (the encoders' adapters fold into one
+    checkpoint that loads with plain transformers), per-head reports, the fusion card snippet.
+
+    `run` is the recipe's `BeforeAfter`; `kwargs` are save_classification_run's (command, resolved_args, skipped,
+    push_to_hub, dataset, finetune_strategy, trainable, ...) and may override pipeline_tag / eval_task_type.
+    """
+    kwargs.setdefault("pipeline_tag", None)
+    kwargs.setdefault("eval_task_type", "multimodal-classification")
+    return save_classification_run(
+        trainer,
+        results=run.results,
+        report=run.after_report,
+        before_report=run.before_report,
+        before_after_table=run.table,
+        merge_lora=True,
+        write_reports=task_report_writer(tasks),
+        task=f"multimodal ({' + '.join(modalities)}) classification",
+        usage="fusion",
+        base_model=" + ".join(dict.fromkeys(path for path in encoders.values() if path)),
+        eval_split=run.eval_key,
+        train_runtime=run.train_runtime,
+        **kwargs,
+    )

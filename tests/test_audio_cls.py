@@ -24,31 +24,6 @@ CLASSES = ["high", "low", "mid", "noise"]
 
 
 @pytest.fixture(scope="module")
-def tiny_wav2vec2(tmp_path_factory):
-    """A random 2-layer wav2vec2 (hidden 32, 20x conv downsampling) with a 16 kHz feature extractor."""
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
-
-    config = Wav2Vec2Config(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        conv_dim=(8, 8),
-        conv_stride=(5, 4),
-        conv_kernel=(10, 4),
-        num_feat_extract_layers=2,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
-        vocab_size=8,
-    )
-    path = str(tmp_path_factory.mktemp("tiny_wav2vec2"))
-    torch.manual_seed(0)  # module fixtures run before conftest's per-test seeding
-    Wav2Vec2Model(config).save_pretrained(path)
-    Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=True).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def tones_dir(tmp_path_factory):
     """Tone class folders high/low/mid/noise: 6 train / 2 validation / 4 test clips per class."""
     root = tmp_path_factory.mktemp("tones")

@@ -190,6 +190,42 @@ def load_multimodal_splits(
     return splits, space
 
 
+def check_media(
+    splits: DatasetDict,
+    modalities: Sequence[str],
+    *,
+    skip_bad: bool,
+    num_proc: int | None = None,
+    audio_sampling_rate: int | None = None,
+) -> tuple[DatasetDict, dict[str, list]]:
+    """Decode every image / audio clip / video of every split once, before training (missing ones are fine).
+
+    Returns the splits (bad rows dropped with `skip_bad`) and split -> [(source, reason)] of what was dropped;
+    without `skip_bad` the first bad file raises `BadSampleError` naming it. Audio is decoded at
+    `audio_sampling_rate` (the feature extractor's), and so are videos' sound tracks when it is given.
+    """
+    from .audio import check_audio
+    from .images import check_images
+    from .video import check_videos
+
+    checks = {"image": check_images, "audio": check_audio, "video": check_videos}
+    skipped = {name: [] for name in splits}
+    for modality in (m for m in modalities if m in checks):
+        kwargs = {"sampling_rate": audio_sampling_rate} if modality != "image" else {}
+        for name in list(splits):
+            splits[name], bad = checks[modality](
+                splits[name],
+                modality,
+                skip_bad=skip_bad,
+                num_proc=num_proc,
+                split_name=name,
+                allow_missing=True,
+                **kwargs,
+            )
+            skipped[name] += bad
+    return splits, skipped
+
+
 def encode_labels(
     splits: Mapping[str, Dataset],
     label_columns: Sequence[str],

@@ -106,3 +106,59 @@ def write_click_dataset(
             )
         files[split] = _write_rows(output_dir, split, rows)
     return files
+
+
+# Colour transitions: each pair appears in both directions, so the average frame is the same for the two
+# directions and only the order of frames tells them apart.
+TRANSITIONS = (("red", "blue"), ("blue", "red"), ("green", "red"), ("red", "green"))
+
+
+def make_colour_transition_clip(
+    start: str, end: str, num_frames: int, size: int, rng: np.random.Generator
+) -> np.ndarray:
+    """(num_frames, size, size, 3) uint8 frames fading from colour `start` to `end`, with noise and a grey
+    rectangle that drifts at random (so frames differ beyond their colour)."""
+    frames = []
+    for t in range(num_frames):
+        w = t / max(num_frames - 1, 1)
+        colour = (1 - w) * np.array(COLOURS[start], dtype=np.float32) + w * np.array(COLOURS[end], dtype=np.float32)
+        frames.append(np.asarray(_tile(rng, tuple(colour), size)))
+    return np.stack(frames)
+
+
+def write_video_dataset(
+    output_dir: str,
+    sizes: tuple[int, int, int] = (80, 20, 40),
+    seed: int = 0,
+    num_frames: int = 8,
+    size: int = 32,
+    fps: int = 8,
+    sampling_rate: int = 16000,
+) -> dict[str, str]:
+    """Write `{train,validation,test}.jsonl` + videos/*.mp4 (frames + a sound track) for video classification.
+
+    The label is a colour transition (`TRANSITIONS`, e.g. "red-to-blue"): each pair of colours occurs in both
+    directions, so averaging the frames cannot tell "red-to-blue" from "blue-to-red"; a temporal pooling that
+    sees frame order (the temporal transformer) can. Each clip carries a tone whose pitch is random (it says
+    nothing about the label) and a transcript column with a neutral sentence. Returns split -> file.
+    """
+    from .video import write_synthetic_video
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(output_dir, "videos"), exist_ok=True)
+    t = np.arange(int(sampling_rate * num_frames / fps)) / sampling_rate
+    files = {}
+    for split, n in zip(("train", "validation", "test"), sizes, strict=True):
+        rows = []
+        for i in range(n):
+            start, end = TRANSITIONS[i % len(TRANSITIONS)]
+            name = f"videos/{split}_{i:04d}.mp4"
+            tone = 0.3 * np.sin(2 * np.pi * rng.uniform(200, 2000) * t) + 0.01 * rng.standard_normal(t.size)
+            frames = make_colour_transition_clip(start, end, num_frames, size, rng)
+            write_synthetic_video(
+                os.path.join(output_dir, name), frames, fps=fps, audio=tone, sampling_rate=sampling_rate
+            )
+            text = f"the {rng.choice(THINGS)} is on the shelf"
+            rows.append({"video": name, "transcript": text, "label": f"{start}-to-{end}"})
+        files[split] = _write_rows(output_dir, split, rows)
+    return files

@@ -112,7 +112,9 @@ class TransformerPooling(nn.Module):
         super().__init__()
         self.max_length = max_length
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
-        self.position_embeddings = nn.Parameter(torch.randn(1, max_length + 1, dim) * 0.02)  # +1 for CLS
+        # +1 for CLS. Unit-norm rows: inputs are typically LayerNorm-ed projections (unit scale per feature), and
+        # ViT's 0.02 would leave frame order nearly invisible at the start (temporal models then learn slowly).
+        self.position_embeddings = nn.Parameter(torch.randn(1, max_length + 1, dim) * dim**-0.5)
         self.encoder = _transformer_encoder(dim, num_heads, num_layers, dropout)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

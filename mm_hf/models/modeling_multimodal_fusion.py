@@ -80,6 +80,13 @@ class SequencePooling(nn.Module):
         return self.pool(hidden, mask)
 
 
+def mark_fusion_part(module: nn.Module) -> nn.Module:
+    """Flag every submodule of a fusion part (pooling, projection, fusion, head) for PyTorch's default init."""
+    for sub in module.modules():
+        sub._fusion_part = True
+    return module
+
+
 def drop_unused_pooler(encoder: nn.Module, poolings: list[str]) -> nn.Module:
     """Remove an encoder's own pooler (BERT, ViT) when no modality reads it: its weights would never get a
     gradient (dead parameters, and a DDP error without find_unused_parameters)."""
@@ -105,6 +112,12 @@ class MultimodalFusionPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
+        if getattr(module, "_fusion_part", False):
+            # Fusion parts are small, freshly trained layers: PyTorch's fan-in scaled init, not the 0.02 normal
+            # meant for large pretrained transformers (which starts them so close to zero that learning stalls).
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+            return
         super()._init_weights(module)
         if isinstance(module, MultimodalFusionModel):
             module.missing_tokens.normal_(std=0.02)
@@ -164,6 +177,9 @@ class MultimodalFusionModel(MultimodalFusionPreTrainedModel):
         self.fusion = None
         if config.fusion != "late":  # late fusion lives in the heads: one per-modality head set per task
             self.fusion = build_fusion(config.fusion, len(self.modalities), d, **fusion_kwargs(config))
+        for name, child in self.named_children():
+            if name != "encoders":
+                mark_fusion_part(child)
         self.post_init()
 
     def encoder_poolings(self, key: str) -> list[str]:
@@ -319,7 +335,7 @@ class MultimodalFusionForClassification(MultimodalFusionPreTrainedModel):
                     nn.Dropout(config.head_dropout),
                     nn.Linear(config.hidden_size, num_outputs(task)),
                 )
-        self.heads = nn.ModuleDict(heads)
+        self.heads = mark_fusion_part(nn.ModuleDict(heads))
         self.post_init()
 
     def forward(self, labels=None, **inputs) -> MultimodalClassifierOutput:

@@ -88,9 +88,14 @@ _FUSION_WORDS = (
 ).split()
 
 
-def build_tiny_encoders(output_dir: str, *, image_size: int = 32, hidden_size: int = 32, seed: int = 0) -> dict:
+def build_tiny_encoders(
+    output_dir: str, *, image_size: int = 32, hidden_size: int = 32, initializer_range: float = 0.02, seed: int = 0
+) -> dict:
     """Save a tiny random ViT (+ image processor) and a tiny random BERT (+ word-level tokenizer) as two
-    standalone checkpoints under `output_dir`; returns {"vision": path, "text": path} for the fusion recipes."""
+    standalone checkpoints under `output_dir`; returns {"vision": path, "text": path} for the fusion recipes.
+
+    A random encoder stands in for a pretrained one; a larger `initializer_range` (e.g. 0.2) makes its features
+    vary more with the input (where a square sits in a frame, say), as trained features do."""
     torch.manual_seed(seed)
     paths = {"vision": os.path.join(output_dir, "tiny-vit"), "text": os.path.join(output_dir, "tiny-bert")}
     vit = ViTModel(
@@ -101,6 +106,7 @@ def build_tiny_encoders(output_dir: str, *, image_size: int = 32, hidden_size: i
             num_hidden_layers=2,
             num_attention_heads=4,
             intermediate_size=4 * hidden_size,
+            initializer_range=initializer_range,
         )
     )
     vit.save_pretrained(paths["vision"])

@@ -1,0 +1,195 @@
+"""Video classification from frames (+ the clip's sound track + a transcript): per-frame vision encoder, temporal
+pooling over frames, fusion with audio and text, fine-tuned heads.
+
+    accelerate launch recipes/video_cls.py --vision_model_name_or_path google/vit-base-patch16-224-in21k \
+        --audio_model_name_or_path facebook/wav2vec2-base --audio_from_video \
+        --text_model_name_or_path sentence-transformers/all-MiniLM-L6-v2 --text_column transcript \
+        --train_file train.jsonl --validation_file val.jsonl --test_file test.jsonl --video_column video \
+        --label_column label --num_frames 8 --temporal_pooling transformer --fusion cross_attention \
+        --output_dir out --do_train --do_eval --do_predict --finetune_strategy lora
+
+Videos are decoded with PyAV: `--num_frames` frames sampled uniformly (a random position in each segment while
+training, segment centres in evaluation), each through the vision encoder and its spatial pooling
+(--frame_pooling), then pooled over time (--temporal_pooling: mean, max, attention, or a small temporal
+transformer that sees frame order). The audio modality is an --audio_column of files, or with
+--audio_from_video the clip's own sound track (a clip without one counts as missing audio). Heads, tasks,
+missing modalities, ablations (`test_without_video_accuracy`, ...), outputs and card as in
+recipes/fusion_imagetext_cls.py.
+"""
+
+import logging
+import sys
+from dataclasses import dataclass, field
+
+from transformers import Trainer, TrainingArguments, default_data_collator
+
+from mm_hf.args import DataArguments, FinetuneArguments, FusionDataArguments, FusionModelArguments, args_to_dict
+from mm_hf.data.loading import dataset_display_name
+from mm_hf.data.multimodal import MODALITIES, MultimodalColumns, check_media, load_multimodal_splits
+from mm_hf.data.tabular import TabularProcessor
+from mm_hf.evaluation import TaskMetrics, train_fusion_with_ablations
+from mm_hf.models import build_fusion_classifier
+from mm_hf.outputs import recipe_command, save_fusion_run
+from mm_hf.processing import MultimodalProcessor, ProcessorSettings
+from mm_hf.training import apply_fusion_strategy, prepare_training_arguments, start_run, trainable_parameters
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class VideoArguments:
+    num_frames: int = field(default=8, metadata={"help": "Frames sampled uniformly from each clip."})
+    frame_pooling: str = field(
+        default="mean", metadata={"help": "Spatial pooling of each frame's patches: cls, mean, attention, pooler."}
+    )
+    temporal_pooling: str = field(
+        default="transformer",
+        metadata={
+            "help": "Pooling over frames: mean, max, attention, or transformer (sees frame order).",
+            "choices": ["mean", "max", "attention", "transformer"],
+        },
+    )
+    audio_from_video: bool = field(
+        default=False, metadata={"help": "Use each clip's own sound track as the audio modality."}
+    )
+
+
+ARGUMENT_TYPES = (
+    FusionModelArguments,
+    FusionDataArguments,
+    VideoArguments,
+    DataArguments,
+    FinetuneArguments,
+    TrainingArguments,
+)
+
+
+def main(argv=None):
+    # 1. Arguments
+    argv = sys.argv[1:] if argv is None else list(argv)
+    model_args, fusion_args, video_args, data_args, ft_args, training_args = start_run(ARGUMENT_TYPES, argv)
+    if not fusion_args.video_column:
+        raise ValueError("--video_column is required (the column of video file paths)")
+    if video_args.audio_from_video and (fusion_args.audio_column or not model_args.audio_model_name_or_path):
+        raise ValueError("--audio_from_video needs --audio_model_name_or_path and no --audio_column")
+
+    # 2. Data: video paths, optional audio files and transcripts (any may be missing), labels per task
+    columns = MultimodalColumns(
+        video=fusion_args.video_column,
+        text=fusion_args.text_column,
+        audio=fusion_args.audio_column,
+        numeric=fusion_args.numeric_columns,
+        categorical=fusion_args.categorical_columns,
+        labels=fusion_args.label_column,
+    )
+    used = set(columns.modalities) | ({"audio"} if video_args.audio_from_video else set())
+    modalities = [m for m in MODALITIES if m in used]
+    with training_args.main_process_first(desc="loading data"):
+        splits, spaces = load_multimodal_splits(
+            data_args,
+            columns,
+            fusion_args.problem_types(),
+            model_args.cache_dir,
+            training_args.seed,
+            data_args.skip_bad_samples,
+        )
+
+    # 3. Processor (frames through the image processor), every clip decoded once before training, tabular
+    # statistics from the training split
+    encoders = model_args.encoders(modalities)
+    settings = ProcessorSettings(
+        modalities,
+        fusion_args.max_seq_length,
+        fusion_args.max_length_seconds,
+        num_frames=video_args.num_frames,
+        audio_from_video=video_args.audio_from_video,
+    )
+    tabular = TabularProcessor() if "tabular" in modalities else None
+    processor = MultimodalProcessor.from_encoders(encoders, settings, tabular, **model_args.hub_kwargs())
+    splits, skipped = check_media(
+        splits,
+        columns.modalities,  # with --audio_from_video the sound tracks are checked with the videos
+        skip_bad=data_args.skip_bad_samples,
+        num_proc=data_args.preprocessing_num_workers,
+        audio_sampling_rate=getattr(processor.feature_extractor, "sampling_rate", None),
+    )
+    if tabular is not None:
+        tabular.fit(splits["train"], columns.numeric, columns.categorical)
+
+    # 4. Model: vision encoder per frame -> spatial + temporal pooling; audio/text encoders; fusion; heads
+    tasks = fusion_args.tasks(spaces)
+    model = build_fusion_classifier(
+        encoders,
+        tasks,
+        tabular_num_numeric=len(columns.numeric),
+        tabular_cardinalities=tabular.cardinalities if tabular else (),
+        from_pretrained_kwargs=model_args.hub_kwargs(),
+        num_frames=video_args.num_frames,
+        frame_pooling=video_args.frame_pooling,
+        temporal_pooling=video_args.temporal_pooling,
+        **model_args.config_kwargs(),
+    )
+    model = apply_fusion_strategy(model, ft_args, model_args.encoder_strategies())
+    trainable = trainable_parameters(model)
+    logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
+
+    # 5. Clips decoded on the fly, and Trainer
+    metrics = TaskMetrics(tasks, threshold=fusion_args.threshold)
+    push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
+    training_args = prepare_training_arguments(
+        training_args,
+        ft_args,
+        has_validation="validation" in splits,
+        best_metric=metrics.best_metric(),
+        label_names=fusion_args.label_names(tasks),
+        batch_eval_metrics=False,
+    )
+    train_transform = processor.transform(train=True, augment=fusion_args.augment)
+    eval_transform = processor.transform(train=False)
+    datasets_ = {n: ds.with_transform(train_transform if n == "train" else eval_transform) for n, ds in splits.items()}
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=datasets_["train"],
+        eval_dataset=datasets_.get("validation"),
+        processing_class=processor,
+        data_collator=default_data_collator,
+        compute_metrics=metrics,
+    )
+
+    # 6. Evaluate the untrained heads, train, evaluate again (also with each modality removed)
+    run = train_fusion_with_ablations(
+        trainer,
+        datasets_,
+        splits,
+        eval_transform,
+        metrics,
+        modalities,
+        ablate=fusion_args.ablate_modalities,
+        do_train=training_args.do_train,
+        early_stopping_patience=ft_args.early_stopping_patience,
+        resume_from_checkpoint=training_args.resume_from_checkpoint,
+    )
+
+    # 7. Save the model (LoRA merged), processor, reports and card (and publish when --push_to_hub)
+    return save_fusion_run(
+        trainer,
+        run,
+        tasks=tasks,
+        modalities=modalities,
+        encoders=encoders,
+        command=recipe_command(argv, script="recipes/video_cls.py"),
+        resolved_args=args_to_dict(model_args, fusion_args, video_args, data_args, ft_args, training_args),
+        skipped=skipped,
+        push_to_hub=push_to_hub,
+        pipeline_tag="video-classification",
+        eval_task_type="video-classification",
+        dataset=dataset_display_name(data_args),
+        before_label="untrained heads",
+        finetune_strategy=ft_args.finetune_strategy,
+        trainable=trainable,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""recipes/video_cls.py on short synthetic PyAV clips (frames + sound track + transcript), and why temporal pooling
+must see frame order."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import load_recipe
+from transformers import AutoModelForSequenceClassification
+
+import mm_hf.models  # noqa: F401  (registers the Auto classes)
+from mm_hf.data.synthetic import write_video_dataset
+from mm_hf.data.video import make_moving_shape_clip, write_synthetic_video
+from mm_hf.models.fusion_modules import MeanPooling, TransformerPooling
+from mm_hf.models.tiny import build_tiny_encoders
+from mm_hf.processing import MultimodalProcessor, ProcessorSettings
+
+recipe = load_recipe("video_cls")
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory):
+    return build_tiny_encoders(str(tmp_path_factory.mktemp("encoders")))
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    return write_video_dataset(str(tmp_path_factory.mktemp("videos")), sizes=(80, 16, 40), seed=0)
+
+
+def run(encoders, data, out, *extra, epochs=10):
+    args = [
+        "--vision_model_name_or_path", encoders["vision"], "--video_column", "video", "--label_column", "label",
+        "--train_file", data["train"], "--validation_file", data["validation"], "--test_file", data["test"],
+        "--output_dir", str(out), "--do_train", "--do_eval", "--do_predict", "--finetune_strategy", "full",
+        "--num_train_epochs", str(epochs), "--per_device_train_batch_size", "8", "--learning_rate", "1e-3",
+        "--hidden_size", "32", "--num_frames", "8", "--max_seq_length", "12", "--max_length_seconds", "1",
+        "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true", "--save_strategy", "no",
+        "--eval_strategy", "no", "--head_dropout", "0",
+    ]  # fmt: skip
+    return recipe.main(args + list(extra))
+
+
+def test_frames_and_transcript_train_and_reload(encoders, videos, tmp_path):
+    out = tmp_path / "out"
+    results = run(encoders, videos, out, "--text_model_name_or_path", encoders["text"], "--text_column", "transcript")
+    # The label is the order of the frames' colours (red-to-blue vs blue-to-red, ...): the temporal transformer
+    # learns it; without the frames only the (uninformative) transcript is left.
+    assert results["test_accuracy"] >= 0.9, results
+    assert results["test_without_video_accuracy"] <= 0.4 and results["test_without_text_accuracy"] >= 0.9
+    config = json.loads((out / "config.json").read_text())
+    assert config["modalities"] == ["video", "text"] and config["temporal_pooling"] == "transformer"
+    assert json.loads((out / "multimodal_processor.json").read_text())["num_frames"] == 8
+
+    # The saved folder gives the reported accuracy on the test clips.
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    processor = MultimodalProcessor.from_pretrained(str(out))
+    rows = [json.loads(line) for line in open(videos["test"])]
+    root = os.path.dirname(videos["test"])
+    batch = {"video": [os.path.join(root, r["video"]) for r in rows], "text": [r["transcript"] for r in rows]}
+    inputs = processor.transform(train=False)(batch)
+    with torch.no_grad():
+        logits = model(**{k: torch.stack(v) for k, v in inputs.items()}).logits
+    labels = torch.tensor([model.config.tasks[0]["labels"].index(r["label"]) for r in rows])
+    assert (logits.argmax(-1) == labels).float().mean().item() == pytest.approx(results["test_accuracy"])
+
+
+def test_averaging_frames_cannot_tell_the_order(encoders, videos, tmp_path):
+    results = run(
+        encoders, videos, tmp_path / "out", "--text_model_name_or_path", encoders["text"],
+        "--text_column", "transcript", "--temporal_pooling", "mean",
+    )  # fmt: skip
+    # Mean pooling tells the colour pair (2 of the 4 classes' pairs) but not its direction: about 0.5.
+    assert results["test_accuracy"] <= 0.65, results
+
+
+def test_sound_track_as_the_audio_modality(encoders, tiny_wav2vec2, tmp_path):
+    data = write_video_dataset(str(tmp_path / "data"), sizes=(8, 4, 4), seed=1)
+    out = tmp_path / "out"
+    results = run(
+        encoders, data, out, "--audio_model_name_or_path", tiny_wav2vec2, "--audio_from_video",
+        "--fusion", "gated", "--train_val_split", "0", epochs=1,
+    )  # fmt: skip
+    assert {"test_without_video_accuracy", "test_without_audio_accuracy"} <= set(results)
+    assert json.loads((out / "config.json").read_text())["modalities"] == ["video", "audio"]
+    assert json.loads((out / "multimodal_processor.json").read_text())["audio_from_video"] is True
+    assert {"image_processor", "feature_extractor"} <= set(os.listdir(out))
+    with pytest.raises(ValueError, match="--audio_from_video needs"):
+        run(encoders, data, tmp_path / "bad", "--audio_from_video", epochs=1)
+
+
+def test_a_clip_without_sound_track_has_its_audio_marked_missing(tiny_wav2vec2, encoders, tmp_path):
+    silent = write_synthetic_video(str(tmp_path / "silent.mp4"), make_moving_shape_clip(0, 8, 32))
+    t = np.arange(8000) / 16000
+    sound = write_synthetic_video(
+        str(tmp_path / "sound.mp4"), make_moving_shape_clip(1, 8, 32), audio=np.sin(2 * np.pi * 440 * t)
+    )
+    settings = ProcessorSettings(["video", "audio"], num_frames=4, audio_from_video=True, max_length_seconds=1)
+    processor = MultimodalProcessor.from_encoders({"video": encoders["vision"], "audio": tiny_wav2vec2}, settings)
+    out = processor.transform(train=False)({"video": [silent, sound, None]})
+    assert [m.tolist() for m in out["modality_mask"]] == [[1, 0], [1, 1], [0, 0]]
+    assert out["pixel_values_videos"][0].shape == (4, 3, 32, 32)
+    assert torch.count_nonzero(out["pixel_values_videos"][2]) == 0
+
+
+def test_temporal_transformer_learns_direction_where_frame_averaging_cannot():
+    """Per-frame vectors encode a square's position; the class is its direction. The mean over frames is the
+    path's centre (random), so only a pooling that sees order can tell right from left."""
+    torch.manual_seed(0)
+    n, frames, dim = 512, 8, 16
+    direction = torch.randint(0, 4, (n,))
+    steps = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])[direction]  # (n, 2)
+    centre = torch.rand(n, 2) * 4 - 2
+    positions = centre[:, None] + steps[:, None] * torch.linspace(-1, 1, frames)[None, :, None]  # (n, T, 2)
+    embed = torch.randn(2, dim)
+    features = positions @ embed + 0.05 * torch.randn(n, frames, dim)
+
+    def train(pooling):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential()
+        head = torch.nn.Linear(dim, 4)
+        params = list(pooling.parameters()) + list(head.parameters())
+        optimizer = torch.optim.Adam(params, lr=3e-3)
+        for _ in range(300):
+            loss = torch.nn.functional.cross_entropy(head(pooling(features[:384])), direction[:384])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        del model
+        with torch.no_grad():
+            return (head(pooling(features[384:])).argmax(-1) == direction[384:]).float().mean().item()
+
+    transformer = train(TransformerPooling(dim, num_layers=1, num_heads=4, max_length=frames))
+    mean = train(MeanPooling())
+    assert transformer >= 0.9 and mean <= 0.45, (transformer, mean)
