@@ -169,3 +169,58 @@ def test_two_process_contrastive_run_gathers_negatives(tiny_vtde, digits_dir, tm
     assert results["epoch"] == pytest.approx(3 * 4 * PROCESSES / N_TRAIN)
     assert results["test_num_items"] == N_TEST and results["test_num_texts"] == 4 * N_TEST
     assert "eval_loss" in results and "zeroshot_test_image_to_text_recall@1" in results
+
+
+def test_two_process_fusion_run(tmp_path):
+    """fusion_imagetext_cls on 2 gloo processes: DDP over both encoders, the fusion and the heads (with modality
+    dropout and placeholders), every test row scored once, numbers equal to the saved model's."""
+    from transformers import AutoModelForSequenceClassification
+
+    from mm_hf.args import DataArguments
+    from mm_hf.data.multimodal import MultimodalColumns, load_multimodal_splits
+    from mm_hf.data.synthetic import write_imagetext_xor
+    from mm_hf.models.tiny import build_tiny_encoders
+    from mm_hf.processing import MultimodalProcessor
+
+    encoders = build_tiny_encoders(str(tmp_path / "encoders"))
+    data = write_imagetext_xor(str(tmp_path / "data"), sizes=(48, 10, 21), seed=0, missing_rate=0.2)
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", ACCELERATE_CONFIG,
+        "--multi_gpu", "--num_processes", str(PROCESSES), "--main_process_port", str(free_port()),
+        os.path.join(REPO, "recipes", "fusion_imagetext_cls.py"),
+        "--vision_model_name_or_path", encoders["vision"], "--text_model_name_or_path", encoders["text"],
+        "--image_column", "image", "--text_column", "text", "--label_column", "label",
+        "--train_file", data["train"], "--validation_file", data["validation"], "--test_file", data["test"],
+        "--output_dir", str(out), "--do_train", "--do_eval", "--do_predict", "--use_cpu", "true",
+        "--max_steps", "3", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
+        "--fusion", "cross_attention", "--modality_dropout", "0.3", "--hidden_size", "32", "--max_seq_length", "12",
+        "--finetune_strategy", "full", "--ddp_find_unused_parameters", "false", "--save_strategy", "no",
+        "--report_to", "none", "--disable_tqdm", "true",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "MASTER_", "WORLD_SIZE", "RANK"))}
+    env.update(HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    check_ok(proc)
+    assert proc.stderr.count(f"world_size={PROCESSES} (DistributedType.MULTI_CPU)") == PROCESSES
+    assert proc.stdout.count("Evaluation on the test split (21 samples)") == 1
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["epoch"] == pytest.approx(3 * 4 * PROCESSES / 48)
+    assert results["test_samples"] == 21 and "test_without_text_accuracy" in results
+
+    # 21 rows over 2 processes with batches of 4: padding duplicates are dropped before the metrics.
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    processor = MultimodalProcessor.from_pretrained(str(out))
+    splits, _ = load_multimodal_splits(
+        DataArguments(train_file=data["train"], test_file=data["test"]),
+        MultimodalColumns(image="image", text="text", labels=["label"]),
+        "single_label_classification",
+    )
+    inputs = processor.transform(train=False)(dict(splits["test"][:]))
+    labels = torch.tensor(inputs.pop("labels"))
+    with torch.no_grad():
+        logits = model(**{k: torch.stack(v) for k, v in inputs.items()}).logits
+    assert len(labels) == 21
+    assert results["test_accuracy"] == pytest.approx((logits.argmax(-1) == labels).float().mean().item())
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    assert results["test_loss"] == pytest.approx(loss, rel=0.05), (results["test_loss"], loss)
