@@ -7,7 +7,7 @@ DEMO_DIR ?= demo_out
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo demo-audio test test-all lint format clean
+.PHONY: setup demo demo-audio demo-fusion test test-all lint format clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,14 @@ demo: setup
 demo-audio: setup
 	$(BIN)/python -m mm_hf.demo --output_dir $(DEMO_DIR)
 	$(LAUNCH) recipes/audio_cls.py --config recipes/configs/audio_cls_demo.yaml --disable_tqdm true
+
+# Fusion on synthetic data whose labels need several modalities: image+text (XOR), image+text+tabular clicks,
+# video frames + sound track + transcript (written by mm_hf.demo).
+demo-fusion: setup
+	$(BIN)/python -m mm_hf.demo --output_dir $(DEMO_DIR)
+	$(LAUNCH) recipes/fusion_imagetext_cls.py --config recipes/configs/fusion_imagetext_cls_demo.yaml --disable_tqdm true
+	$(LAUNCH) recipes/fusion_imagetext_cls.py --config recipes/configs/fusion_imagetext_cls_click_demo.yaml --disable_tqdm true
+	$(LAUNCH) recipes/video_cls.py --config recipes/configs/video_cls_demo.yaml --disable_tqdm true
 
 test: setup
 	$(BIN)/python -m pytest -q -ra

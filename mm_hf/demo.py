@@ -182,6 +182,33 @@ def main(argv=None):
     audio_dir = os.path.join(args.output_dir, "tiny-wav2vec2")
     if not os.path.isdir(audio_dir):
         print(f"audio encoder written to {build_demo_audio_encoder(audio_dir)}")
+    write_fusion_assets(args.output_dir)
+
+
+def write_fusion_assets(output_dir: str) -> None:
+    """The fusion demos' data (image-text XOR, click logs, colour-transition videos) and encoders: a small random
+    ViT (`tiny-vit`) and a text encoder (`text-encoder`: the packaged pretrained MiniLM, else a tiny random BERT)."""
+    from .data.synthetic import write_click_dataset, write_imagetext_xor, write_video_dataset
+    from .models.tiny import build_tiny_encoders
+
+    fusion_dir = os.path.join(output_dir, "fusion")
+    writers = {"xor": write_imagetext_xor, "click": write_click_dataset, "videos": write_video_dataset}
+    for name, write in writers.items():
+        if not os.path.isdir(os.path.join(fusion_dir, name)):
+            print(f"fusion data written: {write(os.path.join(fusion_dir, name))}")
+    vision, text = os.path.join(output_dir, "tiny-vit"), os.path.join(output_dir, "text-encoder")
+    if not (os.path.isdir(vision) and os.path.isdir(text)):
+        paths = build_tiny_encoders(os.path.join(output_dir, "encoders"))
+        os.replace(paths["vision"], vision)
+        minilm = pretrained_text_encoder()
+        if minilm:
+            from transformers import AutoModel, AutoTokenizer
+
+            AutoModel.from_pretrained(minilm).save_pretrained(text)
+            AutoTokenizer.from_pretrained(minilm).save_pretrained(text)
+        else:
+            os.replace(paths["text"], text)
+        print(f"fusion encoders written: {vision}, {text} ({'MiniLM' if minilm else 'tiny random BERT'})")
 
 
 if __name__ == "__main__":

@@ -85,8 +85,10 @@ def test_shipped_configs_parse(path):
     """Every shipped YAML parses against its recipe's argument dataclasses."""
     from conftest import load_recipe
 
-    name = os.path.basename(path).split(".")[0].removesuffix("_demo")
-    recipe = load_recipe(name)
+    # configs are named <recipe>[_<variant>]_demo.yaml
+    stem = os.path.basename(path).split(".")[0]
+    recipes = [os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "recipes", "*.py"))]
+    recipe = load_recipe(max((r for r in recipes if stem.startswith(r)), key=len))
     types = recipe.ARGUMENT_TYPES
     outputs = parse_args(types, ["--config", path])
     assert len(outputs) == len(types)

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, load_recipe
+from conftest import load_recipe
 from transformers import AutoModelForSequenceClassification
 
 import mm_hf.models  # noqa: F401  (registers the Auto classes)
@@ -277,16 +277,6 @@ def test_corrupt_image_is_named_before_training(encoders, xor, tmp_path):
     bad.write_bytes(bad.read_bytes()[:40])
     with pytest.raises(Exception, match="train_00003.png"):
         run(encoders, files, tmp_path / "out", epochs=1)
-
-
-def test_shipped_fusion_configs_parse():
-    from mm_hf.args import parse_args
-
-    configs = os.path.join(REPO, "recipes", "configs")
-    for name in sorted(os.listdir(configs)):
-        if name.startswith("fusion_"):
-            parsed = parse_args(recipe.ARGUMENT_TYPES, ["--config", os.path.join(configs, name)])
-            assert parsed[0].fusion in ("concat", "late", "gated", "cross_attention", "tensor")
 
 
 def test_xor_data_is_balanced_and_needs_both(xor):
