@@ -6,7 +6,8 @@ Recipes call `publish()` at the end of training when given `--push_to_hub`; afte
 folder is published again with this command, without retraining.
 
 What is uploaded is exactly the folder's publishable files: weights as safetensors, configs, code files,
-processor/tokenizer files, metrics, reports, plots and the model card. Pickles (`*.bin`, `*.pt`, optimizer
+processor/tokenizer files (also the fusion recipes' `image_processor/`, `tokenizer/`, `feature_extractor/`
+sub-folders), metrics, reports, plots and the model card. Pickles (`*.bin`, `*.pt`, optimizer
 and scheduler state), `checkpoint-*` folders and `trainer_state.json` stay local. Files are staged in a
 temporary folder, where absolute local paths are replaced by their last component and where no token may
 appear; the output folder itself is never modified.
@@ -42,6 +43,8 @@ NEVER_PUBLISHED = (
     "scheduler*",
 )
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# Sub-folders that are part of a model: the fusion recipes' per-modality processors.
+PUBLISHABLE_FOLDERS = ("image_processor", "tokenizer", "feature_extractor")
 # Large vocabularies are never rewritten: a vocabulary entry is data, not a path.
 NOT_SCRUBBED = ("tokenizer.json", "vocab.json", "vocab.txt", "merges.txt")
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
@@ -114,13 +117,20 @@ def publish_run(training_args, output_dir: str) -> str:
 
 
 def publishable_files(output_dir: str) -> list[str]:
-    """Top-level files of `output_dir` that are published (sub-folders such as checkpoints never are)."""
-    names = sorted(n for n in os.listdir(output_dir) if os.path.isfile(os.path.join(output_dir, n)))
-    return [
+    """Files of `output_dir` that are published, as relative paths: its top-level files and those of the processor
+    sub-folders (`PUBLISHABLE_FOLDERS`); other sub-folders such as checkpoints never are."""
+    names = []
+    for root, _, files in os.walk(output_dir):
+        relative = os.path.relpath(root, output_dir)
+        if relative != "." and relative.split(os.sep)[0] not in PUBLISHABLE_FOLDERS:
+            continue
+        names += [os.path.normpath(os.path.join(relative, n)) for n in files]
+    return sorted(
         n
         for n in names
-        if any(fnmatch.fnmatch(n, p) for p in PUBLISHABLE) and not any(fnmatch.fnmatch(n, p) for p in NEVER_PUBLISHED)
-    ]
+        if any(fnmatch.fnmatch(os.path.basename(n), p) for p in PUBLISHABLE)
+        and not any(fnmatch.fnmatch(os.path.basename(n), p) for p in NEVER_PUBLISHED)
+    )
 
 
 def _stage(output_dir: str, staging: str, variant: str | None, repo_id: str) -> None:
@@ -132,15 +142,21 @@ def _stage(output_dir: str, staging: str, variant: str | None, repo_id: str) -> 
         _save_merged(output_dir, staging)
         files = [f for f in files if f not in ADAPTER_FILES and f != "config.json"]
     for name in files:
+        os.makedirs(os.path.dirname(os.path.join(staging, name)), exist_ok=True)
         shutil.copy2(os.path.join(output_dir, name), os.path.join(staging, name))
     if os.path.exists(os.path.join(output_dir, RUN_INFO)):
         saved_as = "merged" if variant == "merged" and is_adapter else None
         write_model_card(
             output_dir, saved_as=saved_as, target_dir=staging, repo_id=repo_id, license=_base_model_license(output_dir)
         )
-    for name in os.listdir(staging):
-        if name not in NOT_SCRUBBED and name.endswith((".json", ".md", ".yaml", ".txt")):
+    for name in _staged(staging):
+        if os.path.basename(name) not in NOT_SCRUBBED and name.endswith((".json", ".md", ".yaml", ".txt")):
             _scrub_paths(os.path.join(staging, name))
+
+
+def _staged(staging: str) -> list[str]:
+    """Every file under `staging`, as paths relative to it."""
+    return [os.path.relpath(os.path.join(root, n), staging) for root, _, files in os.walk(staging) for n in files]
 
 
 def _base_model_license(output_dir: str) -> str | None:
@@ -182,7 +198,7 @@ def _scrub_paths(path: str) -> None:
 def _refuse_secrets(staging: str, token: str | None) -> None:
     if not token:
         return
-    for name in os.listdir(staging):
+    for name in _staged(staging):
         with open(os.path.join(staging, name), "rb") as f:
             if token.encode() in f.read():
                 raise PublishError(f"refusing to upload: {name} contains the Hub token")

@@ -287,3 +287,125 @@ def test_xor_data_is_balanced_and_needs_both(xor):
     # Neither factor alone predicts the label better than chance.
     for factor in (red, large):
         assert abs((labels == factor.astype(bool)).mean() - 0.5) < 0.1
+
+
+def test_push_to_hub_publishes_model_code_and_processor_subfolders(encoders, xor, tmp_path, monkeypatch):
+    from hub_server import HubTestServer, use_hub_server
+    from huggingface_hub import metadata_load, snapshot_download
+
+    import mm_hf.publish as publish_module
+
+    monkeypatch.setattr(publish_module, "RETRY_BACKOFF_SECONDS", 0.01)
+    with HubTestServer() as hub:
+        use_hub_server(monkeypatch, hub, token=None, cache_dir=tmp_path / "hf-cache")
+        out = tmp_path / "out"
+        results = run(
+            encoders, xor, out, "--push_to_hub", "true", "--hub_model_id", "test-user/xor-fusion",
+            "--hub_token", "hf_test_token", "--fusion", "tensor", epochs=1,
+        )  # fmt: skip
+        files = set(hub.repos["test-user/xor-fusion"]["files"])
+        assert {
+            "tokenizer/tokenizer.json",
+            "image_processor/preprocessor_config.json",
+            "multimodal_processor.json",
+        } <= files
+        assert {"fusion_modules.py", "modeling_multimodal_fusion.py", "model.safetensors"} <= files
+        assert not any(name.endswith(".bin") for name in files)
+        local = snapshot_download("test-user/xor-fusion", token="hf_test_token", cache_dir=tmp_path / "dl")
+    model = AutoModelForSequenceClassification.from_pretrained(local, trust_remote_code=True).eval()
+    processor = MultimodalProcessor.from_pretrained(local)
+    rows = [json.loads(line) for line in open(xor["test"])][:4]
+    root = os.path.dirname(xor["test"])
+    inputs = processor.transform(train=False)(
+        {"image": [os.path.join(root, r["image"]) for r in rows], "text": [r["text"] for r in rows]}
+    )
+    local_model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        batch = {k: torch.stack(v) for k, v in inputs.items()}
+        torch.testing.assert_close(model(**batch).logits, local_model(**batch).logits)
+    metadata = metadata_load(os.path.join(local, "README.md"))
+    metrics = {m["type"]: m["value"] for m in metadata["model-index"][0]["results"][0]["metrics"]}
+    assert metrics["accuracy"] == pytest.approx(results["test_accuracy"])
+    assert metrics["without_text_accuracy"] == pytest.approx(results["test_without_text_accuracy"])
+
+
+def _whisper(path):
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    config = WhisperConfig(
+        d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=16, max_source_positions=50, max_target_positions=16,
+        vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+    )  # fmt: skip
+    WhisperModel(config).save_pretrained(path)
+    WhisperFeatureExtractor(feature_size=16, n_samples=16000, chunk_length=1).save_pretrained(path)
+    return str(path)
+
+
+def _dinov2(path):
+    from transformers import Dinov2Config, Dinov2Model
+
+    Dinov2Model(
+        Dinov2Config(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
+    ).save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("sources", "tower_of"),
+    [
+        ({"image": "tiny_clip", "text": "tiny_clip"}, {"vision": "vision_model", "text": "text_model"}),
+        ({"image": "tiny_siglip", "audio": "tiny_clap"}, {"vision": "vision_model", "audio": "audio_model"}),
+        ({"image": "dinov2", "audio": "whisper"}, {}),
+    ],
+)
+def test_encoders_come_from_any_checkpoint_family(sources, tower_of, request, tmp_path):
+    """CLIP/SigLIP/CLAP checkpoints contribute the matching tower (its pretrained weights), Whisper its encoder,
+    plain encoders themselves; the fusion model round-trips whatever they are."""
+    from transformers import AutoModel
+
+    paths = {}
+    for modality, name in sources.items():
+        if name == "whisper":
+            paths[modality] = _whisper(tmp_path / "whisper")
+        elif name == "dinov2":
+            paths[modality] = _dinov2(tmp_path / "dinov2")
+        else:
+            paths[modality] = request.getfixturevalue(name)
+    model = build_fusion_classifier(paths, TASK, fusion="gated", hidden_size=16).eval()
+    for key, tower in tower_of.items():
+        source = AutoModel.from_pretrained(paths["image" if key == "vision" else key])
+        expected = getattr(source, tower).state_dict()
+        got = model.multimodal.encoders[key].state_dict()
+        # The standalone tower model may nest the tower under a prefix (ClapAudioModel.audio_model...).
+        prefix = next((k[: -len(name)] for k in got for name in expected if k.endswith(name)), "")
+        assert all(torch.equal(expected[name], got[prefix + name]) for name in expected), key
+    if "audio" in sources and sources["audio"] == "whisper":
+        assert type(model.multimodal.encoders["audio"]).__name__ == "WhisperEncoder"
+    inputs = {"pixel_values": torch.randn(2, 3, *((30, 30) if sources["image"] == "tiny_clip" else (32, 32)))}
+    if "text" in sources:
+        inputs.update(input_ids=torch.randint(2, 20, (2, 8)), attention_mask=torch.ones(2, 8, dtype=torch.long))
+    if sources.get("audio") == "whisper":
+        inputs["input_features"] = torch.randn(2, 16, 100)
+    elif sources.get("audio") == "tiny_clap":
+        inputs["input_features"] = torch.randn(2, 1, 101, 32)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    model.save_pretrained(tmp_path / "m")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, logits)
+
+
+def test_top_k_trains_the_last_layers_of_each_encoder(encoders):
+    model = apply_fusion_strategy(
+        build(encoders), FinetuneArguments(finetune_strategy="top_k", unfreeze_last_n_layers=1)
+    )
+    from mm_hf.training import encoder_layers
+
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    for key in ("vision", "text"):
+        layers, _ = encoder_layers(model.multimodal.encoders[key])  # ViT (v5): layers; BERT: encoder.layer
+        assert any(n.startswith(f"multimodal.encoders.{key}.{layers}.1.") for n in trainable)
+        assert not any(n.startswith(f"multimodal.encoders.{key}.{layers}.0.") for n in trainable)
+        assert not any(n.startswith(f"multimodal.encoders.{key}.embeddings.") for n in trainable)

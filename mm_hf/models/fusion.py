@@ -3,10 +3,9 @@
 import logging
 
 from transformers import AutoConfig, AutoModel, PreTrainedConfig
-from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .configuration_multimodal_fusion import ENCODER_OF, MultimodalFusionConfig
-from .modeling_multimodal_fusion import MultimodalFusionForClassification, drop_unused_pooler
+from .modeling_multimodal_fusion import MultimodalFusionForClassification, drop_unused_pooler, encoder_class
 
 logger = logging.getLogger(__name__)
 # A composite checkpoint's tower for each encoder slot (CLIP/SigLIP: vision_model/text_model; CLAP: audio_model).
@@ -22,17 +21,28 @@ def load_encoder(name_or_path: str, slot: str, **from_pretrained_kwargs):
     """
     config = AutoConfig.from_pretrained(name_or_path, **from_pretrained_kwargs)
     sub = getattr(config, slot, None)
-    if isinstance(sub, PreTrainedConfig) and type(sub) in MODEL_MAPPING:  # a composite checkpoint: take its tower
+    if isinstance(sub, PreTrainedConfig):  # a composite checkpoint (CLIP, SigLIP, CLAP): take its tower
         full = AutoModel.from_pretrained(name_or_path, **from_pretrained_kwargs)
         tower = getattr(full, _TOWER_OF[slot], None)
-        encoder = MODEL_MAPPING[type(sub)](sub)
-        if tower is None or encoder.load_state_dict(tower.state_dict(), strict=False).missing_keys:
-            encoder = MODEL_MAPPING[type(sub)].from_pretrained(name_or_path, **from_pretrained_kwargs)
+        encoder = encoder_class(sub)(sub)
+        if tower is None or not _load_tower(encoder, tower):
+            encoder = encoder_class(sub).from_pretrained(name_or_path, **from_pretrained_kwargs)
         return encoder, sub
     model = AutoModel.from_pretrained(name_or_path, **from_pretrained_kwargs)
     if getattr(model.config, "is_encoder_decoder", False):
         return model.get_encoder(), model.config
     return model, model.config
+
+
+def _load_tower(encoder, tower) -> bool:
+    """Copy `tower`'s weights into the standalone `encoder`, itself or the child that holds the same parameters
+    (ClapAudioModel nests its encoder one level down); False when nothing matches exactly."""
+    weights = tower.state_dict()
+    for module in (encoder, *encoder.children()):
+        if set(module.state_dict()) == set(weights):
+            module.load_state_dict(weights)
+            return True
+    return False
 
 
 def build_fusion_classifier(

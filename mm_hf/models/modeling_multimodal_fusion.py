@@ -12,12 +12,14 @@ A missing modality (`modality_mask` 0) is replaced by a learned placeholder toke
 configuration and fusion_modules files) so `save_pretrained` ships it for `trust_remote_code=True` loading.
 """
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_multimodal_fusion import MultimodalFusionConfig, num_outputs
@@ -49,9 +51,22 @@ def encoder_width(config) -> int:
     raise ValueError(f"cannot tell the hidden width of {type(config).__name__}")
 
 
+def encoder_class(config) -> type:
+    """The standalone model class of an encoder config: AutoModel's, or for towers AutoModel does not map
+    (e.g. ClapAudioConfig) the transformers class named after the config (ClapAudioModel)."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    if type(config) in MODEL_MAPPING:
+        return MODEL_MAPPING[type(config)]
+    name = type(config).__name__.removesuffix("Config") + "Model"
+    if not hasattr(transformers, name):
+        raise ValueError(f"no model class for encoder config {type(config).__name__}")
+    return getattr(transformers, name)
+
+
 def build_encoder(config) -> nn.Module:
     """A randomly initialised encoder for `config`: encoder-decoder models (Whisper) keep only their encoder."""
-    model = AutoModel.from_config(config)
+    model = encoder_class(config)(config)
     return model.get_encoder() if getattr(model.config, "is_encoder_decoder", False) else model
 
 
@@ -59,7 +74,7 @@ class SequencePooling(nn.Module):
     """An encoder output -> one vector: "pooler" reads the encoder's own pooled output, "cls" token 0, the other
     kinds (mean, max, attention, transformer) pool `last_hidden_state` over its real positions.
 
-    Shapes: last_hidden_state (B, N, H), mask (B, N) or None -> (B, H).
+    Shapes: last_hidden_state (B, N, H) (or a (B, H, h, w) feature map), mask (B, N) or None -> (B, H).
     """
 
     def __init__(self, kind: str, width: int, num_heads: int = 4, max_length: int = 512):
@@ -75,9 +90,20 @@ class SequencePooling(nn.Module):
                 raise ValueError("pooling='pooler' needs an encoder with a pooled output; use mean, cls or attention")
             return pooled
         hidden = outputs.last_hidden_state
+        if hidden.dim() == 4:  # a feature map (B, C, H, W), e.g. CLAP's HTSAT or a CNN: its positions as tokens
+            hidden = hidden.flatten(2).transpose(1, 2)
         if mask is not None and mask.shape[1] != hidden.shape[1]:
             mask = None  # the mask does not map onto the encoder's positions (e.g. patches, fixed windows)
         return self.pool(hidden, mask)
+
+
+def audio_input_name(encoder: nn.Module) -> str:
+    """The keyword an audio encoder reads its input under (some declare a main_input_name their forward lacks)."""
+    parameters = inspect.signature(encoder.forward).parameters
+    for name in (encoder.main_input_name, "input_values", "input_features"):
+        if name in parameters:
+            return name
+    return encoder.main_input_name
 
 
 def mark_fusion_part(module: nn.Module) -> nn.Module:
@@ -218,7 +244,7 @@ class MultimodalFusionModel(MultimodalFusionPreTrainedModel):
     def encode_audio(self, audio: torch.Tensor, audio_attention_mask=None) -> torch.Tensor:
         """Waveforms (B, S) (wav2vec2 family) or spectrogram features (Whisper, AST, CLAP) -> (B, D)."""
         encoder = self.encoders["audio"]
-        inputs = {encoder.main_input_name: audio.to(encoder.dtype)}
+        inputs = {audio_input_name(encoder): audio.to(encoder.dtype)}
         # Only the wav2vec2 family reads a sample-level mask; other encoders would misuse or ignore it.
         wav2vec2_like = hasattr(encoder, "_get_feature_vector_attention_mask")
         if audio_attention_mask is not None and wav2vec2_like:
