@@ -82,6 +82,9 @@ HEADLINE_METRICS = {
 }
 
 
+FUSION_BEFORE_LABEL = "untrained heads"
+
+
 class TaskMetrics:
     """`compute_metrics` for `MultimodalFusionForClassification` (Trainer with `batch_eval_metrics=False`).
 
@@ -153,35 +156,53 @@ def evaluate_without_modalities(trainer, dataset, transform, modalities: list[st
     return results
 
 
-def train_fusion_with_ablations(
-    trainer,
-    datasets: dict,
-    splits: dict,
-    eval_transform,
-    metrics: TaskMetrics,
-    modalities: list[str],
-    *,
-    ablate: bool = True,
-    **kwargs,
-) -> BeforeAfter:
-    """`train_with_before_after` for a fusion model: untrained heads before ("untrained heads"), after, and after
-    with each modality removed (`<key>_without_<modality>_*`, also rows of the table) when `ablate`.
+def train_fusion(model, processor, splits, tasks, modalities, training_args, ft_args, fusion_args):
+    """Trainer + the fusion protocol, shared by the fusion recipes: returns `(trainer, BeforeAfter)`.
 
-    `datasets` are the transformed splits the Trainer reads, `splits` the raw ones (re-transformed per ablation);
-    `kwargs` go to train_with_before_after (do_train, early_stopping_patience, resume_from_checkpoint).
+    Inputs are decoded on the fly by `processor` (train transform with augmentation for the train split);
+    metrics come from `TaskMetrics` over every score at once (`batch_eval_metrics=False`: ROC-AUC and mAP need
+    them), labels from `labels` or `labels_<task>`. The untrained heads are evaluated (the chance baseline),
+    the model trained, then evaluated again, also with each modality removed (`fusion_args.ablate_modalities`).
     """
+    from transformers import Trainer, default_data_collator
+
+    from .training import prepare_training_arguments
+
+    metrics = TaskMetrics(tasks, threshold=fusion_args.threshold)
+    training_args = prepare_training_arguments(
+        training_args,
+        ft_args,
+        has_validation="validation" in splits,
+        best_metric=metrics.best_metric(),
+        label_names=fusion_args.label_names(tasks),
+        batch_eval_metrics=False,
+    )
+    train_transform = processor.transform(train=True, augment=fusion_args.augment)
+    eval_transform = processor.transform(train=False)
+    datasets = {n: ds.with_transform(train_transform if n == "train" else eval_transform) for n, ds in splits.items()}
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=datasets["train"],
+        eval_dataset=datasets.get("validation"),
+        processing_class=processor,
+        data_collator=default_data_collator,
+        compute_metrics=metrics,
+    )
+    ablate = fusion_args.ablate_modalities
 
     def ablations(split, key):
-        if not ablate:
-            return {}
-        return evaluate_without_modalities(trainer, splits[split], eval_transform, modalities, key)
+        return evaluate_without_modalities(trainer, splits[split], eval_transform, modalities, key) if ablate else {}
 
-    return train_with_before_after(
+    run = train_with_before_after(
         trainer,
         datasets,
         metrics,
-        before_label="untrained heads",
+        do_train=training_args.do_train,
+        early_stopping_patience=ft_args.early_stopping_patience,
+        resume_from_checkpoint=training_args.resume_from_checkpoint,
+        before_label=FUSION_BEFORE_LABEL,
         table_metrics=metrics.table_metrics(modalities if ablate else ()),
         extra_after=ablations,
-        **kwargs,
     )
+    return trainer, run

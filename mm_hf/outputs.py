@@ -179,8 +179,11 @@ def save_fusion_run(trainer, run, *, tasks: list[dict], modalities: list[str], e
     `run` is the recipe's `BeforeAfter`; `kwargs` are save_classification_run's (command, resolved_args, skipped,
     push_to_hub, dataset, finetune_strategy, trainable, ...) and may override pipeline_tag / eval_task_type.
     """
+    from .evaluation import FUSION_BEFORE_LABEL
+
     kwargs.setdefault("pipeline_tag", None)
     kwargs.setdefault("eval_task_type", "multimodal-classification")
+    kwargs.setdefault("before_label", FUSION_BEFORE_LABEL)
     return save_classification_run(
         trainer,
         results=run.results,

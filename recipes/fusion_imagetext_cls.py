@@ -21,17 +21,17 @@ modality removed (`test_without_<modality>_<metric>`: what each modality contrib
 import logging
 import sys
 
-from transformers import Trainer, TrainingArguments, default_data_collator
+from transformers import TrainingArguments
 
 from mm_hf.args import DataArguments, FinetuneArguments, FusionDataArguments, FusionModelArguments, args_to_dict
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.multimodal import MultimodalColumns, check_media, load_multimodal_splits
 from mm_hf.data.tabular import TabularProcessor
-from mm_hf.evaluation import TaskMetrics, train_fusion_with_ablations
+from mm_hf.evaluation import train_fusion
 from mm_hf.models import build_fusion_classifier
 from mm_hf.outputs import recipe_command, save_fusion_run
 from mm_hf.processing import MultimodalProcessor, ProcessorSettings
-from mm_hf.training import apply_fusion_strategy, prepare_training_arguments, start_run, trainable_parameters
+from mm_hf.training import apply_fusion_strategy, start_run, trainable_parameters
 
 logger = logging.getLogger(__name__)
 ARGUMENT_TYPES = (FusionModelArguments, FusionDataArguments, DataArguments, FinetuneArguments, TrainingArguments)
@@ -92,45 +92,11 @@ def main(argv=None):
     trainable = trainable_parameters(model)
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 
-    # 5. Inputs decoded on the fly, and Trainer (metrics such as ROC-AUC and mAP need every score at once)
-    metrics = TaskMetrics(tasks, threshold=fusion_args.threshold)
-    push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
-    training_args = prepare_training_arguments(
-        training_args,
-        ft_args,
-        has_validation="validation" in splits,
-        best_metric=metrics.best_metric(),
-        label_names=fusion_args.label_names(tasks),
-        batch_eval_metrics=False,
-    )
-    train_transform = processor.transform(train=True, augment=fusion_args.augment)
-    eval_transform = processor.transform(train=False)
-    datasets_ = {n: ds.with_transform(train_transform if n == "train" else eval_transform) for n, ds in splits.items()}
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=datasets_["train"],
-        eval_dataset=datasets_.get("validation"),
-        processing_class=processor,
-        data_collator=default_data_collator,
-        compute_metrics=metrics,
-    )
+    # 5. Trainer over inputs decoded on the fly: untrained heads evaluated, trained, evaluated again (also with
+    # each modality removed)
+    trainer, run = train_fusion(model, processor, splits, tasks, modalities, training_args, ft_args, fusion_args)
 
-    # 6. Evaluate the untrained heads, train, evaluate again (also with each modality removed)
-    run = train_fusion_with_ablations(
-        trainer,
-        datasets_,
-        splits,
-        eval_transform,
-        metrics,
-        modalities,
-        ablate=fusion_args.ablate_modalities,
-        do_train=training_args.do_train,
-        early_stopping_patience=ft_args.early_stopping_patience,
-        resume_from_checkpoint=training_args.resume_from_checkpoint,
-    )
-
-    # 7. Save the model (LoRA merged), processor, reports and card (and publish when --push_to_hub)
+    # 6. Save the model (LoRA merged), processor, reports and card (and publish when --push_to_hub)
     return save_fusion_run(
         trainer,
         run,
@@ -140,9 +106,8 @@ def main(argv=None):
         command=recipe_command(argv, script="recipes/fusion_imagetext_cls.py"),
         resolved_args=args_to_dict(model_args, fusion_args, data_args, ft_args, training_args),
         skipped=skipped,
-        push_to_hub=push_to_hub,
+        push_to_hub=training_args.push_to_hub,
         dataset=dataset_display_name(data_args),
-        before_label="untrained heads",
         finetune_strategy=ft_args.finetune_strategy,
         trainable=trainable,
     )
