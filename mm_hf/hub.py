@@ -198,17 +198,29 @@ _CLASSIFIER_USAGE = {
 }
 
 
+# pipeline tag -> (example call, processor inputs, modality) of the plain dual encoders' snippets.
+_DUAL_ENCODER_USAGE = {
+    "zero-shot-image-classification": ('"image.png", candidate_labels=["a cat", "a dog"]', "images=image", "image"),
+    "zero-shot-audio-classification": (
+        '"clip.wav", candidate_labels=["a dog barking", "rain"]',
+        "audio=waveform, sampling_rate=processor.feature_extractor.sampling_rate",
+        "audio",
+    ),
+}
+
+
 def _usage(saved_as: str, pipeline_tag: str, base_model: str, kind: str | None = None) -> str:
     if kind == "fusion":
         return _FUSION_USAGE
-    if pipeline_tag == "zero-shot-image-classification":  # a plain dual encoder: no remote code involved
+    if pipeline_tag in _DUAL_ENCODER_USAGE:  # a plain dual encoder (CLIP-style or CLAP): no remote code involved
+        example, inputs, media = _DUAL_ENCODER_USAGE[pipeline_tag]
         return (
             "```python\nfrom transformers import AutoModel, AutoProcessor, pipeline\n\n"
-            'classifier = pipeline("zero-shot-image-classification", model="REPO_ID")\n'
-            'classifier("image.png", candidate_labels=["a cat", "a dog"])\n\n'
+            f'classifier = pipeline("{pipeline_tag}", model="REPO_ID")\n'
+            f"classifier({example})\n\n"
             '# or embeddings for retrieval:\nmodel, processor = AutoModel.from_pretrained("REPO_ID"), '
             'AutoProcessor.from_pretrained("REPO_ID")\n'
-            'image_embeds = model.get_image_features(**processor(images=image, return_tensors="pt")).pooler_output\n```'
+            f'{media}_embeds = model.get_{media}_features(**processor({inputs}, return_tensors="pt")).pooler_output\n```'
         )
     example, preprocessor, auto_model = _CLASSIFIER_USAGE.get(pipeline_tag, _CLASSIFIER_USAGE["image-classification"])
     if saved_as == "adapter":

@@ -6,6 +6,7 @@ process (differentiably) so a run on N processes optimises exactly the objective
 holding the global batch of B = N * b examples:
 
     loss = clip_loss(image_embeds, text_embeds, model.logit_scale)           # (b, d), (b, d), () -> ()
+    loss = clip_loss(audio_embeds, text_embeds, clap.logit_scale_a, text_logit_scale=clap.logit_scale_t)
     loss = siglip_loss(image_embeds, text_embeds, model.logit_scale, model.logit_bias)
 
 Why the gradients come out right under DDP (same argument for both losses):
@@ -17,8 +18,8 @@ Why the gradients come out right under DDP (same argument for both losses):
   N * dL/d(emb_r) for its own embeddings, and its tower parameters get N * (the part of dL/dθ that
   flows through its local examples).
 * DDP averages gradients over ranks: (1/N) * Σ_r N * dL/dθ|_r = dL/dθ, the single-process gradient.
-* `logit_scale` / `logit_bias` do not pass through the gather: each rank gets the full dL/dt
-  locally, identical on all ranks, and the DDP average leaves it unchanged.
+* `logit_scale` / `logit_bias` (and CLAP's second temperature) do not pass through the gather: each
+  rank gets the full dL/dt locally, identical on all ranks, and the DDP average leaves it unchanged.
 
 Requirements: every rank must pass the same batch size (set `dataloader_drop_last=True` in
 `TrainingArguments`), and all ranks must call the loss the same number of times (it is a collective).
@@ -92,27 +93,41 @@ def _gather_pair(image_embeds: Tensor, text_embeds: Tensor, gather: bool) -> tup
     return image_embeds, text_embeds
 
 
-def clip_loss(image_embeds: Tensor, text_embeds: Tensor, logit_scale: Tensor, gather: bool = True) -> Tensor:
+def clip_loss(
+    image_embeds: Tensor,
+    text_embeds: Tensor,
+    logit_scale: Tensor,
+    gather: bool = True,
+    text_logit_scale: Tensor | None = None,
+) -> Tensor:
     """Symmetric InfoNCE (CLIP) over the global batch.
 
     Args:
-        image_embeds: (b, d) un-normalised image embeddings of this rank; row i pairs with text row i.
+        image_embeds: (b, d) un-normalised image (or audio) embeddings of this rank; row i pairs with text
+            row i.
         text_embeds: (b, d) un-normalised text embeddings of this rank.
         logit_scale: () learnable log-temperature; the temperature is exp(min(logit_scale, ln 100)).
         gather: contrast against the embeddings of all ranks (B = world_size * b) instead of only the
             local b. Ignored when torch.distributed is not initialised.
+        text_logit_scale: () log-temperature of the text->image direction when it has its own (CLAP's
+            `logit_scale_t`; `logit_scale` is then its `logit_scale_a`); default: `logit_scale`.
 
     Returns:
         () loss = (CE(logits_per_image, arange(B)) + CE(logits_per_text, arange(B))) / 2 with
-        logits_per_image = exp(logit_scale) * x̂ ŷᵀ of shape (B, B) and each CE the mean over its B rows:
-        transformers' `CLIPModel` loss on the global batch. Identical on every rank. See the module
-        docstring for why DDP's gradient averaging then yields the single-process gradients.
+        logits_per_image = exp(logit_scale) * x̂ ŷᵀ and logits_per_text = exp(text_logit_scale) * ŷ x̂ᵀ,
+        both (B, B), each CE the mean over its B rows: transformers' `CLIPModel` loss on the global batch,
+        and with two temperatures the symmetric loss over the two logit matrices `ClapModel` returns
+        (its own `loss` transposes `logits_per_audio` and so scores the text->audio direction twice).
+        Identical on every rank. See the module docstring for why DDP's gradient averaging then yields
+        the single-process gradients.
     """
     image_embeds, text_embeds = _gather_pair(image_embeds, text_embeds, gather)
-    scale = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
-    logits_per_image = scale * image_embeds @ text_embeds.T  # (B, B)
-    labels = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
-    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_image.T, labels)) / 2
+    similarities = image_embeds @ text_embeds.T  # (B, B)
+    logits_per_image = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() * similarities
+    text_scale = logit_scale if text_logit_scale is None else text_logit_scale
+    logits_per_text = text_scale.clamp(max=MAX_LOGIT_SCALE).exp() * similarities.T
+    labels = torch.arange(similarities.shape[0], device=similarities.device)
+    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
 
 
 def siglip_loss(

@@ -1,4 +1,8 @@
-"""Contrastive training inputs and retrieval evaluation for dual encoders (image–text; audio–text later).
+"""Contrastive training inputs and retrieval evaluation for dual encoders: image–text and audio–text.
+
+What differs between the two modalities lives in one small class each (`ImageMedia`, `AudioMedia`, made by
+`build_media`): how the media column is validated, decoded into model inputs and embedded, and how metrics
+and the model card name it. Caption sampling, tokenisation, evaluation and ranking are shared.
 
 Evaluation embeds every item once and every caption once, then ranks with the chunked `retrieval`
 evaluate module, so memory is O((items + captions) × dim) plus one chunk of similarities.
@@ -11,31 +15,164 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
+from .data.audio import AudioTransform, check_audio
+from .data.images import check_images
 from .data.transforms import build_image_transform
 from .metrics import load_metric
 
+MODALITIES = ("image", "audio")
+
+
+class ImageMedia:
+    """Images for CLIP-style dual encoders (CLIP, SigLIP, VisionTextDualEncoder): `pixel_values`."""
+
+    name, plural = "image", "images"
+    task, pipeline_tag = "image-text retrieval", "zero-shot-image-classification"
+    prompt_templates = ("a photo of a {}.",)  # zero-shot retention check
+
+    def __init__(self, processor, column: str = "image"):
+        self.image_processor, self.column = processor.image_processor, column
+
+    def check(self, dataset: Dataset, *, skip_bad: bool, num_proc: int | None = None, split_name: str = "train"):
+        """`check_images` on the column: (dataset, bad samples)."""
+        return check_images(dataset, self.column, skip_bad=skip_bad, num_proc=num_proc, split_name=split_name)
+
+    def transform(self, *, train: bool, augment: bool = False):
+        # Augmentation (random resized crop, no flip: captions say "left" and "right") is opt-in.
+        return build_image_transform(
+            self.image_processor, train=train and augment, image_column=self.column, crop_scale=(0.8, 1.0), hflip=False
+        )
+
+    @staticmethod
+    def embed(model, batch: dict) -> torch.Tensor:
+        return model.get_image_features(batch["pixel_values"])
+
+
+class AudioMedia:
+    """Audio clips for CLAP: `input_features` + `is_longer`, decoded at the feature extractor's rate.
+
+    Clips are cut to `max_length_seconds`, and always to the model's own window (`AudioTransform`: a random
+    window in training, the first one in evaluation), so CLAP's extractor never crops at random itself.
+    """
+
+    name, plural = "audio", "clips"
+    task, pipeline_tag = "audio-text retrieval", "zero-shot-audio-classification"
+    prompt_templates = None  # build_clip_classifier's CLAP ensemble: "This is a sound of {}." + 2
+
+    def __init__(self, processor, column: str = "audio", max_length_seconds: float | None = None):
+        self.feature_extractor, self.column = processor.feature_extractor, column
+        self.max_length_seconds = max_length_seconds
+
+    def check(self, dataset: Dataset, *, skip_bad: bool, num_proc: int | None = None, split_name: str = "train"):
+        """`check_audio` on the column at the model's sampling rate: (dataset, bad samples)."""
+        rate = self.feature_extractor.sampling_rate
+        return check_audio(
+            dataset, self.column, sampling_rate=rate, skip_bad=skip_bad, num_proc=num_proc, split_name=split_name
+        )
+
+    def transform(self, *, train: bool, augment: bool = False):
+        audio = AudioTransform(
+            self.feature_extractor,
+            audio_column=self.column,
+            max_length_seconds=self.max_length_seconds,
+            train=train,
+            augment=augment,
+        )
+        return _NotLonger(audio)
+
+    @staticmethod
+    def embed(model, batch: dict) -> torch.Tensor:
+        return model.get_audio_features(batch["input_features"], batch.get("is_longer"))
+
+
+class _NotLonger:
+    """`AudioTransform` + CLAP's `is_longer` flag, False: every clip is already cut to the model's window.
+
+    Fused CLAP checkpoints read the flag (and fail without it); the unfused ones ignore it.
+    """
+
+    def __init__(self, audio: AudioTransform):
+        self.audio = audio
+
+    def __call__(self, batch: dict) -> dict:
+        out = self.audio(batch)
+        out["is_longer"] = [torch.tensor([False])] * len(out[self.audio.input_name])
+        return out
+
+
+def resolve_modality(modality: str, config) -> str:
+    """ "auto" -> "audio" for an audio–text model (a config with `audio_config`, i.e. CLAP), else "image";
+    an explicit choice the model cannot embed is an error."""
+    audio = getattr(config, "audio_config", None) is not None
+    if modality == "auto":
+        return "audio" if audio else "image"
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be auto, image or audio, got {modality!r}")
+    if (modality == "audio") != audio:
+        kind = "an audio–text (CLAP)" if audio else "an image–text"
+        raise ValueError(f"--modality {modality}: the model ({type(config).__name__}) is {kind} dual encoder")
+    return modality
+
+
+def build_media(modality: str, processor, column: str, *, max_length_seconds: float | None = None):
+    """The `ImageMedia` or `AudioMedia` of `modality` reading `column`, with the processor's image processor
+    or feature extractor."""
+    if modality == "audio":
+        return AudioMedia(processor, column, max_length_seconds)
+    if modality == "image":
+        return ImageMedia(processor, column)
+    raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+
+
+def load_dual_encoder(
+    model_name_or_path: str,
+    *,
+    vision_model_name_or_path: str | None = None,
+    text_model_name_or_path: str | None = None,
+    projection_dim: int = 512,
+    **hub_kwargs,
+):
+    """(backbone, processor, base model name): a pretrained dual encoder (CLIP, SigLIP, CLAP, ...) with its
+    processor, or, given both a vision and a text encoder, a new VisionTextDualEncoderModel assembled from
+    them (its projections newly initialised). `hub_kwargs` go to every `from_pretrained`."""
+    from transformers import (
+        AutoImageProcessor,
+        AutoModel,
+        AutoProcessor,
+        AutoTokenizer,
+        VisionTextDualEncoderModel,
+        VisionTextDualEncoderProcessor,
+    )
+
+    if not (vision_model_name_or_path and text_model_name_or_path):
+        backbone = AutoModel.from_pretrained(model_name_or_path, **hub_kwargs)
+        return backbone, AutoProcessor.from_pretrained(model_name_or_path, **hub_kwargs), model_name_or_path
+    backbone = VisionTextDualEncoderModel.from_vision_text_pretrained(
+        vision_model_name_or_path, text_model_name_or_path, projection_dim=projection_dim
+    )
+    processor = VisionTextDualEncoderProcessor(
+        AutoImageProcessor.from_pretrained(vision_model_name_or_path, **hub_kwargs),
+        AutoTokenizer.from_pretrained(text_model_name_or_path, **hub_kwargs),
+    )
+    return backbone, processor, f"{vision_model_name_or_path} + {text_model_name_or_path}"
+
 
 class PairTransform:
-    """`Dataset.with_transform` for image–captions rows -> pixel_values + input_ids + attention_mask.
+    """`Dataset.with_transform` for media–captions rows -> media inputs + input_ids + attention_mask.
 
-    Training draws one of an image's captions at random each time it is seen (so every caption is used
+    Training draws one of an item's captions at random each time it is seen (so every caption is used
     over epochs, as in open_clip's COCO loaders); evaluation takes the first. Captions are padded and
     truncated to `max_length` tokens, so over-long captions never break a batch.
     """
 
-    def __init__(
-        self, image_processor, tokenizer, *, train: bool, image_column: str, max_length: int, augment: bool = False
-    ):
-        # Augmentation (random resized crop, no flip: captions say "left" and "right") is opt-in.
-        self.images = build_image_transform(
-            image_processor, train=train and augment, image_column=image_column, crop_scale=(0.8, 1.0), hflip=False
-        )
+    def __init__(self, media, tokenizer, *, train: bool, max_length: int, augment: bool = False):
+        self.media = media.transform(train=train, augment=augment)
         self.tokenizer, self.train, self.max_length = tokenizer, train, max_length
 
     def __call__(self, batch: dict) -> dict:
         captions = batch.pop("captions")
         picked = [random.choice(c) if self.train else c[0] for c in captions]
-        batch = self.images(batch)
+        batch = self.media(batch)
         batch.update(tokenize(self.tokenizer, picked, self.max_length))
         return batch
 
@@ -46,16 +183,20 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> dict:
 
 
 @torch.no_grad()
-def embed_images(model, dataset: Dataset, transform, batch_size: int, num_workers: int = 0) -> torch.Tensor:
-    """(num_items, dim) image embeddings of `dataset` through its eval `transform`."""
+def embed_media(model, dataset: Dataset, media, batch_size: int, num_workers: int = 0) -> torch.Tensor:
+    """(num_items, dim) image or audio embeddings of `dataset` through the media's eval transform."""
     device, dtype = _device_dtype(model)
     loader = DataLoader(
-        dataset.with_transform(transform),
+        dataset.with_transform(media.transform(train=False)),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=default_data_collator,
     )
-    return torch.cat([model.get_image_features(b["pixel_values"].to(device, dtype)).float().cpu() for b in loader])
+    out = []
+    for batch in loader:
+        batch = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in batch.items()}
+        out.append(media.embed(model, batch).float().cpu())
+    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -72,34 +213,61 @@ def embed_texts(model, tokenizer, texts: list[str], batch_size: int, max_length:
 def evaluate_retrieval(
     model,
     dataset: Dataset,
-    image_processor,
+    media,
     tokenizer,
     *,
-    image_column: str,
     batch_size: int,
     max_length: int,
     num_workers: int = 0,
     prefix: str = "",
 ) -> dict:
-    """Image→text and text→image Recall@1/5/10, median and mean rank over every caption of `dataset`."""
+    """Media→text and text→media Recall@1/5/10, median and mean rank over every caption of `dataset`.
+
+    Keys name the modality: `{prefix}image_to_text_recall@1`, or `{prefix}audio_to_text_recall@1`, ...
+    """
     was_training = model.training
     model.eval()
-    images = embed_images(
-        model,
-        dataset.remove_columns("captions"),
-        build_image_transform(image_processor, train=False, image_column=image_column),
-        batch_size,
-        num_workers,
-    )
+    items = embed_media(model, dataset.remove_columns("captions"), media, batch_size, num_workers)
     captions = dataset["captions"]
     texts = [c for item in captions for c in item]
     owners = [i for i, item in enumerate(captions) for _ in item]
     text_embeds = embed_texts(model, tokenizer, texts, batch_size, max_length)
     model.train(was_training)
     scores = load_metric("retrieval").compute(
-        predictions=text_embeds.numpy(), references=owners, image_embeds=images.numpy()
+        predictions=text_embeds.numpy(), references=owners, image_embeds=items.numpy(), modality=media.name
     )
     return {f"{prefix}{k}": v for k, v in scores.items()}
+
+
+def measure_retrieval(
+    model,
+    dataset: Dataset,
+    media,
+    tokenizer,
+    *,
+    batch_size: int,
+    max_length: int,
+    prefix: str = "",
+    zeroshot_eval_dir: str | None = None,
+    prompt_templates=None,
+) -> dict:
+    """`evaluate_retrieval` of the (contrastive) `model`, plus, with `zeroshot_eval_dir`, the zero-shot
+    classification of its backbone (`{prefix}zeroshot_cls_accuracy`, ...) and `{prefix}samples`."""
+    metrics = evaluate_retrieval(model, dataset, media, tokenizer, batch_size=batch_size, max_length=max_length)
+    if zeroshot_eval_dir:
+        metrics.update(
+            zeroshot_classification(
+                model.backbone,
+                tokenizer,
+                media,
+                zeroshot_eval_dir,
+                batch_size=batch_size,
+                templates=prompt_templates,
+                prefix="zeroshot_cls_",
+            )
+        )
+    metrics["samples"] = len(dataset)
+    return {f"{prefix}{k}": v for k, v in metrics.items()}
 
 
 def _device_dtype(model):
@@ -107,24 +275,22 @@ def _device_dtype(model):
     return param.device, param.dtype
 
 
-def zeroshot_classification(backbone, processor, folder: str, *, templates, batch_size: int, prefix: str = "") -> dict:
-    """Zero-shot accuracy/macro-F1 of `backbone` on class folders: how much general ability is kept."""
+def zeroshot_classification(
+    backbone, tokenizer, media, folder: str, *, batch_size: int, templates=None, prefix: str = ""
+) -> dict:
+    """Zero-shot accuracy/macro-F1 of `backbone` on class folders of images or audio clips: how much general
+    ability is kept. `templates` default to the media's (`{}` = the folder name)."""
     from .data.loading import _read_class_folder
     from .models import build_clip_classifier
 
-    data = _read_class_folder(folder, "image", "label")
+    data = _read_class_folder(folder, media.column, "label")
     names = sorted(set(data["label"]))
     classifier = build_clip_classifier(
-        backbone, dict(enumerate(names)), tokenizer=processor.tokenizer, prompt_templates=templates
+        backbone, dict(enumerate(names)), tokenizer=tokenizer, prompt_templates=templates or media.prompt_templates
     ).eval()
-    images = embed_images(
-        classifier,
-        data.remove_columns("label"),
-        build_image_transform(processor.image_processor, train=False),
-        batch_size,
-    )
+    embeds = embed_media(classifier, data.remove_columns("label"), media, batch_size)
     with torch.no_grad():
-        predictions = classifier.classifier(images.to(next(classifier.parameters()).device)).argmax(-1).cpu()
+        predictions = classifier.classifier(embeds.to(next(classifier.parameters()).device)).argmax(-1).cpu()
     report = load_metric("classification_report").compute(
         predictions=predictions.tolist(), references=[names.index(v) for v in data["label"]], num_labels=len(names)
     )

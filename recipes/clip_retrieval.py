@@ -1,18 +1,26 @@
-"""Contrastive image–text fine-tuning of a dual encoder, evaluated as retrieval before and after.
+"""Contrastive image–text or audio–text fine-tuning of a dual encoder, evaluated as retrieval before and after.
 
     accelerate launch recipes/clip_retrieval.py --model_name_or_path openai/clip-vit-base-patch32 \
         --train_file pairs.jsonl --validation_file val.jsonl --image_column image --caption_column caption \
         --output_dir out --do_train --do_eval [--finetune_strategy lora|full|lock_image|lock_text]
+    accelerate launch recipes/clip_retrieval.py --model_name_or_path laion/clap-htsat-unfused \
+        --train_file clips.jsonl --validation_file val.jsonl --audio_column audio --caption_column caption \
+        --output_dir out --do_train --do_eval --finetune_strategy lock_text
 
-Data: CSV/JSONL rows of image path + caption (a string, or a list of captions per image), a folder of
-images with a metadata.jsonl (`file_name` + caption), or a Hub dataset with image + caption columns.
-A new dual encoder can be assembled from any vision and text encoder:
+Data: CSV/JSONL rows of image or audio path + caption (a string, or a list of captions per item), a folder
+of media with a metadata.jsonl (`file_name` + caption), or a Hub dataset with image/audio + caption columns.
+The modality follows the model (`--modality auto`): audio for an audio–text model (CLAP, whose config has
+an `audio_config`), image otherwise. Audio is decoded at the feature extractor's rate and cut to the
+model's window (CLAP: 10 s) or `--max_length_seconds`; `lock_image` locks the media tower, i.e. CLAP's audio
+tower + projection. A new dual encoder can be assembled from any vision and text encoder:
 `--vision_model_name_or_path google/vit-base-patch16-224 --text_model_name_or_path bert-base-uncased`.
 
 The loss (symmetric InfoNCE, or SigLIP's sigmoid loss with --loss siglip) is computed over the global
 batch: negatives are gathered from every process with gradients, so N processes optimise the same
-objective as one process with the whole batch. The output folder holds the fine-tuned dual encoder
-itself (a plain CLIPModel/SiglipModel/VisionTextDualEncoderModel checkpoint, LoRA merged) + processor.
+objective as one process with the whole batch; CLAP keeps its two temperatures (audio->text logits scaled
+by logit_scale_a, text->audio ones by logit_scale_t). The output folder holds the fine-tuned dual encoder
+itself (a plain CLIPModel/SiglipModel/VisionTextDualEncoderModel/ClapModel checkpoint, LoRA merged) +
+processor.
 """
 
 import logging
@@ -20,21 +28,9 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from transformers import (
-    AutoImageProcessor,
-    AutoModel,
-    AutoProcessor,
-    AutoTokenizer,
-    EarlyStoppingCallback,
-    Trainer,
-    TrainingArguments,
-    VisionTextDualEncoderModel,
-    VisionTextDualEncoderProcessor,
-    default_data_collator,
-)
+from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, default_data_collator
 
 from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict
-from mm_hf.data.images import check_images
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.pairs import load_caption_splits
 from mm_hf.hub import write_model_card, write_run_info
@@ -42,7 +38,7 @@ from mm_hf.models import ContrastiveDualEncoderModel
 from mm_hf.outputs import recipe_command, update_all_results, write_run_config, write_training_curves
 from mm_hf.publish import publish_run
 from mm_hf.reports import format_before_after_table
-from mm_hf.retrieval import PairTransform, evaluate_retrieval, zeroshot_classification
+from mm_hf.retrieval import PairTransform, build_media, load_dual_encoder, measure_retrieval, resolve_modality
 from mm_hf.training import (
     apply_contrastive_strategy,
     prepare_training_arguments,
@@ -51,14 +47,31 @@ from mm_hf.training import (
 )
 
 logger = logging.getLogger(__name__)
-TABLE_METRICS = ("image_to_text_recall@1", "image_to_text_recall@5", "text_to_image_recall@1",
-                 "text_to_image_recall@5", "text_to_image_median_rank", "zeroshot_cls_accuracy")  # fmt: skip
+# {m}: the modality ("image" or "audio"), as the metric keys name it.
+TABLE_METRICS = ("{m}_to_text_recall@1", "{m}_to_text_recall@5", "text_to_{m}_recall@1", "text_to_{m}_recall@5",
+                 "text_to_{m}_median_rank", "zeroshot_cls_accuracy")  # fmt: skip
 
 
 @dataclass
 class RetrievalArguments:
+    modality: str = field(
+        default="auto",
+        metadata={
+            "help": "image or audio (lock_image then locks the audio tower); auto: audio for an audio-text model "
+            "(CLAP: its config has an audio_config), else image.",
+            "choices": ["auto", "image", "audio"],
+        },
+    )
     image_column: str = field(default="image", metadata={"help": "Column of images or image paths."})
+    audio_column: str = field(default="audio", metadata={"help": "Column of audio clips or audio paths."})
     caption_column: str = field(default="caption", metadata={"help": "Column of captions (a string or a list)."})
+    max_length_seconds: float | None = field(
+        default=None,
+        metadata={
+            "help": "Clips are cut to this many seconds (training: a random window, evaluation: the first one); "
+            "default and maximum: the model's window (CLAP: 10 s)."
+        },
+    )
     vision_model_name_or_path: str | None = field(
         default=None, metadata={"help": "With --text_model_name_or_path: assemble a new dual encoder from these two."}
     )
@@ -72,10 +85,13 @@ class RetrievalArguments:
     zeroshot_eval_dir: str | None = field(
         default=None, metadata={"help": "Class folders for zero-shot classification before/after (ability kept)."}
     )
-    prompt_templates: list[str] = field(
-        default_factory=lambda: ["a photo of a {}."], metadata={"help": "Prompts for --zeroshot_eval_dir."}
+    prompt_templates: list[str] | None = field(
+        default=None,
+        metadata={"help": "Prompts for --zeroshot_eval_dir (default: 'a photo of a {}.'; audio: CLAP's 3 prompts)."},
     )
-    augment: bool = field(default=False, metadata={"help": "Random resized crop on training images."})
+    augment: bool = field(
+        default=False, metadata={"help": "Training images: random resized crop; clips: random gain, noise, shift."}
+    )
 
 
 ARGUMENT_TYPES = (ModelArguments, DataArguments, FinetuneArguments, RetrievalArguments, TrainingArguments)
@@ -86,16 +102,30 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     model_args, data_args, ft_args, ret_args, training_args = start_run(ARGUMENT_TYPES, argv)
 
-    # 2. Data: captions cleaned, images decodable, before any training
-    column = ret_args.image_column
+    # 2. Processor and dual encoder (a pretrained one, or one assembled from two encoders); its modality
+    backbone, processor, base_model = load_dual_encoder(
+        model_args.model_name_or_path,
+        vision_model_name_or_path=ret_args.vision_model_name_or_path,
+        text_model_name_or_path=ret_args.text_model_name_or_path,
+        projection_dim=ret_args.projection_dim,
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    # How the media column is validated, decoded and embedded: images, or audio clips for CLAP.
+    modality = resolve_modality(ret_args.modality, backbone.config)
+    column = ret_args.audio_column if modality == "audio" else ret_args.image_column
+    media = build_media(modality, processor, column, max_length_seconds=ret_args.max_length_seconds)
+    tokenizer = processor.tokenizer
+
+    # 3. Data: captions cleaned, images/clips decodable, before any training
     with training_args.main_process_first(desc="loading data"):
         splits = load_caption_splits(
             data_args, column, ret_args.caption_column, model_args.cache_dir, skip_bad=data_args.skip_bad_samples
         )
     for name in list(splits):
-        splits[name], _ = check_images(
+        splits[name], _ = media.check(
             splits[name],
-            column,
             skip_bad=data_args.skip_bad_samples,
             num_proc=data_args.preprocessing_num_workers,
             split_name=name,
@@ -114,45 +144,22 @@ def main(argv=None):
         label_names=[],
     )
 
-    # 3. Processor and model: a pretrained dual encoder, or one assembled from two encoders
-    hub_kwargs = {
-        "cache_dir": model_args.cache_dir,
-        "revision": model_args.model_revision,
-        "trust_remote_code": model_args.trust_remote_code,
-    }
-    if ret_args.vision_model_name_or_path and ret_args.text_model_name_or_path:
-        backbone = VisionTextDualEncoderModel.from_vision_text_pretrained(
-            ret_args.vision_model_name_or_path,
-            ret_args.text_model_name_or_path,
-            projection_dim=ret_args.projection_dim,
-        )
-        processor = VisionTextDualEncoderProcessor(
-            AutoImageProcessor.from_pretrained(ret_args.vision_model_name_or_path, **hub_kwargs),
-            AutoTokenizer.from_pretrained(ret_args.text_model_name_or_path, **hub_kwargs),
-        )
-        base_model = f"{ret_args.vision_model_name_or_path} + {ret_args.text_model_name_or_path}"
-    else:
-        backbone = AutoModel.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
-        processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
-        base_model = model_args.model_name_or_path
+    # 4. Model: the contrastive wrapper (the loss is the model's own) and what the strategy trains
     model = ContrastiveDualEncoderModel.from_backbone(backbone, ret_args.loss, ret_args.gather_negatives, base_model)
     model = apply_contrastive_strategy(model, ft_args)
     trainable = trainable_parameters(model)
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 
-    # 4. Inputs: image + one of its captions per row
-    pair_kwargs = {"image_column": column, "max_length": ret_args.max_seq_length}
-    tokenizer, image_processor = processor.tokenizer, processor.image_processor
+    # 5. Inputs (an image or clip + one of its captions per row) and Trainer
+    max_length = ret_args.max_seq_length
     train_ds = splits["train"].with_transform(
-        PairTransform(image_processor, tokenizer, train=True, augment=ret_args.augment, **pair_kwargs)
+        PairTransform(media, tokenizer, train=True, augment=ret_args.augment, max_length=max_length)
     )
     eval_ds = None
     if "validation" in splits:
         eval_ds = splits["validation"].with_transform(
-            PairTransform(image_processor, tokenizer, train=False, **pair_kwargs)
+            PairTransform(media, tokenizer, train=False, max_length=max_length)
         )
-
-    # 5. Trainer (the loss is the model's own)
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -166,29 +173,17 @@ def main(argv=None):
         """Retrieval (and zero-shot classification) metrics of the current weights, on the main process."""
         if not trainer.is_world_process_zero():
             return {}
-        metrics = evaluate_retrieval(
+        return measure_retrieval(
             trainer.accelerator.unwrap_model(trainer.model),
             splits[eval_split],
-            image_processor,
+            media,
             tokenizer,
-            image_column=column,
             batch_size=training_args.per_device_eval_batch_size,
             max_length=ret_args.max_seq_length,
             prefix=f"{prefix}{key}_",
+            zeroshot_eval_dir=ret_args.zeroshot_eval_dir,
+            prompt_templates=ret_args.prompt_templates,
         )
-        if ret_args.zeroshot_eval_dir:
-            metrics.update(
-                zeroshot_classification(
-                    backbone,
-                    processor,
-                    ret_args.zeroshot_eval_dir,
-                    templates=ret_args.prompt_templates,
-                    batch_size=training_args.per_device_eval_batch_size,
-                    prefix=f"{prefix}{key}_zeroshot_cls_",
-                )
-            )
-        metrics[f"{prefix}{key}_samples"] = len(splits[eval_split])
-        return metrics
 
     # 6. Evaluate the untouched model, train, evaluate again
     before = measure("zeroshot_")
@@ -217,7 +212,7 @@ def main(argv=None):
         table = format_before_after_table(
             {k.removeprefix("zeroshot_"): v for k, v in before.items()},
             after,
-            metrics=[f"{key}_{m}" for m in TABLE_METRICS],
+            metrics=[f"{key}_{m.format(m=media.name)}" for m in TABLE_METRICS],
         )
         with open(os.path.join(out, "before_after.md"), "w") as f:
             f.write(table)
@@ -226,8 +221,8 @@ def main(argv=None):
         write_run_config(out, args_to_dict(model_args, data_args, ft_args, ret_args, training_args), command)
         write_run_info(
             out,
-            task="image-text retrieval",
-            pipeline_tag="zero-shot-image-classification",
+            task=media.task,
+            pipeline_tag=media.pipeline_tag,
             base_model=base_model,
             dataset=dataset_display_name(data_args),
             command=command,
@@ -239,7 +234,7 @@ def main(argv=None):
             train_runtime=train_runtime,
         )
         write_model_card(out)
-        print(f"\nRetrieval on the {eval_split} split ({len(splits[eval_split])} images):\n\n{table}")
+        print(f"\nRetrieval on the {eval_split} split ({len(splits[eval_split])} {media.plural}):\n\n{table}")
         if push_to_hub:
             publish_run(training_args, out)
     return results

@@ -1,5 +1,6 @@
 """mm_hf.losses: CLIP / SigLIP losses match transformers on one process, and with gathered negatives a
-2-process DDP run (gloo on CPU) reproduces the single-process loss and gradients on the global batch."""
+2-process DDP run (gloo on CPU) reproduces the single-process loss and gradients on the global batch, also
+with CLAP's two temperatures."""
 
 import math
 import socket
@@ -8,12 +9,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 from torch import nn
 
 from mm_hf.losses import clip_loss, gather_with_grad, siglip_loss
 
 GLOBAL_BATCH, WORLD_SIZE, IMAGE_DIM, TEXT_DIM, EMBED_DIM = 8, 2, 6, 5, 4
-CASES = [(loss, gather) for loss in ("clip", "siglip") for gather in (True, False)]
+LOSSES = ("clip", "siglip", "clap")  # clap: clip_loss with one temperature per direction
+CASES = [(loss, gather) for loss in LOSSES for gather in (True, False)]
 
 
 # ---------------------------------------------------------------- single process vs transformers
@@ -94,6 +97,23 @@ def test_clip_logit_scale_is_clamped_at_100():
     assert logit_scale.grad == 0
 
 
+def test_two_temperatures_scale_one_direction_each():
+    """CLAP: logits_per_image scaled by `logit_scale` (its logit_scale_a), logits_per_text by `text_logit_scale`."""
+    image, text = torch.randn(GLOBAL_BATCH, EMBED_DIM), torch.randn(GLOBAL_BATCH, EMBED_DIM)
+    scale_a, scale_t = nn.Parameter(torch.tensor(math.log(20.0))), nn.Parameter(torch.tensor(math.log(5.0)))
+    loss = clip_loss(image, text, scale_a, text_logit_scale=scale_t)
+    image_n, text_n = image / image.norm(dim=-1, keepdim=True), text / text.norm(dim=-1, keepdim=True)
+    labels = torch.arange(GLOBAL_BATCH)
+    expected = (
+        F.cross_entropy(20.0 * image_n @ text_n.T, labels) + F.cross_entropy(5.0 * text_n @ image_n.T, labels)
+    ) / 2
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert scale_a.grad != 0 and scale_t.grad != 0
+    same = clip_loss(image, text, torch.tensor(2.0), text_logit_scale=torch.tensor(2.0))
+    torch.testing.assert_close(same, clip_loss(image, text, torch.tensor(2.0)))
+
+
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="batch, dim"):
         clip_loss(torch.randn(4, 3), torch.randn(5, 3), torch.tensor(1.0))
@@ -103,7 +123,8 @@ def test_shape_mismatch_is_an_error():
 
 
 class TinyDualEncoder(nn.Module):
-    """Two linear "towers" and the learnable temperature (+ bias for SigLIP); forward returns the loss."""
+    """Two linear "towers" and the learnable temperature (+ bias for SigLIP, + a text->image temperature for
+    CLAP); forward returns the loss."""
 
     def __init__(self, loss: str):
         super().__init__()
@@ -113,11 +134,15 @@ class TinyDualEncoder(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07) if loss == "clip" else math.log(10.0)))
         if loss == "siglip":
             self.logit_bias = nn.Parameter(torch.tensor(-2.0))
+        if loss == "clap":
+            self.logit_scale_t = nn.Parameter(torch.tensor(math.log(5.0)))
 
     def forward(self, pixel_values, text_features, gather: bool = True):  # (b, IMAGE_DIM), (b, TEXT_DIM) -> ()
         image, text = self.image_tower(pixel_values), self.text_tower(text_features)
         if self.loss == "clip":
             return clip_loss(image, text, self.logit_scale, gather=gather)
+        if self.loss == "clap":
+            return clip_loss(image, text, self.logit_scale, gather=gather, text_logit_scale=self.logit_scale_t)
         return siglip_loss(image, text, self.logit_scale, self.logit_bias, gather=gather)
 
 
@@ -174,7 +199,7 @@ def two_process_results(tmp_path_factory):
     return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
 
 
-@pytest.mark.parametrize("loss", ["clip", "siglip"])
+@pytest.mark.parametrize("loss", LOSSES)
 def test_gathered_ddp_equals_single_process(two_process_results, loss):
     images, texts = _global_batch()
     expected_loss, expected_grads = _loss_and_grads(_model(loss), images, texts, gather=False)
@@ -186,7 +211,7 @@ def test_gathered_ddp_equals_single_process(two_process_results, loss):
             torch.testing.assert_close(ddp_grads[name], grad, rtol=0, atol=1e-6, msg=f"{loss}: grad of {name}")
 
 
-@pytest.mark.parametrize("loss", ["clip", "siglip"])
+@pytest.mark.parametrize("loss", LOSSES)
 def test_per_device_loss_differs_from_single_process(two_process_results, loss):
     """Without gathering (transformers' behaviour) DDP optimises a different objective: the test can fail."""
     images, texts = _global_batch()

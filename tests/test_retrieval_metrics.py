@@ -183,3 +183,15 @@ def test_batches_and_plain_function(retrieval):
     batched = retrieval.compute(image_embeds=torch.from_numpy(images), chunk_size=4)
     module = sys.modules[type(retrieval).__module__]
     assert module.retrieval_scores(images, texts, text_to_image, chunk_size=1000) == batched
+
+
+def test_modality_names_the_keys(retrieval):
+    """modality="audio" gives audio_to_text_* / text_to_audio_* keys with the same values."""
+    images, texts, text_to_image = _exact_data(3, num_items=12, dim=16)
+    image_keys = retrieval.compute(predictions=texts, references=text_to_image, image_embeds=images)
+    audio_keys = retrieval.compute(predictions=texts, references=text_to_image, image_embeds=images, modality="audio")
+    renamed = {k.replace("image", "audio"): v for k, v in image_keys.items()}
+    assert audio_keys == renamed
+    assert "audio_to_text_recall@1" in audio_keys and "text_to_audio_median_rank" in audio_keys
+    with pytest.raises(ValueError, match="modality"):
+        retrieval.compute(predictions=texts, references=text_to_image, image_embeds=images, modality="audio clip")

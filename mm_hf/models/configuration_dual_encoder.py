@@ -13,9 +13,9 @@ class ContrastiveDualEncoderConfig(PreTrainedConfig):
     Args:
         backbone_config: config (or dict) of the wrapped dual encoder (`CLIPModel`, `SiglipModel`,
             `VisionTextDualEncoderModel`, ...: anything with `get_image_features`/`get_text_features` and a
-            `logit_scale` parameter).
+            `logit_scale` parameter; or `ClapModel`: `get_audio_features` and `logit_scale_a`/`logit_scale_t`).
         backbone_name_or_path: where the backbone weights came from.
-        loss: "clip" (symmetric InfoNCE, learnable temperature) or "siglip" (pairwise sigmoid).
+        loss: "clip" (symmetric InfoNCE, learnable temperature) or "siglip" (pairwise sigmoid; not for CLAP).
         gather_negatives: in distributed training, compute the loss over the global batch (negatives from
             every process, gathered with gradients) rather than per device.
         logit_bias_init_value: initial sigmoid bias for the SigLIP loss when the backbone has none.

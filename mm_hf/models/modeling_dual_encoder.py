@@ -1,8 +1,9 @@
 """Contrastive training wrapper around any dual encoder, with negatives gathered across processes.
 
 The trained artifact is the wrapped dual encoder itself (`model.backbone.save_pretrained`), which loads
-with plain `AutoModel` and feeds the classification recipe; this wrapper adds the loss and the switches
-for training.
+with plain `AutoModel` and feeds the classification recipes; this wrapper adds the loss and the switches
+for training. Image–text backbones (CLIP, SigLIP, VisionTextDualEncoder) take `pixel_values`; audio–text
+ones (CLAP) take `input_features` (+ `is_longer`) and learn one temperature per direction.
 """
 
 from dataclasses import dataclass
@@ -18,11 +19,13 @@ from .configuration_dual_encoder import ContrastiveDualEncoderConfig
 
 @dataclass
 class ContrastiveOutput(ModelOutput):
-    """loss (scalar, when both modalities are given), image_embeds (batch, dim), text_embeds (batch, dim)."""
+    """loss (scalar, when both modalities are given), image_embeds or audio_embeds (batch, dim), text_embeds
+    (batch, dim)."""
 
     loss: torch.Tensor | None = None
     image_embeds: torch.Tensor | None = None
     text_embeds: torch.Tensor | None = None
+    audio_embeds: torch.Tensor | None = None
 
 
 class ContrastiveDualEncoderModel(PreTrainedModel):
@@ -37,6 +40,10 @@ class ContrastiveDualEncoderModel(PreTrainedModel):
     def __init__(self, config: ContrastiveDualEncoderConfig):
         super().__init__(config)
         self.backbone = AutoModel.from_config(config.backbone_config)
+        if hasattr(self.backbone, "get_audio_features"):
+            self.main_input_name, self.input_modalities = "input_features", ("audio", "text")
+            if config.loss == "siglip":
+                raise ValueError("the sigmoid loss has one temperature, CLAP learns one per direction: use loss='clip'")
         if config.loss == "siglip" and not hasattr(self.backbone, "logit_bias"):
             self.logit_bias = nn.Parameter(torch.tensor(config.logit_bias_init_value))
         self.post_init()
@@ -62,23 +69,51 @@ class ContrastiveDualEncoderModel(PreTrainedModel):
         out = self.backbone.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
         return out if isinstance(out, torch.Tensor) else out.pooler_output
 
-    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, return_loss=True, **kwargs):
+    def get_audio_features(self, input_features: torch.Tensor, is_longer: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.backbone.get_audio_features(input_features=input_features, is_longer=is_longer)
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    def forward(
+        self,
+        pixel_values=None,
+        input_ids=None,
+        attention_mask=None,
+        input_features=None,
+        is_longer=None,
+        return_loss=True,
+        **kwargs,
+    ):
         image_embeds = self.get_image_features(pixel_values) if pixel_values is not None else None
+        audio_embeds = self.get_audio_features(input_features, is_longer) if input_features is not None else None
+        media_embeds = audio_embeds if audio_embeds is not None else image_embeds
         text_embeds = self.get_text_features(input_ids, attention_mask) if input_ids is not None else None
         loss = None
-        if return_loss and image_embeds is not None and text_embeds is not None:
+        if return_loss and media_embeds is not None and text_embeds is not None:
             # Gathering needs equal per-process batches, which training guarantees (drop_last) but the last
             # evaluation batch does not; evaluation losses are therefore per device.
             gather = self.config.gather_negatives and self.training
-            scale = self.backbone.logit_scale
             if self.config.loss == "clip":
-                loss = clip_loss(image_embeds, text_embeds, scale, gather=gather)
+                # CLAP scales audio->text logits by logit_scale_a and text->audio ones by logit_scale_t.
+                scale, text_scale = self.logit_scales()
+                loss = clip_loss(media_embeds, text_embeds, scale, gather=gather, text_logit_scale=text_scale)
             else:
                 bias = getattr(self.backbone, "logit_bias", None)
                 loss = siglip_loss(
-                    image_embeds, text_embeds, scale, bias if bias is not None else self.logit_bias, gather=gather
+                    media_embeds,
+                    text_embeds,
+                    self.backbone.logit_scale,
+                    bias if bias is not None else self.logit_bias,
+                    gather=gather,
                 )
-        return ContrastiveOutput(loss=loss, image_embeds=image_embeds, text_embeds=text_embeds)
+        return ContrastiveOutput(
+            loss=loss, image_embeds=image_embeds, text_embeds=text_embeds, audio_embeds=audio_embeds
+        )
+
+    def logit_scales(self) -> tuple[nn.Parameter, nn.Parameter]:
+        """(media->text, text->media) log-temperatures: CLAP learns one per direction, the others share one."""
+        if hasattr(self.backbone, "logit_scale_a"):
+            return self.backbone.logit_scale_a, self.backbone.logit_scale_t
+        return self.backbone.logit_scale, self.backbone.logit_scale
 
 
 __all__ = ["ContrastiveDualEncoderModel", "ContrastiveOutput"]

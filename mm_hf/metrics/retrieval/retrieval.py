@@ -40,11 +40,14 @@ Args:
     chunk_size (`int`, *optional*, defaults to 1024): rows scored at once; bounds memory.
     normalize (`bool`, *optional*, defaults to `True`): L2-normalise embeddings (cosine similarity).
     ties (`str`, *optional*, defaults to `"optimistic"`): `"optimistic"` or `"pessimistic"` tie handling.
+    modality (`str`, *optional*, defaults to `"image"`): what the items are, as named in the keys:
+        `"audio"` gives `audio_to_text_recall@1`, `text_to_audio_median_rank`, ...
 Returns:
     image_to_text_recall@K (`float`): fraction of items whose best correct text ranks <= K, for each K.
     image_to_text_median_rank, image_to_text_mean_rank (`float`): over items, 1-based.
     text_to_image_recall@K (`float`): fraction of texts whose item ranks <= K, for each K.
     text_to_image_median_rank, text_to_image_mean_rank (`float`): over texts, 1-based.
+    (with `modality="audio"`: audio_to_text_* and text_to_audio_*.)
     retrieval_mean_recall (`float`): mean of all the recalls above.
     num_items, num_texts (`float`): the counts evaluated.
 Examples:
@@ -107,15 +110,19 @@ def retrieval_scores(
     chunk_size: int = 1024,
     normalize: bool = True,
     ties: str = "optimistic",
+    modality: str = "image",
 ) -> dict:
     """Recall@K and median / mean rank for image->text and text->image retrieval (see the module docstring).
 
     `image_embeds` is `(num_items, dim)`, `text_embeds` `(num_texts, dim)`, `text_to_image` `(num_texts,)`
     item indices. Runs on the device of `image_embeds` when it is a tensor, else on the CPU; every
-    similarity block is at most `chunk_size x max(num_items, num_texts)`.
+    similarity block is at most `chunk_size x max(num_items, num_texts)`. `modality` names the items in
+    the keys (`"audio"`: `audio_to_text_recall@1`, `text_to_audio_recall@1`, ...).
     """
     if ties not in _TIES:
         raise ValueError(f"ties must be one of {_TIES}, got {ties!r}")
+    if not isinstance(modality, str) or not modality.isidentifier():
+        raise ValueError(f"modality must be a name such as 'image' or 'audio', got {modality!r}")
     chunk_size = int(chunk_size)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -168,8 +175,8 @@ def retrieval_scores(
         del sims
 
     out = {
-        **_summary("image_to_text", torch.cat(image_ranks), ks),
-        **_summary("text_to_image", torch.cat(text_ranks), ks),
+        **_summary(f"{modality}_to_text", torch.cat(image_ranks), ks),
+        **_summary(f"text_to_{modality}", torch.cat(text_ranks), ks),
     }
     recalls = [v for key, v in out.items() if "_recall@" in key]
     out["retrieval_mean_recall"] = float(np.mean(recalls))
@@ -203,6 +210,7 @@ class Retrieval(evaluate.Metric):
         chunk_size=1024,
         normalize=True,
         ties="optimistic",
+        modality="image",
     ):
         if image_embeds is None:
             raise ValueError("retrieval needs `image_embeds=` (num_items x dim) passed to compute()")
@@ -214,4 +222,5 @@ class Retrieval(evaluate.Metric):
             chunk_size=chunk_size,
             normalize=normalize,
             ties=ties,
+            modality=modality,
         )
