@@ -183,13 +183,10 @@ class MultimodalTransform:
 
     def _text(self, sources: list) -> tuple[dict, list[bool]]:
         texts = [str(text) if text is not None else "" for text in sources]
-        enc = self.processor.tokenizer(
-            texts,
-            padding="max_length",
-            truncation=True,
-            max_length=self.processor.settings.max_length,
-            return_tensors="pt",
-        )
+        tokenizer = self.processor.tokenizer
+        # Never beyond what the encoder was built for (its position embeddings), whatever --max_seq_length says.
+        max_length = min(self.processor.settings.max_length, tokenizer.model_max_length)
+        enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
         return {key: list(enc[key]) for key in keys}, [s is not None for s in sources]
 

@@ -41,6 +41,8 @@ def main(argv=None):
     # 1. Arguments
     argv = sys.argv[1:] if argv is None else list(argv)
     model_args, fusion_args, data_args, ft_args, training_args = start_run(ARGUMENT_TYPES, argv)
+    if fusion_args.video_column:
+        raise ValueError("--video_column: videos (frames + temporal pooling) are for recipes/video_cls.py")
 
     # 2. Data: rows with image/text/audio/tabular inputs (any may be missing) and labels per task
     columns = MultimodalColumns(

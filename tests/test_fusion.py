@@ -409,3 +409,33 @@ def test_top_k_trains_the_last_layers_of_each_encoder(encoders):
         assert any(n.startswith(f"multimodal.encoders.{key}.{layers}.1.") for n in trainable)
         assert not any(n.startswith(f"multimodal.encoders.{key}.{layers}.0.") for n in trainable)
         assert not any(n.startswith(f"multimodal.encoders.{key}.embeddings.") for n in trainable)
+
+
+def test_hub_format_dataset_with_image_feature(encoders, xor, tmp_path):
+    """--dataset_name: Hub-style parquet splits with an Image feature (embedded bytes) and missing cells."""
+    import datasets
+
+    root = tmp_path / "hub"
+    base = os.path.dirname(xor["train"])
+    for split in ("train", "validation", "test"):
+        rows = [json.loads(line) for line in open(xor[split])][:24]
+        ds = datasets.Dataset.from_dict(
+            {
+                "photo": [os.path.join(base, r["image"]) if i % 7 else None for i, r in enumerate(rows)],
+                "caption": [r["text"] for r in rows],
+                "answer": [r["label"] for r in rows],
+            }
+        ).cast_column("photo", datasets.Image())
+        ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+    out = tmp_path / "out"
+    results = recipe.main(
+        [
+            "--dataset_name", str(root), "--image_column", "photo", "--text_column", "caption",
+            "--label_column", "answer", "--vision_model_name_or_path", encoders["vision"],
+            "--text_model_name_or_path", encoders["text"], "--output_dir", str(out), "--do_train", "--do_eval",
+            "--do_predict", "--max_steps", "2", "--per_device_train_batch_size", "8", "--hidden_size", "16",
+            "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true", "--save_strategy", "no",
+        ]
+    )  # fmt: skip
+    assert results["test_samples"] == 24 and "test_without_image_accuracy" in results
+    assert json.loads((out / "run_info.json").read_text())["dataset"] == str(root)
