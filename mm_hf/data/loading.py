@@ -104,7 +104,8 @@ def _read_class_folder(folder: str, input_column: str, label_column: str) -> Dat
     return Dataset.from_dict({input_column: paths, label_column: labels})
 
 
-def _read_table(path: str, input_column: str, label_column: str, cache_dir) -> Dataset:
+def read_data_file(path: str, cache_dir=None, split: str = "train") -> Dataset:
+    """A CSV/TSV/JSON/JSONL file as a Dataset; errors name the file (and an empty file as an empty `split`)."""
     if not os.path.isfile(path):
         raise DataError(f"file not found: {path}")
     ext = os.path.splitext(path)[1].lower()
@@ -113,9 +114,17 @@ def _read_table(path: str, input_column: str, label_column: str, cache_dir) -> D
         raise DataError(f"{path}: unsupported file type {ext!r} (use .csv, .tsv, .json or .jsonl)")
     kwargs = {"delimiter": "\t"} if ext == ".tsv" else {}
     try:
-        ds = datasets.load_dataset(builder, data_files=path, split="train", cache_dir=cache_dir, **kwargs)
+        return datasets.load_dataset(builder, data_files=path, split="train", cache_dir=cache_dir, **kwargs)
     except Exception as e:  # pyarrow/pandas parse errors do not say which file
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = sum(1 for line in f if line.strip())
+        if lines <= (1 if builder == "csv" else 0):  # the datasets library fails on these with cryptic errors
+            raise DataError(f"the {split} split is empty: {path}") from e
         raise DataError(f"{path}: cannot parse as {builder.upper()}: {e}") from e
+
+
+def _read_table(path: str, input_column: str, label_column: str, cache_dir) -> Dataset:
+    ds = read_data_file(path, cache_dir)
     _require_columns(ds, (input_column, label_column), path)
     base = os.path.dirname(os.path.abspath(path))
 

@@ -32,7 +32,7 @@ import datasets
 import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetDict
 
-from .loading import DataError, _hub_split_name, _resolve_path, _stratify_column
+from .loading import DataError, _hub_split_name, _resolve_path, _stratify_column, read_data_file
 
 logger = logging.getLogger(__name__)
 
@@ -278,21 +278,7 @@ def _check_columns(columns: MultimodalColumns, problem_type: str) -> None:
 
 
 def _read_file(path: str, split: str, columns: MultimodalColumns, cache_dir) -> Dataset:
-    if not os.path.isfile(path):
-        raise DataError(f"file not found: {path}")
-    ext = os.path.splitext(path)[1].lower()
-    builder = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}.get(ext)
-    if builder is None:
-        raise DataError(f"{path}: unsupported file type {ext!r} (use .csv, .tsv, .json or .jsonl)")
-    kwargs = {"delimiter": "\t"} if ext == ".tsv" else {}
-    try:
-        ds = datasets.load_dataset(builder, data_files=path, split="train", cache_dir=cache_dir, **kwargs)
-    except Exception as e:  # pyarrow/pandas parse errors do not say which file
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = sum(1 for line in f if line.strip())
-        if lines <= (1 if builder == "csv" else 0):  # the datasets library fails on these with cryptic errors
-            raise DataError(f"the {split} split is empty: {path}") from e
-        raise DataError(f"{path}: cannot parse as {builder.upper()}: {e}") from e
+    ds = read_data_file(path, cache_dir, split)
     _require_columns(ds, columns, path)
     ds = ds.select_columns([*columns.inputs, *columns.labels])
     base = os.path.dirname(os.path.abspath(path))
