@@ -1,4 +1,4 @@
-"""Precomputing frozen-backbone image features so a linear probe trains its head without the backbone."""
+"""Precomputing frozen-backbone features so a linear probe trains its head without the backbone."""
 
 import torch
 from datasets import Dataset
@@ -7,15 +7,19 @@ from transformers import default_data_collator
 
 
 @torch.no_grad()
-def precompute_image_features(
+def precompute_features(
     model, dataset: Dataset, transform, batch_size: int = 64, num_workers: int = 0, device=None
 ) -> Dataset:
-    """Run `model.get_image_features` once over `dataset` (with its eval `transform`).
+    """Run the classifier's frozen tower once over `dataset` (with its eval `transform`).
 
-    Returns a Dataset with `image_embeds` (float32 lists) and `labels`, which the classifier's
-    `forward(image_embeds=...)` consumes directly: each head epoch then costs a matrix multiply.
+    Image classifiers (`get_image_features(pixel_values)`) give `image_embeds`; CLAP audio classifiers
+    (`get_audio_features(input_features, is_longer)`) give `audio_embeds`. Returns a Dataset with those
+    (float32 lists) and `labels`, which the classifier's `forward(image_embeds=...)` / `forward(audio_embeds=...)`
+    consumes directly: each head epoch then costs a matrix multiply.
     """
     device = device or next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    audio = hasattr(model, "get_audio_features")
     was_training = model.training
     model.eval()
     loader = DataLoader(
@@ -26,8 +30,14 @@ def precompute_image_features(
     )
     embeds, labels = [], []
     for batch in loader:
-        pixel_values = batch["pixel_values"].to(device=device, dtype=next(model.parameters()).dtype)
-        embeds.append(model.get_image_features(pixel_values).float().cpu())
+        if audio:
+            is_longer = batch.get("is_longer")
+            features = batch["input_features"].to(device=device, dtype=dtype)
+            out = model.get_audio_features(features, is_longer.to(device) if is_longer is not None else None)
+        else:
+            out = model.get_image_features(batch["pixel_values"].to(device=device, dtype=dtype))
+        embeds.append(out.float().cpu())
         labels.append(batch["labels"])
     model.train(was_training)
-    return Dataset.from_dict({"image_embeds": torch.cat(embeds).numpy(), "labels": torch.cat(labels).numpy()})
+    key = "audio_embeds" if audio else "image_embeds"
+    return Dataset.from_dict({key: torch.cat(embeds).numpy(), "labels": torch.cat(labels).numpy()})

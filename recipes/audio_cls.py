@@ -34,6 +34,7 @@ from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to
 from mm_hf.data.audio import AudioTransform, check_audio
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
 from mm_hf.evaluation import train_with_before_after
+from mm_hf.features import precompute_features
 from mm_hf.metrics.streaming import ClassificationMetrics
 from mm_hf.models import build_audio_classifier, build_clip_classifier
 from mm_hf.models.clip_classifier import is_audio_text_config
@@ -158,7 +159,7 @@ def main(argv=None):
     trainable = trainable_parameters(model)
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 
-    # 5. Inputs decoded on the fly (clips are short; no feature cache even for a linear probe) and Trainer
+    # 5. Inputs: cached CLAP audio embeddings for a linear probe of its head, clips decoded on the fly otherwise
     def transform(train):
         return AudioTransform(
             feature_extractor,
@@ -168,7 +169,20 @@ def main(argv=None):
             augment=audio_args.augment,
         )
 
-    datasets_ = {name: ds.with_transform(transform(train=name == "train")) for name, ds in splits.items()}
+    if audio_text and ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features:
+        model.to(training_args.device)
+        datasets_ = {
+            name: precompute_features(
+                model,
+                ds,
+                transform(train=False),
+                training_args.per_device_eval_batch_size,
+                training_args.dataloader_num_workers,
+            )
+            for name, ds in splits.items()
+        }
+    else:
+        datasets_ = {name: ds.with_transform(transform(train=name == "train")) for name, ds in splits.items()}
     metrics = ClassificationMetrics(id2label)
     trainer = Trainer(
         model=model,

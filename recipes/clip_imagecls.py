@@ -23,7 +23,7 @@ from mm_hf.data.images import check_images
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
 from mm_hf.data.transforms import build_image_transform
 from mm_hf.evaluation import train_with_before_after
-from mm_hf.features import precompute_image_features
+from mm_hf.features import precompute_features
 from mm_hf.metrics.streaming import ClassificationMetrics
 from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, build_clip_classifier
 from mm_hf.outputs import (
@@ -121,7 +121,7 @@ def main(argv=None):
     if ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features:
         model.to(training_args.device)
         datasets_ = {
-            name: precompute_image_features(
+            name: precompute_features(
                 model,
                 ds,
                 eval_transform,

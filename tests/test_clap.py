@@ -180,3 +180,33 @@ def test_fine_tuning_learns_tones_from_zero_shot_chance(tiny_clap, tones, tmp_pa
     # Random towers: the class prompts mean nothing (chance is 0.25); 100 full fine-tuning steps separate the tones.
     assert results["zeroshot_test_accuracy"] <= 0.5
     assert results["test_accuracy"] >= results["zeroshot_test_accuracy"] + 0.3, results
+
+
+def test_linear_probe_embeds_each_clip_once_whatever_the_epochs(tiny_clap, tones, tmp_path, monkeypatch):
+    calls = []
+    original = ClapClassifierForAudioClassification.get_audio_features
+
+    def counting(self, input_features, is_longer=None):
+        calls.append(len(input_features))
+        return original(self, input_features, is_longer)
+
+    monkeypatch.setattr(ClapClassifierForAudioClassification, "get_audio_features", counting)
+    counts, zero_shot = [], []
+    for epochs in (1, 3):
+        calls.clear()
+        results = run(
+            tiny_clap, tmp_path / f"probe{epochs}", "--finetune_strategy", "linear_probe",
+            "--num_train_epochs", str(epochs), "--learning_rate", "1e-2", data=tones, steps=-1,
+        )  # fmt: skip
+        counts.append(sum(calls))
+        zero_shot.append(results["zeroshot_test_accuracy"])
+        assert results["epoch"] == epochs
+    # 40 train + 8 validation + 24 test clips went through the audio tower exactly once per run.
+    assert counts == [72, 72]
+    # Without the cache the backbone runs every step; the zero-shot numbers are the same either way.
+    calls.clear()
+    uncached = run(
+        tiny_clap, tmp_path / "uncached", "--finetune_strategy", "linear_probe", "--precompute_features", "false",
+        "--num_train_epochs", "1", "--augment", "false", data=tones, steps=-1,
+    )  # fmt: skip
+    assert sum(calls) > 72 and uncached["zeroshot_test_accuracy"] == pytest.approx(zero_shot[0])
