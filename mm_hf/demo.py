@@ -198,16 +198,20 @@ def write_fusion_assets(output_dir: str) -> None:
             print(f"fusion data written: {write(os.path.join(fusion_dir, name))}")
     vision, text = os.path.join(output_dir, "tiny-vit"), os.path.join(output_dir, "text-encoder")
     if not (os.path.isdir(vision) and os.path.isdir(text)):
-        paths = build_tiny_encoders(os.path.join(output_dir, "encoders"))
-        os.replace(paths["vision"], vision)
-        minilm = pretrained_text_encoder()
-        if minilm:
-            from transformers import AutoModel, AutoTokenizer
+        import shutil
+        import tempfile
 
-            AutoModel.from_pretrained(minilm).save_pretrained(text)
-            AutoTokenizer.from_pretrained(minilm).save_pretrained(text)
-        else:
-            os.replace(paths["text"], text)
+        minilm = pretrained_text_encoder()
+        with tempfile.TemporaryDirectory() as scratch:
+            paths = build_tiny_encoders(scratch)
+            shutil.copytree(paths["vision"], vision, dirs_exist_ok=True)
+            if minilm:
+                from transformers import AutoModel, AutoTokenizer
+
+                AutoModel.from_pretrained(minilm).save_pretrained(text)
+                AutoTokenizer.from_pretrained(minilm).save_pretrained(text)
+            else:
+                shutil.copytree(paths["text"], text, dirs_exist_ok=True)
         print(f"fusion encoders written: {vision}, {text} ({'MiniLM' if minilm else 'tiny random BERT'})")
 
 
