@@ -15,15 +15,29 @@ from transformers import HfArgumentParser
 
 
 @dataclass
-class ModelArguments:
-    model_name_or_path: str = field(
-        default="openai/clip-vit-base-patch32",
-        metadata={"help": "Pretrained model: a Hub id or a local folder."},
-    )
+class HubArguments:
+    """Where pretrained models come from; shared by every recipe's model arguments."""
+
     cache_dir: str | None = field(default=None, metadata={"help": "Where to store downloaded models and datasets."})
     model_revision: str = field(default="main", metadata={"help": "Model version: branch, tag or commit id."})
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom code from the Hub for the model/dataset (runs that code!)."}
+    )
+
+    def hub_kwargs(self) -> dict:
+        """The `from_pretrained` keyword arguments these flags set."""
+        return {
+            "cache_dir": self.cache_dir,
+            "revision": self.model_revision,
+            "trust_remote_code": self.trust_remote_code,
+        }
+
+
+@dataclass
+class ModelArguments(HubArguments):
+    model_name_or_path: str = field(
+        default="openai/clip-vit-base-patch32",
+        metadata={"help": "Pretrained model: a Hub id or a local folder."},
     )
 
 
@@ -98,7 +112,7 @@ _POOLING_HELP = "cls (first token), mean (over real tokens/frames), attention (l
 
 
 @dataclass
-class FusionModelArguments:
+class FusionModelArguments(HubArguments):
     vision_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Image/video-frame encoder (CLIP/SigLIP, ViT, DINOv2, ...): Hub id or folder."}
     )
@@ -137,18 +151,6 @@ class FusionModelArguments:
     )
     text_strategy: str | None = field(default=None, metadata={"help": "As --vision_strategy, for the text encoder."})
     audio_strategy: str | None = field(default=None, metadata={"help": "As --vision_strategy, for the audio encoder."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where to store downloaded models and datasets."})
-    model_revision: str = field(default="main", metadata={"help": "Model version: branch, tag or commit id."})
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Allow custom code from the Hub for the model/dataset (runs that code!)."}
-    )
-
-    def hub_kwargs(self) -> dict:
-        return {
-            "cache_dir": self.cache_dir,
-            "revision": self.model_revision,
-            "trust_remote_code": self.trust_remote_code,
-        }
 
     def encoders(self, modalities) -> dict:
         """modality -> encoder id for `modalities` (image and video share the vision encoder; tabular has none)."""

@@ -41,3 +41,23 @@ def precompute_features(
     model.train(was_training)
     key = "audio_embeds" if audio else "image_embeds"
     return Dataset.from_dict({key: torch.cat(embeds).numpy(), "labels": torch.cat(labels).numpy()})
+
+
+def classifier_datasets(
+    model, splits: dict, train_transform, eval_transform, training_args, cache_features: bool
+) -> dict[str, Dataset]:
+    """What the Trainer reads for each split of a classification recipe.
+
+    With `cache_features` (a linear probe of a frozen tower), each split runs through the tower once with
+    `eval_transform` and the head trains on the cached embeddings (no augmentation); otherwise every split
+    decodes on the fly, with `train_transform` for "train".
+    """
+    if cache_features:
+        model.to(training_args.device)
+        batch_size, workers = training_args.per_device_eval_batch_size, training_args.dataloader_num_workers
+        return {
+            name: precompute_features(model, ds, eval_transform, batch_size, workers) for name, ds in splits.items()
+        }
+    return {
+        name: ds.with_transform(train_transform if name == "train" else eval_transform) for name, ds in splits.items()
+    }

@@ -119,13 +119,10 @@ def _yaml_safe(value):
 
 def save_classification_run(
     trainer,
+    run,
     *,
     command: str,
     resolved_args: dict,
-    results: dict,
-    report: dict,
-    before_report: dict,
-    before_after_table: str,
     skipped: dict,
     merge_lora: bool = False,
     push_to_hub: bool = False,
@@ -134,12 +131,12 @@ def save_classification_run(
 ) -> dict:
     """The last section of a classification recipe: save the model and write the complete output folder.
 
-    Call on every process (saving is coordinated by Trainer); only the main process writes the rest:
-    the per-class report and confusion matrix after training (`report`) and before it (`before_report`,
-    prefixed `zeroshot_`), training curves, `all_results.json` (merged with `results`, which is returned),
-    `run_config.yaml`, `before_after.md`, `run_info.json` (`run_info` holds task, pipeline_tag,
-    base_model, dataset, eval_split, before_label, finetune_strategy, trainable, train_runtime) and the
-    model card; prints the summary, lists skipped samples (`skipped`: split -> [(source, reason)]) and,
+    `run` is the recipe's `mm_hf.evaluation.BeforeAfter`. Call on every process (saving is coordinated by
+    Trainer); only the main process writes the rest: the per-class report and confusion matrix after training
+    and before it (prefixed `zeroshot_`), training curves, `all_results.json` (merged with `run.results`; the
+    merged dict is returned), `run_config.yaml`, `before_after.md`, `run_info.json` (`run_info` holds task,
+    pipeline_tag, base_model, dataset, before_label, finetune_strategy, trainable; the eval split and train
+    runtime come from `run`) and the model card; prints the summary, lists skipped samples (`skipped`: split -> [(source, reason)]) and,
     with `push_to_hub`, publishes the folder. `write_reports(output_dir, report, prefix="")` writes the report
     files and returns their text (`task_report_writer` for fusion heads).
     """
@@ -147,22 +144,25 @@ def save_classification_run(
     from .publish import publish_run
 
     out = trainer.args.output_dir
+    results = run.results
     if any(skipped.values()):
         results = {**results, "skipped_bad_samples": sum(len(v) for v in skipped.values())}
     saved_as = save_model(trainer, out, merge_lora=merge_lora)
     if not trainer.is_world_process_zero():
         return results
-    report_text = write_reports(out, report)
-    write_reports(out, before_report, prefix="zeroshot_")
+    report_text = write_reports(out, run.after_report)
+    write_reports(out, run.before_report, prefix="zeroshot_")
     write_training_curves(trainer, out)
     results = update_all_results(out, results)
     write_run_config(out, resolved_args, command)
     with open(os.path.join(out, "before_after.md"), "w") as f:
-        f.write(before_after_table)
-    write_run_info(out, command=command, saved_as=saved_as, **run_info)
+        f.write(run.table)
+    split = run.eval_key
+    write_run_info(
+        out, command=command, saved_as=saved_as, eval_split=split, train_runtime=run.train_runtime, **run_info
+    )
     write_model_card(out)
-    split = run_info["eval_split"]
-    print(f"\nEvaluation on the {split} split ({results.get(f'{split}_samples')} samples):\n\n{before_after_table}")
+    print(f"\nEvaluation on the {split} split ({results.get(f'{split}_samples')} samples):\n\n{run.table}")
     print(report_text)
     bad = [f"{source} ({why})" for samples in skipped.values() for source, why in samples[:5]]
     if bad:
@@ -186,16 +186,11 @@ def save_fusion_run(trainer, run, *, tasks: list[dict], modalities: list[str], e
     kwargs.setdefault("before_label", FUSION_BEFORE_LABEL)
     return save_classification_run(
         trainer,
-        results=run.results,
-        report=run.after_report,
-        before_report=run.before_report,
-        before_after_table=run.table,
+        run,
         merge_lora=True,
         write_reports=task_report_writer(tasks),
         task=f"multimodal ({' + '.join(modalities)}) classification",
         usage="fusion",
         base_model=" + ".join(dict.fromkeys(path for path in encoders.values() if path)),
-        eval_split=run.eval_key,
-        train_runtime=run.train_runtime,
         **kwargs,
     )

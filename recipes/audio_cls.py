@@ -34,7 +34,7 @@ from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to
 from mm_hf.data.audio import AudioTransform, check_audio
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
 from mm_hf.evaluation import train_with_before_after
-from mm_hf.features import precompute_features
+from mm_hf.features import classifier_datasets
 from mm_hf.metrics.streaming import ClassificationMetrics
 from mm_hf.models import build_audio_classifier, build_clip_classifier
 from mm_hf.models.clip_classifier import is_audio_text_config
@@ -97,11 +97,7 @@ def main(argv=None):
     ft_args.freeze_feature_encoder = audio_args.freeze_feature_encoder
 
     # 2. Feature extractor: its sampling rate is the one every clip is validated and resampled at
-    hub_kwargs = {
-        "cache_dir": model_args.cache_dir,
-        "revision": model_args.model_revision,
-        "trust_remote_code": model_args.trust_remote_code,
-    }
+    hub_kwargs = model_args.hub_kwargs()
     feature_extractor = AutoFeatureExtractor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
     audio_text = is_audio_text_config(AutoConfig.from_pretrained(model_args.model_name_or_path, **hub_kwargs))
     if audio_args.head_init == "zeroshot" and not audio_text:
@@ -169,20 +165,8 @@ def main(argv=None):
             augment=audio_args.augment,
         )
 
-    if audio_text and ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features:
-        model.to(training_args.device)
-        datasets_ = {
-            name: precompute_features(
-                model,
-                ds,
-                transform(train=False),
-                training_args.per_device_eval_batch_size,
-                training_args.dataloader_num_workers,
-            )
-            for name, ds in splits.items()
-        }
-    else:
-        datasets_ = {name: ds.with_transform(transform(train=name == "train")) for name, ds in splits.items()}
+    cache = audio_text and ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features
+    datasets_ = classifier_datasets(model, splits, transform(train=True), transform(train=False), training_args, cache)
     metrics = ClassificationMetrics(id2label)
     trainer = Trainer(
         model=model,
@@ -208,12 +192,9 @@ def main(argv=None):
     # 7. Save the model, outputs and model card (and publish when --push_to_hub)
     return save_classification_run(
         trainer,
+        run,
         command=recipe_command(argv, script="recipes/audio_cls.py"),
         resolved_args=args_to_dict(model_args, data_args, ft_args, audio_args, training_args),
-        results=run.results,
-        report=run.after_report,
-        before_report=run.before_report,
-        before_after_table=run.table,
         skipped=skipped,
         merge_lora=ft_args.merge_lora,
         push_to_hub=push_to_hub,
@@ -221,11 +202,9 @@ def main(argv=None):
         pipeline_tag="audio-classification",
         base_model=model_args.model_name_or_path,
         dataset=dataset_display_name(data_args),
-        eval_split=run.eval_key,
         before_label=before_label,
         finetune_strategy=ft_args.finetune_strategy,
         trainable=trainable,
-        train_runtime=run.train_runtime,
     )
 
 

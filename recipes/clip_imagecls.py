@@ -23,7 +23,7 @@ from mm_hf.data.images import check_images
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
 from mm_hf.data.transforms import build_image_transform
 from mm_hf.evaluation import train_with_before_after
-from mm_hf.features import precompute_features
+from mm_hf.features import classifier_datasets
 from mm_hf.metrics.streaming import ClassificationMetrics
 from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, build_clip_classifier
 from mm_hf.outputs import (
@@ -95,11 +95,7 @@ def main(argv=None):
     training_args = prepare_training_arguments(training_args, ft_args, has_validation="validation" in splits)
 
     # 3. Processor and model
-    hub_kwargs = {
-        "cache_dir": model_args.cache_dir,
-        "revision": model_args.model_revision,
-        "trust_remote_code": model_args.trust_remote_code,
-    }
+    hub_kwargs = model_args.hub_kwargs()
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
     model = build_clip_classifier(
         model_args.model_name_or_path,
@@ -118,30 +114,15 @@ def main(argv=None):
     # 4. Inputs: cached features for a linear probe, on-the-fly decoding + augmentation otherwise
     column = cls_args.image_column_name
     eval_transform = build_image_transform(processor.image_processor, train=False, image_column=column)
-    if ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features:
-        model.to(training_args.device)
-        datasets_ = {
-            name: precompute_features(
-                model,
-                ds,
-                eval_transform,
-                training_args.per_device_eval_batch_size,
-                training_args.dataloader_num_workers,
-            )
-            for name, ds in splits.items()
-        }
-    else:
-        train_transform = build_image_transform(
-            processor.image_processor,
-            train=cls_args.augment,
-            image_column=column,
-            crop_scale=(cls_args.crop_scale_min, 1.0),
-            hflip=cls_args.hflip,
-        )
-        datasets_ = {
-            name: ds.with_transform(train_transform if name == "train" else eval_transform)
-            for name, ds in splits.items()
-        }
+    train_transform = build_image_transform(
+        processor.image_processor,
+        train=cls_args.augment,
+        image_column=column,
+        crop_scale=(cls_args.crop_scale_min, 1.0),
+        hflip=cls_args.hflip,
+    )
+    cache = ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features
+    datasets_ = classifier_datasets(model, splits, train_transform, eval_transform, training_args, cache)
 
     # 5. Trainer
     metrics = ClassificationMetrics(id2label)
@@ -170,12 +151,9 @@ def main(argv=None):
     # 7. Save the model, outputs and model card (and publish when --push_to_hub)
     return save_classification_run(
         trainer,
+        run,
         command=recipe_command(argv, script="recipes/clip_imagecls.py"),
         resolved_args=args_to_dict(model_args, data_args, ft_args, cls_args, training_args),
-        results=run.results,
-        report=run.after_report,
-        before_report=run.before_report,
-        before_after_table=run.table,
         skipped=skipped,
         merge_lora=ft_args.merge_lora,
         push_to_hub=push_to_hub,
@@ -183,11 +161,9 @@ def main(argv=None):
         pipeline_tag="image-classification",
         base_model=model_args.model_name_or_path,
         dataset=dataset_display_name(data_args),
-        eval_split=run.eval_key,
         before_label=before_label,
         finetune_strategy=ft_args.finetune_strategy,
         trainable=trainable,
-        train_runtime=run.train_runtime,
     )
 
 

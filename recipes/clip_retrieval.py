@@ -108,9 +108,7 @@ def main(argv=None):
         vision_model_name_or_path=ret_args.vision_model_name_or_path,
         text_model_name_or_path=ret_args.text_model_name_or_path,
         projection_dim=ret_args.projection_dim,
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        trust_remote_code=model_args.trust_remote_code,
+        **model_args.hub_kwargs(),
     )
     # How the media column is validated, decoded and embedded: images, or audio clips for CLAP.
     modality = resolve_modality(ret_args.modality, backbone.config)
