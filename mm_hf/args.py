@@ -7,11 +7,16 @@ the same, so their users can switch without relearning. Every training knob live
 import argparse
 import dataclasses
 import difflib
+import os
 import sys
 from dataclasses import dataclass, field
 
 import yaml
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from transformers import HfArgumentParser
+
+from .errors import UserError
 
 
 @dataclass
@@ -23,6 +28,10 @@ class HubArguments:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom code from the Hub for the model/dataset (runs that code!)."}
     )
+
+    def __post_init__(self):
+        for name in (f.name for f in dataclasses.fields(self) if f.name.endswith("model_name_or_path")):
+            check_model_source(getattr(self, name), f"--{name}")
 
     def hub_kwargs(self) -> dict:
         """The `from_pretrained` keyword arguments these flags set."""
@@ -100,12 +109,19 @@ class FinetuneArguments:
         metadata={"help": "Stop after this many evaluations without improvement (turns on load_best_model_at_end)."},
     )
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into a non-empty --output_dir."})
+    traceback: bool = field(
+        default=False,
+        metadata={
+            "help": "On an input mistake (bad data, flag, file or sample) also print the Python traceback, instead of "
+            "only the message and exit status 2 (as MM_HF_DEBUG=1). Not --debug: TrainingArguments owns that flag."
+        },
+    )
 
     def __post_init__(self):
         # Each recipe checks its own subset (classifier vs contrastive); a typo fails here, at parse time.
         known = ("linear_probe", "top_k", "full", "lora", "lock_image", "lock_text")
         if self.finetune_strategy not in known:
-            raise ValueError(f"--finetune_strategy must be one of {', '.join(known)}; got {self.finetune_strategy!r}")
+            raise UserError(f"--finetune_strategy must be one of {', '.join(known)}; got {self.finetune_strategy!r}")
 
 
 _POOLING_HELP = "cls (first token), mean (over real tokens/frames), attention (learned), pooler (the encoder's own)"
@@ -214,7 +230,7 @@ class FusionDataArguments:
         spaces = spaces if isinstance(spaces, dict) else {"+".join(self.label_column): spaces}
         weights = self.loss_weights or [1.0] * len(spaces)
         if len(weights) != len(spaces):
-            raise ValueError(f"--loss_weights needs one weight per task ({len(spaces)}), got {weights}")
+            raise UserError(f"--loss_weights needs one weight per task ({len(spaces)}), got {weights}")
         return [
             {"name": name, "problem_type": space.problem_type, "labels": space.names, "loss_weight": float(weight)}
             for (name, space), weight in zip(spaces.items(), weights, strict=True)
@@ -234,7 +250,12 @@ def parse_args(dataclass_types, argv=None):
     known, rest = pre.parse_known_args(argv)
     if known.config:
         parser.set_defaults(**_load_yaml_defaults(known.config, parser))
-    *outputs, extra = parser.parse_args_into_dataclasses(rest, return_remaining_strings=True)
+    try:
+        *outputs, extra = parser.parse_args_into_dataclasses(rest, return_remaining_strings=True)
+    except UserError:
+        raise
+    except ValueError as e:  # the dataclasses' own checks (e.g. TrainingArguments.__post_init__) on the flags' values
+        raise UserError(f"invalid arguments: {e}") from e
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # parse_args_into_dataclasses returns a trailing Namespace holding the non-dataclass `--config`.
@@ -246,17 +267,36 @@ def _load_yaml_defaults(path: str, parser: HfArgumentParser) -> dict:
         with open(path) as f:
             values = yaml.safe_load(f) or {}
     except OSError as e:
-        raise SystemExit(f"error: cannot read --config {path}: {e.strerror}") from None
+        raise UserError(f"cannot read --config {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
-        raise SystemExit(f"error: --config {path} is not valid YAML: {e}") from None
+        raise UserError(f"--config {path} is not valid YAML: {e}") from None
     if not isinstance(values, dict):
-        raise SystemExit(f"error: --config {path} must be a mapping of flag: value, got {type(values).__name__}")
+        raise UserError(f"--config {path} must be a mapping of flag: value, got {type(values).__name__}")
     known = {a.dest for a in parser._actions} - {"help", "config"}
     unknown = [k for k in values if k not in known]
     if unknown:
         hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else k for k in unknown]
-        raise SystemExit(f"error: unknown key(s) in --config {path}: {', '.join(hints)}")
+        raise UserError(f"unknown key(s) in --config {path}: {', '.join(hints)}")
     return values
+
+
+def check_model_source(value: str | None, flag: str) -> None:
+    """Refuse a model that is neither an existing folder nor a possible Hub id (owner/name), before any download.
+
+    Without this, a mistyped local path reaches huggingface_hub as a repo id and fails with "Repo id must be in
+    the form 'repo_name' or 'namespace/repo_name'", which says nothing about the folder.
+    """
+    if not value or os.path.isdir(value):
+        return
+    if os.path.isfile(value):
+        raise UserError(f"{flag} {value} is a file: pass the folder holding it (with config.json), or a Hub model id")
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        raise UserError(
+            f"{flag} {value}: no such folder (relative to {os.getcwd()}), and not a Hub model id either (those look "
+            "like owner/name, e.g. openai/clip-vit-base-patch32): check the path"
+        ) from None
 
 
 def args_to_dict(*arg_objects) -> dict:

@@ -18,6 +18,7 @@ from transformers import default_data_collator
 from .data.audio import AudioTransform, check_audio
 from .data.images import check_images
 from .data.transforms import build_image_transform
+from .errors import UserError
 from .metrics import load_metric
 
 MODALITIES = ("image", "audio")
@@ -107,10 +108,10 @@ def resolve_modality(modality: str, config) -> str:
     if modality == "auto":
         return "audio" if audio else "image"
     if modality not in MODALITIES:
-        raise ValueError(f"modality must be auto, image or audio, got {modality!r}")
+        raise UserError(f"--modality must be auto, image or audio, got {modality!r}")
     if (modality == "audio") != audio:
         kind = "an audio–text (CLAP)" if audio else "an image–text"
-        raise ValueError(f"--modality {modality}: the model ({type(config).__name__}) is {kind} dual encoder")
+        raise UserError(f"--modality {modality}: the model ({type(config).__name__}) is {kind} dual encoder")
     return modality
 
 

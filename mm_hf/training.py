@@ -11,6 +11,8 @@ import re
 
 from torch import nn
 
+from .errors import UserError
+
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("linear_probe", "top_k", "full", "lora")
@@ -99,7 +101,9 @@ def apply_finetune_strategy(model: nn.Module, args) -> nn.Module:
     """Freeze/unfreeze `model` per `args.finetune_strategy` (FinetuneArguments); returns a PeftModel for lora."""
     strategy = args.finetune_strategy
     if strategy not in STRATEGIES:
-        raise ValueError(f"finetune_strategy must be one of {STRATEGIES}, got {strategy!r}")
+        raise UserError(
+            f"--finetune_strategy must be one of {', '.join(STRATEGIES)} for a classifier, got {strategy!r}"
+        )
     head = ["classifier"]
     if strategy == "linear_probe":
         set_trainable(model, head)
@@ -141,7 +145,9 @@ def apply_contrastive_strategy(model: nn.Module, args) -> nn.Module:
     """
     strategy = args.finetune_strategy
     if strategy not in CONTRASTIVE_STRATEGIES:
-        raise ValueError(f"finetune_strategy must be one of {CONTRASTIVE_STRATEGIES}, got {strategy!r}")
+        raise UserError(
+            f"--finetune_strategy must be one of {', '.join(CONTRASTIVE_STRATEGIES)} for a dual encoder, got {strategy!r}"
+        )
     image = image_path_modules(model)
     text = [text_tower(model)[0]] + (["backbone.text_projection"] if hasattr(model.backbone, "text_projection") else [])
     everything = [name for name, _ in model.named_children()]
@@ -177,7 +183,7 @@ def tower_top_k_modules(tower_name: str, tower: nn.Module, n: int, pre_encoder=_
     """Names of the last `n` layers of `tower` and of the modules after them (final norm, pooling head)."""
     layers_name, layers = encoder_layers(tower)
     if not 0 <= n <= len(layers):
-        raise ValueError(f"--unfreeze_last_n_layers must be between 0 and {len(layers)}, got {n}")
+        raise UserError(f"--unfreeze_last_n_layers must be between 0 and {len(layers)}, got {n}")
     names = [f"{tower_name}.{layers_name}.{i}" for i in range(len(layers) - n, len(layers))]
     for child, _ in tower.named_children():
         if not layers_name.startswith(child) and not child.startswith(pre_encoder):
@@ -206,8 +212,8 @@ def _tower_lora_regex(tower_name: str, tower: nn.Module, names=None) -> str:
     wanted = list(names) if names else [n for n in ATTENTION_PROJECTIONS if n in linear_leaves]
     missing = [n for n in wanted if n not in linear_leaves]
     if missing or not wanted:
-        raise ValueError(
-            f"LoRA target module(s) {missing or wanted} not found among the Linear layers of "
+        raise (UserError if names else ValueError)(
+            f"{'--lora_target_modules: ' if names else ''}LoRA target module(s) {missing or wanted} not found among the Linear layers of "
             f"{tower_name}.{layers_name} ({type(tower).__name__}); available: {', '.join(linear_leaves)}"
         )
     prefix = re.escape(f"{tower_name}.{layers_name}")
@@ -235,7 +241,7 @@ def prepare_training_arguments(
     - `overrides`: recipe-specific settings (e.g. `dataloader_drop_last=True` for gathered contrastive losses).
     """
     if not training_args.output_dir:
-        raise ValueError("--output_dir is required")
+        raise UserError("--output_dir is required")
     # Trainer's own push would upload checkpoints and its own card: recipes publish via mm_hf.publish instead.
     changes = {
         "remove_unused_columns": False,
@@ -249,7 +255,7 @@ def prepare_training_arguments(
             changes["save_strategy"] = "epoch"
     if ft_args.early_stopping_patience is not None:
         if not has_validation:
-            raise ValueError(
+            raise UserError(
                 "--early_stopping_patience needs a validation split (--validation_dir/--validation_file/--train_val_split)"
             )
         eval_strategy = changes.get("eval_strategy", training_args.eval_strategy)
@@ -267,7 +273,7 @@ def prepare_training_arguments(
 def check_output_dir(output_dir: str, overwrite: bool) -> None:
     """Refuse to mix a new run into a non-empty folder unless --overwrite_output_dir is given."""
     if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
-        raise ValueError(
+        raise UserError(
             f"output folder {output_dir} exists and is not empty; pass --overwrite_output_dir to write into it "
             "or choose another --output_dir"
         )
@@ -281,7 +287,7 @@ def check_launch(training_args) -> None:
     """
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > training_args.world_size:
-        raise SystemExit(f"launched as {launched} processes, but each would run alone: on CPU pass --use_cpu true")
+        raise UserError(f"launched as {launched} processes, but each would run alone: on CPU pass --use_cpu true")
     logger.info("world_size=%d (%s)", training_args.world_size, training_args.distributed_state.distributed_type)
 
 
@@ -327,7 +333,7 @@ def audio_top_k_modules(model: nn.Module, n: int) -> list[str]:
     encoder_name, encoder = audio_encoder(model)
     layers_name, layers = encoder_layers(encoder)
     if not 0 <= n <= len(layers):
-        raise ValueError(f"--unfreeze_last_n_layers must be between 0 and {len(layers)}, got {n}")
+        raise UserError(f"--unfreeze_last_n_layers must be between 0 and {len(layers)}, got {n}")
     names = [f"{encoder_name}.{layers_name}.{i}" for i in range(len(layers) - n, len(layers))]
     # wav2vec2-family encoders without `do_stable_layer_norm` apply their `layer_norm` before the layers.
     pre_layers = _AUDIO_PRE_ENCODER
@@ -355,7 +361,9 @@ def apply_audio_finetune_strategy(model: nn.Module, args) -> nn.Module:
     """
     strategy = args.finetune_strategy
     if strategy not in STRATEGIES:
-        raise ValueError(f"finetune_strategy must be one of {STRATEGIES}, got {strategy!r}")
+        raise UserError(
+            f"--finetune_strategy must be one of {', '.join(STRATEGIES)} for a classifier, got {strategy!r}"
+        )
     head = ["pooler", "classifier"]
     if strategy == "linear_probe":
         set_trainable(model, head)
@@ -423,7 +431,11 @@ def apply_fusion_strategy(model: nn.Module, args, per_encoder: dict[str, str | N
     plan = {key: (per_encoder or {}).get(key) or default for key in encoders}
     bad = {k: v for k, v in plan.items() if v not in FUSION_ENCODER_STRATEGIES}
     if bad:
-        raise ValueError(f"encoder strategies must be among {FUSION_ENCODER_STRATEGIES}, got {bad}")
+        given = per_encoder or {}
+        flags = ", ".join(
+            sorted({f"--{k}_strategy {v}" if given.get(k) else f"--finetune_strategy {v}" for k, v in bad.items()})
+        )
+        raise UserError(f"{flags}: encoder strategies must be among {', '.join(FUSION_ENCODER_STRATEGIES)}")
     trainable = [name for name, _ in model.named_children() if name != "multimodal"]
     trainable += [f"multimodal.{name}" for name, _ in model.multimodal.named_children() if name != "encoders"]
     trainable.append("multimodal.missing_tokens")

@@ -33,6 +33,7 @@ from transformers import (
 from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict
 from mm_hf.data.audio import AudioTransform, check_audio
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
+from mm_hf.errors import UserError, run_cli
 from mm_hf.evaluation import train_with_before_after
 from mm_hf.features import classifier_datasets
 from mm_hf.metrics.streaming import ClassificationMetrics
@@ -101,7 +102,7 @@ def main(argv=None):
     feature_extractor = AutoFeatureExtractor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
     audio_text = is_audio_text_config(AutoConfig.from_pretrained(model_args.model_name_or_path, **hub_kwargs))
     if audio_args.head_init == "zeroshot" and not audio_text:
-        raise ValueError(
+        raise UserError(
             f"--head_init zeroshot needs an audio-text model (CLAP); {model_args.model_name_or_path} has no text tower"
         )
     zeroshot = audio_text and audio_args.head_init != "random"
@@ -209,4 +210,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -22,6 +22,7 @@ from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to
 from mm_hf.data.images import check_images
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
 from mm_hf.data.transforms import build_image_transform
+from mm_hf.errors import run_cli
 from mm_hf.evaluation import train_with_before_after
 from mm_hf.features import classifier_datasets
 from mm_hf.metrics.streaming import ClassificationMetrics
@@ -168,4 +169,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -33,6 +33,7 @@ from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, defa
 from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.pairs import load_caption_splits
+from mm_hf.errors import run_cli
 from mm_hf.hub import write_model_card, write_run_info
 from mm_hf.models import ContrastiveDualEncoderModel
 from mm_hf.outputs import recipe_command, update_all_results, write_run_config, write_training_curves
@@ -239,4 +240,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

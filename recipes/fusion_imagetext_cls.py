@@ -27,6 +27,7 @@ from mm_hf.args import DataArguments, FinetuneArguments, FusionDataArguments, Fu
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.multimodal import MultimodalColumns, check_media, load_multimodal_splits
 from mm_hf.data.tabular import TabularProcessor
+from mm_hf.errors import UserError, run_cli
 from mm_hf.evaluation import train_fusion
 from mm_hf.models import build_fusion_classifier
 from mm_hf.outputs import recipe_command, save_fusion_run
@@ -42,7 +43,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     model_args, fusion_args, data_args, ft_args, training_args = start_run(ARGUMENT_TYPES, argv)
     if fusion_args.video_column:
-        raise ValueError("--video_column: videos (frames + temporal pooling) are for recipes/video_cls.py")
+        raise UserError("--video_column: videos (frames + temporal pooling) are for recipes/video_cls.py")
 
     # 2. Data: rows with image/text/audio/tabular inputs (any may be missing) and labels per task
     columns = MultimodalColumns(
@@ -116,4 +117,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -27,6 +27,7 @@ from mm_hf.args import DataArguments, FinetuneArguments, FusionDataArguments, Fu
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.multimodal import MODALITIES, MultimodalColumns, check_media, load_multimodal_splits
 from mm_hf.data.tabular import TabularProcessor
+from mm_hf.errors import UserError, run_cli
 from mm_hf.evaluation import train_fusion
 from mm_hf.models import build_fusion_classifier
 from mm_hf.outputs import recipe_command, save_fusion_run
@@ -69,9 +70,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     model_args, fusion_args, video_args, data_args, ft_args, training_args = start_run(ARGUMENT_TYPES, argv)
     if not fusion_args.video_column:
-        raise ValueError("--video_column is required (the column of video file paths)")
+        raise UserError("--video_column is required (the column of video file paths)")
     if video_args.audio_from_video and (fusion_args.audio_column or not model_args.audio_model_name_or_path):
-        raise ValueError("--audio_from_video needs --audio_model_name_or_path and no --audio_column")
+        raise UserError("--audio_from_video needs --audio_model_name_or_path and no --audio_column")
 
     # 2. Data: video paths, optional audio files and transcripts (any may be missing), labels per task
     columns = MultimodalColumns(
@@ -157,4 +158,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -8,6 +8,7 @@ import yaml
 from transformers import TrainingArguments
 
 from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict, parse_args
+from mm_hf.errors import UserError
 
 TYPES = (ModelArguments, DataArguments, FinetuneArguments, TrainingArguments)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,20 +47,20 @@ def test_cli_alone_uses_dataclass_defaults():
 
 def test_unknown_yaml_key_names_file_and_suggests(tmp_path):
     config = write_yaml(tmp_path, {"learnin_rate": 1e-3})
-    with pytest.raises(SystemExit, match=r"config\.yaml: learnin_rate \(did you mean learning_rate\?\)"):
+    with pytest.raises(UserError, match=r"config\.yaml: learnin_rate \(did you mean learning_rate\?\)"):
         parse_args(TYPES, ["--config", config])
 
 
 def test_bad_yaml_and_missing_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rate: [1, 2\n")
-    with pytest.raises(SystemExit, match="bad.yaml is not valid YAML"):
+    with pytest.raises(UserError, match="bad.yaml is not valid YAML"):
         parse_args(TYPES, ["--config", str(bad)])
-    with pytest.raises(SystemExit, match="cannot read --config"):
+    with pytest.raises(UserError, match="cannot read --config"):
         parse_args(TYPES, ["--config", str(tmp_path / "absent.yaml")])
     listy = tmp_path / "list.yaml"
     listy.write_text("- 1\n- 2\n")
-    with pytest.raises(SystemExit, match="must be a mapping"):
+    with pytest.raises(UserError, match="must be a mapping"):
         parse_args(TYPES, ["--config", str(listy)])
 
 

@@ -268,7 +268,7 @@ def test_check_images_raises_listing_bad_files(mixed_files):
     with pytest.raises(BadSampleError) as caught:
         check_images(dataset, "image", skip_bad=False, split_name="validation")
     message = str(caught.value)
-    assert "3 of 5" in message and "'validation'" in message and "skip_bad=True" in message
+    assert "3 of 5" in message and "'validation'" in message and "--skip_bad_samples" in message
     for name in bad_names:
         assert name in message
     assert "good_a" not in message

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import datasets
 from datasets import ClassLabel, Dataset
 
-from .loading import DataError
+from ..errors import DataError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ LIST_DELIMITERS = ("|", ";", ",")  # tried in this order on the training split's
 
 def check_problem_type(problem_type: str) -> None:
     if problem_type not in PROBLEM_TYPES:
-        raise ValueError(f"problem_type must be one of {', '.join(PROBLEM_TYPES)}; got {problem_type!r}")
+        raise UserError(f"--problem_type must be one of {', '.join(PROBLEM_TYPES)}; got {problem_type!r}")
 
 
 def is_missing(value) -> bool:
@@ -93,9 +93,9 @@ def encode_labels(
         raise ValueError("encode_labels needs a 'train' split: the label space comes from it")
     label_columns = [label_columns] if isinstance(label_columns, str) else list(label_columns)
     if not label_columns:
-        raise ValueError("no label column given")
+        raise UserError("no label column given (--label_column)")
     if problem_type in ("single_label_classification", "binary_classification") and len(label_columns) != 1:
-        raise ValueError(f"{problem_type} takes exactly one label column; got {label_columns}")
+        raise UserError(f"--problem_type {problem_type} takes exactly one --label_column; got {label_columns}")
     ctx = _Context(sources or {}, rows or {})
     encoder = {
         "single_label_classification": _encode_single_label,
@@ -162,6 +162,12 @@ def _encode_single_label(splits, label_columns, ctx):
         names = [str(v) for v in sorted(set(values["train"]))]
     else:
         names = sorted({str(v) for v in values["train"]})
+    seen = {str(v) for v in values["train"]}
+    if len(seen) < 2:
+        raise DataError(
+            f"{ctx.source('train')}: every training label in column {col!r} is {next(iter(seen))!r}; a classifier "
+            "needs at least two classes: check --label_column (and --problem_type)"
+        )
     index = {name: i for i, name in enumerate(names)}
     encoded = {}
     for split, vals in values.items():

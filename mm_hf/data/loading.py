@@ -6,18 +6,18 @@ the training split), so recipes never see the differences between sources.
 """
 
 import logging
+import math
 import os
+from collections import Counter
 
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict
 
+from ..errors import DataError, UserError
+
 logger = logging.getLogger(__name__)
 
 VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "dev")
-
-
-class DataError(ValueError):
-    """Bad input data, raised before training starts; the message names the file, folder or column."""
 
 
 def load_classification_splits(data_args, input_column: str, label_column: str, cache_dir=None, seed: int = 42):
@@ -25,7 +25,8 @@ def load_classification_splits(data_args, input_column: str, label_column: str, 
 
     Sources per split: `--{split}_dir`, `--{split}_file`, or `--dataset_name`. Without a validation
     split, `--train_val_split` of train is held out (stratified by label). Eval/test labels must occur
-    in train.
+    in train, which must hold at least two classes. The recipes evaluate before and after training, so a
+    validation or test split is required.
     """
     raw = {}
     hub = None
@@ -52,6 +53,8 @@ def load_classification_splits(data_args, input_column: str, label_column: str, 
     names = _label_names(raw["train"][0], label_column)
     texts = {split: _label_texts(ds, label_column, source) for split, (ds, source) in raw.items()}
     seen = set(texts["train"])
+    if len(seen) < 2:
+        raise DataError(f"{raw['train'][1]}: {_single_class_hint(seen, raw['train'][1], data_args, label_column)}")
     absent = [n for n in names if n not in seen]
     if absent:  # ClassLabel names can list classes the training data lacks: they get no training signal
         logger.warning("classes with no training examples: %s", absent[:10])
@@ -64,11 +67,8 @@ def load_classification_splits(data_args, input_column: str, label_column: str, 
     for split, (ds, _) in raw.items():
         ds = ds.remove_columns(label_column).add_column("labels", [index[v] for v in texts[split]])
         splits[split] = ds.cast_column("labels", ClassLabel(names=names))
-    if "validation" not in splits and data_args.train_val_split and data_args.train_val_split > 0:
-        parts = splits["train"].train_test_split(
-            test_size=data_args.train_val_split, seed=seed, stratify_by_column=_stratify_column(splits["train"])
-        )
-        splits["train"], splits["validation"] = parts["train"], parts["test"]
+    splits = hold_out_validation(splits, data_args, seed, stratify=True)
+    require_evaluation_split(splits)
     limits = {"train": "max_train_samples", "validation": "max_eval_samples", "test": "max_predict_samples"}
     for split, flag in limits.items():
         n = getattr(data_args, flag)
@@ -76,6 +76,52 @@ def load_classification_splits(data_args, input_column: str, label_column: str, 
             ds = splits[split].shuffle(seed=seed) if split == "train" else splits[split]
             splits[split] = ds.select(range(min(n, len(ds))))
     return splits
+
+
+def hold_out_validation(splits: DatasetDict, data_args, seed: int, stratify: bool) -> DatasetDict:
+    """Without a validation split, hold out `--train_val_split` of train as one.
+
+    With `stratify`, the split is stratified by the `labels` ClassLabel when every class fits on both sides,
+    and drawn at random with a warning otherwise (`--train_val_split` is honoured either way).
+    """
+    fraction = data_args.train_val_split
+    if "validation" in splits or not fraction:
+        return splits
+    flag = f"--train_val_split {fraction}"
+    if not 0 < fraction < 1:
+        raise UserError(f"{flag}: the fraction of the training data held out for validation must be between 0 and 1")
+    train = splits["train"]
+    n_validation = math.ceil(fraction * len(train))  # as Dataset.train_test_split counts them
+    n_train = len(train) - n_validation
+    if n_train < 1:
+        raise DataError(
+            f"{flag} holds out all {len(train)} training rows, leaving none to train on: lower it, or pass a "
+            "validation split (--validation_dir / --validation_file)"
+        )
+    column = _stratify_column(train, n_train, n_validation, flag) if stratify else None
+    parts = train.train_test_split(test_size=float(fraction), seed=seed, stratify_by_column=column)
+    splits["train"], splits["validation"] = parts["train"], parts["test"]
+    return splits
+
+
+def require_evaluation_split(splits) -> None:
+    """Refuse splits without a validation or test split: the recipes evaluate before and after training."""
+    if "validation" not in splits and "test" not in splits:
+        raise DataError(
+            "nothing to evaluate on: there is no validation or test split, and --train_val_split 0 holds none out of "
+            "the training data. The recipe evaluates the model before and after training: pass a validation or test "
+            "split (--validation_dir / --validation_file / --test_dir / --test_file), or hold out part of the "
+            "training data with --train_val_split 0.15"
+        )
+
+
+def _single_class_hint(seen: set, source: str, data_args, label_column: str) -> str:
+    found = f"the training data holds a single class ({next(iter(seen))!r})" if seen else "no classes"
+    if data_args.train_dir and source == data_args.train_dir:
+        fix = f"put each class in its own sub-folder: {source}/<class name>/<file>"
+    else:
+        fix = f"check that --label_column_name {label_column} is the column holding the classes"
+    return f"{found}; a classifier needs at least two classes: {fix}"
 
 
 def dataset_display_name(data_args) -> str:
@@ -116,11 +162,36 @@ def read_data_file(path: str, cache_dir=None, split: str = "train") -> Dataset:
     try:
         return datasets.load_dataset(builder, data_files=path, split="train", cache_dir=cache_dir, **kwargs)
     except Exception as e:  # pyarrow/pandas parse errors do not say which file
+        if undecodable := _first_non_utf8_line(path):
+            number, line = undecodable
+            raise DataError(
+                f"{path} is not UTF-8 text: line {number} holds byte(s) that are not UTF-8 (read as Latin-1: "
+                f"{line.decode('latin-1').strip()[:80]!r}). Save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 "
+                f'{os.path.basename(path)} > {os.path.splitext(os.path.basename(path))[0]}.utf8{ext}` (or a spreadsheet\'s "CSV UTF-8"), and pass that file'
+            ) from e
         with open(path, encoding="utf-8", errors="replace") as f:
             lines = sum(1 for line in f if line.strip())
         if lines <= (1 if builder == "csv" else 0):  # the datasets library fails on these with cryptic errors
             raise DataError(f"the {split} split is empty: {path}") from e
-        raise DataError(f"{path}: cannot parse as {builder.upper()}: {e}") from e
+        raise DataError(f"{path}: cannot parse as {builder.upper()}: {_root_cause(e)}") from e
+
+
+def _first_non_utf8_line(path: str) -> tuple[int, bytes] | None:
+    """(line number from 1, raw line) of the first line that is not UTF-8, or None."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):  # a UTF-8 character never holds a newline byte
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number, line
+    return None
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost exception's message: the datasets library wraps the pandas/pyarrow one that names the line."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return f"{type(error).__name__}: {error}"
 
 
 def _read_table(path: str, input_column: str, label_column: str, cache_dir) -> Dataset:
@@ -190,9 +261,36 @@ def _label_texts(ds: Dataset, label_column: str, source: str) -> list[str]:
     return values
 
 
-def _stratify_column(ds: Dataset) -> str | None:
-    # stratify needs every class at least twice; fall back to a plain random split otherwise.
-    counts = {}
-    for label in ds["labels"]:
-        counts[label] = counts.get(label, 0) + 1
-    return "labels" if min(counts.values()) >= 2 else None
+def _stratify_column(train: Dataset, n_train: int, n_validation: int, flag: str) -> str | None:
+    """ "labels" when a stratified split can hold every class on both sides; else None (random split), with a warning."""
+    counts = Counter(train["labels"])
+    names = train.features["labels"].names
+    if min(counts.values()) < 2:
+        single = [names[label] for label, n in counts.items() if n == 1]
+        logger.warning(
+            "%s: the validation split is drawn at random, not stratified by class: class(es) %s have a single "
+            "training example",
+            flag,
+            single[:5],
+        )
+        return None
+    if min(n_train, n_validation) < len(counts):
+        # ceil(f * n) >= k for f >= k / n: the smallest fraction (2 decimals) leaving room for every class.
+        enough = math.ceil(100 * len(counts) / len(train)) / 100
+        fix = (
+            f"pass --train_val_split {enough} or more, or a validation split"
+            if len(train) - math.ceil(enough * len(train)) >= len(counts)
+            else "pass a validation split"
+        )
+        logger.warning(
+            "%s holds out %d of %d training rows, fewer than the %d classes: the validation split is drawn at random, "
+            "not stratified by class, so some classes are missing from it. For a stratified split %s "
+            "(--validation_dir / --validation_file).",
+            flag,
+            n_validation,
+            len(train),
+            len(counts),
+            fix,
+        )
+        return None
+    return "labels"

@@ -22,8 +22,9 @@ import datasets
 import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetDict
 
+from ..errors import UserError
 from .labels import PROBLEM_TYPES, LabelSpace, check_problem_type, encode_labels, is_missing
-from .loading import DataError, _hub_split_name, _resolve_path, _stratify_column, read_data_file
+from .loading import DataError, _hub_split_name, _resolve_path, hold_out_validation, read_data_file
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def load_multimodal_splits(
     """
     multi_task = not isinstance(problem_type, str)
     if multi_task and len(problem_type) != len(columns.labels):
-        raise ValueError(f"multi-task: one problem type per label column, got {problem_type} for {columns.labels}")
+        raise UserError(f"multi-task: one --problem_type per --label_column, got {problem_type} for {columns.labels}")
     for task_type in problem_type if multi_task else [problem_type]:
         _check_columns(columns, task_type)
     raw = {}
@@ -129,12 +130,7 @@ def load_multimodal_splits(
         outputs = [out for out, _, _ in tasks]
         splits[split] = ds.select_columns([*columns.renames.values(), *columns.numeric, *columns.categorical, *outputs])
     space = {cols[0]: encoded[out][1] for out, cols, _ in tasks} if multi_task else encoded["labels"][1]
-    if "validation" not in splits and data_args.train_val_split and data_args.train_val_split > 0:
-        stratify = _stratify_column(splits["train"]) if problem_type == "single_label_classification" else None
-        parts = splits["train"].train_test_split(
-            test_size=data_args.train_val_split, seed=seed, stratify_by_column=stratify
-        )
-        splits["train"], splits["validation"] = parts["train"], parts["test"]
+    splits = hold_out_validation(splits, data_args, seed, stratify=problem_type == "single_label_classification")
     limits = {"train": "max_train_samples", "validation": "max_eval_samples", "test": "max_predict_samples"}
     for split, flag in limits.items():
         n = getattr(data_args, flag)
@@ -186,17 +182,20 @@ def check_media(
 def _check_columns(columns: MultimodalColumns, problem_type: str) -> None:
     check_problem_type(problem_type)
     if not columns.modalities:
-        raise ValueError("no input column given: set at least one of image, video, text, audio, numeric, categorical")
+        raise UserError(
+            "no input column given: set at least one of --image_column, --video_column, --text_column, --audio_column, "
+            "--numeric_columns, --categorical_columns"
+        )
     if not columns.labels:
-        raise ValueError("no label column given")
+        raise UserError("no label column given (--label_column)")
     used = [*columns.inputs, *columns.labels]
     repeated = sorted({c for c in used if used.count(c) > 1})
     if repeated:
-        raise ValueError(f"column(s) {repeated} used for more than one role (inputs and labels must differ)")
+        raise UserError(f"column(s) {repeated} used for more than one role (inputs and labels must differ)")
     outputs = [*columns.renames.values(), *columns.numeric, *columns.categorical, "labels"]
     clashes = sorted({c for c in outputs if outputs.count(c) > 1})
     if clashes:
-        raise ValueError(f"output column name(s) {clashes} would clash: rename the tabular column(s) in the data")
+        raise UserError(f"output column name(s) {clashes} would clash: rename the tabular column(s) in the data")
 
 
 def _read_file(path: str, split: str, columns: MultimodalColumns, cache_dir) -> Dataset:

@@ -13,7 +13,7 @@ import os
 import datasets
 from datasets import Dataset, DatasetDict
 
-from .loading import DataError, _hub_split_name, _read_table, _select_hub_columns
+from .loading import DataError, _hub_split_name, _read_table, _select_hub_columns, hold_out_validation
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +50,7 @@ def load_caption_splits(data_args, media_column: str, caption_column: str, cache
     splits = DatasetDict()
     for split, (ds, source) in raw.items():
         splits[split] = _clean_split(ds, media_column, caption_column, source, split, skip_bad)
-    if "validation" not in splits and data_args.train_val_split:
-        parts = splits["train"].train_test_split(test_size=data_args.train_val_split, seed=42)
-        splits["train"], splits["validation"] = parts["train"], parts["test"]
+    splits = hold_out_validation(splits, data_args, seed=42, stratify=False)
     for split, flag in {
         "train": "max_train_samples",
         "validation": "max_eval_samples",

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from mm_hf.data.images import load_image
+from mm_hf.errors import UserError
 
 Size = tuple[int, int]  # (height, width)
 
@@ -71,7 +72,8 @@ class RandomResizedCrop:
         resample: Image.Resampling = Image.Resampling.BICUBIC,
     ):
         if not 0 < scale[0] <= scale[1] <= 1:
-            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}.")
+            # A user error when it comes from a recipe's --crop_scale_min.
+            raise UserError(f"crop scale (--crop_scale_min, 1.0) must satisfy 0 < min <= max <= 1, got {scale}.")
         if not 0 < ratio[0] <= ratio[1]:
             raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}.")
         self.size = size

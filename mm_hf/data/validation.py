@@ -15,12 +15,14 @@ from typing import Any, NamedTuple
 
 import datasets
 
+from ..errors import UserError
+
 logger = logging.getLogger(__name__)
 
 _MAX_LISTED = 5
 
 
-class BadSampleError(ValueError):
+class BadSampleError(UserError):
     """A sample that cannot be used: `.source` names the file (or row), `.reason` says why."""
 
     def __init__(self, source: Any, reason: str):
@@ -166,7 +168,7 @@ def _summary_error(
     if skip_bad:
         hint = _WORDING[kind].all_bad
     else:
-        hint = "Fix or delete these files, or pass skip_bad=True to drop them."
+        hint = "Fix or delete these files, or pass --skip_bad_samples to drop them and train on the rest."
     first_source, first_reason = bad[0]
     summary = f"{len(bad)} of {total} {kind} in {split_name!r} cannot be used:\n{listed}\n{hint}"
     return BadSampleError(first_source, f"{first_reason}\n{summary}")

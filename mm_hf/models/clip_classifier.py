@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import torch
 from transformers import AutoModel
 
+from ..errors import UserError
 from .configuration_clip_classifier import ClapClassifierConfig, ClipClassifierConfig
 from .modeling_clip_classifier import ClapClassifierForAudioClassification, ClipClassifierForImageClassification
 
@@ -88,8 +89,8 @@ def build_clip_classifier(
     audio = hasattr(backbone, "get_audio_features")
     for method in ("get_audio_features" if audio else "get_image_features", "get_text_features"):
         if not hasattr(backbone, method):
-            raise ValueError(
-                f"{model_name_or_path} loads as {type(backbone).__name__}, which has no `{method}`: the classifier "
+            raise UserError(
+                f"--model_name_or_path {model_name_or_path} loads as {type(backbone).__name__}, which has no `{method}`: the classifier "
                 "needs a dual image-text or audio-text encoder (CLIPModel, SiglipModel, VisionTextDualEncoderModel, "
                 "ClapModel, ...)."
             )
@@ -113,7 +114,9 @@ def build_clip_classifier(
     model.name_or_path = model_name_or_path  # recorded as base_model_name_or_path by peft adapters
     if head_init == "zeroshot":
         if tokenizer is None:
-            raise ValueError("head_init='zeroshot' needs the backbone's tokenizer")
+            raise UserError(
+                f"--head_init zeroshot needs the tokenizer of {model_name_or_path}; or pass --head_init random"
+            )
         names = list(class_names) if class_names is not None else [id2label[i] for i in range(len(id2label))]
         if not prompt_templates:
             prompt_templates = DEFAULT_AUDIO_PROMPT_TEMPLATES if audio else DEFAULT_PROMPT_TEMPLATES

@@ -4,6 +4,7 @@ import logging
 
 from transformers import AutoConfig, AutoModel, PreTrainedConfig
 
+from ..errors import UserError
 from .configuration_multimodal_fusion import ENCODER_OF, MultimodalFusionConfig
 from .modeling_multimodal_fusion import MultimodalFusionForClassification, drop_unused_pooler, encoder_class
 
@@ -69,10 +70,10 @@ def build_fusion_classifier(
             continue
         if slot in loaded:
             if names[slot] != path:
-                raise ValueError(f"image and video share one vision encoder; got {names[slot]} and {path}")
+                raise UserError(f"image and video share one vision encoder; got {names[slot]} and {path}")
             continue
         if not path:
-            raise ValueError(f"modality {modality!r} needs an encoder (--{slot.split('_')[0]}_model_name_or_path)")
+            raise UserError(f"modality {modality!r} needs an encoder (--{slot.split('_')[0]}_model_name_or_path)")
         loaded[slot], sub_configs[slot] = load_encoder(path, slot, **from_pretrained_kwargs)
         names[slot] = path
     config = MultimodalFusionConfig(
