@@ -243,7 +243,8 @@ def parse_args(dataclass_types, argv=None):
     Precedence: CLI > YAML > dataclass defaults. Unknown YAML keys are an error naming the file.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(dataclass_types)
+    # The default usage line lists every TrainingArguments flag (~200 lines) above each argument error.
+    parser = HfArgumentParser(dataclass_types, usage="%(prog)s [--flag value ...] (every flag: --help)")
     parser.add_argument("--config", default=None, help="YAML file of defaults for any flag below; the CLI wins.")
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)

@@ -16,6 +16,7 @@ from PIL import Image
 from transformers import TrainingArguments
 
 from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, parse_args
+from mm_hf.data.images import BadSampleError
 from mm_hf.data.labels import encode_labels
 from mm_hf.data.loading import load_classification_splits
 from mm_hf.errors import DataError, UserError, run_cli
@@ -87,8 +88,8 @@ def test_corrupt_image_exits_2_naming_file_and_flag_and_traceback_on_request(tin
     assert "Traceback" not in stderr
     assert "broken.png: not an image file" in stderr and "--skip_bad_samples" in stderr
     assert "skip_bad=True" not in stderr
-    status, stderr = run_script(*args, "--traceback")
-    assert status == 1 and "Traceback" in stderr and "BadSampleError" in stderr
+    with pytest.raises(BadSampleError, match="broken.png"):  # --traceback: the error propagates with its traceback
+        run_cli(recipe.main, [*args, "--traceback"])
 
 
 # --------------------------------------------------------------------------------------- run_cli itself

@@ -159,16 +159,19 @@ def read_data_file(path: str, cache_dir=None, split: str = "train") -> Dataset:
     if builder is None:
         raise DataError(f"{path}: unsupported file type {ext!r} (use .csv, .tsv, .json or .jsonl)")
     kwargs = {"delimiter": "\t"} if ext == ".tsv" else {}
+    # Checked first: the datasets library reports a Latin-1 file (a spreadsheet's default "CSV") with neither
+    # the encoding nor the line, after logging pandas' error twice.
+    if undecodable := _first_non_utf8_line(path):
+        number, line = undecodable
+        name, stem = os.path.basename(path), os.path.splitext(os.path.basename(path))[0]
+        raise DataError(
+            f"{path} is not UTF-8 text: line {number} holds byte(s) that are not UTF-8 (read as Latin-1: "
+            f"{line.decode('latin-1').strip()[:80]!r}). Save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 "
+            f'{name} > {stem}.utf8{ext}` (or a spreadsheet\'s "CSV UTF-8"), and pass that file'
+        )
     try:
         return datasets.load_dataset(builder, data_files=path, split="train", cache_dir=cache_dir, **kwargs)
     except Exception as e:  # pyarrow/pandas parse errors do not say which file
-        if undecodable := _first_non_utf8_line(path):
-            number, line = undecodable
-            raise DataError(
-                f"{path} is not UTF-8 text: line {number} holds byte(s) that are not UTF-8 (read as Latin-1: "
-                f"{line.decode('latin-1').strip()[:80]!r}). Save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 "
-                f'{os.path.basename(path)} > {os.path.splitext(os.path.basename(path))[0]}.utf8{ext}` (or a spreadsheet\'s "CSV UTF-8"), and pass that file'
-            ) from e
         with open(path, encoding="utf-8", errors="replace") as f:
             lines = sum(1 for line in f if line.strip())
         if lines <= (1 if builder == "csv" else 0):  # the datasets library fails on these with cryptic errors
