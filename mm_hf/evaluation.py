@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from transformers import EarlyStoppingCallback
 
+from .data.loading import require_evaluation_split
 from .reports import format_before_after_table
 from .training import evaluate_before_training
 
@@ -41,6 +42,7 @@ def train_with_before_after(
     `table_metrics` chooses the rows of the before/after table (default: accuracy, top-5, macro/weighted F1);
     `extra_after(split, key)` returns more after-training metrics for it (e.g. modality ablations).
     """
+    require_evaluation_split(datasets)  # the loaders of the fusion recipes accept train alone
     split = "test" if "test" in datasets else "validation"
     key = "test" if split == "test" else "eval"
     before = evaluate_before_training(trainer, datasets[split], f"zeroshot_{key}")

@@ -20,6 +20,7 @@ from mm_hf.data.images import BadSampleError
 from mm_hf.data.labels import encode_labels
 from mm_hf.data.loading import load_classification_splits
 from mm_hf.errors import DataError, UserError, run_cli
+from mm_hf.evaluation import train_with_before_after
 
 recipe = load_recipe("clip_imagecls")
 RECIPES = ("clip_imagecls", "audio_cls", "clip_retrieval", "fusion_imagetext_cls", "video_cls")
@@ -163,6 +164,12 @@ def test_no_held_out_split_is_refused_before_training(tiny_vtde, digits_dir, tmp
         recipe.main(args)
     assert "--validation_dir" in str(caught.value) and "--train_val_split 0.15" in str(caught.value)
     assert not out.exists()
+
+
+def test_before_after_protocol_refuses_train_alone_before_touching_the_trainer():
+    # The fusion recipes' loader accepts a train split alone; their protocol then had nothing to evaluate on.
+    with pytest.raises(DataError, match="nothing to evaluate on"):
+        train_with_before_after(None, {"train": [0, 1]}, None, do_train=True)
 
 
 def test_single_class_training_data_is_refused(tiny_vtde, digits_dir, tmp_path):
