@@ -96,6 +96,19 @@ def test_corrupt_image_exits_2_naming_file_and_flag_and_traceback_on_request(tin
 # --------------------------------------------------------------------------------------- run_cli itself
 
 
+def test_hub_id_the_hub_does_not_have_exits_2_with_transformers_message(digits_dir, tmp_path, monkeypatch, capsys):
+    from hub_server import HubTestServer, use_hub_server
+
+    with HubTestServer() as server:
+        use_hub_server(monkeypatch, server, cache_dir=tmp_path / "hf-cache")
+        args = recipe_args("someone/no-such-model", tmp_path / "out", "--train_dir", digits_dir / "train")
+        with pytest.raises(SystemExit) as exited:
+            run_cli(recipe.main, args)
+    assert exited.value.code == 2
+    assert "someone/no-such-model is not a local folder and is not a valid model identifier" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_run_cli_turns_user_errors_into_exit_2_and_keeps_other_tracebacks(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("MM_HF_DEBUG", raising=False)
 
