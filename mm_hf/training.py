@@ -212,8 +212,10 @@ def _tower_lora_regex(tower_name: str, tower: nn.Module, names=None) -> str:
     wanted = list(names) if names else [n for n in ATTENTION_PROJECTIONS if n in linear_leaves]
     missing = [n for n in wanted if n not in linear_leaves]
     if missing or not wanted:
+        # Names the user listed are a flag mistake; none found by default is an architecture mm-hf does not know.
+        flag = "--lora_target_modules: " if names else ""
         raise (UserError if names else ValueError)(
-            f"{'--lora_target_modules: ' if names else ''}LoRA target module(s) {missing or wanted} not found among the Linear layers of "
+            f"{flag}LoRA target module(s) {missing or wanted} not found among the Linear layers of "
             f"{tower_name}.{layers_name} ({type(tower).__name__}); available: {', '.join(linear_leaves)}"
         )
     prefix = re.escape(f"{tower_name}.{layers_name}")

@@ -241,3 +241,13 @@ def test_contrastive_strategy_on_a_classifier_names_the_flag(tiny_vtde, digits_d
     with pytest.raises(UserError, match="--finetune_strategy must be one of .* for a classifier, got 'lock_text'"):
         recipe.main(args)
     assert not (out / "model.safetensors").exists()
+
+
+def test_malformed_csv_error_names_the_line(tmp_path):
+    from mm_hf.data.loading import read_data_file
+
+    path = tmp_path / "train.csv"
+    path.write_text("image,label\na.png,zero\nb.png,one,extra\n")
+    # The datasets library's own message ("An error occurred while generating the dataset") names nothing.
+    with pytest.raises(DataError, match=r"train\.csv: cannot parse as CSV: .*Expected 2 fields in line 3, saw 3"):
+        read_data_file(str(path), cache_dir=str(tmp_path / "cache"))
