@@ -99,7 +99,9 @@ def render_model_card(
         base_model=base_model if _is_hub_id(base_model) else None,
         datasets=[dataset_id] if dataset_id else None,
         license=license or info.get("license"),
-        tags=["mm-hf", info["task"]] + (["lora"] if info.get("finetune_strategy") == "lora" else []),
+        tags=["mm-hf", info["task"]]
+        + info.get("extra_tags", [])
+        + (["lora"] if info.get("finetune_strategy") == "lora" else []),
         pipeline_tag=info["pipeline_tag"],
         model_name=info.get("model_name") or os.path.basename(os.path.normpath(output_dir)),
         eval_results=eval_results or None,
@@ -212,6 +214,11 @@ _DUAL_ENCODER_USAGE = {
 def _usage(saved_as: str, pipeline_tag: str, base_model: str, kind: str | None = None) -> str:
     if kind == "fusion":
         return _FUSION_USAGE
+    if kind == "fusion_video":
+        return _FUSION_USAGE.replace("AutoModelForSequenceClassification", "AutoModelForVideoClassification").replace(
+            '{"image": ["xray.png"], "text": ["no acute findings"]}',
+            '{"video": ["clip.mp4"], "text": ["a transcript"]}',
+        )
     if pipeline_tag in _DUAL_ENCODER_USAGE:  # a plain dual encoder (CLIP-style or CLAP): no remote code involved
         example, inputs, media = _DUAL_ENCODER_USAGE[pipeline_tag]
         return (
