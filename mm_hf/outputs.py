@@ -204,6 +204,6 @@ def save_fusion_run(trainer, run, *, tasks: list[dict], modalities: list[str], e
         task=f"multimodal ({' + '.join(modalities)}) classification",
         usage=usage,
         extra_tags=tags,
-        base_model=" + ".join(dict.fromkeys(path for path in encoders.values() if path)),
+        base_model=list(dict.fromkeys(path for path in encoders.values() if path)),
         **kwargs,
     )

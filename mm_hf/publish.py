@@ -174,6 +174,8 @@ def _base_model_license(output_dir: str) -> str | None:
     """The base model's license from its Hub card, when it is a Hub model and the Hub tells."""
     with open(os.path.join(output_dir, RUN_INFO)) as f:
         base = json.load(f).get("base_model", "")
+    if isinstance(base, list):  # a fusion model's encoders: no single license to inherit
+        return None
     if os.path.exists(base) or base.count("/") != 1:
         return None
     try:

@@ -167,6 +167,7 @@ def test_video_checkpoint_loads_as_a_video_classifier_without_mm_hf(encoders, tm
     assert card.data.pipeline_tag is None and "video-classification" in card.data.tags
     assert "AutoModelForVideoClassification.from_pretrained(" in card.text
     assert '"video": ["clip.mp4"]' in card.text
+    assert json.loads((out / "run_info.json").read_text())["base_model"] == [encoders["vision"]]  # one per encoder
 
     model = AutoModelForVideoClassification.from_pretrained(out).eval()
     assert type(model).__name__ == "MultimodalFusionForClassification"
