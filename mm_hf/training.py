@@ -388,19 +388,34 @@ def apply_audio_finetune_strategy(model: nn.Module, args) -> nn.Module:
     return model
 
 
+def process_log_level(training_args) -> int:
+    """This process's log level, as in transformers' example scripts: `--log_level` on the main process (mm-hf's
+    progress messages, INFO, when left "passive"), `--log_level_replica` (default warning) on the others, so a
+    run on N processes does not print every line N times."""
+    if training_args.should_log and training_args.log_level == "passive":
+        return logging.INFO
+    return training_args.get_process_log_level()
+
+
 def start_run(argument_types, argv):
     """Parse the recipe's arguments and set the run up: logging, launch and output-folder checks, seed.
 
     `argument_types` must include FinetuneArguments and TrainingArguments; returns the parsed objects in order.
     """
+    import datasets
     import transformers
 
     from .args import FinetuneArguments, parse_args
 
     parsed = parse_args(argument_types, argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity_warning()
     training_args = next(a for a in parsed if isinstance(a, transformers.TrainingArguments))
+    level = process_log_level(training_args)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+    passive_main = training_args.should_log and training_args.log_level == "passive"
+    # transformers' and datasets' own INFO messages are noise unless asked for with --log_level.
+    for library in (transformers.utils.logging, datasets.utils.logging):
+        library.set_verbosity(logging.WARNING if passive_main else level)
     ft_args = next(a for a in parsed if isinstance(a, FinetuneArguments))
     check_launch(training_args)
     if training_args.do_train:
