@@ -291,11 +291,12 @@ def check_output_dir(output_dir: str, overwrite: bool) -> None:
         )
 
 
-def check_hub_strategy(training_args) -> None:
+def check_hub_strategy(training_args, explicit: set[str]) -> None:
     """Refuse a --hub_strategy the recipes cannot follow: they publish the finished output folder once, at the end
-    (mm_hf.publish, also the retry path), never checkpoints during training."""
+    (mm_hf.publish, also the retry path), never checkpoints during training. Only a value the user set counts:
+    TrainingArguments' own default (every_save) is what the recipes replace by design."""
     strategy = getattr(training_args.hub_strategy, "value", training_args.hub_strategy)
-    if training_args.push_to_hub and strategy != "end":
+    if training_args.push_to_hub and "hub_strategy" in explicit and strategy != "end":
         raise ValueError(
             f"--hub_strategy {strategy} is not supported: with --push_to_hub the recipes publish the finished "
             "output folder once, after training (--hub_strategy end). Drop --hub_strategy, or publish a "
@@ -448,9 +449,9 @@ def start_run(argument_types, argv):
         library.set_verbosity(logging.WARNING if passive_main else level)
     ft_args = next(a for a in parsed if isinstance(a, FinetuneArguments))
     check_launch(training_args)
-    check_hub_strategy(training_args)
     # What prepare_training_arguments must not override: every flag the user set (CLI or --config YAML).
     training_args.explicit_flags = explicit_flags(argv)
+    check_hub_strategy(training_args, training_args.explicit_flags)
     if training_args.do_train:
         check_output_dir(training_args.output_dir, ft_args.overwrite_output_dir)
     transformers.set_seed(training_args.seed)

@@ -66,6 +66,7 @@ def test_push_to_hub_refuses_a_hub_strategy_other_than_end(tmp_path):
     with pytest.raises(ValueError, match="--hub_strategy checkpoint is not supported"):
         start_run(TYPES, argv + ["--hub_strategy", "checkpoint"])
     start_run(TYPES, argv + ["--hub_strategy", "end"])
+    start_run(TYPES, argv)  # TrainingArguments' default (every_save) is not the user's choice
 
 
 def test_recipe_saves_at_the_steps_the_user_chose(tiny_vtde, digits_dir, tmp_path):
