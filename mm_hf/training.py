@@ -278,7 +278,7 @@ def prepare_training_arguments(
 
 
 def _value(strategy) -> str:
-    """ "epoch" for IntervalStrategy.EPOCH / SaveStrategy.EPOCH / "epoch"."""
+    """A strategy's name: IntervalStrategy.EPOCH, SaveStrategy.EPOCH and "epoch" all give "epoch"."""
     return getattr(strategy, "value", strategy)
 
 
@@ -295,7 +295,7 @@ def check_hub_strategy(training_args, explicit: set[str]) -> None:
     """Refuse a --hub_strategy the recipes cannot follow: they publish the finished output folder once, at the end
     (mm_hf.publish, also the retry path), never checkpoints during training. Only a value the user set counts:
     TrainingArguments' own default (every_save) is what the recipes replace by design."""
-    strategy = getattr(training_args.hub_strategy, "value", training_args.hub_strategy)
+    strategy = _value(training_args.hub_strategy)
     if training_args.push_to_hub and "hub_strategy" in explicit and strategy != "end":
         raise ValueError(
             f"--hub_strategy {strategy} is not supported: with --push_to_hub the recipes publish the finished "
