@@ -263,6 +263,26 @@ def parse_args(dataclass_types, argv=None):
     return tuple(o for o in outputs if dataclasses.is_dataclass(o))
 
 
+def explicit_flags(argv) -> set[str]:
+    """Names (dataclass field / dest names) of the flags the user set, on the command line or in the `--config`
+    YAML, so a recipe's defaults can give way to every choice the user made, even one equal to the default.
+
+    `--eval-strategy` counts as `eval_strategy`; `--no_x` (the complement of a boolean flag) as `x` too.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = set()
+    for i, token in enumerate(argv):
+        if token.startswith("--") and len(token) > 2:
+            name = token[2:].split("=", 1)[0].replace("-", "_")
+            names |= {name, name.removeprefix("no_")}
+            if name == "config":
+                path = token.split("=", 1)[1] if "=" in token else argv[i + 1] if i + 1 < len(argv) else None
+                if path:
+                    with open(path) as f:
+                        names |= set(yaml.safe_load(f) or {})
+    return names - {"config"}
+
+
 def _load_yaml_defaults(path: str, parser: HfArgumentParser) -> dict:
     try:
         with open(path) as f:

@@ -45,7 +45,7 @@ PLOTS = (("confusion_matrix.png", "Confusion matrix"), ("training_curves.png", "
 def write_run_info(output_dir: str, **info) -> dict:
     """Record what the card needs beyond arguments and metrics: task, base model, data, command, ...
 
-    Expected keys: task, pipeline_tag, base_model, dataset, command, eval_split, before_label,
+    Expected keys: task, pipeline_tag, base_model (a name, or a list for a fusion model's encoders), dataset, command, eval_split, before_label,
     finetune_strategy, saved_as ("full" | "adapter" | "merged"), trainable (dict), train_runtime.
     """
     info = {**info, "hardware": _hardware(), "transformers_version": transformers.__version__}
@@ -79,7 +79,11 @@ def render_model_card(
     with open(os.path.join(output_dir, "run_config.yaml")) as f:
         resolved = yaml.safe_load(f) or {}
     saved_as = saved_as or info["saved_as"]
-    split, base_model, dataset = info["eval_split"], info["base_model"], info["dataset"]
+    split, dataset = info["eval_split"], info["dataset"]
+    # A fusion model has one base model per encoder: the Hub's `base_model` is then a list of ids.
+    base_models = info["base_model"] if isinstance(info["base_model"], list) else [info["base_model"]]
+    hub_ids = [name for name in base_models if _is_hub_id(name)]
+    base_model = " + ".join(base_models)
     dataset_id = dataset if _is_hub_id(dataset) else None
     prefix = f"{split}_"
     eval_results = [
@@ -96,10 +100,12 @@ def render_model_card(
     ]
     card_data = ModelCardData(
         library_name="peft" if saved_as == "adapter" else "transformers",
-        base_model=base_model if _is_hub_id(base_model) else None,
+        base_model=hub_ids[0] if len(hub_ids) == 1 else hub_ids or None,
         datasets=[dataset_id] if dataset_id else None,
         license=license or info.get("license"),
-        tags=["mm-hf", info["task"]] + (["lora"] if info.get("finetune_strategy") == "lora" else []),
+        tags=["mm-hf", info["task"]]
+        + info.get("extra_tags", [])
+        + (["lora"] if info.get("finetune_strategy") == "lora" else []),
         pipeline_tag=info["pipeline_tag"],
         model_name=info.get("model_name") or os.path.basename(os.path.normpath(output_dir)),
         eval_results=eval_results or None,
@@ -109,7 +115,8 @@ def render_model_card(
         card_data,
         template_path=TEMPLATE,
         model_name=card_data.model_name,
-        summary=f"An {info['task']} model fine-tuned from `{base_model}` on {dataset} with mm-hf.",
+        summary=f"An {info['task']} model fine-tuned from {' + '.join(f'`{b}`' for b in base_models)} on {dataset} "
+        "with mm-hf.",
         eval_split=split,
         eval_samples=results.get(f"{split}_samples", "?"),
         before_label=info.get("before_label", "zero-shot"),
@@ -119,8 +126,9 @@ def render_model_card(
         usage=_usage(saved_as, info["pipeline_tag"], base_model, info.get("usage")).replace(
             "REPO_ID", repo_id or output_dir
         ),
-        base_model=base_model,
-        base_model_url=f"https://huggingface.co/{base_model}" if _is_hub_id(base_model) else base_model,
+        base_model_links=" + ".join(
+            f"[{name}](https://huggingface.co/{name})" if _is_hub_id(name) else f"`{name}`" for name in base_models
+        ),
         dataset=dataset,
         finetune_strategy=info.get("finetune_strategy", "?"),
         trainable_params=f"{trainable['trainable_params']:,}",
@@ -212,6 +220,11 @@ _DUAL_ENCODER_USAGE = {
 def _usage(saved_as: str, pipeline_tag: str, base_model: str, kind: str | None = None) -> str:
     if kind == "fusion":
         return _FUSION_USAGE
+    if kind == "fusion_video":
+        return _FUSION_USAGE.replace("AutoModelForSequenceClassification", "AutoModelForVideoClassification").replace(
+            '{"image": ["xray.png"], "text": ["no acute findings"]}',
+            '{"video": ["clip.mp4"], "text": ["a transcript"]}',
+        )
     if pipeline_tag in _DUAL_ENCODER_USAGE:  # a plain dual encoder (CLIP-style or CLAP): no remote code involved
         example, inputs, media = _DUAL_ENCODER_USAGE[pipeline_tag]
         return (

@@ -13,8 +13,8 @@ Why the gradients come out right under DDP (same argument for both losses):
 
 * Every process builds the same global (B, B) logit matrix and computes the same scalar L (the
   mean over the global batch), so each process's loss depends on *every* process's embeddings.
-* The backward of `torch.distributed.nn.functional.all_gather` sends the gradient w.r.t. chunk r
-  back to rank r and SUMS it over ranks. All N ranks hold the same L, so rank r receives
+* The backward of the gather (`all_gather_single`, a sum reduce-scatter) sends the gradient w.r.t.
+  chunk r back to rank r and SUMS it over ranks. All N ranks hold the same L, so rank r receives
   N * dL/d(emb_r) for its own embeddings, and its tower parameters get N * (the part of dL/dθ that
   flows through its local examples).
 * DDP averages gradients over ranks: (1/N) * Σ_r N * dL/dθ|_r = dL/dθ, the single-process gradient.
@@ -26,12 +26,12 @@ Requirements: every rank must pass the same batch size (set `dataloader_drop_las
 """
 
 import math
-import warnings
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+from torch.distributed._functional_collectives import all_gather_single, wait_tensor
 
 __all__ = ["clip_loss", "gather_with_grad", "siglip_loss"]
 
@@ -60,24 +60,29 @@ def gather_with_grad(x: Tensor) -> Tensor:
     world_size = _world_size()
     if world_size == 1:
         return x
-    # Cheap size check first: all_gather needs equal shapes and would otherwise fail obscurely or hang.
-    size = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
-    sizes = [torch.empty_like(size) for _ in range(world_size)]
-    dist.all_gather(sizes, size)
-    sizes = [int(s.item()) for s in sizes]
-    if len(set(sizes)) != 1:
-        raise ValueError(
-            f"gather_with_grad needs the same batch size on every rank, got {sizes} (rank order). "
-            "Set `dataloader_drop_last=True` in TrainingArguments so the last, smaller batch is dropped."
-        )
-    from torch.distributed.nn.functional import all_gather
+    _check_same_batch_size(x)
+    # The functional collective is the autograd-aware gather of torch >= 2.6 that torch.compile traces into
+    # the graph (torch.distributed.nn.functional.all_gather is deprecated and breaks the graph); its backward
+    # is a sum reduce-scatter: each rank gets the SUM over ranks of the gradients w.r.t. its own chunk.
+    # wait_tensor: a plain tensor out (not an AsyncCollectiveTensor), still differentiable.
+    return wait_tensor(all_gather_single(x.contiguous(), 0, dist.group.WORLD))
 
-    with warnings.catch_warnings():
-        # Deprecated in favour of a functional collective, but it is the documented autograd-aware gather
-        # whose backward sums the gradients from all ranks (reduce-scatter / all-to-all + sum).
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*all_gather is deprecated")
-        chunks = all_gather(x)
-    return torch.cat(chunks, dim=0)
+
+def _check_same_batch_size(x: Tensor) -> None:
+    """Gathering needs equal shapes and would otherwise fail obscurely or hang: a cheap size gather first."""
+    size = torch.full((1,), x.shape[0], dtype=torch.long, device=x.device)
+    sizes = wait_tensor(all_gather_single(size, 0, dist.group.WORLD))
+    hint = "Set `dataloader_drop_last=True` in TrainingArguments so the last, smaller batch is dropped."
+    if torch.compiler.is_compiling():
+        # A Python branch on tensor values would break the graph: the check is an op of the graph instead.
+        torch._assert_async(
+            (sizes == sizes[0]).all(), f"gather_with_grad needs the same batch size on every rank. {hint}"
+        )
+        return
+    if len(set(sizes.tolist())) != 1:
+        raise ValueError(
+            f"gather_with_grad needs the same batch size on every rank, got {sizes.tolist()} (rank order). {hint}"
+        )
 
 
 def _gather_pair(image_embeds: Tensor, text_embeds: Tensor, gather: bool) -> tuple[Tensor, Tensor]:

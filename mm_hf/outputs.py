@@ -184,13 +184,26 @@ def save_fusion_run(trainer, run, *, tasks: list[dict], modalities: list[str], e
     kwargs.setdefault("pipeline_tag", None)
     kwargs.setdefault("eval_task_type", "multimodal-classification")
     kwargs.setdefault("before_label", FUSION_BEFORE_LABEL)
+    usage, tags = "fusion", []
+    if "video" in modalities:
+        # A video classifier also answers to AutoModelForVideoClassification, with mm_hf (registered in
+        # mm_hf.models) and without it (auto_map, next to the AutoModelForSequenceClassification entry
+        # save_pretrained writes). No pipeline tag: transformers' video pipeline feeds `pixel_values` from an
+        # image/video processor at the repo root, while the frames go through MultimodalProcessor.
+        from .models import MultimodalFusionForClassification as fusion_class
+
+        config = trainer.accelerator.unwrap_model(trainer.model).config
+        code = f"{fusion_class.__module__.rsplit('.', 1)[-1]}.{fusion_class.__name__}"
+        config.auto_map = {**(getattr(config, "auto_map", None) or {}), "AutoModelForVideoClassification": code}
+        usage, tags = "fusion_video", ["video-classification"]
     return save_classification_run(
         trainer,
         run,
         merge_lora=True,
         write_reports=task_report_writer(tasks),
         task=f"multimodal ({' + '.join(modalities)}) classification",
-        usage="fusion",
-        base_model=" + ".join(dict.fromkeys(path for path in encoders.values() if path)),
+        usage=usage,
+        extra_tags=tags,
+        base_model=list(dict.fromkeys(path for path in encoders.values() if path)),
         **kwargs,
     )

@@ -7,7 +7,9 @@ folder is published again with this command, without retraining.
 
 What is uploaded is exactly the folder's publishable files: weights as safetensors, configs, code files,
 processor/tokenizer files (also the fusion recipes' `image_processor/`, `tokenizer/`, `feature_extractor/`
-sub-folders), metrics, reports, plots and the model card. Pickles (`*.bin`, `*.pt`, optimizer
+sub-folders), metrics, reports, plots and the model card; publishable files of an earlier upload that this one
+lacks (the adapter after `--merged`, the merged weights after `--adapter_only`) are deleted in the same commit,
+other files of the repo are left alone. Pickles (`*.bin`, `*.pt`, optimizer
 and scheduler state), `checkpoint-*` folders and `trainer_state.json` stay local. Files are staged in a
 temporary folder, where absolute local paths are replaced by their last component and where no token may
 appear; the output folder itself is never modified.
@@ -15,6 +17,7 @@ appear; the output folder itself is never modified.
 
 import argparse
 import fnmatch
+import glob
 import json
 import logging
 import os
@@ -86,12 +89,18 @@ def publish(
             repo_id = url.repo_id
             if private:  # create_repo leaves an existing repo's visibility alone
                 _with_retries(lambda: api.update_repo_settings(repo_id, private=True), max_retries)
+            # Files of a variant published before that this one lacks go in the same commit: a stale
+            # adapter_config.json next to merged weights makes transformers load base + adapter instead.
+            remote = _with_retries(lambda: api.list_repo_files(repo_id), max_retries)
+            staged = set(_staged(staging))
+            stale = [f for f in remote if _is_publishable(f) and f not in staged]
             _with_retries(
                 lambda: api.upload_folder(
                     repo_id=repo_id,
                     folder_path=staging,
                     commit_message=commit_message
                     or f"Upload {os.path.basename(os.path.normpath(output_dir))} with mm-hf",
+                    delete_patterns=[glob.escape(f) for f in stale] or None,
                 ),
                 max_retries,
             )
@@ -121,15 +130,17 @@ def publishable_files(output_dir: str) -> list[str]:
     sub-folders (`PUBLISHABLE_FOLDERS`); other sub-folders such as checkpoints never are."""
     names = []
     for root, _, files in os.walk(output_dir):
-        relative = os.path.relpath(root, output_dir)
-        if relative != "." and relative.split(os.sep)[0] not in PUBLISHABLE_FOLDERS:
-            continue
-        names += [os.path.normpath(os.path.join(relative, n)) for n in files]
-    return sorted(
-        n
-        for n in names
-        if any(fnmatch.fnmatch(os.path.basename(n), p) for p in PUBLISHABLE)
-        and not any(fnmatch.fnmatch(os.path.basename(n), p) for p in NEVER_PUBLISHED)
+        names += [os.path.normpath(os.path.join(os.path.relpath(root, output_dir), n)) for n in files]
+    return sorted(n for n in names if _is_publishable(n))
+
+
+def _is_publishable(name: str) -> bool:
+    """Whether the relative path `name` (of an output folder or of a Hub repo) is a file mm-hf publishes."""
+    parts = name.replace(os.sep, "/").split("/")
+    if len(parts) > 1 and parts[0] not in PUBLISHABLE_FOLDERS:
+        return False
+    return any(fnmatch.fnmatch(parts[-1], p) for p in PUBLISHABLE) and not any(
+        fnmatch.fnmatch(parts[-1], p) for p in NEVER_PUBLISHED
     )
 
 
@@ -163,6 +174,8 @@ def _base_model_license(output_dir: str) -> str | None:
     """The base model's license from its Hub card, when it is a Hub model and the Hub tells."""
     with open(os.path.join(output_dir, RUN_INFO)) as f:
         base = json.load(f).get("base_model", "")
+    if isinstance(base, list):  # a fusion model's encoders: no single license to inherit
+        return None
     if os.path.exists(base) or base.count("/") != 1:
         return None
     try:

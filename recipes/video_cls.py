@@ -149,7 +149,6 @@ def main(argv=None):
         resolved_args=args_to_dict(model_args, fusion_args, video_args, data_args, ft_args, training_args),
         skipped=skipped,
         push_to_hub=training_args.push_to_hub,
-        pipeline_tag="video-classification",
         eval_task_type="video-classification",
         dataset=dataset_display_name(data_args),
         finetune_strategy=ft_args.finetune_strategy,

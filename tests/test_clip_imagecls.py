@@ -245,6 +245,8 @@ def test_early_stopping_stops_and_restores_best(tiny_vtde, digits_dir, tmp_path)
         "2",
         "--save_total_limit",
         "1",
+        "--save_strategy",  # replaces run()'s "no": the best checkpoint is kept, so checkpoints follow evaluations
+        "epoch",
         data=folders(digits_dir),
         steps=-1,
     )

@@ -162,6 +162,7 @@ def _loss_and_grads(model, images, texts, gather):
     loss = model(images, texts, gather=gather)
     loss.backward()
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    inner = getattr(inner, "_orig_mod", inner)  # torch.compile's wrapper
     return loss.detach(), {name: p.grad.clone() for name, p in inner.named_parameters()}
 
 
@@ -175,6 +176,12 @@ def _worker(rank: int, port: int, out_dir: str):
         for loss, gather in CASES:
             ddp = nn.parallel.DistributedDataParallel(_model(loss))  # averages gradients over ranks
             results[loss, gather] = _loss_and_grads(ddp, images[local], texts[local], gather)
+        # fullgraph: the gather must be traced into the graph (the deprecated torch.distributed.nn all_gather
+        # breaks it); aot_eager traces forward and backward like inductor without its C++ compile.
+        compiled = torch.compile(_model("clip"), backend="aot_eager", fullgraph=True)
+        results["compiled"] = _loss_and_grads(
+            nn.parallel.DistributedDataParallel(compiled), images[local], texts[local], True
+        )
         results["gathered"] = gather_with_grad(torch.full((2, 3), float(rank)))
         try:
             gather_with_grad(torch.zeros(4 - rank, 3))  # sizes 4 and 3
@@ -209,6 +216,17 @@ def test_gathered_ddp_equals_single_process(two_process_results, loss):
         assert ddp_grads.keys() == expected_grads.keys()
         for name, grad in expected_grads.items():
             torch.testing.assert_close(ddp_grads[name], grad, rtol=0, atol=1e-6, msg=f"{loss}: grad of {name}")
+
+
+def test_gathered_loss_compiles_into_one_graph(two_process_results):
+    """torch.compile(fullgraph=True) of the model: same loss and gradients as eager on the global batch."""
+    images, texts = _global_batch()
+    expected_loss, expected_grads = _loss_and_grads(_model("clip"), images, texts, gather=False)
+    for rank_results in two_process_results:
+        loss, grads = rank_results["compiled"]
+        torch.testing.assert_close(loss, expected_loss, rtol=0, atol=1e-6)
+        for name, grad in expected_grads.items():
+            torch.testing.assert_close(grads[name], grad, rtol=0, atol=1e-6, msg=f"grad of {name}")
 
 
 @pytest.mark.parametrize("loss", LOSSES)

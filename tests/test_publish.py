@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import load_recipe
 from hub_server import HubTestServer, use_hub_server
-from huggingface_hub import ModelCard, metadata_load, snapshot_download
+from huggingface_hub import HfApi, ModelCard, metadata_load, snapshot_download
 from transformers import AutoModelForImageClassification
 
 import mm_hf.publish as publish_module
@@ -272,3 +272,29 @@ def test_adapter_only_needs_an_adapter(hub, tiny_vtde, digits_dir, tmp_path, cap
     assert publish_main([str(out), "--hub_model_id", "test-user/y", "--adapter_only", "--hub_token", TOKEN]) == 1
     assert "holds no LoRA adapter" in capsys.readouterr().err
     assert json.loads((out / "run_info.json").read_text())["saved_as"] == "full"
+
+
+def test_republishing_another_variant_removes_the_files_it_does_not_contain(hub, lora_run, tmp_path):
+    """A repo that held the adapter and then gets the merged model (or back) holds exactly the new variant: a stale
+    adapter_config.json would make transformers load base + adapter and ignore the merged weights."""
+    repo_id, pixels = "test-user/variants", torch.randn(2, 3, 32, 32)
+    expected = logits(load_clip_classifier(str(lora_run)), pixels)
+    publish = [str(lora_run), "--hub_model_id", repo_id, "--hub_token", TOKEN]
+    assert publish_main(publish + ["--adapter_only"]) == 0
+    # A file mm-hf never publishes (someone's notebook) is not ours to delete.
+    HfApi(endpoint=hub.endpoint, token=TOKEN).upload_file(
+        path_or_fileobj=b"{}", path_in_repo="notes.ipynb", repo_id=repo_id
+    )
+
+    assert publish_main(publish + ["--merged"]) == 0
+    files = set(hub.repos[repo_id]["files"])
+    assert not files & {"adapter_config.json", "adapter_model.safetensors"}
+    assert {"model.safetensors", "notes.ipynb"} <= files
+    merged_dir = snapshot_download(repo_id, token=TOKEN, cache_dir=tmp_path / "dl")
+    merged = AutoModelForImageClassification.from_pretrained(merged_dir, trust_remote_code=True)
+    torch.testing.assert_close(logits(merged, pixels), expected, rtol=1e-4, atol=1e-5)
+
+    assert publish_main(publish + ["--adapter_only"]) == 0
+    files = set(hub.repos[repo_id]["files"])
+    assert "model.safetensors" not in files and {"adapter_config.json", "notes.ipynb"} <= files
+    assert metadata_load_bytes(hub.repos[repo_id]["files"]["README.md"])["library_name"] == "peft"

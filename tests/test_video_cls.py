@@ -135,3 +135,61 @@ def test_temporal_transformer_learns_direction_where_frame_averaging_cannot():
     transformer = train(TransformerPooling(dim, num_layers=1, num_heads=4, max_length=frames))
     mean = train(MeanPooling())
     assert transformer >= 0.9 and mean <= 0.45, (transformer, mean)
+
+
+# The card's snippet for a video run, where mm_hf cannot be imported.
+REMOTE_VIDEO = r"""
+import json, sys
+sys.modules["mm_hf"] = None
+import torch
+from transformers import AutoModelForVideoClassification
+folder = sys.argv[1]
+model = AutoModelForVideoClassification.from_pretrained(folder, trust_remote_code=True).eval()
+with torch.no_grad():
+    logits = model(**torch.load(folder + "/inputs.pt")).logits
+print(json.dumps({"logits": logits.tolist(), "module": type(model).__module__}))
+"""
+
+
+def test_video_checkpoint_loads_as_a_video_classifier_without_mm_hf(encoders, tmp_path):
+    """The card advertises AutoModelForVideoClassification (the transformers video pipeline cannot drive a model
+    whose frames go through MultimodalProcessor, so the card claims no pipeline tag)."""
+    import subprocess
+    import sys
+
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForVideoClassification
+
+    data = write_video_dataset(str(tmp_path / "data"), sizes=(8, 4, 4), seed=2)
+    out = tmp_path / "out"
+    run(encoders, data, out, "--max_steps", "1", "--num_frames", "2", epochs=1)
+    card = ModelCard.load(out / "README.md")
+    assert card.data.pipeline_tag is None and "video-classification" in card.data.tags
+    assert "AutoModelForVideoClassification.from_pretrained(" in card.text
+    assert '"video": ["clip.mp4"]' in card.text
+    assert json.loads((out / "run_info.json").read_text())["base_model"] == [encoders["vision"]]  # one per encoder
+
+    model = AutoModelForVideoClassification.from_pretrained(out).eval()
+    assert type(model).__name__ == "MultimodalFusionForClassification"
+    processor = MultimodalProcessor.from_pretrained(str(out))
+    rows = [json.loads(line) for line in open(data["test"])]
+    inputs = processor.transform(train=False)(
+        {"video": [os.path.join(os.path.dirname(data["test"]), r["video"]) for r in rows]}
+    )
+    inputs = {k: torch.stack(v) for k, v in inputs.items()}
+    torch.save(inputs, out / "inputs.pt")
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    proc = subprocess.run(
+        [sys.executable, "-c", REMOTE_VIDEO, str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    remote = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not remote["module"].startswith("mm_hf")
+    torch.testing.assert_close(torch.tensor(remote["logits"]), expected)

