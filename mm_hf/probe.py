@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
-# 1e-4 ... 1e4, 4 values per decade. Features of real encoders pick C inside it (DINOv2-small CLS features of
-# digits: C = 0.1 raw, C = 100 L2-normalised); the ends are there for tiny or nearly separable data.
+# C for features scaled to unit variance (see select_and_fit): 1e-4 ... 1e4, 4 values per decade. DINOv2-small
+# CLS features of digits pick C = 1 raw and L2-normalised alike; the ends are for tiny or separable data.
 DEFAULT_C_GRID = tuple(10.0 ** (k / 4) for k in range(-16, 17))
 # Gradient tolerance (max absolute entry) of the mean objective; scikit-learn's default is 1e-4.
 DEFAULT_TOL = 1e-6
@@ -64,14 +64,22 @@ def fit_logistic_regression(
     y = labels.to(device=x.device, dtype=torch.long)
     n, dim = x.shape
     num_classes = num_classes or int(y.max()) + 1
+    # Centring changes nothing but the conditioning: the unpenalised intercept absorbs the shift
+    # (W (x - mean) + b = W x + b - W mean). Encoder features sit far from the origin (DINOv2-small CLS: mean
+    # |offset| 1.5 per dimension for a spread of 0.5), which made L-BFGS stall at its iteration cap.
+    # Likewise one global scale: the problem on x / s with C * s^2 is the same problem, with weights W * s.
+    mean = x.mean(0)
+    scale = feature_variance(x) ** 0.5 or 1.0
+    x = (x - mean) / scale
     if init is None:
         weight = torch.zeros(num_classes, dim, dtype=x.dtype, device=x.device)
         bias = torch.zeros(num_classes, dtype=x.dtype, device=x.device)
     else:
-        weight, bias = init.weight.to(x).clone(), init.bias.to(x).clone()
+        weight = init.weight.to(x) * scale
+        bias = init.bias.to(x) + init.weight.to(x) @ mean
     weight.requires_grad_(True)
     bias.requires_grad_(True)
-    l2 = 1.0 / (2.0 * C * n)
+    l2 = 1.0 / (2.0 * C * scale**2 * n)
     optimizer = torch.optim.LBFGS(
         [weight, bias],
         lr=1.0,
@@ -93,7 +101,13 @@ def fit_logistic_regression(
     n_iter = int(optimizer.state[optimizer._params[0]].get("n_iter", 0))
     closure()
     grad = max(weight.grad.abs().max().item(), bias.grad.abs().max().item())
-    return LinearFit(weight.detach(), bias.detach(), n_iter, converged=grad <= tol)
+    weight = weight.detach() / scale
+    return LinearFit(weight, bias.detach() - weight @ mean, n_iter, converged=grad <= tol)
+
+
+def feature_variance(features: torch.Tensor) -> float:
+    """Mean per-dimension variance: C on the grid is for features of unit variance, C / this in their own units."""
+    return features.to(torch.float64).var(0, unbiased=False).mean().item()
 
 
 def _scores(fit: LinearFit, features: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
@@ -165,9 +179,11 @@ def select_and_fit(
     """Choose C on the validation split (or by `folds`-fold cross-validation on train without one) and fit.
 
     The head is the training-split fit at the chosen C: validation only chooses C, so the validation metrics
-    reported after training stay held out.
+    reported after training stay held out. `grid` holds C for features of unit variance: it is divided by the
+    training features' mean per-dimension variance, so one grid suits raw and L2-normalised features alike;
+    the result's `C` and `grid` are in the features' own units (scikit-learn's `C` on the same features).
     """
-    grid = tuple(sorted(grid))
+    grid = tuple(C / (feature_variance(train_x) or 1.0) for C in sorted(grid))
     num_classes = num_classes or int(max(train_y.max(), val_y.max() if val_y is not None else 0)) + 1
     if val_x is not None and len(val_x):
         fits, accuracies, losses = sweep(train_x, train_y, val_x, val_y, grid, num_classes, **fit_kwargs)
@@ -198,7 +214,7 @@ def select_and_fit(
         grid[best],
         f"{folds}-fold cross-validation on train",
         grid,
-        list(accuracies),
+        accuracies.tolist(),
         previous.n_iter,
         total_iter,
     )
@@ -253,8 +269,9 @@ def write_head(model, fit: LinearFit) -> None:
 def fit_classifier_head(model, train, validation=None, *, device=None, **select_kwargs) -> dict:
     """Fit the classifier's head on cached features (datasets from `precompute_features`) by `select_and_fit`.
 
-    Returns what all_results.json records: the training loss, solver, chosen C (and the equivalent L2 coefficient on the mean
-    loss), how C was chosen, the held-out accuracy per grid value, L-BFGS iterations and fit seconds.
+    Returns what all_results.json records: the training loss, solver, chosen C (and the equivalent L2 coefficient
+    on the mean loss), how C was chosen, the grid of C and the held-out accuracy of each, L-BFGS iterations (of
+    the chosen fit and of the whole selection), whether it converged, and fit seconds.
     """
     start = time.perf_counter()
     device = device or "cpu"
@@ -284,9 +301,8 @@ def fit_classifier_head(model, train, validation=None, *, device=None, **select_
         "probe_C": result.C,
         "probe_l2": 1.0 / (result.C * len(train_y)),
         "probe_selection": result.selection,
-        "probe_held_out_accuracy": {
-            f"{C:.4g}": acc for C, acc in zip(result.grid, result.held_out_accuracy, strict=True)
-        },
+        "probe_C_grid": list(result.grid),
+        "probe_held_out_accuracy": list(result.held_out_accuracy),  # one per probe_C_grid value
         "probe_iterations": result.n_iter,
         "probe_total_iterations": result.total_iter,
         "probe_converged": result.fit.converged,
