@@ -22,7 +22,7 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 # C for features scaled to unit variance (see select_and_fit): 1e-4 ... 1e4, 4 values per decade. DINOv2-small
-# CLS features of digits pick C = 1 raw and L2-normalised alike; the ends are for tiny or separable data.
+# CLS features of digits pick 1.8 (raw) and 3.2 (L2-normalised) on it; the ends are for tiny or separable data.
 DEFAULT_C_GRID = tuple(10.0 ** (k / 4) for k in range(-16, 17))
 # Gradient tolerance (max absolute entry) of the mean objective; scikit-learn's default is 1e-4.
 DEFAULT_TOL = 1e-6
@@ -269,6 +269,8 @@ def write_head(model, fit: LinearFit) -> None:
 def fit_classifier_head(model, train, validation=None, *, device=None, **select_kwargs) -> dict:
     """Fit the classifier's head on cached features (datasets from `precompute_features`) by `select_and_fit`.
 
+    The head's dropout plays no part: the L2 penalty chosen on held-out data is the regulariser.
+
     Returns what all_results.json records: the training loss, solver, chosen C (and the equivalent L2 coefficient
     on the mean loss), how C was chosen, the grid of C and the held-out accuracy of each, L-BFGS iterations (of
     the chosen fit and of the whole selection), whether it converged, and fit seconds.
@@ -338,6 +340,7 @@ def use_lbfgs_probe(ft_args, training_args, *, cached: bool, why_uncached: str =
         )
     logger.info(
         "linear_probe with --probe_solver lbfgs: the head is fitted by L-BFGS on cached features; --learning_rate, "
-        "--num_train_epochs, --max_steps and the optimizer settings are not used (--probe_solver trainer uses them)."
+        "--num_train_epochs, --max_steps, the optimizer settings and --head_dropout are not used (--probe_solver trainer uses "
+        "them)."
     )
     return True
