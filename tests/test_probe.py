@@ -285,3 +285,36 @@ def test_audio_probe_without_validation_chooses_c_by_cross_validation(tiny_wav2v
     )  # fmt: skip
     assert results["probe_selection"] == "5-fold cross-validation on train" and "eval_accuracy" not in results
     assert results["test_accuracy"] >= 0.6, results
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "whisper", "ast"])
+def test_every_audio_encoder_caches_its_pooled_frames_once(family, tmp_path, monkeypatch):
+    import soundfile as sf
+    from datasets import Dataset
+    from test_audio_models import BACKBONES
+
+    from mm_hf.features import precompute_features
+    from mm_hf.models import build_audio_classifier
+
+    BACKBONES[family](str(tmp_path / family))
+    model = build_audio_classifier(str(tmp_path / family), {0: "a", 1: "b"}).eval()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, seconds in enumerate([0.3, 0.5, 0.4, 0.5]):
+        paths.append(str(tmp_path / f"{i}.wav"))
+        sf.write(paths[-1], 0.1 * rng.standard_normal(int(16000 * seconds)), 16000)
+    transform = AudioTransform(AutoFeatureExtractor.from_pretrained(tmp_path / family), max_length_seconds=0.5)
+    calls = []
+    original = model.backbone.forward
+    # Count the clips the encoder sees (its inputs come first, under the backbone's own input name).
+    monkeypatch.setattr(
+        model.backbone, "forward", lambda **k: calls.append(len(next(iter(k.values())))) or original(**k)
+    )
+    cached = precompute_features(model, Dataset.from_dict({"audio": paths, "labels": [0, 1, 0, 1]}), transform, 4)
+    assert sum(calls) == 4 and cached.column_names == ["pooled_embeds", "labels"]
+    # The head on the cached vectors gives the classifier's own logits on the clips (same batch, same padding).
+    batch = transform({"audio": paths, "labels": [0, 1, 0, 1]})
+    with torch.no_grad():
+        full = model(**{k: torch.stack(v) for k, v in batch.items() if k != "labels"}).logits
+        from_cache = model(pooled_embeds=torch.tensor(cached["pooled_embeds"])).logits
+    torch.testing.assert_close(from_cache, full, atol=1e-5, rtol=1e-4)
