@@ -98,9 +98,9 @@ class FinetuneArguments:
     probe_solver: str = field(
         default="lbfgs",
         metadata={
-            "help": "With linear_probe on cached features (clip_imagecls, audio_cls): lbfgs fits the head to convergence (logistic regression, "
-            "L2 strength chosen on validation, else by 5-fold cross-validation on train; ignores the learning "
-            "rate, epochs and steps); trainer trains it by Trainer epochs instead.",
+            "help": "With linear_probe on cached features (clip_imagecls, audio_cls): lbfgs fits the head to "
+            "convergence (logistic regression, L2 strength chosen on validation, else by 5-fold cross-validation "
+            "on train; ignores the learning rate, epochs and steps); trainer trains it by Trainer epochs instead.",
             "choices": ["lbfgs", "trainer"],
         },
     )

@@ -340,7 +340,7 @@ def use_lbfgs_probe(ft_args, training_args, *, cached: bool, why_uncached: str =
         )
     logger.info(
         "linear_probe with --probe_solver lbfgs: the head is fitted by L-BFGS on cached features; --learning_rate, "
-        "--num_train_epochs, --max_steps, the optimizer settings and --head_dropout are not used (--probe_solver trainer uses "
-        "them)."
+        "--num_train_epochs, --max_steps, the optimizer settings and --head_dropout are not used "
+        "(--probe_solver trainer uses them)."
     )
     return True

@@ -141,8 +141,11 @@ def main(argv=None):
 
     # 6. Evaluate the untouched model, train (or fit the linear probe by L-BFGS), evaluate again
     before_label = "zero-shot" if cls_args.head_init == "zeroshot" else "random head"
-    device = training_args.device
-    fit = partial(fit_classifier_head, model, datasets_["train"], datasets_.get("validation"), device=device)
+    fit = None
+    if lbfgs:  # the linear probe's head, fitted to convergence on the cached features instead of by epochs
+        fit = partial(
+            fit_classifier_head, model, datasets_["train"], datasets_.get("validation"), device=training_args.device
+        )
     run = train_with_before_after(
         trainer,
         datasets_,
@@ -151,7 +154,7 @@ def main(argv=None):
         early_stopping_patience=ft_args.early_stopping_patience,
         resume_from_checkpoint=training_args.resume_from_checkpoint,
         before_label=before_label,
-        fit=fit if lbfgs else None,
+        fit=fit,
     )
 
     # 7. Save the model, outputs and model card (and publish when --push_to_hub)
