@@ -321,7 +321,7 @@ def use_lbfgs_probe(ft_args, training_args, *, cached: bool, why_uncached: str =
     Call before any feature is computed. `cached` says whether the run caches frozen features (the solver
     needs them); `why_uncached` names what prevents it, for the error message.
     """
-    if ft_args.finetune_strategy != "linear_probe" or ft_args.probe_solver != "lbfgs":
+    if ft_args.finetune_strategy != "linear_probe" or ft_args.probe_solver != "lbfgs" or not training_args.do_train:
         return False
     if not cached:
         raise ValueError(
