@@ -104,6 +104,15 @@ class FinetuneArguments:
         default=True,
         metadata={"help": "With linear_probe: run the frozen backbone once and train the head on cached features."},
     )
+    probe_solver: str = field(
+        default="lbfgs",
+        metadata={
+            "help": "With linear_probe on cached features (clip_imagecls, audio_cls): lbfgs fits the head to "
+            "convergence (logistic regression, L2 strength chosen on validation, else by 5-fold cross-validation "
+            "on train; ignores the learning rate, epochs and steps); trainer trains it by Trainer epochs instead.",
+            "choices": ["lbfgs", "trainer"],
+        },
+    )
     early_stopping_patience: int | None = field(
         default=None,
         metadata={"help": "Stop after this many evaluations without improvement (turns on load_best_model_at_end)."},
@@ -122,6 +131,8 @@ class FinetuneArguments:
         known = ("linear_probe", "top_k", "full", "lora", "lock_image", "lock_text")
         if self.finetune_strategy not in known:
             raise UserError(f"--finetune_strategy must be one of {', '.join(known)}; got {self.finetune_strategy!r}")
+        if self.probe_solver not in ("lbfgs", "trainer"):
+            raise UserError(f"--probe_solver must be lbfgs or trainer; got {self.probe_solver!r}")
 
 
 _POOLING_HELP = "cls (first token), mean (over real tokens/frames), attention (learned), pooler (the encoder's own)"

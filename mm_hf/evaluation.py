@@ -1,5 +1,6 @@
 """The before/after protocol of the classification recipes: evaluate untouched, train, evaluate again."""
 
+import time
 from dataclasses import dataclass
 
 from transformers import EarlyStoppingCallback
@@ -32,6 +33,7 @@ def train_with_before_after(
     before_label: str = "zero-shot",
     table_metrics=None,
     extra_after=None,
+    fit=None,
 ) -> BeforeAfter:
     """Evaluate the untouched model on the held-out split (test, else validation), train, evaluate again.
 
@@ -41,6 +43,8 @@ def train_with_before_after(
     Early stopping watches only the evaluations made during training, not the before/after ones.
     `table_metrics` chooses the rows of the before/after table (default: accuracy, top-5, macro/weighted F1);
     `extra_after(split, key)` returns more after-training metrics for it (e.g. modality ablations).
+    `fit()`, when given, trains instead of `trainer.train` (e.g. `mm_hf.probe.fit_classifier_head` on cached
+    features) and returns what to record; its wall time is the train runtime.
     """
     require_evaluation_split(datasets)  # the loaders of the fusion recipes accept train alone
     split = "test" if "test" in datasets else "validation"
@@ -48,7 +52,11 @@ def train_with_before_after(
     before = evaluate_before_training(trainer, datasets[split], f"zeroshot_{key}")
     before_report = metrics.last_report
     results, train_runtime = dict(before), None
-    if do_train:
+    if do_train and fit is not None:
+        start = time.perf_counter()
+        results.update(fit(), train_samples=len(datasets["train"]))
+        train_runtime = results["train_runtime"] = time.perf_counter() - start
+    elif do_train:
         early_stopping = None
         if early_stopping_patience is not None:
             early_stopping = EarlyStoppingCallback(early_stopping_patience=early_stopping_patience)

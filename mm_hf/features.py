@@ -13,12 +13,17 @@ def precompute_features(
     """Run the classifier's frozen tower once over `dataset` (with its eval `transform`).
 
     Image classifiers (`get_image_features(pixel_values)`) give `image_embeds`; CLAP audio classifiers
-    (`get_audio_features(input_features, is_longer)`) give `audio_embeds`. Returns a Dataset with those
+    (`get_audio_features(input_features, is_longer)`) give `audio_embeds`; audio encoder classifiers with a
+    parameter-free pooler (mean pooling) give `pooled_embeds`, the pooler's output. Returns a Dataset with those
     (float32 lists) and `labels`, which the classifier's `forward(image_embeds=...)` / `forward(audio_embeds=...)`
-    consumes directly: each head epoch then costs a matrix multiply.
+    / `forward(pooled_embeds=...)` consumes directly: each head epoch then costs a matrix multiply.
     """
     device = device or next(model.parameters()).device
     dtype = next(model.parameters()).dtype
+    if hasattr(model, "pooler"):
+        if not can_cache_pooled(model):
+            raise ValueError("Only a parameter-free pooler (mean pooling) can be cached; attention pooling learns.")
+        return _precompute_pooled(model, dataset, transform, batch_size, num_workers, device, dtype)
     audio = hasattr(model, "get_audio_features")
     was_training = model.training
     model.eval()
@@ -41,6 +46,44 @@ def precompute_features(
     model.train(was_training)
     key = "audio_embeds" if audio else "image_embeds"
     return Dataset.from_dict({key: torch.cat(embeds).numpy(), "labels": torch.cat(labels).numpy()})
+
+
+def can_cache_pooled(model) -> bool:
+    """Whether an audio encoder classifier's pooled features can be cached: its pooler learns nothing.
+
+    Attention pooling learns per-frame scores, so a probe must pool the frames anew at every step: caching would
+    have to keep every frame of every clip (frames x hidden floats, e.g. 250 x 512 for 5 s of Whisper-base: 0.5 MB
+    a clip, 1 GB for 2000 clips, vs 2 KB pooled), so its backbone runs on every batch instead.
+    """
+    return not any(p.numel() for p in model.pooler.parameters())
+
+
+@torch.no_grad()
+def _precompute_pooled(model, dataset, transform, batch_size, num_workers, device, dtype) -> Dataset:
+    # The pooler's output is captured from the model's own forward, so the cached vector is exactly what the
+    # classifier pools (frame masks and all) without a second copy of that logic here.
+    pooled = []
+    hook = model.pooler.register_forward_hook(lambda module, args, output: pooled.append(output.float().cpu()))
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(
+        dataset.with_transform(transform),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=default_data_collator,
+    )
+    labels = []
+    try:
+        for batch in loader:
+            labels.append(batch.pop("labels"))
+            inputs = {
+                k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in batch.items()
+            }
+            model(**inputs)
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return Dataset.from_dict({"pooled_embeds": torch.cat(pooled).numpy(), "labels": torch.cat(labels).numpy()})
 
 
 def classifier_datasets(

@@ -20,6 +20,7 @@ embeddings of class-name prompts (--prompt_templates), and the table compares ze
 import logging
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 
 from transformers import (
     AutoConfig,
@@ -40,6 +41,7 @@ from mm_hf.metrics.streaming import ClassificationMetrics
 from mm_hf.models import build_audio_classifier, build_clip_classifier
 from mm_hf.models.clip_classifier import is_audio_text_config
 from mm_hf.outputs import recipe_command, save_classification_run
+from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
 from mm_hf.training import (
     apply_audio_finetune_strategy,
     apply_finetune_strategy,
@@ -106,6 +108,13 @@ def main(argv=None):
             f"--head_init zeroshot needs an audio-text model (CLAP); {model_args.model_name_or_path} has no text tower"
         )
     zeroshot = audio_text and audio_args.head_init != "random"
+    # A linear probe caches the frozen tower's output once: CLAP's audio embeddings, or an audio encoder's
+    # mean-pooled frames (attention pooling learns its frame scores, so its backbone runs every batch:
+    # see mm_hf.features.can_cache_pooled).
+    pooled_cacheable = audio_text or audio_args.pooling == "mean"
+    cache = ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features and pooled_cacheable
+    why_uncached = "--precompute_features false" if pooled_cacheable else "--pooling attention (learned frame scores)"
+    lbfgs = use_lbfgs_probe(ft_args, training_args, cached=cache, why_uncached=why_uncached)
     before_label = "zero-shot" if zeroshot else "untrained head"
 
     # 3. Data: every split validated (columns, labels, decodable audio) before any training
@@ -156,7 +165,7 @@ def main(argv=None):
     trainable = trainable_parameters(model)
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 
-    # 5. Inputs: cached CLAP audio embeddings for a linear probe of its head, clips decoded on the fly otherwise
+    # 5. Inputs: cached embeddings (CLAP) or pooled frames for a linear probe, clips decoded on the fly otherwise
     def transform(train):
         return AudioTransform(
             feature_extractor,
@@ -166,7 +175,8 @@ def main(argv=None):
             augment=audio_args.augment,
         )
 
-    cache = audio_text and ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features
+    if ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features and not cache:
+        logger.info("--pooling attention learns per-frame scores: the frozen backbone runs on every batch, uncached")
     datasets_ = classifier_datasets(model, splits, transform(train=True), transform(train=False), training_args, cache)
     metrics = ClassificationMetrics(id2label)
     trainer = Trainer(
@@ -179,7 +189,12 @@ def main(argv=None):
         compute_metrics=metrics,
     )
 
-    # 6. Evaluate the untouched model, train, evaluate again
+    # 6. Evaluate the untouched model, train (or fit the linear probe by L-BFGS), evaluate again
+    fit = None
+    if lbfgs:  # the linear probe's head, fitted to convergence on the cached features instead of by epochs
+        fit = partial(
+            fit_classifier_head, model, datasets_["train"], datasets_.get("validation"), device=training_args.device
+        )
     run = train_with_before_after(
         trainer,
         datasets_,
@@ -188,6 +203,7 @@ def main(argv=None):
         early_stopping_patience=ft_args.early_stopping_patience,
         resume_from_checkpoint=training_args.resume_from_checkpoint,
         before_label=before_label,
+        fit=fit,
     )
 
     # 7. Save the model, outputs and model card (and publish when --push_to_hub)

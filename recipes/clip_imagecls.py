@@ -15,6 +15,7 @@ so the test split is evaluated before training (zero-shot) and after, side by si
 import logging
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 
 from transformers import AutoProcessor, Trainer, TrainingArguments, default_data_collator
 
@@ -31,6 +32,7 @@ from mm_hf.outputs import (
     recipe_command,
     save_classification_run,
 )
+from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
 from mm_hf.training import (
     apply_finetune_strategy,
     prepare_training_arguments,
@@ -75,6 +77,8 @@ def main(argv=None):
     # 1. Arguments
     argv = sys.argv[1:] if argv is None else list(argv)
     model_args, data_args, ft_args, cls_args, training_args = start_run(ARGUMENT_TYPES, argv)
+    cache = ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features
+    lbfgs = use_lbfgs_probe(ft_args, training_args, cached=cache)
 
     # 2. Data: every split validated (columns, labels, decodable images) before any training
     with training_args.main_process_first(desc="loading data"):  # one download/cache build, then the others read it
@@ -122,7 +126,6 @@ def main(argv=None):
         crop_scale=(cls_args.crop_scale_min, 1.0),
         hflip=cls_args.hflip,
     )
-    cache = ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features
     datasets_ = classifier_datasets(model, splits, train_transform, eval_transform, training_args, cache)
 
     # 5. Trainer
@@ -137,8 +140,13 @@ def main(argv=None):
         compute_metrics=metrics,
     )
 
-    # 6. Evaluate the untouched model, train, evaluate again
+    # 6. Evaluate the untouched model, train (or fit the linear probe by L-BFGS), evaluate again
     before_label = "zero-shot" if cls_args.head_init == "zeroshot" else "random head"
+    fit = None
+    if lbfgs:  # the linear probe's head, fitted to convergence on the cached features instead of by epochs
+        fit = partial(
+            fit_classifier_head, model, datasets_["train"], datasets_.get("validation"), device=training_args.device
+        )
     run = train_with_before_after(
         trainer,
         datasets_,
@@ -147,6 +155,7 @@ def main(argv=None):
         early_stopping_patience=ft_args.early_stopping_patience,
         resume_from_checkpoint=training_args.resume_from_checkpoint,
         before_label=before_label,
+        fit=fit,
     )
 
     # 7. Save the model, outputs and model card (and publish when --push_to_hub)

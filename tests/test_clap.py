@@ -195,7 +195,7 @@ def test_linear_probe_embeds_each_clip_once_whatever_the_epochs(tiny_clap, tones
     for epochs in (1, 3):
         calls.clear()
         results = run(
-            tiny_clap, tmp_path / f"probe{epochs}", "--finetune_strategy", "linear_probe",
+            tiny_clap, tmp_path / f"probe{epochs}", "--finetune_strategy", "linear_probe", "--probe_solver", "trainer",
             "--num_train_epochs", str(epochs), "--learning_rate", "1e-2", data=tones, steps=-1,
         )  # fmt: skip
         counts.append(sum(calls))
@@ -207,6 +207,6 @@ def test_linear_probe_embeds_each_clip_once_whatever_the_epochs(tiny_clap, tones
     calls.clear()
     uncached = run(
         tiny_clap, tmp_path / "uncached", "--finetune_strategy", "linear_probe", "--precompute_features", "false",
-        "--num_train_epochs", "1", "--augment", "false", data=tones, steps=-1,
+        "--probe_solver", "trainer", "--num_train_epochs", "1", "--augment", "false", data=tones, steps=-1,
     )  # fmt: skip
     assert sum(calls) > 72 and uncached["zeroshot_test_accuracy"] == pytest.approx(zero_shot[0])

@@ -106,8 +106,18 @@ def test_two_process_run_reports_each_test_image_once(strategy, tiny_vtde, digit
     # Replicas log at --log_level_replica (warning): each INFO line once, unless one asks for the replicas' too.
     replicas_log = strategy == "lora"
     verbose = ("--log_level_replica", "info") if replicas_log else ()
+    # linear_probe by Trainer epochs here (DDP over cached features); the L-BFGS fit has its own test below.
+    solver = ("--probe_solver", "trainer") if strategy == "linear_probe" else ()
     proc = launch(
-        tiny_vtde, digits_dir, out, "--finetune_strategy", strategy, "--ddp_find_unused_parameters", "false", *verbose
+        tiny_vtde,
+        digits_dir,
+        out,
+        "--finetune_strategy",
+        strategy,
+        "--ddp_find_unused_parameters",
+        "false",
+        *verbose,
+        *solver,
     )
     check_ok(proc)
 
@@ -187,6 +197,20 @@ def test_log_level_of_main_process_and_replicas(monkeypatch, tmp_path, main, fla
     finally:
         logging.getLogger().setLevel(root)
         hf_logging.set_verbosity(hf_level)
+
+
+def test_two_process_lbfgs_probe_reports_the_saved_fit(tiny_vtde, digits_dir, tmp_path):
+    """Each process fits the same head from the same cached features; the saved one gives the logged numbers."""
+    out = tmp_path / "out"
+    check_ok(launch(tiny_vtde, digits_dir, out, "--finetune_strategy", "linear_probe"))
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["probe_solver"] == "lbfgs" and results["test_samples"] == N_TEST
+    model = AutoModelForImageClassification.from_pretrained(out)
+    labels, logits = recompute(model, AutoProcessor.from_pretrained(out), digits_dir / "test")
+    assert results["test_accuracy"] == pytest.approx((logits.argmax(-1) == labels).float().mean().item())
+    # Trainer averages per-batch means over padded batches (see above): near, not equal; a world-size factor is far.
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    assert results["test_loss"] == pytest.approx(loss, rel=0.1), (results["test_loss"], loss)
 
 
 def test_multi_process_launch_without_use_cpu_fails_fast(tiny_vtde, digits_dir, tmp_path):

@@ -142,8 +142,15 @@ class AudioClassifierForAudioClassification(AudioClassifierPreTrainedModel):
         input_features: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        pooled_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> SequenceClassifierOutput:
+        # `pooled_embeds` (batch, hidden): the pooled frames cached once from the frozen backbone (linear probing),
+        # so only the head runs.
+        if pooled_embeds is not None:
+            logits = self.classifier(pooled_embeds.to(self.classifier[1].weight.dtype))
+            loss = None if labels is None else F.cross_entropy(logits.float(), labels.to(logits.device))
+            return SequenceClassifierOutput(loss=loss, logits=logits)
         inputs = input_values if input_values is not None else input_features
         if inputs is None:
             raise ValueError(f"Pass the audio as `{self.main_input_name}`.")
