@@ -240,3 +240,35 @@ def test_ast_pools_only_the_patches_of_the_clip(tmp_path):
     # frequency rows; plus [CLS] and distillation. 0.5 s: 48 frames fill the 32-frame window.
     assert mask.tolist() == [[1, 1, 1, 1, 0, 0, 1, 1, 0, 0], [1] * 10]
     torch.testing.assert_close(pooled[0], hidden[0, mask[0].bool()].mean(0))
+
+
+def test_fusion_whisper_encoder_runs_the_short_window_and_reloads(whisper4s, tmp_path):
+    """The fusion recipes' Whisper audio encoder goes through the same window fitting: model, saved config and
+    saved processor agree after a reload (also as remote code, which now ships the audio classifier's file)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from mm_hf.models import build_fusion_classifier
+    from mm_hf.processing import MultimodalProcessor, ProcessorSettings
+
+    tasks = [{"name": "label", "problem_type": "single_label_classification", "labels": ["no", "yes"]}]
+    settings = ProcessorSettings(["audio"], max_length_seconds=0.8)
+    processor = MultimodalProcessor.from_encoders({"audio": whisper4s}, settings)
+    torch.manual_seed(0)
+    model = build_fusion_classifier(
+        {"audio": whisper4s}, tasks, hidden_size=16,
+        audio_feature_extractor=processor.feature_extractor, max_length_seconds=settings.max_length_seconds,
+    ).eval()  # fmt: skip
+    assert model.multimodal.encoders["audio"].embed_positions.num_embeddings == 50
+    out = tmp_path / "fusion"
+    model.save_pretrained(out)
+    processor.save_pretrained(str(out))
+    assert json.loads((out / "config.json").read_text())["audio_config"]["max_source_positions"] == 50
+    assert "modeling_audio_classifier.py" in os.listdir(out)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    batch = MultimodalProcessor.from_pretrained(str(out)).transform(train=False)(
+        {"audio": [{"array": clip(0.3), "sampling_rate": SR}, {"array": clip(1.5), "sampling_rate": SR}]}
+    )
+    inputs = {key: torch.stack(values) for key, values in batch.items()}
+    assert inputs["input_features"].shape[-1] == 100 and inputs["audio_attention_mask"].sum(1).tolist() == [30, 80]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits)
