@@ -272,3 +272,28 @@ def test_fusion_whisper_encoder_runs_the_short_window_and_reloads(whisper4s, tmp
     assert inputs["input_features"].shape[-1] == 100 and inputs["audio_attention_mask"].sum(1).tolist() == [30, 80]
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits)
+
+
+def test_lora_adapter_on_the_short_window_reloads_with_that_window(whisper4s, tmp_path):
+    """A LoRA run saves the adapter, not the encoder: the rebuilt base gets the recorded window back, so it
+    reads what the saved extractor makes."""
+    from types import SimpleNamespace
+
+    from mm_hf.models import load_finetuned
+    from mm_hf.outputs import save_adapter_base_config
+    from mm_hf.training import apply_audio_finetune_strategy
+
+    model, transform = classifier_and_transform(whisper4s, max_length_seconds=1.0)
+    args = SimpleNamespace(finetune_strategy="lora", unfreeze_last_n_layers=1, lora_r=4, lora_alpha=8,
+                           lora_dropout=0.0, lora_target_modules=None, freeze_feature_encoder=False)  # fmt: skip
+    model = apply_audio_finetune_strategy(model, args).eval()
+    with torch.no_grad():  # a trained-looking adapter: non-zero LoRA deltas
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)
+    model.save_pretrained(tmp_path / "adapter")
+    save_adapter_base_config(model, str(tmp_path / "adapter"))
+    reloaded = load_finetuned(str(tmp_path / "adapter")).eval()
+    inputs = {key: torch.stack(values) for key, values in transform.features([clip(0.3), clip(0.9, seed=1)]).items()}
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits)

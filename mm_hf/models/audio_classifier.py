@@ -100,13 +100,7 @@ def fit_whisper_window(encoder: nn.Module, recorded_config, feature_extractor, m
         )
         return None
     num_positions = seconds * rate // hop // stride
-    short = nn.Embedding(num_positions, positions.embedding_dim, device=positions.weight.device)
-    short.weight.data = positions.weight.data[:num_positions].clone()
-    short.requires_grad_(False)  # fixed sinusoids, frozen as in WhisperEncoder.__init__
-    encoder.embed_positions = short
-    encoder.max_source_positions = num_positions
-    for config in {id(c): c for c in (encoder.config, recorded_config)}.values():
-        config.max_source_positions = num_positions
+    shorten_whisper_encoder(encoder, recorded_config, num_positions)
     feature_extractor.chunk_length = seconds
     feature_extractor.n_samples = seconds * rate
     feature_extractor.nb_max_frames = feature_extractor.n_samples // hop
@@ -115,3 +109,16 @@ def fit_whisper_window(encoder: nn.Module, recorded_config, feature_extractor, m
         seconds, num_positions, chunk_length, max_length_seconds,
     )  # fmt: skip
     return seconds
+
+
+def shorten_whisper_encoder(encoder: nn.Module, recorded_config, num_positions: int) -> None:
+    """Keep the first `num_positions` of a Whisper encoder's position embeddings and record the new
+    `max_source_positions` on its config and on `recorded_config` (the one saved with the checkpoint)."""
+    positions = encoder.embed_positions
+    short = nn.Embedding(num_positions, positions.embedding_dim, device=positions.weight.device)
+    short.weight.data = positions.weight.data[:num_positions].clone()
+    short.requires_grad_(False)  # fixed sinusoids, frozen as in WhisperEncoder.__init__
+    encoder.embed_positions = short
+    encoder.max_source_positions = num_positions
+    for config in {id(c): c for c in (encoder.config, recorded_config)}.values():
+        config.max_source_positions = num_positions
