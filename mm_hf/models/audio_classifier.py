@@ -89,7 +89,7 @@ def fit_whisper_window(encoder: nn.Module, recorded_config, feature_extractor, m
     chunk_length = getattr(feature_extractor, "chunk_length", None)
     if not (isinstance(conv1, nn.Conv1d) and isinstance(conv2, nn.Conv1d) and isinstance(positions, nn.Embedding)):
         return None
-    if not max_length_seconds or chunk_length is None or max_length_seconds >= chunk_length:
+    if not max_length_seconds or chunk_length is None or math.ceil(max_length_seconds) >= chunk_length:
         return None
     seconds = math.ceil(max_length_seconds)
     rate, hop = int(feature_extractor.sampling_rate), int(feature_extractor.hop_length)
