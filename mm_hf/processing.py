@@ -62,13 +62,20 @@ class MultimodalProcessor:
     @classmethod
     def from_encoders(cls, encoders: dict[str, str | None], settings: ProcessorSettings, tabular=None, **kwargs):
         """Load each modality's processor from its encoder's Hub id or path (`encoders` as for the model)."""
-        from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
+        from transformers import AutoConfig, AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
+
+        from .models.text_length import text_max_length
 
         visual = encoders.get("image") or encoders.get("video")
+        tokenizer = AutoTokenizer.from_pretrained(encoders["text"], **kwargs) if encoders.get("text") else None
+        if tokenizer is not None:
+            # Never beyond what the text encoder has positions for (saved so a reload tokenizes the same way).
+            config = AutoConfig.from_pretrained(encoders["text"], **kwargs)
+            settings.max_length = text_max_length(tokenizer, config, settings.max_length)
         return cls(
             settings,
             image_processor=AutoImageProcessor.from_pretrained(visual, **kwargs) if visual else None,
-            tokenizer=AutoTokenizer.from_pretrained(encoders["text"], **kwargs) if encoders.get("text") else None,
+            tokenizer=tokenizer,
             feature_extractor=(
                 AutoFeatureExtractor.from_pretrained(encoders["audio"], **kwargs) if encoders.get("audio") else None
             ),
@@ -184,7 +191,8 @@ class MultimodalTransform:
     def _text(self, sources: list) -> tuple[dict, list[bool]]:
         texts = [str(text) if text is not None else "" for text in sources]
         tokenizer = self.processor.tokenizer
-        # Never beyond what the encoder was built for (its position embeddings), whatever --max_seq_length says.
+        # `from_encoders` capped the setting at the text encoder's positions (with a warning); this keeps
+        # processors built by hand within the tokenizer's own limit.
         max_length = min(self.processor.settings.max_length, tokenizer.model_max_length)
         enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]

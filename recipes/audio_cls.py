@@ -59,7 +59,10 @@ class AudioArguments:
     label_column_name: str = field(default="label", metadata={"help": "Column holding class labels."})
     max_length_seconds: float = field(
         default=5.0,
-        metadata={"help": "Clips are cut to this length: a random window in training, the first one in evaluation."},
+        metadata={
+            "help": "Clips are cut to this length: a random window in training, the first one in evaluation. "
+            "Whisper then runs on this length (rounded up to whole seconds) instead of its 30 s window."
+        },
     )
     freeze_feature_encoder: bool = field(
         default=True, metadata={"help": "Keep the convolutional waveform feature encoder frozen (wav2vec2-style)."}
@@ -159,6 +162,9 @@ def main(argv=None):
             id2label,
             pooling=audio_args.pooling,
             head_dropout=audio_args.head_dropout,
+            # Whisper runs on the clips' own length, not its 30 s window; the extractor pads to match
+            feature_extractor=feature_extractor,
+            max_length_seconds=audio_args.max_length_seconds,
             **hub_kwargs,
         )
         model = apply_audio_finetune_strategy(model, ft_args)

@@ -36,6 +36,7 @@ from mm_hf.data.pairs import load_caption_splits
 from mm_hf.errors import run_cli
 from mm_hf.hub import write_model_card, write_run_info
 from mm_hf.models import ContrastiveDualEncoderModel
+from mm_hf.models.text_length import text_max_length
 from mm_hf.outputs import recipe_command, update_all_results, write_run_config, write_training_curves
 from mm_hf.publish import publish_run
 from mm_hf.reports import format_before_after_table
@@ -82,7 +83,10 @@ class RetrievalArguments:
         default="clip", metadata={"help": "clip (InfoNCE) or siglip (sigmoid).", "choices": ["clip", "siglip"]}
     )
     gather_negatives: bool = field(default=True, metadata={"help": "Loss over the global batch across processes."})
-    max_seq_length: int = field(default=64, metadata={"help": "Captions are padded/truncated to this many tokens."})
+    max_seq_length: int = field(
+        default=64,
+        metadata={"help": "Captions are padded/truncated to this many tokens (at most the text tower's positions)."},
+    )
     zeroshot_eval_dir: str | None = field(
         default=None, metadata={"help": "Class folders for zero-shot classification before/after (ability kept)."}
     )
@@ -116,6 +120,8 @@ def main(argv=None):
     column = ret_args.audio_column if modality == "audio" else ret_args.image_column
     media = build_media(modality, processor, column, max_length_seconds=ret_args.max_length_seconds)
     tokenizer = processor.tokenizer
+    # Captions never longer than the text tower has positions for (CLIP: 77), whatever --max_seq_length says.
+    max_length = text_max_length(tokenizer, backbone.config, ret_args.max_seq_length)
 
     # 3. Data: captions cleaned, images/clips decodable, before any training
     with training_args.main_process_first(desc="loading data"):
@@ -150,7 +156,6 @@ def main(argv=None):
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 
     # 5. Inputs (an image or clip + one of its captions per row) and Trainer
-    max_length = ret_args.max_seq_length
     train_ds = splits["train"].with_transform(
         PairTransform(media, tokenizer, train=True, augment=ret_args.augment, max_length=max_length)
     )
@@ -178,7 +183,7 @@ def main(argv=None):
             media,
             tokenizer,
             batch_size=training_args.per_device_eval_batch_size,
-            max_length=ret_args.max_seq_length,
+            max_length=max_length,
             prefix=f"{prefix}{key}_",
             zeroshot_eval_dir=ret_args.zeroshot_eval_dir,
             prompt_templates=ret_args.prompt_templates,

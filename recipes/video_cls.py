@@ -125,6 +125,9 @@ def main(argv=None):
         tabular_num_numeric=len(columns.numeric),
         tabular_cardinalities=tabular.cardinalities if tabular else (),
         from_pretrained_kwargs=model_args.hub_kwargs(),
+        # A Whisper audio encoder runs on the clips' own length, not its 30 s window; the extractor pads to match
+        audio_feature_extractor=processor.feature_extractor,
+        max_length_seconds=fusion_args.max_length_seconds,
         num_frames=video_args.num_frames,
         frame_pooling=video_args.frame_pooling,
         temporal_pooling=video_args.temporal_pooling,

@@ -10,6 +10,7 @@ once, up front, and either fails with a list of the bad files or drops them.
 from __future__ import annotations
 
 import functools
+import inspect
 import io
 import os
 import random
@@ -233,9 +234,11 @@ class AudioTransform:
     makes one, `attention_mask`. Padding is to the longest clip of the batch, or to the extractor's
     fixed length for those that need it (Whisper's 30 s). Because datasets hands a DataLoader batch
     to the transform at once, the clips of a batch share one length and `default_data_collator`
-    stacks them. `return_attention_mask=None` follows the extractor's own setting: wav2vec2-base-like
-    checkpoints are meant to get zero padding without a mask. A class, not a closure, so datasets
-    carrying it pickle into DataLoader workers.
+    stacks them. `return_attention_mask=None` asks for the mask whenever the extractor can make one
+    (wav2vec2's and Whisper's can): pooling needs it to skip padded frames, and wav2vec2's extractor then
+    normalises each clip over its own samples and pads with exact zeros. Whether the backbone itself sees
+    the mask is the model's call (wav2vec2-base-like checkpoints were trained on zero padding without one).
+    A class, not a closure, so datasets carrying it pickle into DataLoader workers.
     """
 
     def __init__(
@@ -259,6 +262,9 @@ class AudioTransform:
             self.max_samples = min(self.max_samples or window, int(window))
         self.train = train
         self.augment = augment and train
+        if return_attention_mask is None:
+            accepted = inspect.signature(feature_extractor.__call__).parameters
+            return_attention_mask = True if "return_attention_mask" in accepted else None
         self.return_attention_mask = return_attention_mask
         self.input_name = feature_extractor.model_input_names[0]
 
@@ -277,7 +283,8 @@ class AudioTransform:
         if self.augment:
             clips = [augment(clip) for clip in clips]
         kwargs = {"return_attention_mask": self.return_attention_mask} if self.return_attention_mask is not None else {}
-        # Extractors with a fixed input size (Whisper: n_samples = 30 s) need exactly that length.
+        # Extractors with a fixed input size (Whisper: n_samples, 30 s or the classifier's shorter window) need
+        # exactly that length.
         padding = "max_length" if getattr(self.feature_extractor, "n_samples", None) else True
         features = self.feature_extractor(
             clips, sampling_rate=self.sampling_rate, return_tensors="pt", padding=padding, **kwargs

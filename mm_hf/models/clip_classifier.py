@@ -9,6 +9,7 @@ from transformers import AutoModel
 from ..errors import UserError
 from .configuration_clip_classifier import ClapClassifierConfig, ClipClassifierConfig
 from .modeling_clip_classifier import ClapClassifierForAudioClassification, ClipClassifierForImageClassification
+from .text_length import text_max_length
 
 # The 7-template ensemble the CLIP authors selected for ImageNet: a few varied prompts beat 80.
 DEFAULT_PROMPT_TEMPLATES = (
@@ -43,9 +44,13 @@ def class_text_embeddings(
     """
     device = next(backbone.parameters()).device
     prompts = [t.format(name) for name in class_names for t in templates]
+    # Long prompts are cut to what the text tower has positions for (a longer one would fail inside it).
+    max_length = text_max_length(tokenizer, backbone.config)
     # SigLIP was trained on fixed-length padded text; CLIP-style towers pool the EOS token and accept any padding.
     fixed_length = getattr(backbone.config, "model_type", "").startswith("siglip")
-    padding = {"padding": "max_length", "max_length": 64} if fixed_length else {"padding": True}
+    padding = {"padding": "max_length", "max_length": min(64, max_length or 64)} if fixed_length else {"padding": True}
+    if not fixed_length and max_length is not None:
+        padding["max_length"] = max_length
     chunks = []
     for start in range(0, len(prompts), batch_size):
         enc = tokenizer(prompts[start : start + batch_size], truncation=True, return_tensors="pt", **padding)

@@ -5,6 +5,7 @@ import logging
 from transformers import AutoConfig, AutoModel, PreTrainedConfig
 
 from ..errors import UserError
+from .audio_classifier import fit_whisper_window
 from .configuration_multimodal_fusion import ENCODER_OF, MultimodalFusionConfig
 from .modeling_multimodal_fusion import MultimodalFusionForClassification, drop_unused_pooler, encoder_class
 
@@ -53,6 +54,8 @@ def build_fusion_classifier(
     tabular_num_numeric: int = 0,
     tabular_cardinalities=(),
     from_pretrained_kwargs: dict | None = None,
+    audio_feature_extractor=None,
+    max_length_seconds: float | None = None,
     **config_kwargs,
 ) -> MultimodalFusionForClassification:
     """A `MultimodalFusionForClassification` whose encoders are pretrained.
@@ -61,6 +64,9 @@ def build_fusion_classifier(
         "audio"; "tabular" maps to None). "image" and "video" share one vision encoder (give the same id).
     tasks: [{"name", "problem_type", "labels", "loss_weight"}]; config_kwargs: any other
         `MultimodalFusionConfig` field (fusion, hidden_size, poolings, modality_dropout, ...).
+    audio_feature_extractor, max_length_seconds: a Whisper audio encoder and its extractor (changed in place, saved
+        with the processor) move from the 30 s window to one that fits clips of `max_length_seconds`
+        (`fit_whisper_window`).
     """
     from_pretrained_kwargs = from_pretrained_kwargs or {}
     loaded, sub_configs, names = {}, {}, {}
@@ -92,6 +98,9 @@ def build_fusion_classifier(
     for slot, encoder in loaded.items():
         key = "vision" if slot == "vision_config" else slot.split("_")[0]
         model.multimodal.encoders[key] = drop_unused_pooler(encoder, model.multimodal.encoder_poolings(key)).to(dtype)
+    if audio_feature_extractor is not None and "audio" in model.multimodal.encoders:
+        encoder = model.multimodal.encoders["audio"]
+        fit_whisper_window(encoder, model.config.audio_config, audio_feature_extractor, max_length_seconds)
     model.name_or_path = " + ".join(dict.fromkeys(names.values()))
     return model
 

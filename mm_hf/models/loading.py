@@ -5,7 +5,7 @@ import os
 
 from transformers import AutoConfig
 
-from .audio_classifier import build_audio_classifier
+from .audio_classifier import build_audio_classifier, shorten_whisper_encoder
 from .clip_classifier import build_clip_classifier
 from .configuration_audio_classifier import AudioClassifierConfig
 from .configuration_clip_classifier import ClapClassifierConfig, ClipClassifierConfig
@@ -24,17 +24,24 @@ def _rebuild_dual_encoder_classifier(base, config, **kw):
     )
 
 
+def _rebuild_audio_classifier(base, config, **kw):
+    model = build_audio_classifier(
+        base, config.id2label, pooling=config.pooling, head_dropout=config.head_dropout, **kw
+    )
+    # A Whisper trained on a short window (fit_whisper_window) gets that window back: the saved extractor pads to it.
+    recorded = getattr(config.backbone_config, "max_source_positions", None)
+    positions = getattr(model.backbone, "embed_positions", None)
+    if recorded and positions is not None and recorded < positions.num_embeddings:
+        shorten_whisper_encoder(model.backbone, model.config.backbone_config, recorded)
+    return model
+
+
 # model_type -> (model class, rebuild of the base classifier around a pretrained backbone). The head is
 # restored from the adapter (modules_to_save), so the rebuild needs no zero-shot pass or trained head.
 _FINETUNED = {
     ClipClassifierConfig.model_type: (ClipClassifierForImageClassification, _rebuild_dual_encoder_classifier),
     ClapClassifierConfig.model_type: (ClapClassifierForAudioClassification, _rebuild_dual_encoder_classifier),
-    AudioClassifierConfig.model_type: (
-        AudioClassifierForAudioClassification,
-        lambda base, config, **kw: build_audio_classifier(
-            base, config.id2label, pooling=config.pooling, head_dropout=config.head_dropout, **kw
-        ),
-    ),
+    AudioClassifierConfig.model_type: (AudioClassifierForAudioClassification, _rebuild_audio_classifier),
 }  # fmt: skip
 
 

@@ -69,6 +69,69 @@ def encoder_only(model: nn.Module) -> nn.Module:
     return model
 
 
+def reads_attention_mask(encoder: nn.Module) -> bool:
+    """Whether `encoder` itself should get the input-level `attention_mask`.
+
+    The wav2vec2 family reads one, except checkpoints whose conv features are group-normalised (wav2vec2-base,
+    HuBERT-base): they were trained on zero padding without a mask, and transformers' Wav2Vec2FeatureExtractor
+    docs say not to pass one. Whisper's and AST's forward have no input mask. Pooling masks padding either way
+    (`audio_frame_mask`).
+    """
+    if not hasattr(encoder, "_get_feature_vector_attention_mask"):
+        return False
+    return getattr(encoder.config, "feat_extract_norm", "layer") != "group"
+
+
+def audio_frame_mask(
+    encoder: nn.Module, inputs: torch.Tensor | None, attention_mask: torch.Tensor | None, num_frames: int
+) -> torch.Tensor | None:
+    """Which of the encoder's `num_frames` output positions hold real audio, (batch, num_frames); None: all do.
+
+    - wav2vec2 / HuBERT / WavLM: the sample-level `attention_mask` through the conv stem's strides.
+    - Whisper: its feature extractor's `attention_mask` (per mel frame, or per sample) through the conv stem's
+      stride 2. Its encoder has no attention mask, so real frames still attend to the padding.
+    - AST: its feature extractor gives no mask, but its padding is recognisable in the input: padded frames are
+      zero filterbank rows normalised to one constant, so every mel bin of such a frame holds the same value
+      (a real frame's bins differ; trailing digital silence counts as padding). A patch counts while it starts
+      inside the real frames; the [CLS] and distillation tokens always count. AST attends to the padding too.
+    """
+    if hasattr(encoder, "_get_feature_vector_attention_mask"):  # wav2vec2 family
+        if attention_mask is None:
+            return None
+        return encoder._get_feature_vector_attention_mask(num_frames, attention_mask)
+    conv1, conv2 = getattr(encoder, "conv1", None), getattr(encoder, "conv2", None)
+    if isinstance(conv1, nn.Conv1d) and isinstance(conv2, nn.Conv1d):  # Whisper's conv stem, mel frames
+        if attention_mask is None:
+            return None
+        if inputs is not None and attention_mask.shape[1] > inputs.shape[-1]:
+            # The extractor only rescales its mask to mel frames when the call itself passes
+            # return_attention_mask=True; from its saved setting alone (as in `pipeline`) the mask stays per sample.
+            attention_mask = attention_mask[:, :: attention_mask.shape[1] // inputs.shape[-1]]
+        stride = conv1.stride[0] * conv2.stride[0]
+        return attention_mask[:, ::stride][:, :num_frames]
+    config = getattr(encoder, "config", None)
+    if getattr(config, "model_type", None) == "audio-spectrogram-transformer" and inputs is not None:
+        return _ast_patch_mask(config, inputs, num_frames)
+    return None
+
+
+def _ast_patch_mask(config, input_values: torch.Tensor, num_tokens: int) -> torch.Tensor | None:
+    """AST's token mask from its spectrogram input (batch, frames, mel bins); None if the layout does not match."""
+    flat = input_values.amax(dim=-1) == input_values.amin(dim=-1)  # (batch, frames): all bins equal
+    trailing = flat.flip(-1).long().cumprod(dim=-1).sum(dim=-1)  # length of the run of such frames at the end
+    real_frames = input_values.shape[1] - trailing
+    freq_patches = (config.num_mel_bins - config.patch_size) // config.frequency_stride + 1
+    time_patches = (config.max_length - config.patch_size) // config.time_stride + 1
+    if 2 + freq_patches * time_patches != num_tokens:
+        return None
+    starts = torch.arange(time_patches, device=input_values.device) * config.time_stride
+    time_mask = starts[None, :] < real_frames[:, None]  # (batch, time patches)
+    # Patches are laid out frequency-major (time varies fastest), after the [CLS] and distillation tokens.
+    patches = time_mask.repeat(1, freq_patches)
+    special = torch.ones(input_values.shape[0], 2, dtype=torch.bool, device=input_values.device)
+    return torch.cat([special, patches], dim=1).long()
+
+
 class AudioClassifierPreTrainedModel(PreTrainedModel):
     config_class = AudioClassifierConfig
     base_model_prefix = "audio_classifier"
@@ -96,8 +159,10 @@ class AudioClassifierForAudioClassification(AudioClassifierPreTrainedModel):
     """Audio classifier on top of the encoder of any HF audio model.
 
     wav2vec2 / HuBERT / WavLM read `input_values` (+ `attention_mask`), AST reads `input_values`
-    (a spectrogram), Whisper reads `input_features` (padded to its fixed 30 s window). Either name is
-    accepted and handed to the backbone under its own `main_input_name`.
+    (a spectrogram), Whisper reads `input_features` padded to its window: 2 * `max_source_positions` mel
+    frames, 30 s as pretrained or the clip length it was built for (`build_audio_classifier`). Either name
+    is accepted and handed to the backbone under its own `main_input_name`. Pooling covers only the frames
+    that hold audio (`audio_frame_mask`).
     """
 
     def __init__(self, config: AudioClassifierConfig):
@@ -121,20 +186,11 @@ class AudioClassifierForAudioClassification(AudioClassifierPreTrainedModel):
         if isinstance(feature_extractor, nn.Module):
             feature_extractor.requires_grad_(False)
 
-    def frame_mask(self, attention_mask: torch.Tensor | None, num_frames: int) -> torch.Tensor | None:
-        """The input-level `attention_mask` (batch, samples) downsampled to the encoder's frames (batch, num_frames).
-
-        None (every frame counts) without a mask or when frames do not map to input positions (AST patches).
-        """
-        if attention_mask is None:
-            return None
-        if hasattr(self.backbone, "_get_feature_vector_attention_mask"):  # wav2vec2 / HuBERT / WavLM
-            return self.backbone._get_feature_vector_attention_mask(num_frames, attention_mask)
-        conv1, conv2 = getattr(self.backbone, "conv1", None), getattr(self.backbone, "conv2", None)
-        if isinstance(conv1, nn.Conv1d) and isinstance(conv2, nn.Conv1d):  # Whisper's conv stem, mel frames
-            stride = conv1.stride[0] * conv2.stride[0]
-            return attention_mask[:, ::stride][:, :num_frames]
-        return None
+    def frame_mask(
+        self, attention_mask: torch.Tensor | None, num_frames: int, inputs: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """Which of the encoder's `num_frames` frames hold real audio (batch, num_frames); see `audio_frame_mask`."""
+        return audio_frame_mask(self.backbone, inputs, attention_mask, num_frames)
 
     def forward(
         self,
@@ -155,12 +211,11 @@ class AudioClassifierForAudioClassification(AudioClassifierPreTrainedModel):
         if inputs is None:
             raise ValueError(f"Pass the audio as `{self.main_input_name}`.")
         backbone_inputs = {self.backbone.main_input_name: inputs}
-        # Only the wav2vec2 family reads a sample-level mask; AST's and Whisper's forward would misuse or ignore it.
-        if attention_mask is not None and hasattr(self.backbone, "_get_feature_vector_attention_mask"):
+        if attention_mask is not None and reads_attention_mask(self.backbone):
             backbone_inputs["attention_mask"] = attention_mask
         outputs = self.backbone(**backbone_inputs, **kwargs)
         hidden_states = outputs.last_hidden_state
-        pooled = self.pooler(hidden_states, self.frame_mask(attention_mask, hidden_states.shape[1]))
+        pooled = self.pooler(hidden_states, self.frame_mask(attention_mask, hidden_states.shape[1], inputs))
         logits = self.classifier(pooled)
         loss = None
         if labels is not None:
@@ -175,4 +230,6 @@ __all__ = [
     "AudioClassifierForAudioClassification",
     "AudioClassifierPreTrainedModel",
     "MeanPooling",
+    "audio_frame_mask",
+    "reads_attention_mask",
 ]

@@ -24,6 +24,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_multimodal_fusion import MultimodalFusionConfig, num_outputs
 from .fusion_modules import ModalityDropout, TabularEncoder, build_fusion, build_pooling
+from .modeling_audio_classifier import audio_frame_mask, reads_attention_mask
 
 
 @dataclass
@@ -245,16 +246,11 @@ class MultimodalFusionModel(MultimodalFusionPreTrainedModel):
         """Waveforms (B, S) (wav2vec2 family) or spectrogram features (Whisper, AST, CLAP) -> (B, D)."""
         encoder = self.encoders["audio"]
         inputs = {audio_input_name(encoder): audio.to(encoder.dtype)}
-        # Only the wav2vec2 family reads a sample-level mask; other encoders would misuse or ignore it.
-        wav2vec2_like = hasattr(encoder, "_get_feature_vector_attention_mask")
-        if audio_attention_mask is not None and wav2vec2_like:
+        # The encoder gets the mask only where it was trained with one; pooling skips padded frames either way.
+        if audio_attention_mask is not None and reads_attention_mask(encoder):
             inputs["attention_mask"] = audio_attention_mask
         outputs = encoder(**inputs)
-        frame_mask = None
-        if audio_attention_mask is not None and wav2vec2_like:
-            frame_mask = encoder._get_feature_vector_attention_mask(
-                outputs.last_hidden_state.shape[1], audio_attention_mask
-            )
+        frame_mask = audio_frame_mask(encoder, audio, audio_attention_mask, outputs.last_hidden_state.shape[1])
         return self.projections["audio"](self.poolers["audio"](outputs, frame_mask))
 
     def forward(
