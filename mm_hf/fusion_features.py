@@ -60,6 +60,9 @@ class CachedInputs:
     def __call__(self, batch: dict) -> dict:
         size = len(next(iter(batch.values())))
         hidden = {m: [None] * size for m in self.cached if m in batch}
+        settings = getattr(getattr(self.transform, "processor", None), "settings", None)
+        if getattr(settings, "audio_from_video", False) and "audio" in self.modalities and "audio" not in self.cached:
+            hidden.pop("video", None)  # the audio, computed on the fly, is read from the video files
         out = self.transform({**batch, **hidden})
         for modality in self.cached:
             for key in RAW_INPUTS[modality]:
