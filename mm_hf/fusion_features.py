@@ -102,7 +102,9 @@ def cache_encoder_outputs(model, dataset, transform, modalities: list[str], batc
             columns.setdefault(f"{modality}_present", []).append(present)
     multimodal.train(was_training)
     for name, parts in columns.items():
-        dataset = dataset.add_column(name, list(torch.cat(parts).numpy()))
+        values = torch.cat(parts).numpy()
+        # Arrow takes rows of 1-D arrays as they are; deeper rows (frames, tokens) as nested lists.
+        dataset = dataset.add_column(name, list(values) if values.ndim <= 2 else values.tolist())
     return dataset
 
 

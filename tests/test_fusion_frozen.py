@@ -109,54 +109,21 @@ def xor(tmp_path_factory):
     return write_imagetext_xor(str(tmp_path_factory.mktemp("xor")), sizes=(40, 12, 20), seed=0)
 
 
-def test_linear_probe_runs_each_frozen_encoder_once_not_every_epoch(encoders, xor, tmp_path, monkeypatch):
-    seen = []
-    original = MultimodalFusionModel.encoder_features
-
-    def counting(self, modality, inputs):
-        features, mask = original(self, modality, inputs)
-        seen.append((modality, len(features)))
-        return features, mask
-
-    monkeypatch.setattr(MultimodalFusionModel, "encoder_features", counting)
-    counts = []
-    for epochs in (1, 3):
-        seen.clear()
-        out = tmp_path / f"probe{epochs}"
-        results = recipe.main(
-            [
-                "--train_file", xor["train"], "--validation_file", xor["validation"], "--test_file", xor["test"],
-                "--vision_model_name_or_path", encoders["vision"], "--text_model_name_or_path", encoders["text"],
-                "--image_column", "image", "--text_column", "text", "--output_dir", str(out), "--do_train",
-                "--finetune_strategy", "linear_probe", "--num_train_epochs", str(epochs), "--hidden_size", "16",
-                "--max_seq_length", "16", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no",
-                "--disable_tqdm", "true",
-            ]
-        )  # fmt: skip
-        assert results["epoch"] == epochs and "test_without_text_accuracy" in results
-        counts.append({m: sum(n for name, n in seen if name == m) for m in ("image", "text")})
-    # Every row of every split went through each frozen encoder exactly once, however many epochs (the before /
-    # after evaluations and the modality ablations included).
-    assert counts == [{"image": 40 + 12 + 20, "text": 40 + 12 + 20}] * 2
-
-    # The saved model runs its encoders on raw inputs and gives the accuracy measured on the cache.
-    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
-    processor = MultimodalProcessor.from_pretrained(str(out))
-    rows = [json.loads(line) for line in open(xor["test"])]
-    root = os.path.dirname(xor["test"])
-    batch = {"image": [os.path.join(root, r["image"]) for r in rows], "text": [r["text"] for r in rows]}
-    inputs = processor.transform(train=False)(batch)
-    with torch.no_grad():
-        logits = model(**{k: torch.stack(v) for k, v in inputs.items()}).logits
-    labels = torch.tensor([model.config.tasks[0]["labels"].index(r["label"]) for r in rows])
-    assert (logits.argmax(-1) == labels).float().mean().item() == pytest.approx(results["test_accuracy"])
+def probe(encoders, xor, out, *extra, epochs=1):
+    return recipe.main(
+        [
+            "--train_file", xor["train"], "--validation_file", xor["validation"], "--test_file", xor["test"],
+            "--vision_model_name_or_path", encoders["vision"], "--text_model_name_or_path", encoders["text"],
+            "--image_column", "image", "--text_column", "text", "--output_dir", str(out), "--do_train",
+            "--finetune_strategy", "linear_probe", "--num_train_epochs", str(epochs), "--hidden_size", "16",
+            "--max_seq_length", "16", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no",
+            "--disable_tqdm", "true", *extra,
+        ]
+    )  # fmt: skip
 
 
-def test_video_linear_probe_caches_the_frames_once(encoders, tmp_path, monkeypatch):
-    from mm_hf.data.synthetic import write_video_dataset
-
-    videos = write_video_dataset(str(tmp_path / "videos"), sizes=(16, 4, 8), seed=0)
-    video_recipe = load_recipe("video_cls")
+def count_encoder_calls(monkeypatch) -> list:
+    """(modality, features shape) of every `encoder_features` call from now on."""
     seen = []
     original = MultimodalFusionModel.encoder_features
 
@@ -166,6 +133,55 @@ def test_video_linear_probe_caches_the_frames_once(encoders, tmp_path, monkeypat
         return features, mask
 
     monkeypatch.setattr(MultimodalFusionModel, "encoder_features", counting)
+    return seen
+
+
+def saved_model_accuracy(out, xor) -> float:
+    """Test accuracy of the saved model running its encoders on raw inputs (no cache)."""
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    processor = MultimodalProcessor.from_pretrained(str(out))
+    rows = [json.loads(line) for line in open(xor["test"])]
+    root = os.path.dirname(xor["test"])
+    batch = {"image": [os.path.join(root, r["image"]) for r in rows], "text": [r["text"] for r in rows]}
+    inputs = processor.transform(train=False)(batch)
+    with torch.no_grad():
+        logits = model(**{k: torch.stack(v) for k, v in inputs.items()}).logits
+    labels = torch.tensor([model.config.tasks[0]["labels"].index(r["label"]) for r in rows])
+    return (logits.argmax(-1) == labels).float().mean().item()
+
+
+def test_linear_probe_runs_each_frozen_encoder_once_not_every_epoch(encoders, xor, tmp_path, monkeypatch):
+    seen = count_encoder_calls(monkeypatch)
+    counts = []
+    for epochs in (1, 3):
+        seen.clear()
+        results = probe(encoders, xor, tmp_path / f"probe{epochs}", epochs=epochs)
+        assert results["epoch"] == epochs and "test_without_text_accuracy" in results
+        counts.append({m: sum(shape[0] for name, shape in seen if name == m) for m in ("image", "text")})
+    # Every row of every split went through each frozen encoder exactly once, however many epochs (the before /
+    # after evaluations and the modality ablations included), as one pooled vector (mean pooling).
+    assert counts == [{"image": 40 + 12 + 20, "text": 40 + 12 + 20}] * 2
+    assert {len(shape) for _, shape in seen} == {2}
+    # The saved model runs its encoders on raw inputs and gives the accuracy measured on the cache.
+    assert saved_model_accuracy(tmp_path / "probe3", xor) == pytest.approx(results["test_accuracy"])
+
+
+def test_learned_pooling_caches_token_states_and_their_mask(encoders, xor, tmp_path, monkeypatch):
+    seen = count_encoder_calls(monkeypatch)
+    out = tmp_path / "out"
+    results = probe(encoders, xor, out, "--image_pooling", "attention", "--text_pooling", "attention", epochs=2)
+    # Still once per row, but as token states (rows, positions, width): the attention pooling trains on them.
+    assert sum(shape[0] for name, shape in seen if name == "text") == 40 + 12 + 20
+    assert {(name, shape[1:]) for name, shape in seen} == {("image", (17, 32)), ("text", (16, 32))}
+    assert saved_model_accuracy(out, xor) == pytest.approx(results["test_accuracy"])
+
+
+def test_video_linear_probe_caches_the_frames_once(encoders, tmp_path, monkeypatch):
+    from mm_hf.data.synthetic import write_video_dataset
+
+    videos = write_video_dataset(str(tmp_path / "videos"), sizes=(16, 4, 8), seed=0)
+    video_recipe = load_recipe("video_cls")
+    seen = count_encoder_calls(monkeypatch)
     results = video_recipe.main(
         [
             "--vision_model_name_or_path", encoders["vision"], "--video_column", "video", "--label_column", "label",
