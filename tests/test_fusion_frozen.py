@@ -176,6 +176,15 @@ def test_learned_pooling_caches_token_states_and_their_mask(encoders, xor, tmp_p
     assert saved_model_accuracy(out, xor) == pytest.approx(results["test_accuracy"])
 
 
+def test_only_the_frozen_encoder_is_cached_when_the_other_trains(encoders, xor, tmp_path, monkeypatch):
+    seen = count_encoder_calls(monkeypatch)
+    results = probe(encoders, xor, tmp_path / "out", "--vision_strategy", "full", "--text_strategy", "frozen", epochs=2)
+    rows = {m: sum(shape[0] for name, shape in seen if name == m) for m in ("image", "text")}
+    # The frozen text encoder saw each row once; the trained vision encoder sees every training image each epoch.
+    assert rows["text"] == 40 + 12 + 20 and rows["image"] >= 2 * 40 + 12 + 20, rows
+    assert saved_model_accuracy(tmp_path / "out", xor) == pytest.approx(results["test_accuracy"])
+
+
 def test_video_linear_probe_caches_the_frames_once(encoders, tmp_path, monkeypatch):
     from mm_hf.data.synthetic import write_video_dataset
 
