@@ -93,7 +93,10 @@ class FinetuneArguments:
     )
     precompute_features: bool = field(
         default=True,
-        metadata={"help": "With linear_probe: run the frozen backbone once and train the head on cached features."},
+        metadata={
+            "help": "With linear_probe: run the frozen backbone once and train the head on cached features (fusion "
+            "recipes: every frozen encoder, also one frozen by --vision_strategy/--text_strategy/--audio_strategy)."
+        },
     )
     early_stopping_patience: int | None = field(
         default=None,
