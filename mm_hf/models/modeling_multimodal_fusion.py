@@ -7,6 +7,10 @@
     tabular numeric/categorical -> TabularEncoder                                                    -> (B, D)
     tokens (B, M, D), present (B, M) -> fusion -> heads (one per task)
 
+Before each encoder's Linear+LN projection its pooled features are standardised per feature with statistics of
+the training data (`FeatureStandardizer`, saved with the model). A frozen encoder's part (encoder + parameter-free
+pooling) can be computed once and passed back as `<modality>_embeds` (see `encoder_features`).
+
 A missing modality (`modality_mask` 0) is replaced by a learned placeholder token; fusions that can mask
 (gated, cross-attention, late) also ignore it. Self-contained on purpose (torch/transformers plus the sibling
 configuration and fusion_modules files) so `save_pretrained` ships it for `trust_remote_code=True` loading.
