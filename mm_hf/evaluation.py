@@ -1,5 +1,6 @@
 """The before/after protocol of the classification recipes: evaluate untouched, train, evaluate again."""
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -8,6 +9,8 @@ from transformers import EarlyStoppingCallback
 from .data.loading import require_evaluation_split
 from .reports import format_before_after_table
 from .training import evaluate_before_training
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -169,13 +172,16 @@ def evaluate_without_modalities(trainer, dataset, transform, modalities: list[st
 def train_fusion(model, processor, splits, tasks, modalities, training_args, ft_args, fusion_args):
     """Trainer + the fusion protocol, shared by the fusion recipes: returns `(trainer, BeforeAfter)`.
 
-    Inputs are decoded on the fly by `processor` (train transform with augmentation for the train split);
+    Inputs are decoded on the fly by `processor` (train transform with augmentation for the train split), except
+    those of frozen encoders, encoded once and cached (`mm_hf.fusion_features`, unless `--precompute_features
+    false`); before training, the encoders' pooled features get their standardisation fitted on the train split;
     metrics come from `TaskMetrics` over every score at once (`batch_eval_metrics=False`: ROC-AUC and mAP need
     them), labels from `labels` or `labels_<task>`. The untrained heads are evaluated (the chance baseline),
     the model trained, then evaluated again, also with each modality removed (`fusion_args.ablate_modalities`).
     """
     from transformers import Trainer, default_data_collator
 
+    from .fusion_features import CachedInputs, cache_encoder_outputs, fit_feature_statistics, frozen_modalities
     from .training import prepare_training_arguments
 
     metrics = TaskMetrics(tasks, threshold=fusion_args.threshold)
@@ -189,6 +195,29 @@ def train_fusion(model, processor, splits, tasks, modalities, training_args, ft_
     )
     train_transform = processor.transform(train=True, augment=fusion_args.augment)
     eval_transform = processor.transform(train=False)
+    batch_size, device = training_args.per_device_eval_batch_size, training_args.device
+    cached = frozen_modalities(model) if ft_args.precompute_features else []
+    if cached:
+        logger.info(
+            "frozen encoder(s) of %s: each sample encoded once and cached (those inputs are not augmented; "
+            "--precompute_features false runs them every epoch)",
+            cached,
+        )
+        model.to(device)
+        workers = training_args.dataloader_num_workers
+        splits = {
+            name: cache_encoder_outputs(model, ds, eval_transform, cached, batch_size, device, workers)
+            for name, ds in splits.items()
+        }
+        train_transform = CachedInputs(train_transform, modalities, cached)
+        eval_transform = CachedInputs(eval_transform, modalities, cached)
+    if training_args.do_train:
+        model.to(device)
+        # Cached features are cheap to read in full; without a cache, 1024 rows through the encoders suffice.
+        counts = fit_feature_statistics(
+            model, splits["train"], eval_transform, batch_size, device, None if cached else 1024, training_args.seed
+        )
+        logger.info("feature standardisation fitted on %s training rows per modality", counts)
     datasets = {n: ds.with_transform(train_transform if n == "train" else eval_transform) for n, ds in splits.items()}
     trainer = Trainer(
         model=model,

@@ -498,6 +498,11 @@ def apply_fusion_strategy(model: nn.Module, args, per_encoder: dict[str, str | N
         elif strategy == "top_k":
             trainable += tower_top_k_modules(prefix, encoders[key], args.unfreeze_last_n_layers, pre_encoder)
     set_trainable(model, trainable)
+    for key, strategy in plan.items():
+        if strategy == "frozen":
+            # Trainer puts the whole model in train mode: a frozen encoder would then apply its dropout (MiniLM's
+            # 0.1), feeding the fusion layers noisier features in training than at test time (and than a cache).
+            encoders[key].register_forward_pre_hook(_keep_eval_mode)
     lora = [key for key, strategy in plan.items() if strategy == "lora"]
     if lora:
         from peft import LoraConfig, get_peft_model

@@ -21,9 +21,14 @@ modality removed (`test_without_<modality>_<metric>`: what each modality contrib
 import logging
 import sys
 
-from transformers import TrainingArguments
-
-from mm_hf.args import DataArguments, FinetuneArguments, FusionDataArguments, FusionModelArguments, args_to_dict
+from mm_hf.args import (
+    DataArguments,
+    FinetuneArguments,
+    FusionDataArguments,
+    FusionModelArguments,
+    FusionTrainingArguments,
+    args_to_dict,
+)
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.multimodal import MultimodalColumns, check_media, load_multimodal_splits
 from mm_hf.data.tabular import TabularProcessor
@@ -35,7 +40,7 @@ from mm_hf.processing import MultimodalProcessor, ProcessorSettings
 from mm_hf.training import apply_fusion_strategy, start_run, trainable_parameters
 
 logger = logging.getLogger(__name__)
-ARGUMENT_TYPES = (FusionModelArguments, FusionDataArguments, DataArguments, FinetuneArguments, TrainingArguments)
+ARGUMENT_TYPES = (FusionModelArguments, FusionDataArguments, DataArguments, FinetuneArguments, FusionTrainingArguments)
 
 
 def main(argv=None):

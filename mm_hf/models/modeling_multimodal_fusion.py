@@ -7,6 +7,10 @@
     tabular numeric/categorical -> TabularEncoder                                                    -> (B, D)
     tokens (B, M, D), present (B, M) -> fusion -> heads (one per task)
 
+Before each encoder's Linear+LN projection its pooled features are standardised per feature with statistics of
+the training data (`FeatureStandardizer`, saved with the model). A frozen encoder's part (encoder + parameter-free
+pooling) can be computed once and passed back as `<modality>_embeds` (see `encoder_features`).
+
 A missing modality (`modality_mask` 0) is replaced by a learned placeholder token; fusions that can mask
 (gated, cross-attention, late) also ignore it. Self-contained on purpose (torch/transformers plus the sibling
 configuration and fusion_modules files) so `save_pretrained` ships it for `trust_remote_code=True` loading.
@@ -23,7 +27,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_multimodal_fusion import MultimodalFusionConfig, num_outputs
-from .fusion_modules import ModalityDropout, TabularEncoder, build_fusion, build_pooling
+from .fusion_modules import FeatureStandardizer, ModalityDropout, TabularEncoder, build_fusion, build_pooling
 from .modeling_audio_classifier import audio_frame_mask, reads_attention_mask
 
 
@@ -76,6 +80,9 @@ class SequencePooling(nn.Module):
     kinds (mean, max, attention, transformer) pool `last_hidden_state` over its real positions.
 
     Shapes: last_hidden_state (B, N, H) (or a (B, H, h, w) feature map), mask (B, N) or None -> (B, H).
+    Split in two for caching a frozen encoder: `encoder_side` is what depends on the encoder alone (the pooled
+    vector for a parameter-free pooling, the token states and their mask for a learned one), `pool_cached`
+    finishes the job on that (identity, or the learned pooling).
     """
 
     def __init__(self, kind: str, width: int, num_heads: int = 4, max_length: int = 512):
@@ -84,18 +91,36 @@ class SequencePooling(nn.Module):
         kwargs = {"num_heads": num_heads, "max_length": max_length} if kind == "transformer" else {}
         self.pool = None if kind == "pooler" else build_pooling(kind, width, **kwargs)
 
+    @property
+    def learned(self) -> bool:
+        """Whether the pooling has parameters (attention, transformer): then a cache must hold token states."""
+        return self.pool is not None and any(True for _ in self.pool.parameters())
+
+    def _hidden(self, outputs, mask):
+        hidden = outputs.last_hidden_state
+        if hidden.dim() == 4:  # a feature map (B, C, H, W), e.g. CLAP's HTSAT or a CNN: its positions as tokens
+            hidden = hidden.flatten(2).transpose(1, 2)
+        if mask is not None and mask.shape[1] != hidden.shape[1]:
+            mask = None  # the mask does not map onto the encoder's positions (e.g. patches, fixed windows)
+        return hidden, mask
+
+    def encoder_side(self, outputs, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, H) pooled and None for a parameter-free pooling; (B, N, H) token states and their mask otherwise."""
+        if self.learned:
+            return self._hidden(outputs, mask)
+        return self(outputs, mask), None
+
+    def pool_cached(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """What `encoder_side` returned -> (B, H)."""
+        return self.pool(features, mask) if self.learned else features
+
     def forward(self, outputs, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.pool is None:
             pooled = getattr(outputs, "pooler_output", None)
             if pooled is None:
                 raise ValueError("pooling='pooler' needs an encoder with a pooled output; use mean, cls or attention")
             return pooled
-        hidden = outputs.last_hidden_state
-        if hidden.dim() == 4:  # a feature map (B, C, H, W), e.g. CLAP's HTSAT or a CNN: its positions as tokens
-            hidden = hidden.flatten(2).transpose(1, 2)
-        if mask is not None and mask.shape[1] != hidden.shape[1]:
-            mask = None  # the mask does not map onto the encoder's positions (e.g. patches, fixed windows)
-        return self.pool(hidden, mask)
+        return self.pool(*self._hidden(outputs, mask))
 
 
 def audio_input_name(encoder: nn.Module) -> str:
@@ -173,6 +198,10 @@ class MultimodalFusionModel(MultimodalFusionPreTrainedModel):
         self.encoders = nn.ModuleDict()
         self.poolers = nn.ModuleDict()
         self.projections = nn.ModuleDict()
+        # Pooled encoder features are standardised per feature before the projection (statistics fitted on the
+        # training split by `mm_hf.fusion_features.fit_feature_statistics`; identity until then): see
+        # FeatureStandardizer for why.
+        self.standardizers = nn.ModuleDict()
         visual = [m for m in ("image", "video") if m in self.modalities]
         if visual:  # images and video frames share one vision encoder
             self.encoders["vision"] = build_encoder(config.vision_config)
@@ -180,6 +209,7 @@ class MultimodalFusionModel(MultimodalFusionPreTrainedModel):
             pooling = config.image_pooling if modality == "image" else config.frame_pooling
             width = encoder_width(config.vision_config)
             self.poolers[modality] = SequencePooling(pooling, width)
+            self.standardizers[modality] = FeatureStandardizer(width)
             self.projections[modality] = _projection(width, d, config.head_dropout)
         if "video" in self.modalities:
             kwargs = {"num_heads": config.fusion_num_heads, "max_length": config.num_frames}
@@ -192,6 +222,7 @@ class MultimodalFusionModel(MultimodalFusionPreTrainedModel):
                 self.encoders[modality] = build_encoder(sub)
                 pooling = config.text_pooling if modality == "text" else config.audio_pooling
                 self.poolers[modality] = SequencePooling(pooling, encoder_width(sub), num_heads=config.fusion_num_heads)
+                self.standardizers[modality] = FeatureStandardizer(encoder_width(sub))
                 self.projections[modality] = _projection(encoder_width(sub), d, config.head_dropout)
         if "tabular" in self.modalities:
             self.tabular = TabularEncoder(
@@ -220,38 +251,53 @@ class MultimodalFusionModel(MultimodalFusionPreTrainedModel):
     def out_dim(self) -> int:
         return self.config.hidden_size if self.fusion is None else self.fusion.out_dim
 
-    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, D)."""
-        encoder = self.encoders["vision"]
-        outputs = encoder(pixel_values=pixel_values.to(encoder.dtype))
-        return self.projections["image"](self.poolers["image"](outputs))
-
-    def encode_video(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, H, W) frames -> per-frame vectors (B, T, D) -> temporal pooling -> (B, D)."""
-        batch, frames = pixel_values_videos.shape[:2]
-        encoder = self.encoders["vision"]
-        outputs = encoder(pixel_values=pixel_values_videos.flatten(0, 1).to(encoder.dtype))
-        per_frame = self.projections["video"](self.poolers["video"](outputs)).view(batch, frames, -1)
-        return self.temporal_pooling(per_frame)
-
-    def encode_text(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
-        """(B, L) token ids -> (B, D), pooled over the real tokens."""
-        kwargs = {"attention_mask": attention_mask}
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
-        outputs = self.encoders["text"](input_ids=input_ids, **kwargs)
-        return self.projections["text"](self.poolers["text"](outputs, attention_mask))
-
-    def encode_audio(self, audio: torch.Tensor, audio_attention_mask=None) -> torch.Tensor:
-        """Waveforms (B, S) (wav2vec2 family) or spectrogram features (Whisper, AST, CLAP) -> (B, D)."""
-        encoder = self.encoders["audio"]
-        inputs = {audio_input_name(encoder): audio.to(encoder.dtype)}
+    def encoder_features(self, modality: str, inputs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run the encoder of `modality` ("image", "video", "text", "audio") on a batch's `inputs` and return what
+        the trainable parts after it read: `SequencePooling.encoder_side` of its output, i.e. (B, H) pooled for a
+        parameter-free pooling or (B, N, H) token states and their (B, N) mask for a learned one; video keeps its
+        frames, (B, T, H) or (B, T, N, H). A frozen encoder's cache stores exactly this (`<modality>_embeds`).
+        """
+        key = "vision" if modality in ("image", "video") else modality
+        encoder, pooler = self.encoders[key], self.poolers[modality]
+        if modality == "image":
+            pixels = _required(inputs.get("pixel_values"), "pixel_values", modality)
+            return pooler.encoder_side(encoder(pixel_values=pixels.to(encoder.dtype)))
+        if modality == "video":
+            videos = _required(inputs.get("pixel_values_videos"), "pixel_values_videos", modality)
+            features, mask = pooler.encoder_side(encoder(pixel_values=videos.flatten(0, 1).to(encoder.dtype)))
+            return features.unflatten(0, videos.shape[:2]), mask
+        if modality == "text":
+            attention_mask = inputs.get("attention_mask")
+            kwargs = {"attention_mask": attention_mask}
+            if inputs.get("token_type_ids") is not None:
+                kwargs["token_type_ids"] = inputs["token_type_ids"]
+            input_ids = _required(inputs.get("input_ids"), "input_ids", modality)
+            return pooler.encoder_side(encoder(input_ids=input_ids, **kwargs), attention_mask)
+        audio = inputs.get("input_values") if inputs.get("input_values") is not None else inputs.get("input_features")
+        audio = _required(audio, "input_values/input_features", modality)
+        audio_attention_mask = inputs.get("audio_attention_mask")
+        model_inputs = {audio_input_name(encoder): audio.to(encoder.dtype)}
         # The encoder gets the mask only where it was trained with one; pooling skips padded frames either way.
         if audio_attention_mask is not None and reads_attention_mask(encoder):
-            inputs["attention_mask"] = audio_attention_mask
-        outputs = encoder(**inputs)
+            model_inputs["attention_mask"] = audio_attention_mask
+        outputs = encoder(**model_inputs)
         frame_mask = audio_frame_mask(encoder, audio, audio_attention_mask, outputs.last_hidden_state.shape[1])
-        return self.projections["audio"](self.poolers["audio"](outputs, frame_mask))
+        return pooler.encoder_side(outputs, frame_mask)
+
+    def pooled_features(self, modality: str, features: torch.Tensor, mask=None) -> torch.Tensor:
+        """`encoder_features` output -> the pooled, not yet standardised vector (B, H) ((B, T, H) for video)."""
+        if modality == "video":
+            frames = features.shape[:2]
+            return self.poolers[modality].pool_cached(features.flatten(0, 1), mask).unflatten(0, frames)
+        return self.poolers[modality].pool_cached(features, mask)
+
+    def encode(self, modality: str, features: torch.Tensor, mask=None) -> torch.Tensor:
+        """`encoder_features` output (computed now or cached) -> pooling -> standardisation -> projection (B, D);
+        video frames are projected one by one, then pooled over time."""
+        dtype = self.projections[modality][0].weight.dtype
+        pooled = self.pooled_features(modality, features.to(dtype), mask)
+        projected = self.projections[modality](self.standardizers[modality](pooled))
+        return self.temporal_pooling(projected) if modality == "video" else projected
 
     def forward(
         self,
@@ -266,25 +312,41 @@ class MultimodalFusionModel(MultimodalFusionPreTrainedModel):
         numeric_values=None,
         categorical_ids=None,
         modality_mask=None,
+        image_embeds=None,
+        video_embeds=None,
+        text_embeds=None,
+        audio_embeds=None,
+        image_embeds_mask=None,
+        video_embeds_mask=None,
+        text_embeds_mask=None,
+        audio_embeds_mask=None,
         **kwargs,
     ) -> MultimodalFusionOutput:
-        audio = input_values if input_values is not None else input_features
+        """`<modality>_embeds` (+ `<modality>_embeds_mask`): a frozen encoder's cached `encoder_features`, used
+        instead of running that encoder on its raw inputs (which may then be left out)."""
+        inputs = {
+            "pixel_values": pixel_values,
+            "pixel_values_videos": pixel_values_videos,
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+            "input_values": input_values,
+            "input_features": input_features,
+            "audio_attention_mask": audio_attention_mask,
+        }
+        cached = {"image": image_embeds, "video": video_embeds, "text": text_embeds, "audio": audio_embeds}
+        cached_masks = {"image": image_embeds_mask, "video": video_embeds_mask}
+        cached_masks.update(text=text_embeds_mask, audio=audio_embeds_mask)
         tokens = []
         for modality in self.modalities:
-            if modality == "image":
-                tokens.append(self.encode_image(_required(pixel_values, "pixel_values", modality)))
-            elif modality == "video":
-                tokens.append(self.encode_video(_required(pixel_values_videos, "pixel_values_videos", modality)))
-            elif modality == "text":
-                tokens.append(
-                    self.encode_text(_required(input_ids, "input_ids", modality), attention_mask, token_type_ids)
-                )
-            elif modality == "audio":
-                tokens.append(
-                    self.encode_audio(_required(audio, "input_values/input_features", modality), audio_attention_mask)
-                )
-            else:
+            if modality == "tabular":
                 tokens.append(self.tabular(numeric_values, categorical_ids))
+                continue
+            if cached[modality] is not None:
+                features, mask = cached[modality], cached_masks[modality]
+            else:
+                features, mask = self.encoder_features(modality, inputs)
+            tokens.append(self.encode(modality, features, mask))
         tokens = torch.stack(tokens, dim=1)  # (B, M, D)
         if modality_mask is None:
             present = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)

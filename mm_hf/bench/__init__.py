@@ -1,0 +1,1 @@
+"""Quality benchmarks: mm-hf recipes against plain baselines on real weights (`make bench-quality`)."""
