@@ -18,14 +18,22 @@ from dataclasses import dataclass, field
 
 from transformers import AutoProcessor, Trainer, TrainingArguments, default_data_collator
 
-from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict
+from mm_hf.args import (
+    TRAINING_DEFAULTS,
+    DataArguments,
+    FinetuneArguments,
+    ModelArguments,
+    args_to_dict,
+    explicit_flags,
+    fill_defaults,
+)
 from mm_hf.data.images import check_images
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
 from mm_hf.data.transforms import build_image_transform
 from mm_hf.evaluation import train_with_before_after
 from mm_hf.features import classifier_datasets
 from mm_hf.metrics.streaming import ClassificationMetrics
-from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, build_clip_classifier
+from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, build_clip_classifier, choose_head
 from mm_hf.outputs import (
     recipe_command,
     save_classification_run,
@@ -45,35 +53,58 @@ class ClassifierArguments:
     image_column_name: str = field(default="image", metadata={"help": "Column holding images or image paths."})
     label_column_name: str = field(default="label", metadata={"help": "Column holding class labels."})
     head_init: str = field(
-        default="zeroshot",
+        default="auto",
         metadata={
-            "help": "Head initialisation: zeroshot (class-prompt text embeddings) or random.",
-            "choices": ["zeroshot", "random"],
+            "help": "Head initialisation: zeroshot (class-prompt text embeddings), random, or auto: zeroshot only "
+            "if it clearly beats chance on the validation split (mm_hf.models.choose_head), else random.",
+            "choices": ["auto", "zeroshot", "random"],
         },
     )
     prompt_templates: list[str] | None = field(
         default=None, metadata={"help": "Prompt templates with {} for the class name, ensembled (default: CLIP's 7)."}
     )
-    head_dropout: float = field(default=0.1, metadata={"help": "Dropout on the image embedding before the head."})
+    head_dropout: float | None = field(
+        default=None, metadata={"help": "Dropout on the image embedding before the head (default: per strategy)."}
+    )
     learn_logit_scale: bool = field(default=True, metadata={"help": "Train the head's temperature."})
-    augment: bool = field(
-        default=True, metadata={"help": "Random resized crop (+ flip, see --hflip) on training images."}
+    augment: bool | None = field(
+        default=None,
+        metadata={"help": "Random resized crop (+ flip, see --hflip) on training images (default: per strategy)."},
     )
     hflip: bool = field(
-        default=True, metadata={"help": "Random horizontal flips in augmentation (off for text, digits...)."}
+        default=False, metadata={"help": "Random horizontal flips in augmentation (wrong for text, digits...)."}
     )
     crop_scale_min: float = field(
-        default=0.5, metadata={"help": "Smallest image area fraction kept by the random crop."}
+        default=0.8, metadata={"help": "Smallest image area fraction kept by the random crop."}
     )
 
 
 ARGUMENT_TYPES = (ModelArguments, DataArguments, FinetuneArguments, ClassifierArguments, TrainingArguments)
 
+# Defaults per --finetune_strategy for every flag the user leaves unset (a flag on the command line or in the YAML
+# always wins). Measured on DINOv2-small + MiniLM and a random-init small CLIP, grey digits and colour photo
+# crops, against a plain AdamW loop on the same model and data: README "Choosing the defaults" has the table.
+STRATEGY_DEFAULTS = {
+    "full": dict(learning_rate=1e-4, head_dropout=0.0, augment=False),
+    "top_k": dict(learning_rate=1e-4, head_dropout=0.0, augment=False),
+    "lora": dict(learning_rate=1e-3, head_dropout=0.0, augment=False),
+    "linear_probe": dict(learning_rate=1e-3, head_dropout=0.0, augment=False),
+}
+COMMON_DEFAULTS = dict(
+    TRAINING_DEFAULTS, num_train_epochs=10, warmup_steps=0.1, lr_scheduler_type="cosine", weight_decay=0.05
+)
+
 
 def main(argv=None):
     # 1. Arguments
     argv = sys.argv[1:] if argv is None else list(argv)
-    model_args, data_args, ft_args, cls_args, training_args = start_run(ARGUMENT_TYPES, argv)
+    parsed = start_run(ARGUMENT_TYPES, argv)
+    strategy = parsed[2].finetune_strategy
+    defaults = {**COMMON_DEFAULTS, **STRATEGY_DEFAULTS.get(strategy, {})}
+    user_set = explicit_flags(argv, ARGUMENT_TYPES)
+    model_args, data_args, ft_args, cls_args, training_args = fill_defaults(parsed, defaults, user_set)
+    chosen = {k: v for k, v in defaults.items() if k not in user_set}
+    logger.info("defaults for finetune_strategy=%s (pass a flag to change one): %s", strategy, chosen)
 
     # 2. Data: every split validated (columns, labels, decodable images) before any training
     with training_args.main_process_first(desc="loading data"):  # one download/cache build, then the others read it
@@ -101,19 +132,36 @@ def main(argv=None):
         model_args.model_name_or_path,
         id2label,
         tokenizer=processor.tokenizer,
-        head_init=cls_args.head_init,
+        head_init="random" if cls_args.head_init == "random" else "zeroshot",
         prompt_templates=cls_args.prompt_templates or DEFAULT_PROMPT_TEMPLATES,
         head_dropout=cls_args.head_dropout,
         learn_logit_scale=cls_args.learn_logit_scale,
         **hub_kwargs,
     )
+    column = cls_args.image_column_name
+    eval_transform = build_image_transform(processor.image_processor, train=False, image_column=column)
+    head = {"head_init": cls_args.head_init}
+    if cls_args.head_init == "auto" and training_args.do_train:
+        # A zero-shot head is only as good as the text tower's knowledge of the class names: measure it.
+        measured_on = "validation" if "validation" in splits else "train"
+        head = choose_head(
+            model,
+            splits[measured_on].with_transform(eval_transform),
+            batch_size=training_args.per_device_eval_batch_size,
+            device=training_args.device,
+        )
+        logger.info(
+            "head_init=auto -> %s: the zero-shot head scores %.3f on %d %s samples; chance %.3f, kept from %.3f",
+            head["head_init"], head["zero_shot_accuracy"], head["samples"], measured_on, head["chance"],
+            head["threshold"],
+        )  # fmt: skip
+    elif cls_args.head_init == "auto":
+        head = {"head_init": "zeroshot"}  # evaluation only: the zero-shot model is what is being measured
     model = apply_finetune_strategy(model, ft_args)
     trainable = trainable_parameters(model)
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 
     # 4. Inputs: cached features for a linear probe, on-the-fly decoding + augmentation otherwise
-    column = cls_args.image_column_name
-    eval_transform = build_image_transform(processor.image_processor, train=False, image_column=column)
     train_transform = build_image_transform(
         processor.image_processor,
         train=cls_args.augment,
@@ -137,7 +185,7 @@ def main(argv=None):
     )
 
     # 6. Evaluate the untouched model, train, evaluate again
-    before_label = "zero-shot" if cls_args.head_init == "zeroshot" else "random head"
+    before_label = "zero-shot" if head["head_init"] == "zeroshot" else "random head"
     run = train_with_before_after(
         trainer,
         datasets_,
@@ -149,6 +197,7 @@ def main(argv=None):
     )
 
     # 7. Save the model, outputs and model card (and publish when --push_to_hub)
+    run.results.update({f"head_{k}" if k != "head_init" else k: v for k, v in head.items()})
     return save_classification_run(
         trainer,
         run,
@@ -164,6 +213,7 @@ def main(argv=None):
         before_label=before_label,
         finetune_strategy=ft_args.finetune_strategy,
         trainable=trainable,
+        head=head,
     )
 
 
