@@ -1,4 +1,4 @@
-"""Fine-tune a CLIP-family dual encoder for image classification, starting from its zero-shot head.
+"""Fine-tune a CLIP-family dual encoder for image classification, starting from its zero-shot head when it is any good.
 
     accelerate launch recipes/clip_imagecls.py --model_name_or_path openai/clip-vit-base-patch32 \
         --dataset_name <hub dataset> --output_dir out --do_train --do_eval --do_predict \
@@ -8,8 +8,9 @@ Local data: --train_dir/--validation_dir/--test_dir (one sub-folder per class) o
 --train_file/--validation_file/--test_file (CSV/JSONL with an image path column and a label column);
 defaults from a YAML file with --config recipes/configs/clip_imagecls.yaml (the CLI wins).
 
-The classifier head starts as CLIP's zero-shot classifier (prompt-ensembled class-name embeddings),
-so the test split is evaluated before training (zero-shot) and after, side by side.
+The classifier head starts as CLIP's zero-shot classifier (prompt-ensembled class-name embeddings) when that
+beats chance on the validation split (--head_init auto), else at random; the test split is evaluated before
+training and after, side by side. Flags left unset take per-strategy defaults (STRATEGY_DEFAULTS below).
 """
 
 import logging
