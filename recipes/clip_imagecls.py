@@ -89,7 +89,7 @@ STRATEGY_DEFAULTS = {
     "full": dict(learning_rate=1e-4, head_dropout=0.0, augment=False),
     "top_k": dict(learning_rate=1e-4, head_dropout=0.0, augment=False),
     "lora": dict(learning_rate=1e-3, head_dropout=0.0, augment=False),
-    "linear_probe": dict(learning_rate=1e-3, head_dropout=0.0, augment=False),
+    "linear_probe": dict(learning_rate=3e-2, head_dropout=0.0, augment=False),
 }
 COMMON_DEFAULTS = dict(
     TRAINING_DEFAULTS, num_train_epochs=10, warmup_steps=0.1, lr_scheduler_type="cosine", weight_decay=0.05
@@ -126,7 +126,7 @@ def main(argv=None):
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
     training_args = prepare_training_arguments(training_args, ft_args, has_validation="validation" in splits)
 
-    # 3. Processor and model
+    # 3. Processor and model (its head is chosen in 5)
     hub_kwargs = model_args.hub_kwargs()
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
     model = build_clip_classifier(
@@ -139,15 +139,31 @@ def main(argv=None):
         learn_logit_scale=cls_args.learn_logit_scale,
         **hub_kwargs,
     )
+
+    # 4. Inputs: cached features for a linear probe, on-the-fly decoding + augmentation otherwise
     column = cls_args.image_column_name
     eval_transform = build_image_transform(processor.image_processor, train=False, image_column=column)
+    train_transform = build_image_transform(
+        processor.image_processor,
+        train=cls_args.augment,
+        image_column=column,
+        crop_scale=(cls_args.crop_scale_min, 1.0),
+        hflip=cls_args.hflip,
+    )
+    cache = ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features
+    datasets_ = classifier_datasets(model, splits, train_transform, eval_transform, training_args, cache)
+
+    # 5. Head (measured on the inputs just built: cached features cost no extra backbone pass) and strategy
     head = {"head_init": cls_args.head_init}
     if cls_args.head_init == "auto" and training_args.do_train:
         # A zero-shot head is only as good as the text tower's knowledge of the class names: measure it.
-        measured_on = "validation" if "validation" in splits else "train"
+        measured_on = "validation" if "validation" in datasets_ else "train"
+        measured = datasets_.get("validation")
+        if measured is None:  # the untrained head is measured on train then, without augmentation
+            measured = datasets_["train"] if cache else splits["train"].with_transform(eval_transform)
         head = choose_head(
             model,
-            splits[measured_on].with_transform(eval_transform),
+            measured,
             batch_size=training_args.per_device_eval_batch_size,
             device=training_args.device,
         )
@@ -162,18 +178,7 @@ def main(argv=None):
     trainable = trainable_parameters(model)
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 
-    # 4. Inputs: cached features for a linear probe, on-the-fly decoding + augmentation otherwise
-    train_transform = build_image_transform(
-        processor.image_processor,
-        train=cls_args.augment,
-        image_column=column,
-        crop_scale=(cls_args.crop_scale_min, 1.0),
-        hflip=cls_args.hflip,
-    )
-    cache = ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features
-    datasets_ = classifier_datasets(model, splits, train_transform, eval_transform, training_args, cache)
-
-    # 5. Trainer
+    # 6. Trainer
     metrics = ClassificationMetrics(id2label)
     trainer = Trainer(
         model=model,
@@ -185,7 +190,7 @@ def main(argv=None):
         compute_metrics=metrics,
     )
 
-    # 6. Evaluate the untouched model, train, evaluate again
+    # 7. Evaluate the untouched model, train, evaluate again
     before_label = "zero-shot" if head["head_init"] == "zeroshot" else "random head"
     run = train_with_before_after(
         trainer,
@@ -197,7 +202,7 @@ def main(argv=None):
         before_label=before_label,
     )
 
-    # 7. Save the model, outputs and model card (and publish when --push_to_hub)
+    # 8. Save the model, outputs and model card (and publish when --push_to_hub)
     run.results.update({f"head_{k}" if k != "head_init" else k: v for k, v in head.items()})
     return save_classification_run(
         trainer,
