@@ -67,8 +67,9 @@ class ClassifierArguments:
     # 0.1 bought nothing (small CLIP on digits: 0.197 with, 0.200 without; README "Choosing the defaults").
     head_dropout: float = field(default=0.0, metadata={"help": "Dropout on the image embedding before the head."})
     learn_logit_scale: bool = field(default=True, metadata={"help": "Train the head's temperature."})
-    # Off: on digits the old crop (scale 0.5) cost 0.200 -> 0.123 and even a 0.8 one 0.310 -> 0.270 (small CLIP);
-    # on photo crops it was a wash (DINOv2: 0.967 without, 0.975 with). Flips mirror text and digits.
+    # Off: on digits the old crop (scale 0.5) cost 0.200 -> 0.123 and even a 0.8 one 0.310 -> 0.270 (small CLIP),
+    # 0.760 -> 0.737 (DINOv2); on photo crops it was a wash (DINOv2: 0.967 without, 0.975 with). Flips mirror
+    # text and digits.
     augment: bool = field(default=False, metadata={"help": "Random resized crop (+ --hflip) on training images."})
     hflip: bool = field(
         default=False, metadata={"help": "Random horizontal flips in augmentation (wrong for text, digits...)."}
