@@ -460,7 +460,7 @@ def start_run(argument_types, argv):
     ft_args = next(a for a in parsed if isinstance(a, FinetuneArguments))
     check_launch(training_args)
     # What prepare_training_arguments must not override: every flag the user set (CLI or --config YAML).
-    training_args.explicit_flags = explicit_flags(argv)
+    training_args.explicit_flags = explicit_flags(argv, argument_types)
     check_hub_strategy(training_args, training_args.explicit_flags)
     if training_args.do_train:
         check_output_dir(training_args.output_dir, ft_args.overwrite_output_dir)

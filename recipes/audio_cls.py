@@ -31,7 +31,15 @@ from transformers import (
     default_data_collator,
 )
 
-from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict
+from mm_hf.args import (
+    TRAINING_DEFAULTS,
+    DataArguments,
+    FinetuneArguments,
+    ModelArguments,
+    args_to_dict,
+    explicit_flags,
+    fill_defaults,
+)
 from mm_hf.data.audio import AudioTransform, check_audio
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
 from mm_hf.errors import UserError, run_cli
@@ -98,7 +106,10 @@ ARGUMENT_TYPES = (ModelArguments, DataArguments, FinetuneArguments, AudioArgumen
 def main(argv=None):
     # 1. Arguments
     argv = sys.argv[1:] if argv is None else list(argv)
-    model_args, data_args, ft_args, audio_args, training_args = start_run(ARGUMENT_TYPES, argv)
+    parsed = start_run(ARGUMENT_TYPES, argv)
+    # Checkpoint retention and logging frequency unless the user set them (mm_hf.args.TRAINING_DEFAULTS).
+    parsed = fill_defaults(parsed, TRAINING_DEFAULTS, explicit_flags(argv, ARGUMENT_TYPES))
+    model_args, data_args, ft_args, audio_args, training_args = parsed
     # The feature encoder flag lives with the audio arguments; the strategy reads it from ft_args.
     ft_args.freeze_feature_encoder = audio_args.freeze_feature_encoder
 

@@ -7,7 +7,14 @@ import pytest
 import yaml
 from transformers import TrainingArguments
 
-from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict, parse_args
+from mm_hf.args import (
+    DataArguments,
+    FinetuneArguments,
+    ModelArguments,
+    args_to_dict,
+    explicit_flags,
+    parse_args,
+)
 from mm_hf.errors import UserError
 
 TYPES = (ModelArguments, DataArguments, FinetuneArguments, TrainingArguments)
@@ -38,6 +45,17 @@ def test_yaml_sets_defaults_and_cli_wins(tmp_path):
     assert ft.lora_target_modules == ["q_proj", "v_proj"]
     assert data.train_dir == "data/train"
     assert model.model_name_or_path == "openai/clip-vit-base-patch32"  # untouched default
+
+
+def test_explicit_flags_are_the_cli_and_yaml_ones_only(tmp_path):
+    config = write_yaml(tmp_path, {"num_train_epochs": 7, "lora_r": 4})
+    argv = ["--config", config, "--output_dir", "o", "--learning_rate=1e-3", "--no_precompute_features", "--do_train"]
+    argv += ["--merge-lora", "true"]
+    parse_args(TYPES, argv)  # valid as a whole
+    flags = explicit_flags(argv, TYPES)
+    assert flags == {"num_train_epochs", "lora_r", "output_dir", "learning_rate", "precompute_features", "do_train",
+                     "merge_lora"}  # fmt: skip
+    assert explicit_flags(["--output_dir", "o"], TYPES) == {"output_dir"}  # values are never taken for flags
 
 
 def test_cli_alone_uses_dataclass_defaults():

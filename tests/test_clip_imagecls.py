@@ -70,7 +70,7 @@ def folders(root):
 
 def test_full_run_writes_complete_output_folder(tiny_vtde, digits_dir, tmp_path):
     out = tmp_path / "out"
-    results = run(tiny_vtde, out, "--finetune_strategy", "full", data=folders(digits_dir))
+    results = run(tiny_vtde, out, "--finetune_strategy", "full", "--head_init", "zeroshot", data=folders(digits_dir))
     files = set(os.listdir(out))
     expected = {
         "model.safetensors",
@@ -269,6 +269,82 @@ def test_random_head_is_labelled_as_such(tiny_vtde, digits_dir, tmp_path):
         data=folders(digits_dir),
     )
     assert "before (random head)" in (tmp_path / "out" / "before_after.md").read_text()
+
+
+def test_head_init_auto_keeps_an_informed_zero_shot_head_only(tiny_vtde):
+    from datasets import Dataset
+
+    from mm_hf.models import build_clip_classifier, choose_head
+
+    model = build_clip_classifier(tiny_vtde, dict(enumerate(CLASSES)), head_init="random")
+    classes = torch.nn.functional.normalize(torch.randn(4, model.config.embed_dim), dim=-1)
+    labels = torch.arange(40) % 4
+    informed = Dataset.from_dict({"image_embeds": (classes[labels] + 0.3 * torch.randn(40, 32)).tolist(),
+                                  "labels": labels.tolist()}).with_format("torch")  # fmt: skip
+    with torch.no_grad():
+        model.classifier.weight.copy_(classes)
+    kept = choose_head(model, informed, batch_size=16)
+    assert kept["head_init"] == "zeroshot" and kept["zero_shot_accuracy"] > 0.9 and kept["chance"] == 0.25
+    assert torch.equal(model.classifier.weight, classes)
+    # The same head on embeddings that carry no class information: back to a random head, re-initialised.
+    noise = informed.map(lambda row: {"image_embeds": torch.randn(32).tolist()}).with_format("torch")
+    dropped = choose_head(model, noise, batch_size=16)
+    assert dropped["head_init"] == "random" and dropped["zero_shot_accuracy"] < dropped["threshold"]
+    assert not torch.equal(model.classifier.weight, classes)
+
+
+def test_auto_head_strategy_defaults_retention_and_logging(tiny_vtde, digits_dir, tmp_path):
+    def train(out, *extra):
+        args = [
+            "--model_name_or_path",
+            str(tiny_vtde),
+            "--output_dir",
+            str(out),
+            "--do_train",
+            "--num_train_epochs",
+            "7",
+            "--per_device_train_batch_size",
+            "8",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+            "--use_cpu",
+            "true",
+            "--prompt_templates",
+            "a photo of the digit {}.",
+            "--finetune_strategy",
+            "full",
+        ]
+        args += [f"--{s}_dir={digits_dir / s}" for s in ("train", "validation", "test")]
+        results = recipe.main(args + list(extra))
+        checkpoints = sorted(p for p in os.listdir(out) if p.startswith("checkpoint-"))
+        state = json.loads((out / checkpoints[-1] / "trainer_state.json").read_text())
+        losses = [h for h in state["log_history"] if "loss" in h]
+        return results, checkpoints, losses, yaml.safe_load((out / "run_config.yaml").read_text())
+
+    # Defaults: 42 steps, 7 evaluations and saves; at most the best and the last checkpoint stay, the loss is
+    # logged about every 2% of the steps, and the strategy's defaults fill the flags left unset.
+    results, checkpoints, losses, config = train(tmp_path / "a")
+    assert results["epoch"] == 7 and len(checkpoints) <= 2 and len(losses) >= 10
+    assert config["learning_rate"] == recipe.STRATEGY_DEFAULTS["full"]["learning_rate"]
+    assert config["lr_scheduler_type"] == "cosine" and config["warmup_steps"] == 0.1 and config["weight_decay"] == 0.05
+    # The tiny random text tower knows nothing of the digits: auto measured it and chose a random head.
+    assert results["head_init"] == "random" and results["head_zero_shot_accuracy"] < results["head_threshold"]
+    on_disk = json.loads((tmp_path / "a" / "all_results.json").read_text())
+    assert (
+        on_disk["head_init"] == "random" and "before (random head)" in (tmp_path / "a" / "before_after.md").read_text()
+    )
+    run_info = json.loads((tmp_path / "a" / "run_info.json").read_text())
+    assert run_info["head"]["head_init"] == "random"
+
+    # A user's flags win, on the command line or in the YAML.
+    (tmp_path / "c.yaml").write_text("head_dropout: 0.3\nlogging_steps: 20\n")
+    results, checkpoints, losses, config = train(
+        tmp_path / "b", "--config", str(tmp_path / "c.yaml"), "--save_total_limit", "3", "--learning_rate", "5e-4"
+    )
+    assert len(checkpoints) == 3 and len(losses) == 2  # steps 20 and 40
+    assert config["learning_rate"] == 5e-4 and config["head_dropout"] == 0.3
 
 
 def test_odd_image_modes_train(tiny_vtde, digits_dir, tmp_path):

@@ -19,15 +19,15 @@ def test_explicit_flags_from_the_command_line_and_the_yaml(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"eval_strategy": "no", "learning_rate": 0.1}))
     argv = ["--save-strategy", "steps", "--save_steps=25", "--no_precompute_features", "--config", str(config), "x"]
-    assert explicit_flags(argv) >= {"save_strategy", "save_steps", "precompute_features", "eval_strategy"}
-    assert "learning_rate" in explicit_flags(argv) and "config" not in explicit_flags(argv)
-    assert explicit_flags(["--output_dir", "out"]) == {"output_dir"}
+    assert explicit_flags(argv, TYPES) >= {"save_strategy", "save_steps", "precompute_features", "eval_strategy"}
+    assert "learning_rate" in explicit_flags(argv, TYPES) and "config" not in explicit_flags(argv, TYPES)
+    assert explicit_flags(["--output_dir", "out"], TYPES) == {"output_dir"}
 
 
 def prepared(tmp_path, *flags, has_validation=True):
     argv = ["--output_dir", str(tmp_path), "--use_cpu", "true", *flags]
     ft_args, training_args = parse_args(TYPES, argv)
-    training_args.explicit_flags = explicit_flags(argv)
+    training_args.explicit_flags = explicit_flags(argv, TYPES)
     return prepare_training_arguments(training_args, ft_args, has_validation=has_validation)
 
 

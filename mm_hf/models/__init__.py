@@ -14,6 +14,7 @@ from .clip_classifier import (
     DEFAULT_AUDIO_PROMPT_TEMPLATES,
     DEFAULT_PROMPT_TEMPLATES,
     build_clip_classifier,
+    choose_head,
     class_text_embeddings,
     load_clip_classifier,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "MultimodalFusionModel",
     "build_audio_classifier",
     "build_clip_classifier",
+    "choose_head",
     "build_fusion_classifier",
     "class_text_embeddings",
     "load_clip_classifier",

@@ -1,6 +1,7 @@
 """Building CLIP-family classifiers from a pretrained dual encoder (image: CLIP/SigLIP/VTDE; audio: CLAP),
 and their zero-shot heads."""
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -138,3 +139,49 @@ def load_clip_classifier(path: str, base_model_name_or_path: str | None = None, 
     from .loading import load_finetuned
 
     return load_finetuned(path, base_model_name_or_path, **from_pretrained_kwargs)
+
+
+@torch.no_grad()
+def choose_head(model, dataset, *, batch_size: int = 64, device=None, max_samples: int = 2048) -> dict:
+    """`--head_init auto`: keep the zero-shot head of `model` only if it clearly beats chance on `dataset`.
+
+    A zero-shot head is only as good as the text tower's knowledge of the class names: a dual encoder whose
+    projections were never trained together (a fresh VisionTextDualEncoderModel), or class names such as
+    "class_3", give a head at chance level, and fine-tuning then starts from noise that is no better than a
+    random head (measured in README, "Choosing the defaults"). One pass over (at most `max_samples` of) the
+    transformed `dataset` (validation; rows with `pixel_values`/`input_features` and `labels`) measures it.
+
+    Rule: chance is the share of the most frequent class; the head is kept when its accuracy is at least
+    chance + max(0.05, 3 binomial standard errors of chance over the n samples); otherwise it is re-initialised
+    at random in place. Returns {"head_init": "zeroshot"|"random", "zero_shot_accuracy", "chance", "threshold",
+    "samples"}.
+    """
+    from transformers import default_data_collator
+
+    n = min(len(dataset), max_samples)
+    subset = dataset.select(range(n)) if hasattr(dataset, "select") else dataset
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.to(device).eval()
+    correct, counts = 0, torch.zeros(model.config.num_labels)
+    for start in range(0, n, batch_size):
+        batch = default_data_collator([subset[i] for i in range(start, min(start + batch_size, n))])
+        labels = batch.pop("labels")
+        inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        logits = model(**inputs).logits
+        correct += (logits.argmax(-1).cpu() == labels).sum().item()
+        counts += torch.bincount(labels, minlength=len(counts)).float()
+    model.train(was_training)
+    accuracy = correct / max(n, 1)
+    chance = (counts.max() / counts.sum()).item() if n else 1.0
+    threshold = chance + max(0.05, 3 * math.sqrt(chance * (1 - chance) / max(n, 1)))
+    keep = n > 0 and accuracy >= threshold
+    if not keep:
+        model._init_weights(model.classifier)
+    return {
+        "head_init": "zeroshot" if keep else "random",
+        "zero_shot_accuracy": accuracy,
+        "chance": chance,
+        "threshold": threshold,
+        "samples": n,
+    }

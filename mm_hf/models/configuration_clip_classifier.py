@@ -21,7 +21,10 @@ class ClipClassifierConfig(PreTrainedConfig):
         backbone_name_or_path: Hub id or path the backbone weights came from (recorded for cards/adapters).
         embed_dim: size of the image embedding the head reads; derived from the backbone when None.
         head_dropout: dropout on the normalised image embedding before the head.
-        logit_scale_init_value: log of the temperature multiplying cosine similarities (CLIP's is ln 100).
+        logit_scale_init_value: log of the temperature multiplying cosine similarities of a random head (a
+            zero-shot head takes the backbone's own). ln(1/0.07), CLIP's value at the start of its training: at
+            CLIP's trained ln 100 a random head learns slower (random-init small CLIP on 28 px digits, 12 epochs:
+            0.26 vs 0.34 test accuracy; a plain linear head: 0.32).
         learn_logit_scale: whether the temperature is trained.
     """
 
@@ -32,7 +35,7 @@ class ClipClassifierConfig(PreTrainedConfig):
     backbone_name_or_path: str | None = None
     embed_dim: int | None = None
     head_dropout: float = 0.0
-    logit_scale_init_value: float = 4.605170185988091
+    logit_scale_init_value: float = 2.6592600369327779  # ln(1 / 0.07)
     learn_logit_scale: bool = True
 
     def __post_init__(self, **kwargs):
