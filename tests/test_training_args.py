@@ -78,7 +78,7 @@ def test_recipe_saves_at_the_steps_the_user_chose(tiny_vtde, digits_dir, tmp_pat
             "--model_name_or_path", str(tiny_vtde), "--output_dir", str(out), "--do_train",
             "--train_dir", str(digits_dir / "train"), "--validation_dir", str(digits_dir / "validation"),
             "--max_steps", "4", "--per_device_train_batch_size", "16", "--finetune_strategy", "full",
-            "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no",
+            "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no", "--save_total_limit", "3",
             "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true",
             "--prompt_templates", "a photo of the digit {}.",
         ]
