@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -143,3 +144,15 @@ def test_driver_quick_image_run_writes_table_and_json(tmp_path, capsys):
 def test_driver_names_the_build_script_when_models_are_missing(tmp_path):
     with pytest.raises(SystemExit, match="realmodels/build.sh"):
         quality.main(["--realmodels", str(tmp_path), "--out", str(tmp_path / "o"), "--only", "image"])
+
+
+@pytest.mark.skipif(not shutil.which("espeak-ng"), reason="espeak-ng not installed")
+def test_spoken_digits_are_16khz_clips_from_unseen_test_voices(tmp_path):
+    import soundfile as sf
+
+    speakers = data.write_spoken_digits(str(tmp_path), per_class=(2, 1, 1))
+    assert not set(speakers["test"]) & set(speakers["train"] + speakers["validation"])
+    paths, labels, classes = data.read_split(str(tmp_path / "train"))
+    assert classes == sorted(data.DIGIT_WORDS) and len(paths) == 20
+    info = sf.info(paths[0])
+    assert info.samplerate == 16000 and 0.2 < info.duration < 3
