@@ -483,7 +483,7 @@ def check_realmodels(realmodels: str, needed: list[str]) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    started, env = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), environment()  # code as run
     epochs = 1.0 if args.quick and args.num_train_epochs is None else args.num_train_epochs
     sections = [args.only] if args.only else ["image", "audio", "fusion"]
     chosen = [d for d in DATASETS if d.modality in sections and (not args.datasets or d.name in args.datasets)]
@@ -519,7 +519,8 @@ def main(argv=None) -> dict:
         rows += fusion_section(args.realmodels, args.out)
     checks = target_checks(rows)
     report = {
-        **environment(),
+        **env,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "started": started,
         # Wall times depend on what else ran: the 1/5/15-minute load average at the end says how busy the CPUs were.
         "load_average": [round(x, 1) for x in os.getloadavg()],
