@@ -7,7 +7,7 @@ DEMO_DIR ?= demo_out
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo demo-audio demo-fusion test test-all lint format clean
+.PHONY: setup demo demo-audio demo-fusion test test-all lint format clean bench-quality
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,26 @@ test: setup
 
 test-all: setup
 	$(BIN)/python -m pytest -q -ra -m ""
+
+# Opt-in quality benchmark on real weights (minutes on 2 CPU cores; not part of `make test`): every classification
+# recipe and strategy against scikit-learn's probe, the plain PyTorch loop and the example scripts' defaults.
+REALMODELS ?= $(HOME)/.cache/mm-hf-dev/realmodels
+BENCH_DIR ?= bench_out
+BENCH_ARGS ?=
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(BIN)/python -m pip install -q -r requirements-bench.txt
+	touch $(BENCH_STAMP)
+
+bench-quality: $(BENCH_STAMP)
+	@command -v espeak-ng >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q espeak-ng; } || \
+		{ echo "espeak-ng is missing (the speech datasets need it): sudo apt-get install espeak-ng"; exit 1; }
+	@for m in dinov2-small whisper-base all-minilm-l6-v2; do test -f $(REALMODELS)/$$m/config.json || { \
+		echo "real model $(REALMODELS)/$$m is missing: build them offline with" \
+		"PYTHON=$(BIN)/python ../shared/realmodels/build.sh $(REALMODELS)"; exit 1; }; done
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m mm_hf.bench.quality --realmodels $(REALMODELS) \
+		--out $(BENCH_DIR) $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check mm_hf recipes tests

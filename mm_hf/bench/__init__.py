@@ -1,1 +1,8 @@
-"""Quality benchmarks: mm-hf recipes against plain baselines on real weights (`make bench-quality`)."""
+"""The quality benchmark (`make bench-quality`): every classification recipe and strategy on real weights and
+offline data, with plain baselines run side by side on the same splits.
+
+- `data`: offline datasets written as class folders (grey digits, colour photo crops, espeak-ng speech).
+- `baselines`: scikit-learn's probe on frozen features, the article's plain PyTorch loop, the transformers
+  example scripts' defaults.
+- `quality`: the driver (`python -m mm_hf.bench.quality`), its table and `bench_quality.json`.
+"""

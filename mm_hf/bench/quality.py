@@ -1,0 +1,555 @@
+"""Quality benchmark: every classification recipe and strategy on real weights and offline data, with the plain
+baselines run side by side in the same run, on the same splits.
+
+    python -m mm_hf.bench.quality [--realmodels DIR] [--out bench_out] [--only image|audio|fusion] [--quick]
+
+(`make bench-quality`). DIR holds dinov2-small, all-minilm-l6-v2 and whisper-base, built offline by
+../shared/realmodels/build.sh. The image recipe runs on a VisionTextDualEncoder made of DINOv2-small + MiniLM
+(new, random projections: its zero-shot row is expected near chance) at 112 px; the audio recipe on Whisper-base.
+
+Each recipe runs in-process through its `main([...])` with its DEFAULT flags plus only data, model, output and
+(with --num_train_epochs) epoch flags, so the table judges the defaults; every row records its exact argv.
+Baselines per dataset:
+- sklearn_logreg: LogisticRegression (C chosen on validation) on the same frozen features as the recipe's probe
+  (image: the dual encoder's projected image embedding; audio: Whisper encoder states mean-pooled over the clip);
+  sklearn_logreg_cls: on the image tower's pooled output (DINOv2's CLS) before the random projection.
+- plain_loop: the article's loop: AutoModelForImageClassification (dinov2-small) / AutoModelForAudioClassification
+  (whisper-base) + AdamW at the `full` row's lr, epochs, batch size and weight decay; no augmentation, schedule
+  or model selection.
+- examples_defaults: the same model trained with the transformers example scripts' defaults, reimplemented:
+  run_image_classification (lr 5e-5, batch 8, linear decay, RandomResizedCrop + flip), run_audio_classification
+  (its README's lr 3e-5 with 10 % warm-up, linear decay, batch 8, random 20 s windows).
+Fusion rows come from `mm_hf.bench.fusion.fusion_rows(realmodels_dir, workdir)` when that module exists.
+
+Prints one table (recipe, strategy, dataset, mm-hf vs each baseline, wall seconds) and the target checks, and
+writes `<out>/bench_quality.json` (rows, checks, sizes, date, machine, versions).
+"""
+
+import argparse
+import datetime
+import importlib.util
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import baselines as bl
+from . import data
+
+REPO = Path(__file__).resolve().parents[2]
+REALMODELS = os.path.expanduser("~/.cache/mm-hf-dev/realmodels")
+MODEL_FOLDERS = ("dinov2-small", "all-minilm-l6-v2", "whisper-base")
+IMAGE_STRATEGIES = ("linear_probe", "full", "lora", "top_k")
+# The TrainingArguments defaults a plain loop falls back to when no `full` row ran (lr, batch size, epochs).
+TRAINER_DEFAULTS = {
+    "learning_rate": 5e-5,
+    "per_device_train_batch_size": 8,
+    "num_train_epochs": 3.0,
+    "weight_decay": 0.0,
+}
+
+
+@dataclass(frozen=True)
+class BenchDataset:
+    name: str
+    modality: str  # image | audio
+    write: object  # write(output_dir, per_class, seed) -> info
+    per_class: tuple[int, int, int]  # train, validation, test samples per class
+    quick_per_class: tuple[int, int, int]
+    about: str
+
+
+DATASETS = (
+    BenchDataset(
+        "digits",
+        "image",
+        lambda out, per_class, seed, source="mnist": data.write_grey_digits(out, per_class, source=source, seed=seed),
+        (20, 10, 20),
+        (3, 2, 2),
+        "MNIST scans, 28 px greyscale, 10 classes",
+    ),
+    BenchDataset(
+        "photos",
+        "image",
+        lambda out, per_class, seed, **_: data.write_photo_crops(out, per_class=per_class, seed=seed),
+        (20, 10, 20),
+        (3, 2, 2),
+        "which of 9 colour photos a crop comes from; test crops from an unseen region",
+    ),
+    BenchDataset(
+        "speech",
+        "audio",
+        lambda out, per_class, seed, **_: data.write_spoken_digits(out, per_class, seed=seed),
+        (4, 2, 3),  # Whisper reads 30 s windows: each clip costs ~1 s of CPU per forward pass
+        (2, 1, 1),
+        "ten spoken digit words (espeak-ng); test voices unseen in training",
+    ),
+    BenchDataset(
+        "language",
+        "audio",
+        lambda out, per_class, seed, **_: data.write_spoken_languages(out, per_class, seed=seed),
+        (4, 2, 3),
+        (2, 1, 1),
+        "spoken-language ID, 6 languages (espeak-ng); test speakers and numbers unseen",
+    ),
+)
+
+
+def load_recipe(name: str):
+    """A recipe module from recipes/ (scripts, not a package), to call its `main(argv)` in-process."""
+    path = REPO / "recipes" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_recipe_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_dual_encoder(realmodels: str, output_dir: str, image_size: int = 112, seed: int = 0) -> str:
+    """VisionTextDualEncoder = DINOv2-small image tower + MiniLM text tower + new projections (seeded), with a
+    processor that resizes and crops to `image_size` px (DINOv2 interpolates its position embeddings)."""
+    import torch
+    from transformers import (
+        AutoModel,
+        AutoTokenizer,
+        VisionTextDualEncoderConfig,
+        VisionTextDualEncoderModel,
+        VisionTextDualEncoderProcessor,
+    )
+
+    if os.path.isfile(os.path.join(output_dir, "config.json")):
+        return output_dir
+    vision_dir, text_dir = (os.path.join(realmodels, n) for n in ("dinov2-small", "all-minilm-l6-v2"))
+    torch.manual_seed(seed)
+    vision, text = AutoModel.from_pretrained(vision_dir), AutoModel.from_pretrained(text_dir)
+    config = VisionTextDualEncoderConfig.from_vision_text_configs(vision.config, text.config)
+    model = VisionTextDualEncoderModel(config=config, vision_model=vision, text_model=text)
+    image_processor = bench_image_processor(vision_dir, image_size)
+    model.save_pretrained(output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(text_dir)
+    VisionTextDualEncoderProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(output_dir)
+    return output_dir
+
+
+def bench_image_processor(vision_dir: str, image_size: int):
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(
+        vision_dir, size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+
+
+# Recipe rows --------------------------------------------------------------------------------------------------
+
+
+def run_recipe(recipe: str, argv: list[str]) -> tuple[dict, dict, float]:
+    """(results, resolved args, wall seconds) of `recipes/<recipe>.py main(argv)`; checkpoints are removed after."""
+    import yaml
+
+    module = load_recipe(recipe)
+    start = time.perf_counter()
+    results = module.main(argv)
+    wall = time.perf_counter() - start
+    out = argv[argv.index("--output_dir") + 1]
+    with open(os.path.join(out, "run_config.yaml")) as f:
+        resolved = yaml.safe_load(f) or {}
+    for entry in os.listdir(out):  # weights and checkpoints: GBs over a whole bench, the metrics stay
+        path = os.path.join(out, entry)
+        if entry.startswith("checkpoint-"):
+            shutil.rmtree(path, ignore_errors=True)
+        elif entry.endswith((".safetensors", ".bin")):
+            os.remove(path)
+    return results, resolved, wall
+
+
+def recipe_argv(model: str, data_dir: str, output_dir: str, strategy: str, epochs: float | None) -> list[str]:
+    argv = ["--model_name_or_path", model]
+    for split in data.SPLITS:
+        argv += [f"--{split}_dir", os.path.join(data_dir, split)]
+    argv += ["--output_dir", output_dir, "--overwrite_output_dir", "true", "--do_train", "--do_eval", "--do_predict"]
+    argv += ["--finetune_strategy", strategy, "--disable_tqdm", "true"]
+    if epochs is not None:
+        argv += ["--num_train_epochs", str(epochs)]
+    return argv
+
+
+def row(recipe, strategy, dataset, mmhf, wall=None, argv=None, notes="") -> dict:
+    return {
+        "recipe": recipe,
+        "strategy": strategy,
+        "dataset": dataset,
+        "metric": "accuracy",
+        "mmhf": mmhf,
+        "baselines": {},
+        "wall_s": {"mmhf": None if wall is None else round(wall, 1)},
+        "argv": argv,
+        "notes": notes,
+    }
+
+
+def recipe_rows(recipe, model, ds, data_dir, workdir, strategies, epochs, before_name) -> tuple[list[dict], dict]:
+    """One row per strategy plus the before-training row (taken from the first run); returns rows and the
+    resolved arguments of each strategy's run."""
+    rows, resolved = [], {}
+    for strategy in strategies:
+        argv = recipe_argv(model, data_dir, os.path.join(workdir, "runs", ds.name, strategy), strategy, epochs)
+        try:
+            results, resolved[strategy], wall = run_recipe(recipe, argv)
+        except Exception as error:  # noqa: BLE001 - a failed row is reported in the table, the bench goes on
+            traceback.print_exc()
+            rows.append(row(recipe, strategy, ds.name, None, argv=argv, notes=f"error: {error!r}"[:300]))
+            continue
+        if not any(r["strategy"] == before_name for r in rows):
+            before = results.get("zeroshot_test_accuracy")
+            rows.insert(0, row(recipe, before_name, ds.name, before, notes=f"before training, from the {strategy} run"))
+        rows.append(row(recipe, strategy, ds.name, results.get("test_accuracy"), wall, argv))
+    return rows, resolved
+
+
+def loop_hparams(resolved: dict, epochs: float | None) -> dict:
+    """lr, batch size, epochs and weight decay of the `full` row (the article's loop mirrors them)."""
+    source = resolved.get("full") or {}
+    flat = {}
+    for value in source.values():  # resolved args may be grouped per dataclass
+        if isinstance(value, dict):
+            flat.update(value)
+    flat.update({k: v for k, v in source.items() if not isinstance(v, dict)})
+    out = {k: flat.get(k, default) for k, default in TRAINER_DEFAULTS.items()}
+    if epochs is not None:
+        out["num_train_epochs"] = epochs
+    out["from"] = "the full row" if source else "TrainingArguments defaults (no full row)"
+    return out
+
+
+# Baselines ----------------------------------------------------------------------------------------------------
+
+
+def image_baselines(realmodels, dual_dir, data_dir, hp, epochs, image_size, seed=42) -> tuple[dict, dict, dict]:
+    """(accuracies, wall seconds, notes) of the image baselines on one dataset."""
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    splits = {s: data.read_split(os.path.join(data_dir, s)) for s in data.SPLITS}
+    classes = splits["train"][2]
+    scores, walls, notes = {}, {}, {}
+    feats, walls["sklearn_logreg"] = bl.timed(
+        lambda: {s: bl.dual_encoder_image_features(dual_dir, splits[s][0]) for s in data.SPLITS}
+    )
+    for key, name in (("embeds", "sklearn_logreg"), ("pooled", "sklearn_logreg_cls")):
+        probe, wall = bl.timed(bl.logreg_probe, *((feats[s][key], splits[s][1]) for s in data.SPLITS))
+        scores[name], notes[name] = probe["accuracy"], f"C={probe['C']}"
+        walls[name] = walls.get(name, 0.0) + wall
+    walls["sklearn_logreg_cls"] = walls["sklearn_logreg"]  # one feature pass serves both
+    processor = bench_image_processor(os.path.join(realmodels, "dinov2-small"), image_size)
+    examples_epochs = epochs if epochs is not None else TRAINER_DEFAULTS["num_train_epochs"]
+    variants = {
+        "plain_loop": (dict(lr=hp["learning_rate"], batch_size=int(hp["per_device_train_batch_size"]),
+                            epochs=hp["num_train_epochs"], weight_decay=hp["weight_decay"]), None),
+        "examples_defaults": (dict(lr=5e-5, batch_size=8, epochs=examples_epochs, schedule="linear"),
+                              bl.examples_image_augment(processor)),
+    }  # fmt: skip
+    for name, (kwargs, augment) in variants.items():
+        start = time.perf_counter()
+        torch.manual_seed(seed)
+        model = AutoModelForImageClassification.from_pretrained(
+            os.path.join(realmodels, "dinov2-small"), num_labels=len(classes), id2label=dict(enumerate(classes))
+        )
+        train_paths, train_labels, _ = splits["train"]
+        bl.finetune_plain(model, bl.image_batcher(processor, train_paths, augment), train_labels, seed=seed, **kwargs)
+        test_paths, test_labels, _ = splits["test"]
+        scores[name] = bl.accuracy(model, bl.image_batcher(processor, test_paths), len(test_labels), test_labels)
+        walls[name] = time.perf_counter() - start
+        notes[name] = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+    return scores, walls, notes
+
+
+def audio_baselines(realmodels, data_dir, hp, epochs, seed=42, loops=True) -> tuple[dict, dict, dict]:
+    """(accuracies, wall seconds, notes) of the audio baselines on one dataset."""
+    import torch
+    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+
+    whisper = os.path.join(realmodels, "whisper-base")
+    extractor = AutoFeatureExtractor.from_pretrained(whisper)
+    splits = {s: data.read_split(os.path.join(data_dir, s)) for s in data.SPLITS}
+    clips = {s: bl.load_clips(splits[s][0], extractor.sampling_rate) for s in data.SPLITS}
+    classes = splits["train"][2]
+    scores, walls, notes = {}, {}, {}
+    start = time.perf_counter()
+    feats = {s: bl.whisper_encoder_features(whisper, clips[s]) for s in data.SPLITS}
+    probe = bl.logreg_probe(*((feats[s], splits[s][1]) for s in data.SPLITS))
+    scores["sklearn_logreg"], notes["sklearn_logreg"] = probe["accuracy"], f"C={probe['C']}"
+    walls["sklearn_logreg"] = time.perf_counter() - start
+    if not loops:
+        return scores, walls, notes
+    examples_epochs = epochs if epochs is not None else TRAINER_DEFAULTS["num_train_epochs"]
+    variants = {
+        "plain_loop": (dict(lr=hp["learning_rate"], batch_size=int(hp["per_device_train_batch_size"]),
+                            epochs=hp["num_train_epochs"], weight_decay=hp["weight_decay"]), None),
+        # Whisper has no freeze_feature_encoder(): the script runs it with --freeze_feature_encoder False.
+        "examples_defaults": (dict(lr=3e-5, batch_size=8, epochs=examples_epochs, schedule="linear",
+                                   warmup_ratio=0.1), 20.0),
+    }  # fmt: skip
+    for name, (kwargs, max_seconds) in variants.items():
+        start = time.perf_counter()
+        torch.manual_seed(seed)
+        model = AutoModelForAudioClassification.from_pretrained(
+            whisper, num_labels=len(classes), id2label=dict(enumerate(classes))
+        )
+        make_batch = bl.audio_batcher(extractor, clips["train"], max_length_seconds=max_seconds, seed=seed)
+        bl.finetune_plain(model, make_batch, splits["train"][1], seed=seed, **kwargs)
+        test_labels = splits["test"][1]
+        scores[name] = bl.accuracy(model, bl.audio_batcher(extractor, clips["test"]), len(test_labels), test_labels, 8)
+        walls[name] = time.perf_counter() - start
+        notes[name] = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+    return scores, walls, notes
+
+
+def attach(rows: list[dict], scores: dict, walls: dict, notes: dict) -> None:
+    for r in rows:
+        r["baselines"] = {k: round(v, 4) for k, v in scores.items()}
+        r["wall_s"].update({k: round(v, 1) for k, v in walls.items()})
+        r["baseline_notes"] = notes
+
+
+# Fusion -------------------------------------------------------------------------------------------------------
+
+
+def fusion_section(realmodels: str, workdir: str) -> list[dict]:
+    """Rows from mm_hf.bench.fusion (written by the fusion work), or one row saying it is missing."""
+    try:
+        from .fusion import fusion_rows
+    except ImportError as error:
+        return [row("fusion_imagetext_cls", "-", "-", None, notes=f"missing: mm_hf/bench/fusion.py ({error})")]
+    try:
+        return fusion_rows(realmodels, os.path.join(workdir, "fusion"))
+    except Exception as error:  # noqa: BLE001 - reported in the table
+        traceback.print_exc()
+        return [row("fusion_imagetext_cls", "-", "-", None, notes=f"error: {error!r}"[:300])]
+
+
+# Checks and table ---------------------------------------------------------------------------------------------
+
+
+def target_checks(rows: list[dict], frozen_enough: float = 0.98) -> list[dict]:
+    """The targets the table must let us check, one entry per dataset where they apply (pass: True/False)."""
+    checks = []
+    by = {}
+    for r in rows:
+        by.setdefault((r["recipe"], r["dataset"]), {})[r["strategy"]] = r
+
+    def add(name, dataset, passed, detail):
+        checks.append({"check": name, "dataset": dataset, "pass": passed, "detail": detail})
+
+    for (recipe, dataset), strategies in by.items():
+        score = {s: r["mmhf"] for s, r in strategies.items() if r["mmhf"] is not None}
+        base = next(iter(strategies.values()))["baselines"]
+        if "full" in score and "plain_loop" in base:
+            add("full >= plain loop", dataset, score["full"] >= base["plain_loop"],
+                f"{score['full']:.3f} vs {base['plain_loop']:.3f}")  # fmt: skip
+        if "lora" in score and "linear_probe" in score:
+            frozen = max(score["linear_probe"], base.get("sklearn_logreg", 0.0))
+            passed = None if frozen >= frozen_enough else score["lora"] >= score["linear_probe"]
+            add(f"lora >= linear_probe (where frozen < {frozen_enough:.2f})", dataset, passed,
+                f"{score['lora']:.3f} vs {score['linear_probe']:.3f}")  # fmt: skip
+        before = next((s for s in score if "before" in s), None)
+        if before:
+            for s in score:
+                if s != before:
+                    add(f"{s} > {before}", dataset, score[s] > score[before], f"{score[s]:.3f} vs {score[before]:.3f}")
+        if "linear_probe" in score and "sklearn_logreg" in base:
+            gap = score["linear_probe"] - base["sklearn_logreg"]
+            add("linear_probe within 0.5 pt of sklearn", dataset, gap >= -0.005, f"{100 * gap:+.1f} pt")
+        if recipe.startswith("fusion"):
+            mlp = next((v for k, v in base.items() if "mlp" in k), None)
+            for s, value in score.items():
+                if mlp is not None:
+                    add(
+                        f"fusion {s} >= MLP on concatenated features",
+                        dataset,
+                        value >= mlp,
+                        f"{value:.3f} vs {mlp:.3f}",
+                    )
+    return checks
+
+
+def format_table(rows: list[dict]) -> str:
+    names = []
+    for r in rows:
+        names += [k for k in r["baselines"] if k not in names]
+
+    def cell(value):
+        return "-" if value is None else f"{value:.3f}"
+
+    header = ["recipe", "strategy", "dataset", "mm-hf", *names, "wall s (mm-hf)", "notes"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        wall = r["wall_s"].get("mmhf")
+        cells = [r["recipe"], r["strategy"], r["dataset"], cell(r["mmhf"])]
+        cells += [cell(r["baselines"].get(n)) for n in names]
+        cells += ["-" if wall is None else f"{wall:.0f}", r.get("notes", "")]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    walls = {}
+    for r in rows:
+        for k, v in r["wall_s"].items():
+            if k != "mmhf" and v is not None:
+                walls.setdefault(r["dataset"], {})[k] = v
+    if walls:
+        lines += ["", "Baseline wall seconds: " + "; ".join(
+            f"{d}: " + ", ".join(f"{k} {v:.0f}" for k, v in w.items()) for d, w in walls.items())]  # fmt: skip
+    return "\n".join(lines)
+
+
+def format_checks(checks: list[dict]) -> str:
+    mark = {True: "PASS", False: "FAIL", None: "n/a "}
+    return "\n".join(f"{mark[c['pass']]} {c['check']} [{c['dataset']}]: {c['detail']}" for c in checks)
+
+
+def environment() -> dict:
+    import sklearn
+    import torch
+    import transformers
+
+    try:
+        import peft
+
+        peft_version = peft.__version__
+    except ImportError:
+        peft_version = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} CPUs, "
+        f"torch threads {torch.get_num_threads()}",
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft_version,
+            "scikit-learn": sklearn.__version__,
+            "mm_hf commit": commit,
+        },
+    }
+
+
+# Driver -------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--realmodels", default=REALMODELS, help="Folder with " + ", ".join(MODEL_FOLDERS) + ".")
+    parser.add_argument("--out", default="bench_out", help="Work folder: data, models, runs, bench_quality.json.")
+    parser.add_argument("--only", choices=("image", "audio", "fusion"), help="Run one section only.")
+    parser.add_argument("--datasets", nargs="+", help="Only these datasets: " + ", ".join(d.name for d in DATASETS))
+    parser.add_argument("--quick", action="store_true", help="Smoke run: a few samples per class, 1 epoch.")
+    parser.add_argument(
+        "--per_class", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"), help="Samples per class (default: per set)."
+    )
+    parser.add_argument("--num_train_epochs", type=float, help="Epochs for every row (default: the recipes' own).")
+    parser.add_argument("--image_strategies", nargs="+", default=list(IMAGE_STRATEGIES))
+    parser.add_argument(
+        "--audio_strategies",
+        nargs="+",
+        default=["linear_probe", "lora"],
+        help="audio_cls strategies (full fine-tuning of Whisper-base on 30 s windows is slow on CPU: add it here).",
+    )
+    parser.add_argument("--no_audio_loops", action="store_true", help="Skip the (slow) Whisper plain-loop baselines.")
+    parser.add_argument("--digits_source", default="mnist", choices=("mnist", "sklearn"))
+    parser.add_argument("--image_size", type=int, default=112, help="Image side the dual encoder's processor uses.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the data builders.")
+    return parser.parse_args(argv)
+
+
+def check_realmodels(realmodels: str, needed: list[str]) -> None:
+    missing = [n for n in needed if not os.path.isfile(os.path.join(realmodels, n, "config.json"))]
+    if missing:
+        sys.exit(
+            f"real models missing in {realmodels}: {', '.join(missing)}. Build them offline with "
+            "../shared/realmodels/build.sh (or pass --realmodels DIR)."
+        )
+
+
+def main(argv=None) -> dict:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    started, env = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), environment()  # code as run
+    epochs = 1.0 if args.quick and args.num_train_epochs is None else args.num_train_epochs
+    sections = [args.only] if args.only else ["image", "audio", "fusion"]
+    chosen = [d for d in DATASETS if d.modality in sections and (not args.datasets or d.name in args.datasets)]
+    if args.datasets and (unknown := set(args.datasets) - {d.name for d in DATASETS}):
+        sys.exit(f"unknown --datasets {sorted(unknown)}; choose from {[d.name for d in DATASETS]}")
+    needed = {"image": ["dinov2-small", "all-minilm-l6-v2"], "audio": ["whisper-base"], "fusion": list(MODEL_FOLDERS)}
+    check_realmodels(args.realmodels, sorted({n for s in sections for n in needed[s]}))
+    os.makedirs(args.out, exist_ok=True)
+    rows, sizes = [], {}
+    for ds in chosen:
+        per_class = tuple(args.per_class or (ds.quick_per_class if args.quick else ds.per_class))
+        data_dir = os.path.join(args.out, "data", f"{ds.name}-" + "-".join(map(str, per_class)))
+        if not os.path.isdir(data_dir):
+            ds.write(data_dir, per_class, args.seed, source=args.digits_source)
+        sizes[ds.name] = {"per_class": dict(zip(data.SPLITS, per_class, strict=True)), "about": ds.about}
+        print(f"\n=== {ds.name}: {ds.about}; per class {sizes[ds.name]['per_class']}", flush=True)
+        if ds.modality == "image":
+            dual = build_dual_encoder(args.realmodels, os.path.join(args.out, "models", "dinov2-minilm-dual"),
+                                      args.image_size)  # fmt: skip
+            new, resolved = recipe_rows("clip_imagecls", dual, ds, data_dir, args.out, args.image_strategies, epochs,
+                                        "zero-shot (before)")  # fmt: skip
+            hp = loop_hparams(resolved, epochs)
+            attach(new, *image_baselines(args.realmodels, dual, data_dir, hp, epochs, args.image_size))
+        else:
+            whisper = os.path.join(args.realmodels, "whisper-base")
+            new, resolved = recipe_rows("audio_cls", whisper, ds, data_dir, args.out, args.audio_strategies, epochs,
+                                        "untrained head (before)")  # fmt: skip
+            hp = loop_hparams(resolved, epochs)
+            attach(new, *audio_baselines(args.realmodels, data_dir, hp, epochs, loops=not args.no_audio_loops))
+        rows += new
+        print(format_table(new), flush=True)
+    if "fusion" in sections:
+        rows += fusion_section(args.realmodels, args.out)
+    checks = target_checks(rows)
+    report = {
+        **env,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "started": started,
+        # Wall times depend on what else ran: the 1/5/15-minute load average at the end says how busy the CPUs were.
+        "load_average": [round(x, 1) for x in os.getloadavg()],
+        "command": "python -m mm_hf.bench.quality " + " ".join(sys.argv[1:] if argv is None else argv),
+        "quick": args.quick,
+        "num_train_epochs": epochs,
+        "image_size": args.image_size,
+        "sizes": sizes,
+        "rows": rows,
+        "checks": checks,
+    }
+    path = os.path.join(args.out, "bench_quality.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2, default=_json_default)
+    print(f"\nQuality benchmark, {report['date']}, {report['machine']}\n")
+    print(format_table(rows))
+    print("\nTargets:\n" + format_checks(checks))
+    print(f"\nwritten {path}")
+    return report
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return str(value)
+
+
+if __name__ == "__main__":
+    failed = [r for r in main()["rows"] if str(r.get("notes", "")).startswith("error")]
+    sys.exit(1 if failed else 0)  # a row that crashed fails `make bench-quality` after the table is written
