@@ -446,10 +446,14 @@ def start_run(argument_types, argv):
     import datasets
     import transformers
 
-    from .args import FinetuneArguments, explicit_flags, parse_args
+    from .args import TRAINING_DEFAULTS, FinetuneArguments, explicit_flags, fill_defaults, parse_args
 
     parsed = parse_args(argument_types, argv)
+    # What the recipes' defaults must not override: every flag the user set (CLI or --config YAML).
+    explicit = explicit_flags(argv, argument_types)
+    parsed = fill_defaults(parsed, TRAINING_DEFAULTS, explicit)  # checkpoint retention, logging frequency
     training_args = next(a for a in parsed if isinstance(a, transformers.TrainingArguments))
+    training_args.explicit_flags = explicit
     level = process_log_level(training_args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(level)
@@ -459,8 +463,6 @@ def start_run(argument_types, argv):
         library.set_verbosity(logging.WARNING if passive_main else level)
     ft_args = next(a for a in parsed if isinstance(a, FinetuneArguments))
     check_launch(training_args)
-    # What prepare_training_arguments must not override: every flag the user set (CLI or --config YAML).
-    training_args.explicit_flags = explicit_flags(argv, argument_types)
     check_hub_strategy(training_args, training_args.explicit_flags)
     if training_args.do_train:
         check_output_dir(training_args.output_dir, ft_args.overwrite_output_dir)

@@ -32,13 +32,10 @@ from transformers import (
 )
 
 from mm_hf.args import (
-    TRAINING_DEFAULTS,
     DataArguments,
     FinetuneArguments,
     ModelArguments,
     args_to_dict,
-    explicit_flags,
-    fill_defaults,
 )
 from mm_hf.data.audio import AudioTransform, check_audio
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
@@ -107,8 +104,6 @@ def main(argv=None):
     # 1. Arguments
     argv = sys.argv[1:] if argv is None else list(argv)
     parsed = start_run(ARGUMENT_TYPES, argv)
-    # Checkpoint retention and logging frequency unless the user set them (mm_hf.args.TRAINING_DEFAULTS).
-    parsed = fill_defaults(parsed, TRAINING_DEFAULTS, explicit_flags(argv, ARGUMENT_TYPES))
     model_args, data_args, ft_args, audio_args, training_args = parsed
     # The feature encoder flag lives with the audio arguments; the strategy reads it from ft_args.
     ft_args.freeze_feature_encoder = audio_args.freeze_feature_encoder

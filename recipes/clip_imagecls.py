@@ -21,12 +21,10 @@ from functools import partial
 from transformers import AutoProcessor, Trainer, TrainingArguments, default_data_collator
 
 from mm_hf.args import (
-    TRAINING_DEFAULTS,
     DataArguments,
     FinetuneArguments,
     ModelArguments,
     args_to_dict,
-    explicit_flags,
     fill_defaults,
 )
 from mm_hf.data.images import check_images
@@ -97,9 +95,7 @@ STRATEGY_DEFAULTS = {
 }
 # Trainer's 3 epochs, no warm-up, linear decay and no weight decay: 3 epochs cost the linear probe 0.747 -> 0.540
 # (digits), warm-up 10% + cosine + weight decay 0.05 gave small CLIP 0.200 -> 0.257.
-COMMON_DEFAULTS = dict(
-    TRAINING_DEFAULTS, num_train_epochs=10, warmup_steps=0.1, lr_scheduler_type="cosine", weight_decay=0.05
-)
+COMMON_DEFAULTS = dict(num_train_epochs=10, warmup_steps=0.1, lr_scheduler_type="cosine", weight_decay=0.05)
 
 
 def main(argv=None):
@@ -108,7 +104,7 @@ def main(argv=None):
     parsed = start_run(ARGUMENT_TYPES, argv)
     strategy = parsed[2].finetune_strategy
     defaults = {**COMMON_DEFAULTS, **STRATEGY_DEFAULTS.get(strategy, {})}
-    user_set = explicit_flags(argv, ARGUMENT_TYPES)
+    user_set = parsed[-1].explicit_flags  # every flag set on the command line or in --config (start_run)
     model_args, data_args, ft_args, cls_args, training_args = fill_defaults(parsed, defaults, user_set)
     chosen = {k: v for k, v in defaults.items() if k not in user_set}
     logger.info("defaults for finetune_strategy=%s (pass a flag to change one): %s", strategy, chosen)

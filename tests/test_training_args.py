@@ -88,3 +88,17 @@ def test_recipe_saves_at_the_steps_the_user_chose(tiny_vtde, digits_dir, tmp_pat
     assert not [entry for entry in state["log_history"] if entry["step"] > 0 and "eval_loss" in entry]
     resolved = yaml.safe_load((out / "run_config.yaml").read_text())
     assert (resolved["eval_strategy"], resolved["save_strategy"], resolved["save_steps"]) == ("no", "steps", 2)
+
+
+def test_start_run_fills_retention_and_logging_defaults_unless_set(tmp_path):
+    """Every recipe goes through start_run: Trainer would keep every checkpoint and log every 500 steps."""
+    from mm_hf.training import start_run
+
+    base = ["--output_dir", str(tmp_path / "a"), "--use_cpu", "true"]
+    _, training_args = start_run(TYPES, base)
+    assert (training_args.save_total_limit, training_args.logging_steps) == (1, 0.02)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"logging_steps": 7}))
+    _, training_args = start_run(TYPES, [*base, "--save_total_limit", "4", "--config", str(config)])
+    assert (training_args.save_total_limit, training_args.logging_steps) == (4, 7)
+    assert {"save_total_limit", "logging_steps"} <= training_args.explicit_flags
