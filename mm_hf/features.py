@@ -6,6 +6,23 @@ from torch.utils.data import DataLoader
 from transformers import default_data_collator
 
 
+def eval_batches(model, dataset: Dataset, transform, batch_size: int, num_workers: int = 0):
+    """Batches of `dataset` read through its eval `transform`, with `model` in eval mode until the last one (its
+    mode is restored after, also when the loop stops early): one pass of frozen encoders, as every cache needs."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(
+        dataset.with_transform(transform),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=default_data_collator,
+    )
+    try:
+        yield from loader
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def precompute_features(
     model, dataset: Dataset, transform, batch_size: int = 64, num_workers: int = 0, device=None
@@ -25,16 +42,8 @@ def precompute_features(
             raise ValueError("Only a parameter-free pooler (mean pooling) can be cached; attention pooling learns.")
         return _precompute_pooled(model, dataset, transform, batch_size, num_workers, device, dtype)
     audio = hasattr(model, "get_audio_features")
-    was_training = model.training
-    model.eval()
-    loader = DataLoader(
-        dataset.with_transform(transform),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=default_data_collator,
-    )
     embeds, labels = [], []
-    for batch in loader:
+    for batch in eval_batches(model, dataset, transform, batch_size, num_workers):
         if audio:
             is_longer = batch.get("is_longer")
             features = batch["input_features"].to(device=device, dtype=dtype)
@@ -43,7 +52,6 @@ def precompute_features(
             out = model.get_image_features(batch["pixel_values"].to(device=device, dtype=dtype))
         embeds.append(out.float().cpu())
         labels.append(batch["labels"])
-    model.train(was_training)
     key = "audio_embeds" if audio else "image_embeds"
     return Dataset.from_dict({key: torch.cat(embeds).numpy(), "labels": torch.cat(labels).numpy()})
 
@@ -64,17 +72,9 @@ def _precompute_pooled(model, dataset, transform, batch_size, num_workers, devic
     # classifier pools (frame masks and all) without a second copy of that logic here.
     pooled = []
     hook = model.pooler.register_forward_hook(lambda module, args, output: pooled.append(output.float().cpu()))
-    was_training = model.training
-    model.eval()
-    loader = DataLoader(
-        dataset.with_transform(transform),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=default_data_collator,
-    )
     labels = []
     try:
-        for batch in loader:
+        for batch in eval_batches(model, dataset, transform, batch_size, num_workers):
             labels.append(batch.pop("labels"))
             inputs = {
                 k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in batch.items()
@@ -82,7 +82,6 @@ def _precompute_pooled(model, dataset, transform, batch_size, num_workers, devic
             model(**inputs)
     finally:
         hook.remove()
-        model.train(was_training)
     return Dataset.from_dict({"pooled_embeds": torch.cat(pooled).numpy(), "labels": torch.cat(labels).numpy()})
 
 

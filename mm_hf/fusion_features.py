@@ -15,8 +15,8 @@ Modality dropout and missing modalities are unaffected: both act on `modality_ma
 import logging
 
 import torch
-from torch.utils.data import DataLoader
-from transformers import default_data_collator
+
+from .features import eval_batches
 
 logger = logging.getLogger(__name__)
 
@@ -82,16 +82,8 @@ def cache_encoder_outputs(model, dataset, transform, modalities: list[str], batc
     pooling of a masked sequence only) and `<modality>_present`: each row through each encoder exactly once, in
     eval mode, with the eval `transform`. Feed the result through `CachedInputs`."""
     multimodal = fusion_base(model)
-    was_training = multimodal.training
-    multimodal.eval()
-    loader = DataLoader(
-        dataset.with_transform(transform),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=default_data_collator,
-    )
     columns: dict[str, list] = {}
-    for batch in loader:
+    for batch in eval_batches(multimodal, dataset, transform, batch_size, num_workers):
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         for modality in modalities:
             features, mask = multimodal.encoder_features(modality, inputs)
@@ -100,7 +92,6 @@ def cache_encoder_outputs(model, dataset, transform, modalities: list[str], batc
                 columns.setdefault(f"{modality}_embeds_mask", []).append(mask.cpu())
             present = batch["modality_mask"][:, multimodal.modalities.index(modality)].bool()
             columns.setdefault(f"{modality}_present", []).append(present)
-    multimodal.train(was_training)
     for name, parts in columns.items():
         values = torch.cat(parts).numpy()
         # Arrow takes rows of 1-D arrays as they are; deeper rows (frames, tokens) as nested lists.
@@ -120,11 +111,8 @@ def fit_feature_statistics(model, dataset, transform, batch_size: int, device, m
         return {}
     if max_samples is not None and len(dataset) > max_samples:
         dataset = dataset.shuffle(seed=seed).select(range(max_samples))
-    was_training = multimodal.training
-    multimodal.eval()
-    loader = DataLoader(dataset.with_transform(transform), batch_size=batch_size, collate_fn=default_data_collator)
     pooled: dict[str, list] = {m: [] for m in modalities}
-    for batch in loader:
+    for batch in eval_batches(multimodal, dataset, transform, batch_size):
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         for modality in modalities:
             if f"{modality}_embeds" in inputs:
@@ -135,7 +123,6 @@ def fit_feature_statistics(model, dataset, transform, batch_size: int, device, m
             vectors = multimodal.pooled_features(modality, features.to(dtype), mask)
             present = inputs["modality_mask"][:, multimodal.modalities.index(modality)].bool()
             pooled[modality].append(vectors[present].flatten(0, -2).float())
-    multimodal.train(was_training)
     counts = {}
     for modality, parts in pooled.items():
         rows = torch.cat(parts)
