@@ -7,6 +7,7 @@ the same, so their users can switch without relearning. Every training knob live
 import argparse
 import dataclasses
 import difflib
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import HfArgumentParser, TrainingArguments
 
 from .errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -322,6 +325,34 @@ def fill_defaults(parsed, defaults: dict, explicit: set[str]) -> tuple:
     if unknown:
         raise ValueError(f"defaults for unknown argument(s): {', '.join(sorted(unknown))}")
     return tuple(out)
+
+
+# The classifier recipes' (clip_imagecls, audio_cls) TrainingArguments defaults for every flag the user leaves unset (a flag on the command line or in the YAML always
+# wins), measured on DINOv2-small + MiniLM and a random-init small CLIP, grey digits and colour photo crops, against
+# a plain AdamW loop on the same model and data (README "Choosing the defaults"). Learning rate per strategy: the
+# towers of full/top_k at 1e-4 (DINOv2 digits 0.760 vs 0.533 for the plain loop), LoRA adapters at 1e-3 (0.860),
+# a linear probe on cached features at 3e-2 (0.747; 1e-3 reached 0.400 in 10 epochs).
+STRATEGY_DEFAULTS = {
+    "full": dict(learning_rate=1e-4),
+    "top_k": dict(learning_rate=1e-4),
+    "lora": dict(learning_rate=1e-3),
+    "linear_probe": dict(learning_rate=3e-2),
+}
+# Trainer's 3 epochs, no warm-up, linear decay and no weight decay: 3 epochs cost the linear probe 0.747 -> 0.540
+# (digits), warm-up 10% + cosine + weight decay 0.05 gave small CLIP 0.200 -> 0.257.
+COMMON_DEFAULTS = dict(num_train_epochs=10, warmup_steps=0.1, lr_scheduler_type="cosine", weight_decay=0.05)
+
+
+def fill_strategy_defaults(parsed) -> tuple:
+    """`parsed` (as start_run returns it) with the learning rate, epochs and schedule of its `--finetune_strategy`
+    (STRATEGY_DEFAULTS, COMMON_DEFAULTS) set wherever the user did not set them; logs what it chose."""
+    strategy = next(a for a in parsed if isinstance(a, FinetuneArguments)).finetune_strategy
+    training_args = next(a for a in parsed if isinstance(a, TrainingArguments))
+    defaults = {**COMMON_DEFAULTS, **STRATEGY_DEFAULTS.get(strategy, {})}
+    user_set = training_args.explicit_flags  # every flag set on the command line or in --config (start_run)
+    chosen = {k: v for k, v in defaults.items() if k not in user_set}
+    logger.info("defaults for finetune_strategy=%s (pass a flag to change one): %s", strategy, chosen)
+    return fill_defaults(parsed, defaults, user_set)
 
 
 def explicit_flags(argv, dataclass_types) -> set[str]:

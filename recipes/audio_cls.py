@@ -36,6 +36,7 @@ from mm_hf.args import (
     FinetuneArguments,
     ModelArguments,
     args_to_dict,
+    fill_strategy_defaults,
 )
 from mm_hf.data.audio import AudioTransform, check_audio
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
@@ -103,7 +104,7 @@ ARGUMENT_TYPES = (ModelArguments, DataArguments, FinetuneArguments, AudioArgumen
 def main(argv=None):
     # 1. Arguments
     argv = sys.argv[1:] if argv is None else list(argv)
-    parsed = start_run(ARGUMENT_TYPES, argv)
+    parsed = fill_strategy_defaults(start_run(ARGUMENT_TYPES, argv))  # lr, epochs, schedule per strategy
     model_args, data_args, ft_args, audio_args, training_args = parsed
     # The feature encoder flag lives with the audio arguments; the strategy reads it from ft_args.
     ft_args.freeze_feature_encoder = audio_args.freeze_feature_encoder

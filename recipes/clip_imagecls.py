@@ -25,7 +25,7 @@ from mm_hf.args import (
     FinetuneArguments,
     ModelArguments,
     args_to_dict,
-    fill_defaults,
+    fill_strategy_defaults,
 )
 from mm_hf.data.images import check_images
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
@@ -82,32 +82,12 @@ class ClassifierArguments:
 
 ARGUMENT_TYPES = (ModelArguments, DataArguments, FinetuneArguments, ClassifierArguments, TrainingArguments)
 
-# TrainingArguments defaults for every flag the user leaves unset (a flag on the command line or in the YAML always
-# wins), measured on DINOv2-small + MiniLM and a random-init small CLIP, grey digits and colour photo crops, against
-# a plain AdamW loop on the same model and data (README "Choosing the defaults"). Learning rate per strategy: the
-# towers of full/top_k at 1e-4 (DINOv2 digits 0.760 vs 0.533 for the plain loop), LoRA adapters at 1e-3 (0.860),
-# a linear probe on cached features at 3e-2 (0.747; 1e-3 reached 0.400 in 10 epochs).
-STRATEGY_DEFAULTS = {
-    "full": dict(learning_rate=1e-4),
-    "top_k": dict(learning_rate=1e-4),
-    "lora": dict(learning_rate=1e-3),
-    "linear_probe": dict(learning_rate=3e-2),
-}
-# Trainer's 3 epochs, no warm-up, linear decay and no weight decay: 3 epochs cost the linear probe 0.747 -> 0.540
-# (digits), warm-up 10% + cosine + weight decay 0.05 gave small CLIP 0.200 -> 0.257.
-COMMON_DEFAULTS = dict(num_train_epochs=10, warmup_steps=0.1, lr_scheduler_type="cosine", weight_decay=0.05)
-
 
 def main(argv=None):
     # 1. Arguments
     argv = sys.argv[1:] if argv is None else list(argv)
-    parsed = start_run(ARGUMENT_TYPES, argv)
-    strategy = parsed[2].finetune_strategy
-    defaults = {**COMMON_DEFAULTS, **STRATEGY_DEFAULTS.get(strategy, {})}
-    user_set = parsed[-1].explicit_flags  # every flag set on the command line or in --config (start_run)
-    model_args, data_args, ft_args, cls_args, training_args = fill_defaults(parsed, defaults, user_set)
-    chosen = {k: v for k, v in defaults.items() if k not in user_set}
-    logger.info("defaults for finetune_strategy=%s (pass a flag to change one): %s", strategy, chosen)
+    parsed = fill_strategy_defaults(start_run(ARGUMENT_TYPES, argv))  # lr, epochs, schedule per strategy
+    model_args, data_args, ft_args, cls_args, training_args = parsed
     cache = ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features
     lbfgs = use_lbfgs_probe(ft_args, training_args, cached=cache)
 

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForImageClassification, AutoProcessor
 
 import mm_hf.models  # noqa: F401  (registers the Auto classes)
+from mm_hf.args import STRATEGY_DEFAULTS
 from mm_hf.data.images import BadSampleError
 from mm_hf.data.loading import DataError
 from mm_hf.data.transforms import build_image_transform
@@ -327,7 +328,7 @@ def test_auto_head_strategy_defaults_retention_and_logging(tiny_vtde, digits_dir
     # logged about every 2% of the steps, and the strategy's defaults fill the flags left unset.
     results, checkpoints, losses, config = train(tmp_path / "a")
     assert results["epoch"] == 7 and len(checkpoints) <= 2 and len(losses) >= 10
-    assert config["learning_rate"] == recipe.STRATEGY_DEFAULTS["full"]["learning_rate"]
+    assert config["learning_rate"] == STRATEGY_DEFAULTS["full"]["learning_rate"]
     assert config["lr_scheduler_type"] == "cosine" and config["warmup_steps"] == 0.1 and config["weight_decay"] == 0.05
     # The tiny random text tower knows nothing of the digits: auto measured it and chose a random head.
     assert results["head_init"] == "random" and results["head_zero_shot_accuracy"] < results["head_threshold"]

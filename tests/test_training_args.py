@@ -102,3 +102,16 @@ def test_start_run_fills_retention_and_logging_defaults_unless_set(tmp_path):
     _, training_args = start_run(TYPES, [*base, "--save_total_limit", "4", "--config", str(config)])
     assert (training_args.save_total_limit, training_args.logging_steps) == (4, 7)
     assert {"save_total_limit", "logging_steps"} <= training_args.explicit_flags
+
+
+@pytest.mark.parametrize(("strategy", "lr"), [("lora", 1e-3), ("full", 1e-4), ("linear_probe", 3e-2)])
+def test_classifier_defaults_follow_the_strategy_unless_set(tmp_path, strategy, lr):
+    from mm_hf.args import fill_strategy_defaults
+    from mm_hf.training import start_run
+
+    base = ["--output_dir", str(tmp_path), "--use_cpu", "true", "--finetune_strategy", strategy]
+    _, training_args = fill_strategy_defaults(start_run(TYPES, base))
+    assert (training_args.learning_rate, training_args.num_train_epochs) == (lr, 10)
+    assert training_args.lr_scheduler_type.value == "cosine" and training_args.warmup_steps == 0.1
+    _, training_args = fill_strategy_defaults(start_run(TYPES, [*base, "--learning_rate", "5e-5"]))
+    assert training_args.learning_rate == 5e-5 and training_args.explicit_flags >= {"learning_rate"}
