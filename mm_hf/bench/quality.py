@@ -89,7 +89,7 @@ DATASETS = (
         "speech",
         "audio",
         lambda out, per_class, seed, **_: data.write_spoken_digits(out, per_class, seed=seed),
-        (4, 2, 3),  # Whisper reads 30 s windows: each clip costs ~1 s of CPU per forward pass
+        (4, 2, 3),  # the baselines read Whisper's 30 s window: each clip costs ~1 s of CPU per forward pass
         (2, 1, 1),
         "ten spoken digit words (espeak-ng); test voices unseen in training",
     ),
@@ -463,7 +463,7 @@ def parse_args(argv):
         "--audio_strategies",
         nargs="+",
         default=["linear_probe", "lora"],
-        help="audio_cls strategies (full fine-tuning of Whisper-base on 30 s windows is slow on CPU: add it here).",
+        help="audio_cls strategies (default linear_probe, lora; full fine-tunes all of Whisper-base: add it here).",
     )
     parser.add_argument("--no_audio_loops", action="store_true", help="Skip the (slow) Whisper plain-loop baselines.")
     parser.add_argument("--digits_source", default="mnist", choices=("mnist", "sklearn"))
