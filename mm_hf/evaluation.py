@@ -8,7 +8,7 @@ from transformers import EarlyStoppingCallback
 
 from .data.loading import require_evaluation_split
 from .reports import format_before_after_table
-from .training import evaluate_before_training
+from .run import evaluate_before_training, prepare_training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +182,6 @@ def train_fusion(model, processor, splits, tasks, modalities, training_args, ft_
     from transformers import Trainer, default_data_collator
 
     from .fusion_features import CachedInputs, cache_encoder_outputs, fit_feature_statistics, frozen_modalities
-    from .training import prepare_training_arguments
 
     metrics = TaskMetrics(tasks, threshold=fusion_args.threshold)
     training_args = prepare_training_arguments(

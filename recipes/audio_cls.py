@@ -48,13 +48,8 @@ from mm_hf.models import build_audio_classifier, build_clip_classifier
 from mm_hf.models.clip_classifier import is_audio_text_config
 from mm_hf.outputs import recipe_command, save_classification_run
 from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
-from mm_hf.training import (
-    apply_audio_finetune_strategy,
-    apply_finetune_strategy,
-    prepare_training_arguments,
-    start_run,
-    trainable_parameters,
-)
+from mm_hf.run import prepare_training_arguments, start_run
+from mm_hf.training import apply_audio_finetune_strategy, apply_finetune_strategy, trainable_parameters
 
 logger = logging.getLogger(__name__)
 

@@ -41,12 +41,8 @@ from mm_hf.outputs import recipe_command, update_all_results, write_run_config, 
 from mm_hf.publish import publish_run
 from mm_hf.reports import format_before_after_table
 from mm_hf.retrieval import PairTransform, build_media, load_dual_encoder, measure_retrieval, resolve_modality
-from mm_hf.training import (
-    apply_contrastive_strategy,
-    prepare_training_arguments,
-    start_run,
-    trainable_parameters,
-)
+from mm_hf.run import prepare_training_arguments, start_run
+from mm_hf.training import apply_contrastive_strategy, trainable_parameters
 
 logger = logging.getLogger(__name__)
 # {m}: the modality ("image" or "audio"), as the metric keys name it.

@@ -32,7 +32,8 @@ from mm_hf.evaluation import train_fusion
 from mm_hf.models import build_fusion_classifier
 from mm_hf.outputs import recipe_command, save_fusion_run
 from mm_hf.processing import MultimodalProcessor, ProcessorSettings
-from mm_hf.training import apply_fusion_strategy, start_run, trainable_parameters
+from mm_hf.run import start_run
+from mm_hf.training import apply_fusion_strategy, trainable_parameters
 
 logger = logging.getLogger(__name__)
 

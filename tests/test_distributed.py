@@ -188,7 +188,7 @@ def test_log_level_of_main_process_and_replicas(monkeypatch, tmp_path, main, fla
     from transformers.utils import logging as hf_logging
 
     from mm_hf.args import FinetuneArguments
-    from mm_hf.training import start_run
+    from mm_hf.run import start_run
 
     monkeypatch.setattr(TrainingArguments, "should_log", property(lambda self: main))
     root, hf_level = logging.getLogger().level, hf_logging.get_verbosity()

@@ -10,7 +10,7 @@ from conftest import load_recipe
 from transformers import TrainingArguments
 
 from mm_hf.args import FinetuneArguments, explicit_flags, parse_args
-from mm_hf.training import prepare_training_arguments, start_run
+from mm_hf.run import prepare_training_arguments, start_run
 
 TYPES = (FinetuneArguments, TrainingArguments)
 
@@ -92,7 +92,7 @@ def test_recipe_saves_at_the_steps_the_user_chose(tiny_vtde, digits_dir, tmp_pat
 
 def test_start_run_fills_retention_and_logging_defaults_unless_set(tmp_path):
     """Every recipe goes through start_run: Trainer would keep every checkpoint and log every 500 steps."""
-    from mm_hf.training import start_run
+    from mm_hf.run import start_run
 
     base = ["--output_dir", str(tmp_path / "a"), "--use_cpu", "true"]
     _, training_args = start_run(TYPES, base)
@@ -107,7 +107,7 @@ def test_start_run_fills_retention_and_logging_defaults_unless_set(tmp_path):
 @pytest.mark.parametrize(("strategy", "lr"), [("lora", 1e-3), ("full", 1e-4), ("linear_probe", 3e-2)])
 def test_classifier_defaults_follow_the_strategy_unless_set(tmp_path, strategy, lr):
     from mm_hf.args import fill_strategy_defaults
-    from mm_hf.training import start_run
+    from mm_hf.run import start_run
 
     base = ["--output_dir", str(tmp_path), "--use_cpu", "true", "--finetune_strategy", strategy]
     _, training_args = fill_strategy_defaults(start_run(TYPES, base))
