@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from mm_hf.bench import baselines, data, quality
+from mm_hf.bench import report as bench_report
 
 
 def test_logreg_probe_separates_separable_features_and_not_random_labels():
@@ -87,15 +88,15 @@ def test_plain_loop_learns_and_checks_read_the_rows():
     baselines.finetune_plain(model, make_batch, y, epochs=30, lr=0.05, batch_size=16, schedule="linear")
     assert baselines.accuracy(model, make_batch, 64, y) >= max(0.9, before)
 
-    rows = [quality.row("clip_imagecls", s, "d", v) for s, v in (("zero-shot (before)", 0.1), ("linear_probe", 0.8),
+    rows = [bench_report.row("clip_imagecls", s, "d", v) for s, v in (("zero-shot (before)", 0.1), ("linear_probe", 0.8),
                                                                ("full", 0.9), ("lora", 0.7))]  # fmt: skip
-    quality.attach(rows, {"sklearn_logreg": 0.81, "plain_loop": 0.95}, {"plain_loop": 3.0}, {})
-    checks = {c["check"]: c["pass"] for c in quality.target_checks(rows)}
+    bench_report.attach(rows, {"sklearn_logreg": 0.81, "plain_loop": 0.95}, {"plain_loop": 3.0}, {})
+    checks = {c["check"]: c["pass"] for c in bench_report.target_checks(rows)}
     assert checks["full >= plain loop"] is False
     assert checks["lora >= linear_probe (where frozen < 0.98)"] is False
     assert checks["linear_probe within 0.5 pt of sklearn"] is False  # 80.0 vs 81.0
     assert checks["lora > zero-shot (before)"] is True
-    table = quality.format_table(rows)
+    table = bench_report.format_table(rows)
     assert "| clip_imagecls | full | d | 0.900 | 0.810 | 0.950 |" in table
 
 

@@ -27,25 +27,21 @@ writes `<out>/bench_quality.json` (rows, checks, sizes, date, machine, versions)
 
 import argparse
 import datetime
-import importlib.util
 import json
 import math
 import os
-import platform
-import shutil
-import subprocess
 import sys
 import time
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from . import baselines as bl
 from . import data
+from .report import attach, environment, format_checks, format_table, row, target_checks
+from .runs import bench_image_processor, build_dual_encoder, recipe_rows
 
-REPO = Path(__file__).resolve().parents[2]
 REALMODELS = os.path.expanduser("~/.cache/mm-hf-dev/realmodels")
 MODEL_FOLDERS = ("dinov2-small", "all-minilm-l6-v2", "whisper-base")
 IMAGE_STRATEGIES = ("linear_probe", "full", "lora", "top_k")
@@ -102,116 +98,6 @@ DATASETS = (
         "spoken-language ID, 6 languages (espeak-ng); test speakers and numbers unseen",
     ),
 )
-
-
-def load_recipe(name: str):
-    """A recipe module from recipes/ (scripts, not a package), to call its `main(argv)` in-process."""
-    path = REPO / "recipes" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"bench_recipe_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def build_dual_encoder(realmodels: str, output_dir: str, image_size: int = 112, seed: int = 0) -> str:
-    """VisionTextDualEncoder = DINOv2-small image tower + MiniLM text tower + new projections (seeded), with a
-    processor that resizes and crops to `image_size` px (DINOv2 interpolates its position embeddings)."""
-    import torch
-    from transformers import (
-        AutoModel,
-        AutoTokenizer,
-        VisionTextDualEncoderConfig,
-        VisionTextDualEncoderModel,
-        VisionTextDualEncoderProcessor,
-    )
-
-    if os.path.isfile(os.path.join(output_dir, "config.json")):
-        return output_dir
-    vision_dir, text_dir = (os.path.join(realmodels, n) for n in ("dinov2-small", "all-minilm-l6-v2"))
-    torch.manual_seed(seed)
-    vision, text = AutoModel.from_pretrained(vision_dir), AutoModel.from_pretrained(text_dir)
-    config = VisionTextDualEncoderConfig.from_vision_text_configs(vision.config, text.config)
-    model = VisionTextDualEncoderModel(config=config, vision_model=vision, text_model=text)
-    image_processor = bench_image_processor(vision_dir, image_size)
-    model.save_pretrained(output_dir)
-    tokenizer = AutoTokenizer.from_pretrained(text_dir)
-    VisionTextDualEncoderProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(output_dir)
-    return output_dir
-
-
-def bench_image_processor(vision_dir: str, image_size: int):
-    from transformers import AutoImageProcessor
-
-    return AutoImageProcessor.from_pretrained(
-        vision_dir, size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-    )
-
-
-# Recipe rows --------------------------------------------------------------------------------------------------
-
-
-def run_recipe(recipe: str, argv: list[str]) -> tuple[dict, dict, float]:
-    """(results, resolved args, wall seconds) of `recipes/<recipe>.py main(argv)`; checkpoints are removed after."""
-    import yaml
-
-    module = load_recipe(recipe)
-    start = time.perf_counter()
-    results = module.main(argv)
-    wall = time.perf_counter() - start
-    out = argv[argv.index("--output_dir") + 1]
-    with open(os.path.join(out, "run_config.yaml")) as f:
-        resolved = yaml.safe_load(f) or {}
-    for entry in os.listdir(out):  # weights and checkpoints: GBs over a whole bench, the metrics stay
-        path = os.path.join(out, entry)
-        if entry.startswith("checkpoint-"):
-            shutil.rmtree(path, ignore_errors=True)
-        elif entry.endswith((".safetensors", ".bin")):
-            os.remove(path)
-    return results, resolved, wall
-
-
-def recipe_argv(model: str, data_dir: str, output_dir: str, strategy: str, epochs: float | None) -> list[str]:
-    argv = ["--model_name_or_path", model]
-    for split in data.SPLITS:
-        argv += [f"--{split}_dir", os.path.join(data_dir, split)]
-    argv += ["--output_dir", output_dir, "--overwrite_output_dir", "true", "--do_train", "--do_eval", "--do_predict"]
-    argv += ["--finetune_strategy", strategy, "--disable_tqdm", "true"]
-    if epochs is not None:
-        argv += ["--num_train_epochs", str(epochs)]
-    return argv
-
-
-def row(recipe, strategy, dataset, mmhf, wall=None, argv=None, notes="") -> dict:
-    return {
-        "recipe": recipe,
-        "strategy": strategy,
-        "dataset": dataset,
-        "metric": "accuracy",
-        "mmhf": mmhf,
-        "baselines": {},
-        "wall_s": {"mmhf": None if wall is None else round(wall, 1)},
-        "argv": argv,
-        "notes": notes,
-    }
-
-
-def recipe_rows(recipe, model, ds, data_dir, workdir, strategies, epochs, before_name) -> tuple[list[dict], dict]:
-    """One row per strategy plus the before-training row (taken from the first run); returns rows and the
-    resolved arguments of each strategy's run."""
-    rows, resolved = [], {}
-    for strategy in strategies:
-        argv = recipe_argv(model, data_dir, os.path.join(workdir, "runs", ds.name, strategy), strategy, epochs)
-        try:
-            results, resolved[strategy], wall = run_recipe(recipe, argv)
-        except Exception as error:  # noqa: BLE001 - a failed row is reported in the table, the bench goes on
-            traceback.print_exc()
-            rows.append(row(recipe, strategy, ds.name, None, argv=argv, notes=f"error: {error!r}"[:300]))
-            continue
-        if not any(r["strategy"] == before_name for r in rows):
-            before = results.get("zeroshot_test_accuracy")
-            rows.insert(0, row(recipe, before_name, ds.name, before, notes=f"before training, from the {strategy} run"))
-        rows.append(row(recipe, strategy, ds.name, results.get("test_accuracy"), wall, argv))
-    return rows, resolved
 
 
 def loop_hparams(resolved: dict, epochs: float | None) -> dict:
@@ -312,16 +198,6 @@ def audio_baselines(realmodels, data_dir, hp, epochs, seed=42, loops=True) -> tu
     return scores, walls, notes
 
 
-def attach(rows: list[dict], scores: dict, walls: dict, notes: dict) -> None:
-    for r in rows:
-        r["baselines"] = {k: round(v, 4) for k, v in scores.items()}
-        r["wall_s"].update({k: round(v, 1) for k, v in walls.items()})
-        r["baseline_notes"] = notes
-
-
-# Fusion -------------------------------------------------------------------------------------------------------
-
-
 def fusion_section(realmodels: str, workdir: str) -> list[dict]:
     """Rows from mm_hf.bench.fusion (written by the fusion work), or one row saying it is missing."""
     try:
@@ -336,115 +212,6 @@ def fusion_section(realmodels: str, workdir: str) -> list[dict]:
 
 
 # Checks and table ---------------------------------------------------------------------------------------------
-
-
-def target_checks(rows: list[dict], frozen_enough: float = 0.98) -> list[dict]:
-    """The targets the table must let us check, one entry per dataset where they apply (pass: True/False)."""
-    checks = []
-    by = {}
-    for r in rows:
-        by.setdefault((r["recipe"], r["dataset"]), {})[r["strategy"]] = r
-
-    def add(name, dataset, passed, detail):
-        checks.append({"check": name, "dataset": dataset, "pass": passed, "detail": detail})
-
-    for (recipe, dataset), strategies in by.items():
-        score = {s: r["mmhf"] for s, r in strategies.items() if r["mmhf"] is not None}
-        base = next(iter(strategies.values()))["baselines"]
-        if "full" in score and "plain_loop" in base:
-            add("full >= plain loop", dataset, score["full"] >= base["plain_loop"],
-                f"{score['full']:.3f} vs {base['plain_loop']:.3f}")  # fmt: skip
-        if "lora" in score and "linear_probe" in score:
-            frozen = max(score["linear_probe"], base.get("sklearn_logreg", 0.0))
-            passed = None if frozen >= frozen_enough else score["lora"] >= score["linear_probe"]
-            add(f"lora >= linear_probe (where frozen < {frozen_enough:.2f})", dataset, passed,
-                f"{score['lora']:.3f} vs {score['linear_probe']:.3f}")  # fmt: skip
-        before = next((s for s in score if "before" in s), None)
-        if before:
-            for s in score:
-                if s != before:
-                    add(f"{s} > {before}", dataset, score[s] > score[before], f"{score[s]:.3f} vs {score[before]:.3f}")
-        if "linear_probe" in score and "sklearn_logreg" in base:
-            gap = score["linear_probe"] - base["sklearn_logreg"]
-            add("linear_probe within 0.5 pt of sklearn", dataset, gap >= -0.005, f"{100 * gap:+.1f} pt")
-        if recipe.startswith("fusion"):
-            mlp = next((v for k, v in base.items() if "mlp" in k), None)
-            for s, value in score.items():
-                if mlp is not None:
-                    add(
-                        f"fusion {s} >= MLP on concatenated features",
-                        dataset,
-                        value >= mlp,
-                        f"{value:.3f} vs {mlp:.3f}",
-                    )
-    return checks
-
-
-def format_table(rows: list[dict]) -> str:
-    names = []
-    for r in rows:
-        names += [k for k in r["baselines"] if k not in names]
-
-    def cell(value):
-        return "-" if value is None else f"{value:.3f}"
-
-    header = ["recipe", "strategy", "dataset", "mm-hf", *names, "wall s (mm-hf)", "notes"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        wall = r["wall_s"].get("mmhf")
-        cells = [r["recipe"], r["strategy"], r["dataset"], cell(r["mmhf"])]
-        cells += [cell(r["baselines"].get(n)) for n in names]
-        cells += ["-" if wall is None else f"{wall:.0f}", r.get("notes", "")]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    walls = {}
-    for r in rows:
-        for k, v in r["wall_s"].items():
-            if k != "mmhf" and v is not None:
-                walls.setdefault(r["dataset"], {})[k] = v
-    if walls:
-        lines += ["", "Baseline wall seconds: " + "; ".join(
-            f"{d}: " + ", ".join(f"{k} {v:.0f}" for k, v in w.items()) for d, w in walls.items())]  # fmt: skip
-    return "\n".join(lines)
-
-
-def format_checks(checks: list[dict]) -> str:
-    mark = {True: "PASS", False: "FAIL", None: "n/a "}
-    return "\n".join(f"{mark[c['pass']]} {c['check']} [{c['dataset']}]: {c['detail']}" for c in checks)
-
-
-def environment() -> dict:
-    import sklearn
-    import torch
-    import transformers
-
-    try:
-        import peft
-
-        peft_version = peft.__version__
-    except ImportError:
-        peft_version = None
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} CPUs, "
-        f"torch threads {torch.get_num_threads()}",
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "peft": peft_version,
-            "scikit-learn": sklearn.__version__,
-            "mm_hf commit": commit,
-        },
-    }
-
-
-# Driver -------------------------------------------------------------------------------------------------------
 
 
 def parse_args(argv):
