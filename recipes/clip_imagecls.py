@@ -34,18 +34,14 @@ from mm_hf.errors import run_cli
 from mm_hf.evaluation import train_with_before_after
 from mm_hf.features import classifier_datasets
 from mm_hf.metrics.streaming import ClassificationMetrics
-from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, build_clip_classifier, choose_head
+from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, build_clip_classifier, resolve_head_init
 from mm_hf.outputs import (
     recipe_command,
     save_classification_run,
 )
 from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
-from mm_hf.training import (
-    apply_finetune_strategy,
-    prepare_training_arguments,
-    start_run,
-    trainable_parameters,
-)
+from mm_hf.run import prepare_training_arguments, start_run
+from mm_hf.training import apply_finetune_strategy, trainable_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -137,26 +133,17 @@ def main(argv=None):
     datasets_ = classifier_datasets(model, splits, train_transform, eval_transform, training_args, cache)
 
     # 5. Head (measured on the inputs just built: cached features cost no extra backbone pass) and strategy
-    head = {"head_init": cls_args.head_init}
-    if cls_args.head_init == "auto" and training_args.do_train:
-        # A zero-shot head is only as good as the text tower's knowledge of the class names: measure it.
-        measured_on = "validation" if "validation" in datasets_ else "train"
-        measured = datasets_.get("validation")
-        if measured is None:  # the untrained head is measured on train then, without augmentation
-            measured = datasets_["train"] if cache else splits["train"].with_transform(eval_transform)
-        head = choose_head(
-            model,
-            measured,
-            batch_size=training_args.per_device_eval_batch_size,
-            device=training_args.device,
-        )
-        logger.info(
-            "head_init=auto -> %s: the zero-shot head scores %.3f on %d %s samples; chance %.3f, kept from %.3f",
-            head["head_init"], head["zero_shot_accuracy"], head["samples"], measured_on, head["chance"],
-            head["threshold"],
-        )  # fmt: skip
-    elif cls_args.head_init == "auto":
-        head = {"head_init": "zeroshot"}  # evaluation only: the zero-shot model is what is being measured
+    # The validation split, else the training split without augmentation, measures an `auto` zero-shot head.
+    held_out = datasets_.get("validation") or (
+        datasets_["train"] if cache else splits["train"].with_transform(eval_transform)
+    )
+    head = resolve_head_init(
+        model,
+        cls_args.head_init,
+        held_out,
+        training_args,
+        measured_on="validation" if "validation" in datasets_ else "train",
+    )
     model = apply_finetune_strategy(model, ft_args)
     trainable = trainable_parameters(model)
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)

@@ -17,6 +17,7 @@ from .clip_classifier import (
     choose_head,
     class_text_embeddings,
     load_clip_classifier,
+    resolve_head_init,
 )
 from .configuration_audio_classifier import AudioClassifierConfig
 from .configuration_clip_classifier import ClapClassifierConfig, ClipClassifierConfig
@@ -72,6 +73,7 @@ __all__ = [
     "build_audio_classifier",
     "build_clip_classifier",
     "choose_head",
+    "resolve_head_init",
     "build_fusion_classifier",
     "class_text_embeddings",
     "load_clip_classifier",

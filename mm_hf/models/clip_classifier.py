@@ -1,6 +1,7 @@
 """Building CLIP-family classifiers from a pretrained dual encoder (image: CLIP/SigLIP/VTDE; audio: CLAP),
 and their zero-shot heads."""
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -11,6 +12,8 @@ from ..errors import UserError
 from .configuration_clip_classifier import ClapClassifierConfig, ClipClassifierConfig
 from .modeling_clip_classifier import ClapClassifierForAudioClassification, ClipClassifierForImageClassification
 from .text_length import text_max_length
+
+logger = logging.getLogger(__name__)
 
 # The 7-template ensemble the CLIP authors selected for ImageNet: a few varied prompts beat 80.
 DEFAULT_PROMPT_TEMPLATES = (
@@ -185,3 +188,24 @@ def choose_head(model, dataset, *, batch_size: int = 64, device=None, max_sample
         "threshold": threshold,
         "samples": n,
     }
+
+
+def resolve_head_init(model, head_init: str, held_out, training_args, measured_on: str = "validation") -> dict:
+    """What `--head_init` means for this run, as recorded in all_results.json (`head_init`, `head_*`).
+
+    `auto` measures the zero-shot head on `held_out` (`choose_head`, which re-initialises it at random when it is
+    no better than chance) and logs why; without training, the zero-shot model is what is evaluated.
+    """
+    if head_init != "auto":
+        return {"head_init": head_init}
+    if not training_args.do_train:
+        return {"head_init": "zeroshot"}
+    head = choose_head(
+        model, held_out, batch_size=training_args.per_device_eval_batch_size, device=training_args.device
+    )
+    logger.info(
+        "head_init=auto -> %s: the zero-shot head scores %.3f on %d %s samples; chance %.3f, kept from %.3f",
+        head["head_init"], head["zero_shot_accuracy"], head["samples"], measured_on, head["chance"],
+        head["threshold"],
+    )  # fmt: skip
+    return head
