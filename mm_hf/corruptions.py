@@ -359,12 +359,16 @@ CORRUPTIONS: dict[str, dict[str, Callable[..., Any]]] = {
 }
 
 
-def check_corruption(modality: str, name: str, severity: int) -> None:
-    """Raise ValueError naming the valid choices if `modality` / `name` / `severity` is not a known corruption."""
+def _check_modality(modality: str) -> None:
     if modality not in CORRUPTIONS:
         raise ValueError(
             f"No corruptions for modality {modality!r}; modalities with corruptions: {sorted(CORRUPTIONS)}"
         )
+
+
+def check_corruption(modality: str, name: str, severity: int) -> None:
+    """Raise ValueError naming the valid choices if `modality` / `name` / `severity` is not a known corruption."""
+    _check_modality(modality)
     if name not in CORRUPTIONS[modality]:
         raise ValueError(f"Unknown {modality} corruption {name!r}; choose from {sorted(CORRUPTIONS[modality])}")
     if severity not in SEVERITIES:
@@ -373,10 +377,7 @@ def check_corruption(modality: str, name: str, severity: int) -> None:
 
 def select_corruptions(spec: str, modality: str) -> list[str]:
     """Corruption names from a `--corruptions` value: "all" or a comma-separated list, checked for `modality`."""
-    if modality not in CORRUPTIONS:
-        raise ValueError(
-            f"No corruptions for modality {modality!r}; modalities with corruptions: {sorted(CORRUPTIONS)}"
-        )
+    _check_modality(modality)
     if spec.strip() == "all":
         return list(CORRUPTIONS[modality])
     names = [name.strip() for name in spec.split(",") if name.strip()]
