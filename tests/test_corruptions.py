@@ -83,6 +83,25 @@ def test_spatial_corruptions_scale_with_image_size():
         assert _psnr(small, blurred_small) < 28, name
 
 
+def test_blur_and_brightness_match_imagenet_c_formulas():
+    # ImageNet-C's own code (make_imagenet_c.py) with scikit-image, which is only a bench extra here.
+    skimage = pytest.importorskip("skimage")
+    from skimage.filters import gaussian
+
+    image = _textured_image(224)  # ImageNet-C's size: no scaling of the blur radius
+    x = np.asarray(image) / 255.0
+    for severity, sigma in zip(SEVERITIES, (1, 2, 3, 4, 6), strict=True):
+        reference = np.clip(gaussian(x, sigma=sigma, channel_axis=-1), 0, 1) * 255
+        ours = np.asarray(CORRUPTIONS["image"]["gaussian_blur"](image, severity, None), dtype=np.float64)
+        assert np.abs(reference - ours).max() <= 0.51  # ours is rounded to 8 bits, the reference is not
+    for severity, shift in zip(SEVERITIES, (0.1, 0.2, 0.3, 0.4, 0.5), strict=True):
+        hsv = skimage.color.rgb2hsv(x)
+        hsv[:, :, 2] = np.clip(hsv[:, :, 2] + shift, 0, 1)
+        reference = np.clip(skimage.color.hsv2rgb(hsv), 0, 1) * 255
+        ours = np.asarray(CORRUPTIONS["image"]["brightness"](image, severity, None), dtype=np.float64)
+        assert np.abs(reference - ours).max() <= 0.51
+
+
 def test_audio_noise_hits_the_specified_snr_and_is_deterministic():
     clean = _chirp()
     for severity, snr in zip(SEVERITIES, (20, 15, 10, 5, 0), strict=True):
