@@ -3,7 +3,9 @@
 `CalibrationMetrics` streams: `update(logits, labels)` per batch keeps only per-bin sums (confidence, correct,
 count) and running NLL / Brier totals, so memory is O(num_bins) whatever the number of samples. Fitting a
 temperature is the exception: the NLL at each candidate temperature needs every validation logit again, so
-`fit_temperature` takes the whole `(N, C)` validation logits (N is the validation set, usually small).
+`fit_temperature` takes the whole `(N, C)` validation logits (N is the validation set, usually small). In a
+distributed run, feed batches already gathered across processes (as `ClassificationMetrics` gets them from the
+Trainer), so each sample is counted once.
 
 Definitions (Guo et al., "On Calibration of Modern Neural Networks", 2017):
 - ECE: top-label expected calibration error with `num_bins` equal-width confidence bins over [0, 1], the
@@ -45,7 +47,8 @@ class CalibrationMetrics:
     """Streaming ECE / NLL / Brier / reliability-diagram data from batches of logits and class ids.
 
     `temperature` divides the logits before the softmax, so metrics after temperature scaling stream the same way.
-    `compute()` returns the summary and resets; `reliability()` gives the per-bin data behind the last compute.
+    `compute()` returns the summary and resets; `.last_reliability` keeps the per-bin data behind it (bin edges,
+    count, mean confidence, accuracy; None for an empty bin) for `plot_reliability_diagram` and JSON reports.
     """
 
     def __init__(self, num_bins: int = NUM_BINS, temperature: float = 1.0):
