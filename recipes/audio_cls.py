@@ -32,9 +32,11 @@ from transformers import (
 )
 
 from mm_hf.args import (
+    AudioColumnArguments,
+    AudioModelArguments,
     DataArguments,
     FinetuneArguments,
-    ModelArguments,
+    LabelColumnArguments,
     args_to_dict,
     fill_strategy_defaults,
 )
@@ -55,9 +57,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class AudioArguments:
-    audio_column_name: str = field(default="audio", metadata={"help": "Column holding audio or audio file paths."})
-    label_column_name: str = field(default="label", metadata={"help": "Column holding class labels."})
+class AudioArguments(LabelColumnArguments, AudioColumnArguments):  # --audio_column, then --label_column
     max_length_seconds: float = field(
         default=5.0,
         metadata={
@@ -93,7 +93,7 @@ class AudioArguments:
     )
 
 
-ARGUMENT_TYPES = (ModelArguments, DataArguments, FinetuneArguments, AudioArguments, TrainingArguments)
+ARGUMENT_TYPES = (AudioModelArguments, DataArguments, FinetuneArguments, AudioArguments, TrainingArguments)
 
 
 def main(argv=None):
@@ -123,10 +123,15 @@ def main(argv=None):
     before_label = "zero-shot" if zeroshot else "untrained head"
 
     # 3. Data: every split validated (columns, labels, decodable audio) before any training
-    column = audio_args.audio_column_name
+    column = audio_args.audio_column
     with training_args.main_process_first(desc="loading data"):  # one download/cache build, then the others read it
         splits = load_classification_splits(
-            data_args, column, audio_args.label_column_name, model_args.cache_dir, training_args.seed
+            data_args,
+            column,
+            audio_args.label_column,
+            model_args.cache_dir,
+            training_args.seed,
+            input_flag="--audio_column",
         )
     skipped = {}
     for name in list(splits):

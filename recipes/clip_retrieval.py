@@ -30,7 +30,15 @@ from dataclasses import dataclass, field
 
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, default_data_collator
 
-from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict
+from mm_hf.args import (
+    AudioColumnArguments,
+    CaptionColumnArguments,
+    DataArguments,
+    FinetuneArguments,
+    ImageColumnArguments,
+    ModelArguments,
+    args_to_dict,
+)
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.pairs import load_caption_splits
 from mm_hf.errors import run_cli
@@ -51,7 +59,7 @@ TABLE_METRICS = ("{m}_to_text_recall@1", "{m}_to_text_recall@5", "text_to_{m}_re
 
 
 @dataclass
-class RetrievalArguments:
+class RetrievalArguments(CaptionColumnArguments, AudioColumnArguments, ImageColumnArguments):
     modality: str = field(
         default="auto",
         metadata={
@@ -60,9 +68,6 @@ class RetrievalArguments:
             "choices": ["auto", "image", "audio"],
         },
     )
-    image_column: str = field(default="image", metadata={"help": "Column of images or image paths."})
-    audio_column: str = field(default="audio", metadata={"help": "Column of audio clips or audio paths."})
-    caption_column: str = field(default="caption", metadata={"help": "Column of captions (a string or a list)."})
     max_length_seconds: float | None = field(
         default=None,
         metadata={
@@ -122,7 +127,12 @@ def main(argv=None):
     # 3. Data: captions cleaned, images/clips decodable, before any training
     with training_args.main_process_first(desc="loading data"):
         splits = load_caption_splits(
-            data_args, column, ret_args.caption_column, model_args.cache_dir, skip_bad=data_args.skip_bad_samples
+            data_args,
+            column,
+            ret_args.caption_column,
+            model_args.cache_dir,
+            skip_bad=data_args.skip_bad_samples,
+            media_flag=f"--{modality}_column",
         )
     for name in list(splits):
         splits[name], _ = media.check(
