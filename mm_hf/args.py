@@ -57,8 +57,8 @@ class ModelArguments(HubArguments):
 
 @dataclass
 class AudioModelArguments(HubArguments):
-    """The audio classification recipe's model. Its default is the one of transformers' run_audio_classification.py
-    (wav2vec2-base: a speech encoder; an image model's default here would fail on its first clip)."""
+    """The audio classification recipe's model. Its default is transformers' run_audio_classification.py's
+    (wav2vec2-base, a speech encoder), not the image recipes' CLIP, which has no audio tower."""
 
     model_name_or_path: str = field(
         default="facebook/wav2vec2-base",

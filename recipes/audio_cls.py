@@ -6,8 +6,8 @@
 
 `--finetune_strategy` is one of lora (default), full, linear_probe, top_k. Local data: --train_dir/
 --validation_dir/--test_dir (one sub-folder per class, e.g. clips/train/<class>/<file>.wav) or
---train_file/--validation_file/--test_file (CSV/JSONL with an audio path column and a label column,
-paths relative to the file); or --dataset_name for a Hub dataset with an Audio column. Any sample rate,
+--train_file/--validation_file/--test_file (CSV/JSONL with an audio path column and a label column, named by
+--audio_column and --label_column; paths relative to the file); or --dataset_name for a Hub dataset with an Audio column. Any sample rate,
 channel count and bit depth that libsndfile reads is resampled to the feature extractor's rate (mono).
 Defaults from a YAML file with --config recipes/configs/audio_cls_demo.yaml (the CLI wins).
 

@@ -5,8 +5,9 @@
         --finetune_strategy lora --num_train_epochs 5 --per_device_train_batch_size 16 --learning_rate 1e-5
 
 Local data: --train_dir/--validation_dir/--test_dir (one sub-folder per class) or
---train_file/--validation_file/--test_file (CSV/JSONL with an image path column and a label column);
-defaults from a YAML file with --config recipes/configs/clip_imagecls.yaml (the CLI wins).
+--train_file/--validation_file/--test_file (CSV/JSONL with an image path column and a label column, named by
+--image_column and --label_column); defaults from a YAML file with --config recipes/configs/clip_imagecls.yaml
+(the CLI wins).
 
 The classifier head starts as CLIP's zero-shot classifier (prompt-ensembled class-name embeddings) when that
 beats chance on the validation split (--head_init auto), else at random; the test split is evaluated before
