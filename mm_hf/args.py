@@ -423,7 +423,8 @@ def explicit_flags(argv, dataclass_types) -> set[str]:
     YAML file given with `--config`. Everything else holds its default, which a recipe may then choose per
     situation (e.g. per --finetune_strategy) without overriding a user's choice.
 
-    Flags are matched by their exact option strings (`--flag`, `--flag=value`, `--no_flag`, dashed aliases);
+    Flags are matched by their exact option strings (`--flag`, `--flag=value`, `--no_flag`, dashed forms, aliases such
+    as `--image_column_name`), and YAML keys by either spelling;
     call it after `parse_args`, which has already refused unknown flags and YAML keys.
     """
     parser = HfArgumentParser(dataclass_types)
