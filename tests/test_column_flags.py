@@ -11,6 +11,7 @@ from transformers import HfArgumentParser
 
 from mm_hf.args import DataArguments, explicit_flags, parse_args
 from mm_hf.data.loading import load_classification_splits
+from mm_hf.data.multimodal import MultimodalColumns, load_multimodal_splits
 from mm_hf.data.pairs import load_caption_splits
 from mm_hf.errors import DataError, UserError
 
@@ -137,3 +138,12 @@ def test_loader_errors_name_the_flags_given(tmp_path):
         DataError, match=r"missing column\(s\) 'audio', 'caption'; .*--audio_column / --caption_column$"
     ):
         load_caption_splits(DataArguments(train_file=str(pairs)), "audio", "caption", media_flag="--audio_column")
+
+
+def test_fusion_loader_missing_columns_name_their_flags(tmp_path):
+    train = write_csv(tmp_path / "train.csv", ("img", "title", "price", "y"), [("a.png", "t", 1.0, "x")])
+    columns = MultimodalColumns(image="img", text="report", numeric=["price", "age"], labels=["label"])
+    with pytest.raises(DataError, match=r"'report' \(text\), 'age' \(numeric\), 'label' \(label\); available: "
+                       r"img, title, price, y; pass the right name\(s\) with --text_column / --numeric_columns / "
+                       r"--label_column$"):  # fmt: skip
+        load_multimodal_splits(DataArguments(train_file=str(train)), columns, "single_label_classification")
