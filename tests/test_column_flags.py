@@ -147,3 +147,12 @@ def test_fusion_loader_missing_columns_name_their_flags(tmp_path):
                        r"img, title, price, y; pass the right name\(s\) with --text_column / --numeric_columns / "
                        r"--label_column$"):  # fmt: skip
         load_multimodal_splits(DataArguments(train_file=str(train)), columns, "single_label_classification")
+
+
+def test_each_fusion_recipe_refuses_the_other_ones_media_column(tmp_path):
+    """FusionDataArguments serves both fusion recipes: a column flag the running one does not read is refused."""
+    argv = ["--output_dir", str(tmp_path / "o"), "--train_file", "t.csv", "--label_column", "y"]
+    with pytest.raises(UserError, match=r"--image_column: still images are for recipes/fusion_imagetext_cls\.py"):
+        load_recipe("video_cls").main([*argv, "--video_column", "clip", "--image_column_name", "frame"])
+    with pytest.raises(UserError, match=r"--video_column: videos .* are for recipes/video_cls\.py"):
+        load_recipe("fusion_imagetext_cls").main([*argv, "--image_column", "img", "--video_column", "clip"])
