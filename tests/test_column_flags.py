@@ -156,3 +156,11 @@ def test_each_fusion_recipe_refuses_the_other_ones_media_column(tmp_path):
         load_recipe("video_cls").main([*argv, "--video_column", "clip", "--image_column_name", "frame"])
     with pytest.raises(UserError, match=r"--video_column: videos .* are for recipes/video_cls\.py"):
         load_recipe("fusion_imagetext_cls").main([*argv, "--image_column", "img", "--video_column", "clip"])
+
+
+def test_retrieval_refuses_the_column_flag_of_the_other_modality(tiny_vtde, tmp_path):
+    """An image-text model reads --image_column: an --audio_column (either spelling) is refused, not ignored."""
+    argv = ["--model_name_or_path", str(tiny_vtde), "--output_dir", str(tmp_path / "o"), "--train_file", "t.csv"]
+    for flag in ("--audio_column", "--audio_column_name"):
+        with pytest.raises(UserError, match=r"--audio_column: this is an image-text model; .* from --image_column"):
+            load_recipe("clip_retrieval").main([*argv, flag, "clip"])
