@@ -115,6 +115,15 @@ class CaptionColumnArguments:
     )
 
 
+def media_column(args, modality: str, explicit: set[str]) -> str:
+    """The column of `modality` (image or audio) in `args` (ImageColumnArguments + AudioColumnArguments). The other
+    modality's column flag, if the user set it (`explicit`, as `explicit_flags` gives), is refused, not ignored."""
+    unread = "image" if modality == "audio" else "audio"
+    if f"{unread}_column" in explicit:
+        raise UserError(f"--{unread}_column: this is an {modality}-text model; its media come from --{modality}_column")
+    return getattr(args, f"{modality}_column")
+
+
 @dataclass
 class DataArguments:
     dataset_name: str | None = field(

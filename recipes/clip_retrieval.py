@@ -38,10 +38,11 @@ from mm_hf.args import (
     ImageColumnArguments,
     ModelArguments,
     args_to_dict,
+    media_column,
 )
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.pairs import load_caption_splits
-from mm_hf.errors import UserError, run_cli
+from mm_hf.errors import run_cli
 from mm_hf.hub import write_model_card, write_run_info
 from mm_hf.models import ContrastiveDualEncoderModel
 from mm_hf.models.text_length import text_max_length
@@ -118,10 +119,7 @@ def main(argv=None):
     )
     # How the media column is validated, decoded and embedded: images, or audio clips for CLAP.
     modality = resolve_modality(ret_args.modality, backbone.config)
-    column = ret_args.audio_column if modality == "audio" else ret_args.image_column
-    unread = "image" if modality == "audio" else "audio"
-    if f"{unread}_column" in training_args.explicit_flags:  # a user's flag is honoured or refused, never ignored
-        raise UserError(f"--{unread}_column: this is an {modality}-text model; its media come from --{modality}_column")
+    column = media_column(ret_args, modality, training_args.explicit_flags)
     media = build_media(modality, processor, column, max_length_seconds=ret_args.max_length_seconds)
     tokenizer = processor.tokenizer
     # Captions never longer than the text tower has positions for (CLIP: 77), whatever --max_seq_length says.

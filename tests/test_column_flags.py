@@ -9,7 +9,7 @@ import yaml
 from conftest import load_recipe
 from transformers import HfArgumentParser
 
-from mm_hf.args import DataArguments, explicit_flags, parse_args
+from mm_hf.args import DataArguments, explicit_flags, media_column, parse_args
 from mm_hf.data.loading import load_classification_splits
 from mm_hf.data.multimodal import MultimodalColumns, load_multimodal_splits
 from mm_hf.data.pairs import load_caption_splits
@@ -164,3 +164,8 @@ def test_retrieval_refuses_the_column_flag_of_the_other_modality(tiny_vtde, tmp_
     for flag in ("--audio_column", "--audio_column_name"):
         with pytest.raises(UserError, match=r"--audio_column: this is an image-text model; .* from --image_column"):
             load_recipe("clip_retrieval").main([*argv, flag, "clip"])
+    # an audio-text model (CLAP) likewise refuses --image_column, and reads --audio_column
+    ret_args = parse_args(TYPES["clip_retrieval"], ["--output_dir", "o", "--audio_column", "clip"])[3]
+    assert media_column(ret_args, "audio", {"audio_column"}) == "clip"
+    with pytest.raises(UserError, match=r"--image_column: this is an audio-text model; .* from --audio_column"):
+        media_column(ret_args, "audio", {"image_column", "audio_column"})
