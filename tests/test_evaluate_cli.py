@@ -1,0 +1,154 @@
+"""python -m mm_hf.evaluate on tiny models: a recipe's LoRA run, a plain ViT classifier and a zero-shot dual encoder."""
+
+import csv
+import json
+import os
+import shutil
+
+import pytest
+from conftest import load_recipe
+from sklearn.metrics import accuracy_score, f1_score
+from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+from mm_hf.data.loading import DataError
+from mm_hf.evaluate import main
+
+CLASSES = ["one", "three", "two", "zero"]  # the digits fixture's class folders, sorted
+
+
+def save_vit(path, labels=CLASSES, seed=0):
+    import torch
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
+    )  # fmt: skip
+    ViTForImageClassification(config).save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(path)
+    return str(path)
+
+
+def evaluate(out, models, test_dir, *extra):
+    argv = ["--output_dir", str(out), "--test_dir", str(test_dir), "--dataloader_num_workers", "0"]
+    argv += ["--disable_tqdm", "--num_resamples", "200", "--latency_runs", "2", "--per_device_eval_batch_size", "16"]
+    for name, path in models.items():
+        argv += ["--model", f"{name}={path}"]
+    return main(argv + list(extra))
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_vtde, digits_dir, tmp_path_factory):
+    """A 2-step LoRA run of recipes/clip_imagecls.py (saves an adapter) and its all_results.json."""
+    out = tmp_path_factory.mktemp("lora_run")
+    recipe = load_recipe("clip_imagecls")
+    results = recipe.main([
+        "--model_name_or_path", tiny_vtde, "--output_dir", str(out), "--train_dir", str(digits_dir / "train"),
+        "--validation_dir", str(digits_dir / "validation"), "--test_dir", str(digits_dir / "test"),
+        "--do_train", "--do_eval", "--do_predict", "--finetune_strategy", "lora", "--max_steps", "2",
+        "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--report_to", "none",
+        "--disable_tqdm", "true", "--use_cpu", "true", "--save_strategy", "no", "--head_init", "zeroshot",
+        "--prompt_templates", "a photo of the digit {}.",
+    ])  # fmt: skip
+    assert os.path.exists(out / "adapter_config.json")
+    return out, results
+
+
+def test_evaluate_models_side_by_side(lora_run, tiny_vtde, digits_dir, tmp_path):
+    run_dir, recipe_results = lora_run
+    vit = save_vit(tmp_path / "vit")
+    out = tmp_path / "eval"
+    models = {"lora": run_dir, "vit": vit, "vit_copy": vit, "zeroshot": tiny_vtde}
+    result = evaluate(
+        out, models, digits_dir / "test",
+        "--ood", f"shifted={digits_dir / 'validation'}", "--calibration_data", str(digits_dir / "validation"),
+        "--corruptions", "gaussian_noise", "--severities", "1,3", "--prompt_templates", "a photo of the digit {}.",
+    )  # fmt: skip
+    on_disk = json.loads((out / "evaluation.json").read_text())
+    assert on_disk["models"].keys() == models.keys() and on_disk["failed"] == {}
+    assert on_disk["label_names"] == CLASSES and on_disk["sets"]["test"]["samples"] == 20
+    assert on_disk["sets"]["shifted"]["samples"] == 16
+
+    # The clean test numbers are the recipe's own test_* numbers for the same checkpoint.
+    lora = on_disk["models"]["lora"]
+    assert lora["kind"] == "mm-hf" and lora["saved_as"] == "adapter"
+    for metric in ("accuracy", "macro_f1", "weighted_f1"):
+        assert lora["sets"]["test"]["metrics"][metric] == pytest.approx(recipe_results[f"test_{metric}"], abs=1e-12)
+
+    # Accuracy / F1 match scikit-learn on the saved predictions; every CI holds its estimate.
+    with open(out / "predictions" / "test.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 20
+    truth = [row["label"] for row in rows]
+    for name, entry in on_disk["models"].items():
+        predicted = [row[name] for row in rows]
+        metrics = entry["sets"]["test"]["metrics"]
+        assert metrics["accuracy"] == pytest.approx(accuracy_score(truth, predicted))
+        assert metrics["macro_f1"] == pytest.approx(f1_score(truth, predicted, average="macro", labels=CLASSES))
+        for ci in entry["sets"]["test"]["confidence_intervals"].values():
+            assert ci["low"] <= ci["estimate"] <= ci["high"]
+        calibration = entry["sets"]["test"]["calibration"]
+        assert 0 <= calibration["ece"] <= 1 and calibration["nll"] > 0 and 0 <= calibration["brier"] <= 2
+        assert entry["temperature_scaling"]["temperature"] > 0
+        assert entry["temperature_scaling"]["after"]["nll"] <= entry["temperature_scaling"]["before"]["nll"] + 1e-9
+        gap = entry["sets"]["shifted"]["gap"]["accuracy_minus_test"]
+        assert gap == pytest.approx(entry["sets"]["shifted"]["metrics"]["accuracy"] - metrics["accuracy"])
+        assert set(entry["corruptions"]["gaussian_noise"]) == {"1", "3"}
+        assert entry["robustness"]["mean_corruption_accuracy"] == pytest.approx(
+            sum(entry["corruptions"]["gaussian_noise"].values()) / 2
+        )
+        cost = entry["cost"]
+        assert cost["total_params"] > 0 and cost["peak_rss_bytes"] > 0
+        assert cost["latency"]["batch_32"]["p95_s"] >= cost["latency"]["batch_32"]["p50_s"] > 0
+    assert on_disk["models"]["zeroshot"]["cost"]["trainable_params"] == 0
+    assert on_disk["models"]["vit"]["cost"]["disk_bytes"] > 0
+    # The zero-shot model is the baseline of effective robustness for the others.
+    assert on_disk["models"]["lora"]["robustness"]["effective_robustness_baseline"] == "zeroshot"
+
+    # Paired tests: p-values in [0, 1]; a model against itself is no different (p = 1, difference 0).
+    for set_name in ("test", "shifted"):
+        pairs = on_disk["paired_tests"][set_name]
+        assert len(pairs) == 6
+        for tests in pairs.values():
+            assert 0 <= tests["mcnemar"]["p_value"] <= 1
+            assert 0 <= tests["paired_bootstrap_accuracy"]["p_value"] <= 1
+        same = pairs["vit vs vit_copy"]
+        assert same["mcnemar"]["p_value"] == 1.0 and same["mcnemar"]["a_only"] == same["mcnemar"]["b_only"] == 0
+        assert same["paired_bootstrap_accuracy"]["difference"]["estimate"] == 0
+
+    markdown = (out / "evaluation.md").read_text()
+    assert "vit vs vit_copy" in markdown and "gaussian_noise@3" in markdown and "Temperature scaling" in markdown
+    for plot in ("reliability_lora.png", "corruption_gaussian_noise.png", "per_class_f1.png"):
+        assert (out / "plots" / plot).stat().st_size > 0
+    assert result["models"]["vit"]["sets"]["test"]["metrics"] == on_disk["models"]["vit"]["sets"]["test"]["metrics"]
+
+
+def test_model_with_other_labels_is_refused_with_both_lists(digits_dir, tmp_path):
+    vit = save_vit(tmp_path / "vit")
+    other = save_vit(tmp_path / "other", labels=["cat", "dog", "two", "zero"])
+    with pytest.raises(DataError) as error:
+        evaluate(tmp_path / "eval", {"vit": vit, "other": other}, digits_dir / "test")
+    message = str(error.value)
+    assert "other=" in message and "['cat', 'dog', 'two', 'zero']" in message and str(CLASSES) in message
+    assert not (tmp_path / "eval" / "evaluation.json").exists()
+
+
+def test_ood_set_with_unseen_labels_is_refused_naming_them(digits_dir, tmp_path):
+    ood = tmp_path / "ood"
+    shutil.copytree(digits_dir / "test", ood)
+    shutil.copytree(digits_dir / "test" / "one", ood / "five")
+    with pytest.raises(DataError, match=r"\['five'\]"):
+        evaluate(tmp_path / "eval", {"vit": save_vit(tmp_path / "vit")}, digits_dir / "test", "--ood", f"odd={ood}")
+
+
+def test_unloadable_checkpoint_is_reported_and_the_others_evaluated(digits_dir, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    result = evaluate(
+        tmp_path / "eval", {"broken": broken, "vit": save_vit(tmp_path / "vit")}, digits_dir / "test",
+        "--latency_runs", "0",
+    )  # fmt: skip
+    assert list(result["models"]) == ["vit"] and "broken" in result["failed"]
+    assert "broken" in (tmp_path / "eval" / "evaluation.md").read_text()
+    assert "latency" not in result["models"]["vit"]["cost"]
