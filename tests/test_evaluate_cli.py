@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 from conftest import load_recipe
+from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
@@ -37,28 +38,35 @@ def evaluate(out, models, test_dir, *extra):
     return main(argv + list(extra))
 
 
-@pytest.fixture(scope="module")
-def lora_run(tiny_vtde, digits_dir, tmp_path_factory):
-    """A 2-step LoRA run of recipes/clip_imagecls.py (saves an adapter) and its all_results.json."""
-    out = tmp_path_factory.mktemp("lora_run")
+def run_recipe(tiny_vtde, digits_dir, out, *strategy):
     recipe = load_recipe("clip_imagecls")
-    results = recipe.main([
+    return recipe.main([
         "--model_name_or_path", tiny_vtde, "--output_dir", str(out), "--train_dir", str(digits_dir / "train"),
         "--validation_dir", str(digits_dir / "validation"), "--test_dir", str(digits_dir / "test"),
-        "--do_train", "--do_eval", "--do_predict", "--finetune_strategy", "lora", "--max_steps", "2",
-        "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--report_to", "none",
-        "--disable_tqdm", "true", "--use_cpu", "true", "--save_strategy", "no", "--head_init", "zeroshot",
-        "--prompt_templates", "a photo of the digit {}.",
+        "--do_train", "--do_eval", "--do_predict", "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "16", "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true",
+        "--save_strategy", "no", "--prompt_templates", "a photo of the digit {}.", *strategy,
     ])  # fmt: skip
-    assert os.path.exists(out / "adapter_config.json")
-    return out, results
 
 
-def test_evaluate_models_side_by_side(lora_run, tiny_vtde, digits_dir, tmp_path):
-    run_dir, recipe_results = lora_run
+@pytest.fixture(scope="module")
+def recipe_runs(tiny_vtde, digits_dir, tmp_path_factory):
+    """Two recipes/clip_imagecls.py runs and their all_results.json: a linear probe (a full checkpoint, test accuracy
+    0.70 on the digits) and 2 steps of LoRA (an adapter)."""
+    probe, lora = tmp_path_factory.mktemp("probe"), tmp_path_factory.mktemp("lora")
+    probe_results = run_recipe(tiny_vtde, digits_dir, probe, "--finetune_strategy", "linear_probe", "--head_init",
+                               "random")  # fmt: skip
+    lora_results = run_recipe(tiny_vtde, digits_dir, lora, "--finetune_strategy", "lora", "--max_steps", "2",
+                              "--head_init", "zeroshot")  # fmt: skip
+    assert os.path.exists(lora / "adapter_config.json") and not os.path.exists(probe / "adapter_config.json")
+    return {"probe": (probe, probe_results), "lora": (lora, lora_results)}
+
+
+def test_evaluate_models_side_by_side(recipe_runs, tiny_vtde, digits_dir, tmp_path):
     vit = save_vit(tmp_path / "vit")
     out = tmp_path / "eval"
-    models = {"lora": run_dir, "vit": vit, "vit_copy": vit, "zeroshot": tiny_vtde}
+    probe = recipe_runs["probe"][0]
+    models = {"probe": probe, "probe_copy": probe, "lora": recipe_runs["lora"][0], "vit": vit, "zeroshot": tiny_vtde}
     result = evaluate(
         out, models, digits_dir / "test",
         "--ood", f"shifted={digits_dir / 'validation'}", "--calibration_data", str(digits_dir / "validation"),
@@ -69,11 +77,15 @@ def test_evaluate_models_side_by_side(lora_run, tiny_vtde, digits_dir, tmp_path)
     assert on_disk["label_names"] == CLASSES and on_disk["sets"]["test"]["samples"] == 20
     assert on_disk["sets"]["shifted"]["samples"] == 16
 
-    # The clean test numbers are the recipe's own test_* numbers for the same checkpoint.
-    lora = on_disk["models"]["lora"]
-    assert lora["kind"] == "mm-hf" and lora["saved_as"] == "adapter"
-    for metric in ("accuracy", "macro_f1", "weighted_f1"):
-        assert lora["sets"]["test"]["metrics"][metric] == pytest.approx(recipe_results[f"test_{metric}"], abs=1e-12)
+    # The clean test numbers are each recipe's own test_* numbers for its checkpoint.
+    for name, saved_as in (("probe", "full"), ("lora", "adapter")):
+        entry, recipe_results = on_disk["models"][name], recipe_runs[name][1]
+        assert entry["kind"] == "mm-hf" and entry["saved_as"] == saved_as
+        for metric in ("accuracy", "macro_f1", "weighted_f1"):
+            assert entry["sets"]["test"]["metrics"][metric] == pytest.approx(
+                recipe_results[f"test_{metric}"], abs=1e-12
+            )
+    assert on_disk["models"]["probe"]["sets"]["test"]["metrics"]["accuracy"] == pytest.approx(0.7)
 
     # Accuracy / F1 match scikit-learn on the saved predictions; every CI holds its estimate.
     with open(out / "predictions" / "test.csv") as f:
@@ -100,24 +112,34 @@ def test_evaluate_models_side_by_side(lora_run, tiny_vtde, digits_dir, tmp_path)
         cost = entry["cost"]
         assert cost["total_params"] > 0 and cost["peak_rss_bytes"] > 0
         assert cost["latency"]["batch_32"]["p95_s"] >= cost["latency"]["batch_32"]["p50_s"] > 0
+    interval = on_disk["models"]["probe"]["sets"]["test"]["confidence_intervals"]["accuracy"]
+    assert interval["low"] < 0.7 < interval["high"]  # 20 samples: a wide interval, not a point
     assert on_disk["models"]["zeroshot"]["cost"]["trainable_params"] == 0
+    assert on_disk["models"]["probe"]["cost"]["trainable_params"] < on_disk["models"]["probe"]["cost"]["total_params"]
     assert on_disk["models"]["vit"]["cost"]["disk_bytes"] > 0
     # The zero-shot model is the baseline of effective robustness for the others.
     assert on_disk["models"]["lora"]["robustness"]["effective_robustness_baseline"] == "zeroshot"
 
-    # Paired tests: p-values in [0, 1]; a model against itself is no different (p = 1, difference 0).
+    # Paired tests: McNemar's counts and p-value from the saved predictions; a model against itself gives p = 1.
     for set_name in ("test", "shifted"):
         pairs = on_disk["paired_tests"][set_name]
-        assert len(pairs) == 6
+        assert len(pairs) == 10
         for tests in pairs.values():
             assert 0 <= tests["mcnemar"]["p_value"] <= 1
             assert 0 <= tests["paired_bootstrap_accuracy"]["p_value"] <= 1
-        same = pairs["vit vs vit_copy"]
+        same = pairs["probe vs probe_copy"]
         assert same["mcnemar"]["p_value"] == 1.0 and same["mcnemar"]["a_only"] == same["mcnemar"]["b_only"] == 0
         assert same["paired_bootstrap_accuracy"]["difference"]["estimate"] == 0
+    probe_right = [row["probe"] == row["label"] for row in rows]
+    vit_right = [row["vit"] == row["label"] for row in rows]
+    a_only = sum(p and not v for p, v in zip(probe_right, vit_right, strict=True))
+    b_only = sum(v and not p for p, v in zip(probe_right, vit_right, strict=True))
+    mcnemar = on_disk["paired_tests"]["test"]["probe vs vit"]["mcnemar"]
+    assert (mcnemar["a_only"], mcnemar["b_only"]) == (a_only, b_only) and a_only + b_only > 0
+    assert mcnemar["p_value"] == pytest.approx(binomtest(b_only, a_only + b_only, 0.5).pvalue)
 
     markdown = (out / "evaluation.md").read_text()
-    assert "vit vs vit_copy" in markdown and "gaussian_noise@3" in markdown and "Temperature scaling" in markdown
+    assert "probe vs probe_copy" in markdown and "gaussian_noise@3" in markdown and "Temperature scaling" in markdown
     for plot in ("reliability_lora.png", "corruption_gaussian_noise.png", "per_class_f1.png"):
         assert (out / "plots" / plot).stat().st_size > 0
     assert result["models"]["vit"]["sets"]["test"]["metrics"] == on_disk["models"]["vit"]["sets"]["test"]["metrics"]

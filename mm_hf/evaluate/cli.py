@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import shlex
 import sys
 from dataclasses import dataclass, field
 
@@ -29,7 +30,6 @@ from ..errors import DataError, UserError
 from ..metrics.calibration import fit_temperature
 from ..metrics.robustness import robustness_summary
 from ..metrics.streaming import ClassificationMetrics
-from ..outputs import recipe_command
 from . import candidates as cands
 from .cost import disk_bytes, measure_latency, parameter_counts, peak_memory, reset_peak_memory
 from .report import write_outputs
@@ -252,7 +252,7 @@ def main(argv=None) -> dict:
     # 6. Outputs
     evaluation = {
         "schema_version": SCHEMA_VERSION,
-        "command": recipe_command(argv, script="-m mm_hf.evaluate").replace("accelerate launch", "python", 1),
+        "command": shlex.join(["python", "-m", "mm_hf.evaluate", *argv]),
         "modality": modality,
         "label_names": label_names,
         "device": str(device),

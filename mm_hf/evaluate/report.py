@@ -77,13 +77,13 @@ def _with_ci(metrics: dict, intervals: dict, name: str) -> str:
 def format_markdown(evaluation: dict) -> str:
     """The side-by-side tables of evaluation.md."""
     models = evaluation["models"]
-    out = ["# Evaluation\n", f"`{evaluation['command']}`\n"]
+    out = ["# Evaluation\n\n", f"`{evaluation['command']}`\n\n"]
     sets = evaluation["sets"]
     out.append(_table(["set", "source", "samples", "skipped"],
                       [[n, s["source"], s["samples"], s["skipped_bad_samples"]] for n, s in sets.items()]))  # fmt: skip
     top_k = next((k for k in next(iter(models.values()))["sets"]["test"]["metrics"] if k.startswith("top")), None)
     for set_name in sets:
-        out.append(f"\n## {set_name}: accuracy, F1 (95 % bootstrap CI) and calibration\n")
+        out.append(f"\n## {set_name}: accuracy, F1 (95 % bootstrap CI) and calibration\n\n")
         header = ["model", "accuracy", *([top_k] if top_k else []), "macro F1", "weighted F1", "ECE", "NLL", "Brier"]
         rows = []
         for name, entry in models.items():
@@ -136,7 +136,7 @@ def format_markdown(evaluation: dict) -> str:
         rows.append([name, entry["kind"], entry["saved_as"], cost["total_params"], cost["trainable_params"],
                      _megabytes(cost["disk_bytes"]),
                      *(_ms(latency.get(f"batch_{b}", {}).get(q)) for b in (1, 32) for q in ("p50_s", "p95_s")),
-                     _cell(latency.get("batch_32", {}).get("throughput_per_s")),
+                     _rate(latency.get("batch_32", {}).get("throughput_per_s")),
                      _megabytes(cost["peak_rss_bytes"])])  # fmt: skip
     out.append(_table(["model", "kind", "saved as", "params", "trainable", "disk MB", "bs1 p50 ms", "bs1 p95 ms",
                        "bs32 p50 ms", "bs32 p95 ms", "samples/s (bs32)", "peak RSS MB"], rows))  # fmt: skip
@@ -148,6 +148,10 @@ def format_markdown(evaluation: dict) -> str:
 
 def _megabytes(value) -> str:
     return "–" if value is None else f"{value / 1e6:.1f}"
+
+
+def _rate(value) -> str:
+    return "–" if value is None else f"{value:.1f}"
 
 
 def _ms(value) -> str:
