@@ -174,3 +174,36 @@ def test_unloadable_checkpoint_is_reported_and_the_others_evaluated(digits_dir, 
     assert list(result["models"]) == ["vit"] and "broken" in result["failed"]
     assert "broken" in (tmp_path / "eval" / "evaluation.md").read_text()
     assert "latency" not in result["models"]["vit"]["cost"]
+
+
+def test_audio_recipe_run_equals_its_own_test_numbers(tiny_wav2vec2, tmp_path):
+    """An audio_cls run (linear probe): the clip length comes from its run_config.yaml, corruptions run on clips."""
+    from mm_hf.demo import write_tones_audiofolder
+
+    tones = tmp_path / "tones"
+    write_tones_audiofolder(str(tones), per_class=(6, 2, 4), seed=0)
+    run = tmp_path / "run"
+    results = load_recipe("audio_cls").main([
+        "--model_name_or_path", tiny_wav2vec2, "--output_dir", str(run), "--train_dir", str(tones / "train"),
+        "--validation_dir", str(tones / "validation"), "--test_dir", str(tones / "test"), "--do_train", "--do_eval",
+        "--do_predict", "--finetune_strategy", "linear_probe", "--per_device_eval_batch_size", "16",
+        "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true", "--save_strategy", "no",
+        "--max_length_seconds", "0.5",
+    ])  # fmt: skip
+    result = evaluate(tmp_path / "eval", {"probe": run}, tones / "test", "--corruptions", "gain,noise",
+                      "--severities", "5", "--latency_runs", "0")  # fmt: skip
+    entry = result["models"]["probe"]
+    assert result["modality"] == "audio" and entry["sets"]["test"]["samples"] == 16
+    for metric in ("accuracy", "macro_f1"):
+        assert entry["sets"]["test"]["metrics"][metric] == pytest.approx(results[f"test_{metric}"], abs=1e-12)
+    assert set(entry["corruptions"]) == {"gain", "noise"} and 0 <= entry["corruptions"]["noise"]["5"] <= 1
+    assert result["paired_tests"]["test"] == {}  # one model: nothing to pair
+
+
+def test_fusion_checkpoint_is_refused_as_not_supported_yet(digits_dir, tmp_path):
+    from mm_hf.errors import UserError
+    from mm_hf.models import MultimodalFusionConfig
+
+    MultimodalFusionConfig().save_pretrained(tmp_path / "fusion")
+    with pytest.raises(UserError, match="fusion/video checkpoint.*not supported|only for now"):
+        evaluate(tmp_path / "eval", {"fusion": tmp_path / "fusion"}, digits_dir / "test")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import os
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -273,6 +274,9 @@ def main(argv=None) -> dict:
         for set_name in sets
     }
     write_outputs(args.output_dir, evaluation, predictions)
+    print(f"Evaluated {', '.join(results)} on {', '.join(sets)}: {os.path.join(args.output_dir, 'evaluation.md')}")
+    if failed:
+        print("Not evaluated: " + "; ".join(f"{name} ({why})" for name, why in failed.items()), file=sys.stderr)
     return evaluation
 
 
