@@ -6,20 +6,21 @@ import os
 import shutil
 
 import pytest
+import torch
 from conftest import load_recipe
 from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-from mm_hf.data.loading import DataError
+from mm_hf.demo import write_tones_audiofolder
+from mm_hf.errors import DataError, UserError
 from mm_hf.evaluate import main
+from mm_hf.models import MultimodalFusionConfig
 
 CLASSES = ["one", "three", "two", "zero"]  # the digits fixture's class folders, sorted
 
 
 def save_vit(path, labels=CLASSES, seed=0):
-    import torch
-
     torch.manual_seed(seed)
     config = ViTConfig(
         image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
@@ -178,8 +179,6 @@ def test_unloadable_checkpoint_is_reported_and_the_others_evaluated(digits_dir, 
 
 def test_audio_recipe_run_equals_its_own_test_numbers(tiny_wav2vec2, tmp_path):
     """An audio_cls run (linear probe): the clip length comes from its run_config.yaml, corruptions run on clips."""
-    from mm_hf.demo import write_tones_audiofolder
-
     tones = tmp_path / "tones"
     write_tones_audiofolder(str(tones), per_class=(6, 2, 4), seed=0)
     run = tmp_path / "run"
@@ -201,9 +200,6 @@ def test_audio_recipe_run_equals_its_own_test_numbers(tiny_wav2vec2, tmp_path):
 
 
 def test_fusion_checkpoint_is_refused_as_not_supported_yet(digits_dir, tmp_path):
-    from mm_hf.errors import UserError
-    from mm_hf.models import MultimodalFusionConfig
-
     MultimodalFusionConfig().save_pretrained(tmp_path / "fusion")
     with pytest.raises(UserError, match="fusion/video checkpoint.*not supported|only for now"):
         evaluate(tmp_path / "eval", {"fusion": tmp_path / "fusion"}, digits_dir / "test")

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import default_data_collator
+from transformers.utils.logging import tqdm  # tqdm is no direct dependency; transformers wraps it
 
 from ..metrics.calibration import CalibrationMetrics
 from ..metrics.significance import bootstrap_ci, bootstrap_metric_ci, mcnemar_test, paired_bootstrap_metric_test
