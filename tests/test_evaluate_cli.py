@@ -203,3 +203,13 @@ def test_fusion_checkpoint_is_refused_as_not_supported_yet(digits_dir, tmp_path)
     MultimodalFusionConfig().save_pretrained(tmp_path / "fusion")
     with pytest.raises(UserError, match="fusion/video checkpoint.*not supported|only for now"):
         evaluate(tmp_path / "eval", {"fusion": tmp_path / "fusion"}, digits_dir / "test")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [(["a=x", "b"], "'b': expected NAME=PATH"), (["a=x", "a=y"], "'a' is given twice"), (["=x"], "expected NAME=PATH")],
+)
+def test_model_flag_needs_distinct_names(digits_dir, tmp_path, values, message):
+    argv = ["--test_dir", str(digits_dir / "test"), "--output_dir", str(tmp_path)]
+    with pytest.raises(UserError, match=message):
+        main(argv + [token for value in values for token in ("--model", value)])

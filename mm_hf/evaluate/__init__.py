@@ -18,7 +18,7 @@ evaluation.json keys (schema_version 1; stable: new keys may be added, these kee
   `device`, `plots` (paths relative to --output_dir);
 - `sets.<set>`: `source`, `samples`, `skipped_bad_samples` for "test" and each --ood name;
 - `corruptions`: null, or `{"names", "severities", "seed"}`;
-- `models.<name>`: `path`, `kind` ("mm-hf" | "transformers" | "zero-shot"), `saved_as` ("full" | "adapter"),
+- `models.<name>`: `path`, `kind` ("mm-hf" | "transformers" | "zero-shot"), `saved_as` ("full" | "merged" | "adapter"),
   - `sets.<set>`: `samples`; `metrics` (accuracy, top5_accuracy when there are more than 5 classes, macro_f1,
     weighted_f1, macro_precision, macro_recall: the numbers the recipes report as `test_*`);
     `confidence_intervals.<metric>` `{estimate, low, high, confidence}` (95 % percentile bootstrap);

@@ -57,7 +57,7 @@ class Candidate:
     kind: str  # "mm-hf", "zero-shot" or "transformers"
     modality: str  # "image" or "audio"
     label_names: list[str] | None  # None for a zero-shot dual encoder: it classifies into the evaluation's labels
-    saved_as: str = "full"  # "full" or "adapter"
+    saved_as: str = "full"  # "full", "merged" (a LoRA run saved merged) or "adapter"
     run_config: dict = field(default_factory=dict)  # an mm-hf run's run_config.yaml
     run_info: dict = field(default_factory=dict)  # an mm-hf run's run_info.json
     model: object = None
@@ -97,10 +97,10 @@ def inspect_model(name: str, path: str, hub_kwargs: dict) -> Candidate:
     run_info = _read(path, "run_info.json", json.load) if os.path.isdir(path) else {}
     if config.model_type in MM_HF_TYPES:
         adapter = os.path.isdir(path) and os.path.exists(os.path.join(path, "adapter_config.json"))
+        saved_as = "adapter" if adapter else run_info.get("saved_as", "full")
         return Candidate(
-            name, path, "mm-hf", MM_HF_TYPES[config.model_type], _labels(config), "adapter" if adapter else "full",
-            run_config, run_info,
-        )  # fmt: skip
+            name, path, "mm-hf", MM_HF_TYPES[config.model_type], _labels(config), saved_as, run_config, run_info
+        )
     text_config = getattr(config, "text_config", None)
     if text_config is not None and (getattr(config, "vision_config", None) is not None or is_audio_text_config(config)):
         modality = "audio" if is_audio_text_config(config) else "image"
