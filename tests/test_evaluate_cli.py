@@ -141,7 +141,7 @@ def test_evaluate_models_side_by_side(recipe_runs, tiny_vtde, digits_dir, tmp_pa
 
     markdown = (out / "evaluation.md").read_text()
     assert "probe vs probe_copy" in markdown and "gaussian_noise@3" in markdown and "Temperature scaling" in markdown
-    for plot in ("reliability_lora.png", "corruption_gaussian_noise.png", "per_class_f1.png"):
+    for plot in ("reliability_lora.png", "corruption_gaussian_noise.png", "per_class_f1.png", "id_vs_ood.png"):
         assert (out / "plots" / plot).stat().st_size > 0
     assert result["models"]["vit"]["sets"]["test"]["metrics"] == on_disk["models"]["vit"]["sets"]["test"]["metrics"]
 

@@ -11,7 +11,7 @@ recipes' data flags (--test_dir / --test_file / --dataset_name, --image_column /
 
 Outputs in --output_dir: `evaluation.json`, `evaluation.md` (side-by-side tables), `predictions/<set>.csv` (label
 and each model's prediction per sample, in evaluation order) and `plots/` (reliability diagram per model,
-accuracy vs severity per corruption with one line per model, per-class F1 bars).
+accuracy vs severity per corruption with one line per model, ID vs OOD accuracy, per-class F1 bars).
 
 evaluation.json keys (schema_version 1; stable: new keys may be added, these keep their meaning):
 - `schema_version`, `command`, `modality` ("image" | "audio"), `label_names` (the evaluation's class order),

@@ -159,7 +159,8 @@ def _ms(value) -> str:
 
 
 def write_plots(output_dir: str, evaluation: dict) -> list[str]:
-    """Reliability diagram per model (test set), accuracy vs severity per corruption, per-class F1 bars."""
+    """Reliability diagram per model (test set), accuracy vs severity per corruption, ID vs OOD accuracy (with --ood),
+    per-class F1 bars."""
     from matplotlib.figure import Figure  # lazy: matplotlib is only needed for plots
 
     folder = os.path.join(output_dir, "plots")
@@ -178,12 +179,30 @@ def write_plots(output_dir: str, evaluation: dict) -> list[str]:
             per = entry["corruptions"][corruption]
             levels = [0, *(int(s) for s in per)]
             ax.plot(levels, [entry["sets"]["test"]["metrics"]["accuracy"], *per.values()], marker="o", label=name)
+        ax.set_xticks([0, *(int(s) for s in next(iter(models.values()))["corruptions"][corruption])])
         ax.set_xlabel("severity (0 = clean)")
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1)
         ax.set_title(corruption)
         ax.legend(fontsize=8)
         path = os.path.join(folder, f"corruption_{_slug(corruption)}.png")
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        paths.append(path)
+    shifted = [name for name in evaluation["sets"] if name != "test"]
+    if shifted:  # ID vs OOD: points under the diagonal lose accuracy under the shift
+        fig = Figure(figsize=(5, 5))
+        ax = fig.subplots()
+        for set_name, marker in zip(shifted, "osD^v<>ph*", strict=False):
+            for i, (name, entry) in enumerate(models.items()):
+                ax.scatter(entry["sets"]["test"]["metrics"]["accuracy"], entry["sets"][set_name]["metrics"]["accuracy"],
+                           marker=marker, color=f"C{i}", label=f"{name} ({set_name})")  # fmt: skip
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("test accuracy (in distribution)")
+        ax.set_ylabel("shifted-set accuracy")
+        ax.legend(fontsize=7)
+        path = os.path.join(folder, "id_vs_ood.png")
         fig.savefig(path, dpi=100, bbox_inches="tight")
         paths.append(path)
     labels = evaluation["label_names"]
