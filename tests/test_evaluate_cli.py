@@ -213,3 +213,9 @@ def test_model_flag_needs_distinct_names(digits_dir, tmp_path, values, message):
     argv = ["--test_dir", str(digits_dir / "test"), "--output_dir", str(tmp_path)]
     with pytest.raises(UserError, match=message):
         main(argv + [token for value in values for token in ("--model", value)])
+
+
+def test_several_processes_are_refused_until_sharding_exists(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="sharded evaluation"):
+        main(["--model", "a=x", "--test_dir", str(tmp_path), "--output_dir", str(tmp_path / "eval")])

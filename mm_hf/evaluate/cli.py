@@ -105,6 +105,9 @@ ARGUMENT_TYPES = (EvaluateArguments, DataArguments)
 def main(argv=None) -> dict:
     # 1. Arguments
     argv = sys.argv[1:] if argv is None else list(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would score everything and write the same files
+        raise UserError("sharded evaluation (accelerate launch with several processes) is not supported yet: run "
+                        "python -m mm_hf.evaluate as one process")  # fmt: skip
     args, data_args = parse_args(ARGUMENT_TYPES, argv)
     explicit = explicit_flags(argv, ARGUMENT_TYPES)
     refused = [f"--{name}" for name in _TRAINING_DATA_FLAGS if name in explicit]
