@@ -49,7 +49,7 @@ from mm_hf.models.clip_classifier import is_audio_text_config
 from mm_hf.outputs import recipe_command, save_classification_run
 from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
 from mm_hf.run import prepare_training_arguments, start_run
-from mm_hf.training import apply_audio_finetune_strategy, apply_finetune_strategy, trainable_parameters
+from mm_hf.training import apply_strategy, trainable_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,6 @@ def main(argv=None):
             head_dropout=audio_args.head_dropout,
             **hub_kwargs,
         )
-        model = apply_finetune_strategy(model, ft_args)
     else:
         model = build_audio_classifier(
             model_args.model_name_or_path,
@@ -169,7 +168,7 @@ def main(argv=None):
             max_length_seconds=audio_args.max_length_seconds,
             **hub_kwargs,
         )
-        model = apply_audio_finetune_strategy(model, ft_args)
+    model = apply_strategy(model, ft_args)
     trainable = trainable_parameters(model)
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 

@@ -41,7 +41,7 @@ from mm_hf.outputs import (
 )
 from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
 from mm_hf.run import prepare_training_arguments, start_run
-from mm_hf.training import apply_finetune_strategy, trainable_parameters
+from mm_hf.training import apply_strategy, trainable_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def main(argv=None):
         training_args,
         measured_on="validation" if "validation" in datasets_ else "train",
     )
-    model = apply_finetune_strategy(model, ft_args)
+    model = apply_strategy(model, ft_args)
     trainable = trainable_parameters(model)
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 

@@ -27,7 +27,7 @@ from mm_hf.models import (
     class_text_embeddings,
     load_clip_classifier,
 )
-from mm_hf.training import apply_finetune_strategy
+from mm_hf.training import apply_strategy
 
 # Words both tiny tokenizers know: tiny_vtde's word vocabulary, tiny_clip's letters.
 ID2LABEL = {0: "zero", 1: "one", 2: "two"}
@@ -219,7 +219,7 @@ def test_class_text_embeddings_pads_to_max_length_for_siglip_only(tiny_siglip, t
 def test_lora_adapter_folder_and_merged_checkpoint_reload_identically(backbone, request, tmp_path):
     path = request.getfixturevalue(backbone)
     ft_args = FinetuneArguments(finetune_strategy="lora", lora_r=4, lora_alpha=8, lora_dropout=0.0)
-    model = apply_finetune_strategy(build(path), ft_args)
+    model = apply_strategy(build(path), ft_args)
     with torch.no_grad():  # a trained adapter: LoRA deltas (lora_B starts at zero) and a changed head
         for name, param in model.named_parameters():
             if "lora_B" in name or "modules_to_save" in name:
