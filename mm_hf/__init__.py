@@ -7,7 +7,7 @@ import importlib
 
 _EXPORTS = {
     "parse_args": "mm_hf.args",
-    "build_clip_classifier": "mm_hf.models",
+    "build_dual_encoder_classifier": "mm_hf.models",
     "load_clip_classifier": "mm_hf.models",
     "build_audio_classifier": "mm_hf.models",
     "ContrastiveDualEncoderModel": "mm_hf.models",

@@ -44,7 +44,7 @@ from mm_hf.errors import UserError, run_cli
 from mm_hf.evaluation import train_with_before_after
 from mm_hf.features import classifier_datasets
 from mm_hf.metrics.streaming import ClassificationMetrics
-from mm_hf.models import build_audio_classifier, build_clip_classifier
+from mm_hf.models import build_audio_classifier, build_dual_encoder_classifier
 from mm_hf.models.clip_classifier import is_audio_text_config
 from mm_hf.outputs import recipe_command, save_classification_run
 from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
@@ -148,7 +148,7 @@ def main(argv=None):
     processing_class = feature_extractor
     if audio_text:
         processing_class = AutoProcessor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
-        model = build_clip_classifier(
+        model = build_dual_encoder_classifier(
             model_args.model_name_or_path,
             id2label,
             tokenizer=processing_class.tokenizer,

@@ -34,7 +34,7 @@ from mm_hf.errors import run_cli
 from mm_hf.evaluation import train_with_before_after
 from mm_hf.features import classifier_datasets
 from mm_hf.metrics.streaming import ClassificationMetrics
-from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, build_clip_classifier, resolve_head_init
+from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, build_dual_encoder_classifier, resolve_head_init
 from mm_hf.outputs import (
     recipe_command,
     save_classification_run,
@@ -109,7 +109,7 @@ def main(argv=None):
     # 3. Processor and model (its head is chosen in 5)
     hub_kwargs = model_args.hub_kwargs()
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
-    model = build_clip_classifier(
+    model = build_dual_encoder_classifier(
         model_args.model_name_or_path,
         id2label,
         tokenizer=processor.tokenizer,

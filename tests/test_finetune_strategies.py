@@ -7,7 +7,7 @@ import torch
 from peft.utils import ModulesToSaveWrapper
 
 from mm_hf.args import FinetuneArguments
-from mm_hf.models import build_clip_classifier
+from mm_hf.models import build_dual_encoder_classifier
 from mm_hf.training import CLASSIFIER_STRATEGIES as STRATEGIES
 from mm_hf.training import apply_strategy, trainable_parameters
 
@@ -54,7 +54,7 @@ def ft_args(strategy, **kwargs):
 
 
 def build(path, **kwargs):
-    return build_clip_classifier(path, ID2LABEL, head_init="random", **kwargs)
+    return build_dual_encoder_classifier(path, ID2LABEL, head_init="random", **kwargs)
 
 
 def base_name(name):

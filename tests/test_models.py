@@ -23,7 +23,7 @@ from mm_hf.args import FinetuneArguments
 from mm_hf.models import (
     ClipClassifierConfig,
     ClipClassifierForImageClassification,
-    build_clip_classifier,
+    build_dual_encoder_classifier,
     class_text_embeddings,
     load_clip_classifier,
 )
@@ -38,7 +38,7 @@ CODE_FILES = ("configuration_clip_classifier.py", "modeling_clip_classifier.py")
 
 def build(path, head_init="zeroshot", **kwargs):
     tokenizer = AutoProcessor.from_pretrained(path).tokenizer if head_init == "zeroshot" else None
-    model = build_clip_classifier(
+    model = build_dual_encoder_classifier(
         path, ID2LABEL, tokenizer=tokenizer, head_init=head_init, prompt_templates=["a photo of a {}."], **kwargs
     )
     return model.eval()
@@ -175,7 +175,7 @@ def test_prompt_ensemble_rows_are_normalised_mean_of_normalised_prompt_embedding
     tokenizer = AutoProcessor.from_pretrained(tiny_clip).tokenizer
     clip = CLIPModel.from_pretrained(tiny_clip).eval()
     templates = ["a photo of a {}.", "art of the {}.", "a bad photo of the {}."]
-    model = build_clip_classifier(tiny_clip, ID2LABEL, tokenizer=tokenizer, prompt_templates=templates)
+    model = build_dual_encoder_classifier(tiny_clip, ID2LABEL, tokenizer=tokenizer, prompt_templates=templates)
     rows = []
     with torch.no_grad():
         for name in ID2LABEL.values():
@@ -262,15 +262,15 @@ def test_non_dual_encoder_backbone_is_a_clear_error(tmp_path):
         )
     ).save_pretrained(path)
     with pytest.raises(ValueError, match="dual image-text or audio-text encoder") as info:
-        build_clip_classifier(path, ID2LABEL, head_init="random")
+        build_dual_encoder_classifier(path, ID2LABEL, head_init="random")
     assert path in str(info.value) and "ViTModel" in str(info.value)
 
 
 def test_bad_head_options_are_errors(tiny_clip):
     with pytest.raises(ValueError, match="head_init"):
-        build_clip_classifier(tiny_clip, ID2LABEL, head_init="text")
+        build_dual_encoder_classifier(tiny_clip, ID2LABEL, head_init="text")
     with pytest.raises(ValueError, match="tokenizer"):
-        build_clip_classifier(tiny_clip, ID2LABEL, head_init="zeroshot")
+        build_dual_encoder_classifier(tiny_clip, ID2LABEL, head_init="zeroshot")
 
 
 # Trainer's --gradient_checkpointing calls activation_checkpointing_enable; the old name is a deprecated alias.
