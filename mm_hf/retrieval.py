@@ -235,7 +235,7 @@ def evaluate_retrieval(
     text_embeds = embed_texts(model, tokenizer, texts, batch_size, max_length)
     model.train(was_training)
     scores = load_metric("retrieval").compute(
-        predictions=text_embeds.numpy(), references=owners, image_embeds=items.numpy(), modality=media.name
+        predictions=text_embeds.numpy(), references=owners, media_embeds=items.numpy(), modality=media.name
     )
     return {f"{prefix}{k}": v for k, v in scores.items()}
 
