@@ -10,6 +10,7 @@ _EXPORTS = {
     "build_dual_encoder_classifier": "mm_hf.models",
     "load_clip_classifier": "mm_hf.models",
     "build_audio_classifier": "mm_hf.models",
+    "apply_strategy": "mm_hf.training",
     "ContrastiveDualEncoderModel": "mm_hf.models",
     "load_metric": "mm_hf.metrics",
     "ClassificationMetrics": "mm_hf.metrics",
