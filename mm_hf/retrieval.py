@@ -58,7 +58,7 @@ class AudioMedia:
 
     name, plural = "audio", "clips"
     task, pipeline_tag = "audio-text retrieval", "zero-shot-audio-classification"
-    prompt_templates = None  # build_clip_classifier's CLAP ensemble: "This is a sound of {}." + 2
+    prompt_templates = None  # build_dual_encoder_classifier's CLAP ensemble: "This is a sound of {}." + 2
 
     def __init__(self, processor, column: str = "audio", max_length_seconds: float | None = None):
         self.feature_extractor, self.column = processor.feature_extractor, column
@@ -235,7 +235,7 @@ def evaluate_retrieval(
     text_embeds = embed_texts(model, tokenizer, texts, batch_size, max_length)
     model.train(was_training)
     scores = load_metric("retrieval").compute(
-        predictions=text_embeds.numpy(), references=owners, image_embeds=items.numpy(), modality=media.name
+        predictions=text_embeds.numpy(), references=owners, media_embeds=items.numpy(), modality=media.name
     )
     return {f"{prefix}{k}": v for k, v in scores.items()}
 
@@ -282,11 +282,11 @@ def zeroshot_classification(
     """Zero-shot accuracy/macro-F1 of `backbone` on class folders of images or audio clips: how much general
     ability is kept. `templates` default to the media's (`{}` = the folder name)."""
     from .data.loading import _read_class_folder
-    from .models import build_clip_classifier
+    from .models import build_dual_encoder_classifier
 
     data = _read_class_folder(folder, media.column, "label")
     names = sorted(set(data["label"]))
-    classifier = build_clip_classifier(
+    classifier = build_dual_encoder_classifier(
         backbone, dict(enumerate(names)), tokenizer=tokenizer, prompt_templates=templates or media.prompt_templates
     ).eval()
     embeds = embed_media(classifier, data.remove_columns("label"), media, batch_size)

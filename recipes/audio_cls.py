@@ -46,12 +46,12 @@ from mm_hf.errors import UserError, run_cli
 from mm_hf.evaluation import train_with_before_after
 from mm_hf.features import classifier_datasets
 from mm_hf.metrics.streaming import ClassificationMetrics
-from mm_hf.models import build_audio_classifier, build_clip_classifier
+from mm_hf.models import build_audio_classifier, build_dual_encoder_classifier
 from mm_hf.models.clip_classifier import is_audio_text_config
 from mm_hf.outputs import recipe_command, save_classification_run
 from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
 from mm_hf.run import prepare_training_arguments, start_run
-from mm_hf.training import apply_audio_finetune_strategy, apply_finetune_strategy, trainable_parameters
+from mm_hf.training import apply_strategy, trainable_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def main(argv=None):
     processing_class = feature_extractor
     if audio_text:
         processing_class = AutoProcessor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
-        model = build_clip_classifier(
+        model = build_dual_encoder_classifier(
             model_args.model_name_or_path,
             id2label,
             tokenizer=processing_class.tokenizer,
@@ -162,7 +162,6 @@ def main(argv=None):
             head_dropout=audio_args.head_dropout,
             **hub_kwargs,
         )
-        model = apply_finetune_strategy(model, ft_args)
     else:
         model = build_audio_classifier(
             model_args.model_name_or_path,
@@ -174,7 +173,7 @@ def main(argv=None):
             max_length_seconds=audio_args.max_length_seconds,
             **hub_kwargs,
         )
-        model = apply_audio_finetune_strategy(model, ft_args)
+    model = apply_strategy(model, ft_args)
     trainable = trainable_parameters(model)
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 

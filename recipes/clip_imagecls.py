@@ -37,14 +37,14 @@ from mm_hf.errors import run_cli
 from mm_hf.evaluation import train_with_before_after
 from mm_hf.features import classifier_datasets
 from mm_hf.metrics.streaming import ClassificationMetrics
-from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, build_clip_classifier, resolve_head_init
+from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, build_dual_encoder_classifier, resolve_head_init
 from mm_hf.outputs import (
     recipe_command,
     save_classification_run,
 )
 from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
 from mm_hf.run import prepare_training_arguments, start_run
-from mm_hf.training import apply_finetune_strategy, trainable_parameters
+from mm_hf.training import apply_strategy, trainable_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def main(argv=None):
     # 3. Processor and model (its head is chosen in 5)
     hub_kwargs = model_args.hub_kwargs()
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
-    model = build_clip_classifier(
+    model = build_dual_encoder_classifier(
         model_args.model_name_or_path,
         id2label,
         tokenizer=processor.tokenizer,
@@ -150,7 +150,7 @@ def main(argv=None):
         training_args,
         measured_on="validation" if "validation" in datasets_ else "train",
     )
-    model = apply_finetune_strategy(model, ft_args)
+    model = apply_strategy(model, ft_args)
     trainable = trainable_parameters(model)
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 

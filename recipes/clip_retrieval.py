@@ -51,7 +51,7 @@ from mm_hf.publish import publish_run
 from mm_hf.reports import format_before_after_table
 from mm_hf.retrieval import PairTransform, build_media, load_dual_encoder, measure_retrieval, resolve_modality
 from mm_hf.run import prepare_training_arguments, start_run
-from mm_hf.training import apply_contrastive_strategy, trainable_parameters
+from mm_hf.training import apply_strategy, trainable_parameters
 
 logger = logging.getLogger(__name__)
 # {m}: the modality ("image" or "audio"), as the metric keys name it.
@@ -158,7 +158,7 @@ def main(argv=None):
 
     # 4. Model: the contrastive wrapper (the loss is the model's own) and what the strategy trains
     model = ContrastiveDualEncoderModel.from_backbone(backbone, ret_args.loss, ret_args.gather_negatives, base_model)
-    model = apply_contrastive_strategy(model, ft_args)
+    model = apply_strategy(model, ft_args)
     trainable = trainable_parameters(model)
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 

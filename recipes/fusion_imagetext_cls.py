@@ -38,7 +38,7 @@ from mm_hf.models import build_fusion_classifier
 from mm_hf.outputs import recipe_command, save_fusion_run
 from mm_hf.processing import MultimodalProcessor, ProcessorSettings
 from mm_hf.run import start_run
-from mm_hf.training import apply_fusion_strategy, trainable_parameters
+from mm_hf.training import apply_strategy, trainable_parameters
 
 logger = logging.getLogger(__name__)
 ARGUMENT_TYPES = (FusionModelArguments, FusionDataArguments, DataArguments, FinetuneArguments, FusionTrainingArguments)
@@ -100,7 +100,7 @@ def main(argv=None):
         max_length_seconds=fusion_args.max_length_seconds,
         **model_args.config_kwargs(),
     )
-    model = apply_fusion_strategy(model, ft_args, model_args.encoder_strategies())
+    model = apply_strategy(model, ft_args, model_args.encoder_strategies())
     trainable = trainable_parameters(model)
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 

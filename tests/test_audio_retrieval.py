@@ -184,11 +184,11 @@ def test_contrastive_wrapper_round_trips_with_clap(tiny_clap, tmp_path):
 
 
 def test_lora_targets_attention_in_every_htsat_stage_and_text_layer(tiny_clap):
-    from mm_hf.training import apply_contrastive_strategy
+    from mm_hf.training import apply_strategy
 
     model = ContrastiveDualEncoderModel.from_backbone(AutoModel.from_pretrained(tiny_clap))
     args = SimpleNamespace(finetune_strategy="lora", lora_r=2, lora_alpha=4, lora_dropout=0.0, lora_target_modules=None)
-    model = apply_contrastive_strategy(model, args)
+    model = apply_strategy(model, args)
     adapted = {n.split(".lora_")[0].split("backbone.")[1] for n, p in model.named_parameters() if p.requires_grad}
     assert adapted == {f"audio_model.audio_encoder.layers.{i}.blocks.0.attention.self.{m}" for i in (0, 1)
                        for m in ("query", "key", "value")} | {f"text_model.encoder.layer.{i}.attention.self.{m}"

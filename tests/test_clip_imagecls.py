@@ -275,9 +275,9 @@ def test_random_head_is_labelled_as_such(tiny_vtde, digits_dir, tmp_path):
 def test_head_init_auto_keeps_an_informed_zero_shot_head_only(tiny_vtde):
     from datasets import Dataset
 
-    from mm_hf.models import build_clip_classifier, choose_head
+    from mm_hf.models import build_dual_encoder_classifier, choose_head
 
-    model = build_clip_classifier(tiny_vtde, dict(enumerate(CLASSES)), head_init="random")
+    model = build_dual_encoder_classifier(tiny_vtde, dict(enumerate(CLASSES)), head_init="random")
     classes = torch.nn.functional.normalize(torch.randn(4, model.config.embed_dim), dim=-1)
     labels = torch.arange(40) % 4
     informed = Dataset.from_dict({"image_embeds": (classes[labels] + 0.3 * torch.randn(40, 32)).tolist(),

@@ -19,7 +19,7 @@ from mm_hf.data.synthetic import write_click_dataset, write_imagetext_xor
 from mm_hf.models import MultimodalFusionForClassification, build_fusion_classifier
 from mm_hf.models.tiny import build_tiny_encoders
 from mm_hf.processing import MultimodalProcessor, ProcessorSettings
-from mm_hf.training import apply_fusion_strategy
+from mm_hf.training import apply_strategy
 
 recipe = load_recipe("fusion_imagetext_cls")
 TASK = [{"name": "label", "problem_type": "single_label_classification", "labels": ["no", "yes"]}]
@@ -243,7 +243,7 @@ def test_multi_task_and_multi_label_heads(encoders, xor, tmp_path):
 def test_strategies_train_what_they_say(encoders, strategy, per_encoder, vision_moves, text_moves):
     model = build(encoders)
     args = FinetuneArguments(finetune_strategy=strategy, lora_r=4)
-    model = apply_fusion_strategy(model, args, per_encoder)
+    model = apply_strategy(model, args, per_encoder)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("heads." in n for n in trainable) and any("poolers." in n or "projections." in n for n in trainable)
     assert any("missing_tokens" in n for n in trainable) and any("projections." in n for n in trainable)
@@ -404,10 +404,8 @@ def test_encoders_come_from_any_checkpoint_family(sources, tower_of, request, tm
 
 
 def test_top_k_trains_the_last_layers_of_each_encoder(encoders):
-    model = apply_fusion_strategy(
-        build(encoders), FinetuneArguments(finetune_strategy="top_k", unfreeze_last_n_layers=1)
-    )
-    from mm_hf.training import encoder_layers
+    model = apply_strategy(build(encoders), FinetuneArguments(finetune_strategy="top_k", unfreeze_last_n_layers=1))
+    from mm_hf.models.towers import encoder_layers
 
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     for key in ("vision", "text"):

@@ -13,7 +13,7 @@ from .audio_classifier import build_audio_classifier
 from .clip_classifier import (
     DEFAULT_AUDIO_PROMPT_TEMPLATES,
     DEFAULT_PROMPT_TEMPLATES,
-    build_clip_classifier,
+    build_dual_encoder_classifier,
     choose_head,
     class_text_embeddings,
     load_clip_classifier,
@@ -71,7 +71,7 @@ __all__ = [
     "MultimodalFusionForClassification",
     "MultimodalFusionModel",
     "build_audio_classifier",
-    "build_clip_classifier",
+    "build_dual_encoder_classifier",
     "choose_head",
     "resolve_head_init",
     "build_fusion_classifier",

@@ -66,7 +66,7 @@ def class_text_embeddings(
     return torch.nn.functional.normalize(emb, dim=-1)
 
 
-def build_clip_classifier(
+def build_dual_encoder_classifier(
     model_name_or_path,
     id2label: dict[int, str],
     *,

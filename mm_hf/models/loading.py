@@ -6,7 +6,7 @@ import os
 from transformers import AutoConfig
 
 from .audio_classifier import build_audio_classifier, shorten_whisper_encoder
-from .clip_classifier import build_clip_classifier
+from .clip_classifier import build_dual_encoder_classifier
 from .configuration_audio_classifier import AudioClassifierConfig
 from .configuration_clip_classifier import ClapClassifierConfig, ClipClassifierConfig
 from .modeling_audio_classifier import AudioClassifierForAudioClassification
@@ -14,7 +14,7 @@ from .modeling_clip_classifier import ClapClassifierForAudioClassification, Clip
 
 
 def _rebuild_dual_encoder_classifier(base, config, **kw):
-    return build_clip_classifier(
+    return build_dual_encoder_classifier(
         base,
         config.id2label,
         head_init="random",

@@ -11,6 +11,7 @@ from transformers import AutoModel, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .configuration_audio_classifier import AudioClassifierConfig
+from .towers import ModelParts, describe_tower
 
 
 class MeanPooling(nn.Module):
@@ -179,6 +180,14 @@ class AudioClassifierForAudioClassification(AudioClassifierPreTrainedModel):
         # reloads checkpoints with a plain `load_state_dict` (load_best_model_at_end, resume), which would then
         # silently miss every renamed weight. Saving the live names keeps both paths exact.
         return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+
+    def parts(self) -> ModelParts:
+        """What fine-tuning acts on: the new pooler and classifier, and the backbone as the media tower. Its layers
+        are looked up inside `backbone.encoder` where there is one (wav2vec2 family), which keeps the search off
+        the conv feature encoder (a list of identical blocks too)."""
+        search = "encoder" if isinstance(getattr(self.backbone, "encoder", None), nn.Module) else ""
+        media = describe_tower(self, "backbone", search=search)
+        return ModelParts(kind="classifier", head=("pooler", "classifier"), towers={"media": media})
 
     def freeze_feature_encoder(self) -> None:
         """Freeze the convolutional waveform encoder of wav2vec2-family backbones (no-op for others)."""

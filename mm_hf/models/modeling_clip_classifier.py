@@ -14,6 +14,7 @@ from transformers import AutoModel, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput, SequenceClassifierOutput
 
 from .configuration_clip_classifier import ClapClassifierConfig, ClipClassifierConfig
+from .towers import ModelParts, dual_encoder_tower
 
 # CLIP clamps its temperature at 100; beyond it training becomes unstable.
 _MAX_LOGIT_SCALE = math.log(100.0)
@@ -73,11 +74,13 @@ class ClipClassifierPreTrainedModel(PreTrainedModel):
 
 
 class _DualEncoderClassifier(ClipClassifierPreTrainedModel):
-    """The whole dual encoder plus the cosine head; subclasses say which tower feeds the head.
+    """The whole dual encoder plus the cosine head; subclasses say which tower feeds the head (`media_modality`).
 
     The text tower is kept (it can re-initialise the head for new class names) but does not run in
     `forward`.
     """
+
+    media_modality = "image"
 
     def __init__(self, config: ClipClassifierConfig):
         super().__init__(config)
@@ -96,6 +99,16 @@ class _DualEncoderClassifier(ClipClassifierPreTrainedModel):
         # Trainer reloads checkpoints with a plain `load_state_dict` (load_best_model_at_end, resume), which
         # would then silently miss every renamed weight. Saving the live names keeps both paths exact.
         return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+
+    def parts(self) -> ModelParts:
+        """What fine-tuning acts on: the new head and the media tower with its projection. The text tower is no
+        part: it does not run, so training it would waste optimizer memory and make DDP fail on unused parameters."""
+        return ModelParts(
+            kind="classifier",
+            head=("classifier",),
+            towers={"media": dual_encoder_tower(self, self.media_modality)},
+            fixed=() if self.config.learn_logit_scale else ("classifier.logit_scale",),
+        )
 
     def _classify(self, embeds: torch.Tensor, labels: torch.Tensor | None):
         logits = self.classifier(embeds)
@@ -141,6 +154,7 @@ class ClapClassifierForAudioClassification(_DualEncoderClassifier):
     """
 
     config_class = ClapClassifierConfig
+    media_modality = "audio"
     main_input_name = "input_features"
     input_modalities = ("audio",)
 
