@@ -3,7 +3,7 @@
 Three kinds, told apart by the folder's config.json:
 - "mm-hf": an mm-hf recipe output folder (full, merged or LoRA adapter), loaded by `mm_hf.models.load_finetuned`;
 - "zero-shot": a CLIP/SigLIP/CLAP-style dual encoder, turned into a classifier over the evaluation's labels from
-  class prompts (`build_clip_classifier(head_init="zeroshot")`);
+  class prompts (`build_dual_encoder_classifier(head_init="zeroshot")`);
 - "transformers": any other image/audio-classification checkpoint (`AutoModelFor{Image,Audio}Classification`).
 Fusion and video checkpoints (mm-hf's multimodal fusion model) are refused for now: they need the fusion recipes'
 multi-column data and are not supported by this first version.
@@ -31,7 +31,7 @@ from ..models import (
     DEFAULT_AUDIO_PROMPT_TEMPLATES,
     DEFAULT_PROMPT_TEMPLATES,
     MultimodalFusionConfig,
-    build_clip_classifier,
+    build_dual_encoder_classifier,
     load_finetuned,
 )
 from ..models.clip_classifier import is_audio_text_config
@@ -154,7 +154,7 @@ def load(candidate: Candidate, label_names: list[str], hub_kwargs: dict, prompt_
                 f"--model {candidate.name}={path}: a zero-shot dual encoder needs its tokenizer saved there"
             )
         defaults = DEFAULT_AUDIO_PROMPT_TEMPLATES if candidate.modality == "audio" else DEFAULT_PROMPT_TEMPLATES
-        model = build_clip_classifier(
+        model = build_dual_encoder_classifier(
             AutoModel.from_pretrained(path, **hub_kwargs),
             dict(enumerate(label_names)),
             tokenizer=tokenizer,
