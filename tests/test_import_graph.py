@@ -1,12 +1,15 @@
 """The import rules of mm_hf/, checked on the source with `ast` (nothing is imported):
 
 - the module import graph has no cycle, counting imports inside functions (a cycle hidden in a function is
-  still a cycle: the two modules cannot be understood or tested one without the other);
+  still a cycle: the two modules cannot be understood or tested one without the other) and the package
+  `__init__` that importing `mm_hf.a.b` runs first; `if TYPE_CHECKING:` imports, which never run, do not count;
 - no module imports another module's private (`_name`) helper: make it public or move it;
-- an intra-package import inside a function states why on its line or the line above (e.g. an optional heavy
-  dependency loaded at call time), otherwise it belongs at the top of the module;
-- the remote-code files (`models/configuration_*`, `models/modeling_*` and what they import) use nothing of
-  mm_hf outside their own folder, so `save_pretrained` can ship them with a checkpoint.
+- an intra-package import inside a function states why in a comment on its line or the line above (e.g. an
+  optional heavy dependency loaded at call time), otherwise it belongs at the top of the module;
+- each UPPER_CASE constant is defined in one module (imported elsewhere; one with another meaning gets another
+  name);
+- the remote-code files (`models/configuration_*`, `models/modeling_*`) import nothing of mm_hf outside
+  models/, so `save_pretrained` can ship them (and the sibling files they import) with a checkpoint.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import ast
 import io
 import tokenize
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -46,73 +50,73 @@ ALLOWED_DUPLICATE_CONSTANTS = {  # (file, name) defined again although another m
 }
 
 
-def module_name(path: Path) -> str:
-    parts = ["mm_hf", *path.relative_to(PACKAGE).with_suffix("").parts]
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def is_package(path: Path) -> bool:
-    return path.name == "__init__.py"
-
-
-def module_exists(name: str) -> bool:
-    relative = Path(*name.split(".")[1:]) if "." in name else Path()
-    return (PACKAGE / relative).with_suffix(".py").is_file() or (PACKAGE / relative / "__init__.py").is_file()
-
-
-def comment_lines(source: str) -> set[int]:
-    """Line numbers that hold a comment."""
-    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
-    return {token.start[0] for token in tokens if token.type == tokenize.COMMENT}
-
-
+@dataclass
 class Import:
     """One intra-package import statement: the module it loads and the names it takes from it."""
 
-    def __init__(self, node: ast.stmt, target: str, names: list[str], in_function: bool):
-        self.node, self.target, self.names, self.in_function = node, target, names, in_function
+    node: ast.stmt
+    target: str
+    names: list[str]
+    in_function: bool
+    type_only: bool
 
 
-def intra_package_imports(path: Path) -> list[Import]:
-    """Every `mm_hf` import in `path`, relative or absolute, with whether it sits inside a function."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    here = module_name(path)
-    package = here if is_package(path) else here.rpartition(".")[0]
+def source_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = [root.name, *path.relative_to(root).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_exists(name: str, root: Path) -> bool:
+    folder = root.joinpath(*name.split(".")[1:])
+    return folder.with_suffix(".py").is_file() or (folder / "__init__.py").is_file()
+
+
+def is_type_checking(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in {getattr(test, "id", None), getattr(test, "attr", None)}
+
+
+def intra_package_imports(path: Path, root: Path) -> list[Import]:
+    """Every import of `root`'s package in `path`, relative or absolute, and where it sits."""
+    here = module_name(path, root)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    top = root.name
     found = []
 
-    def visit(node: ast.AST, in_function: bool) -> None:
+    def visit(node: ast.AST, in_function: bool, type_only: bool) -> None:
         for child in ast.iter_child_nodes(node):
-            inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
             if isinstance(child, ast.ImportFrom):
                 if child.level:
-                    base = package.split(".")
-                    base = base[: len(base) - (child.level - 1)]
+                    base = package.split(".")[: len(package.split(".")) - (child.level - 1)]
                     source = ".".join(base + ([child.module] if child.module else []))
                 else:
                     source = child.module or ""
-                if source == "mm_hf" or source.startswith("mm_hf."):
+                if source == top or source.startswith(top + "."):
                     names = [alias.name for alias in child.names]
-                    # `from . import streaming` loads the submodule itself.
-                    submodules = [f"{source}.{n}" for n in names if module_exists(f"{source}.{n}")]
-                    targets = submodules if submodules and len(submodules) == len(names) else [source]
-                    for target in targets:
-                        found.append(Import(child, target, names, in_function))
+                    # `from . import streaming` loads the submodules themselves.
+                    submodules = [f"{source}.{n}" for n in names if module_exists(f"{source}.{n}", root)]
+                    for target in submodules if len(submodules) == len(names) else [source]:
+                        found.append(Import(child, target, names, in_function, type_only))
             elif isinstance(child, ast.Import):
                 for alias in child.names:
-                    if alias.name == "mm_hf" or alias.name.startswith("mm_hf."):
-                        found.append(Import(child, alias.name, [], in_function))
-            visit(child, inside)
+                    if alias.name == top or alias.name.startswith(top + "."):
+                        found.append(Import(child, alias.name, [], in_function, type_only))
+            visit(
+                child,
+                in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)),
+                type_only or is_type_checking(child),
+            )
 
-    visit(tree, False)
+    visit(ast.parse(path.read_text(), filename=str(path)), False, False)
     return found
-
-
-def source_files() -> list[Path]:
-    return sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
-
-
-def relative(path: Path) -> str:
-    return path.relative_to(PACKAGE).as_posix()
 
 
 def packages_run_first(importer: str, target: str) -> list[str]:
@@ -122,21 +126,22 @@ def packages_run_first(importer: str, target: str) -> list[str]:
     return sorted(p for p in ancestors if not (importer == p or importer.startswith(p + ".")))
 
 
-def import_graph() -> dict[str, set[str]]:
-    """module -> the modules it imports, anywhere in it; importing `mm_hf.a.b` from outside `mm_hf.a` also runs
-    `mm_hf.a`'s `__init__`, so that counts as an edge too (a cycle through a package `__init__` fails at import
-    time depending on which module is imported first)."""
+def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """module -> the modules it imports anywhere in it (type-checking imports aside); importing `pkg.a.b` from
+    outside `pkg.a` also runs `pkg.a`'s `__init__`, so that is an edge too: a cycle through a package `__init__`
+    fails at import time or not depending on which module is imported first."""
     graph: dict[str, set[str]] = {}
-    for path in source_files():
-        here = module_name(path)
+    for path in source_files(root):
+        here = module_name(path, root)
         edges = graph.setdefault(here, set())
-        for imp in intra_package_imports(path):
-            edges.update(m for m in [imp.target, *packages_run_first(here, imp.target)] if m != here)
+        for imp in intra_package_imports(path, root):
+            if not imp.type_only:
+                edges.update(m for m in [imp.target, *packages_run_first(here, imp.target)] if m != here)
     return graph
 
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """One cycle per strongly connected component with more than one module (Tarjan's algorithm)."""
+    """The modules of each strongly connected component with more than one module (Tarjan's algorithm)."""
     index, low, stack, on_stack, components = {}, {}, [], set(), []
 
     def connect(node: str) -> None:
@@ -166,27 +171,50 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return components
 
 
-def private_imports() -> set[tuple[str, str, str]]:
+def private_imports(root: Path = PACKAGE) -> set[tuple[str, str, str]]:
+    """(file, module, name) of each `_name` (not dunder) imported from another module of the package."""
     found = set()
-    for path in source_files():
-        for imp in intra_package_imports(path):
-            for name in imp.names:
-                if name.startswith("_") and not name.startswith("__"):
-                    found.add((relative(path), imp.target, name))
+    for path in source_files(root):
+        for imp in intra_package_imports(path, root):
+            found.update(
+                (relative(path, root), imp.target, name)
+                for name in imp.names
+                if name.startswith("_") and not name.startswith("__")
+            )
     return found
 
 
-def unexplained_function_imports() -> set[tuple[str, str]]:
-    """(file, "line: import statement") of in-function intra-package imports without a comment near them."""
+def comment_lines(source: str) -> set[int]:
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    return {token.start[0] for token in tokens if token.type == tokenize.COMMENT}
+
+
+def unexplained_function_imports(root: Path = PACKAGE) -> set[tuple[str, str]]:
+    """(file, import statement) of in-function intra-package imports without a comment on their lines or above."""
     found = set()
-    for path in source_files():
-        source = path.read_text()
-        comments = comment_lines(source)
-        for imp in intra_package_imports(path):
+    for path in source_files(root):
+        comments = comment_lines(path.read_text())
+        for imp in intra_package_imports(path, root):
             node = imp.node
             if imp.in_function and not comments & set(range(node.lineno - 1, node.end_lineno + 1)):
-                found.add((relative(path), ast.unparse(node)))
+                found.add((relative(path, root), ast.unparse(node)))
     return found
+
+
+def duplicate_constants(root: Path = PACKAGE) -> dict[str, list[tuple[str, str]]]:
+    """UPPER_CASE module-level names assigned in more than one module -> [(file, name as written)] (a leading `_`
+    is ignored, so a private copy of a public constant counts). The evaluate module scripts (metrics/x/x.py) are
+    left out: `evaluate.load` runs each alone, and their DESCRIPTION / KWARGS_DESCRIPTION are its convention."""
+    defined: dict[str, list[tuple[str, str]]] = {}
+    for path in source_files(root):
+        if path.parent.parent.name == "metrics" and path.stem == path.parent.name:
+            continue
+        for node in ast.parse(path.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            for name in (getattr(target, "id", "") for target in targets):
+                if name.lstrip("_").isupper() and not name.startswith("__"):
+                    defined.setdefault(name.lstrip("_"), []).append((relative(path, root), name))
+    return {name: places for name, places in defined.items() if len(places) > 1}
 
 
 def test_the_module_import_graph_has_no_cycle():
@@ -212,36 +240,11 @@ def test_imports_inside_functions_state_why():
     )
 
 
-def test_the_allowlists_only_hold_live_violations():
-    stale = [entry for entry in ALLOWED_PRIVATE_IMPORTS if entry not in private_imports()]
-    stale += [entry for entry in ALLOWED_UNEXPLAINED_FUNCTION_IMPORTS if entry not in unexplained_function_imports()]
-    duplicates = {entry for entries in duplicate_constants().values() for entry in entries}
-    stale += [entry for entry in ALLOWED_DUPLICATE_CONSTANTS if entry not in duplicates]
-    assert not stale, f"allowlist entries that no longer occur (delete them): {stale}"
-
-
-def duplicate_constants() -> dict[str, list[tuple[str, str]]]:
-    """UPPER_CASE module-level names assigned in more than one module -> [(file, name)] (leading `_` ignored, so a
-    private copy of a public constant counts). The evaluate module scripts are left out: `evaluate.load` runs each
-    alone, so they cannot share code, and their DESCRIPTION / KWARGS_DESCRIPTION are its conventions."""
-    defined: dict[str, list[tuple[str, str]]] = {}
-    for path in source_files():
-        if path.parent.parent.name == "metrics" and path.stem == path.parent.name:
-            continue
-        for node in ast.parse(path.read_text()).body:
-            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
-            for target in targets:
-                name = getattr(target, "id", "")
-                if name.lstrip("_").isupper() and not name.startswith("__"):
-                    defined.setdefault(name.lstrip("_"), []).append((relative(path), name))
-    return {name: places for name, places in defined.items() if len(places) > 1}
-
-
 def test_each_constant_is_defined_once():
     found = {
         name: places
         for name, places in duplicate_constants().items()
-        if len([p for p in places if p not in ALLOWED_DUPLICATE_CONSTANTS]) > 1
+        if len([(file, written) for file, written in places if (file, written) not in ALLOWED_DUPLICATE_CONSTANTS]) > 1
     }
     assert not found, (
         "constants defined in several modules (define once and import; rename one whose meaning differs):\n"
@@ -249,25 +252,63 @@ def test_each_constant_is_defined_once():
     )
 
 
-def remote_code_files() -> list[Path]:
-    models = PACKAGE / "models"
-    return sorted([*models.glob("configuration_*.py"), *models.glob("modeling_*.py")])
+def test_the_allowlists_only_hold_live_violations():
+    duplicates = {entry for places in duplicate_constants().values() for entry in places}
+    stale = sorted(ALLOWED_PRIVATE_IMPORTS - private_imports())
+    stale += sorted(ALLOWED_UNEXPLAINED_FUNCTION_IMPORTS - unexplained_function_imports())
+    stale += sorted(ALLOWED_DUPLICATE_CONSTANTS - duplicates)
+    assert not stale, f"allowlist entries that no longer occur (delete them): {stale}"
 
 
-@pytest.mark.parametrize("path", remote_code_files(), ids=lambda p: p.name)
+REMOTE_CODE_FILES = sorted([*PACKAGE.glob("models/configuration_*.py"), *PACKAGE.glob("models/modeling_*.py")])
+
+
+@pytest.mark.parametrize("path", REMOTE_CODE_FILES, ids=lambda p: p.name)
 def test_remote_code_files_import_only_their_siblings(path):
     outside = [
         f"line {imp.node.lineno}: {ast.unparse(imp.node)}"
-        for imp in intra_package_imports(path)
+        for imp in intra_package_imports(path, PACKAGE)
         if not imp.target.startswith("mm_hf.models.")
     ]
-    assert not outside, f"{relative(path)} is shipped with checkpoints but imports mm_hf outside models/: {outside}"
+    assert not outside, f"{relative(path, PACKAGE)} ships with checkpoints but imports mm_hf outside models/: {outside}"
 
 
-def test_the_checks_see_what_they_should(tmp_path):
-    """The parser itself: relative levels, submodule imports, function nesting and comments are read right."""
-    graph = import_graph()
-    assert "mm_hf.models.modeling_audio_classifier" in graph["mm_hf.models"]
-    assert "mm_hf.models.configuration_audio_classifier" in graph["mm_hf.models.modeling_audio_classifier"]
-    assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    assert find_cycles({"a": {"b"}, "b": set()}) == []
+FAKE_PACKAGE = {
+    "__init__.py": "",
+    "a.py": "from .b import helper\n",
+    "b.py": "def helper():\n    from .a import x  # no reason given, but a comment: still a cycle\n",
+    "c.py": (
+        "from typing import TYPE_CHECKING\n"
+        "from .b import _private\n"
+        "if TYPE_CHECKING:\n"
+        "    from .d import D\n"
+        "LIMIT = 5\n"
+        "def f():\n"
+        "    from .b import helper\n"
+        "    # lazy: heavy\n"
+        "    from .sub import y\n"
+        "    from fake.sub.e import (\n"
+        "        z,  # explained inside the statement\n"
+        "    )\n"
+    ),
+    "d.py": "from . import c\n_LIMIT = 6\n",
+    "sub/__init__.py": "from ..d import thing\n",
+    "sub/e.py": "",
+}
+
+
+def test_the_checks_find_what_they_should(tmp_path):
+    """On a made-up package: a cycle through a function import, one through a package __init__, a private import,
+    an unexplained function import (and three explained ones), a duplicated constant; type-checking imports and
+    absolute imports are read right."""
+    root = tmp_path / "fake"
+    for name, text in FAKE_PACKAGE.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    graph = import_graph(root)
+    assert graph["fake.c"] == {"fake.b", "fake.sub", "fake.sub.e"}  # not fake.d: TYPE_CHECKING only
+    assert sorted(find_cycles(graph)) == [["fake.a", "fake.b"], ["fake.c", "fake.d", "fake.sub"]]
+    assert private_imports(root) == {("c.py", "fake.b", "_private")}
+    assert unexplained_function_imports(root) == {("c.py", "from .b import helper")}
+    assert duplicate_constants(root) == {"LIMIT": [("c.py", "LIMIT"), ("d.py", "_LIMIT")]}
+    assert find_cycles({"x": {"y"}, "y": set()}) == []
