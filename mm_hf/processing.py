@@ -65,8 +65,8 @@ class MultimodalProcessor:
         """Load each modality's processor from its encoder's Hub id or path (`encoders` as for the model)."""
         from transformers import AutoConfig, AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
 
-        # Here, not at the top: mm_hf.models loads transformers' model classes, which building or loading a
-        # processor needs only now (this module imports transformers lazily for the same reason).
+        # Here, not at the top: importing mm_hf.models builds and registers every mm-hf model class; this module
+        # stays light to import (it imports transformers only where used, too).
         from .models.text_length import text_max_length
 
         visual = encoders.get("image") or encoders.get("video")
