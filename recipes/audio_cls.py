@@ -6,8 +6,8 @@
 
 `--finetune_strategy` is one of lora (default), full, linear_probe, top_k. Local data: --train_dir/
 --validation_dir/--test_dir (one sub-folder per class, e.g. clips/train/<class>/<file>.wav) or
---train_file/--validation_file/--test_file (CSV/JSONL with an audio path column and a label column,
-paths relative to the file); or --dataset_name for a Hub dataset with an Audio column. Any sample rate,
+--train_file/--validation_file/--test_file (CSV/JSONL with an audio path column and a label column, named by
+--audio_column and --label_column; paths relative to the file); or --dataset_name for a Hub dataset with an Audio column. Any sample rate,
 channel count and bit depth that libsndfile reads is resampled to the feature extractor's rate (mono).
 Defaults from a YAML file with --config recipes/configs/audio_cls_demo.yaml (the CLI wins).
 
@@ -32,9 +32,11 @@ from transformers import (
 )
 
 from mm_hf.args import (
+    AudioColumnArguments,
+    AudioModelArguments,
     DataArguments,
     FinetuneArguments,
-    ModelArguments,
+    LabelColumnArguments,
     args_to_dict,
     fill_strategy_defaults,
 )
@@ -55,9 +57,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class AudioArguments:
-    audio_column_name: str = field(default="audio", metadata={"help": "Column holding audio or audio file paths."})
-    label_column_name: str = field(default="label", metadata={"help": "Column holding class labels."})
+class AudioArguments(LabelColumnArguments, AudioColumnArguments):  # --audio_column, then --label_column
     max_length_seconds: float = field(
         default=5.0,
         metadata={
@@ -93,7 +93,7 @@ class AudioArguments:
     )
 
 
-ARGUMENT_TYPES = (ModelArguments, DataArguments, FinetuneArguments, AudioArguments, TrainingArguments)
+ARGUMENT_TYPES = (AudioModelArguments, DataArguments, FinetuneArguments, AudioArguments, TrainingArguments)
 
 
 def main(argv=None):
@@ -123,10 +123,15 @@ def main(argv=None):
     before_label = "zero-shot" if zeroshot else "untrained head"
 
     # 3. Data: every split validated (columns, labels, decodable audio) before any training
-    column = audio_args.audio_column_name
+    column = audio_args.audio_column
     with training_args.main_process_first(desc="loading data"):  # one download/cache build, then the others read it
         splits = load_classification_splits(
-            data_args, column, audio_args.label_column_name, model_args.cache_dir, training_args.seed
+            data_args,
+            column,
+            audio_args.label_column,
+            model_args.cache_dir,
+            training_args.seed,
+            input_flag="--audio_column",
         )
     skipped = {}
     for name in list(splits):

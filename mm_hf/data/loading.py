@@ -20,14 +20,18 @@ logger = logging.getLogger(__name__)
 VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "dev")
 
 
-def load_classification_splits(data_args, input_column: str, label_column: str, cache_dir=None, seed: int = 42):
+def load_classification_splits(
+    data_args, input_column: str, label_column: str, cache_dir=None, seed: int = 42, input_flag: str | None = None
+):
     """train/validation/test splits from `data_args` (an `mm_hf.args.DataArguments`).
 
     Sources per split: `--{split}_dir`, `--{split}_file`, or `--dataset_name`. Without a validation
     split, `--train_val_split` of train is held out (stratified by label). Eval/test labels must occur
     in train, which must hold at least two classes. The recipes evaluate before and after training, so a
-    validation or test split is required.
+    validation or test split is required. `input_flag` is the running recipe's flag for `input_column`
+    (`--image_column`, `--audio_column`): a missing column's error names it, as it names `--label_column`.
     """
+    flags = {input_column: input_flag, label_column: "--label_column"}
     raw = {}
     hub = None
     if data_args.dataset_name:
@@ -40,9 +44,9 @@ def load_classification_splits(data_args, input_column: str, label_column: str, 
         if folder:
             raw[split] = (_read_class_folder(folder, input_column, label_column), folder)
         elif path:
-            raw[split] = (_read_table(path, input_column, label_column, cache_dir), path)
+            raw[split] = (_read_table(path, input_column, label_column, cache_dir, flags), path)
         elif hub is not None and (name := _hub_split_name(hub, split)):
-            ds = _select_hub_columns(hub[name], input_column, label_column, data_args.dataset_name)
+            ds = _select_hub_columns(hub[name], input_column, label_column, data_args.dataset_name, flags)
             raw[split] = (ds, f"{data_args.dataset_name}[{name}]")
     if "train" not in raw:
         raise DataError("no training data: pass --train_dir, --train_file or --dataset_name")
@@ -76,6 +80,41 @@ def load_classification_splits(data_args, input_column: str, label_column: str, 
             ds = splits[split].shuffle(seed=seed) if split == "train" else splits[split]
             splits[split] = ds.select(range(min(n, len(ds))))
     return splits
+
+
+def read_labelled_split(
+    path: str | None,
+    input_column: str,
+    label_column: str,
+    *,
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    split: str = "test",
+    cache_dir=None,
+    input_flag: str | None = None,
+) -> tuple[Dataset, list[str], str]:
+    """One labelled split on its own, without a training split (evaluation of saved models).
+
+    `path` is a class folder or a CSV/JSONL file; without it, split `split` of the Hub dataset `dataset_name`.
+    Returns `(dataset with only input_column, label name per row, source description)`; errors name the source.
+    """
+    flags = {input_column: input_flag, label_column: "--label_column"}
+    if path and os.path.isdir(path):
+        ds, source = _read_class_folder(path, input_column, label_column), path
+    elif path:
+        ds, source = _read_table(path, input_column, label_column, cache_dir, flags), path
+    elif dataset_name:
+        hub = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+        if split not in hub:
+            raise DataError(f"{dataset_name} has no {split!r} split; its splits are {sorted(hub)}")
+        ds = _select_hub_columns(hub[split], input_column, label_column, dataset_name, flags)
+        source = f"{dataset_name}[{split}]"
+    else:
+        raise DataError("no data: pass a folder, a CSV/JSONL file or --dataset_name")
+    if len(ds) == 0:
+        raise DataError(f"the {split} split is empty: {source}")
+    texts = _label_texts(ds, label_column, source)
+    return ds.remove_columns(label_column), texts, source
 
 
 def hold_out_validation(splits: DatasetDict, data_args, seed: int, stratify: bool) -> DatasetDict:
@@ -120,7 +159,7 @@ def _single_class_hint(seen: set, source: str, data_args, label_column: str) -> 
     if data_args.train_dir and source == data_args.train_dir:
         fix = f"put each class in its own sub-folder: {source}/<class name>/<file>"
     else:
-        fix = f"check that --label_column_name {label_column} is the column holding the classes"
+        fix = f"check that --label_column {label_column} is the column holding the classes"
     return f"{found}; a classifier needs at least two classes: {fix}"
 
 
@@ -197,9 +236,9 @@ def _root_cause(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _read_table(path: str, input_column: str, label_column: str, cache_dir) -> Dataset:
+def _read_table(path: str, input_column: str, label_column: str, cache_dir, flags: dict | None = None) -> Dataset:
     ds = read_data_file(path, cache_dir)
-    _require_columns(ds, (input_column, label_column), path)
+    _require_columns(ds, (input_column, label_column), path, flags)
     base = os.path.dirname(os.path.abspath(path))
 
     def resolve(batch):
@@ -221,8 +260,8 @@ def _hub_split_name(hub: DatasetDict, split: str) -> str | None:
     return next((name for name in candidates if name in hub), None)
 
 
-def _select_hub_columns(ds: Dataset, input_column: str, label_column: str, source: str) -> Dataset:
-    _require_columns(ds, (input_column, label_column), source)
+def _select_hub_columns(ds: Dataset, input_column: str, label_column: str, source: str, flags=None) -> Dataset:
+    _require_columns(ds, (input_column, label_column), source, flags)
     ds = ds.select_columns([input_column, label_column])
     # Decode media ourselves (robust modes, errors naming the sample) instead of in the datasets library.
     feature = ds.features[input_column]
@@ -231,12 +270,15 @@ def _select_hub_columns(ds: Dataset, input_column: str, label_column: str, sourc
     return ds
 
 
-def _require_columns(ds: Dataset, columns, source: str) -> None:
+def _require_columns(ds: Dataset, columns, source: str, flags: dict | None = None) -> None:
+    """Refuse `ds` without every one of `columns`; `flags` (column -> the recipe's flag naming it) says what to set."""
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
+        fixes = [flag for c in missing if (flag := (flags or {}).get(c))]
+        fix = f"; pass the right name(s) with {' / '.join(fixes)}" if fixes else ""
         raise DataError(
-            f"{source}: missing column(s) {', '.join(map(repr, missing))}; available: {', '.join(ds.column_names)} "
-            "(set --image_column_name / --label_column_name)"
+            f"{source}: missing column(s) {', '.join(map(repr, missing))}; available: {', '.join(ds.column_names)}"
+            + fix
         )
 
 
