@@ -13,7 +13,7 @@ from transformers import AutoModelForAudioClassification
 
 import mm_hf.models  # noqa: F401  (registers the Auto classes)
 from mm_hf.models import AudioClassifierForAudioClassification, build_audio_classifier
-from mm_hf.models.modeling_audio_classifier import AttentionPooling, MeanPooling
+from mm_hf.models.pooling import AttentionPooling, MeanPooling
 from mm_hf.training import apply_strategy
 
 ID2LABEL = {0: "dog", 1: "rooster", 2: "rain"}

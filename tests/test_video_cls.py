@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification
 import mm_hf.models  # noqa: F401  (registers the Auto classes)
 from mm_hf.data.synthetic import write_video_dataset
 from mm_hf.data.video import make_moving_shape_clip, write_synthetic_video
-from mm_hf.models.fusion_modules import MeanPooling, TransformerPooling
+from mm_hf.models.pooling import MeanPooling, TransformerPooling
 from mm_hf.models.tiny import build_tiny_encoders
 from mm_hf.processing import MultimodalProcessor, ProcessorSettings
 

@@ -7,7 +7,8 @@ import functools
 import numpy as np
 from scipy import special
 
-PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "binary_classification", "regression")
+from ..models.configuration_multimodal_fusion import PROBLEM_TYPES
+from .loading import load_metric
 
 
 @functools.cache
@@ -16,8 +17,6 @@ def _metric(name: str):
     # loading copies the script into the modules cache, too slow to repeat every evaluation. In memory:
     # the arrays are already whole here, and a compute() that raised would otherwise leave a locked cache
     # file behind, costing the next call a 1 s lock timeout.
-    from . import load_metric
-
     return load_metric(name, keep_in_memory=True)
 
 

@@ -137,13 +137,6 @@ def build_dual_encoder_classifier(
     return model
 
 
-def load_clip_classifier(path: str, base_model_name_or_path: str | None = None, **from_pretrained_kwargs):
-    """Load a fine-tuned CLIP classifier folder: a full checkpoint, or a LoRA adapter on its base backbone."""
-    from .loading import load_finetuned
-
-    return load_finetuned(path, base_model_name_or_path, **from_pretrained_kwargs)
-
-
 @torch.no_grad()
 def choose_head(model, dataset, *, batch_size: int = 64, device=None, max_samples: int = 2048) -> dict:
     """`--head_init auto`: keep the zero-shot head of `model` only if it clearly beats chance on `dataset`.

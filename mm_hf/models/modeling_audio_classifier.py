@@ -1,6 +1,6 @@
 """Audio classifier: any HF audio encoder + temporal pooling + a dropout/linear head.
 
-Self-contained on purpose (only torch/transformers imports plus the sibling configuration file) so
+Self-contained on purpose (only torch/transformers imports plus the sibling configuration and pooling files) so
 `save_pretrained` can ship it with the checkpoint for `trust_remote_code=True` loading without mm_hf.
 """
 
@@ -11,46 +11,8 @@ from transformers import AutoModel, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .configuration_audio_classifier import AudioClassifierConfig
+from .pooling import AttentionPooling, MeanPooling
 from .towers import ModelParts, describe_tower
-
-
-class MeanPooling(nn.Module):
-    """Mean over time of the frames where `frame_mask` is 1 (all frames when it is None).
-
-    Shapes: hidden_states (batch, time, hidden), frame_mask (batch, time) or None -> (batch, hidden).
-    """
-
-    def forward(self, hidden_states: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if frame_mask is None:
-            return hidden_states.mean(dim=1)
-        mask = frame_mask.to(hidden_states.dtype).unsqueeze(-1)
-        return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-
-
-class AttentionPooling(nn.Module):
-    """Learned attention pooling: a linear score per frame, softmax over the unmasked frames, weighted sum.
-
-    Shapes: hidden_states (batch, time, hidden), frame_mask (batch, time) or None -> (batch, hidden);
-    `attention_weights` gives the (batch, time) weights, each row summing to 1 with 0 on masked frames.
-    """
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.score = nn.Linear(hidden_size, 1)
-
-    def attention_weights(self, hidden_states: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        scores = self.score(hidden_states).squeeze(-1).float()
-        if frame_mask is not None:
-            scores = scores.masked_fill(~frame_mask.bool(), torch.finfo(scores.dtype).min)
-        weights = scores.softmax(dim=-1)
-        if frame_mask is not None:
-            # A row with no real frame would otherwise spread its weight uniformly over padding.
-            weights = weights * frame_mask.to(weights.dtype)
-        return weights.to(hidden_states.dtype)
-
-    def forward(self, hidden_states: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        weights = self.attention_weights(hidden_states, frame_mask)
-        return torch.einsum("bt,bth->bh", weights, hidden_states)
 
 
 def build_audio_encoder(backbone_config) -> nn.Module:
@@ -235,10 +197,8 @@ class AudioClassifierForAudioClassification(AudioClassifierPreTrainedModel):
 
 
 __all__ = [
-    "AttentionPooling",
     "AudioClassifierForAudioClassification",
     "AudioClassifierPreTrainedModel",
-    "MeanPooling",
     "audio_frame_mask",
     "reads_attention_mask",
 ]

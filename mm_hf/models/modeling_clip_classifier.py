@@ -1,11 +1,9 @@
 """CLIP-family classifiers: a dual encoder's image (CLIP/SigLIP/VTDE) or audio (CLAP) tower + a cosine head
 initialisable zero-shot.
 
-Self-contained on purpose (only torch/transformers imports plus the sibling configuration file) so
+Self-contained on purpose (only torch/transformers imports plus the sibling configuration and losses files) so
 `save_pretrained` can ship it with the checkpoint for `trust_remote_code=True` loading without mm_hf.
 """
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -14,10 +12,8 @@ from transformers import AutoModel, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput, SequenceClassifierOutput
 
 from .configuration_clip_classifier import ClapClassifierConfig, ClipClassifierConfig
+from .losses import MAX_LOGIT_SCALE  # CLIP's cap on its temperature (100): the head keeps the loss's cap
 from .towers import ModelParts, dual_encoder_tower
-
-# CLIP clamps its temperature at 100; beyond it training becomes unstable.
-_MAX_LOGIT_SCALE = math.log(100.0)
 
 
 class CosineClassifierHead(nn.Module):
@@ -38,7 +34,7 @@ class CosineClassifierHead(nn.Module):
 
     def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
         x = self.dropout(F.normalize(image_embeds, dim=-1))
-        scale = self.logit_scale.clamp(max=_MAX_LOGIT_SCALE).exp()
+        scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
         return scale * F.linear(x, self.weight.to(x.dtype)) + self.bias.to(x.dtype)
 
     @torch.no_grad()
@@ -47,7 +43,7 @@ class CosineClassifierHead(nn.Module):
         self.weight.copy_(F.normalize(text_embeds.float(), dim=-1).to(self.weight.dtype))
         self.bias.zero_()
         if logit_scale is not None:
-            self.logit_scale.fill_(min(float(logit_scale), _MAX_LOGIT_SCALE))
+            self.logit_scale.fill_(min(float(logit_scale), MAX_LOGIT_SCALE))
 
 
 class ClipClassifierPreTrainedModel(PreTrainedModel):

@@ -13,8 +13,8 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from ..losses import clip_loss, siglip_loss
 from .configuration_dual_encoder import ContrastiveDualEncoderConfig
+from .losses import clip_loss, siglip_loss
 from .towers import ModelParts, dual_encoder_tower
 
 

@@ -13,7 +13,7 @@ pooling) can be computed once and passed back as `<modality>_embeds` (see `encod
 
 A missing modality (`modality_mask` 0) is replaced by a learned placeholder token; fusions that can mask
 (gated, cross-attention, late) also ignore it. Self-contained on purpose (torch/transformers plus the sibling
-configuration and fusion_modules files) so `save_pretrained` ships it for `trust_remote_code=True` loading.
+configuration, fusion_modules and pooling files) so `save_pretrained` ships it for `trust_remote_code=True` loading.
 """
 
 import dataclasses
@@ -28,8 +28,9 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_multimodal_fusion import MultimodalFusionConfig, num_outputs
-from .fusion_modules import FeatureStandardizer, ModalityDropout, TabularEncoder, build_fusion, build_pooling
+from .fusion_modules import FeatureStandardizer, ModalityDropout, TabularEncoder, build_fusion
 from .modeling_audio_classifier import audio_frame_mask, reads_attention_mask
+from .pooling import build_pooling
 from .towers import ModelParts, describe_tower
 
 

@@ -20,8 +20,10 @@ ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj", "o_proj", "qu
 # Children that run before a tower's layers (top_k leaves them frozen), matched as name prefixes. Image towers:
 # patch embeddings and CLIP's pre-norm; CLAP's HTSAT: patch_embed and a BatchNorm over mel bins; audio encoders:
 # wav2vec2's conv feature encoder, its projection and conv positions, Whisper's conv stem and positions.
-STEMS = ("embeddings", "pre_layrnorm", "pre_layernorm", "patch_embed", "batch_norm")
-STEMS += ("feature_extractor", "feature_projection", "pos_conv_embed", "conv1", "conv2", "embed_positions")
+STEMS = (
+    *("embeddings", "pre_layrnorm", "pre_layernorm", "patch_embed", "batch_norm"),
+    *("feature_extractor", "feature_projection", "pos_conv_embed", "conv1", "conv2", "embed_positions"),
+)
 # Where CLIP-family dual encoders (CLIPModel, SiglipModel, VisionTextDualEncoderModel, ClapModel) keep each
 # modality's tower and the projection after it.
 DUAL_ENCODER_TOWERS = {
