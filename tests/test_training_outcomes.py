@@ -148,3 +148,56 @@ def test_retrieval_training_raises_recall_and_the_saved_model_reproduces_it(tiny
     assert json.loads((out / "all_results.json").read_text())["test_image_to_text_recall@1"] == after[0]
     assert hand_recalls(out, colours_dir / "test") == pytest.approx(after)
     assert hand_recalls(tiny_clip, colours_dir / "test") == pytest.approx(before)
+
+
+# Scripted validation metrics, one value per distinct set of weights in the order they are first evaluated:
+# the untouched model (the before-training test evaluation), then the weights after epoch 1, 2, ...
+ACCURACY = [0.30, 0.40, 0.90, 0.60, 0.50, 0.45, 0.40, 0.35, 0.30, 0.25, 0.20]
+MACRO_F1 = [0.20, 0.30, 0.50, 0.80, 0.60, 0.55, 0.50, 0.45, 0.40, 0.35, 0.30]
+
+
+def script_metrics_by_weights(monkeypatch):
+    """Make accuracy and macro-F1 a function of the model's weights (see ACCURACY / MACRO_F1), so the best epoch is
+    known in advance and evaluating restored weights again gives back exactly the value those weights had."""
+    from mm_hf.metrics.streaming import ClassificationMetrics
+
+    models, seen = [], {}
+    forward, compute = ClipClassifierForImageClassification.forward, ClassificationMetrics.compute
+
+    def recording_forward(self, *args, **kwargs):
+        models[:] = [self]
+        return forward(self, *args, **kwargs)
+
+    def scripted_compute(self, *args, **kwargs):
+        metrics = compute(self, *args, **kwargs)
+        weights = b"".join(p.detach().cpu().numpy().tobytes() for p in models[0].parameters())
+        index = seen.setdefault(weights, len(seen))
+        return {**metrics, "accuracy": ACCURACY[index], "macro_f1": MACRO_F1[index]}
+
+    monkeypatch.setattr(ClipClassifierForImageClassification, "forward", recording_forward)
+    monkeypatch.setattr(ClassificationMetrics, "compute", scripted_compute)
+
+
+@pytest.mark.parametrize(
+    ("extra", "best_epoch", "last_epoch"), [([], 2, 4), (["--metric_for_best_model", "macro_f1"], 3, 5)]
+)
+def test_early_stopping_restores_the_best_checkpoint_by_the_chosen_metric(
+    tiny_vtde, colours_dir, tmp_path, monkeypatch, extra, best_epoch, last_epoch
+):
+    script_metrics_by_weights(monkeypatch)
+    out = tmp_path / "out"
+    results = classify(tiny_vtde, out, "--finetune_strategy", "linear_probe", "--probe_solver", "trainer",
+                       "--head_init", "random", "--learning_rate", "1e-2", "--num_train_epochs", "10",
+                       "--early_stopping_patience", "2", "--save_strategy", "epoch", "--save_total_limit", "10", *extra,
+                       data=colours_dir)  # fmt: skip
+    # Patience 2: two evaluations without improvement after the best one, then stop.
+    assert results["epoch"] == last_epoch
+    # The restored weights are the best epoch's: evaluated again they score what that epoch scored...
+    assert results["eval_accuracy"] == ACCURACY[best_epoch] and results["eval_macro_f1"] == MACRO_F1[best_epoch]
+    assert results["test_accuracy"] == ACCURACY[best_epoch]
+    # ... and the saved model is that epoch's checkpoint, not the last one (36 images / 8 per batch: 5 steps).
+    saved = load_file(str(out / "model.safetensors"))
+    best = load_file(str(out / f"checkpoint-{5 * best_epoch}" / "model.safetensors"))
+    last = load_file(str(out / f"checkpoint-{5 * last_epoch}" / "model.safetensors"))
+    assert saved.keys() == best.keys() and all(torch.equal(saved[k], best[k]) for k in saved)
+    assert not all(torch.equal(saved[k], last[k]) for k in saved)
