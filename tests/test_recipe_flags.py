@@ -1,0 +1,150 @@
+"""Flags of the image recipes checked where they act, through `main(argv)` and the output folder: each test fails
+if its flag were ignored (augmentation switches, loss choice, split sizes, TSV input)."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import load_recipe
+from PIL import Image
+from transformers import AutoModel, AutoProcessor
+
+from mm_hf.models import ClipClassifierForImageClassification
+
+imagecls = load_recipe("clip_imagecls")
+retrieval = load_recipe("clip_retrieval")
+COMMON = ["--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true", "--save_strategy", "no",
+          "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16"]  # fmt: skip
+
+
+def classify(model, out, *extra):
+    return imagecls.main([
+        "--model_name_or_path", str(model), "--output_dir", str(out), "--prompt_templates", "a {} photo.", *COMMON,
+        *extra,
+    ])  # fmt: skip
+
+
+def dirs(root, splits=("train", "validation", "test")):
+    return [arg for split in splits for arg in (f"--{split}_dir", str(root / split))]
+
+
+def record_training_inputs(monkeypatch):
+    seen = []
+    forward = ClipClassifierForImageClassification.forward
+
+    def recording(self, pixel_values=None, **kwargs):
+        if self.training:
+            seen.extend(pixel_values.detach().clone())
+        return forward(self, pixel_values=pixel_values, **kwargs)
+
+    monkeypatch.setattr(ClipClassifierForImageClassification, "forward", recording)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("flags", "expect"),
+    [
+        (["--crop_scale_min", "1.0", "--hflip", "false"], "as_is"),
+        (["--crop_scale_min", "1.0", "--hflip", "true"], "some_flipped"),
+        (["--crop_scale_min", "0.3"], "cropped"),  # --hflip false is the default
+    ],
+)
+def test_augmentation_flags_shape_the_training_inputs(tiny_vtde, colours_dir, tmp_path, monkeypatch, flags, expect):
+    seen = record_training_inputs(monkeypatch)
+    classify(tiny_vtde, tmp_path / "out", "--do_train", "--finetune_strategy", "full", "--head_init", "random",
+             "--max_steps", "5", "--augment", "true", *flags, *dirs(colours_dir, ("train",)))  # fmt: skip
+    # The untouched training images as the evaluation transform gives them, and their mirror images.
+    processor = AutoProcessor.from_pretrained(tiny_vtde).image_processor
+    images = [Image.open(p).convert("RGB") for p in sorted((colours_dir / "train").glob("*/*.png"))]
+    plain = processor(images, return_tensors="pt")["pixel_values"]
+    mirrored = plain.flip(-1)
+
+    def matches(x, bank):
+        return bool(((bank - x).abs().amax(dim=(1, 2, 3)) < 1e-4).any())
+
+    assert len(seen) >= 32
+    as_is = [matches(x, plain) for x in seen]
+    flipped = [matches(x, mirrored) for x in seen]
+    if expect == "as_is":  # a crop of the whole area, never mirrored: exactly the images
+        assert all(as_is)
+    elif expect == "some_flipped":  # about half mirrored, nothing else changed
+        assert all(a or f for a, f in zip(as_is, flipped, strict=True)) and 8 <= sum(flipped) <= 32
+    else:  # crops of 30-100 % of the area: almost never the whole image, never a plain mirror
+        assert sum(as_is) <= 4 and not any(flipped)
+
+
+def test_siglip_loss_is_the_one_evaluated(tiny_vtde, colours_dir, tmp_path):
+    """eval_loss of the untouched model equals the sigmoid loss computed here by hand, and differs from InfoNCE."""
+    losses = {}
+    for loss in ("clip", "siglip"):
+        results = retrieval.main([
+            "--model_name_or_path", str(tiny_vtde), "--output_dir", str(tmp_path / loss), "--do_eval", "--loss", loss,
+            "--max_seq_length", "8", *COMMON, "--per_device_eval_batch_size", "4", *dirs(colours_dir),
+        ])  # fmt: skip
+        losses[loss] = results["eval_loss"]
+
+    model = AutoModel.from_pretrained(tiny_vtde).eval()
+    processor = AutoProcessor.from_pretrained(tiny_vtde)
+    folder = colours_dir / "validation"
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    pixels = processor.image_processor([Image.open(folder / r["file_name"]).convert("RGB") for r in rows],
+                                       return_tensors="pt")["pixel_values"]  # fmt: skip
+    tokens = processor.tokenizer([r["caption"][0] for r in rows], padding="max_length", max_length=8,
+                                 truncation=True, return_tensors="pt")  # fmt: skip
+    with torch.no_grad():
+        images = torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+        texts = torch.nn.functional.normalize(model.get_text_features(**tokens).pooler_output, dim=-1)
+    scale, bias = model.logit_scale.exp().item(), -10.0  # a VisionTextDualEncoder has no bias: the wrapper's start
+    expected = {"clip": [], "siglip": []}
+    for start in range(0, len(rows), 4):  # evaluation batches of 4, in file order
+        logits = scale * images[start : start + 4] @ texts[start : start + 4].T
+        labels = torch.arange(4)
+        ce = torch.nn.functional.cross_entropy
+        expected["clip"].append(((ce(logits, labels) + ce(logits.T, labels)) / 2).item())
+        signs = 2 * torch.eye(4) - 1
+        expected["siglip"].append((-torch.nn.functional.logsigmoid(signs * (logits + bias)).sum() / 4).item())
+    for loss in ("clip", "siglip"):
+        assert losses[loss] == pytest.approx(sum(expected[loss]) / len(expected[loss]), rel=1e-4), loss
+    assert not math.isclose(losses["clip"], losses["siglip"], rel_tol=0.05)
+
+
+def test_train_val_split_holds_out_a_stratified_validation_split(tiny_vtde, colours_dir, tmp_path):
+    out = tmp_path / "out"
+    results = classify(tiny_vtde, out, "--do_train", "--do_eval", "--finetune_strategy", "linear_probe",
+                       "--train_val_split", "0.25", *dirs(colours_dir, ("train",)))  # fmt: skip
+    assert results["train_samples"] == 27 and results["eval_samples"] == 9
+    # Without a test split the validation split is the one reported: 3 images of each colour, as stratified.
+    report = json.loads((out / "classification_report.json").read_text())
+    assert {name: c["support"] for name, c in report["per_class"].items()} == {"blue": 3, "green": 3, "red": 3}
+
+
+def test_max_eval_samples_truncates_the_validation_split(tiny_vtde, colours_dir, tmp_path):
+    results = classify(tiny_vtde, tmp_path / "out", "--do_train", "--do_eval", "--finetune_strategy",
+                       "linear_probe", "--max_eval_samples", "5", *dirs(colours_dir, ("train", "validation")))  # fmt: skip
+    assert results["eval_samples"] == 5 and results["train_samples"] == 36
+
+
+def test_caption_loader_train_val_split_and_max_eval_samples(tiny_vtde, colours_dir, tmp_path):
+    def run(*extra):
+        return retrieval.main([
+            "--model_name_or_path", str(tiny_vtde), "--output_dir", str(tmp_path / str(len(extra))), "--do_train",
+            "--do_eval", "--max_steps", "1", "--max_seq_length", "8", *COMMON, *dirs(colours_dir, ("train",)), *extra,
+        ])  # fmt: skip
+
+    results = run("--train_val_split", "0.25")
+    assert results["train_samples"] == 27 and results["eval_num_items"] == 9 and results["eval_num_texts"] == 18
+    results = run("--train_val_split", "0.25", "--max_eval_samples", "4")
+    assert results["train_samples"] == 27 and results["eval_num_items"] == 4
+
+
+def test_tsv_files_are_read_with_tabs(tiny_vtde, colours_dir, tmp_path):
+    flags = []
+    for split in ("train", "validation", "test"):
+        paths = sorted((colours_dir / split).glob("*/*.png"))
+        lines = ["label\timage"] + [f"{p.parent.name}\t{p}" for p in paths]
+        (tmp_path / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+        flags += [f"--{split}_file", str(tmp_path / f"{split}.tsv")]
+    results = classify(tiny_vtde, tmp_path / "out", "--do_train", "--do_eval", "--do_predict",
+                       "--finetune_strategy", "linear_probe", "--head_init", "random", *flags)  # fmt: skip
+    assert results["train_samples"] == 36 and results["test_samples"] == 18 and results["test_accuracy"] >= 0.9
