@@ -148,3 +148,95 @@ def test_tsv_files_are_read_with_tabs(tiny_vtde, colours_dir, tmp_path):
     results = classify(tiny_vtde, tmp_path / "out", "--do_train", "--do_eval", "--do_predict",
                        "--finetune_strategy", "linear_probe", "--head_init", "random", *flags)  # fmt: skip
     assert results["train_samples"] == 36 and results["test_samples"] == 18 and results["test_accuracy"] >= 0.9
+
+
+# ---- fusion and video recipes ----
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory):
+    from mm_hf.models.tiny import build_tiny_encoders
+
+    return build_tiny_encoders(str(tmp_path_factory.mktemp("encoders")))
+
+
+@pytest.fixture(scope="module")
+def xor(tmp_path_factory):
+    from mm_hf.data.synthetic import write_imagetext_xor
+
+    return write_imagetext_xor(str(tmp_path_factory.mktemp("xor")), sizes=(32, 8, 8), seed=0)
+
+
+def encoder_changes(out, encoders):
+    """{modality: {parameter name: changed?}} of the saved fusion model's encoders against their checkpoints."""
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / "model.safetensors"))
+    changes = {}
+    for key in ("vision", "text"):
+        base = AutoModel.from_pretrained(encoders[key]).state_dict()
+        prefix = f"multimodal.encoders.{key}."
+        changes[key] = {n: not torch.equal(saved[prefix + n], t) for n, t in base.items() if prefix + n in saved}
+        assert len(changes[key]) > 10, key
+    return changes
+
+
+@pytest.mark.parametrize(
+    ("flags", "vision", "text"),
+    [
+        (["--finetune_strategy", "full", "--text_strategy", "frozen"], "moved", "untouched"),
+        (["--finetune_strategy", "linear_probe", "--text_strategy", "top_k", "--unfreeze_last_n_layers", "1"],
+         "untouched", "last_layer"),
+        (["--finetune_strategy", "full", "--vision_strategy", "frozen"], "untouched", "moved"),
+    ],
+)  # fmt: skip
+def test_per_encoder_strategies_decide_which_saved_weights_moved(encoders, xor, tmp_path, flags, vision, text):
+    out = tmp_path / "out"
+    load_recipe("fusion_imagetext_cls").main([
+        "--train_file", xor["train"], "--validation_file", xor["validation"], "--test_file", xor["test"],
+        "--vision_model_name_or_path", encoders["vision"], "--text_model_name_or_path", encoders["text"],
+        "--image_column", "image", "--text_column", "text", "--output_dir", str(out), "--do_train", "--max_steps",
+        "3", "--learning_rate", "1e-2", "--weight_decay", "0", "--hidden_size", "16", "--max_seq_length", "12",
+        "--per_device_train_batch_size", "8", "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no",
+        "--disable_tqdm", "true", *flags,
+    ])  # fmt: skip
+    changes = encoder_changes(out, encoders)
+    for key, expect in (("vision", vision), ("text", text)):
+        moved = {n for n, c in changes[key].items() if c}
+        if expect == "untouched":
+            assert not moved, (key, sorted(moved)[:5])
+        elif expect == "moved":
+            assert len(moved) > len(changes[key]) // 2, (key, len(moved))
+        else:  # BERT's last layer (and its pooler) train, the embeddings and the first layer do not
+            assert moved and all(n.startswith(("encoder.layer.1.", "pooler.")) for n in moved), sorted(moved)[:5]
+
+
+@pytest.mark.parametrize(("pooling", "module"), [("max", "MaxPooling"), ("attention", "AttentionPooling")])
+def test_temporal_pooling_flag_builds_an_order_blind_pooling(encoders, tmp_path, pooling, module):
+    """video_cls defaults to a temporal transformer, which sees frame order; max and attention pooling do not, so
+    the saved model gives the same logits for a clip played backwards."""
+    from mm_hf.data.synthetic import write_video_dataset
+    from mm_hf.processing import MultimodalProcessor
+
+    videos = write_video_dataset(str(tmp_path / "videos"), sizes=(8, 4, 4), seed=0)
+    out = tmp_path / "out"
+    load_recipe("video_cls").main([
+        "--vision_model_name_or_path", encoders["vision"], "--video_column", "video", "--label_column", "label",
+        "--train_file", videos["train"], "--test_file", videos["test"], "--output_dir", str(out), "--do_train",
+        "--max_steps", "2", "--hidden_size", "16", "--num_frames", "4", "--finetune_strategy", "full",
+        "--temporal_pooling", pooling, "--report_to", "none", "--use_cpu", "true", "--save_strategy", "no",
+        "--disable_tqdm", "true", "--train_val_split", "0",
+    ])  # fmt: skip
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert type(model.multimodal.temporal_pooling).__name__ == module
+    processor = MultimodalProcessor.from_pretrained(str(out))
+    rows = [json.loads(line) for line in open(videos["test"])]
+    root = videos["test"].rsplit("/", 1)[0]
+    inputs = processor.transform(train=False)({"video": [f"{root}/{r['video']}" for r in rows]})
+    batch = {k: torch.stack(v) for k, v in inputs.items()}
+    with torch.no_grad():
+        logits = model(**batch).logits
+        backwards = model(**{**batch, "pixel_values_videos": batch["pixel_values_videos"].flip(1)}).logits
+    torch.testing.assert_close(backwards, logits, rtol=1e-5, atol=1e-5)
