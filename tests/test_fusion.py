@@ -176,11 +176,12 @@ def single_modality_accuracy(encoders, xor, tmp_path_factory):
 def test_fusion_beats_either_modality_alone(encoders, xor, tmp_path, fusion, single_modality_accuracy):
     results = run(encoders, xor, tmp_path / "out", "--fusion", fusion)
     # The label is (image is red) XOR (text says large): one modality alone is at chance.
-    assert max(single_modality_accuracy.values()) <= 0.65, single_modality_accuracy
+    # At chance means near 0.5 from both sides (measured 0.52 / 0.55): far below would be a broken pipeline.
+    assert all(0.35 <= a <= 0.65 for a in single_modality_accuracy.values()), single_modality_accuracy
     assert results["test_accuracy"] >= 0.9, results
     # Removing either modality at test time brings the fused model back to chance.
     for modality in ("image", "text"):
-        assert results[f"test_without_{modality}_accuracy"] <= 0.65
+        assert 0.35 <= results[f"test_without_{modality}_accuracy"] <= 0.65  # measured 0.46-0.54
     saved = json.loads((tmp_path / "out" / "all_results.json").read_text())
     assert saved["test_accuracy"] == results["test_accuracy"] and "test_without_text_accuracy" in saved
     assert "without_text_accuracy" in (tmp_path / "out" / "before_after.md").read_text()
@@ -189,7 +190,7 @@ def test_fusion_beats_either_modality_alone(encoders, xor, tmp_path, fusion, sin
 def test_late_fusion_cannot_model_the_interaction(encoders, xor, tmp_path):
     # Averaged per-modality decisions cannot express XOR: the reason early/attention/tensor fusion exist.
     results = run(encoders, xor, tmp_path / "out", "--fusion", "late")
-    assert results["test_accuracy"] <= 0.7, results
+    assert 0.35 <= results["test_accuracy"] <= 0.7, results  # measured 0.55: chance, not worse
 
 
 def test_saved_folder_reproduces_the_reported_metrics(encoders, xor, tmp_path):
