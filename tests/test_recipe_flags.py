@@ -260,3 +260,42 @@ def test_torch_compile_reaches_the_model_cheaply(tiny_vtde, colours_dir, tmp_pat
     # Python runs the forward only while dynamo traces it; the compiled graph serves the other steps.
     assert seen and all(seen)
     assert math.isfinite(results["train_loss"])
+
+
+def test_fusion_pooling_flags_build_the_saved_poolers(encoders, xor, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "out"
+    load_recipe("fusion_imagetext_cls").main([
+        "--train_file", xor["train"], "--vision_model_name_or_path", encoders["vision"], "--text_model_name_or_path",
+        encoders["text"], "--image_column", "image", "--text_column", "text", "--output_dir", str(out), "--do_train",
+        "--max_steps", "1", "--hidden_size", "16", "--max_seq_length", "12", "--finetune_strategy", "full",
+        "--image_pooling", "cls", "--text_pooling", "attention", "--test_file", xor["test"], "--report_to", "none",
+        "--use_cpu", "true", "--save_strategy", "no", "--disable_tqdm", "true",
+    ])  # fmt: skip
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    poolers = {m: type(p.pool).__name__ for m, p in model.multimodal.poolers.items()}
+    assert poolers == {"image": "ClsPooling", "text": "AttentionPooling"}  # the default is mean for both
+
+
+def test_audio_pooling_attention_is_built_trained_and_saved(tiny_wav2vec2, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForAudioClassification
+
+    from mm_hf.demo import write_tones_audiofolder
+
+    write_tones_audiofolder(str(tmp_path / "tones"), per_class=(2, 1, 1), seed=0)
+    out = tmp_path / "out"
+    load_recipe("audio_cls").main([
+        "--model_name_or_path", tiny_wav2vec2, "--train_dir", str(tmp_path / "tones" / "train"), "--output_dir",
+        str(out), "--do_train", "--max_steps", "1", "--warmup_steps", "0", "--finetune_strategy", "linear_probe",
+        "--probe_solver", "trainer", "--pooling", "attention", "--max_length_seconds", "0.5", "--learning_rate",
+        "1e-2", "--test_dir", str(tmp_path / "tones" / "test"), "--report_to", "none", "--use_cpu", "true",
+        "--save_strategy", "no",
+        "--disable_tqdm", "true",
+    ])  # fmt: skip
+    model = AutoModelForAudioClassification.from_pretrained(out)
+    assert type(model.pooler).__name__ == "AttentionPooling"  # mean pooling (the default) has no parameters
+    # Its parameters were trained with the head (a linear probe trains pooler + classifier) and saved.
+    assert any(k.startswith("pooler.") for k in load_file(str(out / "model.safetensors")))
+    assert json.loads((out / "config.json").read_text())["pooling"] == "attention"
