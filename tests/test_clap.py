@@ -155,8 +155,10 @@ def test_recipe_trains_claps_audio_path_from_zero_shot(tiny_clap, tones, tmp_pat
         assert not changed
     else:
         assert any(k.startswith("audio_model.") for k in changed)
-    if strategy == "top_k":  # the first stage stays frozen
+    if strategy == "top_k":  # the first stage stays frozen, and so do the statistics of its frozen BatchNorm stem
         assert not any(k.startswith("audio_model.audio_encoder.layers.0.") for k in changed)
+        assert "audio_model.audio_encoder.batch_norm.running_mean" in before
+        assert not any(k.startswith("audio_model.audio_encoder.batch_norm.") for k in changed)
 
     # The saved folder reproduces the reported test accuracy.
     processor = AutoProcessor.from_pretrained(out)

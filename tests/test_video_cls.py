@@ -73,7 +73,8 @@ def test_averaging_frames_cannot_tell_the_order(encoders, videos, tmp_path):
         "--text_column", "transcript", "--temporal_pooling", "mean",
     )  # fmt: skip
     # Mean pooling tells the colour pair (2 of the 4 classes' pairs) but not its direction: about 0.5.
-    assert results["test_accuracy"] <= 0.65, results
+    # ...and it does learn the pair: above the 0.25 of 4 classes (measured 0.50).
+    assert 0.4 <= results["test_accuracy"] <= 0.65, results
 
 
 def test_sound_track_as_the_audio_modality(encoders, tiny_wav2vec2, tmp_path):
