@@ -10,12 +10,13 @@ import torch
 from conftest import load_recipe
 from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, f1_score
-from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+from transformers import AutoProcessor, ViTConfig, ViTForImageClassification, ViTImageProcessor, pipeline
 
+from mm_hf.data.transforms import build_image_transform
 from mm_hf.demo import write_tones_audiofolder
 from mm_hf.errors import DataError, UserError
 from mm_hf.evaluate import main
-from mm_hf.models import MultimodalFusionConfig
+from mm_hf.models import MultimodalFusionConfig, build_audio_classifier, build_clip_classifier, load_finetuned
 
 CLASSES = ["one", "three", "two", "zero"]  # the digits fixture's class folders, sorted
 
@@ -219,3 +220,86 @@ def test_several_processes_are_refused_until_sharding_exists(monkeypatch, tmp_pa
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match="sharded evaluation"):
         main(["--model", "a=x", "--test_dir", str(tmp_path), "--output_dir", str(tmp_path / "eval")])
+
+
+def test_save_temperature_makes_reloaded_probabilities_calibrated(recipe_runs, digits_dir, tmp_path):
+    """The temperature fitted on --calibration_data goes into each mm-hf config; after reload (full checkpoint
+    through pipeline(), adapter through load_finetuned) the softmax equals softmax(logits / T) of the model before.
+    A plain transformers checkpoint has no such field: its config stays byte for byte."""
+    probe, lora = tmp_path / "probe", tmp_path / "lora"
+    shutil.copytree(recipe_runs["probe"][0], probe)  # the module's runs stay untouched for the other tests
+    shutil.copytree(recipe_runs["lora"][0], lora)
+    vit = save_vit(tmp_path / "vit")
+    vit_config = (tmp_path / "vit" / "config.json").read_bytes()
+    images = sorted(str(p) for p in (digits_dir / "test").glob("*/*.png"))[:6]
+    before = {name: _probabilities(path, images) for name, path in (("probe", probe), ("lora", lora))}
+
+    result = evaluate(tmp_path / "eval", {"probe": probe, "lora": lora, "vit": vit}, digits_dir / "test",
+                      "--calibration_data", str(digits_dir / "validation"), "--save_temperature", "--latency_runs", "0")  # fmt: skip
+    assert (tmp_path / "vit" / "config.json").read_bytes() == vit_config
+    assert result["models"]["vit"]["temperature_scaling"]["saved_to"] is None
+    for name, path in (("probe", probe), ("lora", lora)):
+        scaling = result["models"][name]["temperature_scaling"]
+        temperature = scaling["temperature"]
+        assert scaling["saved_to"] == str(path / "config.json") and abs(temperature - 1.0) > 0.05
+        assert json.loads((path / "config.json").read_text())["calibration_temperature"] == temperature
+        logits = before[name][1]
+        expected = torch.softmax(logits / temperature, dim=-1)
+        assert torch.allclose(_probabilities(path, images)[0], expected, atol=1e-5)
+        assert not torch.allclose(torch.softmax(logits, dim=-1), expected, atol=1e-3)  # the change is visible
+    # pipeline() on the reloaded full checkpoint: its scores are the calibrated probabilities.
+    classify = pipeline("image-classification", model=str(probe), top_k=None)
+    calibrated = torch.softmax(before["probe"][1] / result["models"]["probe"]["temperature_scaling"]["temperature"], -1)
+    for image, row, scores in zip(images, calibrated, classify(images), strict=True):
+        by_label = {score["label"]: score["score"] for score in scores}
+        # abs 1e-4: pipeline() decodes and resizes the PNG itself (1e-5 apart); T = 1.9 moves them by > 1e-2
+        assert [by_label[label] for label in CLASSES] == pytest.approx(row.tolist(), abs=1e-4), image
+
+    # A second fit composes with the saved temperature (the scored logits are already divided by it).
+    again = evaluate(tmp_path / "eval2", {"probe": probe}, digits_dir / "test", "--calibration_data",
+                     str(digits_dir / "validation"), "--save_temperature", "--latency_runs", "0")  # fmt: skip
+    refit = again["models"]["probe"]["temperature_scaling"]["temperature"]
+    assert refit == pytest.approx(1.0, abs=0.02)
+    assert json.loads((probe / "config.json").read_text())["calibration_temperature"] == pytest.approx(
+        result["models"]["probe"]["temperature_scaling"]["temperature"] * refit
+    )
+
+
+def test_save_temperature_needs_calibration_data(digits_dir, tmp_path):
+    with pytest.raises(UserError, match="--save_temperature.*--calibration_data"):
+        evaluate(tmp_path / "eval", {"vit": save_vit(tmp_path / "vit")}, digits_dir / "test", "--save_temperature")
+
+
+@torch.no_grad()
+def _probabilities(path, images):
+    """(softmax, logits) of the mm-hf checkpoint at `path` (eval mode, as inference runs) on `images`."""
+    model = load_finetuned(str(path)).eval()
+    transform = build_image_transform(AutoProcessor.from_pretrained(path).image_processor, train=False)
+    pixel_values = torch.stack(transform({"image": images})["pixel_values"])
+    logits = model(pixel_values=pixel_values).logits
+    return torch.softmax(logits, dim=-1), logits
+
+
+@pytest.mark.parametrize("family", ["clip", "audio"])
+def test_calibration_temperature_divides_logits_in_eval_mode_only(family, tiny_vtde, tiny_wav2vec2):
+    labels = dict(enumerate(CLASSES))
+    if family == "clip":
+        model = build_clip_classifier(tiny_vtde, labels, head_init="random")
+        inputs = {"pixel_values": torch.randn(3, 3, 32, 32)}
+        head_inputs = {"image_embeds": torch.randn(3, model.config.embed_dim)}
+    else:
+        model = build_audio_classifier(tiny_wav2vec2, labels, head_dropout=0.0)
+        inputs = {"input_values": torch.randn(3, 1600)}
+        head_inputs = {"pooled_embeds": torch.randn(3, 32)}  # the backbone's SpecAugment draws from numpy
+    with torch.no_grad():
+        raw = model.eval()(**inputs).logits
+        model.config.calibration_temperature = 2.5
+        assert torch.allclose(model(**inputs).logits, raw / 2.5)
+        trained = []
+        for temperature in (2.5, 1.0):  # training never sees it (same seed: the same dropout masks)
+            model.config.calibration_temperature = temperature
+            torch.manual_seed(0)
+            trained.append(model.train()(**head_inputs).logits)
+        assert torch.equal(trained[0], trained[1])
+    with pytest.raises(ValueError, match="calibration_temperature must be > 0"):
+        type(model.config)(calibration_temperature=0.0)

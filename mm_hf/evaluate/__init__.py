@@ -26,7 +26,8 @@ evaluation.json keys (schema_version 1; stable: new keys may be added, these kee
     `calibration` `{ece (15 bins), mce, nll, brier, accuracy, confidence, reliability}`;
     `calibration_temperature_scaled` (with --calibration_data: the same after dividing logits by `temperature`);
     `gap` (OOD sets) `{accuracy_minus_test, relative_to_test}`;
-  - `temperature_scaling` (with --calibration_data): `{temperature, before, after, samples}` on that set;
+  - `temperature_scaling` (with --calibration_data): `{temperature, before, after, samples}` on that set, and with
+    --save_temperature `saved_to` (the config.json now holding `calibration_temperature`; null: not an mm-hf model);
   - `corruptions.<name>.<severity>`: accuracy on the corrupted test set; `robustness`: `mean_corruption_accuracy`,
     `relative_accuracy`, `area_under_curve`, `per_corruption`, and `effective_robustness` (+
     `effective_robustness_baseline`) against the first zero-shot model when there is one;

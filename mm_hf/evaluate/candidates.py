@@ -12,6 +12,7 @@ multi-column data and are not supported by this first version.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -37,6 +38,8 @@ from ..models import (
 from ..models.clip_classifier import is_audio_text_config
 from ..models.configuration_audio_classifier import AudioClassifierConfig
 from ..models.configuration_clip_classifier import ClapClassifierConfig, ClipClassifierConfig
+
+logger = logging.getLogger(__name__)
 
 MM_HF_TYPES = {
     ClipClassifierConfig.model_type: "image",
@@ -167,6 +170,34 @@ def load(candidate: Candidate, label_names: list[str], hub_kwargs: dict, prompt_
         model = AutoModelForAudioClassification.from_pretrained(path, **hub_kwargs)
     candidate.model = model.eval()
     return candidate
+
+
+def saved_temperature(candidate: Candidate) -> float:
+    """The `calibration_temperature` the loaded model already divides its logits by (1.0 if it has none)."""
+    model = candidate.model
+    config = getattr(model, "config", None) or model.get_base_model().config  # a PeftModel has no .config
+    return float(getattr(config, "calibration_temperature", 1.0))
+
+
+def save_temperature(candidate: Candidate, temperature: float) -> str | None:
+    """Write `temperature` as `calibration_temperature` into an mm-hf checkpoint's config.json; its path, or None.
+
+    Only that key changes (the JSON is edited, not re-serialised from a config object, so nothing else in the file
+    moves). Other kinds have no field their model applies, so nothing is written and the log says so.
+    """
+    if candidate.kind != "mm-hf":
+        logger.warning("--save_temperature: %s=%s is a %s model without calibration_temperature; nothing written",
+                       candidate.name, candidate.path, candidate.kind)  # fmt: skip
+        return None
+    file = os.path.join(candidate.path, "config.json")
+    with open(file) as f:
+        config = json.load(f)
+    config["calibration_temperature"] = float(temperature)
+    with open(file, "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    logger.info("--save_temperature: %s now divides its logits by %.4f (%s)", candidate.name, temperature, file)
+    return file
 
 
 def media_processor(candidate: Candidate):

@@ -74,6 +74,14 @@ class EvaluateArguments(LabelColumnArguments, AudioColumnArguments, ImageColumnA
         default=None,
         metadata={"help": "Class folder or CSV/JSONL to fit temperature scaling on (e.g. the validation split)."},
     )
+    save_temperature: bool = field(
+        default=False,
+        metadata={
+            "help": "Write the temperature fitted on --calibration_data into each mm-hf checkpoint's config.json "
+            "(`calibration_temperature`, applied to the logits at inference, so pipeline() scores are calibrated). "
+            "Plain transformers and zero-shot models have no such field: nothing is written for them."
+        },
+    )
     corruptions: str | None = field(
         default=None, metadata={"help": "Robustness sweep on the test set: 'all' or a comma-separated list."}
     )
@@ -120,6 +128,8 @@ def main(argv=None) -> dict:
         raise UserError("no model to evaluate: pass --model NAME=PATH (repeatable)")
     if "test" in ood_sources:
         raise UserError("--ood test=...: 'test' names the main test set; give the shifted set another name")
+    if args.save_temperature and not args.calibration_data:
+        raise UserError("--save_temperature writes the temperature fitted on --calibration_data: pass that set too")
     severities = _severities(args.severities)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     hub_kwargs = args.hub_kwargs()
@@ -199,6 +209,9 @@ def main(argv=None) -> dict:
             fit = fit_temperature(fitted.logits, fitted.labels)
             temperature = fit.temperature
             entry["temperature_scaling"] = {**fit.as_dict(), "samples": len(calibration_set)}
+            if args.save_temperature:
+                # The scored logits are already divided by a temperature saved before: the new one composes.
+                entry["temperature_scaling"]["saved_temperature"] = cands.saved_temperature(candidate) * temperature
         scores[name] = {}
         for set_name, dataset in sets.items():
             scored = score(model, dataset, transform, permutation, metrics, temperature=temperature,
@@ -276,6 +289,11 @@ def main(argv=None) -> dict:
         | {name: scores[name][set_name].predictions for name in results}
         for set_name in sets
     }
+    if args.save_temperature:
+        for name, entry in results.items():
+            scaling = entry["temperature_scaling"]
+            scaling["saved_to"] = cands.save_temperature(next(c for c in found if c.name == name),
+                                                         scaling.pop("saved_temperature"))  # fmt: skip
     write_outputs(args.output_dir, evaluation, predictions)
     print(f"Evaluated {', '.join(results)} on {', '.join(sets)}: {os.path.join(args.output_dir, 'evaluation.md')}")
     if failed:

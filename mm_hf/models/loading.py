@@ -62,4 +62,7 @@ def load_finetuned(path: str, base_model_name_or_path: str | None = None, **from
 
     with open(adapter_config) as f:
         base = base_model_name_or_path or json.load(f)["base_model_name_or_path"] or config.backbone_name_or_path
-    return PeftModel.from_pretrained(rebuild(base, config, **from_pretrained_kwargs), path)
+    model = rebuild(base, config, **from_pretrained_kwargs)
+    # The rebuild makes a fresh config: keep the run's post-hoc temperature (evaluate --save_temperature).
+    model.config.calibration_temperature = config.calibration_temperature
+    return PeftModel.from_pretrained(model, path)
