@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 from conftest import load_recipe
+from huggingface_hub import ModelCard, metadata_load
 from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import AutoProcessor, ViTConfig, ViTForImageClassification, ViTImageProcessor, pipeline
@@ -303,3 +304,42 @@ def test_calibration_temperature_divides_logits_in_eval_mode_only(family, tiny_v
         assert torch.equal(trained[0], trained[1])
     with pytest.raises(ValueError, match="calibration_temperature must be > 0"):
         type(model.config)(calibration_temperature=0.0)
+
+
+def test_update_card_adds_model_index_entries_huggingface_hub_parses(recipe_runs, digits_dir, tmp_path):
+    probe = tmp_path / "probe"
+    shutil.copytree(recipe_runs["probe"][0], probe)
+    card_before = ModelCard.load(probe / "README.md")
+    vit = save_vit(tmp_path / "vit")
+    flags = ("--ood", f"shifted={digits_dir / 'validation'}", "--corruptions", "gaussian_noise", "--severities", "1,3",
+             "--update_card", "--latency_runs", "0")  # fmt: skip
+    result = evaluate(tmp_path / "eval", {"probe": probe, "vit": vit}, digits_dir / "test", *flags)
+    entry = result["models"]["probe"]
+    assert entry["card"] == str(probe / "README.md") and result["models"]["vit"]["card"] is None
+    assert not (tmp_path / "vit" / "README.md").exists()
+
+    card = ModelCard.load(probe / "README.md")
+    assert card.text == card_before.text  # the card's body is kept
+    for key in ("base_model", "tags", "pipeline_tag", "library_name"):
+        assert getattr(card.data, key) == getattr(card_before.data, key)
+    found = {(r.dataset_config, r.metric_type): r.metric_value for r in card.data.eval_results}
+    for config, set_name in ((None, "test"), ("shifted", "shifted")):
+        scored = entry["sets"][set_name]
+        assert found[(config, "accuracy")] == pytest.approx(scored["metrics"]["accuracy"])
+        assert found[(config, "macro_f1")] == pytest.approx(scored["metrics"]["macro_f1"])
+        assert found[(config, "ece")] == pytest.approx(scored["calibration"]["ece"])
+    assert found[("corruptions", "mean_corruption_accuracy")] == pytest.approx(
+        entry["robustness"]["mean_corruption_accuracy"]
+    )
+    # The recipe's own test metrics it does not measure stay; its test accuracy is the same number (tested above).
+    recipe_metrics = {r.metric_type for r in card_before.data.eval_results}
+    assert recipe_metrics - {"accuracy", "macro_f1"} <= {r.metric_type for r in card.data.eval_results}
+    index = metadata_load(probe / "README.md")["model-index"][0]["results"]
+    assert len(index) == 3  # one entry per dataset/shift: test, shifted, corruptions
+    shifted = next(e for e in index if e["dataset"].get("config") == "shifted")
+    assert shifted["dataset"]["name"] == "shifted (shifted: validation)"
+    assert {m["type"] for m in shifted["metrics"]} == {"accuracy", "macro_f1", "ece"}
+
+    # A re-run replaces its own numbers instead of adding a second copy.
+    evaluate(tmp_path / "eval2", {"probe": probe}, digits_dir / "test", *flags)
+    assert len(ModelCard.load(probe / "README.md").data.eval_results) == len(card.data.eval_results)

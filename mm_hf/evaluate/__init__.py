@@ -31,6 +31,7 @@ evaluation.json keys (schema_version 1; stable: new keys may be added, these kee
   - `corruptions.<name>.<severity>`: accuracy on the corrupted test set; `robustness`: `mean_corruption_accuracy`,
     `relative_accuracy`, `area_under_curve`, `per_corruption`, and `effective_robustness` (+
     `effective_robustness_baseline`) against the first zero-shot model when there is one;
+  - `card` (with --update_card): the README.md whose model-index got the results (null: not a local mm-hf folder);
   - `cost`: `total_params`, `requires_grad_params`, `trainable_params` (what fine-tuning trained: the run's record,
     0 for zero-shot), `disk_bytes` (weight files in the folder; an adapter's own, with `base_model`),
     `latency.batch_<1|32>` `{p50_s, p95_s, throughput_per_s}`, `peak_rss_bytes` (and `peak_gpu_allocated_bytes`);

@@ -189,6 +189,10 @@ def save_temperature(candidate: Candidate, temperature: float) -> str | None:
         logger.warning("--save_temperature: %s=%s is a %s model without calibration_temperature; nothing written",
                        candidate.name, candidate.path, candidate.kind)  # fmt: skip
         return None
+    if not os.path.isdir(candidate.path):
+        logger.warning("--save_temperature: %s=%s is not a local folder; nothing written", candidate.name,
+                       candidate.path)  # fmt: skip
+        return None
     file = os.path.join(candidate.path, "config.json")
     with open(file) as f:
         config = json.load(f)

@@ -32,6 +32,7 @@ from ..metrics.calibration import fit_temperature
 from ..metrics.robustness import robustness_summary
 from ..metrics.streaming import ClassificationMetrics
 from . import candidates as cands
+from .card import eval_results, update_card
 from .cost import disk_bytes, measure_latency, parameter_counts, peak_memory, reset_peak_memory
 from .report import write_outputs
 from .scoring import confidence_intervals, paired_tests, score
@@ -80,6 +81,13 @@ class EvaluateArguments(LabelColumnArguments, AudioColumnArguments, ImageColumnA
             "help": "Write the temperature fitted on --calibration_data into each mm-hf checkpoint's config.json "
             "(`calibration_temperature`, applied to the logits at inference, so pipeline() scores are calibrated). "
             "Plain transformers and zero-shot models have no such field: nothing is written for them."
+        },
+    )
+    update_card: bool = field(
+        default=False,
+        metadata={
+            "help": "Add the results to each mm-hf checkpoint's README.md model-index (one entry per dataset/shift: "
+            "accuracy, macro F1, ECE; mean corruption accuracy); the rest of the card is kept."
         },
     )
     corruptions: str | None = field(
@@ -289,11 +297,19 @@ def main(argv=None) -> dict:
         | {name: scores[name][set_name].predictions for name in results}
         for set_name in sets
     }
+    by_name = {candidate.name: candidate for candidate in found}
     if args.save_temperature:
         for name, entry in results.items():
             scaling = entry["temperature_scaling"]
-            scaling["saved_to"] = cands.save_temperature(next(c for c in found if c.name == name),
-                                                         scaling.pop("saved_temperature"))  # fmt: skip
+            scaling["saved_to"] = cands.save_temperature(by_name[name], scaling.pop("saved_temperature"))
+    if args.update_card:
+        for name, entry in results.items():
+            entry["card"] = None
+            if by_name[name].kind != "mm-hf" or not os.path.isdir(entry["path"]):
+                logger.warning("--update_card: %s=%s is not a local mm-hf checkpoint folder; no card is written",
+                               name, entry["path"])  # fmt: skip
+                continue
+            entry["card"] = update_card(entry["path"], eval_results(evaluation, name))
     write_outputs(args.output_dir, evaluation, predictions)
     print(f"Evaluated {', '.join(results)} on {', '.join(sets)}: {os.path.join(args.output_dir, 'evaluation.md')}")
     if failed:
