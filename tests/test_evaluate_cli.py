@@ -4,10 +4,13 @@ import csv
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import load_recipe
+from conftest import REPO, load_recipe
 from huggingface_hub import ModelCard, metadata_load
 from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, f1_score
@@ -20,6 +23,13 @@ from mm_hf.evaluate import main
 from mm_hf.models import MultimodalFusionConfig, build_audio_classifier, build_clip_classifier, load_finetuned
 
 CLASSES = ["one", "three", "two", "zero"]  # the digits fixture's class folders, sorted
+ACCELERATE_CONFIG = os.path.join(REPO, "recipes", "accelerate", "cpu_2proc.yaml")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def save_vit(path, labels=CLASSES, seed=0):
@@ -217,10 +227,52 @@ def test_model_flag_needs_distinct_names(digits_dir, tmp_path, values, message):
         main(argv + [token for value in values for token in ("--model", value)])
 
 
-def test_several_processes_are_refused_until_sharding_exists(monkeypatch, tmp_path):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(UserError, match="sharded evaluation"):
-        main(["--model", "a=x", "--test_dir", str(tmp_path), "--output_dir", str(tmp_path / "eval")])
+def test_two_process_sharded_evaluation_equals_one_process(digits_dir, tmp_path):
+    """accelerate launch -m mm_hf.evaluate on 2 gloo processes: each scores a shard, the gathered numbers and the
+    per-sample predictions equal one process's. 19 test images in batches of 3 pad rank 1's shard with a duplicate,
+    the corruption sweep and the calibration fit run sharded too."""
+    models = {"vit": save_vit(tmp_path / "vit"), "vit2": save_vit(tmp_path / "vit2", seed=1)}
+    flags = ["--max_predict_samples", "19", "--per_device_eval_batch_size", "3", "--ood",
+             f"shifted={digits_dir / 'validation'}", "--calibration_data", str(digits_dir / "validation"),
+             "--corruptions", "gaussian_noise", "--severities", "2", "--latency_runs", "0", "--device", "cpu"]  # fmt: skip
+    single = evaluate(tmp_path / "single", models, digits_dir / "test", *flags)
+    out = tmp_path / "sharded"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", ACCELERATE_CONFIG, "--multi_gpu",
+        "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "mm_hf.evaluate",
+        "--output_dir", str(out), "--test_dir", str(digits_dir / "test"), "--dataloader_num_workers", "0",
+        "--disable_tqdm", "--num_resamples", "200", *flags,
+    ] + [token for name, path in models.items() for token in ("--model", f"{name}={path}")]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "MASTER_", "WORLD_SIZE", "RANK"))}
+    env.update(HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("Evaluated vit, vit2") == 1  # the main process alone reports and writes
+
+    sharded = json.loads((out / "evaluation.json").read_text())
+    assert sharded["processes"] == 2 and single["processes"] == 1
+    assert sharded["sets"]["test"]["samples"] == 19
+    for name in models:
+        one, two = single["models"][name], sharded["models"][name]
+        for set_name in ("test", "shifted"):
+            assert two["sets"][set_name]["samples"] == one["sets"][set_name]["samples"]
+            assert two["sets"][set_name]["metrics"] == pytest.approx(one["sets"][set_name]["metrics"], abs=1e-12)
+            assert two["sets"][set_name]["confusion_matrix"] == one["sets"][set_name]["confusion_matrix"]
+            for key in ("ece", "nll", "brier"):
+                assert two["sets"][set_name]["calibration"][key] == pytest.approx(
+                    one["sets"][set_name]["calibration"][key], rel=1e-5
+                )
+        assert two["temperature_scaling"]["temperature"] == pytest.approx(
+            one["temperature_scaling"]["temperature"], rel=1e-4
+        )
+        assert two["corruptions"] == one["corruptions"]
+    assert sharded["paired_tests"]["test"]["vit vs vit2"]["mcnemar"] == pytest.approx(
+        single["paired_tests"]["test"]["vit vs vit2"]["mcnemar"]
+    )
+    for set_name in ("test", "shifted"):  # the same predictions, in the original sample order
+        assert (out / "predictions" / f"{set_name}.csv").read_text() == (
+            tmp_path / "single" / "predictions" / f"{set_name}.csv"
+        ).read_text()
 
 
 def test_save_temperature_makes_reloaded_probabilities_calibrated(recipe_runs, digits_dir, tmp_path):

@@ -9,13 +9,19 @@ transformers image/audio-classification checkpoints, and CLIP/SigLIP/CLAP dual e
 class prompts. Fusion and video checkpoints are not supported yet (refused). The test set is given with the
 recipes' data flags (--test_dir / --test_file / --dataset_name, --image_column / --audio_column / --label_column).
 
+Sharded: `accelerate launch [--multi_gpu --num_processes N] -m mm_hf.evaluate ... [--device cpu]` (gloo on CPU):
+each process scores a contiguous shard of every set, each batch's logits are gathered and every sample is counted
+once (the padding that evens the shards out is dropped by sample index), so evaluation.json and the predictions
+equal a single process's (tested with 2 processes); the main process times latency and writes every output.
+
 Outputs in --output_dir: `evaluation.json`, `evaluation.md` (side-by-side tables), `predictions/<set>.csv` (label
 and each model's prediction per sample, in evaluation order) and `plots/` (reliability diagram per model,
 accuracy vs severity per corruption with one line per model, ID vs OOD accuracy, per-class F1 bars).
 
 evaluation.json keys (schema_version 1; stable: new keys may be added, these keep their meaning):
 - `schema_version`, `command`, `modality` ("image" | "audio"), `label_names` (the evaluation's class order),
-  `device`, `plots` (paths relative to --output_dir);
+  `device`, `processes` (1, or the number of processes of an `accelerate launch` that sharded every set),
+  `plots` (paths relative to --output_dir);
 - `sets.<set>`: `source`, `samples`, `skipped_bad_samples` for "test" and each --ood name;
 - `corruptions`: null, or `{"names", "severities", "seed"}`;
 - `models.<name>`: `path`, `kind` ("mm-hf" | "transformers" | "zero-shot"), `saved_as` ("full" | "merged" | "adapter"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import logging
@@ -11,6 +12,7 @@ import sys
 from dataclasses import dataclass, field
 
 import torch
+from accelerate import PartialState
 from transformers import AutoFeatureExtractor
 
 from ..args import (
@@ -35,7 +37,7 @@ from . import candidates as cands
 from .card import eval_results, update_card
 from .cost import disk_bytes, measure_latency, parameter_counts, peak_memory, reset_peak_memory
 from .report import write_outputs
-from .scoring import confidence_intervals, paired_tests, score
+from .scoring import INDEX_COLUMN, confidence_intervals, paired_tests, score
 
 logger = logging.getLogger(__name__)
 
@@ -118,12 +120,10 @@ class EvaluateArguments(LabelColumnArguments, AudioColumnArguments, ImageColumnA
 ARGUMENT_TYPES = (EvaluateArguments, DataArguments)
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> dict | None:
+    """Run the evaluation; returns the evaluation.json dict (on the main process; None on the others of a launch)."""
     # 1. Arguments
     argv = sys.argv[1:] if argv is None else list(argv)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would score everything and write the same files
-        raise UserError("sharded evaluation (accelerate launch with several processes) is not supported yet: run "
-                        "python -m mm_hf.evaluate as one process")  # fmt: skip
     args, data_args = parse_args(ARGUMENT_TYPES, argv)
     explicit = explicit_flags(argv, ARGUMENT_TYPES)
     refused = [f"--{name}" for name in _TRAINING_DATA_FLAGS if name in explicit]
@@ -140,6 +140,15 @@ def main(argv=None) -> dict:
         raise UserError("--save_temperature writes the temperature fitted on --calibration_data: pass that set too")
     severities = _severities(args.severities)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    state = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # accelerate launch: one process group (gloo on CPU, e.g. --multi_gpu --num_processes 2 --device cpu); each
+        # process scores a shard, the gathered metrics are the same everywhere, the main process writes the outputs.
+        state = PartialState(cpu=device.type == "cpu")
+        if args.device is None or device.type == "cuda" and device.index is None:
+            device = state.device
+    rank, world_size = (state.process_index, state.num_processes) if state else (0, 1)
+    is_main = rank == 0
     hub_kwargs = args.hub_kwargs()
 
     # 2. What each model is (no weights yet); unreadable folders are reported, not fatal
@@ -161,38 +170,17 @@ def main(argv=None) -> dict:
     corruption_names = select_corruptions(args.corruptions, modality) if args.corruptions else []
 
     # 3. Data: the test set, shifted sets and calibration set, each validated once and shared by every model
-    data_kwargs = dict(cache_dir=args.cache_dir, input_flag=f"--{modality}_column")
-    source = data_args.test_dir or data_args.test_file
-    if not (source or data_args.dataset_name):
-        raise UserError("no test set: pass --test_dir, --test_file or --dataset_name (its test split)")
-    raw, texts, test_source = read_labelled_split(
-        source, column, args.label_column, dataset_name=data_args.dataset_name,
-        dataset_config_name=data_args.dataset_config_name, **data_kwargs,
-    )  # fmt: skip
-    labelled = [c for c in found if c.label_names is not None]
-    label_names = labelled[0].label_names if labelled else sorted(set(texts))
-    for candidate in labelled:
-        cands.check_labels(candidate, label_names, set(texts), test_source)
-    sampling_rate = _sampling_rate(found) if modality == "audio" else None
-    sets, skipped = {}, {}
-    sets["test"], skipped["test"] = _prepare(raw, texts, test_source, label_names, column, modality, data_args,
-                                             sampling_rate, data_args.max_predict_samples)  # fmt: skip
-    sources = {"test": test_source}
-    for name, path in ood_sources.items():
-        raw, texts, sources[name] = read_labelled_split(path, column, args.label_column, **data_kwargs)
-        sets[name], skipped[name] = _prepare(raw, texts, path, label_names, column, modality, data_args, sampling_rate)
-    calibration_set = None
-    if args.calibration_data:
-        raw, texts, _ = read_labelled_split(args.calibration_data, column, args.label_column, **data_kwargs)
-        calibration_set, skipped["calibration"] = _prepare(
-            raw, texts, args.calibration_data, label_names, column, modality, data_args, sampling_rate
+    # (under a launch the main process reads and checks first: the others then reuse the datasets cache).
+    with state.main_process_first() if state else contextlib.nullcontext():
+        sets, sources, skipped, calibration_set, label_names = _read_sets(
+            args, data_args, found, column, modality, ood_sources
         )
-    indexed_test = sets["test"].add_column("sample_index", list(range(len(sets["test"]))))
+    indexed_test = sets["test"].add_column(INDEX_COLUMN, list(range(len(sets["test"]))))
 
     # 4. Each model on each set
     metrics = ClassificationMetrics(dict(enumerate(label_names)))
     run = dict(batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers, device=device,
-               progress=not args.disable_tqdm)  # fmt: skip
+               progress=is_main and not args.disable_tqdm, rank=rank, world_size=world_size)  # fmt: skip
     results, scores = {}, {}
     for candidate in found:
         name = candidate.name
@@ -238,7 +226,7 @@ def main(argv=None) -> dict:
         }
         if candidate.saved_as == "adapter":
             entry["cost"]["base_model"] = candidate.model.peft_config["default"].base_model_name_or_path
-        if args.latency_runs > 0:
+        if args.latency_runs > 0 and is_main:  # timed once, by the main process
             entry["cost"]["latency"] = measure_latency(model, sets["test"], transform, device, runs=args.latency_runs)
         entry["cost"].update(peak_memory(device))
         results[name] = entry
@@ -247,6 +235,8 @@ def main(argv=None) -> dict:
         gc.collect()
     if not results:
         raise UserError("no model could be evaluated: " + "; ".join(f"{n}: {why}" for n, why in failed.items()))
+    if not is_main:  # the comparisons and every file are the main process's (the others hold the same scores)
+        return None
 
     # 5. Comparisons: generalization gaps, robustness summaries, paired tests between every two models
     for entry in results.values():
@@ -281,6 +271,7 @@ def main(argv=None) -> dict:
         "modality": modality,
         "label_names": label_names,
         "device": str(device),
+        "processes": world_size,
         "sets": {
             name: {"source": sources[name], "samples": len(ds), "skipped_bad_samples": len(skipped[name])}
             for name, ds in sets.items()
@@ -329,6 +320,37 @@ def _severities(spec: str) -> list[int]:
     if not values or any(v not in range(1, 6) for v in values):
         raise UserError(f"--severities {spec!r}: expected a comma-separated list of 1..5, e.g. 1,2,3")
     return sorted(set(values))
+
+
+def _read_sets(args, data_args, found, column, modality, ood_sources):
+    """(sets, sources, skipped, calibration set, label names): every set read, label-checked and validated once."""
+    data_kwargs = dict(cache_dir=args.cache_dir, input_flag=f"--{modality}_column")
+    source = data_args.test_dir or data_args.test_file
+    if not (source or data_args.dataset_name):
+        raise UserError("no test set: pass --test_dir, --test_file or --dataset_name (its test split)")
+    raw, texts, test_source = read_labelled_split(
+        source, column, args.label_column, dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name, **data_kwargs,
+    )  # fmt: skip
+    labelled = [c for c in found if c.label_names is not None]
+    label_names = labelled[0].label_names if labelled else sorted(set(texts))
+    for candidate in labelled:
+        cands.check_labels(candidate, label_names, set(texts), test_source)
+    sampling_rate = _sampling_rate(found) if modality == "audio" else None
+    sets, skipped = {}, {}
+    sets["test"], skipped["test"] = _prepare(raw, texts, test_source, label_names, column, modality, data_args,
+                                             sampling_rate, data_args.max_predict_samples)  # fmt: skip
+    sources = {"test": test_source}
+    for name, path in ood_sources.items():
+        raw, texts, sources[name] = read_labelled_split(path, column, args.label_column, **data_kwargs)
+        sets[name], skipped[name] = _prepare(raw, texts, path, label_names, column, modality, data_args, sampling_rate)
+    calibration_set = None
+    if args.calibration_data:
+        raw, texts, _ = read_labelled_split(args.calibration_data, column, args.label_column, **data_kwargs)
+        calibration_set, skipped["calibration"] = _prepare(
+            raw, texts, args.calibration_data, label_names, column, modality, data_args, sampling_rate
+        )
+    return sets, sources, skipped, calibration_set, label_names
 
 
 def _sampling_rate(found) -> int | None:
@@ -381,7 +403,7 @@ def _corruption_sweep(candidate, model, dataset, transform, permutation, metrics
         for severity in severities:
             corrupted = CorruptColumn(
                 transform, modality=candidate.modality, corruption=corruption, severity=severity, column=column,
-                seed=seed, index_column="sample_index", sampling_rate=sampling_rate,
+                seed=seed, index_column=INDEX_COLUMN, sampling_rate=sampling_rate,
             )  # fmt: skip
             scored = score(model, dataset, corrupted, permutation, metrics,
                            description=f"{candidate.name} | {corruption}@{severity}", **run)  # fmt: skip
