@@ -16,11 +16,13 @@ from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import AutoProcessor, ViTConfig, ViTForImageClassification, ViTImageProcessor, pipeline
 
+from mm_hf.data.synthetic import write_imagetext_xor
 from mm_hf.data.transforms import build_image_transform
 from mm_hf.demo import write_tones_audiofolder
 from mm_hf.errors import DataError, UserError
 from mm_hf.evaluate import main
 from mm_hf.models import MultimodalFusionConfig, build_audio_classifier, build_clip_classifier, load_finetuned
+from mm_hf.models.tiny import build_tiny_encoders
 
 CLASSES = ["one", "three", "two", "zero"]  # the digits fixture's class folders, sorted
 ACCELERATE_CONFIG = os.path.join(REPO, "recipes", "accelerate", "cpu_2proc.yaml")
@@ -211,10 +213,55 @@ def test_audio_recipe_run_equals_its_own_test_numbers(tiny_wav2vec2, tmp_path):
     assert result["paired_tests"]["test"] == {}  # one model: nothing to pair
 
 
-def test_fusion_checkpoint_is_refused_as_not_supported_yet(digits_dir, tmp_path):
+def test_fusion_run_equals_its_own_test_numbers_with_each_modality_missing(tmp_path):
+    """A recipes/fusion_imagetext_cls.py run (image + text, some rows missing a modality): evaluate reads the run's
+    columns from run_config.yaml and gives the recipe's test_* numbers, also with each modality missing."""
+    encoders = build_tiny_encoders(str(tmp_path / "encoders"))
+    data = write_imagetext_xor(str(tmp_path / "data"), sizes=(24, 8, 14), seed=0, missing_rate=0.2)
+    run = tmp_path / "run"
+    results = load_recipe("fusion_imagetext_cls").main([
+        "--vision_model_name_or_path", encoders["vision"], "--text_model_name_or_path", encoders["text"],
+        "--image_column", "image", "--text_column", "text", "--label_column", "label",
+        "--train_file", data["train"], "--validation_file", data["validation"], "--test_file", data["test"],
+        "--output_dir", str(run), "--do_train", "--do_predict", "--use_cpu", "true", "--max_steps", "2",
+        "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8", "--fusion", "concat",
+        "--hidden_size", "32", "--max_seq_length", "12", "--save_strategy", "no", "--report_to", "none",
+        "--disable_tqdm", "true",
+    ])  # fmt: skip
+    argv = ["--model", f"fusion={run}", "--test_file", data["test"], "--ood", f"val={data['validation']}",
+            "--output_dir", str(tmp_path / "eval"), "--dataloader_num_workers", "0", "--disable_tqdm",
+            "--per_device_eval_batch_size", "5"]  # fmt: skip
+    result = main(argv)
+    entry = result["models"]["fusion"]
+    assert result["modality"] == "fusion" and result["modalities"] == ["image", "text"]
+    assert entry["sets"]["test"]["samples"] == results["test_samples"] == 14
+    for metric in ("accuracy", "macro_f1", "roc_auc"):
+        assert entry["sets"]["test"]["metrics"][metric] == pytest.approx(results[f"test_{metric}"], abs=1e-9)
+        for modality in ("image", "text"):
+            assert entry["sets"]["test"]["missing_modality"][modality][metric] == pytest.approx(
+                results[f"test_without_{modality}_{metric}"], abs=1e-9
+            )
+    relative = entry["sets"]["test"]["missing_modality_relative"]["text"]
+    assert relative == pytest.approx(
+        results["test_without_text_accuracy"] / results["test_accuracy"]
+    )  # fmt: skip
+    assert entry["sets"]["val"]["samples"] == 8
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["models"]["fusion"] == entry
+    assert "accuracy without text" in (tmp_path / "eval" / "evaluation.md").read_text()
+
+    # Flags of the image/audio flow are refused for fusion, never ignored; so is mixing with image models.
+    with pytest.raises(UserError, match="--calibration_data: not available for fusion"):
+        main([*argv, "--calibration_data", data["validation"]])
+    with pytest.raises(UserError, match="not fusion checkpoints"):
+        main([*argv, "--model", f"vit={save_vit(tmp_path / 'vit')}"])
+
+
+def test_fusion_checkpoint_without_its_run_config_is_refused(tmp_path):
     MultimodalFusionConfig().save_pretrained(tmp_path / "fusion")
-    with pytest.raises(UserError, match="fusion/video checkpoint.*not supported|only for now"):
-        evaluate(tmp_path / "eval", {"fusion": tmp_path / "fusion"}, digits_dir / "test")
+    (tmp_path / "test.jsonl").write_text("{}\n")
+    with pytest.raises(UserError, match="run_config.yaml"):
+        main(["--model", f"fusion={tmp_path / 'fusion'}", "--test_file", str(tmp_path / "test.jsonl"),
+              "--output_dir", str(tmp_path / "eval")])  # fmt: skip
 
 
 @pytest.mark.parametrize(

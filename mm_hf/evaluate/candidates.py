@@ -5,8 +5,8 @@ Three kinds, told apart by the folder's config.json:
 - "zero-shot": a CLIP/SigLIP/CLAP-style dual encoder, turned into a classifier over the evaluation's labels from
   class prompts (`build_clip_classifier(head_init="zeroshot")`);
 - "transformers": any other image/audio-classification checkpoint (`AutoModelFor{Image,Audio}Classification`).
-Fusion and video checkpoints (mm-hf's multimodal fusion model) are refused for now: they need the fusion recipes'
-multi-column data and are not supported by this first version.
+- "fusion": an mm-hf fusion checkpoint (recipes/fusion_imagetext_cls.py), scored on its run's columns by `fusion.py`.
+Video checkpoints are refused for now.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ class Candidate:
 
     name: str
     path: str
-    kind: str  # "mm-hf", "zero-shot" or "transformers"
-    modality: str  # "image" or "audio"
+    kind: str  # "mm-hf", "zero-shot", "transformers" or "fusion"
+    modality: str  # "image", "audio" or "fusion"
     label_names: list[str] | None  # None for a zero-shot dual encoder: it classifies into the evaluation's labels
     saved_as: str = "full"  # "full", "merged" (a LoRA run saved merged) or "adapter"
     run_config: dict = field(default_factory=dict)  # an mm-hf run's run_config.yaml
@@ -91,13 +91,12 @@ def _read(path: str, name: str, loader):
 def inspect_model(name: str, path: str, hub_kwargs: dict) -> Candidate:
     """Classify `path` without loading weights; raises UserError for a kind this version does not evaluate."""
     config = AutoConfig.from_pretrained(path, **hub_kwargs)
-    if isinstance(config, MultimodalFusionConfig):
-        raise UserError(
-            f"--model {name}={path} is an mm-hf fusion/video checkpoint: python -m mm_hf.evaluate evaluates image and "
-            "audio classifiers only for now (fusion and video support is planned)"
-        )
     run_config = _read(path, "run_config.yaml", yaml.safe_load) if os.path.isdir(path) else {}
     run_info = _read(path, "run_info.json", json.load) if os.path.isdir(path) else {}
+    if isinstance(config, MultimodalFusionConfig):
+        if "video" in (config.modalities or []):
+            raise UserError(f"--model {name}={path} is an mm-hf video checkpoint: not supported by evaluate yet")
+        return Candidate(name, path, "fusion", "fusion", None, "full", run_config, run_info)
     if config.model_type in MM_HF_TYPES:
         adapter = os.path.isdir(path) and os.path.exists(os.path.join(path, "adapter_config.json"))
         saved_as = "adapter" if adapter else run_info.get("saved_as", "full")
@@ -117,7 +116,7 @@ def inspect_model(name: str, path: str, hub_kwargs: dict) -> Candidate:
         return Candidate(name, path, "transformers", "audio", _labels(config))
     raise UserError(
         f"--model {name}={path}: {config.model_type} ({architectures or 'no architectures'}) is neither an image/audio "
-        "classifier nor a CLIP/SigLIP/CLAP dual encoder; fusion and video checkpoints are not supported yet"
+        "classifier nor a CLIP/SigLIP/CLAP dual encoder; nor an mm-hf fusion checkpoint"
     )
 
 
