@@ -116,7 +116,7 @@ def inspect_model(name: str, path: str, hub_kwargs: dict) -> Candidate:
         return Candidate(name, path, "transformers", "audio", _labels(config))
     raise UserError(
         f"--model {name}={path}: {config.model_type} ({architectures or 'no architectures'}) is neither an image/audio "
-        "classifier nor a CLIP/SigLIP/CLAP dual encoder; nor an mm-hf fusion checkpoint"
+        "classifier, a CLIP/SigLIP/CLAP dual encoder nor an mm-hf fusion checkpoint"
     )
 
 

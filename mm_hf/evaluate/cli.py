@@ -328,7 +328,10 @@ def _severities(spec: str) -> list[int]:
 
 
 # Flags of the image/audio flow that the fusion flow does not implement: refused, never ignored.
-_NOT_FOR_FUSION = ("calibration_data", "save_temperature", "update_card", "corruptions", "test_dir", "dataset_name")
+_NOT_FOR_FUSION = (
+    "calibration_data", "save_temperature", "update_card", "corruptions", "severities", "prompt_templates",
+    "max_length_seconds", "test_dir", "dataset_name",
+)  # fmt: skip
 
 
 def _evaluate_fusion(fusion_models, found, args, data_args, explicit, ood_sources, failed, device, world_size, argv):
