@@ -57,12 +57,22 @@ def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.n
 
 def recall_at_k(index, vectors: np.ndarray, *, k: int = RECALL_K, num_queries: int = RECALL_QUERIES, seed: int = 0):
     """Mean overlap of `index`'s top-k with the exact top-k, over up to `num_queries` stored vectors as queries."""
+    return _recall_probe(vectors, k, num_queries, seed)(index)
+
+
+def _recall_probe(vectors: np.ndarray, k: int = RECALL_K, num_queries: int = RECALL_QUERIES, seed: int = 0):
+    """A function index -> Recall@k against exact search on sampled stored vectors (the exact answers computed
+    once, so tuning can try several search efforts for the price of one brute-force pass)."""
     rng = np.random.default_rng(seed)
-    queries = vectors[rng.choice(len(vectors), min(num_queries, len(vectors)), replace=False)]
+    queries = vectors[np.sort(rng.choice(len(vectors), min(num_queries, len(vectors)), replace=False))]
     k = min(k, len(vectors))
     _, exact = exact_search(vectors, queries, k)
-    _, approx = index.search(queries, k)
-    return float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact, strict=True)]))
+
+    def recall(index) -> float:
+        _, approx = index.search(queries, k)
+        return float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact, strict=True)]))
+
+    return recall
 
 
 def _new_index(index_type: str, vectors: np.ndarray, seed: int) -> tuple[faiss.Index, dict]:
@@ -93,9 +103,10 @@ def _tune(index, index_type: str, vectors: np.ndarray, target_recall: float) -> 
     if index_type == "flat":
         return {}, 1.0
     key, effort, ceiling = ("nprobe", 1, index.nlist) if index_type == "ivf" else ("efSearch", 16, 4096)
+    probe = _recall_probe(vectors)
     while True:
         _set_search_effort(index, index_type, effort)
-        recall = recall_at_k(index, vectors)
+        recall = probe(index)
         if recall >= target_recall or effort >= ceiling:
             return {key: effort}, recall
         effort = min(2 * effort, ceiling)
