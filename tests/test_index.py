@@ -126,6 +126,42 @@ def test_auto_flat_index_becomes_ivf_when_add_passes_the_threshold(monkeypatch):
     assert [r[0]["n"] for r in top] == [5, 3500]
 
 
+def test_hnsw_index_is_tuned_and_reloads_with_its_search_effort(tmp_path):
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(50, 32)).astype(np.float32)
+    vectors = centres[rng.integers(0, 50, 3000)] + 0.4 * rng.normal(size=(3000, 32)).astype(np.float32)
+    index = SearchIndex.build(vectors, [{"n": i} for i in range(3000)], {}, index_type="hnsw", target_recall=0.99)
+    assert index.manifest["index_type"] == "hnsw" and index.manifest["recall@10_vs_exact"] >= 0.99
+    assert index.manifest["index_params"]["efSearch"] >= 16
+    index.save(str(tmp_path))
+    loaded = SearchIndex.load(str(tmp_path))
+    assert loaded.index.hnsw.efSearch == index.manifest["index_params"]["efSearch"]
+    assert loaded.search(vectors[:20], k=10) == index.search(vectors[:20], k=10)
+
+
+def test_build_from_a_table_by_caption_skips_unreadable_files(tmp_path, tiny_clip, colours_dir, capsys):
+    rows = [{"path": r["image"], "caption": r["caption"][0], "label": r["colour"], "note": i}
+            for i, r in enumerate(_colour_rows(colours_dir, "validation"))]  # fmt: skip
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    rows.append({"path": "broken.png", "caption": "a broken photo.", "label": "red", "note": 99})
+    table = _jsonl(tmp_path / "items.jsonl", rows)
+    index_dir = str(tmp_path / "by_caption")
+    with pytest.raises(UserError, match="--audio_column: the model .* embeds image"):
+        index_main(["build", tiny_clip, "--data", table, "--audio_column", "path", "--index_dir", index_dir])
+    with pytest.raises(UserError, match="has no column 'image'.*set --image_column"):
+        index_main(["build", tiny_clip, "--data", table, "--index_dir", index_dir])
+    index_main(["build", tiny_clip, "--data", table, "--image_column", "path", "--embed", "caption",
+                "--keep_columns", "label", "--index_dir", index_dir])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "built 12 items" in out and "skipped 1 unreadable file(s), e.g." in out and "broken.png" in out
+    index, embedder = open_index(index_dir)
+    assert index.manifest["embed"] == "caption" and index.manifest["skipped"] == 1
+    assert index.items[5] == {"label": "green", "path": rows[5]["path"], "caption": "a green photo."}
+    # Items are embedded by their caption: the caption itself is the best query, at cosine 1.
+    top = search(index, embedder, "text", "a green photo.", 4)
+    assert {r["label"] for r in top} == {"green"} and top[0]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
 def test_adding_items_equals_building_at_once(tmp_path, tiny_clip, colours_dir):
     first, second = _colour_rows(colours_dir, "train"), _colour_rows(colours_dir, "validation")
     _jsonl(tmp_path / "first.jsonl", first)

@@ -13,8 +13,13 @@ from .store import MANIFEST, RECALL_K, SearchIndex
 logger = logging.getLogger(__name__)
 
 
-def _embed_data(embedder: Embedder, data: str, *, embed: str, media_column, caption_column, keep_columns):
+def _embed_data(embedder: Embedder, data: str, *, embed: str, media_column, caption_column, keep_columns, media_flag):
     """(embeddings, metadata rows, skipped [(file, reason)]): unreadable files are skipped and reported."""
+    if media_flag and media_flag != f"--{embedder.modality}_column":
+        raise UserError(
+            f"{media_flag}: the model ({embedder.describe()['model_class']}) embeds {embedder.modality}, "
+            f"so its paths are named by --{embedder.modality}_column"
+        )
     column = media_column or embedder.modality
     paths, captions, rows = read_items(data, embedder.modality, column, caption_column, keep_columns)
     if embed != "media" and captions is None:
@@ -38,6 +43,7 @@ def build_index(
     index_type: str = "auto",
     target_recall: float = 0.98,
     media_column: str | None = None,
+    media_flag: str | None = None,
     caption_column: str | None = None,
     keep_columns: list[str] | None = None,
     max_seq_length: int = 64,
@@ -52,7 +58,13 @@ def build_index(
         raise UserError(f"--target_recall must be in (0, 1], got {target_recall}")
     embedder = Embedder(model, max_seq_length=max_seq_length, batch_size=batch_size, num_workers=num_workers)
     vectors, rows, skipped = _embed_data(
-        embedder, data, embed=embed, media_column=media_column, caption_column=caption_column, keep_columns=keep_columns
+        embedder,
+        data,
+        embed=embed,
+        media_column=media_column,
+        caption_column=caption_column,
+        keep_columns=keep_columns,
+        media_flag=media_flag,
     )
     manifest = {**embedder.describe(), "embed": embed, "media_column": media_column or embedder.modality}
     index = SearchIndex.build(vectors, rows, manifest, index_type=index_type, target_recall=target_recall)
@@ -68,6 +80,7 @@ def add_to_index(
     *,
     model: str | None = None,
     media_column: str | None = None,
+    media_flag: str | None = None,
     caption_column: str | None = None,
     keep_columns: list[str] | None = None,
     batch_size: int = 32,
@@ -82,6 +95,7 @@ def add_to_index(
         media_column=media_column or m["media_column"],
         caption_column=caption_column,
         keep_columns=keep_columns,
+        media_flag=media_flag,
     )
     if media_column and media_column != m["media_column"]:  # stored under the index's own name for the path
         rows = [{**{k: v for k, v in r.items() if k != media_column}, m["media_column"]: r[media_column]} for r in rows]

@@ -3,6 +3,7 @@
 import argparse
 import json
 
+from ..errors import UserError
 from .api import add_to_index, build_index, open_index, search
 from .encoder import EMBED_CHOICES
 from .store import INDEX_TYPES
@@ -16,11 +17,12 @@ def _data_flags(parser: argparse.ArgumentParser) -> None:
         "file_name + caption + other columns) or a CSV/JSONL table with a media path column.",
     )
     parser.add_argument(
-        "--image_column",
+        "--image_column", default=None, help="Column of the table holding image paths (default: image)."
+    )
+    parser.add_argument(
         "--audio_column",
-        dest="media_column",
         default=None,
-        help="Column of the table holding the image/audio paths (default: image, or audio for CLAP).",
+        help="Column holding audio paths, for an audio-text model (CLAP; default: audio).",
     )
     parser.add_argument("--caption_column", default=None, help="Caption column (default: `caption` when present).")
     parser.add_argument(
@@ -91,8 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    data = {"media_column": getattr(args, "media_column", None), "caption_column": getattr(args, "caption_column", None),
-            "keep_columns": getattr(args, "keep_columns", None)}  # fmt: skip
+    data = {}
+    if args.command in ("build", "add"):
+        if args.image_column and args.audio_column:
+            raise UserError("pass --image_column or --audio_column (the model's modality), not both")
+        flag = "image" if args.image_column else "audio" if args.audio_column else None
+        data = {"media_column": args.image_column or args.audio_column, "media_flag": flag and f"--{flag}_column",
+                "caption_column": args.caption_column, "keep_columns": args.keep_columns}  # fmt: skip
     if args.command == "build":
         build_index(
             args.model, args.data, args.index_dir, embed=args.embed, index_type=args.index_type,
@@ -102,6 +109,8 @@ def main(argv=None) -> None:
     elif args.command == "add":
         add_to_index(args.index_dir, args.data, model=args.model, batch_size=args.batch_size, **data)
     elif args.command == "search":
+        if args.k < 1:
+            raise UserError(f"-k must be at least 1, got {args.k}")
         kind, value = next((k, v) for k in ("text", "image", "audio") if (v := getattr(args, k)) is not None)
         index, embedder = open_index(args.index_dir, model=args.model)
         results = search(index, embedder, kind, value, args.k)
