@@ -1,6 +1,5 @@
 """Build, extend and query a search index: what the `build`, `add`, `search` and `serve` commands call."""
 
-import logging
 import os
 
 from datasets import Dataset
@@ -9,8 +8,6 @@ from ..errors import UserError
 from .encoder import Embedder
 from .items import read_items
 from .store import MANIFEST, RECALL_K, SearchIndex
-
-logger = logging.getLogger(__name__)
 
 
 def _embed_data(embedder: Embedder, data: str, *, embed: str, media_column, caption_column, keep_columns, media_flag):
