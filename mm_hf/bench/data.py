@@ -4,9 +4,12 @@ Each split holds what the other splits cannot leak into: other MNIST scans, othe
 other voices (speech). The recipes read them with --train_dir/--validation_dir/--test_dir, the baselines
 with `read_split`.
 
-Environmental sounds: the only offline recordings (Debian's sound-icons and alsa-utils, ~40 WAVs, one or two
-per instrument or sound) leave no class with enough distinct recordings for held-out test clips, so there is
-no honest environmental-sound task here; the second audio task is spoken-language identification instead.
+Environmental sounds: the only offline recordings are Debian's sound-icons (32 WAVs, 21 s in all, 0.03-2.3 s
+each: 7 cembalo notes, 4 percussion hits, 2 trumpet, 2 guitar, and 17 sounds recorded once) and alsa-utils (9
+voice clips naming speaker channels, 1 noise burst). Only two classes have more than two recordings, so any
+split would test on 1-2 recordings per class (or on crops of training recordings): no honest
+environmental-sound task, let alone one at 0.5-point resolution; the second audio task is spoken-language
+identification instead.
 """
 
 import os
