@@ -11,7 +11,8 @@ Each recipe runs in-process through its `main([...])` with its DEFAULT flags plu
 (with --num_train_epochs) epoch flags, so the table judges the defaults; every row records its exact argv.
 Baselines per dataset:
 - sklearn_logreg: LogisticRegression (C chosen on validation) on the same frozen features as the recipe's probe
-  (image: the dual encoder's projected image embedding; audio: Whisper encoder states mean-pooled over the clip);
+  (image: the dual encoder's projected image embedding; audio: Whisper encoder states mean-pooled over the clip,
+  the encoder on the probe run's --max_length_seconds window as in the recipe);
   sklearn_logreg_cls: on the image tower's pooled output (DINOv2's CLS) before the random projection.
 - plain_loop: the article's loop: AutoModelForImageClassification (dinov2-small) / AutoModelForAudioClassification
   (whisper-base) + AdamW at the `full` row's lr, epochs, batch size and weight decay; no augmentation, schedule
