@@ -7,7 +7,10 @@ the L2 strength is swept over a log-spaced grid (warm-starting each fit from the
 with the best validation accuracy is kept, and its fit on the training split is the head.
 
 The objective is scikit-learn's: `C * sum_i CE_i + ||W||^2 / 2` (intercept not penalised), here divided by
-`C * n` so the gradient tolerance does not depend on the dataset size: `mean CE + ||W||^2 / (2 C n)`.
+`C * n` so the gradient tolerance does not depend on the dataset size: `mean CE + ||W||^2 / (2 C n)`. By default
+each feature is first standardised on the training split, as scikit-learn's StandardScaler before
+LogisticRegression, and the scaling is folded into the head's weight and bias (issue 10: with one penalty on raw
+weights the probe trailed the scaler + LogisticRegression baseline by 1.5 points on digits and 0.6 on photos).
 """
 
 import logging
@@ -21,8 +24,8 @@ import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
-# C for features scaled to unit variance (see select_and_fit): 1e-4 ... 1e4, 4 values per decade. DINOv2-small
-# CLS features of digits pick 1.8 (raw) and 3.2 (L2-normalised) on it; the ends are for tiny or separable data.
+# C for features scaled to unit variance (see select_and_fit): 1e-4 ... 1e4, 4 values per decade; the ends are
+# for tiny or separable data.
 DEFAULT_C_GRID = tuple(10.0 ** (k / 4) for k in range(-16, 17))
 # Gradient tolerance (max absolute entry) of the mean objective; scikit-learn's default is 1e-4.
 DEFAULT_TOL = 1e-6
@@ -164,6 +167,19 @@ class ProbeResult:
     total_iter: int  # every fit of the selection, summed
 
 
+def standardizer(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) per feature, as scikit-learn's StandardScaler: a constant feature keeps std 1."""
+    x = features.to(torch.float64)
+    std = x.std(0, unbiased=False)
+    return x.mean(0), torch.where(std > 0, std, torch.ones_like(std))
+
+
+def unstandardize(fit: LinearFit, mean: torch.Tensor, std: torch.Tensor) -> LinearFit:
+    """The same logits on unstandardised features: W (x - mean) / std + b = (W / std) x + (b - (W / std) mean)."""
+    weight = fit.weight / std.to(fit.weight)
+    return LinearFit(weight, fit.bias - weight @ mean.to(weight), fit.n_iter, fit.converged)
+
+
 def select_and_fit(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -174,16 +190,36 @@ def select_and_fit(
     grid=DEFAULT_C_GRID,
     folds: int = DEFAULT_FOLDS,
     seed: int = 0,
+    standardize: bool = True,
     **fit_kwargs,
 ) -> ProbeResult:
     """Choose C on the validation split (or by `folds`-fold cross-validation on train without one) and fit.
 
     The head is the training-split fit at the chosen C: validation only chooses C, so the validation metrics
-    reported after training stay held out. `grid` holds C for features of unit variance: it is divided by the
-    training features' mean per-dimension variance, so one grid suits raw and L2-normalised features alike;
-    the result's `C` and `grid` are in the features' own units (scikit-learn's `C` on the same features).
+    reported after training stay held out. With `standardize` (default) the problem is scikit-learn's
+    StandardScaler + LogisticRegression: each feature is scaled to zero mean and unit variance on the training
+    split, so the L2 penalty weighs every feature alike instead of favouring the high-variance ones, and the
+    scaling is folded back into the returned weight and bias (an affine head absorbs it exactly). `C` and
+    `grid` are then scikit-learn's C on standardised features. Without it, `grid` holds C for features of unit
+    variance and is divided by the training features' mean per-dimension variance; `C` and `grid` are in the
+    features' own units.
     """
-    grid = tuple(C / (feature_variance(train_x) or 1.0) for C in sorted(grid))
+    grid = tuple(sorted(grid))
+    if not standardize:
+        variance = feature_variance(train_x) or 1.0
+        grid = tuple(C / variance for C in grid)
+        return _select_and_fit(train_x, train_y, val_x, val_y, num_classes, grid, folds, seed, **fit_kwargs)
+    mean, std = standardizer(train_x)
+    val_z = None if val_x is None else (val_x.to(mean) - mean) / std
+    result = _select_and_fit(
+        (train_x.to(mean) - mean) / std, train_y, val_z, val_y, num_classes, grid, folds, seed, **fit_kwargs
+    )
+    result.fit = unstandardize(result.fit, mean, std)
+    return result
+
+
+def _select_and_fit(train_x, train_y, val_x, val_y, num_classes, grid, folds, seed, **fit_kwargs) -> ProbeResult:
+    """select_and_fit on features as given, `grid` ascending and in their units."""
     num_classes = num_classes or int(max(train_y.max(), val_y.max() if val_y is not None else 0)) + 1
     if val_x is not None and len(val_x):
         fits, accuracies, losses = sweep(train_x, train_y, val_x, val_y, grid, num_classes, **fit_kwargs)
@@ -266,7 +302,9 @@ def write_head(model, fit: LinearFit) -> None:
     linear.bias.copy_(fit.bias.to(linear.bias))
 
 
-def fit_classifier_head(model, train, validation=None, *, device=None, **select_kwargs) -> dict:
+def fit_classifier_head(
+    model, train, validation=None, *, device=None, standardize: bool = True, **select_kwargs
+) -> dict:
     """Fit the classifier's head on cached features (datasets from `precompute_features`) by `select_and_fit`.
 
     The head's dropout plays no part: the L2 penalty chosen on held-out data is the regulariser.
@@ -283,7 +321,9 @@ def fit_classifier_head(model, train, validation=None, *, device=None, **select_
         val_x, val_y = cached_features(validation)
         val_x, val_y = head_inputs(model, val_x).to(device), val_y.to(device)
     train_x, train_y = head_inputs(model, train_x).to(device), train_y.to(device)
-    result = select_and_fit(train_x, train_y, val_x, val_y, num_classes=model.config.num_labels, **select_kwargs)
+    result = select_and_fit(
+        train_x, train_y, val_x, val_y, num_classes=model.config.num_labels, standardize=standardize, **select_kwargs
+    )
     write_head(model, result.fit)
     _, train_loss = _scores(result.fit, train_x, train_y)
     seconds = time.perf_counter() - start
@@ -300,6 +340,7 @@ def fit_classifier_head(model, train, validation=None, *, device=None, **select_
     return {
         "train_loss": train_loss,  # cross-entropy on the training split, without the L2 term
         "probe_solver": "lbfgs",
+        "probe_standardized": standardize,  # probe_C is then scikit-learn's C after StandardScaler
         "probe_C": result.C,
         "probe_l2": 1.0 / (result.C * len(train_y)),
         "probe_selection": result.selection,

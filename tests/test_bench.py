@@ -157,3 +157,49 @@ def test_spoken_digits_are_16khz_clips_from_unseen_test_voices(tmp_path):
     assert classes == sorted(data.DIGIT_WORDS) and len(paths) == 20
     info = sf.info(paths[0])
     assert info.samplerate == 16000 and 0.2 < info.duration < 3
+
+
+def test_whisper_baseline_reads_the_audio_recipes_cached_features(tmp_path):
+    import torch
+    from datasets import Dataset
+    from test_audio_models import _tiny_whisper
+    from transformers import AutoFeatureExtractor, WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    from mm_hf.data.audio import AudioTransform
+    from mm_hf.features import precompute_features
+    from mm_hf.models import build_audio_classifier
+
+    # A tiny Whisper with a 3 s window; clips of 0.3-0.9 s, so the recipe's 1 s --max_length_seconds shrinks it.
+    _tiny_whisper(tmp_path / "whisper")
+    config = WhisperConfig.from_pretrained(tmp_path / "whisper")
+    config.max_source_positions = 150
+    WhisperModel(config).save_pretrained(tmp_path / "whisper")
+    WhisperFeatureExtractor(feature_size=16, chunk_length=3, sampling_rate=16000).save_pretrained(tmp_path / "whisper")
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    paths = [str(tmp_path / f"{i}.wav") for i in range(3)]
+    for path, seconds in zip(paths, (0.3, 0.9, 0.5), strict=True):
+        sf.write(path, 0.1 * rng.standard_normal(int(16000 * seconds)), 16000, subtype="FLOAT")
+    clips = baselines.load_clips(paths, 16000)
+    extractor = AutoFeatureExtractor.from_pretrained(tmp_path / "whisper")
+    model = build_audio_classifier(
+        str(tmp_path / "whisper"), {0: "a", 1: "b"}, feature_extractor=extractor, max_length_seconds=1.0
+    ).eval()
+    assert model.config.backbone_config.max_source_positions == 50  # the recipe's encoder runs on 1 s
+    transform = AudioTransform(extractor, max_length_seconds=1.0)
+    cached = precompute_features(model, Dataset.from_dict({"audio": paths, "labels": [0, 1, 0]}), transform, 3)
+    recipe = torch.tensor(cached["pooled_embeds"]).numpy()
+    same = baselines.whisper_encoder_features(str(tmp_path / "whisper"), clips, max_length_seconds=1.0)
+    np.testing.assert_allclose(same, recipe, atol=1e-4, rtol=1e-3)
+    # On Whisper's full (here 3 s) window the features differ: attention sees two more seconds of padding.
+    full = baselines.whisper_encoder_features(str(tmp_path / "whisper"), clips)
+    assert np.abs(full - recipe).max() > 1e-3
+
+
+@pytest.mark.skipif(not shutil.which("espeak-ng"), reason="espeak-ng not installed")
+def test_spoken_languages_use_every_language_and_unseen_test_numbers(tmp_path):
+    speakers = data.write_spoken_languages(str(tmp_path), per_class=(1, 1, 2))
+    paths, labels, classes = data.read_split(str(tmp_path / "test"))
+    assert classes == sorted(data.LANGUAGE_VOICES) and len(classes) == 10 and len(paths) == 20
+    assert not set(speakers["test"]) & set(speakers["train"] + speakers["validation"])

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from conftest import load_recipe
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from transformers import (
     AutoFeatureExtractor,
     AutoModelForAudioClassification,
@@ -83,12 +85,15 @@ def signal_under_a_measured_nuisance(rng, n):
 
 
 def test_c_selection_regularises_noisy_data_and_frees_clean_data():
+    # Unstandardised: these cases are built on the features' scales (standardising would blow up the tiny noise).
     rng = np.random.default_rng(0)
     noisy = select_and_fit(
-        *tensors(*label_noise_in_many_tiny_dimensions(rng, 40), *label_noise_in_many_tiny_dimensions(rng, 200))
+        *tensors(*label_noise_in_many_tiny_dimensions(rng, 40), *label_noise_in_many_tiny_dimensions(rng, 200)),
+        standardize=False,
     )
     clean = select_and_fit(
-        *tensors(*signal_under_a_measured_nuisance(rng, 150), *signal_under_a_measured_nuisance(rng, 200))
+        *tensors(*signal_under_a_measured_nuisance(rng, 150), *signal_under_a_measured_nuisance(rng, 200)),
+        standardize=False,
     )
     assert noisy.selection == "validation" and len(noisy.grid) == len(DEFAULT_C_GRID)
     # In the features' own units (scikit-learn's C): noisy 0.1 and clean 1e4 on this seed.
@@ -97,8 +102,54 @@ def test_c_selection_regularises_noisy_data_and_frees_clean_data():
     assert max(noisy.held_out_accuracy) >= noisy.held_out_accuracy[-1] + 0.04
     assert max(clean.held_out_accuracy) >= clean.held_out_accuracy[0] + 0.5
     # Without a validation split, cross-validation on train lands on the same side.
-    cv = select_and_fit(*tensors(*signal_under_a_measured_nuisance(rng, 150)), folds=3)
+    cv = select_and_fit(*tensors(*signal_under_a_measured_nuisance(rng, 150)), folds=3, standardize=False)
     assert cv.selection == "3-fold cross-validation on train" and cv.C >= 100.0
+
+
+def informative_features_of_small_scale(rng, n):
+    # Classes differ along 4 features of std 0.01; 40 features of std 10 carry noise. A penalty on raw weights
+    # forbids the large weights the small features need; on standardised features every feature costs the same.
+    y = rng.integers(0, 3, n)
+    means = np.random.default_rng(42).normal(size=(3, 4))  # the same classes in every split
+    signal = 0.01 * (means[y] + 0.5 * rng.normal(size=(n, 4)))
+    return np.concatenate([signal, 10.0 * rng.normal(size=(n, 40)) + 50.0], 1), y
+
+
+def test_standardised_probe_is_scikit_learns_scaler_and_logistic_regression():
+    rng = np.random.default_rng(0)
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
+        informative_features_of_small_scale(rng, n) for n in (90, 60, 300)
+    )
+    grid = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    result = select_and_fit(*tensors(x_train, y_train, x_val, y_val), grid=grid)
+    assert result.grid == grid and result.selection == "validation"
+    references = [
+        make_pipeline(StandardScaler(), LogisticRegression(C=C, tol=1e-10, max_iter=10_000)).fit(x_train, y_train)
+        for C in grid
+    ]
+    # Same validation accuracy at every C, same choice, and the folded-back head gives the pipeline's probabilities
+    # on the raw (unscaled) test features.
+    assert result.held_out_accuracy == pytest.approx([r.score(x_val, y_val) for r in references])
+    chosen = references[grid.index(result.C)]
+    probabilities = result.fit.logits(torch.as_tensor(x_test)).softmax(-1).numpy()
+    np.testing.assert_allclose(probabilities, chosen.predict_proba(x_test), atol=2e-4)
+    # The scaling is what makes the probe work here: the unstandardised problem cannot use the small features.
+    raw = select_and_fit(*tensors(x_train, y_train, x_val, y_val), grid=grid, standardize=False)
+    test_accuracy = (probabilities.argmax(1) == y_test).mean()
+    raw_accuracy = (raw.fit.logits(torch.as_tensor(x_test)).argmax(-1).numpy() == y_test).mean()
+    assert test_accuracy >= raw_accuracy + 0.3, (test_accuracy, raw_accuracy)  # 0.67 vs 0.28 (chance 0.33)
+
+
+def test_standardisation_keeps_constant_features_and_folds_into_both_heads():
+    rng = np.random.default_rng(1)
+    x, y = informative_features_of_small_scale(rng, 80)
+    x[:, 5] = 3.0  # a constant feature: scikit-learn's StandardScaler keeps its scale at 1, so does the probe
+    result = select_and_fit(*tensors(x[:60], y[:60], x[60:], y[60:]), grid=(1.0,))
+    assert torch.isfinite(result.fit.weight).all() and torch.isfinite(result.fit.bias).all()
+    inputs = torch.as_tensor(x[60:])
+    linear = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(44, 3)).eval()
+    write_head(_Holder(linear), result.fit)
+    torch.testing.assert_close(linear(inputs.float()).double(), result.fit.logits(inputs), atol=1e-3, rtol=1e-4)
 
 
 def test_stratified_folds_deal_every_class_over_the_folds():
@@ -167,7 +218,8 @@ def test_clip_imagecls_lbfgs_probe_matches_sklearn_and_the_checkpoint_reloads(ti
     assert len(grid) == len(on_disk["probe_held_out_accuracy"]) == len(DEFAULT_C_GRID)
     assert on_disk["train_runtime"] >= on_disk["probe_fit_seconds"]
 
-    # scikit-learn on the same (L2-normalised, as the cosine head sees them) features, C chosen on validation.
+    # scikit-learn's StandardScaler + LogisticRegression on the same (L2-normalised, as the cosine head sees them)
+    # features, C chosen on validation.
     model = AutoModelForImageClassification.from_pretrained(out).eval()
     x = {}
     for split, folder in data.items():
@@ -176,7 +228,8 @@ def test_clip_imagecls_lbfgs_probe_matches_sklearn_and_the_checkpoint_reloads(ti
     # Every other C up to the chosen one (scikit-learn needs many iterations to converge past it on 48 images).
     chosen_index = grid.index(results["probe_C"])
     for i in sorted({*range(0, chosen_index, 2), chosen_index}):
-        reference = LogisticRegression(C=grid[i], tol=1e-10, max_iter=10_000).fit(*x["train"])
+        reference = make_pipeline(StandardScaler(), LogisticRegression(C=grid[i], tol=1e-10, max_iter=10_000))
+        reference.fit(*x["train"])
         assert on_disk["probe_held_out_accuracy"][i] == pytest.approx(reference.score(*x["validation"])), grid[i]
     chosen = reference
     # The saved checkpoint's probabilities are scikit-learn's at the chosen C, and so is the reported accuracy.

@@ -181,12 +181,19 @@ def audio_batcher(feature_extractor, clips: list[np.ndarray], max_length_seconds
 
 
 @torch.no_grad()
-def whisper_encoder_features(model_dir: str, clips: list[np.ndarray], batch_size: int = 8) -> np.ndarray:
-    """Whisper encoder states averaged over the frames that cover each clip (not the 30 s padding)."""
+def whisper_encoder_features(
+    model_dir: str, clips: list[np.ndarray], batch_size: int = 8, max_length_seconds: float | None = None
+) -> np.ndarray:
+    """Whisper encoder states averaged over the frames that cover each clip (not the padding). With
+    `max_length_seconds` the encoder runs on that window, as the audio recipe's does (`fit_whisper_window`), so
+    the probe and this baseline read the same features; without it, on Whisper's 30 s window."""
     from transformers import AutoFeatureExtractor, WhisperModel
+
+    from mm_hf.models.audio_classifier import fit_whisper_window
 
     encoder = WhisperModel.from_pretrained(model_dir).encoder.eval()
     extractor = AutoFeatureExtractor.from_pretrained(model_dir)
+    fit_whisper_window(encoder, encoder.config, extractor, max_length_seconds)
     # 2 conv strides x hop_length samples per encoder frame (Whisper: 320 samples, 20 ms at 16 kHz)
     samples_per_frame = extractor.hop_length * encoder.conv1.stride[0] * encoder.conv2.stride[0]
     out = []

@@ -11,7 +11,8 @@ Each recipe runs in-process through its `main([...])` with its DEFAULT flags plu
 (with --num_train_epochs) epoch flags, so the table judges the defaults; every row records its exact argv.
 Baselines per dataset:
 - sklearn_logreg: LogisticRegression (C chosen on validation) on the same frozen features as the recipe's probe
-  (image: the dual encoder's projected image embedding; audio: Whisper encoder states mean-pooled over the clip);
+  (image: the dual encoder's projected image embedding; audio: Whisper encoder states mean-pooled over the clip,
+  the encoder on the probe run's --max_length_seconds window as in the recipe);
   sklearn_logreg_cls: on the image tower's pooled output (DINOv2's CLS) before the random projection.
 - plain_loop: the article's loop: AutoModelForImageClassification (dinov2-small) / AutoModelForAudioClassification
   (whisper-base) + AdamW at the `full` row's lr, epochs, batch size and weight decay; no augmentation, schedule
@@ -86,7 +87,8 @@ DATASETS = (
         "speech",
         "audio",
         lambda out, per_class, seed, **_: data.write_spoken_digits(out, per_class, seed=seed),
-        (4, 2, 3),  # the baselines read Whisper's 30 s window: each clip costs ~1 s of CPU per forward pass
+        # 200 test clips: one clip is 0.5 points, the probe target's resolution (30 clips made it 3.3 points).
+        (4, 2, 20),
         (2, 1, 1),
         "ten spoken digit words (espeak-ng); test voices unseen in training",
     ),
@@ -94,21 +96,27 @@ DATASETS = (
         "language",
         "audio",
         lambda out, per_class, seed, **_: data.write_spoken_languages(out, per_class, seed=seed),
-        (4, 2, 3),
+        (10, 5, 20),  # 200 test clips (was 6 languages x 3: one clip 5.6 points)
         (2, 1, 1),
-        "spoken-language ID, 6 languages (espeak-ng); test speakers and numbers unseen",
+        "spoken-language ID, 10 languages (espeak-ng); test speakers and numbers unseen",
     ),
 )
+
+
+def flat_args(source: dict) -> dict:
+    """A run's resolved arguments as one {flag: value} dict (run_config.yaml may group them per dataclass)."""
+    flat = {}
+    for value in source.values():
+        if isinstance(value, dict):
+            flat.update(value)
+    flat.update({k: v for k, v in source.items() if not isinstance(v, dict)})
+    return flat
 
 
 def loop_hparams(resolved: dict, epochs: float | None) -> dict:
     """lr, batch size, epochs and weight decay of the `full` row (the article's loop mirrors them)."""
     source = resolved.get("full") or {}
-    flat = {}
-    for value in source.values():  # resolved args may be grouped per dataclass
-        if isinstance(value, dict):
-            flat.update(value)
-    flat.update({k: v for k, v in source.items() if not isinstance(v, dict)})
+    flat = flat_args(source)
     out = {k: flat.get(k, default) for k, default in TRAINER_DEFAULTS.items()}
     if epochs is not None:
         out["num_train_epochs"] = epochs
@@ -119,8 +127,10 @@ def loop_hparams(resolved: dict, epochs: float | None) -> dict:
 # Baselines ----------------------------------------------------------------------------------------------------
 
 
-def image_baselines(realmodels, dual_dir, data_dir, hp, epochs, image_size, seed=42) -> tuple[dict, dict, dict]:
-    """(accuracies, wall seconds, notes) of the image baselines on one dataset."""
+def image_baselines(
+    realmodels, dual_dir, data_dir, hp, epochs, image_size, seed=42, loops=True
+) -> tuple[dict, dict, dict]:
+    """(accuracies, wall seconds, notes) of the image baselines on one dataset (`loops=False`: sklearn's only)."""
     import torch
     from transformers import AutoModelForImageClassification
 
@@ -135,6 +145,8 @@ def image_baselines(realmodels, dual_dir, data_dir, hp, epochs, image_size, seed
         scores[name], notes[name] = probe["accuracy"], f"C={probe['C']}"
         walls[name] = walls.get(name, 0.0) + wall
     walls["sklearn_logreg_cls"] = walls["sklearn_logreg"]  # one feature pass serves both
+    if not loops:
+        return scores, walls, notes
     processor = bench_image_processor(os.path.join(realmodels, "dinov2-small"), image_size)
     examples_epochs = epochs if epochs is not None else TRAINER_DEFAULTS["num_train_epochs"]
     variants = {
@@ -158,8 +170,11 @@ def image_baselines(realmodels, dual_dir, data_dir, hp, epochs, image_size, seed
     return scores, walls, notes
 
 
-def audio_baselines(realmodels, data_dir, hp, epochs, seed=42, loops=True) -> tuple[dict, dict, dict]:
-    """(accuracies, wall seconds, notes) of the audio baselines on one dataset."""
+def audio_baselines(
+    realmodels, data_dir, hp, epochs, seed=42, loops=True, max_length_seconds=None
+) -> tuple[dict, dict, dict]:
+    """(accuracies, wall seconds, notes) of the audio baselines on one dataset. `max_length_seconds`: the probe
+    row's, so sklearn reads the recipe's features (Whisper on the same window); None: Whisper's 30 s window."""
     import torch
     from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
@@ -170,9 +185,14 @@ def audio_baselines(realmodels, data_dir, hp, epochs, seed=42, loops=True) -> tu
     classes = splits["train"][2]
     scores, walls, notes = {}, {}, {}
     start = time.perf_counter()
-    feats = {s: bl.whisper_encoder_features(whisper, clips[s]) for s in data.SPLITS}
+    feats = {
+        s: bl.whisper_encoder_features(whisper, clips[s], max_length_seconds=max_length_seconds) for s in data.SPLITS
+    }
     probe = bl.logreg_probe(*((feats[s], splits[s][1]) for s in data.SPLITS))
-    scores["sklearn_logreg"], notes["sklearn_logreg"] = probe["accuracy"], f"C={probe['C']}"
+    scores["sklearn_logreg"] = probe["accuracy"]
+    notes["sklearn_logreg"] = (
+        f"C={probe['C']}, Whisper window {'30 s' if not max_length_seconds else max_length_seconds}"
+    )
     walls["sklearn_logreg"] = time.perf_counter() - start
     if not loops:
         return scores, walls, notes
@@ -230,6 +250,11 @@ def parse_args(argv):
         help="audio_cls strategies (default linear_probe, lora; full fine-tunes all of Whisper-base: add it here).",
     )
     parser.add_argument("--no_audio_loops", action="store_true", help="Skip the (slow) Whisper plain-loop baselines.")
+    parser.add_argument(
+        "--no_loops",
+        action="store_true",
+        help="Skip every plain-loop and examples-defaults baseline (image and audio): e.g. to measure the probes only.",
+    )
     parser.add_argument("--digits_source", default="mnist", choices=("mnist", "sklearn"))
     parser.add_argument("--image_size", type=int, default=112, help="Image side the dual encoder's processor uses.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the data builders.")
@@ -270,13 +295,16 @@ def main(argv=None) -> dict:
             new, resolved = recipe_rows("clip_imagecls", dual, ds, data_dir, args.out, args.image_strategies, epochs,
                                         "zero-shot (before)")  # fmt: skip
             hp = loop_hparams(resolved, epochs)
-            attach(new, *image_baselines(args.realmodels, dual, data_dir, hp, epochs, args.image_size))
+            attach(new, *image_baselines(args.realmodels, dual, data_dir, hp, epochs, args.image_size,
+                                         loops=not args.no_loops))  # fmt: skip
         else:
             whisper = os.path.join(args.realmodels, "whisper-base")
             new, resolved = recipe_rows("audio_cls", whisper, ds, data_dir, args.out, args.audio_strategies, epochs,
                                         "untrained head (before)")  # fmt: skip
             hp = loop_hparams(resolved, epochs)
-            attach(new, *audio_baselines(args.realmodels, data_dir, hp, epochs, loops=not args.no_audio_loops))
+            window = flat_args(resolved.get("linear_probe") or {}).get("max_length_seconds")
+            loops = not (args.no_loops or args.no_audio_loops)
+            attach(new, *audio_baselines(args.realmodels, data_dir, hp, epochs, loops=loops, max_length_seconds=window))
         rows += new
         print(format_table(new), flush=True)
     if "fusion" in sections:
