@@ -17,6 +17,7 @@ from PIL import Image
 
 from mm_hf.data.audio import load_audio
 from mm_hf.data.transforms import RandomHorizontalFlip, RandomResizedCrop
+from mm_hf.models.audio_classifier import fit_whisper_window
 
 LOGREG_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
@@ -189,7 +190,6 @@ def whisper_encoder_features(
     the probe and this baseline read the same features; without it, on Whisper's 30 s window."""
     from transformers import AutoFeatureExtractor, WhisperModel
 
-    from mm_hf.models.audio_classifier import fit_whisper_window
 
     encoder = WhisperModel.from_pretrained(model_dir).encoder.eval()
     extractor = AutoFeatureExtractor.from_pretrained(model_dir)
