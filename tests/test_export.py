@@ -34,6 +34,8 @@ from transformers import (
 
 from mm_hf.errors import UserError
 from mm_hf.export import main as export_main
+from mm_hf.export.onnx import ExportSpec, NamedInputs, max_abs_diff, session_for, tower_embedding
+from mm_hf.export.onnx import export as export_spec
 from mm_hf.models import build_audio_classifier, build_dual_encoder_classifier, load_finetuned
 
 TOL = 1e-4  # the bar for fp32 logits
@@ -194,6 +196,14 @@ def test_whisper_encoder_classifier(tmp_path):
     assert report["files"]["model"]["inputs"]["input_features"] == ["batch", 80, 100]  # the 1 s window it was fit to
 
 
+def test_clap_classifier(tiny_clap, tmp_path):
+    model = build_dual_encoder_classifier(tiny_clap, {0: "bark", 1: "meow", 2: "hum"}, head_init="random")
+    model.save_pretrained(tmp_path / "run")
+    AutoProcessor.from_pretrained(tiny_clap).save_pretrained(tmp_path / "run")
+    report = export(tmp_path / "run", tmp_path / "onnx", "--audio_seconds", "1")
+    assert report["modality"] == "audio" and report["files"]["model"]["output_shape"] == ["batch", 3]
+
+
 # --- dual encoder towers -------------------------------------------------------------------------------------
 
 
@@ -233,6 +243,10 @@ def test_unfinished_run_is_refused_naming_its_newest_checkpoint(tmp_path):
         (tmp_path / "run" / f"checkpoint-{step}").mkdir(parents=True)
     with pytest.raises(UserError, match=r"run is the folder of an unfinished run.*checkpoint-10"):
         export_main([str(tmp_path / "run"), "--output_dir", str(tmp_path / "onnx")])
+    (tmp_path / "run" / "checkpoint-10" / "trainer_state.json").write_text("{}")  # a LoRA checkpoint: adapter only
+    (tmp_path / "run" / "checkpoint-10" / "adapter_config.json").write_text("{}")
+    with pytest.raises(UserError, match=r"checkpoint-10 is a Trainer checkpoint of an unfinished run"):
+        export_main([str(tmp_path / "run" / "checkpoint-10"), "--output_dir", str(tmp_path / "onnx")])
     (tmp_path / "saved").mkdir()
     (tmp_path / "saved" / "config.json").write_text(json.dumps(ViTConfig().to_dict()))
     with pytest.raises(UserError, match=r"saved has a config.json but no weights"):
@@ -252,3 +266,22 @@ def test_unsupported_architecture_is_refused_from_the_command_line(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "bert (BertForSequenceClassification) is not supported by export" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "onnx").exists()
+
+
+def test_siglip_towers(tiny_siglip, tmp_path):
+    # The fixture has no processor (export refuses such a folder), so the towers are traced from the module's parts.
+    model = AutoModel.from_pretrained(tiny_siglip).eval()
+    with pytest.raises(UserError, match=r"tiny_siglip.* has no processor config"):
+        export_main([tiny_siglip, "--output_dir", str(tmp_path / "refused")])
+    image = ExportSpec("image_tower", NamedInputs(model, tower_embedding("get_image_features"), ["pixel_values"]),
+                       "image_embeds", {"pixel_values": torch.randn(2, 3, 32, 32)})  # fmt: skip
+    text = ExportSpec("text_tower", NamedInputs(model, tower_embedding("get_text_features"), ["input_ids"]),
+                      "text_embeds", {"input_ids": torch.randint(0, 64, (2, 7))}, ("input_ids",))  # fmt: skip
+    for spec in (image, text):
+        export_spec(spec, str(tmp_path / f"{spec.name}.onnx"))
+        session = session_for(str(tmp_path / f"{spec.name}.onnx"))
+        assert max_abs_diff(spec, session, 1) <= TOL and max_abs_diff(spec, session, 5) <= TOL
+    ids = torch.randint(0, 64, (3, 12))  # another length than traced
+    with torch.no_grad():
+        expected = F.normalize(model.get_text_features(input_ids=ids).pooler_output, dim=-1).numpy()
+    assert np.abs(run_onnx(tmp_path / "text_tower.onnx", {"input_ids": ids}) - expected).max() <= TOL

@@ -64,6 +64,14 @@ def inspect_checkpoint(path: str) -> Checkpoint:
                 f"folder(s) but no final model (config.json). Let the run finish, or export one of its checkpoints "
                 f"explicitly, e.g. {checkpoints[-1]}"
             )
+        if os.path.isfile(os.path.join(path, "trainer_state.json")):
+            # Trainer's checkpoint-N of a LoRA run holds only the adapter; mm-hf writes config.json (the
+            # classifier's model_type and labels) with the final model, at the end of the run.
+            raise UserError(
+                f"CHECKPOINT {path} is a Trainer checkpoint of an unfinished run without config.json (a LoRA "
+                "checkpoint holds only the adapter): export the finished run's output folder, or copy that run's "
+                "config.json and processor files here"
+            )
         raise UserError(f"CHECKPOINT {path} holds no config.json: not a model folder")
     adapter = os.path.isfile(os.path.join(path, "adapter_config.json"))
     if not any(os.path.isfile(os.path.join(path, name)) for name in WEIGHT_FILES):

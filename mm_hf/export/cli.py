@@ -83,6 +83,8 @@ def main(argv=None) -> dict:
         raise UserError(f"--format {args.format}: only 'onnx' is supported")
     if not args.batch_sizes or min(args.batch_sizes) < 1:
         raise UserError(f"--batch_sizes {args.batch_sizes}: give one or more positive batch sizes")
+    if os.path.abspath(args.output_dir) == os.path.abspath(args.checkpoint):
+        raise UserError(f"--output_dir {args.output_dir} is the CHECKPOINT folder itself: give the export its own")
     checkpoint = inspect_checkpoint(args.checkpoint)
 
     # 2. Model (adapter merged), processor and the graphs to trace
@@ -100,7 +102,7 @@ def main(argv=None) -> dict:
         "merged_adapter": checkpoint.adapter,
         "exporter": f"torch.onnx (TorchScript, dynamo=False), opset {onnx_export.OPSET}",
         "torch": torch.__version__,
-        "onnxruntime": _ort_version(),
+        "onnxruntime": onnx_export.ort.__version__,
         "threads": threads,
         "tolerance": args.tolerance,
         "files": {},
@@ -140,9 +142,3 @@ def main(argv=None) -> dict:
         )
     print(f"exported {args.checkpoint} -> {args.output_dir} (max abs diff {worst:.2e})")
     return report
-
-
-def _ort_version() -> str:
-    import onnxruntime
-
-    return onnxruntime.__version__

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -96,8 +97,6 @@ def _feed(session, inputs: dict) -> dict:
 
 
 def session_for(path: str, threads: int | None = None):
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
