@@ -181,7 +181,7 @@ def test_wav2vec2_classifier_has_dynamic_batch_and_length(tiny_wav2vec2, tmp_pat
     assert run_readme_example(out, wav, capsys).split()[0] in {"low", "high"}
 
 
-def test_whisper_encoder_classifier(tmp_path):
+def test_whisper_encoder_classifier(tmp_path, capsys):
     config = WhisperConfig(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
                            decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=100,
                            pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)  # fmt: skip
@@ -192,8 +192,11 @@ def test_whisper_encoder_classifier(tmp_path):
     )
     model.save_pretrained(tmp_path / "run")
     extractor.save_pretrained(tmp_path / "run")
-    report = export(tmp_path / "run", tmp_path / "onnx", "--audio_seconds", "1")
+    report = export(tmp_path / "run", tmp_path / "onnx", "--audio_seconds", "0.5")  # clips shorter than the window
     assert report["files"]["model"]["inputs"]["input_features"] == ["batch", 80, 100]  # the 1 s window it was fit to
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, np.random.default_rng(0).normal(0, 0.1, 5000).astype(np.float32), 16000)
+    assert run_readme_example(tmp_path / "onnx", wav, capsys).split()[0] in {"a", "b"}
 
 
 def test_clap_classifier(tiny_clap, tmp_path):

@@ -167,7 +167,14 @@ def example_audio(processor, seconds: float, n: int = 2, seed: int = 0) -> dict:
     clips = [
         rng.normal(0, 0.1, int(rate * seconds * (1 - 0.3 * i / max(n - 1, 1)))).astype(np.float32) for i in range(n)
     ]
-    return dict(extractor(clips, sampling_rate=rate, return_tensors="pt", padding=True))
+    return dict(extractor(clips, sampling_rate=rate, return_tensors="pt", **_padding(extractor)))
+
+
+def _padding(extractor) -> dict:
+    # Raw-waveform extractors (wav2vec2) do not pad unless asked; Whisper's pads to its window by default, where
+    # padding=True would pad to the longest clip instead, a shape the model refuses.
+    default = inspect.signature(extractor.__call__).parameters.get("padding")
+    return {"padding": True} if default is not None and default.default is False else {}
 
 
 def example_texts(processor) -> dict:

@@ -16,7 +16,7 @@ _LOAD_AUDIO = (
     'audio, rate = sf.read(INPUT, dtype="float32", always_2d=True)  # (samples, channels)\n'
     'extractor = getattr(processor, "feature_extractor", processor)\n'
     "audio = soxr.resample(audio.mean(axis=1), rate, extractor.sampling_rate)\n"
-    'batch = extractor([audio], sampling_rate=extractor.sampling_rate, return_tensors="np", padding=True)\n'
+    'batch = extractor([audio], sampling_rate=extractor.sampling_rate, return_tensors="np")\n'
 )
 
 
