@@ -34,6 +34,7 @@ from transformers import (
 
 from mm_hf.errors import UserError
 from mm_hf.export import main as export_main
+from mm_hf.export.cli import ExportMismatchError
 from mm_hf.export.onnx import ExportSpec, NamedInputs, max_abs_diff, session_for, tower_embedding
 from mm_hf.export.onnx import export as export_spec
 from mm_hf.models import build_audio_classifier, build_dual_encoder_classifier, load_finetuned
@@ -152,6 +153,11 @@ def test_plain_transformers_image_classifier(tmp_path):
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vit")
     report = export(tmp_path / "vit", tmp_path / "onnx")
     assert report["kind"] == "transformers" and report["files"]["model"]["output_shape"] == ["batch", 2]
+    # A graph off by more than --tolerance fails the export (after writing the report that shows by how much).
+    with pytest.raises(ExportMismatchError, match=r"differs from PyTorch by up to .*> --tolerance 1e-12"):
+        export_main([str(tmp_path / "vit"), "--output_dir", str(tmp_path / "strict"), "--tolerance", "1e-12",
+                     "--batch_sizes", "1", "--latency_repeats", "1"])  # fmt: skip
+    assert (tmp_path / "strict" / "export_report.json").exists()
 
 
 # --- audio classifiers ---------------------------------------------------------------------------------------
