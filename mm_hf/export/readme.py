@@ -67,7 +67,7 @@ def write_readme(path: str, export_dir: str, checkpoint, report: dict) -> str:
         if checkpoint.kind == "dual-encoder"
         else "Logits include the run's calibration temperature, if it saved one.",
         "",
-        "## Checked against PyTorch (fp32, CPU)",
+        f"## Checked against PyTorch (fp32, CPU, {report['threads']} thread(s), median ms)",
         "",
         "| file | batch | max abs diff | PyTorch ms | ONNX Runtime ms |",
         "|---|---|---|---|---|",
