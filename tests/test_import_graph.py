@@ -29,7 +29,6 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mm_hf"
 # so the lists only shrink. Paths are relative to mm_hf/.
 ALLOWED_PRIVATE_IMPORTS = {  # (importing file, module, name): make these helpers of data/loading.py public
     ("data/multimodal.py", "mm_hf.data.loading", "_hub_split_name"),
-    ("data/multimodal.py", "mm_hf.data.loading", "_resolve_path"),
     ("data/pairs.py", "mm_hf.data.loading", "_hub_split_name"),
     ("data/pairs.py", "mm_hf.data.loading", "_read_table"),
     ("data/pairs.py", "mm_hf.data.loading", "_select_hub_columns"),

@@ -242,14 +242,15 @@ def _read_table(path: str, input_column: str, label_column: str, cache_dir, flag
     base = os.path.dirname(os.path.abspath(path))
 
     def resolve(batch):
-        batch[input_column] = [_resolve_path(p, base) for p in batch[input_column]]
+        batch[input_column] = [resolve_path(p, base) for p in batch[input_column]]
         return batch
 
     ds = ds.select_columns([input_column, label_column])
     return ds.map(resolve, batched=True, desc=f"resolving paths in {os.path.basename(path)}")
 
 
-def _resolve_path(value, base: str):
+def resolve_path(value, base: str):
+    """A relative local path in a CSV/JSONL file, made absolute against the file's folder `base`; else as is."""
     if isinstance(value, str) and value and not os.path.isabs(value) and "://" not in value:
         return os.path.join(base, value)
     return value

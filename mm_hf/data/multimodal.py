@@ -27,7 +27,7 @@ from ..models.configuration_multimodal_fusion import MODALITIES, PROBLEM_TYPES
 from .audio import check_audio
 from .images import check_images
 from .labels import LabelSpace, check_problem_type, encode_labels, is_missing
-from .loading import DataError, _hub_split_name, _resolve_path, hold_out_validation, read_data_file
+from .loading import DataError, _hub_split_name, hold_out_validation, read_data_file, resolve_path
 from .validation import MAX_LISTED
 from .video import check_videos
 
@@ -204,7 +204,7 @@ def _read_file(path: str, split: str, columns: MultimodalColumns, cache_dir) -> 
     base = os.path.dirname(os.path.abspath(path))
     for modality in MEDIA_MODALITIES:  # relative to the file's folder, as in loading.py
         if col := getattr(columns, modality):
-            values = [None if is_missing(v) else _resolve_path(str(v).strip(), base) for v in ds[col]]
+            values = [None if is_missing(v) else resolve_path(str(v).strip(), base) for v in ds[col]]
             ds = ds.remove_columns(col).add_column(col, values, feature=datasets.Value("string"))
     return ds.select_columns([*columns.inputs, *columns.labels])
 
