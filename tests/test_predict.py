@@ -4,10 +4,13 @@ import csv
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import load_recipe
+from conftest import REPO, load_recipe
 from transformers import AutoFeatureExtractor, AutoProcessor, CLIPModel, CLIPProcessor
 
 from mm_hf.data.audio import AudioTransform
@@ -22,11 +25,18 @@ from mm_hf.predict import main
 from mm_hf.predict.heads import Head
 from mm_hf.predict.output import flatten
 
+ACCELERATE_CONFIG = os.path.join(REPO, "recipes", "accelerate", "cpu_2proc.yaml")
 FAST = ["--num_workers", "0", "--disable_tqdm", "--batch_size", "4"]
 
 
 def predict(checkpoint, data, output, *extra):
     return main([str(checkpoint), "--data", str(data), "--output", str(output), *FAST, *extra])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def read_jsonl(path):
@@ -59,7 +69,7 @@ def test_folder_predictions_equal_the_models_forward_pass_in_jsonl_and_csv(lora_
     test = digits_dir / "test"
     result = predict(lora_run, test, tmp_path / "p.jsonl", "--top_k", "3")
     rows = read_jsonl(tmp_path / "p.jsonl")
-    assert result == {"predicted": 20, "errors": 0, "skipped": 0, "output": str(tmp_path / "p.jsonl")}
+    assert result == {"predicted": 20, "errors": 0, "skipped": 0, "output": str(tmp_path / "p.jsonl"), "processes": 1}
     assert [r["id"] for r in rows] == sorted(os.path.relpath(p, test) for p in map(str, test.rglob("*.png")))
     probabilities, id2label = forward_probabilities(lora_run, [str(test / r["id"]) for r in rows])
     for row, p in zip(rows, probabilities, strict=True):
@@ -226,7 +236,32 @@ def test_unfinished_run_and_adapter_without_its_base_are_refused_by_name(lora_ru
         predict(lora_run, digits_dir / "test", tmp_path / "x.jsonl", "--labels", "a,b")
 
 
-def test_several_processes_are_refused(lora_run, digits_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(UserError, match="without accelerate launch"):
-        predict(lora_run, digits_dir / "test", tmp_path / "x.jsonl")
+def test_two_process_launch_writes_the_file_of_one_process(lora_run, digits_dir, tmp_path):
+    """accelerate launch on 2 gloo processes: each predicts half of the samples not yet done into a part file, the
+    main process appends the parts in order. A part left by a crashed sharded run is merged first, not redone."""
+    test = digits_dir / "test"
+    predict(lora_run, test, tmp_path / "one.csv")
+    one = list(csv.DictReader(open(tmp_path / "one.csv", newline="")))
+    out = tmp_path / "two.csv"
+    with open(out, "w", newline="") as f:  # an interrupted earlier run: 3 rows in the output, 2 in a leftover part
+        f.write(",".join(one[0]) + "\n")
+        csv.DictWriter(f, list(one[0]), lineterminator="\n").writerows(one[:3])
+    shutil.copy(tmp_path / "one.csv.predict.json", str(out) + ".predict.json")
+    with open(tmp_path / "two.part-00001-of-00002.csv", "w", newline="") as f:
+        f.write(",".join(one[0]) + "\n")
+        csv.DictWriter(f, list(one[0]), lineterminator="\n").writerows(one[10:12])
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", ACCELERATE_CONFIG, "--multi_gpu",
+        "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "mm_hf.predict", str(lora_run),
+        "--data", str(test), "--output", str(out), "--device", "cpu", *FAST,
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "MASTER_", "WORLD_SIZE", "RANK"))}
+    env.update(HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    two = list(csv.DictReader(open(out, newline="")))
+    order = [*range(3), 10, 11, *range(3, 10), *range(12, 20)]  # the leftover part's rows, then the shards in order
+    assert [r["id"] for r in two] == [one[i]["id"] for i in order]
+    assert [r["label"] for r in two] == [one[i]["label"] for i in order]
+    assert [float(r["score"]) for r in two] == pytest.approx([float(one[i]["score"]) for i in order], abs=1e-6)
+    assert sorted(os.listdir(tmp_path)) == ["one.csv", "one.csv.predict.json", "two.csv", "two.csv.predict.json"]

@@ -3,12 +3,14 @@ batches -> rows appended chunk by chunk)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
 
 import torch
+from accelerate import PartialState
 from torch.utils.data import DataLoader
 from transformers.utils.logging import tqdm  # tqdm is no direct dependency; transformers wraps it
 
@@ -78,7 +80,8 @@ PREDICT_ARGUMENT_TYPES = (PredictArguments,)
 
 
 def main(argv=None) -> dict:
-    """Predict every sample not yet in --output; returns {"predicted", "errors", "skipped", "output"}."""
+    """Predict every sample not yet in --output; returns {"predicted", "errors" (this process's), "skipped" (already in
+    the output), "output", "processes"}."""
     # 1. Arguments (the checkpoint may come first, without its flag)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and not argv[0].startswith("-"):
@@ -90,14 +93,19 @@ def main(argv=None) -> dict:
     if not args.output:
         raise UserError("no --output: pass a .jsonl or .csv file for the predictions")
     output_format(args.output)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("python -m mm_hf.predict runs as one process for now: start it without accelerate launch "
-                        "(--device cuda and --num_workers make one process fast)")  # fmt: skip
     if args.top_k < 1:
         raise UserError(f"--top_k {args.top_k}: must be at least 1")
     labels = [name.strip() for name in (args.labels or "").split(",") if name.strip()]
     keep = [name.strip() for name in (args.keep_columns or "").split(",") if name.strip()]
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    state = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # accelerate launch: each process predicts a contiguous shard into its own part file; the main process
+        # appends the parts in rank order, so the output is the one of a single process.
+        state = PartialState(cpu=device.type == "cpu")
+        if args.device is None or device.type == "cuda" and device.index is None:
+            device = state.device
+    rank, world_size = (state.process_index, state.num_processes) if state else (0, 1)
     hub_kwargs = args.hub_kwargs()
 
     # 2. The model, the transform of its inputs and its head(s)
@@ -138,18 +146,29 @@ def main(argv=None) -> dict:
     settings = {name: getattr(args, name) for name in ("top_k", "threshold", "labels", "prompt_templates",
                                                        "max_length_seconds", "id_column")}  # fmt: skip
     writer = PredictionWriter(args.output, template, os.path.abspath(args.checkpoint), settings)
-    done = writer.done_ids()
+    with state.main_process_first() if state else contextlib.nullcontext():
+        if rank == 0:  # parts a crashed sharded run left behind hold finished rows: kept, not predicted again
+            writer.merge(writer.leftover_parts())
+        done = writer.done_ids()
     positions = [i for i, sample_id in enumerate(inputs.ids) if sample_id not in done]
-    if done:
+    if done and rank == 0:
         logger.info("%s already holds %d of %d samples: predicting the other %d", args.output,
                     len(inputs.ids) - len(positions), len(inputs.ids), len(positions))  # fmt: skip
+    skipped = len(inputs.ids) - len(positions)
+    if state:
+        state.wait_for_everyone()  # every process has read the output before any part is merged into it
+        positions = positions[rank * len(positions) // world_size : (rank + 1) * len(positions) // world_size]
+        out = writer.part(rank, world_size)
+    else:
+        out = writer
 
     # 4. Batches -> rows, appended every --chunk_size rows
     loader = DataLoader(Rows(inputs.dataset, positions), batch_size=args.batch_size, shuffle=False,
                         num_workers=args.num_workers, collate_fn=Collate(transform))  # fmt: skip
     empty = {key: None for head in heads for key in head.empty()}
     pending, counts = [], {"predicted": 0, "errors": 0}
-    with tqdm(total=len(positions), desc="predict", disable=args.disable_tqdm) as bar, torch.no_grad():
+    progress = not args.disable_tqdm and rank == 0
+    with tqdm(total=len(positions), desc="predict", disable=not progress) as bar, torch.no_grad():
         for good, batch, errors in loader:
             fields = {}
             if batch is not None:
@@ -169,14 +188,19 @@ def main(argv=None) -> dict:
             counts["errors"] += len(errors)
             bar.update(len(good) + len(errors))
             if len(pending) >= args.chunk_size:
-                writer.append(pending)
+                out.append(pending)
                 pending = []
-        if pending:
-            writer.append(pending)
+        if pending or out is not writer:
+            out.append(pending)  # a part file exists even when its shard is empty
     if counts["errors"]:
         logger.warning("%d sample(s) could not be read: their rows in %s carry an `error`", counts["errors"],
                        args.output)  # fmt: skip
-    return {**counts, "skipped": len(inputs.ids) - len(positions), "output": args.output}
+    if state:
+        state.wait_for_everyone()
+        if rank == 0:
+            writer.merge([writer.part_path(r, world_size) for r in range(world_size)])
+        state.wait_for_everyone()
+    return {**counts, "skipped": skipped, "output": args.output, "processes": world_size}
 
 
 def _fusion(candidate, args, explicit, labels, device):

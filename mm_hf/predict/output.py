@@ -46,9 +46,10 @@ def flatten(row: dict) -> dict:
 
 
 class PredictionWriter:
-    def __init__(self, path: str, template: dict, checkpoint: str, settings: dict):
+    def __init__(self, path: str, template: dict, checkpoint: str, settings: dict, record: bool = True):
         """`template`: a complete row (every key, values of the right shape) fixing the columns; `settings`: the flags
-        that change predictions (a resumed run must have the same)."""
+        that change predictions (a resumed run must have the same); `record`: write `<path>.predict.json`."""
+        self.template, self.record = template, record
         self.path, self.format = path, output_format(path)
         self.columns = list(flatten(template)) if self.format == "csv" else list(template)
         self.meta_path = path + ".predict.json"
@@ -99,6 +100,7 @@ class PredictionWriter:
         if fresh:
             directory = os.path.dirname(os.path.abspath(self.path))
             os.makedirs(directory, exist_ok=True)
+        if fresh and self.record:
             with open(self.meta_path, "w") as f:
                 json.dump(self.meta, f, indent=2)
         if self.format == "csv":
@@ -108,7 +110,9 @@ class PredictionWriter:
             writer.writerows(flatten(row) for row in rows)
         else:
             buffer.writelines(json.dumps(row, default=str) + "\n" for row in rows)
-        data = buffer.getvalue().encode("utf-8")
+        self._write(buffer.getvalue().encode("utf-8"))
+
+    def _write(self, data: bytes) -> None:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             view = memoryview(data)
@@ -117,3 +121,49 @@ class PredictionWriter:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    # ---------------------------------------------------------------- accelerate launch: one part file per process
+    def part_path(self, rank: int, world_size: int) -> str:
+        root, ext = os.path.splitext(self.path)
+        return f"{root}.part-{rank:05d}-of-{world_size:05d}{ext}"
+
+    def part(self, rank: int, world_size: int) -> PredictionWriter:
+        """The writer of process `rank`'s part file (same format, no .predict.json), emptied for a fresh shard."""
+        part = PredictionWriter(self.part_path(rank, world_size), self.template, "", {}, record=False)
+        part.meta = self.meta
+        if os.path.exists(part.path):
+            os.remove(part.path)
+        return part
+
+    def leftover_parts(self) -> list[str]:
+        root, ext = os.path.splitext(self.path)
+        folder, stem = os.path.split(root)
+        prefix = os.path.basename(stem) + ".part-"
+        names = sorted(n for n in os.listdir(folder or ".") if n.startswith(prefix) and n.endswith(ext))
+        return [os.path.join(folder, name) for name in names]
+
+    def merge(self, parts: list[str]) -> None:
+        """Append the rows of each part file (in the given order) that the output lacks, then delete the part.
+
+        Rows are matched by id, so a merge interrupted between appending a part and deleting it never duplicates."""
+        for path in parts:
+            if not os.path.exists(path):
+                continue
+            part = PredictionWriter(path, self.template, "", {}, record=False)
+            part.meta, part.columns = self.meta, self.columns
+            rows = part.rows()
+            done = self.done_ids()
+            fresh = [row for row in rows if str(row["id"]) not in done]
+            if fresh or not os.path.exists(self.path):
+                self.append(fresh)
+            os.remove(path)
+
+    def rows(self) -> list[dict]:
+        """The rows of the file (after cutting a torn last line): dicts as written (CSV: cells as strings)."""
+        if not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
+            return []
+        self._cut_torn_line()
+        with open(self.path, newline="", encoding="utf-8") as f:
+            if self.format == "csv":
+                return list(csv.DictReader(f))
+            return [json.loads(line) for line in f]
