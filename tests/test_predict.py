@@ -8,10 +8,19 @@ import socket
 import subprocess
 import sys
 
+import datasets
 import pytest
 import torch
 from conftest import REPO, load_recipe
-from transformers import AutoFeatureExtractor, AutoProcessor, CLIPModel, CLIPProcessor
+from transformers import (
+    AutoFeatureExtractor,
+    AutoProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+)
 
 from mm_hf.data.audio import AudioTransform
 from mm_hf.data.synthetic import write_imagetext_xor
@@ -198,6 +207,30 @@ def test_fusion_checkpoint_reads_its_runs_columns_and_equals_its_forward_pass(tm
     assert [float(c["score"]) for c in table] == pytest.approx(expected.max(-1).values.tolist(), abs=1e-5)
     with pytest.raises(UserError, match="--image_column: a fusion checkpoint reads the columns"):
         predict(run, data["test"], tmp_path / "g.csv", "--image_column", "picture")
+
+
+def test_plain_transformers_classifier_on_a_hub_style_dataset_with_embedded_images(digits_dir, tmp_path):
+    """A transformers ViT checkpoint over a parquet dataset (--dataset_name, images stored as bytes, as on the Hub)."""
+    paths = sorted(str(p) for p in (digits_dir / "test").rglob("*.png"))[:5]
+    table = datasets.Dataset.from_dict({"image": paths, "name": [f"n{i}" for i in range(5)]})
+    (tmp_path / "hub").mkdir()
+    table.cast_column("image", datasets.Image()).to_parquet(str(tmp_path / "hub" / "test.parquet"))
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                       intermediate_size=64, id2label={0: "a", 1: "b", 2: "c"})  # fmt: skip
+    ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    processor.save_pretrained(tmp_path / "vit")
+    main([str(tmp_path / "vit"), "--dataset_name", str(tmp_path / "hub"), "--output", str(tmp_path / "v.jsonl"),
+          "--keep_columns", "name,image", "--id_column", "name", "--top_k", "2", *FAST])  # fmt: skip
+    rows = read_jsonl(tmp_path / "v.jsonl")
+    assert [(r["id"], r["name"]) for r in rows] == [(f"n{i}", f"n{i}") for i in range(5)]
+    assert all(r["image"].endswith(".png") for r in rows)  # an embedded image is kept as its path, not its bytes
+    model = ViTForImageClassification.from_pretrained(tmp_path / "vit").eval()
+    pixel_values = torch.stack(build_image_transform(processor, train=False)({"image": paths})["pixel_values"])
+    with torch.no_grad():
+        expected = model(pixel_values=pixel_values).logits.softmax(-1)
+    assert [r["label"] for r in rows] == [config.id2label[i] for i in expected.argmax(-1).tolist()]
+    assert [r["top_k"][1]["score"] for r in rows] == pytest.approx(expected.topk(2).values[:, 1].tolist(), abs=1e-6)
 
 
 def test_heads_multilabel_thresholds_binary_and_regression_rows():

@@ -126,7 +126,7 @@ def adapter_base(path: str) -> str | None:
     return base
 
 
-def inspect_model(name: str, path: str, hub_kwargs: dict) -> Candidate:
+def inspect_model(name: str | None, path: str, hub_kwargs: dict) -> Candidate:
     """Classify `path` without loading weights; raises UserError for a kind this version does not evaluate."""
     check_finished_run(path)
     adapter_base(path)
@@ -135,7 +135,7 @@ def inspect_model(name: str, path: str, hub_kwargs: dict) -> Candidate:
     run_info = _read(path, "run_info.json", json.load) if os.path.isdir(path) else {}
     if isinstance(config, MultimodalFusionConfig):
         if "video" in (config.modalities or []):
-            raise UserError(f"--model {name}={path} is an mm-hf video checkpoint: not supported by evaluate yet")
+            raise UserError(f"{_named(name, path)} is an mm-hf video checkpoint: not supported yet")
         return Candidate(name, path, "fusion", "fusion", None, "full", run_config, run_info)
     if config.model_type in MM_HF_TYPES:
         adapter = os.path.isdir(path) and os.path.exists(os.path.join(path, "adapter_config.json"))
@@ -155,9 +155,14 @@ def inspect_model(name: str, path: str, hub_kwargs: dict) -> Candidate:
     ):
         return Candidate(name, path, "transformers", "audio", _labels(config))
     raise UserError(
-        f"--model {name}={path}: {config.model_type} ({architectures or 'no architectures'}) is neither an image/audio "
+        f"{_named(name, path)}: {config.model_type} ({architectures or 'no architectures'}) is neither an image/audio "
         "classifier, a CLIP/SigLIP/CLAP dual encoder nor an mm-hf fusion checkpoint"
     )
+
+
+def _named(name: str | None, path: str) -> str:
+    """How messages name a model: `--model NAME=PATH` in evaluate, the bare path where it has no name (predict)."""
+    return f"--model {name}={path}" if name else path
 
 
 def _labels(config) -> list[str]:
@@ -199,9 +204,7 @@ def load(candidate: Candidate, label_names: list[str], hub_kwargs: dict, prompt_
     elif candidate.kind == "zero-shot":
         tokenizer = getattr(candidate.processor, "tokenizer", None)
         if tokenizer is None:
-            raise UserError(
-                f"--model {candidate.name}={path}: a zero-shot dual encoder needs its tokenizer saved there"
-            )
+            raise UserError(f"{_named(candidate.name, path)}: a zero-shot dual encoder needs its tokenizer saved there")
         defaults = DEFAULT_AUDIO_PROMPT_TEMPLATES if candidate.modality == "audio" else DEFAULT_PROMPT_TEMPLATES
         model = build_dual_encoder_classifier(
             AutoModel.from_pretrained(path, **hub_kwargs),

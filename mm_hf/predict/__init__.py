@@ -9,8 +9,12 @@ Checkpoints (told apart as `python -m mm_hf.evaluate` does, by mm_hf.evaluate.ca
 classifier output folders (full, merged or LoRA adapter), plain transformers image/audio-classification
 checkpoints, CLIP/SigLIP/CLAP dual encoders zero-shot over `--labels`, and mm-hf fusion checkpoints, which read the
 columns their run recorded in run_config.yaml (any number of tasks; multi-label and binary heads use `--threshold`,
-default the run's own). Video checkpoints and streaming datasets are not supported yet; neither is sharding across
-the processes of `accelerate launch` (refused: one process, with `--device cuda` and `--num_workers`).
+default the run's own). Video checkpoints and streaming datasets are not supported yet.
+
+Sharded: `accelerate launch [--multi_gpu --num_processes N] -m mm_hf.predict ...`: each process predicts a
+contiguous shard of the samples not yet in the output into `<output stem>.part-<rank>-of-<N><ext>`, and the main
+process appends the parts in rank order (then deletes them), so the file equals one process's. Parts a crashed
+sharded run left behind are merged (by id, never twice) at the next start.
 
 Each output row: `id` (a folder's file path relative to it; else `--id_column`'s value or the row number), the
 `--keep_columns`, the prediction fields of `mm_hf.predict.heads` (single-label: `label`, `score`, `top_k`; multi-label:

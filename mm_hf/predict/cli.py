@@ -109,7 +109,7 @@ def main(argv=None) -> dict:
     hub_kwargs = args.hub_kwargs()
 
     # 2. The model, the transform of its inputs and its head(s)
-    candidate = cands.inspect_model("checkpoint", args.checkpoint, hub_kwargs)
+    candidate = cands.inspect_model(None, args.checkpoint, hub_kwargs)
     if candidate.kind == "fusion":
         model, transform, heads, columns, media, optional = _fusion(candidate, args, explicit, labels, device)
     else:
