@@ -292,6 +292,8 @@ def test_two_process_launch_writes_the_file_of_one_process(lora_run, digits_dir,
     env.update(HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=REPO)
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Predicted 15 sample(s) (0 unreadable, with an `error`; 5 already there)" in proc.stdout  # once, totals
+    assert proc.stdout.count("Predicted") == 1
     two = list(csv.DictReader(open(out, newline="")))
     order = [*range(3), 10, 11, *range(3, 10), *range(12, 20)]  # the leftover part's rows, then the shards in order
     assert [r["id"] for r in two] == [one[i]["id"] for i in order]

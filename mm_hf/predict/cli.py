@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
 from transformers.utils.logging import tqdm  # tqdm is no direct dependency; transformers wraps it
 
@@ -80,8 +81,8 @@ PREDICT_ARGUMENT_TYPES = (PredictArguments,)
 
 
 def main(argv=None) -> dict:
-    """Predict every sample not yet in --output; returns {"predicted", "errors" (this process's), "skipped" (already in
-    the output), "output", "processes"}."""
+    """Predict every sample not yet in --output; returns {"predicted", "errors", "skipped" (already in the output),
+    "output", "processes"} (totals over the processes of a launch)."""
     # 1. Arguments (the checkpoint may come first, without its flag)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and not argv[0].startswith("-"):
@@ -196,10 +197,14 @@ def main(argv=None) -> dict:
         logger.warning("%d sample(s) could not be read: their rows in %s carry an `error`", counts["errors"],
                        args.output)  # fmt: skip
     if state:
-        state.wait_for_everyone()
+        gathered = gather_object([counts])  # every process's counts, for the totals
+        counts = {key: sum(c[key] for c in gathered) for key in counts}
         if rank == 0:
             writer.merge([writer.part_path(r, world_size) for r in range(world_size)])
         state.wait_for_everyone()
+    if rank == 0:
+        print(f"Predicted {counts['predicted']} sample(s) ({counts['errors']} unreadable, with an `error`; {skipped} "
+              f"already there): {args.output}")  # fmt: skip
     return {**counts, "skipped": skipped, "output": args.output, "processes": world_size}
 
 
