@@ -98,6 +98,8 @@ def main(argv=None) -> dict:
         raise UserError(f"--top_k {args.top_k}: must be at least 1")
     labels = [name.strip() for name in (args.labels or "").split(",") if name.strip()]
     keep = [name.strip() for name in (args.keep_columns or "").split(",") if name.strip()]
+    if "id" in keep or "error" in keep:
+        raise UserError("--keep_columns: 'id' and 'error' are the output's own columns; rename that input column")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     state = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -112,7 +114,7 @@ def main(argv=None) -> dict:
     # 2. The model, the transform of its inputs and its head(s)
     candidate = cands.inspect_model(None, args.checkpoint, hub_kwargs)
     if candidate.kind == "fusion":
-        model, transform, heads, columns, media, optional = _fusion(candidate, args, explicit, labels, device)
+        model, transform, heads, columns, media, optional = _fusion(candidate, args, explicit, device)
     else:
         if candidate.kind == "zero-shot" and not labels:
             raise UserError(f"{args.checkpoint} is a {candidate.modality}-text dual encoder: it predicts zero-shot "
@@ -129,17 +131,15 @@ def main(argv=None) -> dict:
         threshold = args.threshold if args.threshold is not None else 0.5
         heads = [Head(problem_type, labels or candidate.label_names, args.top_k, threshold)]
         columns, media, optional = {column: column}, {column}, set()
-    if "id" in keep or "error" in keep:
-        raise UserError("--keep_columns: 'id' and 'error' are the output's own columns; rename that input column")
 
     # 3. The samples, and which of them the output already holds
-    inputs = read_inputs(
-        args.data, dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
-        dataset_split=args.dataset_split, columns=columns, media=media, optional=optional,
-        modality=candidate.modality,
-        id_column=args.id_column, keep_columns=keep,
-        cache_dir=args.cache_dir,
-    )  # fmt: skip
+    # (under a launch the main process reads first: the others then reuse the datasets cache)
+    with state.main_process_first() if state else contextlib.nullcontext():
+        inputs = read_inputs(
+            args.data, dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
+            dataset_split=args.dataset_split, columns=columns, media=media, optional=optional,
+            modality=candidate.modality, id_column=args.id_column, keep_columns=keep, cache_dir=args.cache_dir,
+        )  # fmt: skip
     template = {"id": "", **dict.fromkeys(keep)}
     for head in heads:
         template.update(head.template())
@@ -208,7 +208,7 @@ def main(argv=None) -> dict:
     return {**counts, "skipped": skipped, "output": args.output, "processes": world_size}
 
 
-def _fusion(candidate, args, explicit, labels, device):
+def _fusion(candidate, args, explicit, device):
     """A fusion checkpoint: its run's columns (run_config.yaml), its saved processor, one head per task."""
     refused = [f"--{name}" for name in ("labels", "prompt_templates", "image_column", "audio_column",
                                         "max_length_seconds") if name in explicit]  # fmt: skip

@@ -68,9 +68,9 @@ def read_inputs(
         relative = [p for p in found if p.lower().endswith(extensions)]
         if not relative:
             raise DataError(f"{data} holds no {modality} files (looked for {', '.join(extensions[:8])}, ...)")
-        if len(relative) < len(found):
-            logger.info("%s: %d file(s) that are no %s file skipped, e.g. %s", data, len(found) - len(relative),
-                        modality, next(p for p in found if p not in set(relative)))  # fmt: skip
+        others = [p for p in found if not p.lower().endswith(extensions)]
+        if others:
+            logger.info("%s: %d file(s) that are no %s file skipped, e.g. %s", data, len(others), modality, others[0])
         table = Dataset.from_dict(
             {column: [os.path.join(os.path.abspath(data), p) for p in relative], "path": relative}
         )
