@@ -176,13 +176,17 @@ def test_audio_classifier_equals_its_forward_pass(tiny_wav2vec2, tmp_path):
     assert [r["score"] for r in rows] == pytest.approx(expected.max(-1).values.tolist(), abs=1e-5)
 
 
-def test_fusion_checkpoint_reads_its_runs_columns_and_equals_its_forward_pass(tmp_path):
+@pytest.mark.parametrize("problem_type", ["single_label_classification", "binary_classification"])
+def test_fusion_checkpoint_reads_its_runs_columns_and_equals_its_forward_pass(problem_type, tmp_path):
+    """A fusion_imagetext_cls run (image + text, some rows missing one): its columns come from run_config.yaml; a
+    binary head is thresholded at the run's own --threshold (0.3)."""
     encoders = build_tiny_encoders(str(tmp_path / "encoders"))
     data = write_imagetext_xor(str(tmp_path / "data"), sizes=(16, 4, 10), seed=0, missing_rate=0.2)
     run = tmp_path / "run"
     load_recipe("fusion_imagetext_cls").main([
         "--vision_model_name_or_path", encoders["vision"], "--text_model_name_or_path", encoders["text"],
         "--image_column", "image", "--text_column", "text", "--label_column", "label",
+        "--problem_type", problem_type, "--threshold", "0.3",
         "--train_file", data["train"], "--validation_file", data["validation"], "--output_dir", str(run),
         "--do_train", "--use_cpu", "true", "--max_steps", "1", "--per_device_train_batch_size", "8", "--fusion",
         "concat", "--hidden_size", "32", "--max_seq_length", "12", "--save_strategy", "no", "--report_to", "none",
@@ -199,12 +203,18 @@ def test_fusion_checkpoint_reads_its_runs_columns_and_equals_its_forward_pass(tm
              "text": [r["text"] for r in rows]}  # fmt: skip
     inputs = processor.transform(train=False)(batch)
     with torch.no_grad():
-        expected = model(**{k: torch.stack(v) for k, v in inputs.items()}).logits.softmax(-1)
+        logits = model(**{k: torch.stack(v) for k, v in inputs.items()}).logits
     names = model.config.tasks[0]["labels"]
     assert [c["id"] for c in table] == [str(i) for i in range(10)]
     assert [c["text"] for c in table] == [r["text"] or "" for r in rows]
-    assert [c["label"] for c in table] == [names[i] for i in expected.argmax(-1).tolist()]
-    assert [float(c["score"]) for c in table] == pytest.approx(expected.max(-1).values.tolist(), abs=1e-5)
+    if problem_type == "binary_classification":
+        positive = logits[:, 0].sigmoid()
+        assert [c["label"] for c in table] == [names[int(p >= 0.3)] for p in positive.tolist()]
+        assert [float(c["probability"]) for c in table] == pytest.approx(positive.tolist(), abs=1e-5)
+    else:
+        expected = logits.softmax(-1)
+        assert [c["label"] for c in table] == [names[i] for i in expected.argmax(-1).tolist()]
+        assert [float(c["score"]) for c in table] == pytest.approx(expected.max(-1).values.tolist(), abs=1e-5)
     with pytest.raises(UserError, match="--image_column: a fusion checkpoint reads the columns"):
         predict(run, data["test"], tmp_path / "g.csv", "--image_column", "picture")
 
