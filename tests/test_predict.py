@@ -211,6 +211,12 @@ def test_fusion_checkpoint_reads_its_runs_columns_and_equals_its_forward_pass(pr
         positive = logits[:, 0].sigmoid()
         assert [c["label"] for c in table] == [names[int(p >= 0.3)] for p in positive.tolist()]
         assert [float(c["probability"]) for c in table] == pytest.approx(positive.tolist(), abs=1e-5)
+        ordered = sorted(positive.tolist())  # --threshold overrides the run's: half the rows on each side
+        middle = (ordered[4] + ordered[5]) / 2
+        predict(run, data["test"], tmp_path / "t.jsonl", "--threshold", str(middle))
+        assert [r["label"] for r in read_jsonl(tmp_path / "t.jsonl")] == [
+            names[int(p >= middle)] for p in positive.tolist()
+        ]
     else:
         expected = logits.softmax(-1)
         assert [c["label"] for c in table] == [names[i] for i in expected.argmax(-1).tolist()]
