@@ -190,7 +190,6 @@ def whisper_encoder_features(
     the probe and this baseline read the same features; without it, on Whisper's 30 s window."""
     from transformers import AutoFeatureExtractor, WhisperModel
 
-
     encoder = WhisperModel.from_pretrained(model_dir).encoder.eval()
     extractor = AutoFeatureExtractor.from_pretrained(model_dir)
     fit_whisper_window(encoder, encoder.config, extractor, max_length_seconds)

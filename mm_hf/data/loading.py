@@ -250,6 +250,7 @@ def read_table(path: str, input_column: str, label_column: str, cache_dir, flags
 
 
 def resolve_path(value, base: str):
+    """A relative local path in a CSV/JSONL file, made absolute against the file's folder `base`; else as is."""
     if isinstance(value, str) and value and not os.path.isabs(value) and "://" not in value:
         return os.path.join(base, value)
     return value

@@ -88,14 +88,54 @@ def _read(path: str, name: str, loader):
         return loader(f) or {}
 
 
-def inspect_model(name: str, path: str, hub_kwargs: dict) -> Candidate:
+def check_finished_run(path: str) -> None:
+    """Refuse a local folder without config.json, naming what it holds: the output folder of an unfinished run (only
+    Trainer's checkpoint-* folders, each loadable on its own) or no checkpoint at all."""
+    if not os.path.isdir(path) or os.path.isfile(os.path.join(path, "config.json")):
+        return
+    checkpoints = sorted(
+        (d for d in os.listdir(path) if d.startswith("checkpoint-") and d.split("-", 1)[1].isdigit()),
+        key=lambda d: int(d.split("-", 1)[1]),
+    )
+    if checkpoints:
+        raise UserError(
+            f"{path} has no config.json, only the Trainer checkpoints {', '.join(checkpoints)}: the output folder of a "
+            f"run that did not finish. Pass one of them (e.g. {os.path.join(path, checkpoints[-1])}) or finish the run"
+        )
+    raise UserError(f"{path} has no config.json: not a saved model folder (a recipe's --output_dir once it finished)")
+
+
+def adapter_base(path: str) -> str | None:
+    """The base model a LoRA adapter folder names (adapter_config.json), or None for any other checkpoint.
+
+    Refuses an adapter whose base is missing: none recorded, or a local folder that no longer exists.
+    """
+    file = os.path.join(path, "adapter_config.json")
+    if not os.path.isdir(path) or not os.path.isfile(file):
+        return None
+    with open(file) as f:
+        base = json.load(f).get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"{path} is a LoRA adapter whose adapter_config.json names no base_model_name_or_path")
+    local = os.path.isabs(base) or base.startswith(".") or base.count("/") > 1
+    if local and not os.path.isdir(base):
+        raise UserError(
+            f"{path} is a LoRA adapter of the base model {base}, which is not there: put the base model back at that "
+            "path, or set base_model_name_or_path in its adapter_config.json to where it is now"
+        )
+    return base
+
+
+def inspect_model(name: str | None, path: str, hub_kwargs: dict) -> Candidate:
     """Classify `path` without loading weights; raises UserError for a kind this version does not evaluate."""
+    check_finished_run(path)
+    adapter_base(path)
     config = AutoConfig.from_pretrained(path, **hub_kwargs)
     run_config = _read(path, "run_config.yaml", yaml.safe_load) if os.path.isdir(path) else {}
     run_info = _read(path, "run_info.json", json.load) if os.path.isdir(path) else {}
     if isinstance(config, MultimodalFusionConfig):
         if "video" in (config.modalities or []):
-            raise UserError(f"--model {name}={path} is an mm-hf video checkpoint: not supported by evaluate yet")
+            raise UserError(f"{_named(name, path)} is an mm-hf video checkpoint: not supported yet")
         return Candidate(name, path, "fusion", "fusion", None, "full", run_config, run_info)
     if config.model_type in MM_HF_TYPES:
         adapter = os.path.isdir(path) and os.path.exists(os.path.join(path, "adapter_config.json"))
@@ -115,9 +155,14 @@ def inspect_model(name: str, path: str, hub_kwargs: dict) -> Candidate:
     ):
         return Candidate(name, path, "transformers", "audio", _labels(config))
     raise UserError(
-        f"--model {name}={path}: {config.model_type} ({architectures or 'no architectures'}) is neither an image/audio "
+        f"{_named(name, path)}: {config.model_type} ({architectures or 'no architectures'}) is neither an image/audio "
         "classifier, a CLIP/SigLIP/CLAP dual encoder nor an mm-hf fusion checkpoint"
     )
+
+
+def _named(name: str | None, path: str) -> str:
+    """How messages name a model: `--model NAME=PATH` in evaluate, the bare path where it has no name (predict)."""
+    return f"--model {name}={path}" if name else path
 
 
 def _labels(config) -> list[str]:
@@ -148,13 +193,18 @@ def load(candidate: Candidate, label_names: list[str], hub_kwargs: dict, prompt_
     path = candidate.path
     candidate.processor = AutoProcessor.from_pretrained(path, **hub_kwargs)
     if candidate.kind == "mm-hf":
-        model = load_finetuned(path)
+        try:
+            model = load_finetuned(path)
+        except OSError as error:
+            base = adapter_base(path)
+            if base is None:
+                raise
+            raise UserError(f"{path} is a LoRA adapter of the base model {base}, which cannot be loaded "
+                            f"({str(error).splitlines()[0]}): make it available (a local folder or the Hub)") from error  # fmt: skip
     elif candidate.kind == "zero-shot":
         tokenizer = getattr(candidate.processor, "tokenizer", None)
         if tokenizer is None:
-            raise UserError(
-                f"--model {candidate.name}={path}: a zero-shot dual encoder needs its tokenizer saved there"
-            )
+            raise UserError(f"{_named(candidate.name, path)}: a zero-shot dual encoder needs its tokenizer saved there")
         defaults = DEFAULT_AUDIO_PROMPT_TEMPLATES if candidate.modality == "audio" else DEFAULT_PROMPT_TEMPLATES
         model = build_dual_encoder_classifier(
             AutoModel.from_pretrained(path, **hub_kwargs),

@@ -38,30 +38,40 @@ HEADLINE = {
 }
 
 
-def run_columns(candidate) -> tuple[MultimodalColumns, str]:
-    """The columns and problem type the fusion run was trained with (its run_config.yaml)."""
+def fusion_columns(candidate) -> MultimodalColumns:
+    """The columns the fusion run was trained with (its run_config.yaml), any number of tasks."""
     config = candidate.run_config
     if not config:
         raise UserError(
-            f"--model {candidate.name}={candidate.path}: a fusion checkpoint is evaluated on the columns its run "
-            "recorded in run_config.yaml, and there is none (save it with recipes/fusion_imagetext_cls.py)"
+            f"{candidate.path}: a fusion checkpoint reads the columns its run recorded in run_config.yaml, and "
+            "there is none (save it with recipes/fusion_imagetext_cls.py)"
         )
-    problem_types = list(config.get("problem_type") or [])
-    labels = list(config.get("label_column") or [])
-    if len(problem_types) != 1:
-        raise UserError(
-            f"--model {candidate.name}={candidate.path}: a multi-task fusion checkpoint ({problem_types}); "
-            "python -m mm_hf.evaluate scores single-task fusion heads only for now"
-        )
-    columns = MultimodalColumns(
+    return MultimodalColumns(
         image=config.get("image_column"),
         text=config.get("text_column"),
         audio=config.get("audio_column"),
         numeric=config.get("numeric_columns") or [],
         categorical=config.get("categorical_columns") or [],
-        labels=labels,
+        labels=list(config.get("label_column") or []),
     )
+
+
+def run_columns(candidate) -> tuple[MultimodalColumns, str]:
+    """The columns and problem type the fusion run was trained with; refuses a multi-task run."""
+    columns = fusion_columns(candidate)
+    problem_types = list(candidate.run_config.get("problem_type") or [])
+    if len(problem_types) != 1:
+        raise UserError(
+            f"--model {candidate.name}={candidate.path}: a multi-task fusion checkpoint ({problem_types}); "
+            "python -m mm_hf.evaluate scores single-task fusion heads only for now"
+        )
     return columns, problem_types[0]
+
+
+def load_fusion(path: str, device="cpu") -> tuple:
+    """(model in eval mode on `device`, its saved MultimodalProcessor) of a fusion checkpoint folder."""
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval().to(device)
+    return model, MultimodalProcessor.from_pretrained(path)
 
 
 def read_set(path: str, columns: MultimodalColumns, problem_type: str, task: dict, args, data_args, sampling_rate):
@@ -117,8 +127,7 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
     results, sets_info = {}, {}
     for candidate in candidates:
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(candidate.path).eval().to(device)
-            processor = MultimodalProcessor.from_pretrained(candidate.path)
+            model, processor = load_fusion(candidate.path, device)
         except Exception as error:  # noqa: BLE001 (reported; the others are still evaluated)
             failed[candidate.name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             continue

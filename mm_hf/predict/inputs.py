@@ -1,0 +1,189 @@
+"""The samples `python -m mm_hf.predict` reads (a folder, a CSV/JSONL file or a Hub split), without labels, and the
+DataLoader batches it makes of them, where a sample that cannot be decoded becomes an error instead of a crash."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+
+import datasets
+import torch
+from datasets import Dataset
+from PIL import Image
+
+from ..data.labels import is_missing
+from ..data.loading import read_data_file, resolve_path
+from ..errors import DataError, UserError
+
+logger = logging.getLogger(__name__)
+
+# Files of a --data folder that are predicted; others (metadata.jsonl, README, ...) are skipped with a log line.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".webm")
+
+
+@dataclass
+class Inputs:
+    """The model inputs (`dataset`: one column per input, in the transform's names), a stable id per row (`ids`,
+    strings: what resume matches on), the columns the user keeps (`kept`, values as read) and where they came from."""
+
+    dataset: Dataset
+    ids: list[str]
+    kept: Dataset | None
+    source: str
+
+
+def read_inputs(
+    data: str | None,
+    *,
+    dataset_name: str | None,
+    dataset_config_name: str | None,
+    dataset_split: str,
+    columns: dict[str, str],
+    media: set[str],
+    modality: str = "image",
+    optional: set[str] = frozenset(),
+    id_column: str | None,
+    keep_columns: list[str],
+    cache_dir=None,
+) -> Inputs:
+    """Read the samples; `columns` maps each source column to the name the transform reads it under (e.g.
+    {"img": "image"}), `media` lists the source columns holding media (paths made absolute), `optional` those whose
+    blank cells are a missing input (None).
+
+    A folder gives one sample per `modality` file (by extension; recursively, sorted) under the single media column,
+    with its path relative to the folder as id. A file or Hub split keeps its row order; the id is `id_column`'s
+    value, else the row number.
+    """
+    if data and dataset_name:
+        raise UserError(f"give either --data ({data}) or --dataset_name ({dataset_name}), not both")
+    if data and os.path.isdir(data):
+        if len(columns) != 1 or not media:
+            raise DataError(f"{data}: this checkpoint reads several columns ({', '.join(columns)}): give a CSV/JSONL "
+                            "file (or Hub dataset) with one column per input, not a folder")  # fmt: skip
+        (column,) = columns
+        found = _walk(data)
+        extensions = AUDIO_EXTENSIONS if modality == "audio" else tuple(Image.registered_extensions())
+        relative = [p for p in found if p.lower().endswith(extensions)]
+        if not relative:
+            raise DataError(f"{data} holds no {modality} files (looked for {', '.join(extensions[:8])}, ...)")
+        others = [p for p in found if not p.lower().endswith(extensions)]
+        if others:
+            logger.info("%s: %d file(s) that are no %s file skipped, e.g. %s", data, len(others), modality, others[0])
+        table = Dataset.from_dict(
+            {column: [os.path.join(os.path.abspath(data), p) for p in relative], "path": relative}
+        )
+        ids, source = list(relative), data
+        if id_column is not None:
+            raise UserError(f"--id_column: the samples of a folder are named by their path in it ({data})")
+        _require(table, keep_columns, source)
+        kept = table.select_columns(keep_columns) if keep_columns else None
+    else:
+        if data:
+            table, source = read_data_file(data, cache_dir, split="input"), data
+            base = os.path.dirname(os.path.abspath(data))
+        elif dataset_name:
+            hub = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+            if dataset_split not in hub:
+                raise DataError(f"{dataset_name} has no {dataset_split!r} split (--dataset_split); its splits are "
+                                f"{sorted(hub)}")  # fmt: skip
+            table, source, base = hub[dataset_split], f"{dataset_name}[{dataset_split}]", None
+            for column in media:  # decoded by us: robust modes, and an error naming the sample instead of a crash
+                feature = table.features.get(column)
+                if isinstance(feature, (datasets.Image, datasets.Audio, datasets.Video)):
+                    table = table.cast_column(column, type(feature)(decode=False))
+        else:
+            raise UserError("no data: pass --data (a folder, or a CSV/JSONL file) or --dataset_name (a Hub dataset)")
+        _require(table, [*columns, *([id_column] if id_column else []), *keep_columns], source)
+        if len(table) == 0:
+            raise DataError(f"{source} holds no rows")
+        ids = [str(v) for v in table[id_column]] if id_column else [str(i) for i in range(len(table))]
+        if id_column and len(set(ids)) != len(ids):
+            repeated = [value for value, n in Counter(ids).items() if n > 1]
+            raise DataError(f"{source}: --id_column {id_column!r} repeats {repeated[:5]}: each row needs its own id, "
+                            "or drop --id_column to use the row number")  # fmt: skip
+        kept = table.select_columns(keep_columns) if keep_columns else None  # as read, before paths are resolved
+        if media or optional:
+            table = table.map(_Resolve(media if base else set(), optional, base), batched=True, desc="reading paths")
+    dataset = table.select_columns(list(columns)).rename_columns({s: t for s, t in columns.items() if s != t})
+    return Inputs(dataset, ids, kept, source)
+
+
+def _walk(folder: str) -> list[str]:
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.relpath(os.path.join(root, f), folder) for f in sorted(files) if not f.startswith(".")]
+    return found
+
+
+def _require(table: Dataset, names: list[str], source: str) -> None:
+    missing = [name for name in dict.fromkeys(names) if name not in table.column_names]
+    if missing:
+        raise DataError(f"{source}: no column(s) {', '.join(map(repr, missing))}; available: "
+                        f"{', '.join(table.column_names)}")  # fmt: skip
+
+
+class _Resolve:
+    """Media paths relative to the file's folder made absolute, blank optional cells None (a class: pickles for map)."""
+
+    def __init__(self, media: set[str], optional: set[str], base: str | None):
+        self.media, self.optional, self.base = media, optional, base
+
+    def __call__(self, batch):
+        for column in self.optional:
+            batch[column] = [None if is_missing(v) else v for v in batch[column]]
+        for column in self.media:
+            batch[column] = [resolve_path(v, self.base) for v in batch[column]]
+        return batch
+
+
+class Rows(torch.utils.data.Dataset):
+    """Row `positions[i]` of `dataset` as (position, row): what the DataLoader hands the collator."""
+
+    def __init__(self, dataset: Dataset, positions: list[int]):
+        self.dataset, self.positions = dataset, positions
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i):
+        position = self.positions[i]
+        return position, self.dataset[position]
+
+
+class Collate:
+    """DataLoader collate_fn: rows -> (positions of the good rows, stacked model inputs or None, {position: error}).
+
+    The whole batch goes through `transform` at once (audio is padded per batch, as in the recipes); when that fails,
+    each row is tried alone to find the bad ones, and the others are transformed together again. Runs in the
+    workers, so decoding happens there; a class, so it pickles into spawned workers.
+    """
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, items):
+        positions = [position for position, _ in items]
+        rows = [row for _, row in items]
+        try:
+            return positions, self._stack(rows), {}
+        except Exception:  # noqa: BLE001 (some sample is bad: found below, one row at a time)
+            pass
+        good, errors = [], {}
+        for position, row in items:
+            try:
+                self._stack([row])
+                good.append((position, row))
+            except Exception as error:  # noqa: BLE001 (any failure of one sample is that sample's error row)
+                message = str(error).splitlines()[0] if str(error) else ""
+                errors[position] = f"{type(error).__name__}: {message}"
+        if not good:
+            return [], None, errors
+        return [p for p, _ in good], self._stack([row for _, row in good]), errors
+
+    def _stack(self, rows: list[dict]) -> dict:
+        batch = {key: [row[key] for row in rows] for key in rows[0]}
+        out = self.transform(batch)
+        return {key: torch.stack([torch.as_tensor(v) for v in values]) for key, values in out.items()}
