@@ -1,88 +1,134 @@
-"""The before/after protocol of the classification recipes: evaluate untouched, train, evaluate again."""
+"""The "measure" step of the run protocol (`mm_hf.run.train_and_evaluate`), one kind per recipe family.
+
+A measure scores the model on the held-out split before training and after it:
+
+- `TrainerMeasure`: `Trainer.evaluate` with the Trainer's `compute_metrics` (the classification recipes' streaming
+  `ClassificationMetrics`, the fusion recipes' `TaskMetrics`); `fusion_trainer` builds it with the fusion Trainer.
+- `RetrievalMeasure`: `mm_hf.retrieval.measure_retrieval` of a dual encoder (recall@K, median rank, zero-shot
+  classification), the Trainer's evaluation giving only the contrastive loss.
+
+Each one offers `before(split, prefix)`, `validation(split)` (the validation split's Trainer metrics after
+training, besides the measured split), `after(split, prefix)`, `report` (the full report of the last before/after
+call, or None), `table_metrics(key)` (rows of the before/after table, None for the default ones), `write_report`
+(the report files) and `headline(split, key)` (the line printed above the table).
+"""
 
 import logging
-import time
-from dataclasses import dataclass
 
-from transformers import EarlyStoppingCallback
-
-from .data.loading import require_evaluation_split
-from .reports import format_before_after_table
-from .run import evaluate_before_training, prepare_training_arguments
+from .fusion_features import CachedInputs, cache_encoder_outputs, fit_feature_statistics, frozen_modalities
+from .metrics.tasks import Task, compute_task_metrics
+from .outputs import task_report_writer, write_classification_outputs
+from .retrieval import measure_retrieval
+from .run import build_trainer, prepare_training_arguments
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class BeforeAfter:
-    """What a classification run measured: `results` holds every metric for all_results.json."""
+class TrainerMeasure:
+    """`Trainer.evaluate` with the Trainer's metrics; `metrics.last_report` keeps the full report of each call.
 
-    results: dict
-    before_report: dict
-    after_report: dict
-    table: str
-    eval_key: str  # "test" or "eval": the Trainer prefix of the held-out split's metrics
-    train_runtime: float | None
-
-
-def train_with_before_after(
-    trainer,
-    datasets: dict,
-    metrics,
-    *,
-    do_train: bool,
-    early_stopping_patience=None,
-    resume_from_checkpoint=None,
-    before_label: str = "zero-shot",
-    table_metrics=None,
-    extra_after=None,
-    fit=None,
-) -> BeforeAfter:
-    """Evaluate the untouched model on the held-out split (test, else validation), train, evaluate again.
-
-    Keys follow Trainer's convention: `zeroshot_test_*` before, `test_*` after (`eval_*` for validation,
-    which is also evaluated after training when a test split exists). `metrics` is the streaming
-    `ClassificationMetrics` given to the Trainer; its full reports are returned for the output files.
-    Early stopping watches only the evaluations made during training, not the before/after ones.
-    `table_metrics` chooses the rows of the before/after table (default: accuracy, top-5, macro/weighted F1);
-    `extra_after(split, key)` returns more after-training metrics for it (e.g. modality ablations).
-    `fit()`, when given, trains instead of `trainer.train` (e.g. `mm_hf.probe.fit_classifier_head` on cached
-    features) and returns what to record; its wall time is the train runtime.
+    After training, the validation split is evaluated too when the test split is the measured one (`eval_*`),
+    and `extra_after(split, key)` adds more metrics to the after-training ones (e.g. modality ablations).
     """
-    require_evaluation_split(datasets)  # the loaders of the fusion recipes accept train alone
-    split = "test" if "test" in datasets else "validation"
-    key = "test" if split == "test" else "eval"
-    before = evaluate_before_training(trainer, datasets[split], f"zeroshot_{key}")
-    before_report = metrics.last_report
-    results, train_runtime = dict(before), None
-    if do_train and fit is not None:
-        start = time.perf_counter()
-        results.update(fit(), train_samples=len(datasets["train"]))
-        train_runtime = results["train_runtime"] = time.perf_counter() - start
-    elif do_train:
-        early_stopping = None
-        if early_stopping_patience is not None:
-            early_stopping = EarlyStoppingCallback(early_stopping_patience=early_stopping_patience)
-            trainer.add_callback(early_stopping)
-        train_result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-        train_runtime = train_result.metrics.get("train_runtime")
-        results.update(train_result.metrics, train_samples=len(datasets["train"]))
-        if early_stopping is not None:
-            trainer.remove_callback(early_stopping)
-    if "validation" in datasets and split != "validation":
-        results.update(trainer.evaluate(datasets["validation"], metric_key_prefix="eval"))
-        results["eval_samples"] = len(datasets["validation"])
-    after = trainer.evaluate(datasets[split], metric_key_prefix=key)
-    after[f"{key}_samples"] = len(datasets[split])
-    report = metrics.last_report
-    if extra_after is not None:
-        after.update(extra_after(split, key))
-    results.update(after)
-    rows = {"metrics": table_metrics} if table_metrics else {}
-    table = format_before_after_table(
-        {k.removeprefix("zeroshot_"): v for k, v in before.items()}, after, before_label=before_label, **rows
-    )
-    return BeforeAfter(results, before_report, report, table, key, train_runtime)
+
+    def __init__(
+        self,
+        trainer,
+        datasets: dict,
+        metrics,
+        *,
+        table_metrics=None,
+        extra_after=None,
+        write_report=write_classification_outputs,
+    ):
+        self.trainer, self.datasets, self.metrics = trainer, datasets, metrics
+        self.rows, self.extra_after, self.write_report = table_metrics, extra_after, write_report
+        self.report: dict | None = None
+
+    def before(self, split: str, prefix: str) -> dict:
+        results = self.trainer.evaluate(self.datasets[split], metric_key_prefix=prefix)
+        self.report = self.metrics.last_report
+        return results
+
+    def validation(self, split: str) -> dict:
+        if "validation" not in self.datasets or split == "validation":
+            return {}
+        results = self.trainer.evaluate(self.datasets["validation"], metric_key_prefix="eval")
+        return {**results, "eval_samples": len(self.datasets["validation"])}
+
+    def after(self, split: str, prefix: str) -> dict:
+        results = self.trainer.evaluate(self.datasets[split], metric_key_prefix=prefix)
+        results[f"{prefix}_samples"] = len(self.datasets[split])
+        self.report = self.metrics.last_report  # before extra evaluations replace it
+        if self.extra_after is not None:
+            results.update(self.extra_after(split, prefix))
+        return results
+
+    def table_metrics(self, key: str):
+        return self.rows
+
+    def headline(self, split: str, key: str) -> str:
+        return f"Evaluation on the {key} split ({len(self.datasets[split])} samples)"
+
+
+# Rows of the retrieval before/after table; {m} is the modality ("image" or "audio"), as the metric keys name it.
+RETRIEVAL_TABLE_METRICS = ("{m}_to_text_recall@1", "{m}_to_text_recall@5", "text_to_{m}_recall@1",
+                           "text_to_{m}_recall@5", "text_to_{m}_median_rank", "zeroshot_cls_accuracy")  # fmt: skip
+
+
+class RetrievalMeasure:
+    """Retrieval (and, with `zeroshot_eval_dir`, zero-shot classification) metrics of the current weights.
+
+    Measured on the main process only (the other processes get `{}`) from the raw `splits`, embedded with
+    `media` and `tokenizer`; after training the Trainer's own evaluation of its eval dataset (the contrastive
+    loss, `eval_loss`) is added when `validation_loss` (--do_eval).
+    """
+
+    report = write_report = None  # no per-class report
+
+    def __init__(
+        self,
+        trainer,
+        splits: dict,
+        media,
+        tokenizer,
+        *,
+        max_length: int,
+        zeroshot_eval_dir: str | None = None,
+        prompt_templates=None,
+        validation_loss: bool = True,
+    ):
+        self.trainer, self.splits, self.media, self.tokenizer = trainer, splits, media, tokenizer
+        self.max_length, self.validation_loss = max_length, validation_loss
+        self.zeroshot_eval_dir, self.prompt_templates = zeroshot_eval_dir, prompt_templates
+
+    def before(self, split: str, prefix: str) -> dict:
+        if not self.trainer.is_world_process_zero():
+            return {}
+        return measure_retrieval(
+            self.trainer.accelerator.unwrap_model(self.trainer.model),
+            self.splits[split],
+            self.media,
+            self.tokenizer,
+            batch_size=self.trainer.args.per_device_eval_batch_size,
+            max_length=self.max_length,
+            prefix=f"{prefix}_",
+            zeroshot_eval_dir=self.zeroshot_eval_dir,
+            prompt_templates=self.prompt_templates,
+        )
+
+    after = before
+
+    def validation(self, split: str) -> dict:
+        if not self.validation_loss or self.trainer.eval_dataset is None:
+            return {}
+        return self.trainer.evaluate(metric_key_prefix="eval")
+
+    def table_metrics(self, key: str) -> list[str]:
+        return [f"{key}_{m.format(m=self.media.name)}" for m in RETRIEVAL_TABLE_METRICS]
+
+    def headline(self, split: str, key: str) -> str:
+        return f"Retrieval on the {split} split ({len(self.splits[split])} {self.media.plural})"
 
 
 # The metrics that lead the before/after table for each kind of head; the first one also picks the best checkpoint
@@ -106,36 +152,34 @@ class TaskMetrics:
     per class / label included, for the report files.
     """
 
-    def __init__(self, tasks: list[dict], threshold: float = 0.5):
+    def __init__(self, tasks: list[Task], threshold: float = 0.5):
         self.tasks, self.threshold = tasks, threshold
         self.last_report: dict | None = None
 
-    def key(self, task: dict, metric: str) -> str:
-        return metric if len(self.tasks) == 1 else f"{task['name']}_{metric}"
+    def key(self, task: Task, metric: str) -> str:
+        return metric if len(self.tasks) == 1 else f"{task.name}_{metric}"
 
     def table_metrics(self, modalities=()) -> list[str]:
         """Rows of the before/after table: each head's headline metrics, then the first one per removed modality."""
-        rows = [self.key(t, m) for t in self.tasks for m in HEADLINE_METRICS[t["problem_type"]]]
-        first = [self.key(t, HEADLINE_METRICS[t["problem_type"]][0]) for t in self.tasks]
+        rows = [self.key(t, m) for t in self.tasks for m in HEADLINE_METRICS[t.problem_type]]
+        first = [self.key(t, HEADLINE_METRICS[t.problem_type][0]) for t in self.tasks]
         return rows + [f"without_{m}_{metric}" for m in modalities for metric in first]
 
     def best_metric(self) -> str:
-        if len(self.tasks) > 1 or self.tasks[0]["problem_type"] == "regression":
+        if len(self.tasks) > 1 or self.tasks[0].problem_type == "regression":
             return "loss"
-        return HEADLINE_METRICS[self.tasks[0]["problem_type"]][0]
+        return HEADLINE_METRICS[self.tasks[0].problem_type][0]
 
     def __call__(self, eval_pred) -> dict:
-        from .metrics.tasks import compute_task_metrics
-
         predictions, label_ids = eval_pred.predictions, eval_pred.label_ids
         if len(self.tasks) == 1:
             predictions, label_ids = [predictions], [label_ids]
         report, summary = {}, {}
         for task, logits, labels in zip(self.tasks, predictions, label_ids, strict=True):
-            names = task["labels"] if task["problem_type"] != "binary_classification" else None
-            scores = compute_task_metrics(task["problem_type"], logits, labels, names, self.threshold)
-            report[task["name"]] = scores
-            per_label = tuple(f"{name}_" for name in task["labels"])
+            names = task.labels if task.problem_type != "binary_classification" else None
+            scores = compute_task_metrics(task.problem_type, logits, labels, names, self.threshold)
+            report[task.name] = scores
+            per_label = tuple(f"{name}_" for name in task.labels)
             summary.update({self.key(task, k): v for k, v in scores.items() if not k.startswith(per_label)})
         self.last_report = report
         return summary
@@ -169,20 +213,16 @@ def evaluate_without_modalities(trainer, dataset, transform, modalities: list[st
     return results
 
 
-def train_fusion(model, processor, splits, tasks, modalities, training_args, ft_args, fusion_args):
-    """Trainer + the fusion protocol, shared by the fusion recipes: returns `(trainer, BeforeAfter)`.
+def fusion_trainer(model, processor, splits, tasks: list[Task], modalities, training_args, ft_args, fusion_args):
+    """The fusion recipes' Trainer and measure: returns `(trainer, datasets, TrainerMeasure)`.
 
     Inputs are decoded on the fly by `processor` (train transform with augmentation for the train split), except
     those of frozen encoders, encoded once and cached (`mm_hf.fusion_features`, unless `--precompute_features
     false`); before training, the encoders' pooled features get their standardisation fitted on the train split;
     metrics come from `TaskMetrics` over every score at once (`batch_eval_metrics=False`: ROC-AUC and mAP need
-    them), labels from `labels` or `labels_<task>`. The untrained heads are evaluated (the chance baseline),
-    the model trained, then evaluated again, also with each modality removed (`fusion_args.ablate_modalities`).
+    them), labels from `labels` or `labels_<task>`. After training the measured split is evaluated again with
+    each modality removed (`fusion_args.ablate_modalities`).
     """
-    from transformers import Trainer, default_data_collator
-
-    from .fusion_features import CachedInputs, cache_encoder_outputs, fit_feature_statistics, frozen_modalities
-
     metrics = TaskMetrics(tasks, threshold=fusion_args.threshold)
     training_args = prepare_training_arguments(
         training_args,
@@ -218,29 +258,18 @@ def train_fusion(model, processor, splits, tasks, modalities, training_args, ft_
         )
         logger.info("feature standardisation fitted on %s training rows per modality", counts)
     datasets = {n: ds.with_transform(train_transform if n == "train" else eval_transform) for n, ds in splits.items()}
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=datasets["train"],
-        eval_dataset=datasets.get("validation"),
-        processing_class=processor,
-        data_collator=default_data_collator,
-        compute_metrics=metrics,
-    )
+    trainer = build_trainer(model, training_args, datasets, processor, metrics)
     ablate = fusion_args.ablate_modalities
 
     def ablations(split, key):
         return evaluate_without_modalities(trainer, splits[split], eval_transform, modalities, key) if ablate else {}
 
-    run = train_with_before_after(
+    measure = TrainerMeasure(
         trainer,
         datasets,
         metrics,
-        do_train=training_args.do_train,
-        early_stopping_patience=ft_args.early_stopping_patience,
-        resume_from_checkpoint=training_args.resume_from_checkpoint,
-        before_label=FUSION_BEFORE_LABEL,
         table_metrics=metrics.table_metrics(modalities if ablate else ()),
         extra_after=ablations,
+        write_report=task_report_writer(tasks),
     )
-    return trainer, run
+    return trainer, datasets, measure

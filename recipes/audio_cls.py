@@ -22,33 +22,21 @@ import sys
 from dataclasses import dataclass, field
 from functools import partial
 
-from transformers import (
-    AutoConfig,
-    AutoFeatureExtractor,
-    AutoProcessor,
-    Trainer,
-    TrainingArguments,
-    default_data_collator,
-)
+from transformers import AutoConfig, AutoFeatureExtractor, AutoProcessor, TrainingArguments
 
-from mm_hf.args import (
-    DataArguments,
-    FinetuneArguments,
-    ModelArguments,
-    args_to_dict,
-    fill_strategy_defaults,
-)
+from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict, fill_strategy_defaults
 from mm_hf.data.audio import AudioTransform, check_audio
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
+from mm_hf.data.validation import check_splits
 from mm_hf.errors import UserError, run_cli
-from mm_hf.evaluation import train_with_before_after
+from mm_hf.evaluation import TrainerMeasure
 from mm_hf.features import classifier_datasets
 from mm_hf.metrics.streaming import ClassificationMetrics
 from mm_hf.models import build_audio_classifier, build_clip_classifier
 from mm_hf.models.clip_classifier import is_audio_text_config
-from mm_hf.outputs import recipe_command, save_classification_run
+from mm_hf.outputs import RunInfo, recipe_command, save_run
 from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
-from mm_hf.run import prepare_training_arguments, start_run
+from mm_hf.run import build_trainer, prepare_training_arguments, start_run, train_and_evaluate
 from mm_hf.training import apply_audio_finetune_strategy, apply_finetune_strategy, trainable_parameters
 
 logger = logging.getLogger(__name__)
@@ -128,16 +116,14 @@ def main(argv=None):
         splits = load_classification_splits(
             data_args, column, audio_args.label_column_name, model_args.cache_dir, training_args.seed
         )
-    skipped = {}
-    for name in list(splits):
-        splits[name], skipped[name] = check_audio(
-            splits[name],
-            column,
-            sampling_rate=feature_extractor.sampling_rate,
-            skip_bad=data_args.skip_bad_samples,
-            num_proc=data_args.preprocessing_num_workers,
-            split_name=name,
-        )
+    splits, skipped = check_splits(
+        splits,
+        check_audio,
+        column,
+        sampling_rate=feature_extractor.sampling_rate,
+        skip_bad=data_args.skip_bad_samples,
+        num_proc=data_args.preprocessing_num_workers,
+    )
     labels = splits["train"].features["labels"].names
     id2label = dict(enumerate(labels))
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
@@ -186,50 +172,27 @@ def main(argv=None):
     if ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features and not cache:
         logger.info("--pooling attention learns per-frame scores: the frozen backbone runs on every batch, uncached")
     datasets_ = classifier_datasets(model, splits, transform(train=True), transform(train=False), training_args, cache)
-    metrics = ClassificationMetrics(id2label)
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=datasets_["train"],
-        eval_dataset=datasets_.get("validation"),
-        processing_class=processing_class,
-        data_collator=default_data_collator,
-        compute_metrics=metrics,
-    )
 
     # 6. Evaluate the untouched model, train (or fit the linear probe by L-BFGS), evaluate again
-    fit = None
-    if lbfgs:  # the linear probe's head, fitted to convergence on the cached features instead of by epochs
-        fit = partial(
-            fit_classifier_head, model, datasets_["train"], datasets_.get("validation"), device=training_args.device
-        )
-    run = train_with_before_after(
-        trainer,
-        datasets_,
-        metrics,
-        do_train=training_args.do_train,
-        early_stopping_patience=ft_args.early_stopping_patience,
-        resume_from_checkpoint=training_args.resume_from_checkpoint,
-        before_label=before_label,
-        fit=fit,
-    )
+    metrics = ClassificationMetrics(id2label)
+    trainer = build_trainer(model, training_args, datasets_, processing_class, metrics)
+    # The linear probe's head fitted to convergence on the cached features (L-BFGS) instead of by epochs
+    fit = partial(fit_classifier_head, model, device=training_args.device) if lbfgs else None
+    measure = TrainerMeasure(trainer, datasets_, metrics)
+    run = train_and_evaluate(trainer, datasets_, measure, ft_args, before_label=before_label, fit=fit)
 
     # 7. Save the model, outputs and model card (and publish when --push_to_hub)
-    return save_classification_run(
-        trainer,
-        run,
-        command=recipe_command(argv, script="recipes/audio_cls.py"),
-        resolved_args=args_to_dict(model_args, data_args, ft_args, audio_args, training_args),
-        skipped=skipped,
-        merge_lora=ft_args.merge_lora,
-        push_to_hub=push_to_hub,
-        task="audio-classification",
+    info = RunInfo(
         pipeline_tag="audio-classification",
         base_model=model_args.model_name_or_path,
         dataset=dataset_display_name(data_args),
-        before_label=before_label,
+        command=recipe_command(argv, script="recipes/audio_cls.py"),
         finetune_strategy=ft_args.finetune_strategy,
         trainable=trainable,
+    )
+    config = args_to_dict(model_args, data_args, ft_args, audio_args, training_args)
+    return save_run(
+        trainer, run, info, config=config, skipped=skipped, push_to_hub=push_to_hub, merge_lora=ft_args.merge_lora
     )
 
 

@@ -18,29 +18,21 @@ import sys
 from dataclasses import dataclass, field
 from functools import partial
 
-from transformers import AutoProcessor, Trainer, TrainingArguments, default_data_collator
+from transformers import AutoProcessor, TrainingArguments
 
-from mm_hf.args import (
-    DataArguments,
-    FinetuneArguments,
-    ModelArguments,
-    args_to_dict,
-    fill_strategy_defaults,
-)
+from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict, fill_strategy_defaults
 from mm_hf.data.images import check_images
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
 from mm_hf.data.transforms import build_image_transform
+from mm_hf.data.validation import check_splits
 from mm_hf.errors import run_cli
-from mm_hf.evaluation import train_with_before_after
+from mm_hf.evaluation import TrainerMeasure
 from mm_hf.features import classifier_datasets
 from mm_hf.metrics.streaming import ClassificationMetrics
 from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, build_clip_classifier, resolve_head_init
-from mm_hf.outputs import (
-    recipe_command,
-    save_classification_run,
-)
+from mm_hf.outputs import RunInfo, recipe_command, save_run
 from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
-from mm_hf.run import prepare_training_arguments, start_run
+from mm_hf.run import build_trainer, prepare_training_arguments, start_run, train_and_evaluate
 from mm_hf.training import apply_finetune_strategy, trainable_parameters
 
 logger = logging.getLogger(__name__)
@@ -92,15 +84,13 @@ def main(argv=None):
         splits = load_classification_splits(
             data_args, cls_args.image_column_name, cls_args.label_column_name, model_args.cache_dir, training_args.seed
         )
-    skipped = {}
-    for name in list(splits):
-        splits[name], skipped[name] = check_images(
-            splits[name],
-            cls_args.image_column_name,
-            skip_bad=data_args.skip_bad_samples,
-            num_proc=data_args.preprocessing_num_workers,
-            split_name=name,
-        )
+    splits, skipped = check_splits(
+        splits,
+        check_images,
+        cls_args.image_column_name,
+        skip_bad=data_args.skip_bad_samples,
+        num_proc=data_args.preprocessing_num_workers,
+    )
     labels = splits["train"].features["labels"].names
     id2label = dict(enumerate(labels))
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
@@ -148,54 +138,29 @@ def main(argv=None):
     trainable = trainable_parameters(model)
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 
-    # 6. Trainer
+    # 6. Evaluate the untouched model, train (or fit the linear probe by L-BFGS), evaluate again
     metrics = ClassificationMetrics(id2label)
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=datasets_["train"],
-        eval_dataset=datasets_.get("validation"),
-        processing_class=processor,
-        data_collator=default_data_collator,
-        compute_metrics=metrics,
-    )
-
-    # 7. Evaluate the untouched model, train (or fit the linear probe by L-BFGS), evaluate again
+    trainer = build_trainer(model, training_args, datasets_, processor, metrics)
+    # The linear probe's head fitted to convergence on the cached features (L-BFGS) instead of by epochs
+    fit = partial(fit_classifier_head, model, device=training_args.device) if lbfgs else None
+    measure = TrainerMeasure(trainer, datasets_, metrics)
     before_label = "zero-shot" if head["head_init"] == "zeroshot" else "random head"
-    fit = None
-    if lbfgs:  # the linear probe's head, fitted to convergence on the cached features instead of by epochs
-        fit = partial(
-            fit_classifier_head, model, datasets_["train"], datasets_.get("validation"), device=training_args.device
-        )
-    run = train_with_before_after(
-        trainer,
-        datasets_,
-        metrics,
-        do_train=training_args.do_train,
-        early_stopping_patience=ft_args.early_stopping_patience,
-        resume_from_checkpoint=training_args.resume_from_checkpoint,
-        before_label=before_label,
-        fit=fit,
-    )
+    run = train_and_evaluate(trainer, datasets_, measure, ft_args, before_label=before_label, fit=fit)
 
-    # 8. Save the model, outputs and model card (and publish when --push_to_hub)
+    # 7. Save the model, outputs and model card (and publish when --push_to_hub)
     run.results.update({f"head_{k}" if k != "head_init" else k: v for k, v in head.items()})
-    return save_classification_run(
-        trainer,
-        run,
-        command=recipe_command(argv, script="recipes/clip_imagecls.py"),
-        resolved_args=args_to_dict(model_args, data_args, ft_args, cls_args, training_args),
-        skipped=skipped,
-        merge_lora=ft_args.merge_lora,
-        push_to_hub=push_to_hub,
-        task="image-classification",
+    info = RunInfo(
         pipeline_tag="image-classification",
         base_model=model_args.model_name_or_path,
         dataset=dataset_display_name(data_args),
-        before_label=before_label,
+        command=recipe_command(argv, script="recipes/clip_imagecls.py"),
         finetune_strategy=ft_args.finetune_strategy,
         trainable=trainable,
         head=head,
+    )
+    config = args_to_dict(model_args, data_args, ft_args, cls_args, training_args)
+    return save_run(
+        trainer, run, info, config=config, skipped=skipped, push_to_hub=push_to_hub, merge_lora=ft_args.merge_lora
     )
 
 

@@ -5,6 +5,7 @@ import logging
 from transformers import AutoConfig, AutoModel, PreTrainedConfig
 
 from ..errors import UserError
+from ..metrics.tasks import Task
 from .audio_classifier import fit_whisper_window
 from .configuration_multimodal_fusion import ENCODER_OF, MultimodalFusionConfig
 from .modeling_multimodal_fusion import MultimodalFusionForClassification, drop_unused_pooler, encoder_class
@@ -49,7 +50,7 @@ def _load_tower(encoder, tower) -> bool:
 
 def build_fusion_classifier(
     encoders: dict[str, str | None],
-    tasks: list[dict],
+    tasks: list[Task] | list[dict],
     *,
     tabular_num_numeric: int = 0,
     tabular_cardinalities=(),
@@ -62,13 +63,14 @@ def build_fusion_classifier(
 
     encoders: modality -> Hub id or path, in the order the modalities are fused ("image", "video", "text",
         "audio"; "tabular" maps to None). "image" and "video" share one vision encoder (give the same id).
-    tasks: [{"name", "problem_type", "labels", "loss_weight"}]; config_kwargs: any other
+    tasks: one `mm_hf.metrics.tasks.Task` per head (or its dict, as the config stores it); config_kwargs: any other
         `MultimodalFusionConfig` field (fusion, hidden_size, poolings, modality_dropout, ...).
     audio_feature_extractor, max_length_seconds: a Whisper audio encoder and its extractor (changed in place, saved
         with the processor) move from the 30 s window to one that fits clips of `max_length_seconds`
         (`fit_whisper_window`).
     """
     from_pretrained_kwargs = from_pretrained_kwargs or {}
+    tasks = [task.to_dict() if isinstance(task, Task) else dict(task) for task in tasks]  # the config holds dicts
     loaded, sub_configs, names = {}, {}, {}
     for modality, path in encoders.items():
         slot = ENCODER_OF.get(modality)
