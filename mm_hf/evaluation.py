@@ -3,7 +3,7 @@
 A measure scores the model on the held-out split before training and after it:
 
 - `TrainerMeasure`: `Trainer.evaluate` with the Trainer's `compute_metrics` (the classification recipes' streaming
-  `ClassificationMetrics`, the fusion recipes' `TaskMetrics`); `fusion_trainer` builds it with the fusion Trainer.
+  `ClassificationMetrics`, the fusion recipes' `TaskMetrics`, with modality ablations after training).
 - `RetrievalMeasure`: `mm_hf.retrieval.measure_retrieval` of a dual encoder (recall@K, median rank, zero-shot
   classification), the Trainer's evaluation giving only the contrastive loss.
 
@@ -13,15 +13,9 @@ call, or None), `table_metrics(key)` (rows of the before/after table, None for t
 (the report files) and `headline(split, key)` (the line printed above the table).
 """
 
-import logging
-
-from .fusion_features import CachedInputs, cache_encoder_outputs, fit_feature_statistics, frozen_modalities
 from .metrics.tasks import Task, compute_task_metrics
-from .outputs import task_report_writer, write_classification_outputs
+from .outputs import write_classification_outputs
 from .retrieval import measure_retrieval
-from .run import build_trainer, prepare_training_arguments
-
-logger = logging.getLogger(__name__)
 
 
 class TrainerMeasure:
@@ -211,65 +205,3 @@ def evaluate_without_modalities(trainer, dataset, transform, modalities: list[st
         ablated = dataset.with_transform(WithoutModality(transform, index))
         results.update(trainer.evaluate(ablated, metric_key_prefix=f"{key}_without_{modality}"))
     return results
-
-
-def fusion_trainer(model, processor, splits, tasks: list[Task], modalities, training_args, ft_args, fusion_args):
-    """The fusion recipes' Trainer and measure: returns `(trainer, datasets, TrainerMeasure)`.
-
-    Inputs are decoded on the fly by `processor` (train transform with augmentation for the train split), except
-    those of frozen encoders, encoded once and cached (`mm_hf.fusion_features`, unless `--precompute_features
-    false`); before training, the encoders' pooled features get their standardisation fitted on the train split;
-    metrics come from `TaskMetrics` over every score at once (`batch_eval_metrics=False`: ROC-AUC and mAP need
-    them), labels from `labels` or `labels_<task>`. After training the measured split is evaluated again with
-    each modality removed (`fusion_args.ablate_modalities`).
-    """
-    metrics = TaskMetrics(tasks, threshold=fusion_args.threshold)
-    training_args = prepare_training_arguments(
-        training_args,
-        ft_args,
-        has_validation="validation" in splits,
-        best_metric=metrics.best_metric(),
-        label_names=fusion_args.label_names(tasks),
-        batch_eval_metrics=False,
-    )
-    train_transform = processor.transform(train=True, augment=fusion_args.augment)
-    eval_transform = processor.transform(train=False)
-    batch_size, device = training_args.per_device_eval_batch_size, training_args.device
-    cached = frozen_modalities(model) if ft_args.precompute_features else []
-    if cached:
-        logger.info(
-            "frozen encoder(s) of %s: each sample encoded once and cached (those inputs are not augmented; "
-            "--precompute_features false runs them every epoch)",
-            cached,
-        )
-        model.to(device)
-        workers = training_args.dataloader_num_workers
-        splits = {
-            name: cache_encoder_outputs(model, ds, eval_transform, cached, batch_size, device, workers)
-            for name, ds in splits.items()
-        }
-        train_transform = CachedInputs(train_transform, modalities, cached)
-        eval_transform = CachedInputs(eval_transform, modalities, cached)
-    if training_args.do_train:
-        model.to(device)
-        # Cached features are cheap to read in full; without a cache, 1024 rows through the encoders suffice.
-        counts = fit_feature_statistics(
-            model, splits["train"], eval_transform, batch_size, device, None if cached else 1024, training_args.seed
-        )
-        logger.info("feature standardisation fitted on %s training rows per modality", counts)
-    datasets = {n: ds.with_transform(train_transform if n == "train" else eval_transform) for n, ds in splits.items()}
-    trainer = build_trainer(model, training_args, datasets, processor, metrics)
-    ablate = fusion_args.ablate_modalities
-
-    def ablations(split, key):
-        return evaluate_without_modalities(trainer, splits[split], eval_transform, modalities, key) if ablate else {}
-
-    measure = TrainerMeasure(
-        trainer,
-        datasets,
-        metrics,
-        table_metrics=metrics.table_metrics(modalities if ablate else ()),
-        extra_after=ablations,
-        write_report=task_report_writer(tasks),
-    )
-    return trainer, datasets, measure

@@ -1,6 +1,8 @@
-"""The run every recipe makes: setup (parsing with the user's flags recorded, logging per rank, launch and
-output-folder checks, the TrainingArguments adjustments the recipes need), the Trainer, and the protocol
-(measure the untouched model, train, measure again; `train_and_evaluate`). Saving: `mm_hf.outputs.save_run`."""
+"""The run every recipe makes, in its order: setup (`start_run`: parsing with the user's flags recorded, logging per
+rank, launch and output-folder checks; `prepare_training_arguments`), the Trainer (`build_trainer`, or
+`fusion_trainer` with its cached encoders and metrics), and the one protocol, `train_and_evaluate`: measure the
+untouched model, train, measure again, with the measure supplied by the recipe (mm_hf.evaluation). The output
+folder: `mm_hf.outputs.save_run`."""
 
 import dataclasses
 import logging
@@ -16,6 +18,10 @@ from transformers import EarlyStoppingCallback, Trainer, default_data_collator
 from .args import TRAINING_DEFAULTS, FinetuneArguments, explicit_flags, fill_defaults, parse_args
 from .data.loading import require_evaluation_split
 from .errors import UserError
+from .evaluation import TaskMetrics, TrainerMeasure, evaluate_without_modalities
+from .fusion_features import CachedInputs, cache_encoder_outputs, fit_feature_statistics, frozen_modalities
+from .metrics.tasks import Task
+from .outputs import task_report_writer
 from .reports import format_before_after_table
 
 logger = logging.getLogger(__name__)
@@ -164,6 +170,68 @@ def build_trainer(model, training_args, datasets: dict, processor, compute_metri
         data_collator=default_data_collator,
         compute_metrics=compute_metrics,
     )
+
+
+def fusion_trainer(model, processor, splits, tasks: list[Task], modalities, training_args, ft_args, fusion_args):
+    """The fusion recipes' Trainer and measure: returns `(trainer, datasets, TrainerMeasure)`.
+
+    Inputs are decoded on the fly by `processor` (train transform with augmentation for the train split), except
+    those of frozen encoders, encoded once and cached (`mm_hf.fusion_features`, unless `--precompute_features
+    false`); before training, the encoders' pooled features get their standardisation fitted on the train split;
+    metrics come from `TaskMetrics` over every score at once (`batch_eval_metrics=False`: ROC-AUC and mAP need
+    them), labels from `labels` or `labels_<task>`. After training the measured split is evaluated again with
+    each modality removed (`fusion_args.ablate_modalities`).
+    """
+    metrics = TaskMetrics(tasks, threshold=fusion_args.threshold)
+    training_args = prepare_training_arguments(
+        training_args,
+        ft_args,
+        has_validation="validation" in splits,
+        best_metric=metrics.best_metric(),
+        label_names=fusion_args.label_names(tasks),
+        batch_eval_metrics=False,
+    )
+    train_transform = processor.transform(train=True, augment=fusion_args.augment)
+    eval_transform = processor.transform(train=False)
+    batch_size, device = training_args.per_device_eval_batch_size, training_args.device
+    cached = frozen_modalities(model) if ft_args.precompute_features else []
+    if cached:
+        logger.info(
+            "frozen encoder(s) of %s: each sample encoded once and cached (those inputs are not augmented; "
+            "--precompute_features false runs them every epoch)",
+            cached,
+        )
+        model.to(device)
+        workers = training_args.dataloader_num_workers
+        splits = {
+            name: cache_encoder_outputs(model, ds, eval_transform, cached, batch_size, device, workers)
+            for name, ds in splits.items()
+        }
+        train_transform = CachedInputs(train_transform, modalities, cached)
+        eval_transform = CachedInputs(eval_transform, modalities, cached)
+    if training_args.do_train:
+        model.to(device)
+        # Cached features are cheap to read in full; without a cache, 1024 rows through the encoders suffice.
+        counts = fit_feature_statistics(
+            model, splits["train"], eval_transform, batch_size, device, None if cached else 1024, training_args.seed
+        )
+        logger.info("feature standardisation fitted on %s training rows per modality", counts)
+    datasets = {n: ds.with_transform(train_transform if n == "train" else eval_transform) for n, ds in splits.items()}
+    trainer = build_trainer(model, training_args, datasets, processor, metrics)
+    ablate = fusion_args.ablate_modalities
+
+    def ablations(split, key):
+        return evaluate_without_modalities(trainer, splits[split], eval_transform, modalities, key) if ablate else {}
+
+    measure = TrainerMeasure(
+        trainer,
+        datasets,
+        metrics,
+        table_metrics=metrics.table_metrics(modalities if ablate else ()),
+        extra_after=ablations,
+        write_report=task_report_writer(tasks),
+    )
+    return trainer, datasets, measure
 
 
 @dataclass

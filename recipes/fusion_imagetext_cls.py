@@ -33,11 +33,11 @@ from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.multimodal import MultimodalColumns, check_media, load_multimodal_splits
 from mm_hf.data.tabular import TabularProcessor
 from mm_hf.errors import UserError, run_cli
-from mm_hf.evaluation import FUSION_BEFORE_LABEL, fusion_trainer
+from mm_hf.evaluation import FUSION_BEFORE_LABEL
 from mm_hf.models import build_fusion_classifier
 from mm_hf.outputs import fusion_run_info, recipe_command, save_run
 from mm_hf.processing import MultimodalProcessor, ProcessorSettings
-from mm_hf.run import start_run, train_and_evaluate
+from mm_hf.run import fusion_trainer, start_run, train_and_evaluate
 from mm_hf.training import apply_fusion_strategy, trainable_parameters
 
 logger = logging.getLogger(__name__)

@@ -28,11 +28,11 @@ from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.multimodal import MODALITIES, MultimodalColumns, check_media, load_multimodal_splits
 from mm_hf.data.tabular import TabularProcessor
 from mm_hf.errors import UserError, run_cli
-from mm_hf.evaluation import FUSION_BEFORE_LABEL, fusion_trainer
+from mm_hf.evaluation import FUSION_BEFORE_LABEL
 from mm_hf.models import build_fusion_classifier
 from mm_hf.outputs import add_video_auto_class, fusion_run_info, recipe_command, save_run
 from mm_hf.processing import MultimodalProcessor, ProcessorSettings
-from mm_hf.run import start_run, train_and_evaluate
+from mm_hf.run import fusion_trainer, start_run, train_and_evaluate
 from mm_hf.training import apply_fusion_strategy, trainable_parameters
 
 logger = logging.getLogger(__name__)
@@ -138,15 +138,15 @@ def main(argv=None):
     trainable = trainable_parameters(model)
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 
-    # 5. Trainer over inputs decoded on the fly: untrained heads evaluated, trained, evaluated again (also with
-    # each modality removed)
+    # 5. Trainer over clips decoded on the fly (a frozen encoder's outputs cached once): untrained heads evaluated,
+    # trained, evaluated again, also with each of video / audio / text / tabular removed
     trainer, datasets_, measure = fusion_trainer(
         model, processor, splits, tasks, modalities, training_args, ft_args, fusion_args
     )
     run = train_and_evaluate(trainer, datasets_, measure, ft_args, before_label=FUSION_BEFORE_LABEL)
 
-    # 6. Save the model (LoRA merged), processor, reports and card (and publish when --push_to_hub)
-    add_video_auto_class(model)  # loads through AutoModelForVideoClassification too
+    # 6. Save the model (LoRA merged; it also loads as AutoModelForVideoClassification), processor, reports and card
+    add_video_auto_class(model)
     info = fusion_run_info(
         modalities,
         encoders,
