@@ -1,21 +1,43 @@
 """The "measure" step of the run protocol (`mm_hf.run.train_and_evaluate`), one kind per recipe family.
 
-A measure scores the model on the held-out split before training and after it:
+A measure (the `Measure` protocol below) scores the model on the held-out split before training and after it:
 
 - `TrainerMeasure`: `Trainer.evaluate` with the Trainer's `compute_metrics` (the classification recipes' streaming
   `ClassificationMetrics`, the fusion recipes' `TaskMetrics`, with modality ablations after training).
 - `RetrievalMeasure`: `mm_hf.retrieval.measure_retrieval` of a dual encoder (recall@K, median rank, zero-shot
   classification), the Trainer's evaluation giving only the contrastive loss.
-
-Each one offers `before(split, prefix)`, `validation(split)` (the validation split's Trainer metrics after
-training, besides the measured split), `after(split, prefix)`, `report` (the full report of the last before/after
-call, or None), `table_metrics(key)` (rows of the before/after table, None for the default ones), `write_report`
-(the report files) and `headline(split, key)` (the line printed above the table).
 """
+
+from collections.abc import Callable
+from typing import Protocol
 
 from .metrics.tasks import Task, compute_task_metrics
 from .outputs import write_classification_outputs
 from .retrieval import measure_retrieval
+
+
+class Measure(Protocol):
+    """What `train_and_evaluate` asks of a recipe's measure. `split` is the dataset name ("test" / "validation"),
+    `prefix` / `key` the Trainer's metric prefix ("zeroshot_test" before, "test" or "eval" after)."""
+
+    report: dict | None  # the full report of the last before/after call (per class / head); None: no report files
+    write_report: Callable | None  # write_report(output_dir, report, prefix="") -> its text
+
+    def before(self, split: str, prefix: str) -> dict: ...
+
+    def validation(self, split: str) -> dict:
+        """After training: the validation split's Trainer metrics (`eval_*`) when `split` is not that split."""
+        ...
+
+    def after(self, split: str, prefix: str) -> dict: ...
+
+    def table_metrics(self, key: str) -> list[str] | None:
+        """Rows of the before/after table (None: accuracy, top-5, macro/weighted F1)."""
+        ...
+
+    def headline(self, split: str, key: str) -> str:
+        """The line printed above the table: which split, how many samples."""
+        ...
 
 
 class TrainerMeasure:

@@ -18,7 +18,7 @@ from transformers import EarlyStoppingCallback, Trainer, default_data_collator
 from .args import TRAINING_DEFAULTS, FinetuneArguments, explicit_flags, fill_defaults, parse_args
 from .data.loading import require_evaluation_split
 from .errors import UserError
-from .evaluation import TaskMetrics, TrainerMeasure, evaluate_without_modalities
+from .evaluation import Measure, TaskMetrics, TrainerMeasure, evaluate_without_modalities
 from .fusion_features import CachedInputs, cache_encoder_outputs, fit_feature_statistics, frozen_modalities
 from .metrics.tasks import Task
 from .outputs import task_report_writer
@@ -249,7 +249,7 @@ class RunResult:
     write_report: Callable | None = None  # write_report(output_dir, report, prefix="") -> its text
 
 
-def train_and_evaluate(trainer, datasets: dict, measure, ft_args, *, before_label: str, fit=None) -> RunResult:
+def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, before_label: str, fit=None) -> RunResult:
     """The protocol of every recipe: measure the untouched model on the held-out split (test, else validation),
     train, measure again.
 
