@@ -48,10 +48,81 @@ class HubArguments:
 
 @dataclass
 class ModelArguments(HubArguments):
+    """The image recipes' model (clip_imagecls, clip_retrieval): a dual encoder."""
+
     model_name_or_path: str = field(
         default="openai/clip-vit-base-patch32",
-        metadata={"help": "Pretrained model: a Hub id or a local folder."},
+        metadata={"help": "Pretrained dual encoder (CLIP, SigLIP, CLAP, ...): a Hub id or a local folder."},
     )
+
+
+@dataclass
+class AudioModelArguments(HubArguments):
+    """The audio classification recipe's model. Its default is transformers' run_audio_classification.py's
+    (wav2vec2-base, a speech encoder), not the image recipes' CLIP, which has no audio tower."""
+
+    model_name_or_path: str = field(
+        default="facebook/wav2vec2-base",
+        metadata={
+            "help": "Pretrained audio encoder (wav2vec2, HuBERT, WavLM, Whisper, AST) or audio-text model (CLAP): "
+            "a Hub id or a local folder."
+        },
+    )
+
+
+# One spelling per column concept in every recipe; the other spellings stay accepted as aliases, on the command line
+# and as --config keys: the transformers example scripts' (run_image_classification.py --image_column_name,
+# run_audio_classification.py --audio_column_name, both --label_column_name) and text <-> caption (run_clip.py
+# says --caption_column, the fusion recipes --text_column: one concept, the text beside the media).
+COLUMN_ALIASES = {
+    "image_column": ["image_column_name"],
+    "audio_column": ["audio_column_name"],
+    "label_column": ["label_column_name"],
+    "text_column": ["caption_column"],
+    "caption_column": ["text_column"],
+}
+
+
+def column_field(name: str, help: str, default=None, default_factory=dataclasses.MISSING):
+    """A column flag `--name` that also answers to its COLUMN_ALIASES (underscored and dashed, as argparse shows)."""
+    names = COLUMN_ALIASES[name]
+    aliases = [f"--{a}" for a in names] + [f"--{a.replace('_', '-')}" for a in names]
+    metadata = {"help": help, "aliases": aliases}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# Column mixins: a recipe's argument dataclass inherits the columns it reads, so each flag is declared once.
+@dataclass
+class LabelColumnArguments:
+    label_column: str = column_field("label_column", "Column holding class labels.", default="label")
+
+
+@dataclass
+class ImageColumnArguments:
+    image_column: str = column_field("image_column", "Column holding images or image paths.", default="image")
+
+
+@dataclass
+class AudioColumnArguments:
+    audio_column: str = column_field("audio_column", "Column holding audio clips or audio paths.", default="audio")
+
+
+@dataclass
+class CaptionColumnArguments:
+    caption_column: str = column_field(
+        "caption_column", "Column holding captions (a string or a list of strings).", default="caption"
+    )
+
+
+def media_column(args, modality: str, explicit: set[str]) -> str:
+    """The column of `modality` (image or audio) in `args` (ImageColumnArguments + AudioColumnArguments). The other
+    modality's column flag, if the user set it (`explicit`, as `explicit_flags` gives), is refused, not ignored."""
+    unread = "image" if modality == "audio" else "audio"
+    if f"{unread}_column" in explicit:
+        raise UserError(f"--{unread}_column: this is an {modality}-text model; its media come from --{modality}_column")
+    return getattr(args, f"{modality}_column")
 
 
 @dataclass
@@ -204,17 +275,18 @@ class FusionModelArguments(HubArguments):
 
 @dataclass
 class FusionDataArguments:
-    image_column: str | None = field(default=None, metadata={"help": "Column of image paths (None/empty = missing)."})
-    text_column: str | None = field(default=None, metadata={"help": "Column of texts (reports, captions, ...)."})
-    audio_column: str | None = field(default=None, metadata={"help": "Column of audio file paths."})
+    image_column: str | None = column_field("image_column", "Column of image paths (None/empty = missing).")
+    text_column: str | None = column_field("text_column", "Column of texts (reports, captions, ...).")
+    audio_column: str | None = column_field("audio_column", "Column of audio file paths.")
     video_column: str | None = field(default=None, metadata={"help": "Column of video file paths."})
     numeric_columns: list[str] = field(default_factory=list, metadata={"help": "Tabular numeric feature columns."})
     categorical_columns: list[str] = field(
         default_factory=list, metadata={"help": "Tabular categorical feature columns."}
     )
-    label_column: list[str] = field(
+    label_column: list[str] = column_field(
+        "label_column",
+        "Label column(s): one per task, or several 0/1 / target columns of one task.",
         default_factory=lambda: ["label"],
-        metadata={"help": "Label column(s): one per task, or several 0/1 / target columns of one task."},
     )
     problem_type: list[str] = field(
         default_factory=lambda: ["single_label_classification"],
@@ -361,7 +433,8 @@ def explicit_flags(argv, dataclass_types) -> set[str]:
     YAML file given with `--config`. Everything else holds its default, which a recipe may then choose per
     situation (e.g. per --finetune_strategy) without overriding a user's choice.
 
-    Flags are matched by their exact option strings (`--flag`, `--flag=value`, `--no_flag`, dashed aliases);
+    Flags are matched by their exact option strings (`--flag`, `--flag=value`, `--no_flag`, dashed forms, aliases such
+    as `--image_column_name`), and YAML keys by either spelling;
     call it after `parse_args`, which has already refused unknown flags and YAML keys.
     """
     parser = HfArgumentParser(dataclass_types)
@@ -387,11 +460,26 @@ def _load_yaml_defaults(path: str, parser: HfArgumentParser) -> dict:
     if not isinstance(values, dict):
         raise UserError(f"--config {path} must be a mapping of flag: value, got {type(values).__name__}")
     known = {a.dest for a in parser._actions} - {"help", "config"}
-    unknown = [k for k in values if k not in known]
+    # A key may be a flag's alias (image_column_name for image_column); `no_<flag>` switches are no keys.
+    aliases = {
+        option[2:]: action.dest
+        for action in parser._actions
+        if action.dest in known and not isinstance(action, argparse._StoreFalseAction)
+        for option in action.option_strings
+        if option.startswith("--") and "-" not in option[2:]
+    }
+    unknown = [k for k in values if k not in aliases]
     if unknown:
         hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else k for k in unknown]
         raise UserError(f"unknown key(s) in --config {path}: {', '.join(hints)}")
-    return values
+    resolved = {}
+    for key, value in values.items():
+        dest = aliases[key]
+        if dest in resolved:
+            spellings = " and ".join(k for k in values if aliases[k] == dest)
+            raise UserError(f"--config {path} sets {dest} twice ({spellings} are one flag): keep one")
+        resolved[dest] = value
+    return resolved
 
 
 def check_model_source(value: str | None, flag: str) -> None:

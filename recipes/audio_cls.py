@@ -6,8 +6,8 @@
 
 `--finetune_strategy` is one of lora (default), full, linear_probe, top_k. Local data: --train_dir/
 --validation_dir/--test_dir (one sub-folder per class, e.g. clips/train/<class>/<file>.wav) or
---train_file/--validation_file/--test_file (CSV/JSONL with an audio path column and a label column,
-paths relative to the file); or --dataset_name for a Hub dataset with an Audio column. Any sample rate,
+--train_file/--validation_file/--test_file (CSV/JSONL with an audio path column and a label column, named by
+--audio_column and --label_column; paths relative to the file); or --dataset_name for a Hub dataset with an Audio column. Any sample rate,
 channel count and bit depth that libsndfile reads is resampled to the feature extractor's rate (mono).
 Defaults from a YAML file with --config recipes/configs/audio_cls_demo.yaml (the CLI wins).
 
@@ -24,7 +24,15 @@ from functools import partial
 
 from transformers import AutoConfig, AutoFeatureExtractor, AutoProcessor, TrainingArguments
 
-from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict, fill_strategy_defaults
+from mm_hf.args import (
+    AudioColumnArguments,
+    AudioModelArguments,
+    DataArguments,
+    FinetuneArguments,
+    LabelColumnArguments,
+    args_to_dict,
+    fill_strategy_defaults,
+)
 from mm_hf.data.audio import AudioTransform, check_audio
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
 from mm_hf.data.validation import check_splits
@@ -43,9 +51,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class AudioArguments:
-    audio_column_name: str = field(default="audio", metadata={"help": "Column holding audio or audio file paths."})
-    label_column_name: str = field(default="label", metadata={"help": "Column holding class labels."})
+class AudioArguments(LabelColumnArguments, AudioColumnArguments):  # --audio_column, then --label_column
     max_length_seconds: float = field(
         default=5.0,
         metadata={
@@ -81,7 +87,7 @@ class AudioArguments:
     )
 
 
-ARGUMENT_TYPES = (ModelArguments, DataArguments, FinetuneArguments, AudioArguments, TrainingArguments)
+ARGUMENT_TYPES = (AudioModelArguments, DataArguments, FinetuneArguments, AudioArguments, TrainingArguments)
 
 
 def main(argv=None):
@@ -111,10 +117,15 @@ def main(argv=None):
     before_label = "zero-shot" if zeroshot else "untrained head"
 
     # 3. Data: every split validated (columns, labels, decodable audio) before any training
-    column = audio_args.audio_column_name
+    column = audio_args.audio_column
     with training_args.main_process_first(desc="loading data"):  # one download/cache build, then the others read it
         splits = load_classification_splits(
-            data_args, column, audio_args.label_column_name, model_args.cache_dir, training_args.seed
+            data_args,
+            column,
+            audio_args.label_column,
+            model_args.cache_dir,
+            training_args.seed,
+            input_flag="--audio_column",
         )
     splits, skipped = check_splits(
         splits,
@@ -124,8 +135,7 @@ def main(argv=None):
         skip_bad=data_args.skip_bad_samples,
         num_proc=data_args.preprocessing_num_workers,
     )
-    labels = splits["train"].features["labels"].names
-    id2label = dict(enumerate(labels))
+    id2label = dict(enumerate(splits["train"].features["labels"].names))
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
     training_args = prepare_training_arguments(training_args, ft_args, has_validation="validation" in splits)
 
@@ -173,10 +183,10 @@ def main(argv=None):
         logger.info("--pooling attention learns per-frame scores: the frozen backbone runs on every batch, uncached")
     datasets_ = classifier_datasets(model, splits, transform(train=True), transform(train=False), training_args, cache)
 
-    # 6. Evaluate the untouched model, train (or fit the linear probe by L-BFGS), evaluate again
+    # 6. Evaluate the untouched model, train (or fit a linear probe's head to convergence on the cached features by
+    # L-BFGS instead of by epochs), evaluate again
     metrics = ClassificationMetrics(id2label)
     trainer = build_trainer(model, training_args, datasets_, processing_class, metrics)
-    # The linear probe's head fitted to convergence on the cached features (L-BFGS) instead of by epochs
     fit = partial(fit_classifier_head, model, device=training_args.device) if lbfgs else None
     measure = TrainerMeasure(trainer, datasets_, metrics)
     run = train_and_evaluate(trainer, datasets_, measure, ft_args, before_label=before_label, fit=fit)

@@ -5,8 +5,9 @@
         --finetune_strategy lora --num_train_epochs 5 --per_device_train_batch_size 16 --learning_rate 1e-5
 
 Local data: --train_dir/--validation_dir/--test_dir (one sub-folder per class) or
---train_file/--validation_file/--test_file (CSV/JSONL with an image path column and a label column);
-defaults from a YAML file with --config recipes/configs/clip_imagecls.yaml (the CLI wins).
+--train_file/--validation_file/--test_file (CSV/JSONL with an image path column and a label column, named by
+--image_column and --label_column); defaults from a YAML file with --config recipes/configs/clip_imagecls.yaml
+(the CLI wins).
 
 The classifier head starts as CLIP's zero-shot classifier (prompt-ensembled class-name embeddings) when that
 beats chance on the validation split (--head_init auto), else at random; the test split is evaluated before
@@ -20,7 +21,15 @@ from functools import partial
 
 from transformers import AutoProcessor, TrainingArguments
 
-from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict, fill_strategy_defaults
+from mm_hf.args import (
+    DataArguments,
+    FinetuneArguments,
+    ImageColumnArguments,
+    LabelColumnArguments,
+    ModelArguments,
+    args_to_dict,
+    fill_strategy_defaults,
+)
 from mm_hf.data.images import check_images
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
 from mm_hf.data.transforms import build_image_transform
@@ -39,9 +48,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ClassifierArguments:
-    image_column_name: str = field(default="image", metadata={"help": "Column holding images or image paths."})
-    label_column_name: str = field(default="label", metadata={"help": "Column holding class labels."})
+class ClassifierArguments(LabelColumnArguments, ImageColumnArguments):  # --image_column, then --label_column
     head_init: str = field(
         default="auto",
         metadata={
@@ -80,19 +87,24 @@ def main(argv=None):
     lbfgs = use_lbfgs_probe(ft_args, training_args, cached=cache)
 
     # 2. Data: every split validated (columns, labels, decodable images) before any training
+    column = cls_args.image_column
     with training_args.main_process_first(desc="loading data"):  # one download/cache build, then the others read it
         splits = load_classification_splits(
-            data_args, cls_args.image_column_name, cls_args.label_column_name, model_args.cache_dir, training_args.seed
+            data_args,
+            column,
+            cls_args.label_column,
+            model_args.cache_dir,
+            training_args.seed,
+            input_flag="--image_column",
         )
     splits, skipped = check_splits(
         splits,
         check_images,
-        cls_args.image_column_name,
+        column,
         skip_bad=data_args.skip_bad_samples,
         num_proc=data_args.preprocessing_num_workers,
     )
-    labels = splits["train"].features["labels"].names
-    id2label = dict(enumerate(labels))
+    id2label = dict(enumerate(splits["train"].features["labels"].names))
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
     training_args = prepare_training_arguments(training_args, ft_args, has_validation="validation" in splits)
 
@@ -111,7 +123,6 @@ def main(argv=None):
     )
 
     # 4. Inputs: cached features for a linear probe, on-the-fly decoding + augmentation otherwise
-    column = cls_args.image_column_name
     eval_transform = build_image_transform(processor.image_processor, train=False, image_column=column)
     train_transform = build_image_transform(
         processor.image_processor,
@@ -138,10 +149,10 @@ def main(argv=None):
     trainable = trainable_parameters(model)
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 
-    # 6. Evaluate the untouched model, train (or fit the linear probe by L-BFGS), evaluate again
+    # 6. Evaluate the untouched model, train (or fit a linear probe's head to convergence on the cached features by
+    # L-BFGS instead of by epochs), evaluate again
     metrics = ClassificationMetrics(id2label)
     trainer = build_trainer(model, training_args, datasets_, processor, metrics)
-    # The linear probe's head fitted to convergence on the cached features (L-BFGS) instead of by epochs
     fit = partial(fit_classifier_head, model, device=training_args.device) if lbfgs else None
     measure = TrainerMeasure(trainer, datasets_, metrics)
     before_label = "zero-shot" if head["head_init"] == "zeroshot" else "random head"

@@ -29,7 +29,16 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from mm_hf.args import DataArguments, FinetuneArguments, ModelArguments, args_to_dict
+from mm_hf.args import (
+    AudioColumnArguments,
+    CaptionColumnArguments,
+    DataArguments,
+    FinetuneArguments,
+    ImageColumnArguments,
+    ModelArguments,
+    args_to_dict,
+    media_column,
+)
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.pairs import load_caption_splits
 from mm_hf.data.validation import check_splits
@@ -46,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class RetrievalArguments:
+class RetrievalArguments(CaptionColumnArguments, AudioColumnArguments, ImageColumnArguments):
     modality: str = field(
         default="auto",
         metadata={
@@ -55,9 +64,6 @@ class RetrievalArguments:
             "choices": ["auto", "image", "audio"],
         },
     )
-    image_column: str = field(default="image", metadata={"help": "Column of images or image paths."})
-    audio_column: str = field(default="audio", metadata={"help": "Column of audio clips or audio paths."})
-    caption_column: str = field(default="caption", metadata={"help": "Column of captions (a string or a list)."})
     max_length_seconds: float | None = field(
         default=None,
         metadata={
@@ -108,7 +114,7 @@ def main(argv=None):
     )
     # How the media column is validated, decoded and embedded: images, or audio clips for CLAP.
     modality = resolve_modality(ret_args.modality, backbone.config)
-    column = ret_args.audio_column if modality == "audio" else ret_args.image_column
+    column = media_column(ret_args, modality, training_args.explicit_flags)
     media = build_media(modality, processor, column, max_length_seconds=ret_args.max_length_seconds)
     tokenizer = processor.tokenizer
     # Captions never longer than the text tower has positions for (CLIP: 77), whatever --max_seq_length says.
@@ -117,7 +123,12 @@ def main(argv=None):
     # 3. Data: captions cleaned, images/clips decodable, before any training
     with training_args.main_process_first(desc="loading data"):
         splits = load_caption_splits(
-            data_args, column, ret_args.caption_column, model_args.cache_dir, skip_bad=data_args.skip_bad_samples
+            data_args,
+            column,
+            ret_args.caption_column,
+            model_args.cache_dir,
+            skip_bad=data_args.skip_bad_samples,
+            media_flag=f"--{modality}_column",
         )
     splits, skipped = check_splits(
         splits, media.check, skip_bad=data_args.skip_bad_samples, num_proc=data_args.preprocessing_num_workers

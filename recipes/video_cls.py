@@ -72,6 +72,8 @@ def main(argv=None):
     model_args, fusion_args, video_args, data_args, ft_args, training_args = start_run(ARGUMENT_TYPES, argv)
     if not fusion_args.video_column:
         raise UserError("--video_column is required (the column of video file paths)")
+    if fusion_args.image_column:  # shared with the image fusion recipe, which refuses --video_column likewise
+        raise UserError("--image_column: still images are for recipes/fusion_imagetext_cls.py (here: --video_column)")
     if video_args.audio_from_video and (fusion_args.audio_column or not model_args.audio_model_name_or_path):
         raise UserError("--audio_from_video needs --audio_model_name_or_path and no --audio_column")
 

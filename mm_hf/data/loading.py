@@ -20,14 +20,18 @@ logger = logging.getLogger(__name__)
 VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "dev")
 
 
-def load_classification_splits(data_args, input_column: str, label_column: str, cache_dir=None, seed: int = 42):
+def load_classification_splits(
+    data_args, input_column: str, label_column: str, cache_dir=None, seed: int = 42, input_flag: str | None = None
+):
     """train/validation/test splits from `data_args` (an `mm_hf.args.DataArguments`).
 
     Sources per split: `--{split}_dir`, `--{split}_file`, or `--dataset_name`. Without a validation
     split, `--train_val_split` of train is held out (stratified by label). Eval/test labels must occur
     in train, which must hold at least two classes. The recipes evaluate before and after training, so a
-    validation or test split is required.
+    validation or test split is required. `input_flag` is the running recipe's flag for `input_column`
+    (`--image_column`, `--audio_column`): a missing column's error names it, as it names `--label_column`.
     """
+    flags = {input_column: input_flag, label_column: "--label_column"}
     raw = {}
     hub = None
     if data_args.dataset_name:
@@ -40,9 +44,9 @@ def load_classification_splits(data_args, input_column: str, label_column: str, 
         if folder:
             raw[split] = (_read_class_folder(folder, input_column, label_column), folder)
         elif path:
-            raw[split] = (_read_table(path, input_column, label_column, cache_dir), path)
+            raw[split] = (_read_table(path, input_column, label_column, cache_dir, flags), path)
         elif hub is not None and (name := _hub_split_name(hub, split)):
-            ds = _select_hub_columns(hub[name], input_column, label_column, data_args.dataset_name)
+            ds = _select_hub_columns(hub[name], input_column, label_column, data_args.dataset_name, flags)
             raw[split] = (ds, f"{data_args.dataset_name}[{name}]")
     if "train" not in raw:
         raise DataError("no training data: pass --train_dir, --train_file or --dataset_name")
@@ -120,7 +124,7 @@ def _single_class_hint(seen: set, source: str, data_args, label_column: str) -> 
     if data_args.train_dir and source == data_args.train_dir:
         fix = f"put each class in its own sub-folder: {source}/<class name>/<file>"
     else:
-        fix = f"check that --label_column_name {label_column} is the column holding the classes"
+        fix = f"check that --label_column {label_column} is the column holding the classes"
     return f"{found}; a classifier needs at least two classes: {fix}"
 
 
@@ -197,9 +201,9 @@ def _root_cause(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _read_table(path: str, input_column: str, label_column: str, cache_dir) -> Dataset:
+def _read_table(path: str, input_column: str, label_column: str, cache_dir, flags: dict | None = None) -> Dataset:
     ds = read_data_file(path, cache_dir)
-    _require_columns(ds, (input_column, label_column), path)
+    _require_columns(ds, (input_column, label_column), path, flags)
     base = os.path.dirname(os.path.abspath(path))
 
     def resolve(batch):
@@ -221,8 +225,8 @@ def _hub_split_name(hub: DatasetDict, split: str) -> str | None:
     return next((name for name in candidates if name in hub), None)
 
 
-def _select_hub_columns(ds: Dataset, input_column: str, label_column: str, source: str) -> Dataset:
-    _require_columns(ds, (input_column, label_column), source)
+def _select_hub_columns(ds: Dataset, input_column: str, label_column: str, source: str, flags=None) -> Dataset:
+    _require_columns(ds, (input_column, label_column), source, flags)
     ds = ds.select_columns([input_column, label_column])
     # Decode media ourselves (robust modes, errors naming the sample) instead of in the datasets library.
     feature = ds.features[input_column]
@@ -231,12 +235,15 @@ def _select_hub_columns(ds: Dataset, input_column: str, label_column: str, sourc
     return ds
 
 
-def _require_columns(ds: Dataset, columns, source: str) -> None:
+def _require_columns(ds: Dataset, columns, source: str, flags: dict | None = None) -> None:
+    """Refuse `ds` without every one of `columns`; `flags` (column -> the recipe's flag naming it) says what to set."""
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
+        fixes = [flag for c in missing if (flag := (flags or {}).get(c))]
+        fix = f"; pass the right name(s) with {' / '.join(fixes)}" if fixes else ""
         raise DataError(
-            f"{source}: missing column(s) {', '.join(map(repr, missing))}; available: {', '.join(ds.column_names)} "
-            "(set --image_column_name / --label_column_name)"
+            f"{source}: missing column(s) {', '.join(map(repr, missing))}; available: {', '.join(ds.column_names)}"
+            + fix
         )
 
 

@@ -226,9 +226,16 @@ def _require_columns(ds: Dataset, columns: MultimodalColumns, source: str) -> No
     roles = dict(columns.renames)
     roles.update({c: "numeric" for c in columns.numeric} | {c: "categorical" for c in columns.categorical})
     roles.update({c: "label" for c in columns.labels})
-    missing = [f"{c!r} ({role})" for c, role in roles.items() if c not in ds.column_names]
-    if missing:
-        raise DataError(f"{source}: missing column(s) {', '.join(missing)}; available: {', '.join(ds.column_names)}")
+    absent = {c: role for c, role in roles.items() if c not in ds.column_names}
+    if absent:
+        # The flag setting each role: --image_column ... --label_column, --numeric_columns, --categorical_columns.
+        flags = dict.fromkeys(
+            f"--{role}_column{'s' if role in ('numeric', 'categorical') else ''}" for role in absent.values()
+        )
+        raise DataError(
+            f"{source}: missing column(s) {', '.join(f'{c!r} ({role})' for c, role in absent.items())}; available: "
+            f"{', '.join(ds.column_names)}; pass the right name(s) with {' / '.join(flags)}"
+        )
 
 
 # ------------------------------------------------------------------------------------- missing modalities

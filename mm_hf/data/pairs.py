@@ -27,9 +27,13 @@ def clean_captions(value) -> tuple[list[str], int]:
     return kept, len(values) - len(kept)
 
 
-def load_caption_splits(data_args, media_column: str, caption_column: str, cache_dir=None, skip_bad: bool = False):
+def load_caption_splits(
+    data_args, media_column: str, caption_column: str, cache_dir=None, skip_bad: bool = False, media_flag=None
+):
     """train/validation/test pairs from `--{split}_file` (CSV/JSONL), `--{split}_dir` (media folder with a
-    metadata.jsonl/metadata.csv holding `file_name` + the caption column) or `--dataset_name`."""
+    metadata.jsonl/metadata.csv holding `file_name` + the caption column) or `--dataset_name`. `media_flag`:
+    the recipe's flag for `media_column` (`--image_column`, `--audio_column`), named when the column is missing."""
+    flags = {media_column: media_flag, caption_column: "--caption_column"}
     raw = {}
     hub = None
     if data_args.dataset_name:
@@ -38,12 +42,12 @@ def load_caption_splits(data_args, media_column: str, caption_column: str, cache
         folder, path = getattr(data_args, f"{split}_dir"), getattr(data_args, f"{split}_file")
         if folder:
             path = _metadata_file(folder)
-            raw[split] = (_read_table(path, "file_name", caption_column, cache_dir), path)
+            raw[split] = (_read_table(path, "file_name", caption_column, cache_dir, flags), path)
             raw[split] = (raw[split][0].rename_column("file_name", media_column), path)
         elif path:
-            raw[split] = (_read_table(path, media_column, caption_column, cache_dir), path)
+            raw[split] = (_read_table(path, media_column, caption_column, cache_dir, flags), path)
         elif hub is not None and (name := _hub_split_name(hub, split)):
-            ds = _select_hub_columns(hub[name], media_column, caption_column, data_args.dataset_name)
+            ds = _select_hub_columns(hub[name], media_column, caption_column, data_args.dataset_name, flags)
             raw[split] = (ds, f"{data_args.dataset_name}[{name}]")
     if "train" not in raw:
         raise DataError("no training data: pass --train_file, --train_dir or --dataset_name")
