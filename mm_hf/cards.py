@@ -49,14 +49,13 @@ class RunInfo:
     """What `run_info.json` records for the card beyond the arguments and metrics: one record per output folder.
 
     A recipe fills the first block; `mm_hf.outputs.save_run` the measured part (eval split, before label, saved
-    variant, train runtime); `write_run_info` the environment. The card reads the record back with `read_run_info`.
+    variant, trainable parameters, train runtime); `write_run_info` the environment. The card reads the record back with `read_run_info`.
     """
 
     pipeline_tag: str | None  # the Hub pipeline of the saved model; None where none fits (fusion)
     base_model: str | list[str]  # a name, or one per encoder of a fusion model
     dataset: str
     command: str
-    trainable: dict  # mm_hf.training.trainable_parameters
     finetune_strategy: str | None = None
     task: str | None = None  # the card's tag and summary; default: the pipeline tag
     eval_task_type: str | None = None  # the model-index task type; default: the pipeline tag
@@ -66,6 +65,7 @@ class RunInfo:
     eval_split: str | None = None  # Trainer's prefix of the held-out split: "test" or "eval"
     before_label: str | None = None  # what "before" means in the table: zero-shot, untrained heads, ...
     saved_as: str | None = None  # "full", "adapter" or "merged"
+    trainable: dict | None = None  # mm_hf.training.trainable_parameters: parameters trained / total
     train_runtime: float | None = None  # None: not trained
     hardware: str | None = None
     transformers_version: str | None = None

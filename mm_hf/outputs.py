@@ -163,7 +163,7 @@ def save_run(
     """The last section of every recipe: save the model and write the complete output folder.
 
     `run` is the recipe's `mm_hf.run.RunResult`, `info` what the card says about the run (save_run adds the eval
-    split, before label, saved variant and train runtime), `config` the resolved arguments (`args_to_dict`),
+    split, before label, saved variant, trainable parameters and train runtime), `config` the resolved arguments (`args_to_dict`),
     `skipped` the samples the data checks left out (split -> [(source, reason)]). `save(trainer, output_dir,
     merge_lora)` saves the model and returns "full", "adapter" or "merged": `save_model` (the Trainer's model,
     a LoRA adapter or merged) or `save_dual_encoder` (retrieval).
@@ -188,7 +188,9 @@ def save_run(
     write_run_config(out, config, info.command)
     with open(os.path.join(out, "before_after.md"), "w") as f:
         f.write(run.table)
-    measured = dict(eval_split=run.eval_key, before_label=run.before_label, train_runtime=run.train_runtime)
+    measured = dict(
+        eval_split=run.eval_key, before_label=run.before_label, trainable=run.trainable, train_runtime=run.train_runtime
+    )
     write_run_info(out, dataclasses.replace(info, saved_as=saved_as, **measured))
     write_model_card(out)
     print(f"\n{run.headline}:\n\n{run.table}")
@@ -209,7 +211,6 @@ def fusion_run_info(
     dataset: str,
     command: str,
     finetune_strategy: str,
-    trainable: dict,
     eval_task_type: str = "multimodal-classification",
 ) -> RunInfo:
     """The `RunInfo` of a fusion model: no pipeline tag, one base model per encoder, the fusion usage snippet.
@@ -226,7 +227,6 @@ def fusion_run_info(
         dataset=dataset,
         command=command,
         finetune_strategy=finetune_strategy,
-        trainable=trainable,
         usage="fusion_video" if video else "fusion",
         extra_tags=["video-classification"] if video else [],
     )

@@ -23,6 +23,7 @@ from .fusion_features import CachedInputs, cache_encoder_outputs, fit_feature_st
 from .metrics.tasks import Task
 from .outputs import task_report_writer
 from .reports import format_before_after_table
+from .training import trainable_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -244,6 +245,7 @@ class RunResult:
     eval_key: str  # "test" or "eval": the Trainer prefix of the held-out split's metrics
     before_label: str
     train_runtime: float | None
+    trainable: dict  # mm_hf.training.trainable_parameters of the model the protocol trained
     before_report: dict | None = None  # the measure's full reports (per class / head), None when it has none
     after_report: dict | None = None
     write_report: Callable | None = None  # write_report(output_dir, report, prefix="") -> its text
@@ -257,11 +259,14 @@ def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, be
     convention: `zeroshot_test_*` before, `test_*` after (`eval_*` for validation, whose Trainer metrics are added
     after training when a test split is the measured one). Training follows `trainer.args` (--do_train,
     --resume_from_checkpoint) and `ft_args` (--early_stopping_patience: early stopping watches only the evaluations
-    made during training, not the before/after ones). `fit(train, validation)`, when given, trains on those datasets instead of `trainer.train`
+    made during training, not the before/after ones). The trainable parameters (what the strategy left to train)
+    are logged and recorded for the card. `fit(train, validation)`, when given, trains on those datasets instead of `trainer.train`
     (e.g. `mm_hf.probe.fit_classifier_head` on cached features) and returns what to record; its wall time is the
     train runtime.
     """
     require_evaluation_split(datasets)  # the loaders of the fusion recipes accept train alone
+    trainable = trainable_parameters(trainer.model)
+    logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
     split = "test" if "test" in datasets else "validation"
     key = "test" if split == "test" else "eval"
     before = measure.before(split, f"zeroshot_{key}")
@@ -302,6 +307,7 @@ def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, be
         key,
         before_label,
         train_runtime,
+        trainable,
         before_report,
         measure.report,
         measure.write_report,

@@ -45,7 +45,7 @@ from mm_hf.models.clip_classifier import is_audio_text_config
 from mm_hf.outputs import RunInfo, recipe_command, save_run
 from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
 from mm_hf.run import build_trainer, prepare_training_arguments, start_run, train_and_evaluate
-from mm_hf.training import apply_audio_finetune_strategy, apply_finetune_strategy, trainable_parameters
+from mm_hf.training import apply_audio_finetune_strategy, apply_finetune_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -166,22 +166,13 @@ def main(argv=None):
             **hub_kwargs,
         )
         model = apply_audio_finetune_strategy(model, ft_args)
-    trainable = trainable_parameters(model)
-    logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 
     # 5. Inputs: cached embeddings (CLAP) or pooled frames for a linear probe, clips decoded on the fly otherwise
-    def transform(train):
-        return AudioTransform(
-            feature_extractor,
-            audio_column=column,
-            max_length_seconds=audio_args.max_length_seconds,
-            train=train,
-            augment=audio_args.augment,
-        )
-
+    clips = dict(audio_column=column, max_length_seconds=audio_args.max_length_seconds, augment=audio_args.augment)
+    transforms = [AudioTransform(feature_extractor, train=train, **clips) for train in (True, False)]  # train, eval
     if ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features and not cache:
         logger.info("--pooling attention learns per-frame scores: the frozen backbone runs on every batch, uncached")
-    datasets_ = classifier_datasets(model, splits, transform(train=True), transform(train=False), training_args, cache)
+    datasets_ = classifier_datasets(model, splits, *transforms, training_args, cache)
 
     # 6. Evaluate the untouched model, train (or fit a linear probe's head to convergence on the cached features by
     # L-BFGS instead of by epochs), evaluate again
@@ -198,7 +189,6 @@ def main(argv=None):
         dataset=dataset_display_name(data_args),
         command=recipe_command(argv, script="recipes/audio_cls.py"),
         finetune_strategy=ft_args.finetune_strategy,
-        trainable=trainable,
     )
     config = args_to_dict(model_args, data_args, ft_args, audio_args, training_args)
     return save_run(

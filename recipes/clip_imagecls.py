@@ -14,7 +14,6 @@ beats chance on the validation split (--head_init auto), else at random; the tes
 training and after, side by side. Flags left unset take per-strategy defaults (STRATEGY_DEFAULTS below).
 """
 
-import logging
 import sys
 from dataclasses import dataclass, field
 from functools import partial
@@ -42,9 +41,7 @@ from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, build_clip_classifier, resolv
 from mm_hf.outputs import RunInfo, recipe_command, save_run
 from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
 from mm_hf.run import build_trainer, prepare_training_arguments, start_run, train_and_evaluate
-from mm_hf.training import apply_finetune_strategy, trainable_parameters
-
-logger = logging.getLogger(__name__)
+from mm_hf.training import apply_finetune_strategy
 
 
 @dataclass
@@ -146,8 +143,6 @@ def main(argv=None):
         measured_on="validation" if "validation" in datasets_ else "train",
     )
     model = apply_finetune_strategy(model, ft_args)
-    trainable = trainable_parameters(model)
-    logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 
     # 6. Evaluate the untouched model, train (or fit a linear probe's head to convergence on the cached features by
     # L-BFGS instead of by epochs), evaluate again
@@ -166,7 +161,6 @@ def main(argv=None):
         dataset=dataset_display_name(data_args),
         command=recipe_command(argv, script="recipes/clip_imagecls.py"),
         finetune_strategy=ft_args.finetune_strategy,
-        trainable=trainable,
         head=head,
     )
     config = args_to_dict(model_args, data_args, ft_args, cls_args, training_args)

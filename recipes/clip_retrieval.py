@@ -23,7 +23,6 @@ itself (a plain CLIPModel/SiglipModel/VisionTextDualEncoderModel/ClapModel check
 processor.
 """
 
-import logging
 import sys
 from dataclasses import dataclass, field
 
@@ -49,9 +48,7 @@ from mm_hf.models.text_length import text_max_length
 from mm_hf.outputs import RunInfo, recipe_command, save_dual_encoder, save_run
 from mm_hf.retrieval import PairTransform, build_media, load_dual_encoder, resolve_modality
 from mm_hf.run import build_trainer, prepare_training_arguments, start_run, train_and_evaluate
-from mm_hf.training import apply_contrastive_strategy, trainable_parameters
-
-logger = logging.getLogger(__name__)
+from mm_hf.training import apply_contrastive_strategy
 
 
 @dataclass
@@ -148,8 +145,6 @@ def main(argv=None):
     # 4. Model: the contrastive wrapper (the loss is the model's own) and what the strategy trains
     model = ContrastiveDualEncoderModel.from_backbone(backbone, ret_args.loss, ret_args.gather_negatives, base_model)
     model = apply_contrastive_strategy(model, ft_args)
-    trainable = trainable_parameters(model)
-    logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 
     # 5. Inputs (an image or clip + one of its captions per row); evaluate the untouched model, train, evaluate again
     transforms = {
@@ -178,7 +173,6 @@ def main(argv=None):
         dataset=dataset_display_name(data_args),
         command=recipe_command(argv, script="recipes/clip_retrieval.py"),
         finetune_strategy=ft_args.finetune_strategy,
-        trainable=trainable,
     )
     config = args_to_dict(model_args, data_args, ft_args, ret_args, training_args)
     return save_run(trainer, run, info, config=config, skipped=skipped, push_to_hub=push_to_hub, save=save_dual_encoder)

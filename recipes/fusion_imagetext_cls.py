@@ -18,7 +18,6 @@ The test split is evaluated before training (untrained heads: the chance baselin
 modality removed (`test_without_<modality>_<metric>`: what each modality contributes).
 """
 
-import logging
 import sys
 
 from mm_hf.args import (
@@ -38,9 +37,8 @@ from mm_hf.models import build_fusion_classifier
 from mm_hf.outputs import fusion_run_info, recipe_command, save_run
 from mm_hf.processing import MultimodalProcessor, ProcessorSettings
 from mm_hf.run import fusion_trainer, start_run, train_and_evaluate
-from mm_hf.training import apply_fusion_strategy, trainable_parameters
+from mm_hf.training import apply_fusion_strategy
 
-logger = logging.getLogger(__name__)
 ARGUMENT_TYPES = (FusionModelArguments, FusionDataArguments, DataArguments, FinetuneArguments, FusionTrainingArguments)
 
 
@@ -101,8 +99,6 @@ def main(argv=None):
         **model_args.config_kwargs(),
     )
     model = apply_fusion_strategy(model, ft_args, model_args.encoder_strategies())
-    trainable = trainable_parameters(model)
-    logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 
     # 5. Trainer over inputs decoded on the fly: untrained heads evaluated, trained, evaluated again (also with
     # each modality removed)
@@ -118,7 +114,6 @@ def main(argv=None):
         dataset=dataset_display_name(data_args),
         command=recipe_command(argv, script="recipes/fusion_imagetext_cls.py"),
         finetune_strategy=ft_args.finetune_strategy,
-        trainable=trainable,
     )
     config = args_to_dict(model_args, fusion_args, data_args, ft_args, training_args)
     return save_run(

@@ -17,7 +17,6 @@ missing modalities, ablations (`test_without_video_accuracy`, ...), outputs and 
 recipes/fusion_imagetext_cls.py.
 """
 
-import logging
 import sys
 from dataclasses import dataclass, field
 
@@ -33,9 +32,7 @@ from mm_hf.models import build_fusion_classifier
 from mm_hf.outputs import add_video_auto_class, fusion_run_info, recipe_command, save_run
 from mm_hf.processing import MultimodalProcessor, ProcessorSettings
 from mm_hf.run import fusion_trainer, start_run, train_and_evaluate
-from mm_hf.training import apply_fusion_strategy, trainable_parameters
-
-logger = logging.getLogger(__name__)
+from mm_hf.training import apply_fusion_strategy
 
 
 @dataclass
@@ -137,8 +134,6 @@ def main(argv=None):
         **model_args.config_kwargs(),
     )
     model = apply_fusion_strategy(model, ft_args, model_args.encoder_strategies())
-    trainable = trainable_parameters(model)
-    logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 
     # 5. Trainer over clips decoded on the fly (a frozen encoder's outputs cached once): untrained heads evaluated,
     # trained, evaluated again, also with each of video / audio / text / tabular removed
@@ -155,7 +150,6 @@ def main(argv=None):
         dataset=dataset_display_name(data_args),
         command=recipe_command(argv, script="recipes/video_cls.py"),
         finetune_strategy=ft_args.finetune_strategy,
-        trainable=trainable,
         eval_task_type="video-classification",
     )
     config = args_to_dict(model_args, fusion_args, video_args, data_args, ft_args, training_args)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import Trainer, TrainingArguments
 
+from mm_hf.args import FinetuneArguments
 from mm_hf.cards import RunInfo, read_run_info, write_run_info
 from mm_hf.metrics.tasks import Task
 from mm_hf.outputs import save_run, task_report_writer
@@ -66,7 +67,7 @@ def test_protocol_measures_before_fits_then_measures_after(tmp_path, splits, key
             trainer.model.weight.fill_(0.75)
         return {"probe_l2": 0.1}
 
-    run = train_and_evaluate(trainer, datasets, measure, None, before_label="untrained", fit=fit)
+    run = train_and_evaluate(trainer, datasets, measure, FinetuneArguments(), before_label="untrained", fit=fit)
     split = "test" if key == "test" else "validation"
     assert measure.calls == [(split, f"zeroshot_{key}"), ("validation", split), (split, key)]
     assert seen == {"train": datasets["train"], "validation": datasets["validation"]}
@@ -76,13 +77,14 @@ def test_protocol_measures_before_fits_then_measures_after(tmp_path, splits, key
     assert ("eval_loss" in run.results) == (key == "test")  # the validation split's Trainer metrics, not measured twice
     assert run.before_report == {"called": f"zeroshot_{key}"} and run.after_report == {"called": key}
     assert run.eval_key == key and run.headline == f"measured {split} as {key}"
+    assert run.trainable["trainable_params"] == run.trainable["total_params"] == 1
     assert "before (untrained)" in run.table and "| accuracy" in run.table and "+0.7500" in run.table
 
 
 def test_protocol_without_do_train_measures_twice_and_trains_nothing(tmp_path):
     trainer = tiny_trainer(tmp_path, do_train=False)
     run = train_and_evaluate(
-        trainer, {"train": [0], "test": [1]}, RecordingMeasure(trainer), None, before_label="zero-shot", fit=None
+        trainer, {"train": [0], "test": [1]}, RecordingMeasure(trainer), FinetuneArguments(), before_label="zero-shot"
     )
     assert run.train_runtime is None and "train_samples" not in run.results
     assert run.results["zeroshot_test_accuracy"] == run.results["test_accuracy"] == 0.0
@@ -98,6 +100,7 @@ def result(report=None, write_report=None):
         eval_key="test",
         before_label="untrained heads",
         train_runtime=1.5,
+        trainable={"trainable_params": 3, "total_params": 4, "trainable_share_percent": 75.0},
         before_report=report,
         after_report=report,
         write_report=write_report,
@@ -109,7 +112,6 @@ INFO = dict(
     dataset="local-data",
     command="accelerate launch recipes/x.py",
     finetune_strategy="full",
-    trainable={"trainable_params": 1, "total_params": 1, "trainable_share_percent": 100.0},
 )
 TASK = Task("label", "single_label_classification", ["no", "yes"])
 REPORT = {"label": {"accuracy": 0.75, "no_precision": 1.0, "no_recall": 0.5, "no_f1": 0.667, "yes_precision": 0.667,
@@ -152,17 +154,18 @@ def test_save_run_writes_one_output_folder_for_every_kind(tmp_path, capsys, kind
     on_disk = json.loads((out / "all_results.json").read_text())
     assert on_disk == results and on_disk["skipped_bad_samples"] == 1 and on_disk["test_accuracy"] == 0.75
     recorded = json.loads((out / "run_info.json").read_text())
+    card = (out / "README.md").read_text()
     assert recorded["task"] == info.task and recorded["pipeline_tag"] == info.pipeline_tag
     assert (recorded["saved_as"], recorded["eval_split"], recorded["before_label"]) == (
         "merged",
         "test",
         "untrained heads",
     )
+    assert recorded["trainable"]["trainable_params"] == 3 and "3 of 4 parameters trained (75.00 %)" in card
     assert recorded["train_runtime"] == 1.5 and recorded["hardware"].startswith(("CPU", "1 ", "2 "))
     # Fields a recipe did not set are left out, so each recipe's run_info.json keeps the keys it always had.
     assert ("usage" in recorded) == (kind == "fusion") and "head" not in recorded
     assert read_run_info(str(out)).task == info.task
-    card = (out / "README.md").read_text()
     assert "(untrained heads)" in card and ("Per-class report" in card) == (kind != "retrieval")
     printed = capsys.readouterr().out
     assert "Evaluation on the test split (4 samples):" in printed
@@ -170,7 +173,8 @@ def test_save_run_writes_one_output_folder_for_every_kind(tmp_path, capsys, kind
 
 
 def test_run_info_defaults_the_task_to_the_pipeline_tag_and_round_trips(tmp_path):
-    info = RunInfo(pipeline_tag="audio-classification", head={"head_init": "random"}, **INFO)
+    trainable = {"trainable_params": 1, "total_params": 2, "trainable_share_percent": 50.0}
+    info = RunInfo(pipeline_tag="audio-classification", head={"head_init": "random"}, trainable=trainable, **INFO)
     assert info.task == "audio-classification"
     written = write_run_info(str(tmp_path), info)
     assert "usage" not in written and "extra_tags" not in written and written["head"] == {"head_init": "random"}
