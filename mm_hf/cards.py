@@ -49,7 +49,8 @@ class RunInfo:
     """What `run_info.json` records for the card beyond the arguments and metrics: one record per output folder.
 
     A recipe fills the first block; `mm_hf.outputs.save_run` the measured part (eval split, before label, saved
-    variant, trainable parameters, train runtime); `write_run_info` the environment. The card reads the record back with `read_run_info`.
+    variant, trainable parameters, train runtime); `write_run_info` the environment. The card reads the record
+    back with `read_run_info`.
     """
 
     pipeline_tag: str | None  # the Hub pipeline of the saved model; None where none fits (fusion)

@@ -163,10 +163,10 @@ def save_run(
     """The last section of every recipe: save the model and write the complete output folder.
 
     `run` is the recipe's `mm_hf.run.RunResult`, `info` what the card says about the run (save_run adds the eval
-    split, before label, saved variant, trainable parameters and train runtime), `config` the resolved arguments (`args_to_dict`),
-    `skipped` the samples the data checks left out (split -> [(source, reason)]). `save(trainer, output_dir,
-    merge_lora)` saves the model and returns "full", "adapter" or "merged": `save_model` (the Trainer's model,
-    a LoRA adapter or merged) or `save_dual_encoder` (retrieval).
+    split, before label, saved variant, trainable parameters and train runtime), `config` the resolved arguments
+    (`args_to_dict`), `skipped` the samples the data checks left out (split -> [(source, reason)]).
+    `save(trainer, output_dir, merge_lora)` saves the model and returns "full", "adapter" or "merged": `save_model`
+    (the Trainer's model, a LoRA adapter or merged) or `save_dual_encoder` (retrieval, LoRA always merged).
 
     Call on every process (saving is coordinated by Trainer); only the main process writes the rest: the
     measure's reports after training and before it (prefixed `zeroshot_`), training curves, `all_results.json`
@@ -240,6 +240,6 @@ def add_video_auto_class(model) -> None:
     feeds `pixel_values` from an image/video processor at the repo root, while the frames go through
     MultimodalProcessor.
     """
-    config = model.config
-    code = f"{MultimodalFusionForClassification.__module__.rsplit('.', 1)[-1]}.{MultimodalFusionForClassification.__name__}"
+    config, fusion = model.config, MultimodalFusionForClassification
+    code = f"{fusion.__module__.rsplit('.', 1)[-1]}.{fusion.__name__}"
     config.auto_map = {**(getattr(config, "auto_map", None) or {}), "AutoModelForVideoClassification": code}

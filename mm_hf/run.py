@@ -260,9 +260,9 @@ def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, be
     after training when a test split is the measured one). Training follows `trainer.args` (--do_train,
     --resume_from_checkpoint) and `ft_args` (--early_stopping_patience: early stopping watches only the evaluations
     made during training, not the before/after ones). The trainable parameters (what the strategy left to train)
-    are logged and recorded for the card. `fit(train, validation)`, when given, trains on those datasets instead of `trainer.train`
-    (e.g. `mm_hf.probe.fit_classifier_head` on cached features) and returns what to record; its wall time is the
-    train runtime.
+    are logged and recorded for the card. `fit(train, validation)`, when given, trains on those datasets instead
+    of `trainer.train` (e.g. `mm_hf.probe.fit_classifier_head` on cached features) and returns what to record; its
+    wall time is the train runtime.
     """
     require_evaluation_split(datasets)  # the loaders of the fusion recipes accept train alone
     trainable = trainable_parameters(trainer.model)
