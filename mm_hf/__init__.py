@@ -7,9 +7,10 @@ import importlib
 
 _EXPORTS = {
     "parse_args": "mm_hf.args",
-    "build_clip_classifier": "mm_hf.models",
+    "build_dual_encoder_classifier": "mm_hf.models",
     "load_clip_classifier": "mm_hf.models",
     "build_audio_classifier": "mm_hf.models",
+    "apply_strategy": "mm_hf.training",
     "ContrastiveDualEncoderModel": "mm_hf.models",
     "load_metric": "mm_hf.metrics",
     "ClassificationMetrics": "mm_hf.metrics",

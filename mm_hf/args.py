@@ -18,7 +18,8 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import HfArgumentParser, TrainingArguments
 
 from .errors import UserError
-from .metrics.tasks import Task
+from .models.fusion import Task
+from .training import ALL_STRATEGIES, CLASSIFIER_STRATEGIES, CONTRASTIVE_STRATEGIES, FUSION_ENCODER_STRATEGIES
 
 logger = logging.getLogger(__name__)
 
@@ -156,9 +157,10 @@ class FinetuneArguments:
     finetune_strategy: str = field(
         default="lora",
         metadata={
-            "help": "What to train. Classifiers: linear_probe (head on frozen features), top_k (last "
-            "--unfreeze_last_n_layers layers + head), full, lora (peft adapters + head). Contrastive: full, "
-            "lock_image, lock_text, lora.",
+            "help": f"What to train. Classifiers and fusion models: {', '.join(CLASSIFIER_STRATEGIES)} (linear_probe: "
+            "the head on frozen features; top_k: the last --unfreeze_last_n_layers layers + head; lora: peft "
+            f"adapters + head). Contrastive: {', '.join(CONTRASTIVE_STRATEGIES)} (lock_image freezes the image, or "
+            "CLAP's audio, tower; lock_text the text tower).",
         },
     )
     unfreeze_last_n_layers: int = field(default=2, metadata={"help": "With top_k: how many final layers to train."})
@@ -206,9 +208,10 @@ class FinetuneArguments:
 
     def __post_init__(self):
         # Each recipe checks its own subset (classifier vs contrastive); a typo fails here, at parse time.
-        known = ("linear_probe", "top_k", "full", "lora", "lock_image", "lock_text")
-        if self.finetune_strategy not in known:
-            raise UserError(f"--finetune_strategy must be one of {', '.join(known)}; got {self.finetune_strategy!r}")
+        if self.finetune_strategy not in ALL_STRATEGIES:
+            raise UserError(
+                f"--finetune_strategy must be one of {', '.join(ALL_STRATEGIES)}; got {self.finetune_strategy!r}"
+            )
         if self.probe_solver not in ("lbfgs", "trainer"):
             raise UserError(f"--probe_solver must be lbfgs or trainer; got {self.probe_solver!r}")
 
@@ -252,7 +255,7 @@ class FusionModelArguments(HubArguments):
     )
     vision_strategy: str | None = field(
         default=None,
-        metadata={"help": "Per-encoder override of --finetune_strategy: frozen, top_k, full or lora."},
+        metadata={"help": f"Per-encoder override of --finetune_strategy: {', '.join(FUSION_ENCODER_STRATEGIES)}."},
     )
     text_strategy: str | None = field(default=None, metadata={"help": "As --vision_strategy, for the text encoder."})
     audio_strategy: str | None = field(default=None, metadata={"help": "As --vision_strategy, for the audio encoder."})

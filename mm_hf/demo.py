@@ -16,7 +16,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from .models.tiny import build_tiny_dual_encoder
+from .data.synthetic import write_click_dataset, write_imagetext_xor, write_video_dataset
+from .models.tiny import build_tiny_dual_encoder, build_tiny_encoders
 
 TONE_CLASSES = {"low": (150.0, 300.0), "mid": (600.0, 1200.0), "high": (2400.0, 4800.0), "noise": None}
 
@@ -189,9 +190,6 @@ def main(argv=None):
 def write_fusion_assets(output_dir: str) -> None:
     """The fusion demos' data (image-text XOR, click logs, colour-transition videos) and encoders: a small random
     ViT (`tiny-vit`) and a text encoder (`text-encoder`: the packaged pretrained MiniLM, else a tiny random BERT)."""
-    from .data.synthetic import write_click_dataset, write_imagetext_xor, write_video_dataset
-    from .models.tiny import build_tiny_encoders
-
     fusion_dir = os.path.join(output_dir, "fusion")
     writers = {"xor": write_imagetext_xor, "click": write_click_dataset, "videos": write_video_dataset}
     for name, write in writers.items():

@@ -17,10 +17,12 @@ import logging
 import torch
 
 from .features import eval_batches
+from .models.configuration_multimodal_fusion import ENCODER_OF
 
 logger = logging.getLogger(__name__)
 
-ENCODER_OF = {"image": "vision", "video": "vision", "text": "text", "audio": "audio"}
+# The key of each modality's encoder in `MultimodalFusionModel.encoders`: its config attribute without "_config".
+ENCODER_KEY_OF = {modality: attribute.removesuffix("_config") for modality, attribute in ENCODER_OF.items()}
 # The batch keys each modality's encoder reads: dropped from a batch once the modality comes from the cache.
 RAW_INPUTS = {
     "image": ("pixel_values",),
@@ -42,7 +44,7 @@ def frozen_modalities(model) -> list[str]:
     return [
         m
         for m in multimodal.modalities
-        if m in ENCODER_OF and not any(p.requires_grad for p in multimodal.encoders[ENCODER_OF[m]].parameters())
+        if m in ENCODER_KEY_OF and not any(p.requires_grad for p in multimodal.encoders[ENCODER_KEY_OF[m]].parameters())
     ]
 
 

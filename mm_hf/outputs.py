@@ -11,8 +11,8 @@ import yaml
 from transformers.dynamic_module_utils import custom_object_save
 
 from .cards import RunInfo, write_model_card, write_run_info
-from .metrics.tasks import Task
 from .models import MultimodalFusionForClassification
+from .models.fusion import Task
 from .publish import publish_run
 from .reports import plot_training_curves, write_classification_report, write_confusion_matrix, write_task_report
 

@@ -24,6 +24,7 @@ import torch
 from .data.audio import AudioTransform, load_audio
 from .data.tabular import TabularProcessor
 from .data.transforms import build_image_transform, target_size
+from .data.video import load_video_audio, load_video_frames
 
 CONFIG_NAME = "multimodal_processor.json"
 
@@ -64,6 +65,8 @@ class MultimodalProcessor:
         """Load each modality's processor from its encoder's Hub id or path (`encoders` as for the model)."""
         from transformers import AutoConfig, AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
 
+        # Here, not at the top: importing mm_hf.models builds and registers every mm-hf model class; this module
+        # stays light to import (it imports transformers only where used, too).
         from .models.text_length import text_max_length
 
         visual = encoders.get("image") or encoders.get("video")
@@ -173,8 +176,6 @@ class MultimodalTransform:
         return {"pixel_values": pixels}, [s is not None for s in sources]
 
     def _video(self, sources: list) -> tuple[dict, list[bool]]:
-        from .data.video import load_video_frames
-
         settings, image_processor = self.processor.settings, self.processor.image_processor
 
         def frames(real: list) -> list:
@@ -199,8 +200,6 @@ class MultimodalTransform:
         return {key: list(enc[key]) for key in keys}, [s is not None for s in sources]
 
     def _audio(self, sources: list) -> tuple[dict, list[bool]]:
-        from .data.video import load_video_audio
-
         rate = self.audio.sampling_rate
         from_video = self.processor.settings.audio_from_video
         clips = []

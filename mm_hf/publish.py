@@ -184,6 +184,7 @@ def _base_model_license(output_dir: str) -> str | None:
 
 
 def _save_merged(output_dir: str, staging: str) -> None:
+    # Here, not at the top: only --merged needs torch, transformers and the models; publishing files does not.
     from .models import load_finetuned
 
     model = load_finetuned(output_dir)

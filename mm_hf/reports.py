@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .metrics.tasks import Task
+    from .models.fusion import Task
 
 _TABLE_HEADERS = ("precision", "recall", "f1-score", "support")
 # Annotating every cell stops being readable past this many classes; colours still are.

@@ -17,11 +17,14 @@ from transformers import default_data_collator
 
 from .data.audio import AudioTransform, check_audio
 from .data.images import check_images
+from .data.loading import _read_class_folder
 from .data.transforms import build_image_transform
 from .errors import UserError
 from .metrics import load_metric
+from .models import build_dual_encoder_classifier
 
-MODALITIES = ("image", "audio")
+# What a dual encoder here pairs with text (--modality); not the fusion model's MODALITIES.
+RETRIEVAL_MEDIA = ("image", "audio")
 
 
 class ImageMedia:
@@ -58,7 +61,7 @@ class AudioMedia:
 
     name, plural = "audio", "clips"
     task, pipeline_tag = "audio-text retrieval", "zero-shot-audio-classification"
-    prompt_templates = None  # build_clip_classifier's CLAP ensemble: "This is a sound of {}." + 2
+    prompt_templates = None  # build_dual_encoder_classifier's CLAP ensemble: "This is a sound of {}." + 2
 
     def __init__(self, processor, column: str = "audio", max_length_seconds: float | None = None):
         self.feature_extractor, self.column = processor.feature_extractor, column
@@ -107,7 +110,7 @@ def resolve_modality(modality: str, config) -> str:
     audio = getattr(config, "audio_config", None) is not None
     if modality == "auto":
         return "audio" if audio else "image"
-    if modality not in MODALITIES:
+    if modality not in RETRIEVAL_MEDIA:
         raise UserError(f"--modality must be auto, image or audio, got {modality!r}")
     if (modality == "audio") != audio:
         kind = "an audio–text (CLAP)" if audio else "an image–text"
@@ -122,7 +125,7 @@ def build_media(modality: str, processor, column: str, *, max_length_seconds: fl
         return AudioMedia(processor, column, max_length_seconds)
     if modality == "image":
         return ImageMedia(processor, column)
-    raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    raise ValueError(f"modality must be one of {RETRIEVAL_MEDIA}, got {modality!r}")
 
 
 def load_dual_encoder(
@@ -235,7 +238,7 @@ def evaluate_retrieval(
     text_embeds = embed_texts(model, tokenizer, texts, batch_size, max_length)
     model.train(was_training)
     scores = load_metric("retrieval").compute(
-        predictions=text_embeds.numpy(), references=owners, image_embeds=items.numpy(), modality=media.name
+        predictions=text_embeds.numpy(), references=owners, media_embeds=items.numpy(), modality=media.name
     )
     return {f"{prefix}{k}": v for k, v in scores.items()}
 
@@ -281,12 +284,9 @@ def zeroshot_classification(
 ) -> dict:
     """Zero-shot accuracy/macro-F1 of `backbone` on class folders of images or audio clips: how much general
     ability is kept. `templates` default to the media's (`{}` = the folder name)."""
-    from .data.loading import _read_class_folder
-    from .models import build_clip_classifier
-
     data = _read_class_folder(folder, media.column, "label")
     names = sorted(set(data["label"]))
-    classifier = build_clip_classifier(
+    classifier = build_dual_encoder_classifier(
         backbone, dict(enumerate(names)), tokenizer=tokenizer, prompt_templates=templates or media.prompt_templates
     ).eval()
     embeds = embed_media(classifier, data.remove_columns("label"), media, batch_size)

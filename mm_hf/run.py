@@ -1,7 +1,7 @@
 """The run every recipe makes, in its order: setup (`start_run`: parsing with the user's flags recorded, logging per
 rank, launch and output-folder checks; `prepare_training_arguments`), the Trainer (`build_trainer`, or
 `fusion_trainer` with its cached encoders and metrics), and the one protocol, `train_and_evaluate`: measure the
-untouched model, train, measure again, with the measure supplied by the recipe (mm_hf.evaluation). The output
+untouched model, train, measure again, with the measure supplied by the recipe (mm_hf.measures). The output
 folder: `mm_hf.outputs.save_run`."""
 
 import dataclasses
@@ -18,9 +18,9 @@ from transformers import EarlyStoppingCallback, Trainer, default_data_collator
 from .args import TRAINING_DEFAULTS, FinetuneArguments, explicit_flags, fill_defaults, parse_args
 from .data.loading import require_evaluation_split
 from .errors import UserError
-from .evaluation import Measure, TaskMetrics, TrainerMeasure, evaluate_without_modalities
 from .fusion_features import CachedInputs, cache_encoder_outputs, fit_feature_statistics, frozen_modalities
-from .metrics.tasks import Task
+from .measures import Measure, TaskMetrics, TrainerMeasure, evaluate_without_modalities
+from .models.fusion import Task
 from .outputs import task_report_writer
 from .reports import format_before_after_table
 from .training import trainable_parameters
@@ -255,7 +255,7 @@ def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, be
     """The protocol of every recipe: measure the untouched model on the held-out split (test, else validation),
     train, measure again.
 
-    `measure` (see mm_hf.evaluation: `TrainerMeasure`, `RetrievalMeasure`) scores the model; keys follow Trainer's
+    `measure` (see mm_hf.measures: `TrainerMeasure`, `RetrievalMeasure`) scores the model; keys follow Trainer's
     convention: `zeroshot_test_*` before, `test_*` after (`eval_*` for validation, whose Trainer metrics are added
     after training when a test split is the measured one). Training follows `trainer.args` (--do_train,
     --resume_from_checkpoint) and `ft_args` (--early_stopping_patience: early stopping watches only the evaluations

@@ -37,15 +37,15 @@ from mm_hf.data.audio import AudioTransform, check_audio
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
 from mm_hf.data.validation import check_splits
 from mm_hf.errors import UserError, run_cli
-from mm_hf.evaluation import TrainerMeasure
 from mm_hf.features import classifier_datasets
+from mm_hf.measures import TrainerMeasure
 from mm_hf.metrics.streaming import ClassificationMetrics
-from mm_hf.models import build_audio_classifier, build_clip_classifier
+from mm_hf.models import build_audio_classifier, build_dual_encoder_classifier
 from mm_hf.models.clip_classifier import is_audio_text_config
 from mm_hf.outputs import RunInfo, recipe_command, save_run
 from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
 from mm_hf.run import build_trainer, prepare_training_arguments, start_run, train_and_evaluate
-from mm_hf.training import apply_audio_finetune_strategy, apply_finetune_strategy
+from mm_hf.training import apply_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def main(argv=None):
     processing_class = feature_extractor
     if audio_text:
         processing_class = AutoProcessor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
-        model = build_clip_classifier(
+        model = build_dual_encoder_classifier(
             model_args.model_name_or_path,
             id2label,
             tokenizer=processing_class.tokenizer,
@@ -153,7 +153,6 @@ def main(argv=None):
             head_dropout=audio_args.head_dropout,
             **hub_kwargs,
         )
-        model = apply_finetune_strategy(model, ft_args)
     else:
         model = build_audio_classifier(
             model_args.model_name_or_path,
@@ -165,7 +164,7 @@ def main(argv=None):
             max_length_seconds=audio_args.max_length_seconds,
             **hub_kwargs,
         )
-        model = apply_audio_finetune_strategy(model, ft_args)
+    model = apply_strategy(model, ft_args)
 
     # 5. Inputs: cached embeddings (CLAP) or pooled frames for a linear probe, clips decoded on the fly otherwise
     clips = dict(audio_column=column, max_length_seconds=audio_args.max_length_seconds, augment=audio_args.augment)

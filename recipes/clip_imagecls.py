@@ -34,14 +34,14 @@ from mm_hf.data.loading import dataset_display_name, load_classification_splits
 from mm_hf.data.transforms import build_image_transform
 from mm_hf.data.validation import check_splits
 from mm_hf.errors import run_cli
-from mm_hf.evaluation import TrainerMeasure
 from mm_hf.features import classifier_datasets
+from mm_hf.measures import TrainerMeasure
 from mm_hf.metrics.streaming import ClassificationMetrics
-from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, build_clip_classifier, resolve_head_init
+from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, build_dual_encoder_classifier, resolve_head_init
 from mm_hf.outputs import RunInfo, recipe_command, save_run
 from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
 from mm_hf.run import build_trainer, prepare_training_arguments, start_run, train_and_evaluate
-from mm_hf.training import apply_finetune_strategy
+from mm_hf.training import apply_strategy
 
 
 @dataclass
@@ -108,7 +108,7 @@ def main(argv=None):
     # 3. Processor and model (its head is chosen in 5)
     hub_kwargs = model_args.hub_kwargs()
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
-    model = build_clip_classifier(
+    model = build_dual_encoder_classifier(
         model_args.model_name_or_path,
         id2label,
         tokenizer=processor.tokenizer,
@@ -142,7 +142,7 @@ def main(argv=None):
         training_args,
         measured_on="validation" if "validation" in datasets_ else "train",
     )
-    model = apply_finetune_strategy(model, ft_args)
+    model = apply_strategy(model, ft_args)
 
     # 6. Evaluate the untouched model, train (or fit a linear probe's head to convergence on the cached features by
     # L-BFGS instead of by epochs), evaluate again

@@ -42,13 +42,13 @@ from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.pairs import load_caption_splits
 from mm_hf.data.validation import check_splits
 from mm_hf.errors import run_cli
-from mm_hf.evaluation import RetrievalMeasure
+from mm_hf.measures import RetrievalMeasure
 from mm_hf.models import ContrastiveDualEncoderModel
 from mm_hf.models.text_length import text_max_length
 from mm_hf.outputs import RunInfo, recipe_command, save_dual_encoder, save_run
 from mm_hf.retrieval import PairTransform, build_media, load_dual_encoder, resolve_modality
 from mm_hf.run import build_trainer, prepare_training_arguments, start_run, train_and_evaluate
-from mm_hf.training import apply_contrastive_strategy
+from mm_hf.training import apply_strategy
 
 
 @dataclass
@@ -144,7 +144,7 @@ def main(argv=None):
 
     # 4. Model: the contrastive wrapper (the loss is the model's own) and what the strategy trains
     model = ContrastiveDualEncoderModel.from_backbone(backbone, ret_args.loss, ret_args.gather_negatives, base_model)
-    model = apply_contrastive_strategy(model, ft_args)
+    model = apply_strategy(model, ft_args)
 
     # 5. Inputs (an image or clip + one of its captions per row); evaluate the untouched model, train, evaluate again
     transforms = {

@@ -27,12 +27,12 @@ from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.multimodal import MODALITIES, MultimodalColumns, check_media, load_multimodal_splits
 from mm_hf.data.tabular import TabularProcessor
 from mm_hf.errors import UserError, run_cli
-from mm_hf.evaluation import FUSION_BEFORE_LABEL
+from mm_hf.measures import FUSION_BEFORE_LABEL
 from mm_hf.models import build_fusion_classifier
 from mm_hf.outputs import add_video_auto_class, fusion_run_info, recipe_command, save_run
 from mm_hf.processing import MultimodalProcessor, ProcessorSettings
 from mm_hf.run import fusion_trainer, start_run, train_and_evaluate
-from mm_hf.training import apply_fusion_strategy
+from mm_hf.training import apply_strategy
 
 
 @dataclass
@@ -133,7 +133,7 @@ def main(argv=None):
         temporal_pooling=video_args.temporal_pooling,
         **model_args.config_kwargs(),
     )
-    model = apply_fusion_strategy(model, ft_args, model_args.encoder_strategies())
+    model = apply_strategy(model, ft_args, model_args.encoder_strategies())
 
     # 5. Trainer over clips decoded on the fly (a frozen encoder's outputs cached once): untrained heads evaluated,
     # trained, evaluated again, also with each of video / audio / text / tabular removed

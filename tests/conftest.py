@@ -197,3 +197,29 @@ def digits_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("digits")
     write_digits_imagefolder(str(root), classes=range(4), max_per_class=21, fractions=(0.58, 0.2, 0.22))
     return root
+
+
+@pytest.fixture(scope="session")
+def colours_dir(tmp_path_factory):
+    """Class folders red/green/blue of noisy colour tiles (32x32, a grey rectangle each): 12 train / 4 validation /
+    6 test per class, easy enough that a few steps of training must beat a chance-level start. Each split also has
+    a metadata.jsonl with two captions per image naming its colour, for image-text retrieval."""
+    import json
+
+    from PIL import Image
+
+    colours = {"blue": (40, 60, 200), "green": (40, 170, 60), "red": (200, 40, 40)}
+    root = tmp_path_factory.mktemp("colours")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("validation", 4), ("test", 6)):
+        rows = []
+        for name, rgb in colours.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                tile = np.array(rgb, dtype=np.float32) + rng.normal(0, 25, (32, 32, 3))
+                x, y = rng.integers(0, 16, 2)
+                tile[y : y + rng.integers(8, 16), x : x + rng.integers(8, 16)] = rng.integers(60, 200)
+                Image.fromarray(np.clip(tile, 0, 255).astype(np.uint8)).save(root / split / name / f"{i}.png")
+                rows.append({"file_name": f"{name}/{i}.png", "caption": [f"a {name} photo.", f"a picture of {name}."]})
+        (root / split / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root

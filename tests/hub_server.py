@@ -81,6 +81,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import secrets
 import socket
 import sys
@@ -738,6 +739,9 @@ class HubTestServer:
             }
             if repo_type == "model":
                 info["modelId"] = repo_id
+            card_data = _card_data(commit["files"].get("README.md"))
+            if card_data:  # the Hub parses the README's YAML header into cardData (ModelInfo.card_data)
+                info["cardData"] = card_data
         h.send_json(200, info)
 
     def _tree(self, h, role, repo_id, repo_type, revision, path_in_repo, query) -> None:
@@ -997,6 +1001,16 @@ def _split_url_prefix(repo_part: str) -> tuple[str, str]:
     if head in _URL_PREFIX_TYPES and rest:
         return _URL_PREFIX_TYPES[head], unquote(rest)
     return "model", unquote(repo_part)
+
+
+def _card_data(readme: bytes | None) -> dict | None:
+    """The YAML metadata block at the top of a README.md, as a dict (None without one)."""
+    import yaml  # not at import time: this module imports with the standard library only
+
+    text = (readme or b"").decode("utf-8", "replace")
+    match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, re.DOTALL)
+    data = yaml.safe_load(match.group(1)) if match else None
+    return data if isinstance(data, dict) else None
 
 
 def _is_true(value) -> bool:

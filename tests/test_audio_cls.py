@@ -12,7 +12,8 @@ import torch
 import yaml
 from conftest import REPO, load_recipe
 from huggingface_hub import ModelCard
-from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+from safetensors.torch import load_file
+from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, Wav2Vec2Model
 
 import mm_hf.models  # noqa: F401  (registers the Auto classes)
 from mm_hf.args import parse_args
@@ -102,14 +103,33 @@ def accuracy(model, extractor_dir, folder, batch_size=16):
 def test_every_strategy_trains_and_saves(tiny_wav2vec2, tones_dir, tmp_path, strategy):
     out = tmp_path / strategy
     extra = {"top_k": ["--unfreeze_last_n_layers", "1"], "lora": ["--lora_r", "4"]}.get(strategy, [])
-    results = run(tiny_wav2vec2, out, "--finetune_strategy", strategy, *extra, data=folders(tones_dir), steps=1)
-    assert 0.0 <= results["test_accuracy"] <= 1.0 and np.isfinite(results["train_loss"])
+    # No warmup: its first step has a learning rate of 0, and one step must move what the strategy trains.
+    flags = ["--finetune_strategy", strategy, "--weight_decay", "0", "--warmup_steps", "0", *extra]
+    results = run(tiny_wav2vec2, out, *flags, data=folders(tones_dir), steps=1)
+    assert np.isfinite(results["train_loss"]) and results["test_samples"] == 16
     files = set(os.listdir(out))
     if strategy == "lora":
         assert {"adapter_config.json", "adapter_model.safetensors", "config.json"} <= files
         assert "model.safetensors" not in files
-    else:
-        assert "model.safetensors" in files
+        # The adapter trained (LoRA's B starts at zero) and carries the trained head along.
+        adapter = load_file(str(out / "adapter_model.safetensors"))
+        lora_b = [t for k, t in adapter.items() if "lora_B" in k]
+        assert lora_b and any(t.abs().sum() > 0 for t in lora_b)
+        assert any("classifier" in k for k in adapter)
+        return
+    # The saved backbone against the base checkpoint, tensor by tensor.
+    saved = load_file(str(out / "model.safetensors"))
+    base = Wav2Vec2Model.from_pretrained(tiny_wav2vec2).state_dict()
+    changed = {n: not torch.equal(saved[f"backbone.{n}"], t) for n, t in base.items() if f"backbone.{n}" in saved}
+    assert len(changed) == len(base)
+    moved = {n for n, c in changed.items() if c}
+    if strategy == "linear_probe":
+        assert not moved, sorted(moved)[:5]
+    else:  # top_k 1: the last encoder layer (and the final norm) train; the conv stem and the first layer do not
+        assert any(n.startswith("encoder.layers.1.") for n in moved)
+        assert all(n.startswith(("encoder.layers.1.", "encoder.layer_norm.")) for n in moved), sorted(moved)[:5]
+    head = {k for k in saved if k.startswith(("classifier.", "pooler."))}
+    assert head  # the trained head is in the checkpoint, next to the backbone
 
 
 def test_csv_input_with_relative_paths_and_custom_columns(tiny_wav2vec2, tones_dir, tmp_path):

@@ -13,8 +13,8 @@ from transformers import AutoModelForAudioClassification
 
 import mm_hf.models  # noqa: F401  (registers the Auto classes)
 from mm_hf.models import AudioClassifierForAudioClassification, build_audio_classifier
-from mm_hf.models.modeling_audio_classifier import AttentionPooling, MeanPooling
-from mm_hf.training import apply_audio_finetune_strategy
+from mm_hf.models.pooling import AttentionPooling, MeanPooling
+from mm_hf.training import apply_strategy
 
 ID2LABEL = {0: "dog", 1: "rooster", 2: "rain"}
 SR = 16000
@@ -232,7 +232,7 @@ CASES = [
 @pytest.mark.parametrize(("name", "strategy", "overrides"), CASES)
 def test_strategies_train_exactly_the_trainable_parameters(backbones, name, strategy, overrides):
     folder = backbones[name]
-    model = apply_audio_finetune_strategy(classifier(folder, pooling="attention"), strategy_args(strategy, **overrides))
+    model = apply_strategy(classifier(folder, pooling="attention"), strategy_args(strategy, **overrides))
     inputs = features(folder, [waveform(0.5), waveform(0.5, seed=1)])
     trainable, changed = train_three_steps(model, inputs)
     assert trainable
@@ -269,14 +269,14 @@ def test_strategies_train_exactly_the_trainable_parameters(backbones, name, stra
 
 
 def test_whisper_keeps_its_sinusoidal_positions_frozen(backbones):
-    model = apply_audio_finetune_strategy(classifier(backbones["whisper"]), strategy_args("full"))
+    model = apply_strategy(classifier(backbones["whisper"]), strategy_args("full"))
     assert not model.backbone.embed_positions.weight.requires_grad
     assert model.backbone.layers[0].self_attn.q_proj.weight.requires_grad
 
 
 def test_lora_with_parameterless_mean_pooling_saves_the_head(backbones, tmp_path):
     folder = backbones["wav2vec2"]
-    model = apply_audio_finetune_strategy(classifier(folder), strategy_args("lora"))
+    model = apply_strategy(classifier(folder), strategy_args("lora"))
     inputs = features(folder, [waveform(0.5), waveform(0.5, seed=1)])
     trainable, changed = train_three_steps(model, inputs)
     assert changed == trainable

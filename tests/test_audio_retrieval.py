@@ -114,8 +114,11 @@ def test_strategies_train_the_right_towers_and_save_a_plain_clap(
             n for n, p in trained.named_parameters() if n.startswith(prefix) and not torch.equal(p, base_params[n])
         ]
         assert moved, f"{strategy}: nothing in {prefix} changed"
+    # Frozen towers keep their weights and their buffers: the HTSAT's BatchNorm stays in eval mode in training.
+    base_state = base.state_dict()
+    assert "audio_model.audio_encoder.batch_norm.running_mean" in base_state
     for prefix in frozen:
-        assert all(torch.equal(p, base_params[n]) for n, p in trained.named_parameters() if n.startswith(prefix)), (
+        assert all(torch.equal(t, base_state[n]) for n, t in trained.state_dict().items() if n.startswith(prefix)), (
             prefix
         )
     assert recompute_recall_at_1(out, tones) == results["test_audio_to_text_recall@1"]
@@ -184,11 +187,11 @@ def test_contrastive_wrapper_round_trips_with_clap(tiny_clap, tmp_path):
 
 
 def test_lora_targets_attention_in_every_htsat_stage_and_text_layer(tiny_clap):
-    from mm_hf.training import apply_contrastive_strategy
+    from mm_hf.training import apply_strategy
 
     model = ContrastiveDualEncoderModel.from_backbone(AutoModel.from_pretrained(tiny_clap))
     args = SimpleNamespace(finetune_strategy="lora", lora_r=2, lora_alpha=4, lora_dropout=0.0, lora_target_modules=None)
-    model = apply_contrastive_strategy(model, args)
+    model = apply_strategy(model, args)
     adapted = {n.split(".lora_")[0].split("backbone.")[1] for n, p in model.named_parameters() if p.requires_grad}
     assert adapted == {f"audio_model.audio_encoder.layers.{i}.blocks.0.attention.self.{m}" for i in (0, 1)
                        for m in ("query", "key", "value")} | {f"text_model.encoder.layer.{i}.attention.self.{m}"

@@ -281,12 +281,12 @@ def test_lora_adapter_on_the_short_window_reloads_with_that_window(whisper4s, tm
 
     from mm_hf.models import load_finetuned
     from mm_hf.outputs import save_adapter_base_config
-    from mm_hf.training import apply_audio_finetune_strategy
+    from mm_hf.training import apply_strategy
 
     model, transform = classifier_and_transform(whisper4s, max_length_seconds=1.0)
     args = SimpleNamespace(finetune_strategy="lora", unfreeze_last_n_layers=1, lora_r=4, lora_alpha=8,
                            lora_dropout=0.0, lora_target_modules=None, freeze_feature_encoder=False)  # fmt: skip
-    model = apply_audio_finetune_strategy(model, args).eval()
+    model = apply_strategy(model, args).eval()
     with torch.no_grad():  # a trained-looking adapter: non-zero LoRA deltas
         for name, param in model.named_parameters():
             if "lora_B" in name:

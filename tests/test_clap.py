@@ -14,7 +14,7 @@ from transformers import AutoModelForAudioClassification, AutoProcessor, ClapMod
 
 import mm_hf.models  # noqa: F401  (registers the Auto classes)
 from mm_hf.demo import write_tones_audiofolder
-from mm_hf.models import ClapClassifierForAudioClassification, build_clip_classifier, load_finetuned
+from mm_hf.models import ClapClassifierForAudioClassification, build_dual_encoder_classifier, load_finetuned
 
 recipe = load_recipe("audio_cls")
 ID2LABEL = {0: "dog barking", 1: "rain", 2: "a siren"}
@@ -33,7 +33,9 @@ def features(processor, waves):
 
 def test_zero_shot_head_is_claps_own_zero_shot_classifier(tiny_clap):
     processor = AutoProcessor.from_pretrained(tiny_clap)
-    model = build_clip_classifier(tiny_clap, ID2LABEL, tokenizer=processor.tokenizer, prompt_templates=["{}"]).eval()
+    model = build_dual_encoder_classifier(
+        tiny_clap, ID2LABEL, tokenizer=processor.tokenizer, prompt_templates=["{}"]
+    ).eval()
     assert isinstance(model, ClapClassifierForAudioClassification)
     clap = ClapModel.from_pretrained(tiny_clap).eval()
     inputs = features(processor, clips())
@@ -49,8 +51,8 @@ def test_zero_shot_head_is_claps_own_zero_shot_classifier(tiny_clap):
 
 def test_default_prompts_are_audio_prompts_and_ensembled(tiny_clap):
     processor = AutoProcessor.from_pretrained(tiny_clap)
-    default = build_clip_classifier(tiny_clap, ID2LABEL, tokenizer=processor.tokenizer)
-    single = build_clip_classifier(
+    default = build_dual_encoder_classifier(tiny_clap, ID2LABEL, tokenizer=processor.tokenizer)
+    single = build_dual_encoder_classifier(
         tiny_clap, ID2LABEL, tokenizer=processor.tokenizer, prompt_templates=["This is a sound of {}."]
     )
     assert not torch.allclose(default.classifier.weight, single.classifier.weight)  # three prompts averaged
@@ -74,7 +76,7 @@ print(json.dumps({"logits": logits.tolist(), "module": type(model).__module__, "
 
 def test_round_trip_auto_class_and_remote_code_without_mm_hf(tiny_clap, tmp_path):
     processor = AutoProcessor.from_pretrained(tiny_clap)
-    model = build_clip_classifier(tiny_clap, ID2LABEL, tokenizer=processor.tokenizer).eval()
+    model = build_dual_encoder_classifier(tiny_clap, ID2LABEL, tokenizer=processor.tokenizer).eval()
     folder = tmp_path / "clap_cls"
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -153,8 +155,10 @@ def test_recipe_trains_claps_audio_path_from_zero_shot(tiny_clap, tones, tmp_pat
         assert not changed
     else:
         assert any(k.startswith("audio_model.") for k in changed)
-    if strategy == "top_k":  # the first stage stays frozen
+    if strategy == "top_k":  # the first stage stays frozen, and so do the statistics of its frozen BatchNorm stem
         assert not any(k.startswith("audio_model.audio_encoder.layers.0.") for k in changed)
+        assert "audio_model.audio_encoder.batch_norm.running_mean" in before
+        assert not any(k.startswith("audio_model.audio_encoder.batch_norm.") for k in changed)
 
     # The saved folder reproduces the reported test accuracy.
     processor = AutoProcessor.from_pretrained(out)

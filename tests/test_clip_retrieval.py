@@ -155,7 +155,7 @@ def test_wrapper_and_strategies_on_every_dual_encoder(backbone, loss, request):
     from types import SimpleNamespace
 
     from mm_hf.models import ContrastiveDualEncoderModel
-    from mm_hf.training import apply_contrastive_strategy
+    from mm_hf.training import apply_strategy
 
     path = request.getfixturevalue(backbone)
     size = 30 if backbone == "tiny_clip" else 32
@@ -164,7 +164,7 @@ def test_wrapper_and_strategies_on_every_dual_encoder(backbone, loss, request):
         args = SimpleNamespace(
             finetune_strategy=strategy, lora_r=2, lora_alpha=4, lora_dropout=0.0, lora_target_modules=None
         )
-        model = apply_contrastive_strategy(model, args)
+        model = apply_strategy(model, args)
         out = model(pixel_values=torch.randn(4, 3, size, size), input_ids=torch.randint(2, 40, (4, 6)))
         out.loss.backward()
         grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}

@@ -241,6 +241,16 @@ def test_two_process_contrastive_run_gathers_negatives(tiny_vtde, digits_dir, tm
     assert "eval_loss" in results and "zeroshot_test_image_to_text_recall@1" in results
 
 
+def test_gather_negatives_false_contrasts_within_each_process(tiny_vtde, digits_dir, tmp_path):
+    """The first step's loss tells the batch that was contrasted. The tiny model's random text tower gives every
+    caption the same embedding, so InfoNCE over B pairs is ln B plus a small image-side term (>= 0): at least ln 8
+    over the gathered global batch (2 processes x 4 pairs), about ln 4 within each process's own 4 pairs."""
+    data, out = captioned_digits(digits_dir, tmp_path), tmp_path / "out"
+    check_ok(launch_retrieval(tiny_vtde, data, out, "--max_steps", "1", "--gather_negatives", "false"))
+    loss = json.loads((out / "all_results.json").read_text())["train_loss"]
+    assert math.log(4) - 1e-3 <= loss < math.log(8) - 0.3, loss
+
+
 @pytest.mark.slow  # ~55 s on a busy 2-core machine (compiling forward + backward twice); exactness is in test_losses
 def test_two_process_contrastive_run_under_torch_compile(tiny_vtde, digits_dir, tmp_path):
     """--torch_compile on 2 processes: the gathered loss runs compiled end to end. (That it traces without a graph

@@ -7,8 +7,9 @@ import torch
 from peft.utils import ModulesToSaveWrapper
 
 from mm_hf.args import FinetuneArguments
-from mm_hf.models import build_clip_classifier
-from mm_hf.training import STRATEGIES, apply_finetune_strategy, trainable_parameters
+from mm_hf.models import build_dual_encoder_classifier
+from mm_hf.training import CLASSIFIER_STRATEGIES as STRATEGIES
+from mm_hf.training import apply_strategy, trainable_parameters
 
 BACKBONES = ("tiny_clip", "tiny_vtde", "tiny_siglip")
 ID2LABEL = {0: "zero", 1: "one", 2: "two"}
@@ -53,7 +54,7 @@ def ft_args(strategy, **kwargs):
 
 
 def build(path, **kwargs):
-    return build_clip_classifier(path, ID2LABEL, head_init="random", **kwargs)
+    return build_dual_encoder_classifier(path, ID2LABEL, head_init="random", **kwargs)
 
 
 def base_name(name):
@@ -104,7 +105,7 @@ def test_strategy_contract(strategy, backbone, request):
     lora_targets = {n for n, _ in model.named_modules() if re.fullmatch(LORA_TARGETS[backbone], n)}
     assert len(lora_targets) == 8  # 4 projections x 2 layers
 
-    model = apply_finetune_strategy(model, ft_args(strategy))
+    model = apply_strategy(model, ft_args(strategy))
 
     names = [name for name, _ in model.named_parameters()]
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
@@ -132,7 +133,7 @@ def test_strategy_contract(strategy, backbone, request):
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_learn_logit_scale_false_keeps_temperature_frozen(strategy, tiny_clip):
-    model = apply_finetune_strategy(build(tiny_clip, learn_logit_scale=False), ft_args(strategy))
+    model = apply_strategy(build(tiny_clip, learn_logit_scale=False), ft_args(strategy))
     scales = [
         (n, p)
         for n, p in model.named_parameters()
@@ -146,13 +147,13 @@ def test_learn_logit_scale_false_keeps_temperature_frozen(strategy, tiny_clip):
 
 
 def test_learn_logit_scale_true_trains_temperature(tiny_clip):
-    model = apply_finetune_strategy(build(tiny_clip), ft_args("linear_probe"))
+    model = apply_strategy(build(tiny_clip), ft_args("linear_probe"))
     assert model.classifier.logit_scale.requires_grad
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_lora_target_modules_override(backbone, request):
-    model = apply_finetune_strategy(
+    model = apply_strategy(
         build(request.getfixturevalue(backbone)), ft_args("lora", lora_target_modules=["q_proj", "fc2"])
     )
     wrapped = {base_name(n).rpartition(".")[2] for n, m in model.named_modules() if hasattr(m, "lora_A")}
@@ -162,11 +163,11 @@ def test_lora_target_modules_override(backbone, request):
 
 def test_unknown_lora_target_lists_available_names(tiny_vtde):
     with pytest.raises(ValueError, match=r"\['query_proj'\].*available: .*k_proj.*o_proj.*q_proj.*v_proj"):
-        apply_finetune_strategy(build(tiny_vtde), ft_args("lora", lora_target_modules=["q_proj", "query_proj"]))
+        apply_strategy(build(tiny_vtde), ft_args("lora", lora_target_modules=["q_proj", "query_proj"]))
 
 
 def test_bad_strategy_and_layer_count_are_errors(tiny_clip):
     with pytest.raises(ValueError, match="finetune_strategy must be one of"):
-        apply_finetune_strategy(build(tiny_clip), ft_args("prompt_tuning"))
+        apply_strategy(build(tiny_clip), ft_args("prompt_tuning"))
     with pytest.raises(ValueError, match="between 0 and 2, got 3"):
-        apply_finetune_strategy(build(tiny_clip), ft_args("top_k", unfreeze_last_n_layers=3))
+        apply_strategy(build(tiny_clip), ft_args("top_k", unfreeze_last_n_layers=3))

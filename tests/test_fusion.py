@@ -16,10 +16,11 @@ import mm_hf.models  # noqa: F401  (registers the Auto classes)
 from mm_hf.args import DataArguments, FinetuneArguments
 from mm_hf.data.multimodal import MultimodalColumns, load_multimodal_splits
 from mm_hf.data.synthetic import write_click_dataset, write_imagetext_xor
+from mm_hf.data.validation import BadSampleError
 from mm_hf.models import MultimodalFusionForClassification, build_fusion_classifier
 from mm_hf.models.tiny import build_tiny_encoders
 from mm_hf.processing import MultimodalProcessor, ProcessorSettings
-from mm_hf.training import apply_fusion_strategy
+from mm_hf.training import apply_strategy
 
 recipe = load_recipe("fusion_imagetext_cls")
 TASK = [{"name": "label", "problem_type": "single_label_classification", "labels": ["no", "yes"]}]
@@ -175,11 +176,12 @@ def single_modality_accuracy(encoders, xor, tmp_path_factory):
 def test_fusion_beats_either_modality_alone(encoders, xor, tmp_path, fusion, single_modality_accuracy):
     results = run(encoders, xor, tmp_path / "out", "--fusion", fusion)
     # The label is (image is red) XOR (text says large): one modality alone is at chance.
-    assert max(single_modality_accuracy.values()) <= 0.65, single_modality_accuracy
+    # At chance means near 0.5 from both sides (measured 0.52 / 0.55): far below would be a broken pipeline.
+    assert all(0.35 <= a <= 0.65 for a in single_modality_accuracy.values()), single_modality_accuracy
     assert results["test_accuracy"] >= 0.9, results
     # Removing either modality at test time brings the fused model back to chance.
     for modality in ("image", "text"):
-        assert results[f"test_without_{modality}_accuracy"] <= 0.65
+        assert 0.35 <= results[f"test_without_{modality}_accuracy"] <= 0.65  # measured 0.46-0.54
     saved = json.loads((tmp_path / "out" / "all_results.json").read_text())
     assert saved["test_accuracy"] == results["test_accuracy"] and "test_without_text_accuracy" in saved
     assert "without_text_accuracy" in (tmp_path / "out" / "before_after.md").read_text()
@@ -188,7 +190,7 @@ def test_fusion_beats_either_modality_alone(encoders, xor, tmp_path, fusion, sin
 def test_late_fusion_cannot_model_the_interaction(encoders, xor, tmp_path):
     # Averaged per-modality decisions cannot express XOR: the reason early/attention/tensor fusion exist.
     results = run(encoders, xor, tmp_path / "out", "--fusion", "late")
-    assert results["test_accuracy"] <= 0.7, results
+    assert 0.35 <= results["test_accuracy"] <= 0.7, results  # measured 0.55: chance, not worse
 
 
 def test_saved_folder_reproduces_the_reported_metrics(encoders, xor, tmp_path):
@@ -215,12 +217,18 @@ def test_multi_task_and_multi_label_heads(encoders, xor, tmp_path):
     results = run(
         encoders, xor, tmp_path / "mt", "--label_column", "label", "red", "large",
         "--problem_type", "single_label_classification", "binary_classification", "regression",
-        "--loss_weights", "1", "0.5", "0.5", epochs=4,
+        "--loss_weights", "1", "0.25", "2", epochs=4,
     )  # fmt: skip
     for key in ("test_label_accuracy", "test_red_roc_auc", "test_red_log_loss", "test_large_mae", "test_large_pearson"):
         assert key in results, sorted(results)
+    # The loss is the weighted sum of each task's own loss (cross-entropy, binary log loss, mean squared error),
+    # before training and after, in the order the tasks were given.
+    for prefix in ("zeroshot_test", "eval", "test"):
+        weighted = sum(w * results[f"{prefix}_{t}"] for w, t in ((1, "label_log_loss"), (0.25, "red_log_loss"),
+                                                                  (2, "large_mse")))  # fmt: skip
+        assert results[f"{prefix}_loss"] == pytest.approx(weighted, rel=1e-4), prefix
     config = json.loads((tmp_path / "mt" / "config.json").read_text())
-    assert [(t["name"], t["loss_weight"]) for t in config["tasks"]] == [("label", 1.0), ("red", 0.5), ("large", 0.5)]
+    assert [(t["name"], t["loss_weight"]) for t in config["tasks"]] == [("label", 1.0), ("red", 0.25), ("large", 2.0)]
     report = json.loads((tmp_path / "mt" / "task_report.json").read_text())
     assert set(report) == {"label", "red", "large"} and "yes_f1" in report["label"]
 
@@ -243,7 +251,7 @@ def test_multi_task_and_multi_label_heads(encoders, xor, tmp_path):
 def test_strategies_train_what_they_say(encoders, strategy, per_encoder, vision_moves, text_moves):
     model = build(encoders)
     args = FinetuneArguments(finetune_strategy=strategy, lora_r=4)
-    model = apply_fusion_strategy(model, args, per_encoder)
+    model = apply_strategy(model, args, per_encoder)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("heads." in n for n in trainable) and any("poolers." in n or "projections." in n for n in trainable)
     assert any("missing_tokens" in n for n in trainable) and any("projections." in n for n in trainable)
@@ -276,12 +284,16 @@ def test_click_example_with_tabular_features(encoders, tmp_path):
     assert config["tabular_cardinalities"] == [3]
 
 
-def test_corrupt_image_is_named_before_training(encoders, xor, tmp_path):
+def test_corrupt_image_is_named_before_training(encoders, xor, tmp_path, monkeypatch):
+    from transformers import Trainer
+
     data_dir = tmp_path / "data"
     files = write_imagetext_xor(str(data_dir), sizes=(12, 4, 4), seed=1)
     bad = data_dir / "images" / "train_00003.png"
     bad.write_bytes(bad.read_bytes()[:40])
-    with pytest.raises(Exception, match="train_00003.png"):
+    monkeypatch.setattr(Trainer, "train", lambda *a, **k: pytest.fail("training started before the check"))
+    monkeypatch.setattr(Trainer, "evaluate", lambda *a, **k: pytest.fail("evaluation started before the check"))
+    with pytest.raises(BadSampleError, match=r"train_00003\.png"):
         run(encoders, files, tmp_path / "out", epochs=1)
 
 
@@ -404,10 +416,8 @@ def test_encoders_come_from_any_checkpoint_family(sources, tower_of, request, tm
 
 
 def test_top_k_trains_the_last_layers_of_each_encoder(encoders):
-    model = apply_fusion_strategy(
-        build(encoders), FinetuneArguments(finetune_strategy="top_k", unfreeze_last_n_layers=1)
-    )
-    from mm_hf.training import encoder_layers
+    model = apply_strategy(build(encoders), FinetuneArguments(finetune_strategy="top_k", unfreeze_last_n_layers=1))
+    from mm_hf.models.towers import encoder_layers
 
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     for key in ("vision", "text"):

@@ -86,7 +86,7 @@ def test_frozen_features_with_large_offsets_are_learned_with_the_defaults(encode
     assert fixed >= 0.8, fixed
     # Without standardisation the same model, data and defaults stall near chance: the offsets swamp the signal.
     unstandardised = train_on_cached(encoders, tmp_path, "concat", standardise=False)
-    assert unstandardised <= 0.65, unstandardised
+    assert 0.35 <= unstandardised <= 0.65, unstandardised  # at chance (measured 0.46), not below it
 
 
 def test_standardiser_statistics_are_saved_with_the_model(encoders, tmp_path):

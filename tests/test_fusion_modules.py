@@ -6,19 +6,21 @@ import pytest
 import torch
 
 from mm_hf.models.fusion_modules import (
-    AttentionPooling,
-    ClsPooling,
     ConcatFusion,
     CrossAttentionFusion,
     GatedFusion,
     LateFusion,
-    MaxPooling,
-    MeanPooling,
     ModalityDropout,
     TabularEncoder,
     TensorFusion,
-    TransformerPooling,
     build_fusion,
+)
+from mm_hf.models.pooling import (
+    AttentionPooling,
+    ClsPooling,
+    MaxPooling,
+    MeanPooling,
+    TransformerPooling,
     build_pooling,
 )
 

@@ -1,4 +1,4 @@
-"""mm_hf.losses: CLIP / SigLIP losses match transformers on one process, and with gathered negatives a
+"""mm_hf.models.losses: CLIP / SigLIP losses match transformers on one process, and with gathered negatives a
 2-process DDP run (gloo on CPU) reproduces the single-process loss and gradients on the global batch, also
 with CLAP's two temperatures."""
 
@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from mm_hf.losses import clip_loss, gather_with_grad, siglip_loss
+from mm_hf.models.losses import clip_loss, gather_with_grad, siglip_loss
 
 GLOBAL_BATCH, WORLD_SIZE, IMAGE_DIM, TEXT_DIM, EMBED_DIM = 8, 2, 6, 5, 4
 LOSSES = ("clip", "siglip", "clap")  # clap: clip_loss with one temperature per direction

@@ -23,11 +23,11 @@ from mm_hf.args import FinetuneArguments
 from mm_hf.models import (
     ClipClassifierConfig,
     ClipClassifierForImageClassification,
-    build_clip_classifier,
+    build_dual_encoder_classifier,
     class_text_embeddings,
     load_clip_classifier,
 )
-from mm_hf.training import apply_finetune_strategy
+from mm_hf.training import apply_strategy
 
 # Words both tiny tokenizers know: tiny_vtde's word vocabulary, tiny_clip's letters.
 ID2LABEL = {0: "zero", 1: "one", 2: "two"}
@@ -38,7 +38,7 @@ CODE_FILES = ("configuration_clip_classifier.py", "modeling_clip_classifier.py")
 
 def build(path, head_init="zeroshot", **kwargs):
     tokenizer = AutoProcessor.from_pretrained(path).tokenizer if head_init == "zeroshot" else None
-    model = build_clip_classifier(
+    model = build_dual_encoder_classifier(
         path, ID2LABEL, tokenizer=tokenizer, head_init=head_init, prompt_templates=["a photo of a {}."], **kwargs
     )
     return model.eval()
@@ -175,7 +175,7 @@ def test_prompt_ensemble_rows_are_normalised_mean_of_normalised_prompt_embedding
     tokenizer = AutoProcessor.from_pretrained(tiny_clip).tokenizer
     clip = CLIPModel.from_pretrained(tiny_clip).eval()
     templates = ["a photo of a {}.", "art of the {}.", "a bad photo of the {}."]
-    model = build_clip_classifier(tiny_clip, ID2LABEL, tokenizer=tokenizer, prompt_templates=templates)
+    model = build_dual_encoder_classifier(tiny_clip, ID2LABEL, tokenizer=tokenizer, prompt_templates=templates)
     rows = []
     with torch.no_grad():
         for name in ID2LABEL.values():
@@ -219,7 +219,7 @@ def test_class_text_embeddings_pads_to_max_length_for_siglip_only(tiny_siglip, t
 def test_lora_adapter_folder_and_merged_checkpoint_reload_identically(backbone, request, tmp_path):
     path = request.getfixturevalue(backbone)
     ft_args = FinetuneArguments(finetune_strategy="lora", lora_r=4, lora_alpha=8, lora_dropout=0.0)
-    model = apply_finetune_strategy(build(path), ft_args)
+    model = apply_strategy(build(path), ft_args)
     with torch.no_grad():  # a trained adapter: LoRA deltas (lora_B starts at zero) and a changed head
         for name, param in model.named_parameters():
             if "lora_B" in name or "modules_to_save" in name:
@@ -262,15 +262,15 @@ def test_non_dual_encoder_backbone_is_a_clear_error(tmp_path):
         )
     ).save_pretrained(path)
     with pytest.raises(ValueError, match="dual image-text or audio-text encoder") as info:
-        build_clip_classifier(path, ID2LABEL, head_init="random")
+        build_dual_encoder_classifier(path, ID2LABEL, head_init="random")
     assert path in str(info.value) and "ViTModel" in str(info.value)
 
 
 def test_bad_head_options_are_errors(tiny_clip):
     with pytest.raises(ValueError, match="head_init"):
-        build_clip_classifier(tiny_clip, ID2LABEL, head_init="text")
+        build_dual_encoder_classifier(tiny_clip, ID2LABEL, head_init="text")
     with pytest.raises(ValueError, match="tokenizer"):
-        build_clip_classifier(tiny_clip, ID2LABEL, head_init="zeroshot")
+        build_dual_encoder_classifier(tiny_clip, ID2LABEL, head_init="zeroshot")
 
 
 # Trainer's --gradient_checkpointing calls activation_checkpointing_enable; the old name is a deprecated alias.

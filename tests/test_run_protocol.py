@@ -10,7 +10,7 @@ from transformers import Trainer, TrainingArguments
 
 from mm_hf.args import FinetuneArguments
 from mm_hf.cards import RunInfo, read_run_info, write_run_info
-from mm_hf.metrics.tasks import Task
+from mm_hf.models.fusion import Task
 from mm_hf.outputs import save_run, task_report_writer
 from mm_hf.run import RunResult, train_and_evaluate
 

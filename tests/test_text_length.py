@@ -9,7 +9,7 @@ from conftest import load_recipe
 from transformers import AutoTokenizer, ClapConfig, CLIPConfig, CLIPModel, CLIPProcessor
 
 import mm_hf.models  # noqa: F401  (registers the Auto classes)
-from mm_hf.models import build_clip_classifier, class_text_embeddings, text_length
+from mm_hf.models import build_dual_encoder_classifier, class_text_embeddings, text_length
 from mm_hf.models.text_length import text_max_length, text_positions
 from mm_hf.processing import MultimodalProcessor, ProcessorSettings
 
@@ -76,7 +76,9 @@ def test_zero_shot_head_from_long_prompts_truncates_at_the_positions(clip32, cap
     stem = "a photo of {} taken on a sunny afternoon"
     assert len(tokenizer(stem.format("cat"))["input_ids"]) > 32
     with caplog.at_level(logging.WARNING):
-        model = build_clip_classifier(backbone, {0: "cat", 1: "dog"}, tokenizer=tokenizer, prompt_templates=[stem])
+        model = build_dual_encoder_classifier(
+            backbone, {0: "cat", 1: "dog"}, tokenizer=tokenizer, prompt_templates=[stem]
+        )
     assert warnings_naming(caplog, "64", "32")
     assert torch.isfinite(model.classifier.weight).all()
     # Words past the 32nd token are cut: appending more text changes nothing.

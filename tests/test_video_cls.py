@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification
 import mm_hf.models  # noqa: F401  (registers the Auto classes)
 from mm_hf.data.synthetic import write_video_dataset
 from mm_hf.data.video import make_moving_shape_clip, write_synthetic_video
-from mm_hf.models.fusion_modules import MeanPooling, TransformerPooling
+from mm_hf.models.pooling import MeanPooling, TransformerPooling
 from mm_hf.models.tiny import build_tiny_encoders
 from mm_hf.processing import MultimodalProcessor, ProcessorSettings
 
@@ -73,7 +73,8 @@ def test_averaging_frames_cannot_tell_the_order(encoders, videos, tmp_path):
         "--text_column", "transcript", "--temporal_pooling", "mean",
     )  # fmt: skip
     # Mean pooling tells the colour pair (2 of the 4 classes' pairs) but not its direction: about 0.5.
-    assert results["test_accuracy"] <= 0.65, results
+    # ...and it does learn the pair: above the 0.25 of 4 classes (measured 0.50).
+    assert 0.4 <= results["test_accuracy"] <= 0.65, results
 
 
 def test_sound_track_as_the_audio_modality(encoders, tiny_wav2vec2, tmp_path):

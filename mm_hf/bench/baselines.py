@@ -15,6 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mm_hf.data.audio import load_audio
+from mm_hf.data.transforms import RandomHorizontalFlip, RandomResizedCrop
+
 LOGREG_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 
@@ -121,8 +124,6 @@ def image_batcher(image_processor, paths: list[str], augment=None):
 def examples_image_augment(image_processor):
     """run_image_classification.py's training transform: RandomResizedCrop(size) (torchvision's scale
     0.08-1) + RandomHorizontalFlip; `size` is the processor's shortest_edge (else height x width)."""
-    from mm_hf.data.transforms import RandomHorizontalFlip, RandomResizedCrop
-
     size = image_processor.size
     side = size.get("shortest_edge")
     crop = RandomResizedCrop((side, side) if side else (size["height"], size["width"]))
@@ -151,8 +152,6 @@ def dual_encoder_image_features(model_dir: str, paths: list[str], batch_size: in
 
 
 def load_clips(paths: list[str], sampling_rate: int) -> list[np.ndarray]:
-    from mm_hf.data.audio import load_audio
-
     return [load_audio(p, sampling_rate) for p in paths]
 
 

@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 DATASET = "mnist-digit>=5-xor-review-sentiment"
-FUSIONS = ("concat", "gated", "cross_attention", "tensor")
+BENCHED_FUSIONS = ("concat", "gated", "cross_attention", "tensor")
 IMAGE_SIZE = 112
 
 _POSITIVE = {
@@ -175,7 +175,7 @@ def run_recipe(vision: str, text: str, files: dict[str, str], output_dir: str, f
         return json.load(f)
 
 
-def fusion_rows(realmodels_dir: str, workdir: str, fusions=FUSIONS) -> list[dict]:
+def fusion_rows(realmodels_dir: str, workdir: str, fusions=BENCHED_FUSIONS) -> list[dict]:
     """One benchmark row per fusion (schema of mm_hf/bench): recipe accuracy vs. the sklearn MLP baselines."""
     vision = vision_encoder_at(realmodels_dir, workdir)
     text = os.path.join(realmodels_dir, "all-minilm-l6-v2")

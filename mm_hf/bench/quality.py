@@ -19,7 +19,7 @@ Baselines per dataset:
 - examples_defaults: the same model trained with the transformers example scripts' defaults, reimplemented:
   run_image_classification (lr 5e-5, batch 8, linear decay, RandomResizedCrop + flip), run_audio_classification
   (its README's lr 3e-5 with 10 % warm-up, linear decay, batch 8, random 20 s windows).
-Fusion rows come from `mm_hf.bench.fusion.fusion_rows(realmodels_dir, workdir)` when that module exists.
+Fusion rows come from `mm_hf.bench.fusion.fusion_rows(realmodels_dir, workdir)`.
 
 Prints one table (recipe, strategy, dataset, mm-hf vs each baseline, wall seconds) and the target checks, and
 writes `<out>/bench_quality.json` (rows, checks, sizes, date, machine, versions).
@@ -39,6 +39,7 @@ import numpy as np
 
 from . import baselines as bl
 from . import data
+from .fusion import fusion_rows
 from .report import attach, environment, format_checks, format_table, row, target_checks
 from .runs import bench_image_processor, build_dual_encoder, recipe_rows
 
@@ -199,11 +200,7 @@ def audio_baselines(realmodels, data_dir, hp, epochs, seed=42, loops=True) -> tu
 
 
 def fusion_section(realmodels: str, workdir: str) -> list[dict]:
-    """Rows from mm_hf.bench.fusion (written by the fusion work), or one row saying it is missing."""
-    try:
-        from .fusion import fusion_rows
-    except ImportError as error:
-        return [row("fusion_imagetext_cls", "-", "-", None, notes=f"missing: mm_hf/bench/fusion.py ({error})")]
+    """Rows from mm_hf.bench.fusion, or one row saying why it failed."""
     try:
         return fusion_rows(realmodels, os.path.join(workdir, "fusion"))
     except Exception as error:  # noqa: BLE001 - reported in the table

@@ -24,7 +24,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from mm_hf.data.validation import BadSampleError, check_samples
+from mm_hf.data.validation import IN_MEMORY, BadSampleError, check_samples
 
 # A path, encoded bytes, a `datasets.Audio(decode=False)` record {"bytes", "path"}, or an in-memory
 # record {"array", "sampling_rate"}.
@@ -32,7 +32,6 @@ AudioSource = str | os.PathLike | bytes | Mapping[str, Any]
 
 # Peak amplitude below which a clip counts as silent (about -120 dBFS; 24-bit PCM's step is 1.2e-7).
 SILENCE_PEAK = 1e-6
-_IN_MEMORY = "<in-memory bytes>"
 # libsndfile does not fail on a WAV/AIFF cut inside its audio data: it logs e.g.
 # "data : 32000 (should be 15978)" and silently returns the shorter clip. We read that log.
 _SHORT_DATA_CHUNK = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
@@ -81,12 +80,12 @@ def _decode_source(source: AudioSource) -> tuple[np.ndarray, int, str]:
             return _check_samples(source["array"], source.get("sampling_rate"), name)
         data, path = source.get("bytes"), source.get("path")
         if data:
-            return _decode(io.BytesIO(data), path or _IN_MEMORY)
+            return _decode(io.BytesIO(data), path or IN_MEMORY)
         if path:
             return _decode_path(Path(path))
-        raise BadSampleError(_IN_MEMORY, "the audio record has neither 'bytes', 'path' nor 'array'")
+        raise BadSampleError(IN_MEMORY, "the audio record has neither 'bytes', 'path' nor 'array'")
     if isinstance(source, bytes | bytearray | memoryview):
-        return _decode(io.BytesIO(bytes(source)), _IN_MEMORY)
+        return _decode(io.BytesIO(bytes(source)), IN_MEMORY)
     if isinstance(source, str | os.PathLike):
         return _decode_path(Path(source))
     raise TypeError(f"Cannot load audio from a {type(source).__name__}; expected a path, bytes or dict.")

@@ -19,7 +19,7 @@ import datasets
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from mm_hf.data.validation import BadSampleError, check_samples
+from mm_hf.data.validation import IN_MEMORY, BadSampleError, check_samples
 
 # A path, an already-open PIL image, encoded bytes, or a `datasets.Image(decode=False)` record.
 ImageSource = str | os.PathLike | bytes | Image.Image | Mapping[str, Any]
@@ -27,7 +27,6 @@ ImageSource = str | os.PathLike | bytes | Image.Image | Mapping[str, Any]
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "PA"})
 # Greyscale modes with more than 8 bits (16-bit ints, 32-bit ints, 32-bit floats).
 _HIGH_BIT_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-_IN_MEMORY = "<in-memory bytes>"
 
 
 class _RefuseTruncated:
@@ -77,7 +76,7 @@ def load_image(source: ImageSource) -> Image.Image:
     if isinstance(source, Mapping):
         return _load_record(source)
     if isinstance(source, bytes | bytearray | memoryview):
-        return _decode(io.BytesIO(source), _IN_MEMORY)
+        return _decode(io.BytesIO(source), IN_MEMORY)
     if isinstance(source, str | os.PathLike):
         return _load_path(Path(source))
     raise TypeError(f"Cannot load an image from a {type(source).__name__}; expected a path, bytes, PIL image or dict.")
@@ -98,10 +97,10 @@ def _load_pil(image: Image.Image) -> Image.Image:
 def _load_record(record: Mapping[str, Any]) -> Image.Image:
     data, path = record.get("bytes"), record.get("path")
     if data:
-        return _decode(io.BytesIO(data), path or _IN_MEMORY)
+        return _decode(io.BytesIO(data), path or IN_MEMORY)
     if path:
         return _load_path(Path(path))
-    raise BadSampleError(_IN_MEMORY, "the image record has neither 'bytes' nor 'path'")
+    raise BadSampleError(IN_MEMORY, "the image record has neither 'bytes' nor 'path'")
 
 
 def _load_path(path: Path) -> Image.Image:

@@ -82,6 +82,41 @@ def load_classification_splits(
     return splits
 
 
+def read_labelled_split(
+    path: str | None,
+    input_column: str,
+    label_column: str,
+    *,
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    split: str = "test",
+    cache_dir=None,
+    input_flag: str | None = None,
+) -> tuple[Dataset, list[str], str]:
+    """One labelled split on its own, without a training split (evaluation of saved models).
+
+    `path` is a class folder or a CSV/JSONL file; without it, split `split` of the Hub dataset `dataset_name`.
+    Returns `(dataset with only input_column, label name per row, source description)`; errors name the source.
+    """
+    flags = {input_column: input_flag, label_column: "--label_column"}
+    if path and os.path.isdir(path):
+        ds, source = _read_class_folder(path, input_column, label_column), path
+    elif path:
+        ds, source = _read_table(path, input_column, label_column, cache_dir, flags), path
+    elif dataset_name:
+        hub = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+        if split not in hub:
+            raise DataError(f"{dataset_name} has no {split!r} split; its splits are {sorted(hub)}")
+        ds = _select_hub_columns(hub[split], input_column, label_column, dataset_name, flags)
+        source = f"{dataset_name}[{split}]"
+    else:
+        raise DataError("no data: pass a folder, a CSV/JSONL file or --dataset_name")
+    if len(ds) == 0:
+        raise DataError(f"the {split} split is empty: {source}")
+    texts = _label_texts(ds, label_column, source)
+    return ds.remove_columns(label_column), texts, source
+
+
 def hold_out_validation(splits: DatasetDict, data_args, seed: int, stratify: bool) -> DatasetDict:
     """Without a validation split, hold out `--train_val_split` of train as one.
 

@@ -23,14 +23,17 @@ import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetDict
 
 from ..errors import UserError
-from .labels import PROBLEM_TYPES, LabelSpace, check_problem_type, encode_labels, is_missing
+from ..models.configuration_multimodal_fusion import MODALITIES, PROBLEM_TYPES
+from .audio import check_audio
+from .images import check_images
+from .labels import LabelSpace, check_problem_type, encode_labels, is_missing
 from .loading import DataError, _hub_split_name, _resolve_path, hold_out_validation, read_data_file
+from .validation import MAX_LISTED
+from .video import check_videos
 
 logger = logging.getLogger(__name__)
 
-MODALITIES = ("image", "video", "text", "audio", "tabular")
 MEDIA_MODALITIES = ("image", "video", "audio")
-_MAX_LISTED = 5
 
 
 @dataclass
@@ -154,10 +157,6 @@ def check_media(
     without `skip_bad` the first bad file raises `BadSampleError` naming it. Audio is decoded at
     `audio_sampling_rate` (the feature extractor's), and so are videos' sound tracks when it is given.
     """
-    from .audio import check_audio
-    from .images import check_images
-    from .video import check_videos
-
     checks = {"image": check_images, "audio": check_audio, "video": check_videos}
     skipped = {name: [] for name in splits}
     for modality in (m for m in modalities if m in checks):
@@ -290,8 +289,8 @@ def _clean_inputs(ds: Dataset, columns: MultimodalColumns, source: str, skip_bad
     if not problems:
         return ds, list(range(len(ds)))
     bad = sorted(problems)
-    listed = "; ".join(f"row {i}: {problems[i]}" for i in bad[:_MAX_LISTED])
-    more = f"; ... ({len(bad) - _MAX_LISTED} more)" if len(bad) > _MAX_LISTED else ""
+    listed = "; ".join(f"row {i}: {problems[i]}" for i in bad[:MAX_LISTED])
+    more = f"; ... ({len(bad) - MAX_LISTED} more)" if len(bad) > MAX_LISTED else ""
     if not skip_bad:
         raise DataError(f"{source}: {len(bad)} unusable row(s): {listed}{more}; fix them or pass --skip_bad_samples")
     logger.warning("%s: dropped %d of %d row(s): %s%s", source, len(bad), len(ds), listed, more)

@@ -16,6 +16,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from .video import write_synthetic_video
+
 LARGE_WORDS = ("large", "big", "huge", "giant")
 SMALL_WORDS = ("small", "tiny", "little", "mini")
 THINGS = ("box", "lamp", "chair", "bottle", "bag", "vase")
@@ -142,8 +144,6 @@ def write_video_dataset(
     sees frame order (the temporal transformer) can. Each clip carries a tone whose pitch is random (it says
     nothing about the label) and a transcript column with a neutral sentence. Returns split -> file.
     """
-    from .video import write_synthetic_video
-
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(output_dir, "videos"), exist_ok=True)
     t = np.arange(int(sampling_rate * num_frames / fps)) / sampling_rate

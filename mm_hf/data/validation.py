@@ -19,7 +19,10 @@ from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 
-_MAX_LISTED = 5
+# How many bad samples an error message lists before "... and N more".
+MAX_LISTED = 5
+# The source name of a sample given as bytes rather than a file, in messages.
+IN_MEMORY = "<in-memory bytes>"
 
 
 class BadSampleError(UserError):
@@ -162,9 +165,9 @@ def _describe_sample(sample: Any, index: int, split_name: str) -> str:
 def _summary_error(
     bad: list[tuple[str, str]], total: int, split_name: str, *, kind: str, skip_bad: bool
 ) -> BadSampleError:
-    listed = "\n".join(f"  - {source}: {reason}" for source, reason in bad[:_MAX_LISTED])
-    if len(bad) > _MAX_LISTED:
-        listed += f"\n  ... and {len(bad) - _MAX_LISTED} more"
+    listed = "\n".join(f"  - {source}: {reason}" for source, reason in bad[:MAX_LISTED])
+    if len(bad) > MAX_LISTED:
+        listed += f"\n  ... and {len(bad) - MAX_LISTED} more"
     if skip_bad:
         hint = _WORDING[kind].all_bad
     else:

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from mm_hf.data.audio import load_audio
-from mm_hf.data.validation import BadSampleError, check_samples
+from mm_hf.data.validation import IN_MEMORY, BadSampleError, check_samples
 
 # A path, encoded bytes, or a `datasets.Video(decode=False)` record {"bytes", "path"}.
 VideoSource = str | os.PathLike | bytes | Mapping[str, Any]
@@ -44,7 +44,6 @@ VideoSource = str | os.PathLike | bytes | Mapping[str, Any]
 # Directions of `make_moving_shape_clip`'s classes: label i moves the square MOVING_SHAPE_CLASSES[i].
 MOVING_SHAPE_CLASSES = ("right", "left", "down", "up")
 
-_IN_MEMORY = "<in-memory bytes>"
 # Containers without frame counts whose header stores the duration (see `_Packets.check_complete`).
 _HEADER_DURATION_FORMATS = frozenset({"matroska", "webm"})
 # A stream may end short of the declared duration by 1.5 of its packets plus this much before the file
@@ -167,12 +166,12 @@ def _resolve(source: VideoSource) -> tuple[Callable[[], Any], str]:
     if isinstance(source, Mapping):
         data, path = source.get("bytes"), source.get("path")
         if data:
-            return _opener(bytes(data)), str(path or _IN_MEMORY)
+            return _opener(bytes(data)), str(path or IN_MEMORY)
         if path:
             return _resolve_path(Path(path))
-        raise BadSampleError(_IN_MEMORY, "the video record has neither 'bytes' nor 'path'")
+        raise BadSampleError(IN_MEMORY, "the video record has neither 'bytes' nor 'path'")
     if isinstance(source, bytes | bytearray | memoryview):
-        return _opener(bytes(source)), _IN_MEMORY
+        return _opener(bytes(source)), IN_MEMORY
     if isinstance(source, str | os.PathLike):
         return _resolve_path(Path(source))
     raise TypeError(f"Cannot load a video from a {type(source).__name__}; expected a path, bytes or dict.")

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .loading import load_metric
+
 if TYPE_CHECKING:
     from transformers import EvalPrediction
 
@@ -27,9 +29,6 @@ class ClassificationMetrics:
     """
 
     def __init__(self, id2label: dict[int, str], top_k: int = 5):
-        # Imported here, not at the top: mm_hf.metrics imports this module.
-        from . import load_metric
-
         labels = {int(i): str(name) for i, name in id2label.items()}
         if sorted(labels) != list(range(len(labels))):
             raise ValueError(f"id2label keys must be 0..num_labels-1, got {sorted(labels)}")

@@ -2,34 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import special
 
-PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "binary_classification", "regression")
-
-
-@dataclass
-class Task:
-    """One head of a fusion model: what it predicts and how its loss counts.
-
-    The model's config keeps tasks as plain dicts (`to_dict`), so saved checkpoints load without mm_hf.
-    """
-
-    name: str  # the label column (the batch key is `labels`, or `labels_<name>` in a multi-task model)
-    problem_type: str  # one of PROBLEM_TYPES
-    labels: list  # class or label names (regression: the target names)
-    loss_weight: float = 1.0
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, task: dict) -> Task:
-        return cls(task["name"], task["problem_type"], list(task["labels"]), float(task.get("loss_weight", 1.0)))
+from ..models.configuration_multimodal_fusion import PROBLEM_TYPES
+from .loading import load_metric
 
 
 @functools.cache
@@ -38,8 +17,6 @@ def _metric(name: str):
     # loading copies the script into the modules cache, too slow to repeat every evaluation. In memory:
     # the arrays are already whole here, and a compute() that raised would otherwise leave a locked cache
     # file behind, costing the next call a 1 s lock timeout.
-    from . import load_metric
-
     return load_metric(name, keep_in_memory=True)
 
 

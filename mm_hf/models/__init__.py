@@ -13,10 +13,9 @@ from .audio_classifier import build_audio_classifier
 from .clip_classifier import (
     DEFAULT_AUDIO_PROMPT_TEMPLATES,
     DEFAULT_PROMPT_TEMPLATES,
-    build_clip_classifier,
+    build_dual_encoder_classifier,
     choose_head,
     class_text_embeddings,
-    load_clip_classifier,
     resolve_head_init,
 )
 from .configuration_audio_classifier import AudioClassifierConfig
@@ -24,7 +23,7 @@ from .configuration_clip_classifier import ClapClassifierConfig, ClipClassifierC
 from .configuration_dual_encoder import ContrastiveDualEncoderConfig
 from .configuration_multimodal_fusion import MultimodalFusionConfig
 from .fusion import build_fusion_classifier, load_encoder
-from .loading import load_finetuned
+from .loading import load_clip_classifier, load_finetuned
 from .modeling_audio_classifier import AudioClassifierForAudioClassification
 from .modeling_clip_classifier import ClapClassifierForAudioClassification, ClipClassifierForImageClassification
 from .modeling_dual_encoder import ContrastiveDualEncoderModel
@@ -71,7 +70,7 @@ __all__ = [
     "MultimodalFusionForClassification",
     "MultimodalFusionModel",
     "build_audio_classifier",
-    "build_clip_classifier",
+    "build_dual_encoder_classifier",
     "choose_head",
     "resolve_head_init",
     "build_fusion_classifier",

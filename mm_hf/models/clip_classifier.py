@@ -66,7 +66,7 @@ def class_text_embeddings(
     return torch.nn.functional.normalize(emb, dim=-1)
 
 
-def build_clip_classifier(
+def build_dual_encoder_classifier(
     model_name_or_path,
     id2label: dict[int, str],
     *,
@@ -135,13 +135,6 @@ def build_clip_classifier(
         scale = scale.item() if scale is not None else None
         model.classifier.init_from_text_embeddings(text, scale)
     return model
-
-
-def load_clip_classifier(path: str, base_model_name_or_path: str | None = None, **from_pretrained_kwargs):
-    """Load a fine-tuned CLIP classifier folder: a full checkpoint, or a LoRA adapter on its base backbone."""
-    from .loading import load_finetuned
-
-    return load_finetuned(path, base_model_name_or_path, **from_pretrained_kwargs)
 
 
 @torch.no_grad()

@@ -1,15 +1,17 @@
 """Configuration of the multimodal fusion models (per-modality encoders + pooling + fusion + task heads).
 
 Self-contained on purpose: `save_pretrained` copies this file next to the weights so the checkpoint
-loads with `trust_remote_code=True` where mm_hf is not installed. Import only torch/transformers here.
+loads with `trust_remote_code=True` where mm_hf is not installed. Import only torch/transformers and sibling
+model files here (`save_pretrained` copies those too).
 """
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .fusion_modules import FUSION_KINDS
+
 MODALITIES = ("image", "video", "text", "audio", "tabular")
-FUSIONS = ("concat", "late", "gated", "cross_attention", "tensor")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "binary_classification", "regression")
 SPATIAL_POOLINGS = ("cls", "mean", "attention", "pooler")
 TEMPORAL_POOLINGS = ("mean", "max", "attention", "transformer")
@@ -102,8 +104,8 @@ class MultimodalFusionConfig(PreTrainedConfig):
                 raise ValueError(f"modality {modality!r} needs {key} (an encoder config)")
         if "tabular" in self.modalities and not (self.tabular_num_numeric or self.tabular_cardinalities):
             raise ValueError("the tabular modality needs numeric and/or categorical features")
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.fusion not in FUSION_KINDS:
+            raise ValueError(f"fusion must be one of {FUSION_KINDS}, got {self.fusion!r}")
         for name in ("image_pooling", "text_pooling", "frame_pooling"):
             if getattr(self, name) not in SPATIAL_POOLINGS:
                 raise ValueError(f"{name} must be one of {SPATIAL_POOLINGS}, got {getattr(self, name)!r}")

@@ -1,11 +1,12 @@
 """Building a multimodal fusion classifier from pretrained encoders (one Hub id or path per modality)."""
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 
 from transformers import AutoConfig, AutoModel, PreTrainedConfig
 
 from ..errors import UserError
-from ..metrics.tasks import Task
 from .audio_classifier import fit_whisper_window
 from .configuration_multimodal_fusion import ENCODER_OF, MultimodalFusionConfig
 from .modeling_multimodal_fusion import MultimodalFusionForClassification, drop_unused_pooler, encoder_class
@@ -46,6 +47,22 @@ def _load_tower(encoder, tower) -> bool:
             module.load_state_dict(weights)
             return True
     return False
+
+
+@dataclass
+class Task:
+    """One head of a fusion model: what it predicts and how its loss counts.
+
+    The model's config keeps tasks as plain dicts (`to_dict`), so saved checkpoints load without mm_hf.
+    """
+
+    name: str  # the label column (the batch key is `labels`, or `labels_<name>` in a multi-task model)
+    problem_type: str  # one of configuration_multimodal_fusion.PROBLEM_TYPES
+    labels: list  # class or label names (regression: the target names)
+    loss_weight: float = 1.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def build_fusion_classifier(

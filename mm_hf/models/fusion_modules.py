@@ -1,7 +1,8 @@
-"""Pooling, tabular encoding and multimodal fusion blocks (plain `nn.Module`s, torch only).
+"""Tabular encoding and multimodal fusion blocks (plain `nn.Module`s, torch only; pooling is in pooling.py).
 
 Self-contained on purpose: this file ships next to a transformers remote-code modeling file, so it must load
-where neither mm_hf nor transformers' own model code is importable. Import nothing but torch here.
+where neither mm_hf nor transformers' own model code is importable. Import nothing but torch and the sibling
+pooling.py here.
 
 Conventions shared by every block:
 - `mask (B, N)`: 1/True = real token, 0/False = padding.
@@ -16,131 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-POOLING_KINDS = ("cls", "mean", "max", "attention", "transformer")
+from .pooling import bool_mask, masked_softmax, transformer_encoder
+
 FUSION_KINDS = ("concat", "late", "gated", "cross_attention", "tensor")
-
-
-def _bool_mask(mask: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor:
-    """`mask` (B, N) as bool on `tokens`' device; None means every position is real."""
-    if mask is None:
-        return torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-    if mask.shape != tokens.shape[:2]:
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match tokens {tuple(tokens.shape[:2])}")
-    return mask.to(tokens.device).bool()
-
-
-def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dim restricted to `mask`: masked entries are exactly 0, all-masked rows all 0."""
-    # finfo.min rather than -inf: an all-masked row then yields a finite (uniform) softmax that the product
-    # below zeroes, instead of NaN in the forward and backward pass.
-    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    return scores.softmax(dim=-1) * mask
-
-
-def _transformer_encoder(dim: int, num_heads: int, num_layers: int, dropout: float) -> nn.TransformerEncoder:
-    """Pre-norm encoder (batch_first) with a final LayerNorm, the usual pairing for norm_first layers."""
-
-    def layer() -> nn.TransformerEncoderLayer:
-        return nn.TransformerEncoderLayer(
-            dim, num_heads, 4 * dim, dropout, activation="gelu", batch_first=True, norm_first=True
-        )
-
-    encoder = nn.TransformerEncoder(layer(), num_layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False)
-    # nn.TransformerEncoder deep-copies one layer, so all layers would start from identical weights.
-    encoder.layers = nn.ModuleList(layer() for _ in range(num_layers))
-    return encoder
-
-
-# --------------------------------------------------------------------------------------------------- pooling
-class ClsPooling(nn.Module):
-    """Token 0 (a CLS token). hidden (B, N, D), mask (B, N) ignored (token 0 is assumed real) -> (B, D)."""
-
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return hidden[:, 0]
-
-
-class MeanPooling(nn.Module):
-    """Mean over real tokens. hidden (B, N, D), mask (B, N) -> (B, D); rows without a real token -> zeros."""
-
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        mask = _bool_mask(mask, hidden)
-        total = hidden.masked_fill(~mask[..., None], 0.0).sum(dim=1)
-        return total / mask.sum(dim=1, keepdim=True).clamp(min=1).to(hidden.dtype)
-
-
-class MaxPooling(nn.Module):
-    """Max over real tokens. hidden (B, N, D), mask (B, N) -> (B, D); rows without a real token -> zeros."""
-
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        mask = _bool_mask(mask, hidden)
-        # -inf (not 0) so padding never wins against negative features.
-        best = hidden.masked_fill(~mask[..., None], float("-inf")).max(dim=1).values
-        return torch.where(mask.any(dim=1, keepdim=True), best, torch.zeros_like(best))
-
-
-class AttentionPooling(nn.Module):
-    """Learned attention pooling: score_n = w . h_n + b, masked softmax over tokens, weighted sum.
-
-    hidden (B, N, D), mask (B, N) -> (B, D). Padding gets weight exactly 0; rows without a real token -> zeros.
-    """
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.score = nn.Linear(dim, 1)
-
-    def attention_weights(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, N) weights summing to 1 over real tokens (0 everywhere for rows without one)."""
-        mask = _bool_mask(mask, hidden)
-        scores = self.score(hidden.masked_fill(~mask[..., None], 0.0)).squeeze(-1)
-        return _masked_softmax(scores, mask)
-
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        mask = _bool_mask(mask, hidden)
-        weights = self.attention_weights(hidden, mask)
-        return torch.einsum("bn,bnd->bd", weights, hidden.masked_fill(~mask[..., None], 0.0))
-
-
-class TransformerPooling(nn.Module):
-    """Small temporal transformer, e.g. over per-frame video/audio embeddings, read out at a learned CLS token.
-
-    [CLS, h_1..h_N] + learned positional embeddings -> pre-norm nn.TransformerEncoder (padding masked as keys;
-    the CLS token never is) -> final LayerNorm -> CLS output.
-    hidden (B, N, D) with N <= max_length, mask (B, N) -> (B, D). Frame order matters (positional embeddings).
-    """
-
-    def __init__(self, dim: int, num_layers: int = 1, num_heads: int = 4, max_length: int = 512, dropout: float = 0.0):
-        super().__init__()
-        self.max_length = max_length
-        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
-        # +1 for CLS. Unit-norm rows: inputs are typically LayerNorm-ed projections (unit scale per feature), and
-        # ViT's 0.02 would leave frame order nearly invisible at the start (temporal models then learn slowly).
-        self.position_embeddings = nn.Parameter(torch.randn(1, max_length + 1, dim) * dim**-0.5)
-        self.encoder = _transformer_encoder(dim, num_heads, num_layers, dropout)
-
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        batch, length, _ = hidden.shape
-        if length > self.max_length:
-            raise ValueError(f"sequence length {length} exceeds max_length={self.max_length}")
-        mask = _bool_mask(mask, hidden)
-        x = torch.cat([self.cls_token.expand(batch, -1, -1), hidden.masked_fill(~mask[..., None], 0.0)], dim=1)
-        x = x + self.position_embeddings[:, : length + 1]
-        ignore = torch.cat([mask.new_zeros(batch, 1), ~mask], dim=1)  # True = key ignored
-        return self.encoder(x, src_key_padding_mask=ignore)[:, 0]
-
-
-def build_pooling(kind: str, dim: int, **kwargs) -> nn.Module:
-    """A pooling block `forward(hidden (B, N, D), mask=None) -> (B, D)`; kwargs go to its constructor."""
-    if kind == "cls":
-        return ClsPooling(**kwargs)
-    if kind == "mean":
-        return MeanPooling(**kwargs)
-    if kind == "max":
-        return MaxPooling(**kwargs)
-    if kind == "attention":
-        return AttentionPooling(dim, **kwargs)
-    if kind == "transformer":
-        return TransformerPooling(dim, **kwargs)
-    raise ValueError(f"unknown pooling kind {kind!r}; valid kinds: {', '.join(POOLING_KINDS)}")
 
 
 class FeatureStandardizer(nn.Module):
@@ -230,7 +109,7 @@ class TabularEncoder(nn.Module):
 def _check_tokens(tokens: torch.Tensor, present: torch.Tensor | None, num_modalities: int) -> torch.Tensor:
     if tokens.dim() != 3 or tokens.shape[1] != num_modalities:
         raise ValueError(f"expected tokens (B, {num_modalities}, D), got {tuple(tokens.shape)}")
-    return _bool_mask(present, tokens)
+    return bool_mask(present, tokens)
 
 
 class ConcatFusion(nn.Module):
@@ -275,7 +154,7 @@ class GatedFusion(nn.Module):
         present = _check_tokens(tokens, present, self.num_modalities)
         tokens = tokens.masked_fill(~present[..., None], 0.0)
         scores = self.gate(tokens.flatten(1)).view(tokens.shape).transpose(1, 2)  # (B, D, M)
-        return _masked_softmax(scores, present[:, None, :]).transpose(1, 2)
+        return masked_softmax(scores, present[:, None, :]).transpose(1, 2)
 
     def forward(self, tokens: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
         present = _check_tokens(tokens, present, self.num_modalities)
@@ -300,7 +179,7 @@ class CrossAttentionFusion(nn.Module):
         self.out_dim = dim
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.modality_embeddings = nn.Parameter(torch.randn(1, num_modalities, dim) * 0.02)
-        self.encoder = _transformer_encoder(dim, num_heads, num_layers, dropout)
+        self.encoder = transformer_encoder(dim, num_heads, num_layers, dropout)
 
     def forward(self, tokens: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
         present = _check_tokens(tokens, present, self.num_modalities)

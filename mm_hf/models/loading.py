@@ -6,7 +6,7 @@ import os
 from transformers import AutoConfig
 
 from .audio_classifier import build_audio_classifier, shorten_whisper_encoder
-from .clip_classifier import build_clip_classifier
+from .clip_classifier import build_dual_encoder_classifier
 from .configuration_audio_classifier import AudioClassifierConfig
 from .configuration_clip_classifier import ClapClassifierConfig, ClipClassifierConfig
 from .modeling_audio_classifier import AudioClassifierForAudioClassification
@@ -14,7 +14,7 @@ from .modeling_clip_classifier import ClapClassifierForAudioClassification, Clip
 
 
 def _rebuild_dual_encoder_classifier(base, config, **kw):
-    return build_clip_classifier(
+    return build_dual_encoder_classifier(
         base,
         config.id2label,
         head_init="random",
@@ -63,3 +63,8 @@ def load_finetuned(path: str, base_model_name_or_path: str | None = None, **from
     with open(adapter_config) as f:
         base = base_model_name_or_path or json.load(f)["base_model_name_or_path"] or config.backbone_name_or_path
     return PeftModel.from_pretrained(rebuild(base, config, **from_pretrained_kwargs), path)
+
+
+def load_clip_classifier(path: str, base_model_name_or_path: str | None = None, **from_pretrained_kwargs):
+    """Load a fine-tuned CLIP classifier folder: a full checkpoint, or a LoRA adapter on its base backbone."""
+    return load_finetuned(path, base_model_name_or_path, **from_pretrained_kwargs)

@@ -1,6 +1,6 @@
 """Audio classifier: any HF audio encoder + temporal pooling + a dropout/linear head.
 
-Self-contained on purpose (only torch/transformers imports plus the sibling configuration file) so
+Self-contained on purpose (only torch/transformers imports plus the sibling configuration and pooling files) so
 `save_pretrained` can ship it with the checkpoint for `trust_remote_code=True` loading without mm_hf.
 """
 
@@ -11,45 +11,8 @@ from transformers import AutoModel, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .configuration_audio_classifier import AudioClassifierConfig
-
-
-class MeanPooling(nn.Module):
-    """Mean over time of the frames where `frame_mask` is 1 (all frames when it is None).
-
-    Shapes: hidden_states (batch, time, hidden), frame_mask (batch, time) or None -> (batch, hidden).
-    """
-
-    def forward(self, hidden_states: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if frame_mask is None:
-            return hidden_states.mean(dim=1)
-        mask = frame_mask.to(hidden_states.dtype).unsqueeze(-1)
-        return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-
-
-class AttentionPooling(nn.Module):
-    """Learned attention pooling: a linear score per frame, softmax over the unmasked frames, weighted sum.
-
-    Shapes: hidden_states (batch, time, hidden), frame_mask (batch, time) or None -> (batch, hidden);
-    `attention_weights` gives the (batch, time) weights, each row summing to 1 with 0 on masked frames.
-    """
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.score = nn.Linear(hidden_size, 1)
-
-    def attention_weights(self, hidden_states: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        scores = self.score(hidden_states).squeeze(-1).float()
-        if frame_mask is not None:
-            scores = scores.masked_fill(~frame_mask.bool(), torch.finfo(scores.dtype).min)
-        weights = scores.softmax(dim=-1)
-        if frame_mask is not None:
-            # A row with no real frame would otherwise spread its weight uniformly over padding.
-            weights = weights * frame_mask.to(weights.dtype)
-        return weights.to(hidden_states.dtype)
-
-    def forward(self, hidden_states: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        weights = self.attention_weights(hidden_states, frame_mask)
-        return torch.einsum("bt,bth->bh", weights, hidden_states)
+from .pooling import AttentionPooling, MeanPooling
+from .towers import ModelParts, describe_tower
 
 
 def build_audio_encoder(backbone_config) -> nn.Module:
@@ -180,6 +143,14 @@ class AudioClassifierForAudioClassification(AudioClassifierPreTrainedModel):
         # silently miss every renamed weight. Saving the live names keeps both paths exact.
         return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
 
+    def parts(self) -> ModelParts:
+        """What fine-tuning acts on: the new pooler and classifier, and the backbone as the media tower. Its layers
+        are looked up inside `backbone.encoder` where there is one (wav2vec2 family), which keeps the search off
+        the conv feature encoder (a list of identical blocks too)."""
+        search = "encoder" if isinstance(getattr(self.backbone, "encoder", None), nn.Module) else ""
+        media = describe_tower(self, "backbone", search=search)
+        return ModelParts(kind="classifier", head=("pooler", "classifier"), towers={"media": media})
+
     def freeze_feature_encoder(self) -> None:
         """Freeze the convolutional waveform encoder of wav2vec2-family backbones (no-op for others)."""
         feature_extractor = getattr(self.backbone, "feature_extractor", None)
@@ -226,10 +197,8 @@ class AudioClassifierForAudioClassification(AudioClassifierPreTrainedModel):
 
 
 __all__ = [
-    "AttentionPooling",
     "AudioClassifierForAudioClassification",
     "AudioClassifierPreTrainedModel",
-    "MeanPooling",
     "audio_frame_mask",
     "reads_attention_mask",
 ]

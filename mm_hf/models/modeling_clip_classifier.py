@@ -1,11 +1,9 @@
 """CLIP-family classifiers: a dual encoder's image (CLIP/SigLIP/VTDE) or audio (CLAP) tower + a cosine head
 initialisable zero-shot.
 
-Self-contained on purpose (only torch/transformers imports plus the sibling configuration file) so
+Self-contained on purpose (only torch/transformers imports plus the sibling configuration and losses files) so
 `save_pretrained` can ship it with the checkpoint for `trust_remote_code=True` loading without mm_hf.
 """
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -14,9 +12,8 @@ from transformers import AutoModel, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput, SequenceClassifierOutput
 
 from .configuration_clip_classifier import ClapClassifierConfig, ClipClassifierConfig
-
-# CLIP clamps its temperature at 100; beyond it training becomes unstable.
-_MAX_LOGIT_SCALE = math.log(100.0)
+from .losses import MAX_LOGIT_SCALE  # CLIP's cap on its temperature (100): the head keeps the loss's cap
+from .towers import ModelParts, dual_encoder_tower
 
 
 class CosineClassifierHead(nn.Module):
@@ -37,7 +34,7 @@ class CosineClassifierHead(nn.Module):
 
     def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
         x = self.dropout(F.normalize(image_embeds, dim=-1))
-        scale = self.logit_scale.clamp(max=_MAX_LOGIT_SCALE).exp()
+        scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
         return scale * F.linear(x, self.weight.to(x.dtype)) + self.bias.to(x.dtype)
 
     @torch.no_grad()
@@ -46,7 +43,7 @@ class CosineClassifierHead(nn.Module):
         self.weight.copy_(F.normalize(text_embeds.float(), dim=-1).to(self.weight.dtype))
         self.bias.zero_()
         if logit_scale is not None:
-            self.logit_scale.fill_(min(float(logit_scale), _MAX_LOGIT_SCALE))
+            self.logit_scale.fill_(min(float(logit_scale), MAX_LOGIT_SCALE))
 
 
 class ClipClassifierPreTrainedModel(PreTrainedModel):
@@ -73,11 +70,13 @@ class ClipClassifierPreTrainedModel(PreTrainedModel):
 
 
 class _DualEncoderClassifier(ClipClassifierPreTrainedModel):
-    """The whole dual encoder plus the cosine head; subclasses say which tower feeds the head.
+    """The whole dual encoder plus the cosine head; subclasses say which tower feeds the head (`media_modality`).
 
     The text tower is kept (it can re-initialise the head for new class names) but does not run in
     `forward`.
     """
+
+    media_modality = "image"
 
     def __init__(self, config: ClipClassifierConfig):
         super().__init__(config)
@@ -96,6 +95,16 @@ class _DualEncoderClassifier(ClipClassifierPreTrainedModel):
         # Trainer reloads checkpoints with a plain `load_state_dict` (load_best_model_at_end, resume), which
         # would then silently miss every renamed weight. Saving the live names keeps both paths exact.
         return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+
+    def parts(self) -> ModelParts:
+        """What fine-tuning acts on: the new head and the media tower with its projection. The text tower is no
+        part: it does not run, so training it would waste optimizer memory and make DDP fail on unused parameters."""
+        return ModelParts(
+            kind="classifier",
+            head=("classifier",),
+            towers={"media": dual_encoder_tower(self, self.media_modality)},
+            fixed=() if self.config.learn_logit_scale else ("classifier.logit_scale",),
+        )
 
     def _classify(self, embeds: torch.Tensor, labels: torch.Tensor | None):
         logits = self.classifier(embeds)
@@ -141,6 +150,7 @@ class ClapClassifierForAudioClassification(_DualEncoderClassifier):
     """
 
     config_class = ClapClassifierConfig
+    media_modality = "audio"
     main_input_name = "input_features"
     input_modalities = ("audio",)
 

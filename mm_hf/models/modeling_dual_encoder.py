@@ -13,8 +13,9 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from ..losses import clip_loss, siglip_loss
 from .configuration_dual_encoder import ContrastiveDualEncoderConfig
+from .losses import clip_loss, siglip_loss
+from .towers import ModelParts, dual_encoder_tower
 
 
 @dataclass
@@ -60,6 +61,15 @@ class ContrastiveDualEncoderModel(PreTrainedModel):
         model = cls(config)
         model.backbone = backbone
         return model
+
+    def parts(self) -> ModelParts:
+        """What contrastive fine-tuning acts on: the media (image, or CLAP's audio) and text towers with their
+        projections; the rest (temperatures, the sigmoid loss's bias) is the head, frozen under LoRA."""
+        media = "audio" if hasattr(self.backbone, "get_audio_features") else "image"
+        towers = {"media": dual_encoder_tower(self, media), "text": dual_encoder_tower(self, "text")}
+        inside = [name for tower in towers.values() for name in (tower.path, tower.projection) if name]
+        head = tuple(n for n, _ in self.named_parameters() if not any(n.startswith(p + ".") for p in inside))
+        return ModelParts(kind="contrastive", head=head, towers=towers, head_with_lora="freeze")
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.backbone.get_image_features(pixel_values=pixel_values)

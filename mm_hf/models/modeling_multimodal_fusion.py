@@ -13,9 +13,10 @@ pooling) can be computed once and passed back as `<modality>_embeds` (see `encod
 
 A missing modality (`modality_mask` 0) is replaced by a learned placeholder token; fusions that can mask
 (gated, cross-attention, late) also ignore it. Self-contained on purpose (torch/transformers plus the sibling
-configuration and fusion_modules files) so `save_pretrained` ships it for `trust_remote_code=True` loading.
+configuration, fusion_modules and pooling files) so `save_pretrained` ships it for `trust_remote_code=True` loading.
 """
 
+import dataclasses
 import inspect
 from dataclasses import dataclass
 
@@ -27,8 +28,10 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_multimodal_fusion import MultimodalFusionConfig, num_outputs
-from .fusion_modules import FeatureStandardizer, ModalityDropout, TabularEncoder, build_fusion, build_pooling
+from .fusion_modules import FeatureStandardizer, ModalityDropout, TabularEncoder, build_fusion
 from .modeling_audio_classifier import audio_frame_mask, reads_attention_mask
+from .pooling import build_pooling
+from .towers import ModelParts, describe_tower
 
 
 @dataclass
@@ -247,6 +250,12 @@ class MultimodalFusionModel(MultimodalFusionPreTrainedModel):
             return [kinds[m] for m in self.modalities if m in kinds]
         return [getattr(self.config, f"{key}_pooling")]
 
+    def parts(self) -> ModelParts:
+        """What fine-tuning acts on: one tower per encoder; pooling, projections, placeholders and fusion are new."""
+        head = tuple(name for name, _ in self.named_children() if name != "encoders") + ("missing_tokens",)
+        towers = {key: describe_tower(self, f"encoders.{key}") for key in self.encoders}
+        return ModelParts(kind="fusion", head=head, towers=towers, head_with_lora="train")
+
     @property
     def out_dim(self) -> int:
         return self.config.hidden_size if self.fusion is None else self.fusion.out_dim
@@ -421,6 +430,12 @@ class MultimodalFusionForClassification(MultimodalFusionPreTrainedModel):
                 )
         self.heads = mark_fusion_part(nn.ModuleDict(heads))
         self.post_init()
+
+    def parts(self) -> ModelParts:
+        """The fusion model's parts (see MultimodalFusionModel.parts), plus the task heads."""
+        inner = self.multimodal.parts().under("multimodal.")
+        head = tuple(name for name, _ in self.named_children() if name != "multimodal") + inner.head
+        return dataclasses.replace(inner, head=head)
 
     def forward(self, labels=None, **inputs) -> MultimodalClassifierOutput:
         task_labels = {name[len("labels_") :]: inputs.pop(name) for name in list(inputs) if name.startswith("labels_")}

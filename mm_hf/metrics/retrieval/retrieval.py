@@ -1,7 +1,7 @@
 """Image-text (or audio-text) retrieval: recall@K and median / mean rank in both directions.
 
 Memory bound: the `num_items x num_texts` similarity matrix is never built. Scores are computed
-`chunk_size` rows at a time (items for image->text, texts for image<-text) against all of the other
+`chunk_size` rows at a time (items for media->text, texts for media<-text) against all of the other
 side, so the extra memory at any moment is one `chunk_size x max(num_items, num_texts)` float32 score
 block plus a boolean mask of the same shape, on top of the embeddings themselves and an
 `num_items x max_captions_per_item` index matrix.
@@ -17,14 +17,14 @@ Cross-modal retrieval with several captions (texts) per item (image or audio cli
 COCO / Flickr30k protocol. Similarity is the dot product of the embeddings, after L2 normalisation
 (cosine similarity) when `normalize=True`.
 
-- image->text: for each item, the 1-based rank, among all texts, of its best-ranked correct caption.
-- text->image: for each text, the 1-based rank of its item among all items.
+- media->text (image->text or audio->text): for each item, the 1-based rank, among all texts, of its best-ranked correct caption.
+- text->media: for each text, the 1-based rank of its item among all items.
 
 Ties (`ties="optimistic"`, the default): rank = 1 + number of candidates with a strictly greater
 score, so a correct candidate tied with wrong ones counts as ranked first. With
 `ties="pessimistic"`, every wrong candidate whose score is greater than *or equal to* the correct
 one is ranked ahead of it; use it to catch collapsed embeddings, which score perfectly with
-optimistic ties. For image->text, ties between the item's own captions never matter.
+optimistic ties. For media->text, ties between the item's own captions never matter.
 
 Peak extra memory is `chunk_size x max(num_items, num_texts)` scores (plus a boolean mask of that
 shape): the full similarity matrix is never materialised.
@@ -33,9 +33,9 @@ shape): the full similarity matrix is never materialised.
 _KWARGS_DESCRIPTION = """
 Args:
     predictions (`list[list[float]]`): one text embedding per row (`num_texts x dim`).
-    references (`list[int]`): for each text, the index in `image_embeds` of the item it describes.
-    image_embeds (array-like, `num_items x dim`): the item (image or audio) embeddings. Every item
-        needs at least one text.
+    references (`list[int]`): for each text, the index in `media_embeds` of the item it describes.
+    media_embeds (array-like, `num_items x dim`): the item (image or audio clip) embeddings. Every item
+        needs at least one text. `image_embeds` is accepted under its former, image-only name.
     ks (`tuple[int]`, *optional*, defaults to `(1, 5, 10)`): the K of the recall@K metrics.
     chunk_size (`int`, *optional*, defaults to 1024): rows scored at once; bounds memory.
     normalize (`bool`, *optional*, defaults to `True`): L2-normalise embeddings (cosine similarity).
@@ -55,7 +55,7 @@ Examples:
     >>> out = retrieval.compute(
     ...     predictions=[[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]],
     ...     references=[0, 0, 1],
-    ...     image_embeds=[[1.0, 0.0], [0.0, 1.0]],
+    ...     media_embeds=[[1.0, 0.0], [0.0, 1.0]],
     ...     ks=(1,),
     ... )
     >>> out["image_to_text_recall@1"], out["text_to_image_recall@1"]
@@ -77,18 +77,18 @@ def _as_embeddings(x, name: str, device=None) -> torch.Tensor:
     return tensor
 
 
-def _caption_index(text_to_image: torch.Tensor, num_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _caption_index(text_to_media: torch.Tensor, num_items: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per item, its text indices padded to `max_captions` by repeating its first one; plus the validity mask."""
-    counts = torch.bincount(text_to_image, minlength=num_items)
+    counts = torch.bincount(text_to_media, minlength=num_items)
     missing = (counts == 0).nonzero().flatten().tolist()
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
         raise ValueError(f"{len(missing)} item(s) have no caption/text, e.g. item index {shown}")
-    order = torch.argsort(text_to_image, stable=True)  # text indices grouped by item
+    order = torch.argsort(text_to_media, stable=True)  # text indices grouped by item
     starts = torch.cumsum(counts, 0) - counts
-    position = torch.arange(len(order), device=order.device) - starts[text_to_image[order]]
+    position = torch.arange(len(order), device=order.device) - starts[text_to_media[order]]
     index = order[starts].unsqueeze(1).repeat(1, int(counts.max()))
-    index[text_to_image[order], position] = order
+    index[text_to_media[order], position] = order
     valid = torch.arange(index.shape[1], device=order.device) < counts.unsqueeze(1)
     return index, valid
 
@@ -103,21 +103,23 @@ def _summary(direction: str, ranks: torch.Tensor, ks) -> dict:
 
 @torch.no_grad()
 def retrieval_scores(
-    image_embeds,
+    media_embeds,
     text_embeds,
-    text_to_image,
+    text_to_media,
     ks=(1, 5, 10),
     chunk_size: int = 1024,
     normalize: bool = True,
     ties: str = "optimistic",
     modality: str = "image",
+    media_name: str = "media_embeds",
 ) -> dict:
-    """Recall@K and median / mean rank for image->text and text->image retrieval (see the module docstring).
+    """Recall@K and median / mean rank for media->text and text->media retrieval (see the module docstring).
 
-    `image_embeds` is `(num_items, dim)`, `text_embeds` `(num_texts, dim)`, `text_to_image` `(num_texts,)`
-    item indices. Runs on the device of `image_embeds` when it is a tensor, else on the CPU; every
-    similarity block is at most `chunk_size x max(num_items, num_texts)`. `modality` names the items in
-    the keys (`"audio"`: `audio_to_text_recall@1`, `text_to_audio_recall@1`, ...).
+    `media_embeds` is `(num_items, dim)` (images or audio clips), `text_embeds` `(num_texts, dim)`,
+    `text_to_media` `(num_texts,)` item indices. Runs on the device of `media_embeds` when it is a tensor, else on
+    the CPU; every similarity block is at most `chunk_size x max(num_items, num_texts)`. `modality` names the items
+    in the keys (`"audio"`: `audio_to_text_recall@1`, `text_to_audio_recall@1`, ...); `media_name` names the
+    argument the caller passed them as, in errors.
     """
     if ties not in _TIES:
         raise ValueError(f"ties must be one of {_TIES}, got {ties!r}")
@@ -130,52 +132,52 @@ def retrieval_scores(
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")
 
-    device = image_embeds.device if isinstance(image_embeds, torch.Tensor) else None
-    images = _as_embeddings(image_embeds, "image_embeds", device)
-    texts = _as_embeddings(text_embeds, "text embeddings (predictions)", images.device)
-    if texts.shape[1] != images.shape[1]:
+    device = media_embeds.device if isinstance(media_embeds, torch.Tensor) else None
+    items = _as_embeddings(media_embeds, media_name, device)
+    texts = _as_embeddings(text_embeds, "text embeddings (predictions)", items.device)
+    if texts.shape[1] != items.shape[1]:
         raise ValueError(
-            f"text embeddings (predictions) have dimension {texts.shape[1]} but image_embeds has {images.shape[1]}"
+            f"text embeddings (predictions) have dimension {texts.shape[1]} but {media_name} has {items.shape[1]}"
         )
-    targets = text_to_image if isinstance(text_to_image, torch.Tensor) else torch.as_tensor(np.asarray(text_to_image))
-    targets = targets.to(device=images.device, dtype=torch.long).flatten()
+    targets = text_to_media if isinstance(text_to_media, torch.Tensor) else torch.as_tensor(np.asarray(text_to_media))
+    targets = targets.to(device=items.device, dtype=torch.long).flatten()
     if targets.shape[0] != texts.shape[0]:
         raise ValueError(f"got {targets.shape[0]} item indices (references) for {texts.shape[0]} text embeddings")
-    num_items, num_texts = images.shape[0], texts.shape[0]
+    num_items, num_texts = items.shape[0], texts.shape[0]
     bad = ((targets < 0) | (targets >= num_items)).nonzero().flatten()
     if len(bad):
         raise ValueError(
             f"references must be item indices in [0, {num_items}); text {int(bad[0])} has {int(targets[bad[0]])}"
         )
     if normalize:
-        images = torch.nn.functional.normalize(images, dim=-1)
+        items = torch.nn.functional.normalize(items, dim=-1)
         texts = torch.nn.functional.normalize(texts, dim=-1)
     pessimistic = ties == "pessimistic"
 
-    # image -> text: rank of each item's best correct caption among all texts.
+    # media -> text: rank of each item's best correct caption among all texts.
     caption_index, caption_valid = _caption_index(targets, num_items)
-    image_ranks = []
+    item_ranks = []
     for start in range(0, num_items, chunk_size):
-        sims = torch.matmul(images[start : start + chunk_size], texts.T)  # (chunk, num_texts)
+        sims = torch.matmul(items[start : start + chunk_size], texts.T)  # (chunk, num_texts)
         own = sims.gather(1, caption_index[start : start + chunk_size])  # (chunk, max_captions)
         best = own.max(dim=1, keepdim=True).values
         if pessimistic:  # wrong texts >= best = all texts >= best - own texts == best
             own_at_best = ((own == best) & caption_valid[start : start + chunk_size]).sum(1)
-            image_ranks.append((sims >= best).sum(1) - own_at_best + 1)
+            item_ranks.append((sims >= best).sum(1) - own_at_best + 1)
         else:
-            image_ranks.append((sims > best).sum(1) + 1)
+            item_ranks.append((sims > best).sum(1) + 1)
         del sims
 
-    # text -> image: rank of each text's item among all items.
+    # text -> media: rank of each text's item among all items.
     text_ranks = []
     for start in range(0, num_texts, chunk_size):
-        sims = torch.matmul(texts[start : start + chunk_size], images.T)  # (chunk, num_items)
+        sims = torch.matmul(texts[start : start + chunk_size], items.T)  # (chunk, num_items)
         correct = sims.gather(1, targets[start : start + chunk_size, None])
         text_ranks.append((sims >= correct).sum(1) if pessimistic else (sims > correct).sum(1) + 1)
         del sims
 
     out = {
-        **_summary(f"{modality}_to_text", torch.cat(image_ranks), ks),
+        **_summary(f"{modality}_to_text", torch.cat(item_ranks), ks),
         **_summary(f"text_to_{modality}", torch.cat(text_ranks), ks),
     }
     recalls = [v for key, v in out.items() if "_recall@" in key]
@@ -205,6 +207,7 @@ class Retrieval(evaluate.Metric):
         self,
         predictions,
         references,
+        media_embeds=None,
         image_embeds=None,
         ks=(1, 5, 10),
         chunk_size=1024,
@@ -212,10 +215,16 @@ class Retrieval(evaluate.Metric):
         ties="optimistic",
         modality="image",
     ):
-        if image_embeds is None:
-            raise ValueError("retrieval needs `image_embeds=` (num_items x dim) passed to compute()")
+        if media_embeds is not None and image_embeds is not None:
+            raise ValueError("pass the item embeddings once: `media_embeds=` (or its former name `image_embeds=`)")
+        name = "media_embeds" if image_embeds is None else "image_embeds"
+        media_embeds = media_embeds if image_embeds is None else image_embeds
+        if media_embeds is None:
+            raise ValueError(
+                "retrieval needs `media_embeds=` (num_items x dim; or `image_embeds=`) passed to compute()"
+            )
         return retrieval_scores(
-            image_embeds,
+            media_embeds,
             predictions,
             references,
             ks=ks,
@@ -223,4 +232,5 @@ class Retrieval(evaluate.Metric):
             normalize=normalize,
             ties=ties,
             modality=modality,
+            media_name=name,
         )

@@ -11,7 +11,8 @@ A measure (the `Measure` protocol below) scores the model on the held-out split 
 from collections.abc import Callable
 from typing import Protocol
 
-from .metrics.tasks import Task, compute_task_metrics
+from .metrics.tasks import compute_task_metrics
+from .models.fusion import Task
 from .outputs import write_classification_outputs
 from .retrieval import measure_retrieval
 

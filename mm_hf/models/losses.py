@@ -85,21 +85,21 @@ def _check_same_batch_size(x: Tensor) -> None:
         )
 
 
-def _gather_pair(image_embeds: Tensor, text_embeds: Tensor, gather: bool) -> tuple[Tensor, Tensor]:
-    if image_embeds.shape != text_embeds.shape or image_embeds.dim() != 2:
+def _gather_pair(media_embeds: Tensor, text_embeds: Tensor, gather: bool) -> tuple[Tensor, Tensor]:
+    if media_embeds.shape != text_embeds.shape or media_embeds.dim() != 2:
         raise ValueError(
-            f"image_embeds and text_embeds must both be (batch, dim), got {tuple(image_embeds.shape)} "
+            f"media_embeds and text_embeds must both be (batch, dim), got {tuple(media_embeds.shape)} "
             f"and {tuple(text_embeds.shape)}"
         )
-    image_embeds = F.normalize(image_embeds, dim=-1)
+    media_embeds = F.normalize(media_embeds, dim=-1)
     text_embeds = F.normalize(text_embeds, dim=-1)
     if gather:
-        image_embeds, text_embeds = gather_with_grad(image_embeds), gather_with_grad(text_embeds)
-    return image_embeds, text_embeds
+        media_embeds, text_embeds = gather_with_grad(media_embeds), gather_with_grad(text_embeds)
+    return media_embeds, text_embeds
 
 
 def clip_loss(
-    image_embeds: Tensor,
+    media_embeds: Tensor,
     text_embeds: Tensor,
     logit_scale: Tensor,
     gather: bool = True,
@@ -108,40 +108,40 @@ def clip_loss(
     """Symmetric InfoNCE (CLIP) over the global batch.
 
     Args:
-        image_embeds: (b, d) un-normalised image (or audio) embeddings of this rank; row i pairs with text
-            row i.
+        media_embeds: (b, d) un-normalised image (or CLAP's audio) embeddings of this rank; row i pairs
+            with text row i.
         text_embeds: (b, d) un-normalised text embeddings of this rank.
         logit_scale: () learnable log-temperature; the temperature is exp(min(logit_scale, ln 100)).
         gather: contrast against the embeddings of all ranks (B = world_size * b) instead of only the
             local b. Ignored when torch.distributed is not initialised.
-        text_logit_scale: () log-temperature of the text->image direction when it has its own (CLAP's
+        text_logit_scale: () log-temperature of the text->media direction when it has its own (CLAP's
             `logit_scale_t`; `logit_scale` is then its `logit_scale_a`); default: `logit_scale`.
 
     Returns:
-        () loss = (CE(logits_per_image, arange(B)) + CE(logits_per_text, arange(B))) / 2 with
-        logits_per_image = exp(logit_scale) * x̂ ŷᵀ and logits_per_text = exp(text_logit_scale) * ŷ x̂ᵀ,
+        () loss = (CE(logits_per_media, arange(B)) + CE(logits_per_text, arange(B))) / 2 with
+        logits_per_media = exp(logit_scale) * x̂ ŷᵀ and logits_per_text = exp(text_logit_scale) * ŷ x̂ᵀ,
         both (B, B), each CE the mean over its B rows: transformers' `CLIPModel` loss on the global batch,
         and with two temperatures the symmetric loss over the two logit matrices `ClapModel` returns
         (its own `loss` transposes `logits_per_audio` and so scores the text->audio direction twice).
         Identical on every rank. See the module docstring for why DDP's gradient averaging then yields
         the single-process gradients.
     """
-    image_embeds, text_embeds = _gather_pair(image_embeds, text_embeds, gather)
-    similarities = image_embeds @ text_embeds.T  # (B, B)
-    logits_per_image = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() * similarities
+    media_embeds, text_embeds = _gather_pair(media_embeds, text_embeds, gather)
+    similarities = media_embeds @ text_embeds.T  # (B, B)
+    logits_per_media = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() * similarities
     text_scale = logit_scale if text_logit_scale is None else text_logit_scale
     logits_per_text = text_scale.clamp(max=MAX_LOGIT_SCALE).exp() * similarities.T
     labels = torch.arange(similarities.shape[0], device=similarities.device)
-    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+    return (F.cross_entropy(logits_per_media, labels) + F.cross_entropy(logits_per_text, labels)) / 2
 
 
 def siglip_loss(
-    image_embeds: Tensor, text_embeds: Tensor, logit_scale: Tensor, logit_bias: Tensor, gather: bool = True
+    media_embeds: Tensor, text_embeds: Tensor, logit_scale: Tensor, logit_bias: Tensor, gather: bool = True
 ) -> Tensor:
     """Pairwise sigmoid loss of SigLIP (Zhai et al. 2023) over the global batch.
 
     Args:
-        image_embeds: (b, d) un-normalised image embeddings of this rank; row i pairs with text row i.
+        media_embeds: (b, d) un-normalised image (or audio) embeddings of this rank; row i pairs with text row i.
         text_embeds: (b, d) un-normalised text embeddings of this rank.
         logit_scale: () learnable log-temperature t' (temperature t = exp(t'), not clamped, as in
             transformers' `SiglipModel` and big_vision).
@@ -153,7 +153,7 @@ def siglip_loss(
         all B*B pairs of the global batch and divided by B (not B²), as in the paper and as
         `SiglipModel` computes it (sum over one axis, mean over the other). Identical on every rank.
     """
-    image_embeds, text_embeds = _gather_pair(image_embeds, text_embeds, gather)
-    logits = logit_scale.exp() * image_embeds @ text_embeds.T + logit_bias  # (B, B)
+    media_embeds, text_embeds = _gather_pair(media_embeds, text_embeds, gather)
+    logits = logit_scale.exp() * media_embeds @ text_embeds.T + logit_bias  # (B, B)
     signs = 2 * torch.eye(logits.shape[0], device=logits.device, dtype=logits.dtype) - 1  # +1 diag, -1 off
     return -F.logsigmoid(signs * logits).sum() / logits.shape[0]

@@ -1,0 +1,43 @@
+"""`python -m mm_hf.evaluate`: several image or audio classifiers side by side on exactly the same samples.
+
+    python -m mm_hf.evaluate --model zeroshot=openai/clip-vit-base-patch32 --model lora=out/lora \
+        --model full=out/full --test_dir data/test --ood sketches=data/sketch_test \
+        --calibration_data data/validation --corruptions all --severities 1,3,5 --output_dir eval
+
+Models (`--model NAME=PATH`, repeatable): mm-hf recipe output folders (full, merged or LoRA adapter), plain
+transformers image/audio-classification checkpoints, and CLIP/SigLIP/CLAP dual encoders evaluated zero-shot from
+class prompts. Fusion and video checkpoints are not supported yet (refused). The test set is given with the
+recipes' data flags (--test_dir / --test_file / --dataset_name, --image_column / --audio_column / --label_column).
+
+Outputs in --output_dir: `evaluation.json`, `evaluation.md` (side-by-side tables), `predictions/<set>.csv` (label
+and each model's prediction per sample, in evaluation order) and `plots/` (reliability diagram per model,
+accuracy vs severity per corruption with one line per model, ID vs OOD accuracy, per-class F1 bars).
+
+evaluation.json keys (schema_version 1; stable: new keys may be added, these keep their meaning):
+- `schema_version`, `command`, `modality` ("image" | "audio"), `label_names` (the evaluation's class order),
+  `device`, `plots` (paths relative to --output_dir);
+- `sets.<set>`: `source`, `samples`, `skipped_bad_samples` for "test" and each --ood name;
+- `corruptions`: null, or `{"names", "severities", "seed"}`;
+- `models.<name>`: `path`, `kind` ("mm-hf" | "transformers" | "zero-shot"), `saved_as` ("full" | "merged" | "adapter"),
+  - `sets.<set>`: `samples`; `metrics` (accuracy, top5_accuracy when there are more than 5 classes, macro_f1,
+    weighted_f1, macro_precision, macro_recall: the numbers the recipes report as `test_*`);
+    `confidence_intervals.<metric>` `{estimate, low, high, confidence}` (95 % percentile bootstrap);
+    `per_class.<label>` `{precision, recall, f1, support}`; `confusion_matrix` (rows true, columns predicted);
+    `calibration` `{ece (15 bins), mce, nll, brier, accuracy, confidence, reliability}`;
+    `calibration_temperature_scaled` (with --calibration_data: the same after dividing logits by `temperature`);
+    `gap` (OOD sets) `{accuracy_minus_test, relative_to_test}`;
+  - `temperature_scaling` (with --calibration_data): `{temperature, before, after, samples}` on that set;
+  - `corruptions.<name>.<severity>`: accuracy on the corrupted test set; `robustness`: `mean_corruption_accuracy`,
+    `relative_accuracy`, `area_under_curve`, `per_corruption`, and `effective_robustness` (+
+    `effective_robustness_baseline`) against the first zero-shot model when there is one;
+  - `cost`: `total_params`, `requires_grad_params`, `trainable_params` (what fine-tuning trained: the run's record,
+    0 for zero-shot), `disk_bytes` (weight files in the folder; an adapter's own, with `base_model`),
+    `latency.batch_<1|32>` `{p50_s, p95_s, throughput_per_s}`, `peak_rss_bytes` (and `peak_gpu_allocated_bytes`);
+- `paired_tests.<set>."<A> vs <B>"`: `mcnemar` `{a_only, b_only, p_value, p_value_b_better}`,
+  `paired_bootstrap_accuracy` / `paired_bootstrap_macro_f1` `{estimate_a, estimate_b, difference, p_value}`;
+- `failed.<name>`: why a model could not be loaded (the others are still evaluated).
+"""
+
+from .cli import main
+
+__all__ = ["main"]

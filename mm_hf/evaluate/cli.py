@@ -1,0 +1,370 @@
+"""`python -m mm_hf.evaluate`: arguments and the flow (data -> each model on each set -> comparisons -> report)."""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import logging
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoFeatureExtractor
+
+from ..args import (
+    AudioColumnArguments,
+    DataArguments,
+    HubArguments,
+    ImageColumnArguments,
+    LabelColumnArguments,
+    explicit_flags,
+    media_column,
+    parse_args,
+)
+from ..corruptions import CorruptColumn, select_corruptions
+from ..data.audio import check_audio
+from ..data.images import check_images
+from ..data.loading import read_labelled_split
+from ..errors import DataError, UserError
+from ..metrics.calibration import fit_temperature
+from ..metrics.robustness import robustness_summary
+from ..metrics.streaming import ClassificationMetrics
+from . import candidates as cands
+from .cost import disk_bytes, measure_latency, parameter_counts, peak_memory, reset_peak_memory
+from .report import write_outputs
+from .scoring import confidence_intervals, paired_tests, score
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+# DataArguments flags about training/validation data: this command scores one test set, so they are refused.
+_TRAINING_DATA_FLAGS = (
+    "train_dir",
+    "validation_dir",
+    "train_file",
+    "validation_file",
+    "train_val_split",
+    "max_train_samples",
+    "max_eval_samples",
+)
+
+
+@dataclass
+class EvaluateArguments(LabelColumnArguments, AudioColumnArguments, ImageColumnArguments, HubArguments):
+    model: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "NAME=PATH, repeatable: an mm-hf output folder (full, merged or LoRA adapter), a transformers "
+            "image/audio-classification checkpoint, or a CLIP/SigLIP/CLAP dual encoder (evaluated zero-shot from "
+            "class prompts). Fusion and video checkpoints are not supported yet.",
+            "action": "extend",
+        },
+    )
+    output_dir: str = field(default="evaluation", metadata={"help": "Where evaluation.json/.md and plots go."})
+    ood: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "NAME=DIR_OR_FILE, repeatable: a shifted test set (class folder or CSV/JSONL) with the same labels.",
+            "action": "extend",
+        },
+    )
+    calibration_data: str | None = field(
+        default=None,
+        metadata={"help": "Class folder or CSV/JSONL to fit temperature scaling on (e.g. the validation split)."},
+    )
+    corruptions: str | None = field(
+        default=None, metadata={"help": "Robustness sweep on the test set: 'all' or a comma-separated list."}
+    )
+    severities: str = field(default="1,2,3,4,5", metadata={"help": "Corruption severities (1..5), comma-separated."})
+    prompt_templates: list[str] | None = field(
+        default=None, metadata={"help": "Zero-shot models: prompt templates with {} for the class name."}
+    )
+    max_length_seconds: float | None = field(
+        default=None,
+        metadata={"help": "Audio: cut clips to this length (default: the mm-hf run's own, else 5.0)."},
+    )
+    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Batch size of the scoring passes."})
+    dataloader_num_workers: int = field(
+        default=2, metadata={"help": "DataLoader worker processes (decoding and corruptions run there)."}
+    )
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (default: cuda if available)."})
+    num_resamples: int = field(default=1000, metadata={"help": "Bootstrap resamples for CIs and paired tests."})
+    latency_runs: int = field(
+        default=10, metadata={"help": "Timed forward passes per batch size (after 3 warm-up ones); 0 skips timing."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the corruptions and the bootstrap."})
+    disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
+    traceback: bool = field(default=False, metadata={"help": "On an input mistake also print the traceback."})
+
+
+ARGUMENT_TYPES = (EvaluateArguments, DataArguments)
+
+
+def main(argv=None) -> dict:
+    # 1. Arguments
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would score everything and write the same files
+        raise UserError("sharded evaluation (accelerate launch with several processes) is not supported yet: run "
+                        "python -m mm_hf.evaluate as one process")  # fmt: skip
+    args, data_args = parse_args(ARGUMENT_TYPES, argv)
+    explicit = explicit_flags(argv, ARGUMENT_TYPES)
+    refused = [f"--{name}" for name in _TRAINING_DATA_FLAGS if name in explicit]
+    if refused:
+        raise UserError(f"{', '.join(refused)}: evaluation scores a test set; give it with --test_dir/--test_file/"
+                        "--dataset_name, shifted sets with --ood and a calibration set with --calibration_data")  # fmt: skip
+    models = cands.parse_named(args.model, "--model")
+    ood_sources = cands.parse_named(args.ood, "--ood")
+    if not models:
+        raise UserError("no model to evaluate: pass --model NAME=PATH (repeatable)")
+    if "test" in ood_sources:
+        raise UserError("--ood test=...: 'test' names the main test set; give the shifted set another name")
+    severities = _severities(args.severities)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    hub_kwargs = args.hub_kwargs()
+
+    # 2. What each model is (no weights yet); unreadable folders are reported, not fatal
+    failed, found = {}, []
+    for name, path in models.items():
+        try:
+            found.append(cands.inspect_model(name, path, hub_kwargs))
+        except UserError:
+            raise
+        except Exception as error:  # noqa: BLE001 (any load failure is reported and the others go on)
+            failed[name] = _describe(error)
+            logger.error("--model %s=%s cannot be loaded: %s", name, path, failed[name])
+    modalities = sorted({c.modality for c in found})
+    if len(modalities) > 1:
+        raise UserError(f"the models mix modalities ({', '.join(f'{c.name}: {c.modality}' for c in found)}); "
+                        "evaluate image and audio models in separate runs")  # fmt: skip
+    modality = modalities[0] if modalities else "image"
+    column = media_column(args, modality, explicit)
+    corruption_names = select_corruptions(args.corruptions, modality) if args.corruptions else []
+
+    # 3. Data: the test set, shifted sets and calibration set, each validated once and shared by every model
+    data_kwargs = dict(cache_dir=args.cache_dir, input_flag=f"--{modality}_column")
+    source = data_args.test_dir or data_args.test_file
+    if not (source or data_args.dataset_name):
+        raise UserError("no test set: pass --test_dir, --test_file or --dataset_name (its test split)")
+    raw, texts, test_source = read_labelled_split(
+        source, column, args.label_column, dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name, **data_kwargs,
+    )  # fmt: skip
+    labelled = [c for c in found if c.label_names is not None]
+    label_names = labelled[0].label_names if labelled else sorted(set(texts))
+    for candidate in labelled:
+        cands.check_labels(candidate, label_names, set(texts), test_source)
+    sampling_rate = _sampling_rate(found) if modality == "audio" else None
+    sets, skipped = {}, {}
+    sets["test"], skipped["test"] = _prepare(raw, texts, test_source, label_names, column, modality, data_args,
+                                             sampling_rate, data_args.max_predict_samples)  # fmt: skip
+    sources = {"test": test_source}
+    for name, path in ood_sources.items():
+        raw, texts, sources[name] = read_labelled_split(path, column, args.label_column, **data_kwargs)
+        sets[name], skipped[name] = _prepare(raw, texts, path, label_names, column, modality, data_args, sampling_rate)
+    calibration_set = None
+    if args.calibration_data:
+        raw, texts, _ = read_labelled_split(args.calibration_data, column, args.label_column, **data_kwargs)
+        calibration_set, skipped["calibration"] = _prepare(
+            raw, texts, args.calibration_data, label_names, column, modality, data_args, sampling_rate
+        )
+    indexed_test = sets["test"].add_column("sample_index", list(range(len(sets["test"]))))
+
+    # 4. Each model on each set
+    metrics = ClassificationMetrics(dict(enumerate(label_names)))
+    run = dict(batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers, device=device,
+               progress=not args.disable_tqdm)  # fmt: skip
+    results, scores = {}, {}
+    for candidate in found:
+        name = candidate.name
+        reset_peak_memory(device)
+        try:
+            cands.load(candidate, label_names, hub_kwargs, args.prompt_templates)
+        except UserError:
+            raise
+        except Exception as error:  # noqa: BLE001
+            failed[name] = _describe(error)
+            logger.error("--model %s=%s cannot be loaded: %s", name, candidate.path, failed[name])
+            continue
+        model = candidate.model.to(device)
+        order = candidate.label_names or label_names
+        permutation = [order.index(label) for label in label_names]
+        transform = cands.build_transform(candidate, column, args.max_length_seconds)
+        entry = {"path": candidate.path, "kind": candidate.kind, "saved_as": candidate.saved_as, "sets": {}}
+        temperature = None
+        if calibration_set is not None:
+            fitted = score(model, calibration_set, transform, permutation, metrics, keep_logits=True,
+                           description=f"{name} | calibration", **run)  # fmt: skip
+            fit = fit_temperature(fitted.logits, fitted.labels)
+            temperature = fit.temperature
+            entry["temperature_scaling"] = {**fit.as_dict(), "samples": len(calibration_set)}
+        scores[name] = {}
+        for set_name, dataset in sets.items():
+            scored = score(model, dataset, transform, permutation, metrics, temperature=temperature,
+                           description=f"{name} | {set_name}", **run)  # fmt: skip
+            scores[name][set_name] = scored
+            entry["sets"][set_name] = _set_entry(scored, metrics, args, temperature)
+        if corruption_names:
+            entry["corruptions"] = _corruption_sweep(
+                candidate, model, indexed_test, transform, permutation, metrics, corruption_names, severities,
+                column, args.seed, run,
+            )  # fmt: skip
+        entry["cost"] = {
+            **parameter_counts(model),
+            "trainable_params": _trainable(candidate, model),
+            "disk_bytes": disk_bytes(candidate.path),
+        }
+        if candidate.saved_as == "adapter":
+            entry["cost"]["base_model"] = candidate.model.peft_config["default"].base_model_name_or_path
+        if args.latency_runs > 0:
+            entry["cost"]["latency"] = measure_latency(model, sets["test"], transform, device, runs=args.latency_runs)
+        entry["cost"].update(peak_memory(device))
+        results[name] = entry
+        candidate.model = None
+        del model
+        gc.collect()
+    if not results:
+        raise UserError("no model could be evaluated: " + "; ".join(f"{n}: {why}" for n, why in failed.items()))
+
+    # 5. Comparisons: generalization gaps, robustness summaries, paired tests between every two models
+    for entry in results.values():
+        test_accuracy = entry["sets"]["test"]["metrics"]["accuracy"]
+        for set_name in ood_sources:
+            accuracy = entry["sets"][set_name]["metrics"]["accuracy"]
+            entry["sets"][set_name]["gap"] = {
+                "accuracy_minus_test": accuracy - test_accuracy,
+                "relative_to_test": accuracy / test_accuracy if test_accuracy > 0 else 0.0,
+            }
+    if corruption_names:
+        baseline = next((n for n, e in results.items() if e["kind"] == "zero-shot"), None)
+        for name, entry in results.items():
+            reference = None
+            if baseline is not None and baseline != name:
+                reference = _robustness_input(results[baseline])
+            entry["robustness"] = robustness_summary(*_robustness_input(entry), baseline=reference)
+            if reference is not None:
+                entry["robustness"]["effective_robustness_baseline"] = baseline
+    paired = {}
+    for set_name in sets:
+        paired[set_name] = {
+            f"{a} vs {b}": paired_tests(scores[a][set_name], scores[b][set_name], len(label_names),
+                                        args.num_resamples, args.seed)
+            for a, b in itertools.combinations(results, 2)
+        }  # fmt: skip
+
+    # 6. Outputs
+    evaluation = {
+        "schema_version": SCHEMA_VERSION,
+        "command": shlex.join(["python", "-m", "mm_hf.evaluate", *argv]),
+        "modality": modality,
+        "label_names": label_names,
+        "device": str(device),
+        "sets": {
+            name: {"source": sources[name], "samples": len(ds), "skipped_bad_samples": len(skipped[name])}
+            for name, ds in sets.items()
+        },
+        "corruptions": {"names": corruption_names, "severities": severities, "seed": args.seed}
+        if corruption_names
+        else None,
+        "models": results,
+        "paired_tests": paired,
+        "failed": failed,
+    }
+    predictions = {
+        set_name: {"labels": scores[next(iter(results))][set_name].labels}
+        | {name: scores[name][set_name].predictions for name in results}
+        for set_name in sets
+    }
+    write_outputs(args.output_dir, evaluation, predictions)
+    print(f"Evaluated {', '.join(results)} on {', '.join(sets)}: {os.path.join(args.output_dir, 'evaluation.md')}")
+    if failed:
+        print("Not evaluated: " + "; ".join(f"{name} ({why})" for name, why in failed.items()), file=sys.stderr)
+    return evaluation
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
+def _severities(spec: str) -> list[int]:
+    try:
+        values = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v not in range(1, 6) for v in values):
+        raise UserError(f"--severities {spec!r}: expected a comma-separated list of 1..5, e.g. 1,2,3")
+    return sorted(set(values))
+
+
+def _sampling_rate(found) -> int | None:
+    # Validation decodes the clips once, at the first model's rate; each model's transform resamples to its own.
+    for candidate in found:
+        try:
+            return int(AutoFeatureExtractor.from_pretrained(candidate.path).sampling_rate)
+        except Exception:  # noqa: BLE001 (a model that cannot load is reported later)
+            continue
+    return 16000
+
+
+def _prepare(raw, texts, source, label_names, column, modality, data_args, sampling_rate, limit=None):
+    """The set as the models see it: labels as ids in the evaluation's order, bad samples checked or dropped."""
+    unseen = sorted(set(texts) - set(label_names))
+    if unseen:
+        raise DataError(f"{source}: label(s) {unseen[:10]} are not among the models' labels {label_names}")
+    index = {name: i for i, name in enumerate(label_names)}
+    dataset = raw.add_column("labels", [index[text] for text in texts])
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    check = dict(skip_bad=data_args.skip_bad_samples, num_proc=data_args.preprocessing_num_workers, split_name=source)
+    if modality == "image":
+        return check_images(dataset, column, **check)
+    return check_audio(dataset, column, sampling_rate=sampling_rate, **check)
+
+
+def _set_entry(scored, metrics: ClassificationMetrics, args, temperature) -> dict:
+    entry = {
+        "samples": len(scored.labels),
+        "metrics": scored.metrics,
+        "confidence_intervals": confidence_intervals(
+            scored, metrics.num_labels, metrics.top_k, args.num_resamples, args.seed
+        ),
+        "per_class": scored.report["per_class"],
+        "confusion_matrix": scored.report["confusion_matrix"],
+        "calibration": {**scored.calibration, "reliability": scored.reliability},
+    }
+    if temperature is not None:
+        entry["calibration_temperature_scaled"] = {**scored.calibration_scaled, "temperature": temperature}
+    return entry
+
+
+def _corruption_sweep(candidate, model, dataset, transform, permutation, metrics, names, severities, column, seed, run):
+    """Accuracy per corruption and severity on the test set; corruptions run inside the DataLoader workers."""
+    sampling_rate = getattr(transform, "sampling_rate", None)
+    out = {}
+    for corruption in names:
+        out[corruption] = {}
+        for severity in severities:
+            corrupted = CorruptColumn(
+                transform, modality=candidate.modality, corruption=corruption, severity=severity, column=column,
+                seed=seed, index_column="sample_index", sampling_rate=sampling_rate,
+            )  # fmt: skip
+            scored = score(model, dataset, corrupted, permutation, metrics,
+                           description=f"{candidate.name} | {corruption}@{severity}", **run)  # fmt: skip
+            out[corruption][str(severity)] = scored.metrics["accuracy"]
+    return out
+
+
+def _robustness_input(entry: dict):
+    accuracies = {name: list(per.values()) for name, per in entry["corruptions"].items()}
+    return entry["sets"]["test"]["metrics"]["accuracy"], accuracies
+
+
+def _trainable(candidate, model) -> int:
+    """Parameters fine-tuning trained: the run's record for an mm-hf folder, 0 for zero-shot, else all of them."""
+    recorded = (candidate.run_info.get("trainable") or {}).get("trainable_params")
+    if recorded is not None:
+        return int(recorded)
+    if candidate.kind == "zero-shot":
+        return 0
+    return int(sum(p.numel() for p in model.parameters()))

@@ -1,0 +1,223 @@
+"""Writing an evaluation: evaluation.json, evaluation.md (side-by-side tables), predictions and plots.
+
+Plots use matplotlib's object API with the Agg canvas (as mm_hf/reports.py), so no display or backend change.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+
+import numpy as np
+
+from ..metrics.calibration import plot_reliability_diagram
+
+
+def write_outputs(output_dir: str, evaluation: dict, predictions: dict) -> None:
+    """evaluation.json, evaluation.md, predictions/<set>.csv and plots/*.png under `output_dir`."""
+    os.makedirs(os.path.join(output_dir, "plots"), exist_ok=True)
+    plots = write_plots(output_dir, evaluation)
+    evaluation["plots"] = plots
+    with open(os.path.join(output_dir, "evaluation.json"), "w") as f:
+        json.dump(evaluation, f, indent=2)
+    write_predictions(output_dir, evaluation["label_names"], predictions)
+    with open(os.path.join(output_dir, "evaluation.md"), "w") as f:
+        f.write(format_markdown(evaluation))
+
+
+def write_predictions(output_dir: str, label_names: list[str], predictions: dict) -> None:
+    """predictions/<set>.csv: one row per sample in evaluation order: index, label, each model's predicted label."""
+    folder = os.path.join(output_dir, "predictions")
+    os.makedirs(folder, exist_ok=True)
+    for set_name, columns in predictions.items():
+        names = [name for name in columns if name != "labels"]
+        with open(os.path.join(folder, f"{_slug(set_name)}.csv"), "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["index", "label", *names])
+            for i, label in enumerate(columns["labels"]):
+                writer.writerow([i, label_names[label], *(label_names[columns[name][i]] for name in names)])
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    cells = [[str(c) for c in header], *[[_cell(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+
+    def line(row):
+        return (
+            "| "
+            + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+            + " |"
+        )
+
+    rule = ["-" * widths[0], *("-" * (w - 1) + ":" for w in widths[1:])]
+    return "\n".join([line(cells[0]), "| " + " | ".join(rule) + " |", *map(line, cells[1:])]) + "\n"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _with_ci(metrics: dict, intervals: dict, name: str) -> str:
+    if name not in metrics:
+        return "–"
+    ci = intervals.get(name)
+    return f"{metrics[name]:.4f} [{ci['low']:.3f}, {ci['high']:.3f}]" if ci else f"{metrics[name]:.4f}"
+
+
+def format_markdown(evaluation: dict) -> str:
+    """The side-by-side tables of evaluation.md."""
+    models = evaluation["models"]
+    out = ["# Evaluation\n\n", f"`{evaluation['command']}`\n\n"]
+    sets = evaluation["sets"]
+    out.append(_table(["set", "source", "samples", "skipped"],
+                      [[n, s["source"], s["samples"], s["skipped_bad_samples"]] for n, s in sets.items()]))  # fmt: skip
+    top_k = next((k for k in next(iter(models.values()))["sets"]["test"]["metrics"] if k.startswith("top")), None)
+    for set_name in sets:
+        out.append(f"\n## {set_name}: accuracy, F1 (95 % bootstrap CI) and calibration\n\n")
+        header = ["model", "accuracy", *([top_k] if top_k else []), "macro F1", "weighted F1", "ECE", "NLL", "Brier"]
+        rows = []
+        for name, entry in models.items():
+            scores = entry["sets"][set_name]
+            m, ci, cal = scores["metrics"], scores["confidence_intervals"], scores["calibration"]
+            rows.append([name, _with_ci(m, ci, "accuracy"), *([_with_ci(m, ci, top_k)] if top_k else []),
+                         _with_ci(m, ci, "macro_f1"), _with_ci(m, ci, "weighted_f1"), cal["ece"], cal["nll"],
+                         cal["brier"]])  # fmt: skip
+        out.append(_table(header, rows))
+        if set_name != "test":
+            out.append("\n" + _table(["model", "accuracy − test", "relative to test"],
+                                     [[n, e["sets"][set_name]["gap"]["accuracy_minus_test"],
+                                       e["sets"][set_name]["gap"]["relative_to_test"]] for n, e in models.items()]))  # fmt: skip
+        pairs = evaluation["paired_tests"].get(set_name) or {}
+        if pairs:
+            out.append(f"\nPaired tests on {set_name} (B − A; p-values of McNemar, two-sided, and of the paired "
+                       "bootstrap, one-sided \"B beats A\"):\n\n")  # fmt: skip
+            rows = []
+            for pair, tests in pairs.items():
+                accuracy = tests["paired_bootstrap_accuracy"]
+                rows.append([pair, accuracy["difference"]["estimate"],
+                             f"[{accuracy['difference']['low']:.3f}, {accuracy['difference']['high']:.3f}]",
+                             tests["mcnemar"]["p_value"], accuracy["p_value"],
+                             tests["paired_bootstrap_macro_f1"]["p_value"]])  # fmt: skip
+            out.append(_table(["A vs B", "Δ accuracy", "95 % CI", "McNemar p", "bootstrap p (acc)",
+                               "bootstrap p (macro F1)"], rows))  # fmt: skip
+    scaled = {n: e for n, e in models.items() if "temperature_scaling" in e}
+    if scaled:
+        out.append("\n## Temperature scaling (fitted on --calibration_data)\n\n")
+        rows = [[n, e["temperature_scaling"]["temperature"], e["sets"]["test"]["calibration"]["ece"],
+                 e["sets"]["test"]["calibration_temperature_scaled"]["ece"]] for n, e in scaled.items()]  # fmt: skip
+        out.append(_table(["model", "temperature", "test ECE before", "test ECE after"], rows))
+    robust = {n: e for n, e in models.items() if "robustness" in e}
+    if robust:
+        out.append("\n## Corruptions (test set)\n\n")
+        rows = [[n, e["sets"]["test"]["metrics"]["accuracy"], e["robustness"]["mean_corruption_accuracy"],
+                 e["robustness"]["relative_accuracy"], e["robustness"]["area_under_curve"],
+                 e["robustness"].get("effective_robustness")] for n, e in robust.items()]  # fmt: skip
+        out.append(_table(["model", "clean accuracy", "mean corruption accuracy", "relative", "area under curve",
+                           "effective robustness vs zero-shot"], rows))  # fmt: skip
+        first = next(iter(robust.values()))["corruptions"]
+        columns = [f"{c}@{s}" for c, per in first.items() for s in per]
+        rows = [[n, *(e["corruptions"][c][s] for c, per in first.items() for s in per)] for n, e in robust.items()]
+        out.append("\n" + _table(["model", *columns], rows))
+    out.append("\n## Cost\n\n")
+    rows = []
+    for name, entry in models.items():
+        cost = entry["cost"]
+        latency = cost.get("latency", {})
+        rows.append([name, entry["kind"], entry["saved_as"], cost["total_params"], cost["trainable_params"],
+                     _megabytes(cost["disk_bytes"]),
+                     *(_ms(latency.get(f"batch_{b}", {}).get(q)) for b in (1, 32) for q in ("p50_s", "p95_s")),
+                     _rate(latency.get("batch_32", {}).get("throughput_per_s")),
+                     _megabytes(cost["peak_rss_bytes"])])  # fmt: skip
+    out.append(_table(["model", "kind", "saved as", "params", "trainable", "disk MB", "bs1 p50 ms", "bs1 p95 ms",
+                       "bs32 p50 ms", "bs32 p95 ms", "samples/s (bs32)", "peak RSS MB"], rows))  # fmt: skip
+    if evaluation["failed"]:
+        out.append("\n## Not evaluated\n\n")
+        out.extend(f"- {name}: {why}\n" for name, why in evaluation["failed"].items())
+    return "".join(out)
+
+
+def _megabytes(value) -> str:
+    return "–" if value is None else f"{value / 1e6:.1f}"
+
+
+def _rate(value) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def _ms(value) -> str:
+    return "–" if value is None else f"{1000 * value:.2f}"
+
+
+def write_plots(output_dir: str, evaluation: dict) -> list[str]:
+    """Reliability diagram per model (test set), accuracy vs severity per corruption, ID vs OOD accuracy (with --ood),
+    per-class F1 bars."""
+    from matplotlib.figure import Figure  # lazy: matplotlib is only needed for plots
+
+    folder = os.path.join(output_dir, "plots")
+    paths = []
+    models = evaluation["models"]
+    for name, entry in models.items():
+        calibration = entry["sets"]["test"]["calibration"]
+        path = os.path.join(folder, f"reliability_{_slug(name)}.png")
+        plot_reliability_diagram(calibration["reliability"], path, title=f"{name} (test)", ece=calibration["ece"])
+        paths.append(path)
+    corruptions = (evaluation.get("corruptions") or {}).get("names") or []
+    for corruption in corruptions:
+        fig = Figure(figsize=(5, 4))
+        ax = fig.subplots()
+        for name, entry in models.items():
+            per = entry["corruptions"][corruption]
+            levels = [0, *(int(s) for s in per)]
+            ax.plot(levels, [entry["sets"]["test"]["metrics"]["accuracy"], *per.values()], marker="o", label=name)
+        ax.set_xticks([0, *(int(s) for s in next(iter(models.values()))["corruptions"][corruption])])
+        ax.set_xlabel("severity (0 = clean)")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1)
+        ax.set_title(corruption)
+        ax.legend(fontsize=8)
+        path = os.path.join(folder, f"corruption_{_slug(corruption)}.png")
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        paths.append(path)
+    shifted = [name for name in evaluation["sets"] if name != "test"]
+    if shifted:  # ID vs OOD: points under the diagonal lose accuracy under the shift
+        fig = Figure(figsize=(5, 5))
+        ax = fig.subplots()
+        for set_name, marker in zip(shifted, "osD^v<>ph*", strict=False):
+            for i, (name, entry) in enumerate(models.items()):
+                ax.scatter(entry["sets"]["test"]["metrics"]["accuracy"], entry["sets"][set_name]["metrics"]["accuracy"],
+                           marker=marker, color=f"C{i}", label=f"{name} ({set_name})")  # fmt: skip
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("test accuracy (in distribution)")
+        ax.set_ylabel("shifted-set accuracy")
+        ax.legend(fontsize=7)
+        path = os.path.join(folder, "id_vs_ood.png")
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        paths.append(path)
+    labels = evaluation["label_names"]
+    fig = Figure(figsize=(max(5, 0.5 * len(labels) * max(1, len(models)) / 2), 4))
+    ax = fig.subplots()
+    width = 0.8 / len(models)
+    for i, (name, entry) in enumerate(models.items()):
+        f1 = [entry["sets"]["test"]["per_class"][label]["f1"] for label in labels]
+        ax.bar(np.arange(len(labels)) + i * width - 0.4 + width / 2, f1, width=width, label=name)
+    ax.set_xticks(np.arange(len(labels)))
+    ax.set_xticklabels(labels, rotation=45 if len(labels) > 8 else 0, ha="right" if len(labels) > 8 else "center")
+    ax.set_ylabel("F1 (test)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    path = os.path.join(folder, "per_class_f1.png")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    paths.append(path)
+    return [os.path.relpath(p, output_dir) for p in paths]
