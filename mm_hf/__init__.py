@@ -8,7 +8,7 @@ import importlib
 _EXPORTS = {
     "parse_args": "mm_hf.args",
     "build_dual_encoder_classifier": "mm_hf.models",
-    "load_clip_classifier": "mm_hf.models",
+    "load_finetuned": "mm_hf.models",
     "build_audio_classifier": "mm_hf.models",
     "apply_strategy": "mm_hf.training",
     "ContrastiveDualEncoderModel": "mm_hf.models",

@@ -17,7 +17,7 @@ from transformers import default_data_collator
 
 from .data.audio import AudioTransform, check_audio
 from .data.images import check_images
-from .data.loading import _read_class_folder
+from .data.loading import read_class_folder
 from .data.transforms import build_image_transform
 from .errors import UserError
 from .metrics import load_metric
@@ -284,7 +284,7 @@ def zeroshot_classification(
 ) -> dict:
     """Zero-shot accuracy/macro-F1 of `backbone` on class folders of images or audio clips: how much general
     ability is kept. `templates` default to the media's (`{}` = the folder name)."""
-    data = _read_class_folder(folder, media.column, "label")
+    data = read_class_folder(folder, media.column, "label")
     names = sorted(set(data["label"]))
     classifier = build_dual_encoder_classifier(
         backbone, dict(enumerate(names)), tokenizer=tokenizer, prompt_templates=templates or media.prompt_templates

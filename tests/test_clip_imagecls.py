@@ -20,7 +20,7 @@ from mm_hf.args import STRATEGY_DEFAULTS
 from mm_hf.data.images import BadSampleError
 from mm_hf.data.loading import DataError
 from mm_hf.data.transforms import build_image_transform
-from mm_hf.models import ClipClassifierForImageClassification, load_clip_classifier
+from mm_hf.models import ClipClassifierForImageClassification, load_finetuned
 
 recipe = load_recipe("clip_imagecls")
 CLASSES = ["one", "three", "two", "zero"]
@@ -193,9 +193,9 @@ def test_lora_adapter_reload_and_merge_give_identical_logits(tiny_vtde, digits_d
     assert any("classifier" in k for k in adapter_weights), "the trained head must travel with the adapter"
 
     pixels = torch.randn(5, 3, 32, 32)
-    adapter = load_clip_classifier(str(adapter_out)).eval()
+    adapter = load_finetuned(str(adapter_out)).eval()
     merged = AutoModelForImageClassification.from_pretrained(merged_out).eval()
-    base = load_clip_classifier(str(merged_out)).eval()  # plain checkpoint path of the loader
+    base = load_finetuned(str(merged_out)).eval()  # plain checkpoint path of the loader
     with torch.no_grad():
         expected = adapter(pixel_values=pixels).logits
         torch.testing.assert_close(merged(pixel_values=pixels).logits, expected, rtol=1e-4, atol=1e-5)

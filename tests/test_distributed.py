@@ -24,7 +24,7 @@ from transformers import AutoModelForImageClassification, AutoProcessor
 
 import mm_hf.models  # noqa: F401  (registers the Auto classes)
 from mm_hf.data.transforms import build_image_transform
-from mm_hf.models import load_clip_classifier
+from mm_hf.models import load_finetuned
 
 CLASSES = ["one", "three", "two", "zero"]
 STEPS, TRAIN_BATCH, EVAL_BATCH, PROCESSES = 4, 4, 3, 2
@@ -150,9 +150,7 @@ def test_two_process_run_reports_each_test_image_once(strategy, tiny_vtde, digit
     # The logged numbers are the saved model's over the whole test folder, computed once here. Processes
     # training unsynchronised copies (no DDP wrapper) fail this too: rank 1's copy scores its shard, rank 0's is saved.
     processor = AutoProcessor.from_pretrained(out)
-    model = (
-        load_clip_classifier(str(out)) if strategy == "lora" else AutoModelForImageClassification.from_pretrained(out)
-    )
+    model = load_finetuned(str(out)) if strategy == "lora" else AutoModelForImageClassification.from_pretrained(out)
     labels, logits = recompute(model, processor, digits_dir / "test")
     predictions = logits.argmax(-1)
     assert len(labels) == N_TEST

@@ -4,20 +4,34 @@ import csv
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import load_recipe
+from conftest import REPO, load_recipe
+from huggingface_hub import ModelCard, metadata_load
 from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, f1_score
-from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+from transformers import AutoProcessor, ViTConfig, ViTForImageClassification, ViTImageProcessor, pipeline
 
+from mm_hf.data.synthetic import write_imagetext_xor
+from mm_hf.data.transforms import build_image_transform
 from mm_hf.demo import write_tones_audiofolder
 from mm_hf.errors import DataError, UserError
 from mm_hf.evaluate import main
-from mm_hf.models import MultimodalFusionConfig
+from mm_hf.models import MultimodalFusionConfig, build_audio_classifier, build_dual_encoder_classifier, load_finetuned
+from mm_hf.models.tiny import build_tiny_encoders
 
 CLASSES = ["one", "three", "two", "zero"]  # the digits fixture's class folders, sorted
+ACCELERATE_CONFIG = os.path.join(REPO, "recipes", "accelerate", "cpu_2proc.yaml")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def save_vit(path, labels=CLASSES, seed=0):
@@ -199,10 +213,55 @@ def test_audio_recipe_run_equals_its_own_test_numbers(tiny_wav2vec2, tmp_path):
     assert result["paired_tests"]["test"] == {}  # one model: nothing to pair
 
 
-def test_fusion_checkpoint_is_refused_as_not_supported_yet(digits_dir, tmp_path):
+def test_fusion_run_equals_its_own_test_numbers_with_each_modality_missing(tmp_path):
+    """A recipes/fusion_imagetext_cls.py run (image + text, some rows missing a modality): evaluate reads the run's
+    columns from run_config.yaml and gives the recipe's test_* numbers, also with each modality missing."""
+    encoders = build_tiny_encoders(str(tmp_path / "encoders"))
+    data = write_imagetext_xor(str(tmp_path / "data"), sizes=(24, 8, 14), seed=0, missing_rate=0.2)
+    run = tmp_path / "run"
+    results = load_recipe("fusion_imagetext_cls").main([
+        "--vision_model_name_or_path", encoders["vision"], "--text_model_name_or_path", encoders["text"],
+        "--image_column", "image", "--text_column", "text", "--label_column", "label",
+        "--train_file", data["train"], "--validation_file", data["validation"], "--test_file", data["test"],
+        "--output_dir", str(run), "--do_train", "--do_predict", "--use_cpu", "true", "--max_steps", "2",
+        "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8", "--fusion", "concat",
+        "--hidden_size", "32", "--max_seq_length", "12", "--save_strategy", "no", "--report_to", "none",
+        "--disable_tqdm", "true",
+    ])  # fmt: skip
+    argv = ["--model", f"fusion={run}", "--test_file", data["test"], "--ood", f"val={data['validation']}",
+            "--output_dir", str(tmp_path / "eval"), "--dataloader_num_workers", "0", "--disable_tqdm",
+            "--per_device_eval_batch_size", "5"]  # fmt: skip
+    result = main(argv)
+    entry = result["models"]["fusion"]
+    assert result["modality"] == "fusion" and result["modalities"] == ["image", "text"]
+    assert entry["sets"]["test"]["samples"] == results["test_samples"] == 14
+    for metric in ("accuracy", "macro_f1", "roc_auc"):
+        assert entry["sets"]["test"]["metrics"][metric] == pytest.approx(results[f"test_{metric}"], abs=1e-9)
+        for modality in ("image", "text"):
+            assert entry["sets"]["test"]["missing_modality"][modality][metric] == pytest.approx(
+                results[f"test_without_{modality}_{metric}"], abs=1e-9
+            )
+    relative = entry["sets"]["test"]["missing_modality_relative"]["text"]
+    assert relative == pytest.approx(
+        results["test_without_text_accuracy"] / results["test_accuracy"]
+    )  # fmt: skip
+    assert entry["sets"]["val"]["samples"] == 8
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["models"]["fusion"] == entry
+    assert "accuracy without text" in (tmp_path / "eval" / "evaluation.md").read_text()
+
+    # Flags of the image/audio flow are refused for fusion, never ignored; so is mixing with image models.
+    with pytest.raises(UserError, match="--calibration_data: not available for fusion"):
+        main([*argv, "--calibration_data", data["validation"]])
+    with pytest.raises(UserError, match="not fusion checkpoints"):
+        main([*argv, "--model", f"vit={save_vit(tmp_path / 'vit')}"])
+
+
+def test_fusion_checkpoint_without_its_run_config_is_refused(tmp_path):
     MultimodalFusionConfig().save_pretrained(tmp_path / "fusion")
-    with pytest.raises(UserError, match="fusion/video checkpoint.*not supported|only for now"):
-        evaluate(tmp_path / "eval", {"fusion": tmp_path / "fusion"}, digits_dir / "test")
+    (tmp_path / "test.jsonl").write_text("{}\n")
+    with pytest.raises(UserError, match="run_config.yaml"):
+        main(["--model", f"fusion={tmp_path / 'fusion'}", "--test_file", str(tmp_path / "test.jsonl"),
+              "--output_dir", str(tmp_path / "eval")])  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -215,7 +274,171 @@ def test_model_flag_needs_distinct_names(digits_dir, tmp_path, values, message):
         main(argv + [token for value in values for token in ("--model", value)])
 
 
-def test_several_processes_are_refused_until_sharding_exists(monkeypatch, tmp_path):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(UserError, match="sharded evaluation"):
-        main(["--model", "a=x", "--test_dir", str(tmp_path), "--output_dir", str(tmp_path / "eval")])
+def test_two_process_sharded_evaluation_equals_one_process(digits_dir, tmp_path):
+    """accelerate launch -m mm_hf.evaluate on 2 gloo processes: each scores a shard, the gathered numbers and the
+    per-sample predictions equal one process's. 19 test images in batches of 3 pad rank 1's shard with a duplicate,
+    the corruption sweep and the calibration fit run sharded too."""
+    models = {"vit": save_vit(tmp_path / "vit"), "vit2": save_vit(tmp_path / "vit2", seed=1)}
+    flags = ["--max_predict_samples", "19", "--per_device_eval_batch_size", "3", "--ood",
+             f"shifted={digits_dir / 'validation'}", "--calibration_data", str(digits_dir / "validation"),
+             "--corruptions", "gaussian_noise", "--severities", "2", "--latency_runs", "0", "--device", "cpu"]  # fmt: skip
+    single = evaluate(tmp_path / "single", models, digits_dir / "test", *flags)
+    out = tmp_path / "sharded"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", ACCELERATE_CONFIG, "--multi_gpu",
+        "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "mm_hf.evaluate",
+        "--output_dir", str(out), "--test_dir", str(digits_dir / "test"), "--dataloader_num_workers", "0",
+        "--disable_tqdm", "--num_resamples", "200", *flags,
+    ] + [token for name, path in models.items() for token in ("--model", f"{name}={path}")]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "MASTER_", "WORLD_SIZE", "RANK"))}
+    env.update(HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("Evaluated vit, vit2") == 1  # the main process alone reports and writes
+
+    sharded = json.loads((out / "evaluation.json").read_text())
+    assert sharded["processes"] == 2 and single["processes"] == 1
+    assert sharded["sets"]["test"]["samples"] == 19
+    for name in models:
+        one, two = single["models"][name], sharded["models"][name]
+        for set_name in ("test", "shifted"):
+            assert two["sets"][set_name]["samples"] == one["sets"][set_name]["samples"]
+            assert two["sets"][set_name]["metrics"] == pytest.approx(one["sets"][set_name]["metrics"], abs=1e-12)
+            assert two["sets"][set_name]["confusion_matrix"] == one["sets"][set_name]["confusion_matrix"]
+            for key in ("ece", "nll", "brier"):
+                assert two["sets"][set_name]["calibration"][key] == pytest.approx(
+                    one["sets"][set_name]["calibration"][key], rel=1e-5
+                )
+        assert two["temperature_scaling"]["temperature"] == pytest.approx(
+            one["temperature_scaling"]["temperature"], rel=1e-4
+        )
+        assert two["corruptions"] == one["corruptions"]
+    assert sharded["paired_tests"]["test"]["vit vs vit2"]["mcnemar"] == pytest.approx(
+        single["paired_tests"]["test"]["vit vs vit2"]["mcnemar"]
+    )
+    for set_name in ("test", "shifted"):  # the same predictions, in the original sample order
+        assert (out / "predictions" / f"{set_name}.csv").read_text() == (
+            tmp_path / "single" / "predictions" / f"{set_name}.csv"
+        ).read_text()
+
+
+def test_save_temperature_makes_reloaded_probabilities_calibrated(recipe_runs, digits_dir, tmp_path):
+    """The temperature fitted on --calibration_data goes into each mm-hf config; after reload (full checkpoint
+    through pipeline(), adapter through load_finetuned) the softmax equals softmax(logits / T) of the model before.
+    A plain transformers checkpoint has no such field: its config stays byte for byte."""
+    probe, lora = tmp_path / "probe", tmp_path / "lora"
+    shutil.copytree(recipe_runs["probe"][0], probe)  # the module's runs stay untouched for the other tests
+    shutil.copytree(recipe_runs["lora"][0], lora)
+    vit = save_vit(tmp_path / "vit")
+    vit_config = (tmp_path / "vit" / "config.json").read_bytes()
+    images = sorted(str(p) for p in (digits_dir / "test").glob("*/*.png"))[:6]
+    before = {name: _probabilities(path, images) for name, path in (("probe", probe), ("lora", lora))}
+
+    result = evaluate(tmp_path / "eval", {"probe": probe, "lora": lora, "vit": vit}, digits_dir / "test",
+                      "--calibration_data", str(digits_dir / "validation"), "--save_temperature", "--latency_runs", "0")  # fmt: skip
+    assert (tmp_path / "vit" / "config.json").read_bytes() == vit_config
+    assert result["models"]["vit"]["temperature_scaling"]["saved_to"] is None
+    for name, path in (("probe", probe), ("lora", lora)):
+        scaling = result["models"][name]["temperature_scaling"]
+        temperature = scaling["temperature"]
+        assert scaling["saved_to"] == str(path / "config.json") and abs(temperature - 1.0) > 0.05
+        assert json.loads((path / "config.json").read_text())["calibration_temperature"] == temperature
+        logits = before[name][1]
+        expected = torch.softmax(logits / temperature, dim=-1)
+        assert torch.allclose(_probabilities(path, images)[0], expected, atol=1e-5)
+        assert not torch.allclose(torch.softmax(logits, dim=-1), expected, atol=1e-3)  # the change is visible
+    # pipeline() on the reloaded full checkpoint: its scores are the calibrated probabilities.
+    classify = pipeline("image-classification", model=str(probe), top_k=None)
+    calibrated = torch.softmax(before["probe"][1] / result["models"]["probe"]["temperature_scaling"]["temperature"], -1)
+    for image, row, scores in zip(images, calibrated, classify(images), strict=True):
+        by_label = {score["label"]: score["score"] for score in scores}
+        # abs 1e-4: pipeline() decodes and resizes the PNG itself (1e-5 apart); T = 1.9 moves them by > 1e-2
+        assert [by_label[label] for label in CLASSES] == pytest.approx(row.tolist(), abs=1e-4), image
+
+    # A second fit composes with the saved temperature (the scored logits are already divided by it).
+    again = evaluate(tmp_path / "eval2", {"probe": probe}, digits_dir / "test", "--calibration_data",
+                     str(digits_dir / "validation"), "--save_temperature", "--latency_runs", "0")  # fmt: skip
+    refit = again["models"]["probe"]["temperature_scaling"]["temperature"]
+    assert refit == pytest.approx(1.0, abs=0.02)
+    assert json.loads((probe / "config.json").read_text())["calibration_temperature"] == pytest.approx(
+        result["models"]["probe"]["temperature_scaling"]["temperature"] * refit
+    )
+
+
+def test_save_temperature_needs_calibration_data(digits_dir, tmp_path):
+    with pytest.raises(UserError, match="--save_temperature.*--calibration_data"):
+        evaluate(tmp_path / "eval", {"vit": save_vit(tmp_path / "vit")}, digits_dir / "test", "--save_temperature")
+
+
+@torch.no_grad()
+def _probabilities(path, images):
+    """(softmax, logits) of the mm-hf checkpoint at `path` (eval mode, as inference runs) on `images`."""
+    model = load_finetuned(str(path)).eval()
+    transform = build_image_transform(AutoProcessor.from_pretrained(path).image_processor, train=False)
+    pixel_values = torch.stack(transform({"image": images})["pixel_values"])
+    logits = model(pixel_values=pixel_values).logits
+    return torch.softmax(logits, dim=-1), logits
+
+
+@pytest.mark.parametrize("family", ["clip", "audio"])
+def test_calibration_temperature_divides_logits_in_eval_mode_only(family, tiny_vtde, tiny_wav2vec2):
+    labels = dict(enumerate(CLASSES))
+    if family == "clip":
+        model = build_dual_encoder_classifier(tiny_vtde, labels, head_init="random")
+        inputs = {"pixel_values": torch.randn(3, 3, 32, 32)}
+        head_inputs = {"image_embeds": torch.randn(3, model.config.embed_dim)}
+    else:
+        model = build_audio_classifier(tiny_wav2vec2, labels, head_dropout=0.0)
+        inputs = {"input_values": torch.randn(3, 1600)}
+        head_inputs = {"pooled_embeds": torch.randn(3, 32)}  # the backbone's SpecAugment draws from numpy
+    with torch.no_grad():
+        raw = model.eval()(**inputs).logits
+        model.config.calibration_temperature = 2.5
+        assert torch.allclose(model(**inputs).logits, raw / 2.5)
+        trained = []
+        for temperature in (2.5, 1.0):  # training never sees it (same seed: the same dropout masks)
+            model.config.calibration_temperature = temperature
+            torch.manual_seed(0)
+            trained.append(model.train()(**head_inputs).logits)
+        assert torch.equal(trained[0], trained[1])
+    with pytest.raises(ValueError, match="calibration_temperature must be > 0"):
+        type(model.config)(calibration_temperature=0.0)
+
+
+def test_update_card_adds_model_index_entries_huggingface_hub_parses(recipe_runs, digits_dir, tmp_path):
+    probe = tmp_path / "probe"
+    shutil.copytree(recipe_runs["probe"][0], probe)
+    card_before = ModelCard.load(probe / "README.md")
+    vit = save_vit(tmp_path / "vit")
+    flags = ("--ood", f"shifted={digits_dir / 'validation'}", "--corruptions", "gaussian_noise", "--severities", "1,3",
+             "--update_card", "--latency_runs", "0")  # fmt: skip
+    result = evaluate(tmp_path / "eval", {"probe": probe, "vit": vit}, digits_dir / "test", *flags)
+    entry = result["models"]["probe"]
+    assert entry["card"] == str(probe / "README.md") and result["models"]["vit"]["card"] is None
+    assert not (tmp_path / "vit" / "README.md").exists()
+
+    card = ModelCard.load(probe / "README.md")
+    assert card.text == card_before.text  # the card's body is kept
+    for key in ("base_model", "tags", "pipeline_tag", "library_name"):
+        assert getattr(card.data, key) == getattr(card_before.data, key)
+    found = {(r.dataset_config, r.metric_type): r.metric_value for r in card.data.eval_results}
+    for config, set_name in ((None, "test"), ("shifted", "shifted")):
+        scored = entry["sets"][set_name]
+        assert found[(config, "accuracy")] == pytest.approx(scored["metrics"]["accuracy"])
+        assert found[(config, "macro_f1")] == pytest.approx(scored["metrics"]["macro_f1"])
+        assert found[(config, "ece")] == pytest.approx(scored["calibration"]["ece"])
+    assert found[("corruptions", "mean_corruption_accuracy")] == pytest.approx(
+        entry["robustness"]["mean_corruption_accuracy"]
+    )
+    # The recipe's own test metrics it does not measure stay; its test accuracy is the same number (tested above).
+    recipe_metrics = {r.metric_type for r in card_before.data.eval_results}
+    assert recipe_metrics - {"accuracy", "macro_f1"} <= {r.metric_type for r in card.data.eval_results}
+    index = metadata_load(probe / "README.md")["model-index"][0]["results"]
+    assert len(index) == 3  # one entry per dataset/shift: test, shifted, corruptions
+    shifted = next(e for e in index if e["dataset"].get("config") == "shifted")
+    assert shifted["dataset"]["name"] == "shifted (shifted: validation)"
+    assert {m["type"] for m in shifted["metrics"]} == {"accuracy", "macro_f1", "ece"}
+
+    # A re-run replaces its own numbers instead of adding a second copy.
+    evaluate(tmp_path / "eval2", {"probe": probe}, digits_dir / "test", *flags)
+    assert len(ModelCard.load(probe / "README.md").data.eval_results) == len(card.data.eval_results)

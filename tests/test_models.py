@@ -25,7 +25,7 @@ from mm_hf.models import (
     ClipClassifierForImageClassification,
     build_dual_encoder_classifier,
     class_text_embeddings,
-    load_clip_classifier,
+    load_finetuned,
 )
 from mm_hf.training import apply_strategy
 
@@ -235,7 +235,7 @@ def test_lora_adapter_folder_and_merged_checkpoint_reload_identically(backbone, 
     model.save_pretrained(adapter_dir)  # what the recipe saves for a LoRA run (mm_hf.outputs.save_model)
     model.get_base_model().config.save_pretrained(adapter_dir)
     assert "adapter_model.safetensors" in os.listdir(adapter_dir)
-    loaded = load_clip_classifier(str(adapter_dir)).eval()
+    loaded = load_finetuned(str(adapter_dir)).eval()
     with torch.no_grad():
         assert torch.equal(loaded(pixel_values=x).logits, expected)
 

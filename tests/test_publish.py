@@ -14,7 +14,7 @@ from huggingface_hub import HfApi, ModelCard, metadata_load, snapshot_download
 from transformers import AutoModelForImageClassification
 
 import mm_hf.publish as publish_module
-from mm_hf.models import load_clip_classifier
+from mm_hf.models import load_finetuned
 from mm_hf.publish import main as publish_main
 from mm_hf.publish import publishable_files
 
@@ -139,7 +139,7 @@ def test_push_to_hub_during_training_uploads_a_loadable_private_model(hub, tiny_
 
 def test_publish_adapter_and_merged_variants_give_the_local_logits(hub, lora_run, tiny_vtde, tmp_path):
     pixels = torch.randn(4, 3, 32, 32)
-    expected = logits(load_clip_classifier(str(lora_run)), pixels)
+    expected = logits(load_finetuned(str(lora_run)), pixels)
 
     assert (
         publish_main([str(lora_run), "--hub_model_id", "test-user/adapter", "--adapter_only", "--hub_token", TOKEN])
@@ -151,7 +151,7 @@ def test_publish_adapter_and_merged_variants_give_the_local_logits(hub, lora_run
     assert_clean(files, TOKEN, str(tmp_path), str(tiny_vtde))
     assert metadata_load_bytes(files["README.md"])["library_name"] == "peft"
     adapter_dir = snapshot_download("test-user/adapter", token=TOKEN, cache_dir=tmp_path / "dl")
-    reloaded = load_clip_classifier(adapter_dir, base_model_name_or_path=tiny_vtde)
+    reloaded = load_finetuned(adapter_dir, base_model_name_or_path=tiny_vtde)
     torch.testing.assert_close(logits(reloaded, pixels), expected)
 
     # What the card tells users: plain transformers + peft, in a process where mm_hf cannot be imported.
@@ -278,7 +278,7 @@ def test_republishing_another_variant_removes_the_files_it_does_not_contain(hub,
     """A repo that held the adapter and then gets the merged model (or back) holds exactly the new variant: a stale
     adapter_config.json would make transformers load base + adapter and ignore the merged weights."""
     repo_id, pixels = "test-user/variants", torch.randn(2, 3, 32, 32)
-    expected = logits(load_clip_classifier(str(lora_run)), pixels)
+    expected = logits(load_finetuned(str(lora_run)), pixels)
     publish = [str(lora_run), "--hub_model_id", repo_id, "--hub_token", TOKEN]
     assert publish_main(publish + ["--adapter_only"]) == 0
     # A file mm-hf never publishes (someone's notebook) is not ours to delete.

@@ -21,10 +21,10 @@ import datasets
 from datasets import ClassLabel, Dataset
 
 from ..errors import DataError, UserError
+from ..models.configuration_multimodal_fusion import PROBLEM_TYPES
 
 logger = logging.getLogger(__name__)
 
-PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "binary_classification", "regression")
 LIST_DELIMITERS = ("|", ";", ",")  # tried in this order on the training split's label strings
 
 

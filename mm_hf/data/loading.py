@@ -42,11 +42,11 @@ def load_classification_splits(
         if folder and path:
             raise DataError(f"give either --{split}_dir or --{split}_file, not both")
         if folder:
-            raw[split] = (_read_class_folder(folder, input_column, label_column), folder)
+            raw[split] = (read_class_folder(folder, input_column, label_column), folder)
         elif path:
-            raw[split] = (_read_table(path, input_column, label_column, cache_dir, flags), path)
-        elif hub is not None and (name := _hub_split_name(hub, split)):
-            ds = _select_hub_columns(hub[name], input_column, label_column, data_args.dataset_name, flags)
+            raw[split] = (read_table(path, input_column, label_column, cache_dir, flags), path)
+        elif hub is not None and (name := hub_split_name(hub, split)):
+            ds = select_hub_columns(hub[name], input_column, label_column, data_args.dataset_name, flags)
             raw[split] = (ds, f"{data_args.dataset_name}[{name}]")
     if "train" not in raw:
         raise DataError("no training data: pass --train_dir, --train_file or --dataset_name")
@@ -100,14 +100,14 @@ def read_labelled_split(
     """
     flags = {input_column: input_flag, label_column: "--label_column"}
     if path and os.path.isdir(path):
-        ds, source = _read_class_folder(path, input_column, label_column), path
+        ds, source = read_class_folder(path, input_column, label_column), path
     elif path:
-        ds, source = _read_table(path, input_column, label_column, cache_dir, flags), path
+        ds, source = read_table(path, input_column, label_column, cache_dir, flags), path
     elif dataset_name:
         hub = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
         if split not in hub:
             raise DataError(f"{dataset_name} has no {split!r} split; its splits are {sorted(hub)}")
-        ds = _select_hub_columns(hub[split], input_column, label_column, dataset_name, flags)
+        ds = select_hub_columns(hub[split], input_column, label_column, dataset_name, flags)
         source = f"{dataset_name}[{split}]"
     else:
         raise DataError("no data: pass a folder, a CSV/JSONL file or --dataset_name")
@@ -172,7 +172,7 @@ def dataset_display_name(data_args) -> str:
     return os.path.dirname(path) if os.path.basename(path) in ("train", "training") and data_args.train_dir else path
 
 
-def _read_class_folder(folder: str, input_column: str, label_column: str) -> Dataset:
+def read_class_folder(folder: str, input_column: str, label_column: str) -> Dataset:
     if not os.path.isdir(folder):
         raise DataError(f"folder not found: {folder}")
     classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)) and not d.startswith("."))
@@ -236,31 +236,31 @@ def _root_cause(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _read_table(path: str, input_column: str, label_column: str, cache_dir, flags: dict | None = None) -> Dataset:
+def read_table(path: str, input_column: str, label_column: str, cache_dir, flags: dict | None = None) -> Dataset:
     ds = read_data_file(path, cache_dir)
     _require_columns(ds, (input_column, label_column), path, flags)
     base = os.path.dirname(os.path.abspath(path))
 
     def resolve(batch):
-        batch[input_column] = [_resolve_path(p, base) for p in batch[input_column]]
+        batch[input_column] = [resolve_path(p, base) for p in batch[input_column]]
         return batch
 
     ds = ds.select_columns([input_column, label_column])
     return ds.map(resolve, batched=True, desc=f"resolving paths in {os.path.basename(path)}")
 
 
-def _resolve_path(value, base: str):
+def resolve_path(value, base: str):
     if isinstance(value, str) and value and not os.path.isabs(value) and "://" not in value:
         return os.path.join(base, value)
     return value
 
 
-def _hub_split_name(hub: DatasetDict, split: str) -> str | None:
+def hub_split_name(hub: DatasetDict, split: str) -> str | None:
     candidates = VALIDATION_SPLIT_NAMES if split == "validation" else (split,)
     return next((name for name in candidates if name in hub), None)
 
 
-def _select_hub_columns(ds: Dataset, input_column: str, label_column: str, source: str, flags=None) -> Dataset:
+def select_hub_columns(ds: Dataset, input_column: str, label_column: str, source: str, flags=None) -> Dataset:
     _require_columns(ds, (input_column, label_column), source, flags)
     ds = ds.select_columns([input_column, label_column])
     # Decode media ourselves (robust modes, errors naming the sample) instead of in the datasets library.

@@ -27,7 +27,7 @@ from ..models.configuration_multimodal_fusion import MODALITIES, PROBLEM_TYPES
 from .audio import check_audio
 from .images import check_images
 from .labels import LabelSpace, check_problem_type, encode_labels, is_missing
-from .loading import DataError, _hub_split_name, _resolve_path, hold_out_validation, read_data_file
+from .loading import DataError, hold_out_validation, hub_split_name, read_data_file, resolve_path
 from .validation import MAX_LISTED
 from .video import check_videos
 
@@ -100,7 +100,7 @@ def load_multimodal_splits(
         path = getattr(data_args, f"{split}_file")
         if path:
             raw[split] = (_read_file(path, split, columns, cache_dir), path)
-        elif hub is not None and (name := _hub_split_name(hub, split)):
+        elif hub is not None and (name := hub_split_name(hub, split)):
             source = f"{data_args.dataset_name}[{name}]"
             raw[split] = (_select_hub_columns(hub[name], columns, source), source)
     if "train" not in raw:
@@ -204,7 +204,7 @@ def _read_file(path: str, split: str, columns: MultimodalColumns, cache_dir) -> 
     base = os.path.dirname(os.path.abspath(path))
     for modality in MEDIA_MODALITIES:  # relative to the file's folder, as in loading.py
         if col := getattr(columns, modality):
-            values = [None if is_missing(v) else _resolve_path(str(v).strip(), base) for v in ds[col]]
+            values = [None if is_missing(v) else resolve_path(str(v).strip(), base) for v in ds[col]]
             ds = ds.remove_columns(col).add_column(col, values, feature=datasets.Value("string"))
     return ds.select_columns([*columns.inputs, *columns.labels])
 

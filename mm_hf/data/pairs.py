@@ -13,7 +13,7 @@ import os
 import datasets
 from datasets import Dataset, DatasetDict
 
-from .loading import DataError, _hub_split_name, _read_table, _select_hub_columns, hold_out_validation
+from .loading import DataError, hold_out_validation, hub_split_name, read_table, select_hub_columns
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +42,12 @@ def load_caption_splits(
         folder, path = getattr(data_args, f"{split}_dir"), getattr(data_args, f"{split}_file")
         if folder:
             path = _metadata_file(folder)
-            raw[split] = (_read_table(path, "file_name", caption_column, cache_dir, flags), path)
+            raw[split] = (read_table(path, "file_name", caption_column, cache_dir, flags), path)
             raw[split] = (raw[split][0].rename_column("file_name", media_column), path)
         elif path:
-            raw[split] = (_read_table(path, media_column, caption_column, cache_dir, flags), path)
-        elif hub is not None and (name := _hub_split_name(hub, split)):
-            ds = _select_hub_columns(hub[name], media_column, caption_column, data_args.dataset_name, flags)
+            raw[split] = (read_table(path, media_column, caption_column, cache_dir, flags), path)
+        elif hub is not None and (name := hub_split_name(hub, split)):
+            ds = select_hub_columns(hub[name], media_column, caption_column, data_args.dataset_name, flags)
             raw[split] = (ds, f"{data_args.dataset_name}[{name}]")
     if "train" not in raw:
         raise DataError("no training data: pass --train_file, --train_dir or --dataset_name")

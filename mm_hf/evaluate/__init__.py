@@ -6,8 +6,15 @@
 
 Models (`--model NAME=PATH`, repeatable): mm-hf recipe output folders (full, merged or LoRA adapter), plain
 transformers image/audio-classification checkpoints, and CLIP/SigLIP/CLAP dual encoders evaluated zero-shot from
-class prompts. Fusion and video checkpoints are not supported yet (refused). The test set is given with the
+class prompts. Fusion checkpoints (single-task) go through `fusion.py` (see there; their evaluation.json has
+`modality: "fusion"`, per set `metrics` from compute_task_metrics, `missing_modality.<modality>` and
+`missing_modality_relative.<modality>`); video checkpoints are refused. The test set is given with the
 recipes' data flags (--test_dir / --test_file / --dataset_name, --image_column / --audio_column / --label_column).
+
+Sharded: `accelerate launch [--multi_gpu --num_processes N] -m mm_hf.evaluate ... [--device cpu]` (gloo on CPU):
+each process scores a contiguous shard of every set, each batch's logits are gathered and every sample is counted
+once (the padding that evens the shards out is dropped by sample index), so evaluation.json and the predictions
+equal a single process's (tested with 2 processes); the main process times latency and writes every output.
 
 Outputs in --output_dir: `evaluation.json`, `evaluation.md` (side-by-side tables), `predictions/<set>.csv` (label
 and each model's prediction per sample, in evaluation order) and `plots/` (reliability diagram per model,
@@ -15,7 +22,8 @@ accuracy vs severity per corruption with one line per model, ID vs OOD accuracy,
 
 evaluation.json keys (schema_version 1; stable: new keys may be added, these keep their meaning):
 - `schema_version`, `command`, `modality` ("image" | "audio"), `label_names` (the evaluation's class order),
-  `device`, `plots` (paths relative to --output_dir);
+  `device`, `processes` (1, or the number of processes of an `accelerate launch` that sharded every set),
+  `plots` (paths relative to --output_dir);
 - `sets.<set>`: `source`, `samples`, `skipped_bad_samples` for "test" and each --ood name;
 - `corruptions`: null, or `{"names", "severities", "seed"}`;
 - `models.<name>`: `path`, `kind` ("mm-hf" | "transformers" | "zero-shot"), `saved_as` ("full" | "merged" | "adapter"),
@@ -26,10 +34,12 @@ evaluation.json keys (schema_version 1; stable: new keys may be added, these kee
     `calibration` `{ece (15 bins), mce, nll, brier, accuracy, confidence, reliability}`;
     `calibration_temperature_scaled` (with --calibration_data: the same after dividing logits by `temperature`);
     `gap` (OOD sets) `{accuracy_minus_test, relative_to_test}`;
-  - `temperature_scaling` (with --calibration_data): `{temperature, before, after, samples}` on that set;
+  - `temperature_scaling` (with --calibration_data): `{temperature, before, after, samples}` on that set, and with
+    --save_temperature `saved_to` (the config.json now holding `calibration_temperature`; null: not an mm-hf model);
   - `corruptions.<name>.<severity>`: accuracy on the corrupted test set; `robustness`: `mean_corruption_accuracy`,
     `relative_accuracy`, `area_under_curve`, `per_corruption`, and `effective_robustness` (+
     `effective_robustness_baseline`) against the first zero-shot model when there is one;
+  - `card` (with --update_card): the README.md whose model-index got the results (null: not a local mm-hf folder);
   - `cost`: `total_params`, `requires_grad_params`, `trainable_params` (what fine-tuning trained: the run's record,
     0 for zero-shot), `disk_bytes` (weight files in the folder; an adapter's own, with `base_model`),
     `latency.batch_<1|32>` `{p50_s, p95_s, throughput_per_s}`, `peak_rss_bytes` (and `peak_gpu_allocated_bytes`);

@@ -5,13 +5,14 @@ Three kinds, told apart by the folder's config.json:
 - "zero-shot": a CLIP/SigLIP/CLAP-style dual encoder, turned into a classifier over the evaluation's labels from
   class prompts (`build_dual_encoder_classifier(head_init="zeroshot")`);
 - "transformers": any other image/audio-classification checkpoint (`AutoModelFor{Image,Audio}Classification`).
-Fusion and video checkpoints (mm-hf's multimodal fusion model) are refused for now: they need the fusion recipes'
-multi-column data and are not supported by this first version.
+- "fusion": an mm-hf fusion checkpoint (recipes/fusion_imagetext_cls.py), scored on its run's columns by `fusion.py`.
+Video checkpoints are refused for now.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -38,6 +39,8 @@ from ..models.clip_classifier import is_audio_text_config
 from ..models.configuration_audio_classifier import AudioClassifierConfig
 from ..models.configuration_clip_classifier import ClapClassifierConfig, ClipClassifierConfig
 
+logger = logging.getLogger(__name__)
+
 MM_HF_TYPES = {
     ClipClassifierConfig.model_type: "image",
     ClapClassifierConfig.model_type: "audio",
@@ -54,8 +57,8 @@ class Candidate:
 
     name: str
     path: str
-    kind: str  # "mm-hf", "zero-shot" or "transformers"
-    modality: str  # "image" or "audio"
+    kind: str  # "mm-hf", "zero-shot", "transformers" or "fusion"
+    modality: str  # "image", "audio" or "fusion"
     label_names: list[str] | None  # None for a zero-shot dual encoder: it classifies into the evaluation's labels
     saved_as: str = "full"  # "full", "merged" (a LoRA run saved merged) or "adapter"
     run_config: dict = field(default_factory=dict)  # an mm-hf run's run_config.yaml
@@ -88,13 +91,12 @@ def _read(path: str, name: str, loader):
 def inspect_model(name: str, path: str, hub_kwargs: dict) -> Candidate:
     """Classify `path` without loading weights; raises UserError for a kind this version does not evaluate."""
     config = AutoConfig.from_pretrained(path, **hub_kwargs)
-    if isinstance(config, MultimodalFusionConfig):
-        raise UserError(
-            f"--model {name}={path} is an mm-hf fusion/video checkpoint: python -m mm_hf.evaluate evaluates image and "
-            "audio classifiers only for now (fusion and video support is planned)"
-        )
     run_config = _read(path, "run_config.yaml", yaml.safe_load) if os.path.isdir(path) else {}
     run_info = _read(path, "run_info.json", json.load) if os.path.isdir(path) else {}
+    if isinstance(config, MultimodalFusionConfig):
+        if "video" in (config.modalities or []):
+            raise UserError(f"--model {name}={path} is an mm-hf video checkpoint: not supported by evaluate yet")
+        return Candidate(name, path, "fusion", "fusion", None, "full", run_config, run_info)
     if config.model_type in MM_HF_TYPES:
         adapter = os.path.isdir(path) and os.path.exists(os.path.join(path, "adapter_config.json"))
         saved_as = "adapter" if adapter else run_info.get("saved_as", "full")
@@ -114,7 +116,7 @@ def inspect_model(name: str, path: str, hub_kwargs: dict) -> Candidate:
         return Candidate(name, path, "transformers", "audio", _labels(config))
     raise UserError(
         f"--model {name}={path}: {config.model_type} ({architectures or 'no architectures'}) is neither an image/audio "
-        "classifier nor a CLIP/SigLIP/CLAP dual encoder; fusion and video checkpoints are not supported yet"
+        "classifier, a CLIP/SigLIP/CLAP dual encoder nor an mm-hf fusion checkpoint"
     )
 
 
@@ -167,6 +169,38 @@ def load(candidate: Candidate, label_names: list[str], hub_kwargs: dict, prompt_
         model = AutoModelForAudioClassification.from_pretrained(path, **hub_kwargs)
     candidate.model = model.eval()
     return candidate
+
+
+def saved_temperature(candidate: Candidate) -> float:
+    """The `calibration_temperature` the loaded model already divides its logits by (1.0 if it has none)."""
+    model = candidate.model
+    config = getattr(model, "config", None) or model.get_base_model().config  # a PeftModel has no .config
+    return float(getattr(config, "calibration_temperature", 1.0))
+
+
+def save_temperature(candidate: Candidate, temperature: float) -> str | None:
+    """Write `temperature` as `calibration_temperature` into an mm-hf checkpoint's config.json; its path, or None.
+
+    Only that key changes (the JSON is edited, not re-serialised from a config object, so nothing else in the file
+    moves). Other kinds have no field their model applies, so nothing is written and the log says so.
+    """
+    if candidate.kind != "mm-hf":
+        logger.warning("--save_temperature: %s=%s is a %s model without calibration_temperature; nothing written",
+                       candidate.name, candidate.path, candidate.kind)  # fmt: skip
+        return None
+    if not os.path.isdir(candidate.path):
+        logger.warning("--save_temperature: %s=%s is not a local folder; nothing written", candidate.name,
+                       candidate.path)  # fmt: skip
+        return None
+    file = os.path.join(candidate.path, "config.json")
+    with open(file) as f:
+        config = json.load(f)
+    config["calibration_temperature"] = float(temperature)
+    with open(file, "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    logger.info("--save_temperature: %s now divides its logits by %.4f (%s)", candidate.name, temperature, file)
+    return file
 
 
 def media_processor(candidate: Candidate):

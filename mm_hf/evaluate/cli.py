@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import logging
@@ -11,6 +12,7 @@ import sys
 from dataclasses import dataclass, field
 
 import torch
+from accelerate import PartialState
 from transformers import AutoFeatureExtractor
 
 from ..args import (
@@ -32,9 +34,11 @@ from ..metrics.calibration import fit_temperature
 from ..metrics.robustness import robustness_summary
 from ..metrics.streaming import ClassificationMetrics
 from . import candidates as cands
+from .card import eval_results, update_card
 from .cost import disk_bytes, measure_latency, parameter_counts, peak_memory, reset_peak_memory
+from .fusion import evaluate_fusion
 from .report import write_outputs
-from .scoring import confidence_intervals, paired_tests, score
+from .scoring import INDEX_COLUMN, confidence_intervals, paired_tests, score
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ class EvaluateArguments(LabelColumnArguments, AudioColumnArguments, ImageColumnA
         metadata={
             "help": "NAME=PATH, repeatable: an mm-hf output folder (full, merged or LoRA adapter), a transformers "
             "image/audio-classification checkpoint, or a CLIP/SigLIP/CLAP dual encoder (evaluated zero-shot from "
-            "class prompts). Fusion and video checkpoints are not supported yet.",
+            "class prompts), or an mm-hf fusion checkpoint (scored on --test_file with its run's columns).",
             "action": "extend",
         },
     )
@@ -73,6 +77,21 @@ class EvaluateArguments(LabelColumnArguments, AudioColumnArguments, ImageColumnA
     calibration_data: str | None = field(
         default=None,
         metadata={"help": "Class folder or CSV/JSONL to fit temperature scaling on (e.g. the validation split)."},
+    )
+    save_temperature: bool = field(
+        default=False,
+        metadata={
+            "help": "Write the temperature fitted on --calibration_data into each mm-hf checkpoint's config.json "
+            "(`calibration_temperature`, applied to the logits at inference, so pipeline() scores are calibrated). "
+            "Plain transformers and zero-shot models have no such field: nothing is written for them."
+        },
+    )
+    update_card: bool = field(
+        default=False,
+        metadata={
+            "help": "Add the results to each mm-hf checkpoint's README.md model-index (one entry per dataset/shift: "
+            "accuracy, macro F1, ECE; mean corruption accuracy); the rest of the card is kept."
+        },
     )
     corruptions: str | None = field(
         default=None, metadata={"help": "Robustness sweep on the test set: 'all' or a comma-separated list."}
@@ -102,12 +121,10 @@ class EvaluateArguments(LabelColumnArguments, AudioColumnArguments, ImageColumnA
 ARGUMENT_TYPES = (EvaluateArguments, DataArguments)
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> dict | None:
+    """Run the evaluation; returns the evaluation.json dict (on the main process; None on the others of a launch)."""
     # 1. Arguments
     argv = sys.argv[1:] if argv is None else list(argv)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would score everything and write the same files
-        raise UserError("sharded evaluation (accelerate launch with several processes) is not supported yet: run "
-                        "python -m mm_hf.evaluate as one process")  # fmt: skip
     args, data_args = parse_args(ARGUMENT_TYPES, argv)
     explicit = explicit_flags(argv, ARGUMENT_TYPES)
     refused = [f"--{name}" for name in _TRAINING_DATA_FLAGS if name in explicit]
@@ -120,8 +137,19 @@ def main(argv=None) -> dict:
         raise UserError("no model to evaluate: pass --model NAME=PATH (repeatable)")
     if "test" in ood_sources:
         raise UserError("--ood test=...: 'test' names the main test set; give the shifted set another name")
+    if args.save_temperature and not args.calibration_data:
+        raise UserError("--save_temperature writes the temperature fitted on --calibration_data: pass that set too")
     severities = _severities(args.severities)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    state = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # accelerate launch: one process group (gloo on CPU, e.g. --multi_gpu --num_processes 2 --device cpu); each
+        # process scores a shard, the gathered metrics are the same everywhere, the main process writes the outputs.
+        state = PartialState(cpu=device.type == "cpu")
+        if args.device is None or device.type == "cuda" and device.index is None:
+            device = state.device
+    rank, world_size = (state.process_index, state.num_processes) if state else (0, 1)
+    is_main = rank == 0
     hub_kwargs = args.hub_kwargs()
 
     # 2. What each model is (no weights yet); unreadable folders are reported, not fatal
@@ -134,6 +162,10 @@ def main(argv=None) -> dict:
         except Exception as error:  # noqa: BLE001 (any load failure is reported and the others go on)
             failed[name] = _describe(error)
             logger.error("--model %s=%s cannot be loaded: %s", name, path, failed[name])
+    fusion_models = [c for c in found if c.kind == "fusion"]
+    if fusion_models:
+        return _evaluate_fusion(fusion_models, found, args, data_args, explicit, ood_sources, failed, device,
+                                world_size, argv)  # fmt: skip
     modalities = sorted({c.modality for c in found})
     if len(modalities) > 1:
         raise UserError(f"the models mix modalities ({', '.join(f'{c.name}: {c.modality}' for c in found)}); "
@@ -143,38 +175,17 @@ def main(argv=None) -> dict:
     corruption_names = select_corruptions(args.corruptions, modality) if args.corruptions else []
 
     # 3. Data: the test set, shifted sets and calibration set, each validated once and shared by every model
-    data_kwargs = dict(cache_dir=args.cache_dir, input_flag=f"--{modality}_column")
-    source = data_args.test_dir or data_args.test_file
-    if not (source or data_args.dataset_name):
-        raise UserError("no test set: pass --test_dir, --test_file or --dataset_name (its test split)")
-    raw, texts, test_source = read_labelled_split(
-        source, column, args.label_column, dataset_name=data_args.dataset_name,
-        dataset_config_name=data_args.dataset_config_name, **data_kwargs,
-    )  # fmt: skip
-    labelled = [c for c in found if c.label_names is not None]
-    label_names = labelled[0].label_names if labelled else sorted(set(texts))
-    for candidate in labelled:
-        cands.check_labels(candidate, label_names, set(texts), test_source)
-    sampling_rate = _sampling_rate(found) if modality == "audio" else None
-    sets, skipped = {}, {}
-    sets["test"], skipped["test"] = _prepare(raw, texts, test_source, label_names, column, modality, data_args,
-                                             sampling_rate, data_args.max_predict_samples)  # fmt: skip
-    sources = {"test": test_source}
-    for name, path in ood_sources.items():
-        raw, texts, sources[name] = read_labelled_split(path, column, args.label_column, **data_kwargs)
-        sets[name], skipped[name] = _prepare(raw, texts, path, label_names, column, modality, data_args, sampling_rate)
-    calibration_set = None
-    if args.calibration_data:
-        raw, texts, _ = read_labelled_split(args.calibration_data, column, args.label_column, **data_kwargs)
-        calibration_set, skipped["calibration"] = _prepare(
-            raw, texts, args.calibration_data, label_names, column, modality, data_args, sampling_rate
+    # (under a launch the main process reads and checks first: the others then reuse the datasets cache).
+    with state.main_process_first() if state else contextlib.nullcontext():
+        sets, sources, skipped, calibration_set, label_names = _read_sets(
+            args, data_args, found, column, modality, ood_sources
         )
-    indexed_test = sets["test"].add_column("sample_index", list(range(len(sets["test"]))))
+    indexed_test = sets["test"].add_column(INDEX_COLUMN, list(range(len(sets["test"]))))
 
     # 4. Each model on each set
     metrics = ClassificationMetrics(dict(enumerate(label_names)))
     run = dict(batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers, device=device,
-               progress=not args.disable_tqdm)  # fmt: skip
+               progress=is_main and not args.disable_tqdm, rank=rank, world_size=world_size)  # fmt: skip
     results, scores = {}, {}
     for candidate in found:
         name = candidate.name
@@ -199,6 +210,9 @@ def main(argv=None) -> dict:
             fit = fit_temperature(fitted.logits, fitted.labels)
             temperature = fit.temperature
             entry["temperature_scaling"] = {**fit.as_dict(), "samples": len(calibration_set)}
+            if args.save_temperature:
+                # The scored logits are already divided by a temperature saved before: the new one composes.
+                entry["temperature_scaling"]["saved_temperature"] = cands.saved_temperature(candidate) * temperature
         scores[name] = {}
         for set_name, dataset in sets.items():
             scored = score(model, dataset, transform, permutation, metrics, temperature=temperature,
@@ -217,7 +231,7 @@ def main(argv=None) -> dict:
         }
         if candidate.saved_as == "adapter":
             entry["cost"]["base_model"] = candidate.model.peft_config["default"].base_model_name_or_path
-        if args.latency_runs > 0:
+        if args.latency_runs > 0 and is_main:  # timed once, by the main process
             entry["cost"]["latency"] = measure_latency(model, sets["test"], transform, device, runs=args.latency_runs)
         entry["cost"].update(peak_memory(device))
         results[name] = entry
@@ -226,6 +240,8 @@ def main(argv=None) -> dict:
         gc.collect()
     if not results:
         raise UserError("no model could be evaluated: " + "; ".join(f"{n}: {why}" for n, why in failed.items()))
+    if not is_main:  # the comparisons and every file are the main process's (the others hold the same scores)
+        return None
 
     # 5. Comparisons: generalization gaps, robustness summaries, paired tests between every two models
     for entry in results.values():
@@ -260,6 +276,7 @@ def main(argv=None) -> dict:
         "modality": modality,
         "label_names": label_names,
         "device": str(device),
+        "processes": world_size,
         "sets": {
             name: {"source": sources[name], "samples": len(ds), "skipped_bad_samples": len(skipped[name])}
             for name, ds in sets.items()
@@ -276,6 +293,19 @@ def main(argv=None) -> dict:
         | {name: scores[name][set_name].predictions for name in results}
         for set_name in sets
     }
+    by_name = {candidate.name: candidate for candidate in found}
+    if args.save_temperature:
+        for name, entry in results.items():
+            scaling = entry["temperature_scaling"]
+            scaling["saved_to"] = cands.save_temperature(by_name[name], scaling.pop("saved_temperature"))
+    if args.update_card:
+        for name, entry in results.items():
+            entry["card"] = None
+            if by_name[name].kind != "mm-hf" or not os.path.isdir(entry["path"]):
+                logger.warning("--update_card: %s=%s is not a local mm-hf checkpoint folder; no card is written",
+                               name, entry["path"])  # fmt: skip
+                continue
+            entry["card"] = update_card(entry["path"], eval_results(evaluation, name))
     write_outputs(args.output_dir, evaluation, predictions)
     print(f"Evaluated {', '.join(results)} on {', '.join(sets)}: {os.path.join(args.output_dir, 'evaluation.md')}")
     if failed:
@@ -295,6 +325,59 @@ def _severities(spec: str) -> list[int]:
     if not values or any(v not in range(1, 6) for v in values):
         raise UserError(f"--severities {spec!r}: expected a comma-separated list of 1..5, e.g. 1,2,3")
     return sorted(set(values))
+
+
+# Flags of the image/audio flow that the fusion flow does not implement: refused, never ignored.
+_NOT_FOR_FUSION = (
+    "calibration_data", "save_temperature", "update_card", "corruptions", "severities", "prompt_templates",
+    "max_length_seconds", "test_dir", "dataset_name",
+)  # fmt: skip
+
+
+def _evaluate_fusion(fusion_models, found, args, data_args, explicit, ood_sources, failed, device, world_size, argv):
+    others = [c.name for c in found if c.kind != "fusion"]
+    if others:
+        raise UserError(f"--model {', '.join(others)} are not fusion checkpoints like "
+                        f"{', '.join(c.name for c in fusion_models)}: evaluate them in separate runs")  # fmt: skip
+    if world_size > 1:
+        raise UserError("fusion checkpoints are evaluated by one process (sharding covers image/audio models)")
+    refused = [f"--{name}" for name in _NOT_FOR_FUSION if name in explicit]
+    if refused:
+        raise UserError(f"{', '.join(refused)}: not available for fusion checkpoints yet (they get the recipe's "
+                        "metrics and each modality missing, on --test_file and --ood files)")  # fmt: skip
+    command = shlex.join(["python", "-m", "mm_hf.evaluate", *argv])
+    return evaluate_fusion(fusion_models, args, data_args, ood_sources, failed, device, command)
+
+
+def _read_sets(args, data_args, found, column, modality, ood_sources):
+    """(sets, sources, skipped, calibration set, label names): every set read, label-checked and validated once."""
+    data_kwargs = dict(cache_dir=args.cache_dir, input_flag=f"--{modality}_column")
+    source = data_args.test_dir or data_args.test_file
+    if not (source or data_args.dataset_name):
+        raise UserError("no test set: pass --test_dir, --test_file or --dataset_name (its test split)")
+    raw, texts, test_source = read_labelled_split(
+        source, column, args.label_column, dataset_name=data_args.dataset_name,
+        dataset_config_name=data_args.dataset_config_name, **data_kwargs,
+    )  # fmt: skip
+    labelled = [c for c in found if c.label_names is not None]
+    label_names = labelled[0].label_names if labelled else sorted(set(texts))
+    for candidate in labelled:
+        cands.check_labels(candidate, label_names, set(texts), test_source)
+    sampling_rate = _sampling_rate(found) if modality == "audio" else None
+    sets, skipped = {}, {}
+    sets["test"], skipped["test"] = _prepare(raw, texts, test_source, label_names, column, modality, data_args,
+                                             sampling_rate, data_args.max_predict_samples)  # fmt: skip
+    sources = {"test": test_source}
+    for name, path in ood_sources.items():
+        raw, texts, sources[name] = read_labelled_split(path, column, args.label_column, **data_kwargs)
+        sets[name], skipped[name] = _prepare(raw, texts, path, label_names, column, modality, data_args, sampling_rate)
+    calibration_set = None
+    if args.calibration_data:
+        raw, texts, _ = read_labelled_split(args.calibration_data, column, args.label_column, **data_kwargs)
+        calibration_set, skipped["calibration"] = _prepare(
+            raw, texts, args.calibration_data, label_names, column, modality, data_args, sampling_rate
+        )
+    return sets, sources, skipped, calibration_set, label_names
 
 
 def _sampling_rate(found) -> int | None:
@@ -347,7 +430,7 @@ def _corruption_sweep(candidate, model, dataset, transform, permutation, metrics
         for severity in severities:
             corrupted = CorruptColumn(
                 transform, modality=candidate.modality, corruption=corruption, severity=severity, column=column,
-                seed=seed, index_column="sample_index", sampling_rate=sampling_rate,
+                seed=seed, index_column=INDEX_COLUMN, sampling_rate=sampling_rate,
             )  # fmt: skip
             scored = score(model, dataset, corrupted, permutation, metrics,
                            description=f"{candidate.name} | {corruption}@{severity}", **run)  # fmt: skip

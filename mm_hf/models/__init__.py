@@ -23,7 +23,7 @@ from .configuration_clip_classifier import ClapClassifierConfig, ClipClassifierC
 from .configuration_dual_encoder import ContrastiveDualEncoderConfig
 from .configuration_multimodal_fusion import MultimodalFusionConfig
 from .fusion import build_fusion_classifier, load_encoder
-from .loading import load_clip_classifier, load_finetuned
+from .loading import load_finetuned
 from .modeling_audio_classifier import AudioClassifierForAudioClassification
 from .modeling_clip_classifier import ClapClassifierForAudioClassification, ClipClassifierForImageClassification
 from .modeling_dual_encoder import ContrastiveDualEncoderModel
@@ -75,7 +75,6 @@ __all__ = [
     "resolve_head_init",
     "build_fusion_classifier",
     "class_text_embeddings",
-    "load_clip_classifier",
     "load_encoder",
     "load_finetuned",
 ]

@@ -23,6 +23,9 @@ class AudioClassifierConfig(PreTrainedConfig):
         backbone_name_or_path: Hub id or path the backbone weights came from (recorded for cards/adapters).
         pooling: "mean" (masked mean over the real frames) or "attention" (learned attention pooling).
         head_dropout: dropout on the pooled vector before the linear head.
+        calibration_temperature: post-hoc temperature scaling (Guo et al. 2017): in eval mode the logits are
+            divided by it, so softmax probabilities (e.g. `pipeline()` scores) are calibrated; training never sees
+            it. 1.0 leaves the logits as they are; `python -m mm_hf.evaluate --save_temperature` writes a fitted one.
     """
 
     model_type = "mm_hf_audio_classifier"
@@ -32,9 +35,12 @@ class AudioClassifierConfig(PreTrainedConfig):
     backbone_name_or_path: str | None = None
     pooling: str = "mean"
     head_dropout: float = 0.1
+    calibration_temperature: float = 1.0
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        if not self.calibration_temperature > 0:
+            raise ValueError(f"calibration_temperature must be > 0, got {self.calibration_temperature}")
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
 

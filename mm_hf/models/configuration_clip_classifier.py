@@ -26,6 +26,9 @@ class ClipClassifierConfig(PreTrainedConfig):
             CLIP's trained ln 100 a random head learns slower (random-init small CLIP on 28 px digits, 12 epochs:
             0.26 vs 0.34 test accuracy; a plain linear head: 0.32).
         learn_logit_scale: whether the temperature is trained.
+        calibration_temperature: post-hoc temperature scaling (Guo et al. 2017): in eval mode the logits are
+            divided by it, so softmax probabilities (e.g. `pipeline()` scores) are calibrated; training never sees
+            it. 1.0 leaves the logits as they are; `python -m mm_hf.evaluate --save_temperature` writes a fitted one.
     """
 
     model_type = "mm_hf_clip_classifier"
@@ -37,9 +40,12 @@ class ClipClassifierConfig(PreTrainedConfig):
     head_dropout: float = 0.0
     logit_scale_init_value: float = 2.6592600369327779  # ln(1 / 0.07)
     learn_logit_scale: bool = True
+    calibration_temperature: float = 1.0
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        if not self.calibration_temperature > 0:
+            raise ValueError(f"calibration_temperature must be > 0, got {self.calibration_temperature}")
         if self.embed_dim is None:
             self.embed_dim = _image_embed_dim(self.backbone_config)
 

@@ -62,9 +62,7 @@ def load_finetuned(path: str, base_model_name_or_path: str | None = None, **from
 
     with open(adapter_config) as f:
         base = base_model_name_or_path or json.load(f)["base_model_name_or_path"] or config.backbone_name_or_path
-    return PeftModel.from_pretrained(rebuild(base, config, **from_pretrained_kwargs), path)
-
-
-def load_clip_classifier(path: str, base_model_name_or_path: str | None = None, **from_pretrained_kwargs):
-    """Load a fine-tuned CLIP classifier folder: a full checkpoint, or a LoRA adapter on its base backbone."""
-    return load_finetuned(path, base_model_name_or_path, **from_pretrained_kwargs)
+    model = rebuild(base, config, **from_pretrained_kwargs)
+    # The rebuild makes a fresh config: keep the run's post-hoc temperature (evaluate --save_temperature).
+    model.config.calibration_temperature = config.calibration_temperature
+    return PeftModel.from_pretrained(model, path)

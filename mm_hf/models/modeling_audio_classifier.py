@@ -157,6 +157,12 @@ class AudioClassifierForAudioClassification(AudioClassifierPreTrainedModel):
         if isinstance(feature_extractor, nn.Module):
             feature_extractor.requires_grad_(False)
 
+    def _calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        # Post-hoc temperature scaling (see the config): eval/inference only, training sees the raw logits.
+        if not self.training and self.config.calibration_temperature != 1.0:
+            return logits / self.config.calibration_temperature
+        return logits
+
     def frame_mask(
         self, attention_mask: torch.Tensor | None, num_frames: int, inputs: torch.Tensor | None = None
     ) -> torch.Tensor | None:
@@ -175,7 +181,7 @@ class AudioClassifierForAudioClassification(AudioClassifierPreTrainedModel):
         # `pooled_embeds` (batch, hidden): the pooled frames cached once from the frozen backbone (linear probing),
         # so only the head runs.
         if pooled_embeds is not None:
-            logits = self.classifier(pooled_embeds.to(self.classifier[1].weight.dtype))
+            logits = self._calibrated(self.classifier(pooled_embeds.to(self.classifier[1].weight.dtype)))
             loss = None if labels is None else F.cross_entropy(logits.float(), labels.to(logits.device))
             return SequenceClassifierOutput(loss=loss, logits=logits)
         inputs = input_values if input_values is not None else input_features
@@ -187,7 +193,7 @@ class AudioClassifierForAudioClassification(AudioClassifierPreTrainedModel):
         outputs = self.backbone(**backbone_inputs, **kwargs)
         hidden_states = outputs.last_hidden_state
         pooled = self.pooler(hidden_states, self.frame_mask(attention_mask, hidden_states.shape[1], inputs))
-        logits = self.classifier(pooled)
+        logits = self._calibrated(self.classifier(pooled))
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float(), labels.to(logits.device))

@@ -108,6 +108,8 @@ class _DualEncoderClassifier(ClipClassifierPreTrainedModel):
 
     def _classify(self, embeds: torch.Tensor, labels: torch.Tensor | None):
         logits = self.classifier(embeds)
+        if not self.training and self.config.calibration_temperature != 1.0:  # post-hoc calibration (see config)
+            logits = logits / self.config.calibration_temperature
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float(), labels.to(logits.device))

@@ -7,8 +7,8 @@
     tabular numeric/categorical -> TabularEncoder                                                    -> (B, D)
     tokens (B, M, D), present (B, M) -> fusion -> heads (one per task)
 
-Before each encoder's Linear+LN projection its pooled features are standardised per feature with statistics of
-the training data (`FeatureStandardizer`, saved with the model). A frozen encoder's part (encoder + parameter-free
+Before a frozen encoder's Linear+LN projection its pooled features are standardised per feature with statistics of
+the training data (`FeatureStandardizer`, saved with the model; identity for encoders that train). A frozen encoder's part (encoder + parameter-free
 pooling) can be computed once and passed back as `<modality>_embeds` (see `encoder_features`).
 
 A missing modality (`modality_mask` 0) is replaced by a learned placeholder token; fusions that can mask
@@ -202,8 +202,8 @@ class MultimodalFusionModel(MultimodalFusionPreTrainedModel):
         self.poolers = nn.ModuleDict()
         self.projections = nn.ModuleDict()
         # Pooled encoder features are standardised per feature before the projection (statistics fitted on the
-        # training split by `mm_hf.fusion_features.fit_feature_statistics`; identity until then): see
-        # FeatureStandardizer for why.
+        # training split by `mm_hf.fusion_features.fit_feature_statistics` for frozen encoders only; identity until
+        # then and for encoders that train): see FeatureStandardizer for why.
         self.standardizers = nn.ModuleDict()
         visual = [m for m in ("image", "video") if m in self.modalities]
         if visual:  # images and video frames share one vision encoder
