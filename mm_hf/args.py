@@ -18,6 +18,7 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import HfArgumentParser, TrainingArguments
 
 from .errors import UserError
+from .models.fusion import Task
 from .training import ALL_STRATEGIES, CLASSIFIER_STRATEGIES, CONTRASTIVE_STRATEGIES, FUSION_ENCODER_STRATEGIES
 
 logger = logging.getLogger(__name__)
@@ -313,18 +314,18 @@ class FusionDataArguments:
         return self.problem_type[0] if len(self.problem_type) == 1 else list(self.problem_type)
 
     @staticmethod
-    def label_names(tasks: list[dict]) -> list[str]:
+    def label_names(tasks: list[Task]) -> list[str]:
         """The batch keys holding labels: `labels`, or `labels_<task>` per head of a multi-task model."""
-        return ["labels"] if len(tasks) == 1 else [f"labels_{t['name']}" for t in tasks]
+        return ["labels"] if len(tasks) == 1 else [f"labels_{t.name}" for t in tasks]
 
-    def tasks(self, spaces) -> list[dict]:
+    def tasks(self, spaces) -> list[Task]:
         """The model's task list from the label space(s) `load_multimodal_splits` returned."""
         spaces = spaces if isinstance(spaces, dict) else {"+".join(self.label_column): spaces}
         weights = self.loss_weights or [1.0] * len(spaces)
         if len(weights) != len(spaces):
             raise UserError(f"--loss_weights needs one weight per task ({len(spaces)}), got {weights}")
         return [
-            {"name": name, "problem_type": space.problem_type, "labels": space.names, "loss_weight": float(weight)}
+            Task(name, space.problem_type, list(space.names), float(weight))
             for (name, space), weight in zip(spaces.items(), weights, strict=True)
         ]
 

@@ -1,5 +1,7 @@
-"""Writing a run's output folder: model (full, LoRA adapter or merged), processor, arguments, results, plots."""
+"""Writing a run's output folder (`save_run`): model (full, LoRA adapter or merged), processor, arguments, results,
+reports, plots, run_info.json and the model card."""
 
+import dataclasses
 import json
 import os
 import shlex
@@ -8,6 +10,10 @@ import sys
 import yaml
 from transformers.dynamic_module_utils import custom_object_save
 
+from .cards import RunInfo, write_model_card, write_run_info
+from .models import MultimodalFusionForClassification
+from .models.fusion import Task
+from .publish import publish_run
 from .reports import plot_training_curves, write_classification_report, write_confusion_matrix, write_task_report
 
 
@@ -83,7 +89,7 @@ def write_classification_outputs(output_dir: str, report: dict, prefix: str = ""
 class task_report_writer:  # noqa: N801 (used like a function)
     """`write_reports` for fusion heads: `write_task_report` with the model's tasks bound."""
 
-    def __init__(self, tasks: list[dict]):
+    def __init__(self, tasks: list[Task]):
         self.tasks = tasks
 
     def __call__(self, output_dir: str, report: dict, prefix: str = "") -> str:
@@ -117,53 +123,79 @@ def _yaml_safe(value):
     return str(value)  # enums, paths
 
 
-def save_classification_run(
+def save_dual_encoder(trainer, output_dir: str, merge_lora: bool = True) -> str:
+    """The plain dual encoder inside a `ContrastiveDualEncoderModel` (LoRA always merged) + the processor.
+
+    A CLIPModel/SiglipModel/VisionTextDualEncoderModel/ClapModel checkpoint that loads with `AutoModel` and the
+    zero-shot pipelines, without mm_hf; recorded as "full" (no adapter to load). Call on every process.
+    """
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        trained = trainer.accelerator.unwrap_model(trainer.model)
+        trained = trained.merge_and_unload() if hasattr(trained, "peft_config") else trained
+        trained.backbone.save_pretrained(output_dir)
+        trainer.processing_class.save_pretrained(output_dir)
+    trainer.accelerator.wait_for_everyone()
+    return "full"
+
+
+def report_skipped(results: dict, skipped: dict) -> dict:
+    """`results` with `skipped_bad_samples` (how many samples --skip_bad_samples left out) when there were any.
+
+    `skipped`: split -> [(source, reason)], as the data checks return it.
+    """
+    if not any(skipped.values()):
+        return results
+    return {**results, "skipped_bad_samples": sum(len(v) for v in skipped.values())}
+
+
+def save_run(
     trainer,
     run,
+    info: RunInfo,
     *,
-    command: str,
-    resolved_args: dict,
+    config: dict,
     skipped: dict,
+    push_to_hub: bool,
     merge_lora: bool = False,
-    push_to_hub: bool = False,
-    write_reports=write_classification_outputs,
-    **run_info,
+    save=save_model,
 ) -> dict:
-    """The last section of a classification recipe: save the model and write the complete output folder.
+    """The last section of every recipe: save the model and write the complete output folder.
 
-    `run` is the recipe's `mm_hf.evaluation.BeforeAfter`. Call on every process (saving is coordinated by
-    Trainer); only the main process writes the rest: the per-class report and confusion matrix after training
-    and before it (prefixed `zeroshot_`), training curves, `all_results.json` (merged with `run.results`; the
-    merged dict is returned), `run_config.yaml`, `before_after.md`, `run_info.json` (`run_info` holds task,
-    pipeline_tag, base_model, dataset, before_label, finetune_strategy, trainable; the eval split and train
-    runtime come from `run`) and the model card; prints the summary, lists skipped samples (`skipped`: split -> [(source, reason)]) and,
-    with `push_to_hub`, publishes the folder. `write_reports(output_dir, report, prefix="")` writes the report
-    files and returns their text (`task_report_writer` for fusion heads).
+    `run` is the recipe's `mm_hf.run.RunResult`, `info` what the card says about the run (save_run adds the eval
+    split, before label, saved variant, trainable parameters and train runtime), `config` the resolved arguments
+    (`args_to_dict`), `skipped` the samples the data checks left out (split -> [(source, reason)]).
+    `save(trainer, output_dir, merge_lora)` saves the model and returns "full", "adapter" or "merged": `save_model`
+    (the Trainer's model, a LoRA adapter or merged) or `save_dual_encoder` (retrieval, LoRA always merged).
+
+    Call on every process (saving is coordinated by Trainer); only the main process writes the rest: the
+    measure's reports after training and before it (prefixed `zeroshot_`), training curves, `all_results.json`
+    (merged with `run.results`; the merged dict is returned), `run_config.yaml`, `before_after.md`,
+    `run_info.json` and the model card; prints the summary and the skipped samples and, with `push_to_hub`,
+    publishes the folder.
     """
-    from .hub import write_model_card, write_run_info
-    from .publish import publish_run
-
     out = trainer.args.output_dir
-    results = run.results
-    if any(skipped.values()):
-        results = {**results, "skipped_bad_samples": sum(len(v) for v in skipped.values())}
-    saved_as = save_model(trainer, out, merge_lora=merge_lora)
+    results = report_skipped(run.results, skipped)
+    saved_as = save(trainer, out, merge_lora=merge_lora)
     if not trainer.is_world_process_zero():
         return results
-    report_text = write_reports(out, run.after_report)
-    write_reports(out, run.before_report, prefix="zeroshot_")
+    report_text = None
+    if run.after_report is not None:
+        report_text = run.write_report(out, run.after_report)
+        run.write_report(out, run.before_report, prefix="zeroshot_")
     write_training_curves(trainer, out)
     results = update_all_results(out, results)
-    write_run_config(out, resolved_args, command)
+    write_run_config(out, config, info.command)
     with open(os.path.join(out, "before_after.md"), "w") as f:
         f.write(run.table)
-    split = run.eval_key
-    write_run_info(
-        out, command=command, saved_as=saved_as, eval_split=split, train_runtime=run.train_runtime, **run_info
+    measured = dict(
+        eval_split=run.eval_key, before_label=run.before_label, trainable=run.trainable, train_runtime=run.train_runtime
     )
+    write_run_info(out, dataclasses.replace(info, saved_as=saved_as, **measured))
     write_model_card(out)
-    print(f"\nEvaluation on the {split} split ({results.get(f'{split}_samples')} samples):\n\n{run.table}")
-    print(report_text)
+    print(f"\n{run.headline}:\n\n{run.table}")
+    if report_text is not None:
+        print(report_text)
     bad = [f"{source} ({why})" for samples in skipped.values() for source, why in samples[:5]]
     if bad:
         print(f"Skipped {sum(len(v) for v in skipped.values())} unreadable samples: " + "; ".join(bad))
@@ -172,38 +204,42 @@ def save_classification_run(
     return results
 
 
-def save_fusion_run(trainer, run, *, tasks: list[dict], modalities: list[str], encoders: dict, **kwargs) -> dict:
-    """`save_classification_run` for a fusion recipe: merged LoRA (the encoders' adapters fold into one
-    checkpoint that loads with plain transformers), per-head reports, the fusion card snippet.
+def fusion_run_info(
+    modalities: list[str],
+    encoders: dict,
+    *,
+    dataset: str,
+    command: str,
+    finetune_strategy: str,
+    eval_task_type: str = "multimodal-classification",
+) -> RunInfo:
+    """The `RunInfo` of a fusion model: no pipeline tag, one base model per encoder, the fusion usage snippet.
 
-    `run` is the recipe's `BeforeAfter`; `kwargs` are save_classification_run's (command, resolved_args, skipped,
-    push_to_hub, dataset, finetune_strategy, trainable, ...) and may override pipeline_tag / eval_task_type.
+    A video model's card shows `AutoModelForVideoClassification` (see `add_video_auto_class`) and is tagged
+    video-classification.
     """
-    from .evaluation import FUSION_BEFORE_LABEL
-
-    kwargs.setdefault("pipeline_tag", None)
-    kwargs.setdefault("eval_task_type", "multimodal-classification")
-    kwargs.setdefault("before_label", FUSION_BEFORE_LABEL)
-    usage, tags = "fusion", []
-    if "video" in modalities:
-        # A video classifier also answers to AutoModelForVideoClassification, with mm_hf (registered in
-        # mm_hf.models) and without it (auto_map, next to the AutoModelForSequenceClassification entry
-        # save_pretrained writes). No pipeline tag: transformers' video pipeline feeds `pixel_values` from an
-        # image/video processor at the repo root, while the frames go through MultimodalProcessor.
-        from .models import MultimodalFusionForClassification as fusion_class
-
-        config = trainer.accelerator.unwrap_model(trainer.model).config
-        code = f"{fusion_class.__module__.rsplit('.', 1)[-1]}.{fusion_class.__name__}"
-        config.auto_map = {**(getattr(config, "auto_map", None) or {}), "AutoModelForVideoClassification": code}
-        usage, tags = "fusion_video", ["video-classification"]
-    return save_classification_run(
-        trainer,
-        run,
-        merge_lora=True,
-        write_reports=task_report_writer(tasks),
+    video = "video" in modalities
+    return RunInfo(
+        pipeline_tag=None,
         task=f"multimodal ({' + '.join(modalities)}) classification",
-        usage=usage,
-        extra_tags=tags,
+        eval_task_type=eval_task_type,
         base_model=list(dict.fromkeys(path for path in encoders.values() if path)),
-        **kwargs,
+        dataset=dataset,
+        command=command,
+        finetune_strategy=finetune_strategy,
+        usage="fusion_video" if video else "fusion",
+        extra_tags=["video-classification"] if video else [],
     )
+
+
+def add_video_auto_class(model) -> None:
+    """Let a video fusion classifier load through AutoModelForVideoClassification too.
+
+    With mm_hf it is registered (mm_hf.models); without it, `auto_map` gets an entry next to the
+    AutoModelForSequenceClassification one save_pretrained writes. No pipeline tag: transformers' video pipeline
+    feeds `pixel_values` from an image/video processor at the repo root, while the frames go through
+    MultimodalProcessor.
+    """
+    config, fusion = model.config, MultimodalFusionForClassification
+    code = f"{fusion.__module__.rsplit('.', 1)[-1]}.{fusion.__name__}"
+    config.auto_map = {**(getattr(config, "auto_map", None) or {}), "AutoModelForVideoClassification": code}

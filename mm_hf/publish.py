@@ -18,7 +18,6 @@ appear; the output folder itself is never modified.
 import argparse
 import fnmatch
 import glob
-import json
 import logging
 import os
 import re
@@ -30,7 +29,7 @@ import time
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
-from .hub import RUN_INFO, write_model_card
+from .cards import RUN_INFO, read_run_info, write_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +171,7 @@ def _staged(staging: str) -> list[str]:
 
 def _base_model_license(output_dir: str) -> str | None:
     """The base model's license from its Hub card, when it is a Hub model and the Hub tells."""
-    with open(os.path.join(output_dir, RUN_INFO)) as f:
-        base = json.load(f).get("base_model", "")
+    base = read_run_info(output_dir).base_model
     if isinstance(base, list):  # a fusion model's encoders: no single license to inherit
         return None
     if os.path.exists(base) or base.count("/") != 1:

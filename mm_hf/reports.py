@@ -10,8 +10,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .models.fusion import Task
 
 _TABLE_HEADERS = ("precision", "recall", "f1-score", "support")
 # Annotating every cell stops being readable past this many classes; colours still are.
@@ -223,7 +227,7 @@ def _markdown_row(cells, widths) -> str:
     return "| " + " | ".join(aligned) + " |"
 
 
-def write_task_report(report: dict, tasks: list[dict], output_dir, prefix: str = "") -> str:
+def write_task_report(report: dict, tasks: list[Task], output_dir, prefix: str = "") -> str:
     """Fusion heads: `{prefix}task_report.json` (every metric of every head) and a readable
     `{prefix}classification_report.txt` (per class / label precision, recall, F1, then the averages); returns the text."""
     output_dir = Path(output_dir)
@@ -234,15 +238,15 @@ def write_task_report(report: dict, tasks: list[dict], output_dir, prefix: str =
     return text
 
 
-def format_task_report(report: dict, tasks: list[dict], digits: int = 4) -> str:
+def format_task_report(report: dict, tasks: list[Task], digits: int = 4) -> str:
     """One block per head: a precision/recall/F1 table over its classes or labels (classification heads), then
     its summary metrics one per line."""
     blocks = []
     for task in tasks:
-        scores = report.get(task["name"], {})
-        lines = [f"{task['name']} ({task['problem_type']})", ""]
-        per_label = task["problem_type"] in ("single_label_classification", "multi_label_classification")
-        names = [n for n in task["labels"] if f"{n}_f1" in scores] if per_label else []
+        scores = report.get(task.name, {})
+        lines = [f"{task.name} ({task.problem_type})", ""]
+        per_label = task.problem_type in ("single_label_classification", "multi_label_classification")
+        names = [n for n in task.labels if f"{n}_f1" in scores] if per_label else []
         if names:
             width = max(len(n) for n in names + ["label"])
             lines.append(f"{'':>{width}s}  {'precision':>9} {'recall':>9} {'f1-score':>9}")
@@ -250,7 +254,7 @@ def format_task_report(report: dict, tasks: list[dict], digits: int = 4) -> str:
                 values = (scores[f"{name}_{k}"] for k in ("precision", "recall", "f1"))
                 lines.append(f"{name:>{width}s}  " + " ".join(f"{v:>9.{digits}f}" for v in values))
             lines.append("")
-        prefixes = tuple(f"{n}_" for n in task["labels"])
+        prefixes = tuple(f"{n}_" for n in task.labels)
         for key in sorted(k for k in scores if not (per_label and k.startswith(prefixes))):
             lines.append(f"{key:>24s}  {scores[key]:.{digits}f}")
         blocks.append("\n".join(lines))

@@ -1,12 +1,29 @@
-"""Run setup shared by every recipe: parsing with the user's flags recorded, logging per rank, launch and
-output-folder checks, and the TrainingArguments adjustments the recipes need."""
+"""The run every recipe makes, in its order: setup (`start_run`: parsing with the user's flags recorded, logging per
+rank, launch and output-folder checks; `prepare_training_arguments`), the Trainer (`build_trainer`, or
+`fusion_trainer` with its cached encoders and metrics), and the one protocol, `train_and_evaluate`: measure the
+untouched model, train, measure again, with the measure supplied by the recipe (mm_hf.measures). The output
+folder: `mm_hf.outputs.save_run`."""
 
 import dataclasses
 import logging
 import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import transformers
+from datasets.utils import logging as datasets_logging
+from transformers import EarlyStoppingCallback, Trainer, default_data_collator
 
 from .args import TRAINING_DEFAULTS, FinetuneArguments, explicit_flags, fill_defaults, parse_args
+from .data.loading import require_evaluation_split
 from .errors import UserError
+from .fusion_features import CachedInputs, cache_encoder_outputs, fit_feature_statistics, frozen_modalities
+from .measures import Measure, TaskMetrics, TrainerMeasure, evaluate_without_modalities
+from .models.fusion import Task
+from .outputs import task_report_writer
+from .reports import format_before_after_table
+from .training import trainable_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -106,18 +123,6 @@ def check_launch(training_args) -> None:
     logger.info("world_size=%d (%s)", training_args.world_size, training_args.distributed_state.distributed_type)
 
 
-def evaluate_before_training(trainer, dataset, metric_key_prefix: str) -> dict:
-    """`trainer.evaluate` on the untouched model, leaving the model ready to be wrapped by `train()`.
-
-    evaluate() marks the model as prepared without wrapping it in DDP, and train() then skips the wrapping:
-    each process would train its own copy (transformers 5.23 + accelerate 1.15). Resetting the flag lets
-    train() wrap it as usual.
-    """
-    metrics = trainer.evaluate(dataset, metric_key_prefix=metric_key_prefix)
-    trainer.model._is_accelerate_prepared = False
-    return metrics
-
-
 def process_log_level(training_args) -> int:
     """This process's log level, as in transformers' example scripts: `--log_level` on the main process (mm-hf's
     progress messages, INFO, when left "passive"), `--log_level_replica` (default warning) on the others, so a
@@ -132,9 +137,6 @@ def start_run(argument_types, argv):
 
     `argument_types` must include FinetuneArguments and TrainingArguments; returns the parsed objects in order.
     """
-    import datasets
-    import transformers
-
     parsed = parse_args(argument_types, argv)
     # What the recipes' defaults must not override: every flag the user set (CLI or --config YAML).
     explicit = explicit_flags(argv, argument_types)
@@ -146,7 +148,7 @@ def start_run(argument_types, argv):
     logging.getLogger().setLevel(level)
     passive_main = training_args.should_log and training_args.log_level == "passive"
     # transformers' and datasets' own INFO messages are noise unless asked for with --log_level.
-    for library in (transformers.utils.logging, datasets.utils.logging):
+    for library in (transformers.utils.logging, datasets_logging):
         library.set_verbosity(logging.WARNING if passive_main else level)
     ft_args = next(a for a in parsed if isinstance(a, FinetuneArguments))
     check_launch(training_args)
@@ -155,3 +157,158 @@ def start_run(argument_types, argv):
         check_output_dir(training_args.output_dir, ft_args.overwrite_output_dir)
     transformers.set_seed(training_args.seed)
     return parsed
+
+
+def build_trainer(model, training_args, datasets: dict, processor, compute_metrics=None) -> Trainer:
+    """The stock Trainer of every recipe: train on `datasets["train"]`, evaluate during training on the validation
+    split when there is one, batches stacked by `default_data_collator` (the transforms return tensors)."""
+    return Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=datasets["train"],
+        eval_dataset=datasets.get("validation"),
+        processing_class=processor,
+        data_collator=default_data_collator,
+        compute_metrics=compute_metrics,
+    )
+
+
+def fusion_trainer(model, processor, splits, tasks: list[Task], modalities, training_args, ft_args, fusion_args):
+    """The fusion recipes' Trainer and measure: returns `(trainer, datasets, TrainerMeasure)`.
+
+    Inputs are decoded on the fly by `processor` (train transform with augmentation for the train split), except
+    those of frozen encoders, encoded once and cached (`mm_hf.fusion_features`, unless `--precompute_features
+    false`); before training, the encoders' pooled features get their standardisation fitted on the train split;
+    metrics come from `TaskMetrics` over every score at once (`batch_eval_metrics=False`: ROC-AUC and mAP need
+    them), labels from `labels` or `labels_<task>`. After training the measured split is evaluated again with
+    each modality removed (`fusion_args.ablate_modalities`).
+    """
+    metrics = TaskMetrics(tasks, threshold=fusion_args.threshold)
+    training_args = prepare_training_arguments(
+        training_args,
+        ft_args,
+        has_validation="validation" in splits,
+        best_metric=metrics.best_metric(),
+        label_names=fusion_args.label_names(tasks),
+        batch_eval_metrics=False,
+    )
+    train_transform = processor.transform(train=True, augment=fusion_args.augment)
+    eval_transform = processor.transform(train=False)
+    batch_size, device = training_args.per_device_eval_batch_size, training_args.device
+    cached = frozen_modalities(model) if ft_args.precompute_features else []
+    if cached:
+        logger.info(
+            "frozen encoder(s) of %s: each sample encoded once and cached (those inputs are not augmented; "
+            "--precompute_features false runs them every epoch)",
+            cached,
+        )
+        model.to(device)
+        workers = training_args.dataloader_num_workers
+        splits = {
+            name: cache_encoder_outputs(model, ds, eval_transform, cached, batch_size, device, workers)
+            for name, ds in splits.items()
+        }
+        train_transform = CachedInputs(train_transform, modalities, cached)
+        eval_transform = CachedInputs(eval_transform, modalities, cached)
+    if training_args.do_train:
+        model.to(device)
+        # Cached features are cheap to read in full; without a cache, 1024 rows through the encoders suffice.
+        counts = fit_feature_statistics(
+            model, splits["train"], eval_transform, batch_size, device, None if cached else 1024, training_args.seed
+        )
+        logger.info("feature standardisation fitted on %s training rows per modality", counts)
+    datasets = {n: ds.with_transform(train_transform if n == "train" else eval_transform) for n, ds in splits.items()}
+    trainer = build_trainer(model, training_args, datasets, processor, metrics)
+    ablate = fusion_args.ablate_modalities
+
+    def ablations(split, key):
+        return evaluate_without_modalities(trainer, splits[split], eval_transform, modalities, key) if ablate else {}
+
+    measure = TrainerMeasure(
+        trainer,
+        datasets,
+        metrics,
+        table_metrics=metrics.table_metrics(modalities if ablate else ()),
+        extra_after=ablations,
+        write_report=task_report_writer(tasks),
+    )
+    return trainer, datasets, measure
+
+
+@dataclass
+class RunResult:
+    """What `train_and_evaluate` measured: `results` holds every metric for all_results.json."""
+
+    results: dict
+    table: str  # the before/after Markdown table
+    headline: str  # the line printed above it: split and sample count
+    eval_key: str  # "test" or "eval": the Trainer prefix of the held-out split's metrics
+    before_label: str
+    train_runtime: float | None
+    trainable: dict  # mm_hf.training.trainable_parameters of the model the protocol trained
+    before_report: dict | None = None  # the measure's full reports (per class / head), None when it has none
+    after_report: dict | None = None
+    write_report: Callable | None = None  # write_report(output_dir, report, prefix="") -> its text
+
+
+def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, before_label: str, fit=None) -> RunResult:
+    """The protocol of every recipe: measure the untouched model on the held-out split (test, else validation),
+    train, measure again.
+
+    `measure` (see mm_hf.measures: `TrainerMeasure`, `RetrievalMeasure`) scores the model; keys follow Trainer's
+    convention: `zeroshot_test_*` before, `test_*` after (`eval_*` for validation, whose Trainer metrics are added
+    after training when a test split is the measured one). Training follows `trainer.args` (--do_train,
+    --resume_from_checkpoint) and `ft_args` (--early_stopping_patience: early stopping watches only the evaluations
+    made during training, not the before/after ones). The trainable parameters (what the strategy left to train)
+    are logged and recorded for the card. `fit(train, validation)`, when given, trains on those datasets instead
+    of `trainer.train` (e.g. `mm_hf.probe.fit_classifier_head` on cached features) and returns what to record; its
+    wall time is the train runtime.
+    """
+    require_evaluation_split(datasets)  # the loaders of the fusion recipes accept train alone
+    trainable = trainable_parameters(trainer.model)
+    logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
+    split = "test" if "test" in datasets else "validation"
+    key = "test" if split == "test" else "eval"
+    before = measure.before(split, f"zeroshot_{key}")
+    before_report = measure.report
+    # evaluate() marks the model as prepared without wrapping it in DDP, and train() would then skip the wrapping:
+    # each process would train its own copy (transformers 5.23 + accelerate 1.15). Resetting the flag lets train()
+    # wrap it as usual.
+    trainer.model._is_accelerate_prepared = False
+    results, train_runtime = dict(before), None
+    if trainer.args.do_train and fit is not None:
+        start = time.perf_counter()
+        results.update(fit(datasets["train"], datasets.get("validation")), train_samples=len(datasets["train"]))
+        train_runtime = results["train_runtime"] = time.perf_counter() - start
+    elif trainer.args.do_train:
+        early_stopping = None
+        if ft_args.early_stopping_patience is not None:
+            early_stopping = EarlyStoppingCallback(early_stopping_patience=ft_args.early_stopping_patience)
+            trainer.add_callback(early_stopping)
+        train_result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+        train_runtime = train_result.metrics.get("train_runtime")
+        results.update(train_result.metrics, train_samples=len(datasets["train"]))
+        if early_stopping is not None:
+            trainer.remove_callback(early_stopping)
+    results.update(measure.validation(split))
+    after = measure.after(split, key)
+    results.update(after)
+    rows = measure.table_metrics(key)
+    table = format_before_after_table(
+        {k.removeprefix("zeroshot_"): v for k, v in before.items()},
+        after,
+        before_label=before_label,
+        **({"metrics": rows} if rows else {}),
+    )
+    return RunResult(
+        results,
+        table,
+        measure.headline(split, key),
+        key,
+        before_label,
+        train_runtime,
+        trainable,
+        before_report,
+        measure.report,
+        measure.write_report,
+    )

@@ -22,14 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import partial
 
-from transformers import (
-    AutoConfig,
-    AutoFeatureExtractor,
-    AutoProcessor,
-    Trainer,
-    TrainingArguments,
-    default_data_collator,
-)
+from transformers import AutoConfig, AutoFeatureExtractor, AutoProcessor, TrainingArguments
 
 from mm_hf.args import (
     AudioColumnArguments,
@@ -42,16 +35,17 @@ from mm_hf.args import (
 )
 from mm_hf.data.audio import AudioTransform, check_audio
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
+from mm_hf.data.validation import check_splits
 from mm_hf.errors import UserError, run_cli
-from mm_hf.evaluation import train_with_before_after
 from mm_hf.features import classifier_datasets
+from mm_hf.measures import TrainerMeasure
 from mm_hf.metrics.streaming import ClassificationMetrics
 from mm_hf.models import build_audio_classifier, build_dual_encoder_classifier
 from mm_hf.models.clip_classifier import is_audio_text_config
-from mm_hf.outputs import recipe_command, save_classification_run
+from mm_hf.outputs import RunInfo, recipe_command, save_run
 from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
-from mm_hf.run import prepare_training_arguments, start_run
-from mm_hf.training import apply_strategy, trainable_parameters
+from mm_hf.run import build_trainer, prepare_training_arguments, start_run, train_and_evaluate
+from mm_hf.training import apply_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -133,18 +127,15 @@ def main(argv=None):
             training_args.seed,
             input_flag="--audio_column",
         )
-    skipped = {}
-    for name in list(splits):
-        splits[name], skipped[name] = check_audio(
-            splits[name],
-            column,
-            sampling_rate=feature_extractor.sampling_rate,
-            skip_bad=data_args.skip_bad_samples,
-            num_proc=data_args.preprocessing_num_workers,
-            split_name=name,
-        )
-    labels = splits["train"].features["labels"].names
-    id2label = dict(enumerate(labels))
+    splits, skipped = check_splits(
+        splits,
+        check_audio,
+        column,
+        sampling_rate=feature_extractor.sampling_rate,
+        skip_bad=data_args.skip_bad_samples,
+        num_proc=data_args.preprocessing_num_workers,
+    )
+    id2label = dict(enumerate(splits["train"].features["labels"].names))
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
     training_args = prepare_training_arguments(training_args, ft_args, has_validation="validation" in splits)
 
@@ -174,66 +165,33 @@ def main(argv=None):
             **hub_kwargs,
         )
     model = apply_strategy(model, ft_args)
-    trainable = trainable_parameters(model)
-    logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 
     # 5. Inputs: cached embeddings (CLAP) or pooled frames for a linear probe, clips decoded on the fly otherwise
-    def transform(train):
-        return AudioTransform(
-            feature_extractor,
-            audio_column=column,
-            max_length_seconds=audio_args.max_length_seconds,
-            train=train,
-            augment=audio_args.augment,
-        )
-
+    clips = dict(audio_column=column, max_length_seconds=audio_args.max_length_seconds, augment=audio_args.augment)
+    transforms = [AudioTransform(feature_extractor, train=train, **clips) for train in (True, False)]  # train, eval
     if ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features and not cache:
         logger.info("--pooling attention learns per-frame scores: the frozen backbone runs on every batch, uncached")
-    datasets_ = classifier_datasets(model, splits, transform(train=True), transform(train=False), training_args, cache)
-    metrics = ClassificationMetrics(id2label)
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=datasets_["train"],
-        eval_dataset=datasets_.get("validation"),
-        processing_class=processing_class,
-        data_collator=default_data_collator,
-        compute_metrics=metrics,
-    )
+    datasets_ = classifier_datasets(model, splits, *transforms, training_args, cache)
 
-    # 6. Evaluate the untouched model, train (or fit the linear probe by L-BFGS), evaluate again
-    fit = None
-    if lbfgs:  # the linear probe's head, fitted to convergence on the cached features instead of by epochs
-        fit = partial(
-            fit_classifier_head, model, datasets_["train"], datasets_.get("validation"), device=training_args.device
-        )
-    run = train_with_before_after(
-        trainer,
-        datasets_,
-        metrics,
-        do_train=training_args.do_train,
-        early_stopping_patience=ft_args.early_stopping_patience,
-        resume_from_checkpoint=training_args.resume_from_checkpoint,
-        before_label=before_label,
-        fit=fit,
-    )
+    # 6. Evaluate the untouched model, train (or fit a linear probe's head to convergence on the cached features by
+    # L-BFGS instead of by epochs), evaluate again
+    metrics = ClassificationMetrics(id2label)
+    trainer = build_trainer(model, training_args, datasets_, processing_class, metrics)
+    fit = partial(fit_classifier_head, model, device=training_args.device) if lbfgs else None
+    measure = TrainerMeasure(trainer, datasets_, metrics)
+    run = train_and_evaluate(trainer, datasets_, measure, ft_args, before_label=before_label, fit=fit)
 
     # 7. Save the model, outputs and model card (and publish when --push_to_hub)
-    return save_classification_run(
-        trainer,
-        run,
-        command=recipe_command(argv, script="recipes/audio_cls.py"),
-        resolved_args=args_to_dict(model_args, data_args, ft_args, audio_args, training_args),
-        skipped=skipped,
-        merge_lora=ft_args.merge_lora,
-        push_to_hub=push_to_hub,
-        task="audio-classification",
+    info = RunInfo(
         pipeline_tag="audio-classification",
         base_model=model_args.model_name_or_path,
         dataset=dataset_display_name(data_args),
-        before_label=before_label,
+        command=recipe_command(argv, script="recipes/audio_cls.py"),
         finetune_strategy=ft_args.finetune_strategy,
-        trainable=trainable,
+    )
+    config = args_to_dict(model_args, data_args, ft_args, audio_args, training_args)
+    return save_run(
+        trainer, run, info, config=config, skipped=skipped, push_to_hub=push_to_hub, merge_lora=ft_args.merge_lora
     )
 
 

@@ -14,12 +14,11 @@ beats chance on the validation split (--head_init auto), else at random; the tes
 training and after, side by side. Flags left unset take per-strategy defaults (STRATEGY_DEFAULTS below).
 """
 
-import logging
 import sys
 from dataclasses import dataclass, field
 from functools import partial
 
-from transformers import AutoProcessor, Trainer, TrainingArguments, default_data_collator
+from transformers import AutoProcessor, TrainingArguments
 
 from mm_hf.args import (
     DataArguments,
@@ -33,20 +32,16 @@ from mm_hf.args import (
 from mm_hf.data.images import check_images
 from mm_hf.data.loading import dataset_display_name, load_classification_splits
 from mm_hf.data.transforms import build_image_transform
+from mm_hf.data.validation import check_splits
 from mm_hf.errors import run_cli
-from mm_hf.evaluation import train_with_before_after
 from mm_hf.features import classifier_datasets
+from mm_hf.measures import TrainerMeasure
 from mm_hf.metrics.streaming import ClassificationMetrics
 from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, build_dual_encoder_classifier, resolve_head_init
-from mm_hf.outputs import (
-    recipe_command,
-    save_classification_run,
-)
+from mm_hf.outputs import RunInfo, recipe_command, save_run
 from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
-from mm_hf.run import prepare_training_arguments, start_run
-from mm_hf.training import apply_strategy, trainable_parameters
-
-logger = logging.getLogger(__name__)
+from mm_hf.run import build_trainer, prepare_training_arguments, start_run, train_and_evaluate
+from mm_hf.training import apply_strategy
 
 
 @dataclass
@@ -99,17 +94,14 @@ def main(argv=None):
             training_args.seed,
             input_flag="--image_column",
         )
-    skipped = {}
-    for name in list(splits):
-        splits[name], skipped[name] = check_images(
-            splits[name],
-            column,
-            skip_bad=data_args.skip_bad_samples,
-            num_proc=data_args.preprocessing_num_workers,
-            split_name=name,
-        )
-    labels = splits["train"].features["labels"].names
-    id2label = dict(enumerate(labels))
+    splits, skipped = check_splits(
+        splits,
+        check_images,
+        column,
+        skip_bad=data_args.skip_bad_samples,
+        num_proc=data_args.preprocessing_num_workers,
+    )
+    id2label = dict(enumerate(splits["train"].features["labels"].names))
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
     training_args = prepare_training_arguments(training_args, ft_args, has_validation="validation" in splits)
 
@@ -151,57 +143,29 @@ def main(argv=None):
         measured_on="validation" if "validation" in datasets_ else "train",
     )
     model = apply_strategy(model, ft_args)
-    trainable = trainable_parameters(model)
-    logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 
-    # 6. Trainer
+    # 6. Evaluate the untouched model, train (or fit a linear probe's head to convergence on the cached features by
+    # L-BFGS instead of by epochs), evaluate again
     metrics = ClassificationMetrics(id2label)
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=datasets_["train"],
-        eval_dataset=datasets_.get("validation"),
-        processing_class=processor,
-        data_collator=default_data_collator,
-        compute_metrics=metrics,
-    )
-
-    # 7. Evaluate the untouched model, train (or fit the linear probe by L-BFGS), evaluate again
+    trainer = build_trainer(model, training_args, datasets_, processor, metrics)
+    fit = partial(fit_classifier_head, model, device=training_args.device) if lbfgs else None
+    measure = TrainerMeasure(trainer, datasets_, metrics)
     before_label = "zero-shot" if head["head_init"] == "zeroshot" else "random head"
-    fit = None
-    if lbfgs:  # the linear probe's head, fitted to convergence on the cached features instead of by epochs
-        fit = partial(
-            fit_classifier_head, model, datasets_["train"], datasets_.get("validation"), device=training_args.device
-        )
-    run = train_with_before_after(
-        trainer,
-        datasets_,
-        metrics,
-        do_train=training_args.do_train,
-        early_stopping_patience=ft_args.early_stopping_patience,
-        resume_from_checkpoint=training_args.resume_from_checkpoint,
-        before_label=before_label,
-        fit=fit,
-    )
+    run = train_and_evaluate(trainer, datasets_, measure, ft_args, before_label=before_label, fit=fit)
 
-    # 8. Save the model, outputs and model card (and publish when --push_to_hub)
+    # 7. Save the model, outputs and model card (and publish when --push_to_hub)
     run.results.update({f"head_{k}" if k != "head_init" else k: v for k, v in head.items()})
-    return save_classification_run(
-        trainer,
-        run,
-        command=recipe_command(argv, script="recipes/clip_imagecls.py"),
-        resolved_args=args_to_dict(model_args, data_args, ft_args, cls_args, training_args),
-        skipped=skipped,
-        merge_lora=ft_args.merge_lora,
-        push_to_hub=push_to_hub,
-        task="image-classification",
+    info = RunInfo(
         pipeline_tag="image-classification",
         base_model=model_args.model_name_or_path,
         dataset=dataset_display_name(data_args),
-        before_label=before_label,
+        command=recipe_command(argv, script="recipes/clip_imagecls.py"),
         finetune_strategy=ft_args.finetune_strategy,
-        trainable=trainable,
         head=head,
+    )
+    config = args_to_dict(model_args, data_args, ft_args, cls_args, training_args)
+    return save_run(
+        trainer, run, info, config=config, skipped=skipped, push_to_hub=push_to_hub, merge_lora=ft_args.merge_lora
     )
 
 

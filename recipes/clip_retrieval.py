@@ -23,12 +23,10 @@ itself (a plain CLIPModel/SiglipModel/VisionTextDualEncoderModel/ClapModel check
 processor.
 """
 
-import logging
-import os
 import sys
 from dataclasses import dataclass, field
 
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, default_data_collator
+from transformers import TrainingArguments
 
 from mm_hf.args import (
     AudioColumnArguments,
@@ -42,21 +40,15 @@ from mm_hf.args import (
 )
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.pairs import load_caption_splits
+from mm_hf.data.validation import check_splits
 from mm_hf.errors import run_cli
-from mm_hf.hub import write_model_card, write_run_info
+from mm_hf.measures import RetrievalMeasure
 from mm_hf.models import ContrastiveDualEncoderModel
 from mm_hf.models.text_length import text_max_length
-from mm_hf.outputs import recipe_command, update_all_results, write_run_config, write_training_curves
-from mm_hf.publish import publish_run
-from mm_hf.reports import format_before_after_table
-from mm_hf.retrieval import PairTransform, build_media, load_dual_encoder, measure_retrieval, resolve_modality
-from mm_hf.run import prepare_training_arguments, start_run
-from mm_hf.training import apply_strategy, trainable_parameters
-
-logger = logging.getLogger(__name__)
-# {m}: the modality ("image" or "audio"), as the metric keys name it.
-TABLE_METRICS = ("{m}_to_text_recall@1", "{m}_to_text_recall@5", "text_to_{m}_recall@1", "text_to_{m}_recall@5",
-                 "text_to_{m}_median_rank", "zeroshot_cls_accuracy")  # fmt: skip
+from mm_hf.outputs import RunInfo, recipe_command, save_dual_encoder, save_run
+from mm_hf.retrieval import PairTransform, build_media, load_dual_encoder, resolve_modality
+from mm_hf.run import build_trainer, prepare_training_arguments, start_run, train_and_evaluate
+from mm_hf.training import apply_strategy
 
 
 @dataclass
@@ -135,15 +127,9 @@ def main(argv=None):
             skip_bad=data_args.skip_bad_samples,
             media_flag=f"--{modality}_column",
         )
-    for name in list(splits):
-        splits[name], _ = media.check(
-            splits[name],
-            skip_bad=data_args.skip_bad_samples,
-            num_proc=data_args.preprocessing_num_workers,
-            split_name=name,
-        )
-    eval_split = "test" if "test" in splits else "validation"
-    key = "test" if eval_split == "test" else "eval"  # metric prefixes: test_*, eval_* (Trainer's convention)
+    splits, skipped = check_splits(
+        splits, media.check, skip_bad=data_args.skip_bad_samples, num_proc=data_args.preprocessing_num_workers
+    )
     push_to_hub = training_args.push_to_hub
     # Gathering negatives needs the same batch size on every process: drop the ragged last batch. No labels:
     # the loss comes from the pairs themselves (Trainer then reports eval_loss without them).
@@ -159,96 +145,37 @@ def main(argv=None):
     # 4. Model: the contrastive wrapper (the loss is the model's own) and what the strategy trains
     model = ContrastiveDualEncoderModel.from_backbone(backbone, ret_args.loss, ret_args.gather_negatives, base_model)
     model = apply_strategy(model, ft_args)
-    trainable = trainable_parameters(model)
-    logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 
-    # 5. Inputs (an image or clip + one of its captions per row) and Trainer
-    train_ds = splits["train"].with_transform(
-        PairTransform(media, tokenizer, train=True, augment=ret_args.augment, max_length=max_length)
+    # 5. Inputs (an image or clip + one of its captions per row); evaluate the untouched model, train, evaluate again
+    transforms = {
+        train: PairTransform(media, tokenizer, train=train, augment=train and ret_args.augment, max_length=max_length)
+        for train in (True, False)
+    }
+    datasets_ = {name: split.with_transform(transforms[name == "train"]) for name, split in splits.items()}
+    trainer = build_trainer(model, training_args, datasets_, processor)
+    measure = RetrievalMeasure(
+        trainer,
+        splits,
+        media,
+        tokenizer,
+        max_length=max_length,
+        zeroshot_eval_dir=ret_args.zeroshot_eval_dir,
+        prompt_templates=ret_args.prompt_templates,
+        validation_loss=training_args.do_eval,
     )
-    eval_ds = None
-    if "validation" in splits:
-        eval_ds = splits["validation"].with_transform(
-            PairTransform(media, tokenizer, train=False, max_length=max_length)
-        )
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=processor,
-        data_collator=default_data_collator,
+    run = train_and_evaluate(trainer, splits, measure, ft_args, before_label="zero-shot")
+
+    # 6. Save the dual encoder (LoRA merged), processor, results and card (and publish when --push_to_hub)
+    info = RunInfo(
+        pipeline_tag=media.pipeline_tag,
+        task=media.task,
+        base_model=base_model,
+        dataset=dataset_display_name(data_args),
+        command=recipe_command(argv, script="recipes/clip_retrieval.py"),
+        finetune_strategy=ft_args.finetune_strategy,
     )
-
-    def measure(prefix: str) -> dict:
-        """Retrieval (and zero-shot classification) metrics of the current weights, on the main process."""
-        if not trainer.is_world_process_zero():
-            return {}
-        return measure_retrieval(
-            trainer.accelerator.unwrap_model(trainer.model),
-            splits[eval_split],
-            media,
-            tokenizer,
-            batch_size=training_args.per_device_eval_batch_size,
-            max_length=max_length,
-            prefix=f"{prefix}{key}_",
-            zeroshot_eval_dir=ret_args.zeroshot_eval_dir,
-            prompt_templates=ret_args.prompt_templates,
-        )
-
-    # 6. Evaluate the untouched model, train, evaluate again
-    before = measure("zeroshot_")
-    results = dict(before)
-    train_runtime = None
-    if training_args.do_train:
-        if ft_args.early_stopping_patience is not None:
-            trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=ft_args.early_stopping_patience))
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        train_runtime = train_result.metrics.get("train_runtime")
-        results.update(train_result.metrics, train_samples=len(splits["train"]))
-    if eval_ds is not None and training_args.do_eval:
-        results.update(trainer.evaluate(eval_ds, metric_key_prefix="eval"))
-    after = measure("")
-    results.update(after)
-
-    # 7. Save the dual encoder (LoRA merged), processor, results and card
-    out = training_args.output_dir
-    trainer.accelerator.wait_for_everyone()
-    if trainer.is_world_process_zero():
-        trained = trainer.accelerator.unwrap_model(trainer.model)
-        trained = trained.merge_and_unload() if hasattr(trained, "peft_config") else trained
-        trained.backbone.save_pretrained(out)
-        processor.save_pretrained(out)
-        command = recipe_command(argv, script="recipes/clip_retrieval.py")
-        table = format_before_after_table(
-            {k.removeprefix("zeroshot_"): v for k, v in before.items()},
-            after,
-            metrics=[f"{key}_{m.format(m=media.name)}" for m in TABLE_METRICS],
-        )
-        with open(os.path.join(out, "before_after.md"), "w") as f:
-            f.write(table)
-        write_training_curves(trainer, out)
-        update_all_results(out, results)
-        write_run_config(out, args_to_dict(model_args, data_args, ft_args, ret_args, training_args), command)
-        write_run_info(
-            out,
-            task=media.task,
-            pipeline_tag=media.pipeline_tag,
-            base_model=base_model,
-            dataset=dataset_display_name(data_args),
-            command=command,
-            eval_split=key,
-            before_label="before fine-tuning",
-            finetune_strategy=ft_args.finetune_strategy,
-            saved_as="full",
-            trainable=trainable,
-            train_runtime=train_runtime,
-        )
-        write_model_card(out)
-        print(f"\nRetrieval on the {eval_split} split ({len(splits[eval_split])} {media.plural}):\n\n{table}")
-        if push_to_hub:
-            publish_run(training_args, out)
-    return results
+    config = args_to_dict(model_args, data_args, ft_args, ret_args, training_args)
+    return save_run(trainer, run, info, config=config, skipped=skipped, push_to_hub=push_to_hub, save=save_dual_encoder)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ The test split is evaluated before training (untrained heads: the chance baselin
 modality removed (`test_without_<modality>_<metric>`: what each modality contributes).
 """
 
-import logging
 import sys
 
 from mm_hf.args import (
@@ -33,14 +32,13 @@ from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.multimodal import MultimodalColumns, check_media, load_multimodal_splits
 from mm_hf.data.tabular import TabularProcessor
 from mm_hf.errors import UserError, run_cli
-from mm_hf.evaluation import train_fusion
+from mm_hf.measures import FUSION_BEFORE_LABEL
 from mm_hf.models import build_fusion_classifier
-from mm_hf.outputs import recipe_command, save_fusion_run
+from mm_hf.outputs import fusion_run_info, recipe_command, save_run
 from mm_hf.processing import MultimodalProcessor, ProcessorSettings
-from mm_hf.run import start_run
-from mm_hf.training import apply_strategy, trainable_parameters
+from mm_hf.run import fusion_trainer, start_run, train_and_evaluate
+from mm_hf.training import apply_strategy
 
-logger = logging.getLogger(__name__)
 ARGUMENT_TYPES = (FusionModelArguments, FusionDataArguments, DataArguments, FinetuneArguments, FusionTrainingArguments)
 
 
@@ -101,27 +99,25 @@ def main(argv=None):
         **model_args.config_kwargs(),
     )
     model = apply_strategy(model, ft_args, model_args.encoder_strategies())
-    trainable = trainable_parameters(model)
-    logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 
     # 5. Trainer over inputs decoded on the fly: untrained heads evaluated, trained, evaluated again (also with
     # each modality removed)
-    trainer, run = train_fusion(model, processor, splits, tasks, modalities, training_args, ft_args, fusion_args)
+    trainer, datasets_, measure = fusion_trainer(
+        model, processor, splits, tasks, modalities, training_args, ft_args, fusion_args
+    )
+    run = train_and_evaluate(trainer, datasets_, measure, ft_args, before_label=FUSION_BEFORE_LABEL)
 
     # 6. Save the model (LoRA merged), processor, reports and card (and publish when --push_to_hub)
-    return save_fusion_run(
-        trainer,
-        run,
-        tasks=tasks,
-        modalities=modalities,
-        encoders=encoders,
-        command=recipe_command(argv, script="recipes/fusion_imagetext_cls.py"),
-        resolved_args=args_to_dict(model_args, fusion_args, data_args, ft_args, training_args),
-        skipped=skipped,
-        push_to_hub=training_args.push_to_hub,
+    info = fusion_run_info(
+        modalities,
+        encoders,
         dataset=dataset_display_name(data_args),
+        command=recipe_command(argv, script="recipes/fusion_imagetext_cls.py"),
         finetune_strategy=ft_args.finetune_strategy,
-        trainable=trainable,
+    )
+    config = args_to_dict(model_args, fusion_args, data_args, ft_args, training_args)
+    return save_run(
+        trainer, run, info, config=config, skipped=skipped, push_to_hub=training_args.push_to_hub, merge_lora=True
     )
 
 

@@ -17,7 +17,6 @@ missing modalities, ablations (`test_without_video_accuracy`, ...), outputs and 
 recipes/fusion_imagetext_cls.py.
 """
 
-import logging
 import sys
 from dataclasses import dataclass, field
 
@@ -28,14 +27,12 @@ from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.multimodal import MODALITIES, MultimodalColumns, check_media, load_multimodal_splits
 from mm_hf.data.tabular import TabularProcessor
 from mm_hf.errors import UserError, run_cli
-from mm_hf.evaluation import train_fusion
+from mm_hf.measures import FUSION_BEFORE_LABEL
 from mm_hf.models import build_fusion_classifier
-from mm_hf.outputs import recipe_command, save_fusion_run
+from mm_hf.outputs import add_video_auto_class, fusion_run_info, recipe_command, save_run
 from mm_hf.processing import MultimodalProcessor, ProcessorSettings
-from mm_hf.run import start_run
-from mm_hf.training import apply_strategy, trainable_parameters
-
-logger = logging.getLogger(__name__)
+from mm_hf.run import fusion_trainer, start_run, train_and_evaluate
+from mm_hf.training import apply_strategy
 
 
 @dataclass
@@ -137,28 +134,27 @@ def main(argv=None):
         **model_args.config_kwargs(),
     )
     model = apply_strategy(model, ft_args, model_args.encoder_strategies())
-    trainable = trainable_parameters(model)
-    logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
 
-    # 5. Trainer over inputs decoded on the fly: untrained heads evaluated, trained, evaluated again (also with
-    # each modality removed)
-    trainer, run = train_fusion(model, processor, splits, tasks, modalities, training_args, ft_args, fusion_args)
+    # 5. Trainer over clips decoded on the fly (a frozen encoder's outputs cached once): untrained heads evaluated,
+    # trained, evaluated again, also with each of video / audio / text / tabular removed
+    trainer, datasets_, measure = fusion_trainer(
+        model, processor, splits, tasks, modalities, training_args, ft_args, fusion_args
+    )
+    run = train_and_evaluate(trainer, datasets_, measure, ft_args, before_label=FUSION_BEFORE_LABEL)
 
-    # 6. Save the model (LoRA merged), processor, reports and card (and publish when --push_to_hub)
-    return save_fusion_run(
-        trainer,
-        run,
-        tasks=tasks,
-        modalities=modalities,
-        encoders=encoders,
-        command=recipe_command(argv, script="recipes/video_cls.py"),
-        resolved_args=args_to_dict(model_args, fusion_args, video_args, data_args, ft_args, training_args),
-        skipped=skipped,
-        push_to_hub=training_args.push_to_hub,
-        eval_task_type="video-classification",
+    # 6. Save the model (LoRA merged; it also loads as AutoModelForVideoClassification), processor, reports and card
+    add_video_auto_class(model)
+    info = fusion_run_info(
+        modalities,
+        encoders,
         dataset=dataset_display_name(data_args),
+        command=recipe_command(argv, script="recipes/video_cls.py"),
         finetune_strategy=ft_args.finetune_strategy,
-        trainable=trainable,
+        eval_task_type="video-classification",
+    )
+    config = args_to_dict(model_args, fusion_args, video_args, data_args, ft_args, training_args)
+    return save_run(
+        trainer, run, info, config=config, skipped=skipped, push_to_hub=training_args.push_to_hub, merge_lora=True
     )
 
 

@@ -199,3 +199,16 @@ def test_hub_format_dataset_with_image_feature_and_caption_lists(tiny_vtde, digi
         "--finetune_strategy", "lock_text",
     ])  # fmt: skip
     assert results["test_num_items"] == 20 and results["test_num_texts"] == 20  # the "NA" captions were dropped
+
+
+def test_unreadable_images_are_skipped_and_reported_like_the_classifiers(tiny_vtde, pairs_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(pairs_dir, data)
+    bad = sorted((data / "test").rglob("*.png"))[0]
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated PNG
+    results = run(tiny_vtde, tmp_path / "out", data, "--skip_bad_samples", "true", steps=1)
+    assert results["skipped_bad_samples"] == 1
+    assert json.loads((tmp_path / "out" / "all_results.json").read_text())["skipped_bad_samples"] == 1
+    assert results["test_samples"] == len(list((data / "test").rglob("*.png"))) - 1
+    printed = capsys.readouterr().out
+    assert f"Skipped 1 unreadable samples: {bad}" in printed

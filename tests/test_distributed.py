@@ -127,7 +127,8 @@ def test_two_process_run_reports_each_test_image_once(strategy, tiny_vtde, digit
     # step consumed 2 x 4 training images (one process would have reached only 4 * 4 / 48 of an epoch).
     logged = PROCESSES if replicas_log else 1
     assert proc.stderr.count(f"world_size={PROCESSES} (DistributedType.MULTI_CPU)") == logged, proc.stderr[-3000:]
-    assert proc.stderr.count(f"INFO __main__: finetune_strategy={strategy}") == logged, proc.stderr[-3000:]
+    # Logged by the protocol (mm_hf.run.train_and_evaluate), once per logging process.
+    assert proc.stderr.count(f"INFO mm_hf.run: finetune_strategy={strategy}") == logged, proc.stderr[-3000:]
     checkpoint = out / f"checkpoint-{STEPS}"
     assert {f"rng_state_{rank}.pth" for rank in range(PROCESSES)} <= set(os.listdir(checkpoint))
     results = json.loads((out / "all_results.json").read_text())

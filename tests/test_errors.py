@@ -20,7 +20,7 @@ from mm_hf.data.images import BadSampleError
 from mm_hf.data.labels import encode_labels
 from mm_hf.data.loading import load_classification_splits
 from mm_hf.errors import DataError, UserError, run_cli
-from mm_hf.evaluation import train_with_before_after
+from mm_hf.run import train_and_evaluate
 
 recipe = load_recipe("clip_imagecls")
 RECIPES = ("clip_imagecls", "audio_cls", "clip_retrieval", "fusion_imagetext_cls", "video_cls")
@@ -182,7 +182,7 @@ def test_no_held_out_split_is_refused_before_training(tiny_vtde, digits_dir, tmp
 def test_before_after_protocol_refuses_train_alone_before_touching_the_trainer():
     # The fusion recipes' loader accepts a train split alone; their protocol then had nothing to evaluate on.
     with pytest.raises(DataError, match="nothing to evaluate on"):
-        train_with_before_after(None, {"train": [0, 1]}, None, do_train=True)
+        train_and_evaluate(None, {"train": [0, 1]}, None, None, before_label="zero-shot")
 
 
 def test_single_class_training_data_is_refused(tiny_vtde, digits_dir, tmp_path):

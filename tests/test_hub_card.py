@@ -1,4 +1,4 @@
-"""mm_hf.hub: the model card's metadata, as the Hub reads it back from README.md."""
+"""mm_hf.cards: the model card's metadata, as the Hub reads it back from README.md."""
 
 import json
 
@@ -6,12 +6,11 @@ import pytest
 import yaml
 from huggingface_hub import metadata_load
 
-from mm_hf.hub import write_model_card, write_run_info
+from mm_hf.cards import RunInfo, write_model_card, write_run_info
 
 
 def card_metadata(tmp_path, base_model) -> dict:
-    write_run_info(
-        str(tmp_path),
+    info = RunInfo(
         task="multimodal (image + text) classification",
         pipeline_tag=None,
         eval_task_type="multimodal-classification",
@@ -24,6 +23,7 @@ def card_metadata(tmp_path, base_model) -> dict:
         train_runtime=1.0,
         usage="fusion",
     )
+    write_run_info(str(tmp_path), info)
     (tmp_path / "all_results.json").write_text(json.dumps({"test_accuracy": 0.5, "test_samples": 4}))
     (tmp_path / "run_config.yaml").write_text(yaml.safe_dump({"learning_rate": 1e-3}))
     card = write_model_card(str(tmp_path))

@@ -175,3 +175,13 @@ def _summary_error(
     first_source, first_reason = bad[0]
     summary = f"{len(bad)} of {total} {kind} in {split_name!r} cannot be used:\n{listed}\n{hint}"
     return BadSampleError(first_source, f"{first_reason}\n{summary}")
+
+
+def check_splits(splits, check: Callable, *args, **kwargs) -> tuple[Any, dict[str, list[tuple[str, str]]]]:
+    """`check(split, *args, split_name=..., **kwargs)` (`check_images`, `check_audio`, a retrieval media's
+    `check`) on every split: returns the splits (bad samples dropped with `skip_bad=True`) and split ->
+    [(source, reason)] of what was dropped, which every recipe reports the same way (`mm_hf.outputs.save_run`)."""
+    skipped = {}
+    for name in list(splits):
+        splits[name], skipped[name] = check(splits[name], *args, split_name=name, **kwargs)
+    return splits, skipped

@@ -25,7 +25,7 @@ from transformers.utils.logging import tqdm
 from ..args import DataArguments
 from ..data.multimodal import MultimodalColumns, check_media, load_multimodal_splits
 from ..errors import DataError, UserError
-from ..evaluation import WithoutModality
+from ..measures import WithoutModality
 from ..metrics.tasks import compute_task_metrics
 from ..processing import MultimodalProcessor
 

@@ -1,6 +1,8 @@
 """Building a multimodal fusion classifier from pretrained encoders (one Hub id or path per modality)."""
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 
 from transformers import AutoConfig, AutoModel, PreTrainedConfig
 
@@ -47,9 +49,25 @@ def _load_tower(encoder, tower) -> bool:
     return False
 
 
+@dataclass
+class Task:
+    """One head of a fusion model: what it predicts and how its loss counts.
+
+    The model's config keeps tasks as plain dicts (`to_dict`), so saved checkpoints load without mm_hf.
+    """
+
+    name: str  # the label column (the batch key is `labels`, or `labels_<name>` in a multi-task model)
+    problem_type: str  # one of configuration_multimodal_fusion.PROBLEM_TYPES
+    labels: list  # class or label names (regression: the target names)
+    loss_weight: float = 1.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 def build_fusion_classifier(
     encoders: dict[str, str | None],
-    tasks: list[dict],
+    tasks: list[Task] | list[dict],
     *,
     tabular_num_numeric: int = 0,
     tabular_cardinalities=(),
@@ -62,13 +80,14 @@ def build_fusion_classifier(
 
     encoders: modality -> Hub id or path, in the order the modalities are fused ("image", "video", "text",
         "audio"; "tabular" maps to None). "image" and "video" share one vision encoder (give the same id).
-    tasks: [{"name", "problem_type", "labels", "loss_weight"}]; config_kwargs: any other
+    tasks: one `mm_hf.metrics.tasks.Task` per head (or its dict, as the config stores it); config_kwargs: any other
         `MultimodalFusionConfig` field (fusion, hidden_size, poolings, modality_dropout, ...).
     audio_feature_extractor, max_length_seconds: a Whisper audio encoder and its extractor (changed in place, saved
         with the processor) move from the 30 s window to one that fits clips of `max_length_seconds`
         (`fit_whisper_window`).
     """
     from_pretrained_kwargs = from_pretrained_kwargs or {}
+    tasks = [task.to_dict() if isinstance(task, Task) else dict(task) for task in tasks]  # the config holds dicts
     loaded, sub_configs, names = {}, {}, {}
     for modality, path in encoders.items():
         slot = ENCODER_OF.get(modality)

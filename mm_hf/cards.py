@@ -6,8 +6,10 @@ equals `all_results.json`, and `mm_hf.publish` can re-render the card for anothe
 merged) without retraining.
 """
 
+import dataclasses
 import json
 import os
+from dataclasses import dataclass
 
 import torch
 import transformers
@@ -42,16 +44,55 @@ CARD_HYPERPARAMETERS = (
 PLOTS = (("confusion_matrix.png", "Confusion matrix"), ("training_curves.png", "Training curves"))
 
 
-def write_run_info(output_dir: str, **info) -> dict:
-    """Record what the card needs beyond arguments and metrics: task, base model, data, command, ...
+@dataclass
+class RunInfo:
+    """What `run_info.json` records for the card beyond the arguments and metrics: one record per output folder.
 
-    Expected keys: task, pipeline_tag, base_model (a name, or a list for a fusion model's encoders), dataset, command, eval_split, before_label,
-    finetune_strategy, saved_as ("full" | "adapter" | "merged"), trainable (dict), train_runtime.
+    A recipe fills the first block; `mm_hf.outputs.save_run` the measured part (eval split, before label, saved
+    variant, trainable parameters, train runtime); `write_run_info` the environment. The card reads the record
+    back with `read_run_info`.
     """
-    info = {**info, "hardware": _hardware(), "transformers_version": transformers.__version__}
+
+    pipeline_tag: str | None  # the Hub pipeline of the saved model; None where none fits (fusion)
+    base_model: str | list[str]  # a name, or one per encoder of a fusion model
+    dataset: str
+    command: str
+    finetune_strategy: str | None = None
+    task: str | None = None  # the card's tag and summary; default: the pipeline tag
+    eval_task_type: str | None = None  # the model-index task type; default: the pipeline tag
+    head: dict | None = None  # how the classifier head was initialised (clip_imagecls)
+    usage: str | None = None  # the card's usage snippet ("fusion", "fusion_video"); default: from the pipeline tag
+    extra_tags: list[str] | None = None
+    eval_split: str | None = None  # Trainer's prefix of the held-out split: "test" or "eval"
+    before_label: str | None = None  # what "before" means in the table: zero-shot, untrained heads, ...
+    saved_as: str | None = None  # "full", "adapter" or "merged"
+    trainable: dict | None = None  # mm_hf.training.trainable_parameters: parameters trained / total
+    train_runtime: float | None = None  # None: not trained
+    hardware: str | None = None
+    transformers_version: str | None = None
+
+    def __post_init__(self):
+        self.task = self.task or self.pipeline_tag
+
+
+# Written only when set, so each recipe's run_info.json keeps the keys it always had.
+_OPTIONAL_FIELDS = ("eval_task_type", "head", "usage", "extra_tags")
+
+
+def write_run_info(output_dir: str, info: RunInfo) -> dict:
+    """`run_info.json`: `info` with this machine's hardware and transformers version; returns what was written."""
+    info = dataclasses.replace(info, hardware=_hardware(), transformers_version=transformers.__version__)
+    record = {k: v for k, v in dataclasses.asdict(info).items() if v is not None or k not in _OPTIONAL_FIELDS}
     with open(os.path.join(output_dir, RUN_INFO), "w") as f:
-        json.dump(info, f, indent=2)
-    return info
+        json.dump(record, f, indent=2)
+    return record
+
+
+def read_run_info(output_dir: str) -> RunInfo:
+    """The `RunInfo` an output folder recorded (keys this version does not know are ignored)."""
+    record = _read_json(output_dir, RUN_INFO)
+    names = {f.name for f in dataclasses.fields(RunInfo)}
+    return RunInfo(**{k: v for k, v in record.items() if k in names})
 
 
 def write_model_card(
@@ -74,21 +115,21 @@ def write_model_card(
 def render_model_card(
     output_dir: str, saved_as: str | None = None, repo_id: str | None = None, license: str | None = None
 ) -> ModelCard:
-    info = _read_json(output_dir, RUN_INFO)
+    info = read_run_info(output_dir)
     results = _read_json(output_dir, "all_results.json")
     with open(os.path.join(output_dir, "run_config.yaml")) as f:
         resolved = yaml.safe_load(f) or {}
-    saved_as = saved_as or info["saved_as"]
-    split, dataset = info["eval_split"], info["dataset"]
+    saved_as = saved_as or info.saved_as
+    split, dataset = info.eval_split, info.dataset
     # A fusion model has one base model per encoder: the Hub's `base_model` is then a list of ids.
-    base_models = info["base_model"] if isinstance(info["base_model"], list) else [info["base_model"]]
+    base_models = info.base_model if isinstance(info.base_model, list) else [info.base_model]
     hub_ids = [name for name in base_models if _is_hub_id(name)]
     base_model = " + ".join(base_models)
     dataset_id = dataset if _is_hub_id(dataset) else None
     prefix = f"{split}_"
     eval_results = [
         EvalResult(
-            task_type=info.get("eval_task_type") or info["pipeline_tag"],
+            task_type=info.eval_task_type or info.pipeline_tag,
             dataset_type=dataset_id or "custom",
             dataset_name=dataset_id or os.path.basename(os.path.normpath(dataset)),
             dataset_split=split,
@@ -102,44 +143,40 @@ def render_model_card(
         library_name="peft" if saved_as == "adapter" else "transformers",
         base_model=hub_ids[0] if len(hub_ids) == 1 else hub_ids or None,
         datasets=[dataset_id] if dataset_id else None,
-        license=license or info.get("license"),
-        tags=["mm-hf", info["task"]]
-        + info.get("extra_tags", [])
-        + (["lora"] if info.get("finetune_strategy") == "lora" else []),
-        pipeline_tag=info["pipeline_tag"],
-        model_name=info.get("model_name") or os.path.basename(os.path.normpath(output_dir)),
+        license=license,
+        tags=["mm-hf", info.task] + (info.extra_tags or []) + (["lora"] if info.finetune_strategy == "lora" else []),
+        pipeline_tag=info.pipeline_tag,
+        model_name=os.path.basename(os.path.normpath(output_dir)),
         eval_results=eval_results or None,
     )
-    trainable = info["trainable"]
+    trainable = info.trainable
     return ModelCard.from_template(
         card_data,
         template_path=TEMPLATE,
         model_name=card_data.model_name,
-        summary=f"An {info['task']} model fine-tuned from {' + '.join(f'`{b}`' for b in base_models)} on {dataset} "
+        summary=f"An {info.task} model fine-tuned from {' + '.join(f'`{b}`' for b in base_models)} on {dataset} "
         "with mm-hf.",
         eval_split=split,
         eval_samples=results.get(f"{split}_samples", "?"),
-        before_label=info.get("before_label", "zero-shot"),
+        before_label=info.before_label or "zero-shot",
         before_after_table=_read_text(output_dir, "before_after.md"),
         classification_report=_read_text(output_dir, "classification_report.txt").rstrip(),  # "" when absent
         plots=[{"title": t, "path": n} for n, t in PLOTS if os.path.exists(os.path.join(output_dir, n))],
-        usage=_usage(saved_as, info["pipeline_tag"], base_model, info.get("usage")).replace(
-            "REPO_ID", repo_id or output_dir
-        ),
+        usage=_usage(saved_as, info.pipeline_tag, base_model, info.usage).replace("REPO_ID", repo_id or output_dir),
         base_model_links=" + ".join(
             f"[{name}](https://huggingface.co/{name})" if _is_hub_id(name) else f"`{name}`" for name in base_models
         ),
         dataset=dataset,
-        finetune_strategy=info.get("finetune_strategy", "?"),
+        finetune_strategy=info.finetune_strategy or "?",
         trainable_params=f"{trainable['trainable_params']:,}",
         total_params=f"{trainable['total_params']:,}",
         trainable_share=f"{trainable['trainable_share_percent']:.2f}",
-        hardware=info.get("hardware", "?"),
-        train_runtime=f"{info['train_runtime']:.1f} s" if info.get("train_runtime") is not None else "not trained",
+        hardware=info.hardware or "?",
+        train_runtime=f"{info.train_runtime:.1f} s" if info.train_runtime is not None else "not trained",
         hyperparameters="\n".join(f"- {k}: {v}" for k, v in _card_hyperparameters(resolved).items()),
-        command=info["command"],
+        command=info.command,
         resolved_config=yaml.safe_dump(resolved, sort_keys=True).rstrip(),
-        transformers_version=info.get("transformers_version", transformers.__version__),
+        transformers_version=info.transformers_version or transformers.__version__,
     )
 
 
