@@ -57,14 +57,16 @@ def tower_strategies(
     return plan
 
 
-def apply_strategy(model: nn.Module, args, per_encoder: dict[str, str | None] | None = None) -> nn.Module:
+def apply_strategy(
+    model: nn.Module, args, per_encoder: dict[str, str | None] | None = None, *, freeze_feature_encoder: bool = False
+) -> nn.Module:
     """Make trainable what `args.finetune_strategy` (FinetuneArguments) trains of `model`; returns a PeftModel
     when a tower gets LoRA. `per_encoder` (fusion models): encoder key -> strategy overriding the run's.
 
     The head always trains (under LoRA as `parts.head_with_lora` says); a tower trains by its strategy: nothing
     (frozen; it also runs in eval mode), its last `args.unfreeze_last_n_layers` layers and what follows them
     (top_k), everything (full), or LoRA adapters on its layers (`args.lora_*`). Parameters the model fixes stay
-    frozen, the conv feature encoder too with `args.freeze_feature_encoder`, and every frozen BatchNorm keeps its
+    frozen, the conv feature encoder too with `freeze_feature_encoder` (wav2vec2-style audio models), and every frozen BatchNorm keeps its
     running statistics.
     """
     parts = model.parts()
@@ -84,7 +86,7 @@ def apply_strategy(model: nn.Module, args, per_encoder: dict[str, str | None] | 
             model.get_submodule(tower.path).register_forward_pre_hook(_keep_eval_mode)
     fixed = list(parts.fixed) + [f"{tower.path}.{name}" for tower in parts.towers.values() for name in tower.fixed]
     set_trainable(model, trainable)
-    if getattr(args, "freeze_feature_encoder", False) and hasattr(model, "freeze_feature_encoder"):
+    if freeze_feature_encoder and hasattr(model, "freeze_feature_encoder"):
         model.freeze_feature_encoder()
     freeze(model, fixed)
     if lora:

@@ -95,8 +95,6 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parsed = fill_strategy_defaults(start_run(ARGUMENT_TYPES, argv))  # lr, epochs, schedule per strategy
     model_args, data_args, ft_args, audio_args, training_args = parsed
-    # The feature encoder flag lives with the audio arguments; the strategy reads it from ft_args.
-    ft_args.freeze_feature_encoder = audio_args.freeze_feature_encoder
 
     # 2. Feature extractor: its sampling rate is the one every clip is validated and resampled at
     hub_kwargs = model_args.hub_kwargs()
@@ -164,7 +162,7 @@ def main(argv=None):
             max_length_seconds=audio_args.max_length_seconds,
             **hub_kwargs,
         )
-    model = apply_strategy(model, ft_args)
+    model = apply_strategy(model, ft_args, freeze_feature_encoder=audio_args.freeze_feature_encoder)
 
     # 5. Inputs: cached embeddings (CLAP) or pooled frames for a linear probe, clips decoded on the fly otherwise
     clips = dict(audio_column=column, max_length_seconds=audio_args.max_length_seconds, augment=audio_args.augment)

@@ -197,7 +197,7 @@ def test_pooling_modules_shapes_and_attention_weights():
 
 def strategy_args(strategy, **overrides):
     values = dict(finetune_strategy=strategy, unfreeze_last_n_layers=1, lora_r=4, lora_alpha=8, lora_dropout=0.0,
-                  lora_target_modules=None, freeze_feature_encoder=False)  # fmt: skip
+                  lora_target_modules=None)  # fmt: skip
     return SimpleNamespace(**{**values, **overrides})
 
 
@@ -232,7 +232,7 @@ CASES = [
 @pytest.mark.parametrize(("name", "strategy", "overrides"), CASES)
 def test_strategies_train_exactly_the_trainable_parameters(backbones, name, strategy, overrides):
     folder = backbones[name]
-    model = apply_strategy(classifier(folder, pooling="attention"), strategy_args(strategy, **overrides))
+    model = apply_strategy(classifier(folder, pooling="attention"), strategy_args(strategy), **overrides)
     inputs = features(folder, [waveform(0.5), waveform(0.5, seed=1)])
     trainable, changed = train_three_steps(model, inputs)
     assert trainable

@@ -285,7 +285,7 @@ def test_lora_adapter_on_the_short_window_reloads_with_that_window(whisper4s, tm
 
     model, transform = classifier_and_transform(whisper4s, max_length_seconds=1.0)
     args = SimpleNamespace(finetune_strategy="lora", unfreeze_last_n_layers=1, lora_r=4, lora_alpha=8,
-                           lora_dropout=0.0, lora_target_modules=None, freeze_feature_encoder=False)  # fmt: skip
+                           lora_dropout=0.0, lora_target_modules=None)  # fmt: skip
     model = apply_strategy(model, args).eval()
     with torch.no_grad():  # a trained-looking adapter: non-zero LoRA deltas
         for name, param in model.named_parameters():

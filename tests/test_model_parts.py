@@ -28,7 +28,7 @@ CLIP_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 def args(strategy, **overrides):
     values = dict(finetune_strategy=strategy, unfreeze_last_n_layers=1, lora_r=2, lora_alpha=4, lora_dropout=0.0,
-                  lora_target_modules=None, freeze_feature_encoder=False)  # fmt: skip
+                  lora_target_modules=None)  # fmt: skip
     return SimpleNamespace(**{**values, **overrides})
 
 
