@@ -20,7 +20,7 @@ from ..metrics.calibration import CalibrationMetrics
 from ..metrics.significance import bootstrap_ci, bootstrap_metric_ci, mcnemar_test, paired_bootstrap_metric_test
 from ..metrics.streaming import ClassificationMetrics
 
-HEADLINE_METRICS = ("accuracy", "macro_f1", "weighted_f1")
+BOOTSTRAPPED_METRICS = ("accuracy", "macro_f1", "weighted_f1")
 # Column carrying each sample's position in its set: the corruption seed and the order of gathered predictions.
 INDEX_COLUMN = "sample_index"
 
@@ -163,7 +163,7 @@ def confidence_intervals(scores: SetScores, num_labels: int, top_k: int | None, 
         name: bootstrap_metric_ci(
             name, scores.labels, scores.predictions, num_labels=num_labels, num_resamples=num_resamples, seed=seed
         ).as_dict()
-        for name in HEADLINE_METRICS
+        for name in BOOTSTRAPPED_METRICS
     }
     if top_k and scores.top_k_hits is not None:
         out[f"top{top_k}_accuracy"] = bootstrap_ci(scores.top_k_hits, num_resamples=num_resamples, seed=seed).as_dict()
