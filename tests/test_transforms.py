@@ -401,3 +401,14 @@ def test_processors_this_module_does_not_mirror_run_as_they_are(image_paths):
         out = transform({"image": image_paths})["pixel_values"]
         for path, pixels in zip(image_paths, out, strict=True):
             assert torch.equal(pixels, processor(load_image(path), return_tensors="pt")["pixel_values"][0])
+
+
+def test_load_image_reduced_passes_the_callers_errors_through(tmp_path):
+    path = tmp_path / "photo.jpg"
+    _smooth_photo(64, 48).save(path, quality=90)
+
+    def broken(width, height):
+        raise RuntimeError("planning failed")
+
+    with pytest.raises(RuntimeError, match="planning failed"):  # not reported as a corrupt image
+        load_image_reduced(str(path), broken)

@@ -146,22 +146,38 @@ def _load_path(path: Path, max_reduction: MaxReduction | None) -> tuple[Image.Im
     return _decode(path, str(path), max_reduction)
 
 
+class _CallerError(Exception):
+    """Carries an exception from the caller's `max_reduction` past `_decode`'s handlers, which
+    would otherwise report it as a corrupt image."""
+
+
 def _decode(file: Path | io.BytesIO, name: str, max_reduction: MaxReduction | None) -> tuple[Image.Image, int]:
     try:
         with _refuse_truncated, Image.open(file) as image:
             _check_size(image, name)
             if max_reduction is None or image.format != "JPEG":
-                return _no_reduction(_to_upright_rgb(image, name), max_reduction)
-            reduction = _draft(image, max_reduction(*_upright_size(image)))
-            return _to_upright_rgb(image, name), reduction
+                decoded, reduction = _to_upright_rgb(image, name), None
+            else:
+                reduction = _draft(image, _ask(max_reduction, *_upright_size(image)))
+                decoded = _to_upright_rgb(image, name)
     except BadSampleError:
         raise
+    except _CallerError as error:
+        raise error.__cause__ from None
     except Image.DecompressionBombError as error:
         raise BadSampleError(name, f"{error} (decompression-bomb guard)") from error
     # PIL reports bad data with many exception types (OSError, SyntaxError, ValueError,
     # struct.error, EOFError, ...); any of them means this sample cannot be used.
     except Exception as error:
         raise BadSampleError(name, _describe_failure(error)) from error
+    return _no_reduction(decoded, max_reduction) if reduction is None else (decoded, reduction)
+
+
+def _ask(max_reduction: MaxReduction, width: int, height: int) -> float:
+    try:
+        return max_reduction(width, height)
+    except Exception as error:
+        raise _CallerError() from error
 
 
 def _upright_size(image: Image.Image) -> tuple[int, int]:
