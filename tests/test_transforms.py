@@ -22,6 +22,7 @@ from transformers import (
 
 from mm_hf.data.images import load_image, load_image_reduced
 from mm_hf.data.transforms import (
+    ProcessorGeometry,
     RandomHorizontalFlip,
     RandomResizedCrop,
     build_image_transform,
@@ -361,14 +362,30 @@ def test_draft_is_used_only_for_large_jpegs(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------- lean evaluation path
 
 
-@pytest.mark.parametrize("name", ["clip", "vit"])
-def test_eval_of_large_jpegs_is_close_to_the_processor(name, large_jpegs):
-    processor = PROCESSORS[name][0]()
+@pytest.mark.parametrize(
+    "build",
+    [
+        _clip,
+        _vit,
+        lambda: CLIPImageProcessor(size={"shortest_edge": 20}, crop_size={"height": 40, "width": 24}),  # pads
+    ],
+    ids=["clip", "vit", "crop-larger-than-resize"],
+)
+def test_eval_of_large_jpegs_is_close_to_the_processor(build, large_jpegs, monkeypatch):
+    reductions = []
+    geometry = ProcessorGeometry.__call__
+    monkeypatch.setattr(
+        ProcessorGeometry,
+        "__call__",
+        lambda self, image, size, r=1: reductions.append(r) or geometry(self, image, size, r),
+    )
+    processor = build()
     out = build_image_transform(processor, train=False)({"image": large_jpegs})["pixel_values"]
     for path, pixels in zip(large_jpegs, out, strict=True):
         expected = processor(load_image(path), return_tensors="pt")["pixel_values"][0]
         assert pixels.shape == expected.shape
         assert _in_255_units(pixels, expected, processor) < 0.5
+    assert min(reductions) >= 4  # drafted
 
 
 @pytest.mark.parametrize(

@@ -163,7 +163,7 @@ def _decode(file: Path | io.BytesIO, name: str, max_reduction: MaxReduction | No
     except BadSampleError:
         raise
     except _CallerError as error:
-        raise error.__cause__ from None
+        raise error.__cause__ from None  # the caller's own exception, as if never wrapped
     except Image.DecompressionBombError as error:
         raise BadSampleError(name, f"{error} (decompression-bomb guard)") from error
     # PIL reports bad data with many exception types (OSError, SyntaxError, ValueError,
