@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from sklearn.datasets import load_sample_image
 from transformers import BitImageProcessor
 
 from mm_hf.data.images import load_image
@@ -60,8 +61,6 @@ class FullDecodeTransform:
 
 
 def write_jpegs(folder: Path, size: tuple[int, int], count: int) -> list[str]:
-    from sklearn.datasets import load_sample_image
-
     photos = [load_sample_image(name) for name in ("china.jpg", "flower.jpg")]
     paths = []
     for index in range(count):
