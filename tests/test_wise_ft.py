@@ -91,6 +91,9 @@ def test_lora_scales_the_adapter_delta_and_interpolates_the_head(tiny_vtde, pixe
     model = build(tiny_vtde, "lora")
     assert isinstance(model, PeftModel)
     start = snapshot(model)
+    # Only the adapters and the head's trainable copy are copied, none of the frozen base weights.
+    assert start.tensors and all(".lora_" in n or ".modules_to_save." in n for n in start.tensors)
+    assert any(".lora_B." in n for n in start.tensors) and any(".modules_to_save." in n for n in start.tensors)
     before = logits(model, pixels)
     train(model)
     after = logits(model, pixels)
