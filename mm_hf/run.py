@@ -16,12 +16,10 @@ from datasets.utils import logging as datasets_logging
 from transformers import EarlyStoppingCallback, Trainer, default_data_collator
 
 from .args import TRAINING_DEFAULTS, FinetuneArguments, explicit_flags, fill_defaults, parse_args
-from .data.loading import require_evaluation_split
+from .data.loading import load_classification_splits, require_evaluation_split
+from .data.validation import check_splits
 from .errors import UserError
-from .fusion_features import CachedInputs, cache_encoder_outputs, fit_feature_statistics, frozen_modalities
-from .measures import Measure, TaskMetrics, TrainerMeasure, evaluate_without_modalities
-from .models.fusion import Task
-from .outputs import task_report_writer
+from .measures import Measure
 from .reports import format_before_after_table
 from .training import trainable_parameters
 
@@ -159,6 +157,28 @@ def start_run(argument_types, argv):
     return parsed
 
 
+def load_checked_splits(
+    data_args, training_args, cache_dir, column: str, label_column: str, check, *, input_flag: str, **check_kwargs
+):
+    """A classification recipe's data: every split loaded (on the main process first: one download/cache build, then
+    the others read it), then each sample checked by `check` (`check_images`, `check_audio`) before any training.
+
+    Returns `(splits, skipped)` as `check_splits` does; errors name `input_flag`, the running recipe's column flag.
+    """
+    with training_args.main_process_first(desc="loading data"):
+        splits = load_classification_splits(
+            data_args, column, label_column, cache_dir, training_args.seed, input_flag=input_flag
+        )
+    return check_splits(
+        splits,
+        check,
+        column,
+        skip_bad=data_args.skip_bad_samples,
+        num_proc=data_args.preprocessing_num_workers,
+        **check_kwargs,
+    )
+
+
 def build_trainer(model, training_args, datasets: dict, processor, compute_metrics=None) -> Trainer:
     """The stock Trainer of every recipe: train on `datasets["train"]`, evaluate during training on the validation
     split when there is one, batches stacked by `default_data_collator` (the transforms return tensors)."""
@@ -171,68 +191,6 @@ def build_trainer(model, training_args, datasets: dict, processor, compute_metri
         data_collator=default_data_collator,
         compute_metrics=compute_metrics,
     )
-
-
-def fusion_trainer(model, processor, splits, tasks: list[Task], modalities, training_args, ft_args, fusion_args):
-    """The fusion recipes' Trainer and measure: returns `(trainer, datasets, TrainerMeasure)`.
-
-    Inputs are decoded on the fly by `processor` (train transform with augmentation for the train split), except
-    those of frozen encoders, encoded once and cached (`mm_hf.fusion_features`, unless `--precompute_features
-    false`); before training, the encoders' pooled features get their standardisation fitted on the train split;
-    metrics come from `TaskMetrics` over every score at once (`batch_eval_metrics=False`: ROC-AUC and mAP need
-    them), labels from `labels` or `labels_<task>`. After training the measured split is evaluated again with
-    each modality removed (`fusion_args.ablate_modalities`).
-    """
-    metrics = TaskMetrics(tasks, threshold=fusion_args.threshold)
-    training_args = prepare_training_arguments(
-        training_args,
-        ft_args,
-        has_validation="validation" in splits,
-        best_metric=metrics.best_metric(),
-        label_names=fusion_args.label_names(tasks),
-        batch_eval_metrics=False,
-    )
-    train_transform = processor.transform(train=True, augment=fusion_args.augment)
-    eval_transform = processor.transform(train=False)
-    batch_size, device = training_args.per_device_eval_batch_size, training_args.device
-    cached = frozen_modalities(model) if ft_args.precompute_features else []
-    if cached:
-        logger.info(
-            "frozen encoder(s) of %s: each sample encoded once and cached (those inputs are not augmented; "
-            "--precompute_features false runs them every epoch)",
-            cached,
-        )
-        model.to(device)
-        workers = training_args.dataloader_num_workers
-        splits = {
-            name: cache_encoder_outputs(model, ds, eval_transform, cached, batch_size, device, workers)
-            for name, ds in splits.items()
-        }
-        train_transform = CachedInputs(train_transform, modalities, cached)
-        eval_transform = CachedInputs(eval_transform, modalities, cached)
-    if training_args.do_train:
-        model.to(device)
-        # Cached features are cheap to read in full; without a cache, 1024 rows through the encoders suffice.
-        counts = fit_feature_statistics(
-            model, splits["train"], eval_transform, batch_size, device, None if cached else 1024, training_args.seed
-        )
-        logger.info("feature standardisation fitted on %s training rows per modality", counts)
-    datasets = {n: ds.with_transform(train_transform if n == "train" else eval_transform) for n, ds in splits.items()}
-    trainer = build_trainer(model, training_args, datasets, processor, metrics)
-    ablate = fusion_args.ablate_modalities
-
-    def ablations(split, key):
-        return evaluate_without_modalities(trainer, splits[split], eval_transform, modalities, key) if ablate else {}
-
-    measure = TrainerMeasure(
-        trainer,
-        datasets,
-        metrics,
-        table_metrics=metrics.table_metrics(modalities if ablate else ()),
-        extra_after=ablations,
-        write_report=task_report_writer(tasks),
-    )
-    return trainer, datasets, measure
 
 
 @dataclass

@@ -34,8 +34,7 @@ from mm_hf.args import (
     fill_strategy_defaults,
 )
 from mm_hf.data.audio import AudioTransform, check_audio
-from mm_hf.data.loading import dataset_display_name, load_classification_splits
-from mm_hf.data.validation import check_splits
+from mm_hf.data.loading import dataset_display_name
 from mm_hf.errors import UserError, run_cli
 from mm_hf.features import classifier_datasets
 from mm_hf.measures import TrainerMeasure
@@ -44,7 +43,7 @@ from mm_hf.models import build_audio_classifier, build_dual_encoder_classifier
 from mm_hf.models.clip_classifier import is_audio_text_config
 from mm_hf.outputs import RunInfo, recipe_command, save_run
 from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
-from mm_hf.run import build_trainer, prepare_training_arguments, start_run, train_and_evaluate
+from mm_hf.run import build_trainer, load_checked_splits, prepare_training_arguments, start_run, train_and_evaluate
 from mm_hf.training import apply_strategy
 
 logger = logging.getLogger(__name__)
@@ -116,23 +115,10 @@ def main(argv=None):
 
     # 3. Data: every split validated (columns, labels, decodable audio) before any training
     column = audio_args.audio_column
-    with training_args.main_process_first(desc="loading data"):  # one download/cache build, then the others read it
-        splits = load_classification_splits(
-            data_args,
-            column,
-            audio_args.label_column,
-            model_args.cache_dir,
-            training_args.seed,
-            input_flag="--audio_column",
-        )
-    splits, skipped = check_splits(
-        splits,
-        check_audio,
-        column,
-        sampling_rate=feature_extractor.sampling_rate,
-        skip_bad=data_args.skip_bad_samples,
-        num_proc=data_args.preprocessing_num_workers,
-    )
+    splits, skipped = load_checked_splits(
+        data_args, training_args, model_args.cache_dir, column, audio_args.label_column, check_audio,
+        input_flag="--audio_column", sampling_rate=feature_extractor.sampling_rate,
+    )  # fmt: skip
     id2label = dict(enumerate(splits["train"].features["labels"].names))
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
     training_args = prepare_training_arguments(training_args, ft_args, has_validation="validation" in splits)

@@ -30,9 +30,8 @@ from mm_hf.args import (
     fill_strategy_defaults,
 )
 from mm_hf.data.images import check_images
-from mm_hf.data.loading import dataset_display_name, load_classification_splits
+from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.transforms import build_image_transform
-from mm_hf.data.validation import check_splits
 from mm_hf.errors import run_cli
 from mm_hf.features import classifier_datasets
 from mm_hf.measures import TrainerMeasure
@@ -40,7 +39,7 @@ from mm_hf.metrics.streaming import ClassificationMetrics
 from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, build_dual_encoder_classifier, resolve_head_init
 from mm_hf.outputs import RunInfo, recipe_command, save_run
 from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
-from mm_hf.run import build_trainer, prepare_training_arguments, start_run, train_and_evaluate
+from mm_hf.run import build_trainer, load_checked_splits, prepare_training_arguments, start_run, train_and_evaluate
 from mm_hf.training import apply_strategy
 
 
@@ -85,22 +84,10 @@ def main(argv=None):
 
     # 2. Data: every split validated (columns, labels, decodable images) before any training
     column = cls_args.image_column
-    with training_args.main_process_first(desc="loading data"):  # one download/cache build, then the others read it
-        splits = load_classification_splits(
-            data_args,
-            column,
-            cls_args.label_column,
-            model_args.cache_dir,
-            training_args.seed,
-            input_flag="--image_column",
-        )
-    splits, skipped = check_splits(
-        splits,
-        check_images,
-        column,
-        skip_bad=data_args.skip_bad_samples,
-        num_proc=data_args.preprocessing_num_workers,
-    )
+    splits, skipped = load_checked_splits(
+        data_args, training_args, model_args.cache_dir, column, cls_args.label_column, check_images,
+        input_flag="--image_column",
+    )  # fmt: skip
     id2label = dict(enumerate(splits["train"].features["labels"].names))
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
     training_args = prepare_training_arguments(training_args, ft_args, has_validation="validation" in splits)

@@ -29,15 +29,12 @@ from mm_hf.args import (
     args_to_dict,
 )
 from mm_hf.data.loading import dataset_display_name
-from mm_hf.data.multimodal import MultimodalColumns, check_media, load_multimodal_splits
-from mm_hf.data.tabular import TabularProcessor
 from mm_hf.errors import UserError, run_cli
+from mm_hf.fusion_run import fusion_model, fusion_processor, fusion_trainer, load_fusion_rows
 from mm_hf.measures import FUSION_BEFORE_LABEL
-from mm_hf.models import build_fusion_classifier
 from mm_hf.outputs import fusion_run_info, recipe_command, save_run
-from mm_hf.processing import MultimodalProcessor, ProcessorSettings
-from mm_hf.run import fusion_trainer, start_run, train_and_evaluate
-from mm_hf.training import apply_strategy
+from mm_hf.processing import ProcessorSettings
+from mm_hf.run import start_run, train_and_evaluate
 
 ARGUMENT_TYPES = (FusionModelArguments, FusionDataArguments, DataArguments, FinetuneArguments, FusionTrainingArguments)
 
@@ -50,55 +47,20 @@ def main(argv=None):
         raise UserError("--video_column: videos (frames + temporal pooling) are for recipes/video_cls.py")
 
     # 2. Data: rows with image/text/audio/tabular inputs (any may be missing) and labels per task
-    columns = MultimodalColumns(
-        image=fusion_args.image_column,
-        text=fusion_args.text_column,
-        audio=fusion_args.audio_column,
-        numeric=fusion_args.numeric_columns,
-        categorical=fusion_args.categorical_columns,
-        labels=fusion_args.label_column,
-    )
+    columns, splits, spaces = load_fusion_rows(fusion_args, data_args, training_args, model_args.cache_dir)
     modalities = columns.modalities
-    with training_args.main_process_first(desc="loading data"):
-        splits, spaces = load_multimodal_splits(
-            data_args,
-            columns,
-            fusion_args.problem_types(),
-            model_args.cache_dir,
-            training_args.seed,
-            data_args.skip_bad_samples,
-        )
 
     # 3. Processor: each encoder's own processor; every image/clip decoded once before training; tabular
     # statistics from the training split
     encoders = model_args.encoders(modalities)
     settings = ProcessorSettings(modalities, fusion_args.max_seq_length, fusion_args.max_length_seconds)
-    tabular = TabularProcessor() if "tabular" in modalities else None
-    processor = MultimodalProcessor.from_encoders(encoders, settings, tabular, **model_args.hub_kwargs())
-    splits, skipped = check_media(
-        splits,
-        modalities,
-        skip_bad=data_args.skip_bad_samples,
-        num_proc=data_args.preprocessing_num_workers,
-        audio_sampling_rate=getattr(processor.feature_extractor, "sampling_rate", None),
+    processor, tabular, splits, skipped = fusion_processor(
+        splits, encoders, settings, columns, data_args, model_args, checked_modalities=modalities
     )
-    if tabular is not None:
-        tabular.fit(splits["train"], columns.numeric, columns.categorical)
 
     # 4. Model: pretrained encoders -> pooling -> projection -> fusion -> one head per task
     tasks = fusion_args.tasks(spaces)
-    model = build_fusion_classifier(
-        encoders,
-        tasks,
-        tabular_num_numeric=len(columns.numeric),
-        tabular_cardinalities=tabular.cardinalities if tabular else (),
-        from_pretrained_kwargs=model_args.hub_kwargs(),
-        # A Whisper audio encoder runs on the clips' own length, not its 30 s window; the extractor pads to match
-        audio_feature_extractor=processor.feature_extractor,
-        max_length_seconds=fusion_args.max_length_seconds,
-        **model_args.config_kwargs(),
-    )
-    model = apply_strategy(model, ft_args, model_args.encoder_strategies())
+    model = fusion_model(encoders, tasks, processor, tabular, columns, model_args, fusion_args, ft_args)
 
     # 5. Trainer over inputs decoded on the fly: untrained heads evaluated, trained, evaluated again (also with
     # each modality removed)

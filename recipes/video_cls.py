@@ -24,15 +24,13 @@ from transformers import TrainingArguments
 
 from mm_hf.args import DataArguments, FinetuneArguments, FusionDataArguments, FusionModelArguments, args_to_dict
 from mm_hf.data.loading import dataset_display_name
-from mm_hf.data.multimodal import MODALITIES, MultimodalColumns, check_media, load_multimodal_splits
-from mm_hf.data.tabular import TabularProcessor
+from mm_hf.data.multimodal import MODALITIES
 from mm_hf.errors import UserError, run_cli
+from mm_hf.fusion_run import fusion_model, fusion_processor, fusion_trainer, load_fusion_rows
 from mm_hf.measures import FUSION_BEFORE_LABEL
-from mm_hf.models import build_fusion_classifier
 from mm_hf.outputs import add_video_auto_class, fusion_run_info, recipe_command, save_run
-from mm_hf.processing import MultimodalProcessor, ProcessorSettings
-from mm_hf.run import fusion_trainer, start_run, train_and_evaluate
-from mm_hf.training import apply_strategy
+from mm_hf.processing import ProcessorSettings
+from mm_hf.run import start_run, train_and_evaluate
 
 
 @dataclass
@@ -75,25 +73,11 @@ def main(argv=None):
         raise UserError("--audio_from_video needs --audio_model_name_or_path and no --audio_column")
 
     # 2. Data: video paths, optional audio files and transcripts (any may be missing), labels per task
-    columns = MultimodalColumns(
-        video=fusion_args.video_column,
-        text=fusion_args.text_column,
-        audio=fusion_args.audio_column,
-        numeric=fusion_args.numeric_columns,
-        categorical=fusion_args.categorical_columns,
-        labels=fusion_args.label_column,
+    columns, splits, spaces = load_fusion_rows(
+        fusion_args, data_args, training_args, model_args.cache_dir, visual="video"
     )
     used = set(columns.modalities) | ({"audio"} if video_args.audio_from_video else set())
     modalities = [m for m in MODALITIES if m in used]
-    with training_args.main_process_first(desc="loading data"):
-        splits, spaces = load_multimodal_splits(
-            data_args,
-            columns,
-            fusion_args.problem_types(),
-            model_args.cache_dir,
-            training_args.seed,
-            data_args.skip_bad_samples,
-        )
 
     # 3. Processor (frames through the image processor), every clip decoded once before training, tabular
     # statistics from the training split
@@ -105,35 +89,25 @@ def main(argv=None):
         num_frames=video_args.num_frames,
         audio_from_video=video_args.audio_from_video,
     )
-    tabular = TabularProcessor() if "tabular" in modalities else None
-    processor = MultimodalProcessor.from_encoders(encoders, settings, tabular, **model_args.hub_kwargs())
-    splits, skipped = check_media(
-        splits,
-        columns.modalities,  # with --audio_from_video the sound tracks are checked with the videos
-        skip_bad=data_args.skip_bad_samples,
-        num_proc=data_args.preprocessing_num_workers,
-        audio_sampling_rate=getattr(processor.feature_extractor, "sampling_rate", None),
-    )
-    if tabular is not None:
-        tabular.fit(splits["train"], columns.numeric, columns.categorical)
+    processor, tabular, splits, skipped = fusion_processor(
+        splits, encoders, settings, columns, data_args, model_args, checked_modalities=columns.modalities
+    )  # with --audio_from_video the sound tracks are checked with the videos
 
     # 4. Model: vision encoder per frame -> spatial + temporal pooling; audio/text encoders; fusion; heads
     tasks = fusion_args.tasks(spaces)
-    model = build_fusion_classifier(
+    model = fusion_model(
         encoders,
         tasks,
-        tabular_num_numeric=len(columns.numeric),
-        tabular_cardinalities=tabular.cardinalities if tabular else (),
-        from_pretrained_kwargs=model_args.hub_kwargs(),
-        # A Whisper audio encoder runs on the clips' own length, not its 30 s window; the extractor pads to match
-        audio_feature_extractor=processor.feature_extractor,
-        max_length_seconds=fusion_args.max_length_seconds,
+        processor,
+        tabular,
+        columns,
+        model_args,
+        fusion_args,
+        ft_args,
         num_frames=video_args.num_frames,
         frame_pooling=video_args.frame_pooling,
         temporal_pooling=video_args.temporal_pooling,
-        **model_args.config_kwargs(),
     )
-    model = apply_strategy(model, ft_args, model_args.encoder_strategies())
 
     # 5. Trainer over clips decoded on the fly (a frozen encoder's outputs cached once): untrained heads evaluated,
     # trained, evaluated again, also with each of video / audio / text / tabular removed

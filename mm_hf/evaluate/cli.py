@@ -11,8 +11,6 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 
-import torch
-from accelerate import PartialState
 from transformers import AutoFeatureExtractor
 
 from ..args import (
@@ -37,6 +35,7 @@ from . import candidates as cands
 from .card import eval_results, update_card
 from .cost import disk_bytes, measure_latency, parameter_counts, peak_memory, reset_peak_memory
 from .fusion import evaluate_fusion
+from .processes import inference_processes
 from .report import write_outputs
 from .scoring import INDEX_COLUMN, confidence_intervals, paired_tests, score
 
@@ -140,14 +139,9 @@ def main(argv=None) -> dict | None:
     if args.save_temperature and not args.calibration_data:
         raise UserError("--save_temperature writes the temperature fitted on --calibration_data: pass that set too")
     severities = _severities(args.severities)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    state = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # accelerate launch: one process group (gloo on CPU, e.g. --multi_gpu --num_processes 2 --device cpu); each
-        # process scores a shard, the gathered metrics are the same everywhere, the main process writes the outputs.
-        state = PartialState(cpu=device.type == "cpu")
-        if args.device is None or device.type == "cuda" and device.index is None:
-            device = state.device
+    # accelerate launch: one process group (gloo on CPU, e.g. --multi_gpu --num_processes 2 --device cpu); each
+    # process scores a shard, the gathered metrics are the same everywhere, the main process writes the outputs.
+    device, state = inference_processes(args.device)
     rank, world_size = (state.process_index, state.num_processes) if state else (0, 1)
     is_main = rank == 0
     hub_kwargs = args.hub_kwargs()

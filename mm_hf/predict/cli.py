@@ -10,7 +10,6 @@ import sys
 from dataclasses import dataclass, field
 
 import torch
-from accelerate import PartialState
 from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
 from transformers.utils.logging import tqdm  # tqdm is no direct dependency; transformers wraps it
@@ -19,6 +18,7 @@ from ..args import AudioColumnArguments, HubArguments, ImageColumnArguments, exp
 from ..errors import UserError
 from ..evaluate import candidates as cands
 from ..evaluate.fusion import fusion_columns, load_fusion
+from ..evaluate.processes import inference_processes
 from .heads import Head
 from .inputs import Collate, Rows, read_inputs
 from .output import PredictionWriter, output_format
@@ -100,14 +100,9 @@ def main(argv=None) -> dict:
     keep = [name.strip() for name in (args.keep_columns or "").split(",") if name.strip()]
     if "id" in keep or "error" in keep:
         raise UserError("--keep_columns: 'id' and 'error' are the output's own columns; rename that input column")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    state = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # accelerate launch: each process predicts a contiguous shard into its own part file; the main process
-        # appends the parts in rank order, so the output is the one of a single process.
-        state = PartialState(cpu=device.type == "cpu")
-        if args.device is None or device.type == "cuda" and device.index is None:
-            device = state.device
+    # accelerate launch: each process predicts a contiguous shard into its own part file; the main process
+    # appends the parts in rank order, so the output is the one of a single process.
+    device, state = inference_processes(args.device)
     rank, world_size = (state.process_index, state.num_processes) if state else (0, 1)
     hub_kwargs = args.hub_kwargs()
 
