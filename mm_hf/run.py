@@ -7,6 +7,7 @@ import os
 
 from .args import TRAINING_DEFAULTS, FinetuneArguments, explicit_flags, fill_defaults, parse_args
 from .errors import UserError
+from .host_memory import return_freed_tensors_to_os
 
 logger = logging.getLogger(__name__)
 
@@ -154,4 +155,7 @@ def start_run(argument_types, argv):
     if training_args.do_train:
         check_output_dir(training_args.output_dir, ft_args.overwrite_output_dir)
     transformers.set_seed(training_args.seed)
+    # Freed activations leave the resident set instead of staying in glibc's heap (mm_hf/host_memory.py: a CPU
+    # LoRA run's peak RSS 2787 -> 1875 MB on CLIP ViT-B/32).
+    return_freed_tensors_to_os()
     return parsed

@@ -19,6 +19,8 @@ import sys
 import tempfile
 import time
 
+from .runs import load_recipe
+
 # (name, recipe strategy, gradient checkpointing): full fine-tuning first, every ratio is to it.
 CONFIGURATIONS = (
     ("full", "full", False),
@@ -114,8 +116,6 @@ def run_recipe_child(argv: list[str], phases: bool) -> dict:
     """Run recipes/clip_imagecls.py main(argv) in this process; its peak RSS (and per-phase peaks)."""
     from transformers import Trainer
 
-    from .runs import load_recipe
-
     recipe = load_recipe("clip_imagecls")
     recorded = []
     if phases:
@@ -132,7 +132,7 @@ def run_recipe_child(argv: list[str], phases: bool) -> dict:
 
 def run_plain_child(model_dir: str, strategy: str, checkpointing: bool, steps: int, batch_size: int) -> dict:
     """The plain loop: CLIP's vision tower + projection + a linear head, AdamW, `steps` steps on random pixels;
-    LoRA (peft, r=8 on q/k/v/out_proj) or full fine-tuning; the text tower is never loaded."""
+    LoRA (peft, the recipe's r=16, dropout 0.1 on q/k/v/out_proj) or full fine-tuning; the text tower is never loaded."""
     import torch
     from peft import LoraConfig, get_peft_model
     from torch import nn
@@ -145,7 +145,10 @@ def run_plain_child(model_dir: str, strategy: str, checkpointing: bool, steps: i
         vision.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if strategy == "lora":
         vision.requires_grad_(False)
-        lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
+        # The recipe's LoRA defaults (mm_hf.args.FinetuneArguments) on the recipe's default targets.
+        lora = LoraConfig(
+            r=16, lora_alpha=16, lora_dropout=0.1, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]
+        )
         model["vision"] = get_peft_model(vision, lora)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
