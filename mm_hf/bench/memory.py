@@ -96,6 +96,7 @@ def recipe_argv(model: str, data_dir: str, output_dir: str, strategy: str, check
     argv += ["--per_device_train_batch_size", str(batch_size), "--per_device_eval_batch_size", str(batch_size)]
     argv += ["--gradient_checkpointing", str(checkpointing).lower(), "--disable_tqdm", "true"]
     argv += ["--dataloader_num_workers", "0", "--save_strategy", "no", "--eval_strategy", "no"]
+    argv += ["--overwrite_output_dir", "true"]
     return argv
 
 
