@@ -19,20 +19,28 @@ import sys
 import tempfile
 import time
 
+from .report import environment
 from .runs import load_recipe
 
-# (name, recipe strategy, gradient checkpointing): full fine-tuning first, every ratio is to it.
+# (name, recipe strategy, gradient checkpointing, LoRA dropout): full fine-tuning first, every ratio is to it.
+# LoRA runs at the recipe's default dropout (0.1, mm_hf.args.FinetuneArguments), and once without: peft applies it
+# to a copy of each adapted layer's input, kept for backward (q, k and v each make their own).
+LORA_DROPOUT = 0.1
 CONFIGURATIONS = (
-    ("full", "full", False),
-    ("lora", "lora", False),
-    ("full + checkpointing", "full", True),
-    ("lora + checkpointing", "lora", True),
+    ("full", "full", False, LORA_DROPOUT),
+    ("lora", "lora", False, LORA_DROPOUT),
+    ("lora, dropout 0", "lora", False, 0.0),
+    ("full + checkpointing", "full", True, LORA_DROPOUT),
+    ("lora + checkpointing", "lora", True, LORA_DROPOUT),
 )
 # What a recipe run is split into by --phases: functions of the recipe module (looked up by name) and Trainer
 # methods, each wrapped so its own peak is recorded.
 RECIPE_PHASES = ("build_dual_encoder_classifier", "resolve_head_init", "apply_strategy", "save_classification_run")
 TRAINER_PHASES = ("evaluate", "train", "predict")
 NUM_CLASSES = 4
+# Issue 15's targets for the recipe, as ratios to its full fine-tuning in the same run: LoRA below the plain
+# loop's 0.75 measured when the issue was filed, LoRA + gradient checkpointing at most 0.45.
+TARGETS = {"lora": 0.75, "lora + checkpointing": 0.45}
 
 
 def peak_rss_mb() -> float:
@@ -88,8 +96,10 @@ def write_images(output_dir: str, per_split: dict[str, int], size: int = 64, see
     return output_dir
 
 
-def recipe_argv(model: str, data_dir: str, output_dir: str, strategy: str, checkpointing: bool, steps, batch_size):
+def recipe_argv(model: str, data_dir: str, output_dir: str, strategy: str, checkpointing: bool, dropout: float,
+                steps: int, batch_size: int) -> list[str]:  # fmt: skip
     argv = ["--model_name_or_path", model, "--output_dir", output_dir, "--finetune_strategy", strategy]
+    argv += ["--lora_dropout", str(dropout)] if strategy == "lora" else []
     for split in ("train", "validation", "test"):
         argv += [f"--{split}_dir", os.path.join(data_dir, split)]
     argv += ["--do_train", "--do_eval", "--do_predict", "--max_steps", str(steps), "--report_to", "none"]
@@ -131,9 +141,9 @@ def run_recipe_child(argv: list[str], phases: bool) -> dict:
     return {"peak_rss_mb": round(peak), "phases": recorded}
 
 
-def run_plain_child(model_dir: str, strategy: str, checkpointing: bool, steps: int, batch_size: int) -> dict:
+def run_plain_child(model_dir: str, strategy: str, checkpointing: bool, dropout: float, steps: int, batch_size: int):
     """The plain loop: CLIP's vision tower + projection + a linear head, AdamW, `steps` steps on random pixels;
-    LoRA (peft, the recipe's r=16, dropout 0.1 on q/k/v/out_proj) or full fine-tuning; the text tower is never loaded."""
+    LoRA (peft, the recipe's r=16 on q/k/v/out_proj) or full fine-tuning; the text tower is never loaded."""
     import torch
     from peft import LoraConfig, get_peft_model
     from torch import nn
@@ -148,7 +158,7 @@ def run_plain_child(model_dir: str, strategy: str, checkpointing: bool, steps: i
         vision.requires_grad_(False)
         # The recipe's LoRA defaults (mm_hf.args.FinetuneArguments) on the recipe's default targets.
         lora = LoraConfig(
-            r=16, lora_alpha=16, lora_dropout=0.1, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]
+            r=16, lora_alpha=16, lora_dropout=dropout, target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]
         )
         model["vision"] = get_peft_model(vision, lora)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -184,15 +194,15 @@ def run(workdir: str, steps: int, batch_size: int, phases: bool, plain: bool) ->
     model = build_clip_b32(os.path.join(workdir, "clip-vit-b32-random"))
     data = write_images(os.path.join(workdir, "data"), {"train": steps * batch_size, "validation": 32, "test": 32})
     rows = []
-    for name, strategy, checkpointing in CONFIGURATIONS:
-        argv = recipe_argv(model, data, os.path.join(workdir, "out", name.replace(" ", "")), strategy, checkpointing,
-                           steps, batch_size)  # fmt: skip
+    for name, strategy, checkpointing, dropout in CONFIGURATIONS:
+        out = os.path.join(workdir, "out", re.sub(r"\W+", "-", name))
+        argv = recipe_argv(model, data, out, strategy, checkpointing, dropout, steps, batch_size)
         rows.append({"loop": "recipe", "configuration": name, **measure("recipe", {"argv": argv, "phases": phases})})
         print(_line(rows[-1], rows), flush=True)
     if plain:
-        for name, strategy, checkpointing in CONFIGURATIONS:
-            spec = {"model": model, "strategy": strategy, "checkpointing": checkpointing, "steps": steps,
-                    "batch_size": batch_size}  # fmt: skip
+        for name, strategy, checkpointing, dropout in CONFIGURATIONS:
+            spec = {"model": model, "strategy": strategy, "checkpointing": checkpointing, "dropout": dropout,
+                    "steps": steps, "batch_size": batch_size}  # fmt: skip
             rows.append({"loop": "plain", "configuration": name, **measure("plain", spec)})
             print(_line(rows[-1], rows), flush=True)
     for r in rows:
@@ -215,7 +225,7 @@ def table(rows: list[dict]) -> str:
     """Markdown table: one row per configuration, recipe and plain loop side by side."""
     lines = ["| configuration | recipe peak RSS | ratio to full | plain loop peak RSS | ratio to full |",
              "|---|---|---|---|---|"]  # fmt: skip
-    for name, _, _ in CONFIGURATIONS:
+    for name, *_ in CONFIGURATIONS:
         cells = [name]
         for loop in ("recipe", "plain"):
             r = next((x for x in rows if x["loop"] == loop and x["configuration"] == name), None)
@@ -242,17 +252,34 @@ def main(argv=None):
         if spec["kind"] == "recipe":
             report = run_recipe_child(spec["argv"], spec["phases"])
         else:
-            report = run_plain_child(spec["model"], spec["strategy"], spec["checkpointing"], spec["steps"],
-                                     spec["batch_size"])  # fmt: skip
+            report = run_plain_child(spec["model"], spec["strategy"], spec["checkpointing"], spec["dropout"],
+                                     spec["steps"], spec["batch_size"])  # fmt: skip
         print(json.dumps(report))
         return report
     with tempfile.TemporaryDirectory() as tmp:
         rows = run(args.workdir or tmp, args.steps, args.batch_size, args.phases, not args.no_plain)
+    env = environment()
+    print(f"{env['date']}, {env['machine']}; batch {args.batch_size}, {args.steps} steps")
     print(table(rows))
+    checks = target_checks(rows)
+    for check in checks:
+        print(check)
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+            json.dump({"environment": env, "rows": rows, "targets": checks}, f, indent=2)
     return rows
+
+
+def target_checks(rows: list[dict]) -> list[str]:
+    """One line per target: the recipe's ratio against it, PASS or FAIL."""
+    lines = []
+    for name, target in TARGETS.items():
+        r = next((x for x in rows if x["loop"] == "recipe" and x["configuration"] == name), {})
+        ratio = r.get("ratio_to_full")
+        verdict = "FAIL (no measurement)" if ratio is None else ("PASS" if ratio <= target else "FAIL")
+        lines.append(f"{verdict}: recipe {name} at {ratio}x of full (target <= {target})")
+    return lines
 
 
 if __name__ == "__main__":
