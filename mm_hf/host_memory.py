@@ -4,9 +4,9 @@ glibc serves an allocation from `mmap` (returned to the system on free) only abo
 to the size of every mmapped block freed, up to 32 MB. After the first training step every activation (a
 32 x 50 x 768 float tensor is 4.9 MB, a 3072-wide MLP one 19.6 MB) therefore comes from the heap, whose freed
 holes stay resident: the process keeps the memory of its largest step for good, and the peak grows with
-fragmentation. A fixed 1 MiB threshold returns each freed tensor at once. Measured on CLIP ViT-B/32, batch 32
-(`python -m mm_hf.bench.memory`, README "Memory"): LoRA training 2787 -> 1875 MB peak RSS, full fine-tuning
-3259 -> 2803 MB, LoRA + gradient checkpointing 1861 -> 1153 MB.
+fragmentation. A fixed 1 MiB threshold returns each freed tensor at once. One training step of the CLIP
+ViT-B/32 classifier, batch 32, one thread: peak RSS 2787 -> 1875 MB (LoRA), 3259 -> 2803 MB (full), 1861 ->
+1153 MB (LoRA + gradient checkpointing); whole runs in README "Memory benchmark" (`python -m mm_hf.bench.memory`).
 """
 
 import ctypes
