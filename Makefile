@@ -7,7 +7,7 @@ DEMO_DIR ?= demo_out
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo demo-audio demo-fusion test test-all lint format clean bench-quality
+.PHONY: setup demo demo-audio demo-fusion test test-all lint format clean bench-quality bench-memory
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,11 @@ bench-quality: $(BENCH_STAMP)
 		"PYTHON=$(BIN)/python ../shared/realmodels/build.sh $(REALMODELS)"; exit 1; }; done
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m mm_hf.bench.quality --realmodels $(REALMODELS) \
 		--out $(BENCH_DIR) $(BENCH_ARGS)
+
+# Opt-in memory benchmark (~10 min on 2 CPU cores, no download): clip_imagecls's peak RSS per strategy, with and
+# without gradient checkpointing, on a random-init CLIP ViT-B/32, next to a plain torch + peft loop.
+bench-memory: $(BENCH_STAMP)
+	$(BIN)/python -m mm_hf.bench.memory --phases --json $(BENCH_DIR)/bench_memory.json $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check mm_hf recipes tests

@@ -19,6 +19,7 @@ from .args import TRAINING_DEFAULTS, FinetuneArguments, explicit_flags, fill_def
 from .data.loading import load_classification_splits, require_evaluation_split
 from .data.validation import check_splits
 from .errors import UserError
+from .host_memory import return_freed_tensors_to_os
 from .measures import Measure
 from .reports import format_before_after_table
 from .training import trainable_parameters
@@ -154,6 +155,9 @@ def start_run(argument_types, argv):
     if training_args.do_train:
         check_output_dir(training_args.output_dir, ft_args.overwrite_output_dir)
     transformers.set_seed(training_args.seed)
+    # Freed activations leave the resident set instead of staying in glibc's heap (mm_hf/host_memory.py: a CPU
+    # LoRA run's peak RSS 2787 -> 1875 MB on CLIP ViT-B/32).
+    return_freed_tensors_to_os()
     return parsed
 
 

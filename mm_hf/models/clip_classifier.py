@@ -1,6 +1,7 @@
 """Building CLIP-family classifiers from a pretrained dual encoder (image: CLIP/SigLIP/VTDE; audio: CLAP),
 and their zero-shot heads."""
 
+import gc
 import logging
 import math
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from ..errors import UserError
 from .configuration_clip_classifier import ClapClassifierConfig, ClipClassifierConfig
 from .modeling_clip_classifier import ClapClassifierForAudioClassification, ClipClassifierForImageClassification
 from .text_length import text_max_length
+from .towers import drop_tower
 
 logger = logging.getLogger(__name__)
 
@@ -87,13 +89,11 @@ def build_dual_encoder_classifier(
     """
     if head_init not in ("zeroshot", "random"):
         raise ValueError(f"head_init must be 'zeroshot' or 'random', got {head_init!r}")
-    # An already loaded dual encoder is wrapped as it is (e.g. mid-training retention checks).
-    backbone = (
-        model_name_or_path
-        if isinstance(model_name_or_path, torch.nn.Module)
-        else AutoModel.from_pretrained(model_name_or_path, **from_pretrained_kwargs)
-    )
-    if isinstance(model_name_or_path, torch.nn.Module):
+    # An already loaded dual encoder is wrapped as it is, text tower included (e.g. mid-training retention checks
+    # on the model being trained).
+    given = isinstance(model_name_or_path, torch.nn.Module)
+    backbone = model_name_or_path if given else AutoModel.from_pretrained(model_name_or_path, **from_pretrained_kwargs)
+    if given:
         model_name_or_path = backbone.name_or_path
     audio = hasattr(backbone, "get_audio_features")
     for method in ("get_audio_features" if audio else "get_image_features", "get_text_features"):
@@ -104,23 +104,7 @@ def build_dual_encoder_classifier(
                 "ClapModel, ...)."
             )
     id2label = {int(k): str(v) for k, v in id2label.items()}
-    config_class, model_class = (
-        (ClapClassifierConfig, ClapClassifierForAudioClassification)
-        if audio
-        else (ClipClassifierConfig, ClipClassifierForImageClassification)
-    )
-    config = config_class(
-        backbone_config=backbone.config.to_dict(),
-        backbone_name_or_path=model_name_or_path,
-        id2label=id2label,
-        label2id={v: k for k, v in id2label.items()},
-        head_dropout=head_dropout,
-        learn_logit_scale=learn_logit_scale,
-    )
-    model = model_class(config)
-    # Swap the randomly initialised backbone for the pretrained one instead of copying weights twice.
-    model.backbone = backbone.to(model.classifier.weight.dtype)
-    model.name_or_path = model_name_or_path  # recorded as base_model_name_or_path by peft adapters
+    text, scale = None, None
     if head_init == "zeroshot":
         if tokenizer is None:
             raise UserError(
@@ -133,6 +117,38 @@ def build_dual_encoder_classifier(
         # CLAP keeps one temperature per direction; audio->text logits use `logit_scale_a`.
         scale = getattr(backbone, "logit_scale", getattr(backbone, "logit_scale_a", None))
         scale = scale.item() if scale is not None else None
+        if not given:
+            # The text pass read the text tower's weights into memory, where they would stay as long as any
+            # weight of the same memory-mapped file is alive: the classifier gets a fresh load instead, whose
+            # text tower is dropped unread (CLIP ViT-B/32: 250 MB less resident in every step of the run).
+            del backbone
+            gc.collect()
+            backbone = AutoModel.from_pretrained(model_name_or_path, **from_pretrained_kwargs)
+    if not given:
+        drop_tower(backbone, "text")
+    config_class, model_class = (
+        (ClapClassifierConfig, ClapClassifierForAudioClassification)
+        if audio
+        else (ClipClassifierConfig, ClipClassifierForImageClassification)
+    )
+    config = config_class(
+        backbone_config=backbone.config.to_dict(),
+        backbone_name_or_path=model_name_or_path,
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+        head_dropout=head_dropout,
+        learn_logit_scale=learn_logit_scale,
+        text_tower=given,
+    )
+    # Built on the meta device, then given the pretrained backbone: a randomly initialised one built first would
+    # hold a second copy of the weights at the run's start (CLIP ViT-B/32: 1001 -> 650 MB peak RSS while building).
+    with torch.device("meta"):
+        model = model_class(config)
+    model.backbone = backbone.to(torch.get_default_dtype())
+    model.classifier.to_empty(device=next(backbone.parameters()).device)
+    model._init_weights(model.classifier)
+    model.name_or_path = model_name_or_path  # recorded as base_model_name_or_path by peft adapters
+    if text is not None:
         model.classifier.init_from_text_embeddings(text, scale)
     return model
 

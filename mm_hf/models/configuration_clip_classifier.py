@@ -26,6 +26,10 @@ class ClipClassifierConfig(PreTrainedConfig):
             CLIP's trained ln 100 a random head learns slower (random-init small CLIP on 28 px digits, 12 epochs:
             0.26 vs 0.34 test accuracy; a plain linear head: 0.32).
         learn_logit_scale: whether the temperature is trained.
+        text_tower: whether the backbone keeps its text tower. The classifier never runs it (the head holds the
+            class-prompt embeddings it gave), so `build_dual_encoder_classifier` leaves it out (False): 63M of CLIP
+            ViT-B/32's 151M parameters, 250 MB of weights in every run and checkpoint. True for checkpoints saved
+            before this field, which hold it.
         calibration_temperature: post-hoc temperature scaling (Guo et al. 2017): in eval mode the logits are
             divided by it, so softmax probabilities (e.g. `pipeline()` scores) are calibrated; training never sees
             it. 1.0 leaves the logits as they are; `python -m mm_hf.evaluate --save_temperature` writes a fitted one.
@@ -40,6 +44,7 @@ class ClipClassifierConfig(PreTrainedConfig):
     head_dropout: float = 0.0
     logit_scale_init_value: float = 2.6592600369327779  # ln(1 / 0.07)
     learn_logit_scale: bool = True
+    text_tower: bool = True
     calibration_temperature: float = 1.0
 
     def __post_init__(self, **kwargs):

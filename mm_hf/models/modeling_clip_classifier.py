@@ -13,7 +13,7 @@ from transformers.modeling_outputs import ImageClassifierOutput, SequenceClassif
 
 from .configuration_clip_classifier import ClapClassifierConfig, ClipClassifierConfig
 from .losses import MAX_LOGIT_SCALE  # CLIP's cap on its temperature (100): the head keeps the loss's cap
-from .towers import ModelParts, dual_encoder_tower
+from .towers import ModelParts, drop_tower, dual_encoder_tower
 
 
 class CosineClassifierHead(nn.Module):
@@ -70,10 +70,10 @@ class ClipClassifierPreTrainedModel(PreTrainedModel):
 
 
 class _DualEncoderClassifier(ClipClassifierPreTrainedModel):
-    """The whole dual encoder plus the cosine head; subclasses say which tower feeds the head (`media_modality`).
+    """A dual encoder plus the cosine head; subclasses say which tower feeds the head (`media_modality`).
 
-    The text tower is kept (it can re-initialise the head for new class names) but does not run in
-    `forward`.
+    The text tower never runs in `forward`: it is left out when `config.text_tower` is False (what
+    `build_dual_encoder_classifier` builds once the zero-shot head is computed).
     """
 
     media_modality = "image"
@@ -81,6 +81,8 @@ class _DualEncoderClassifier(ClipClassifierPreTrainedModel):
     def __init__(self, config: ClipClassifierConfig):
         super().__init__(config)
         self.backbone = AutoModel.from_config(config.backbone_config)
+        if not config.text_tower:
+            drop_tower(self.backbone, "text")
         self.classifier = CosineClassifierHead(
             config.embed_dim,
             config.num_labels,
@@ -97,8 +99,9 @@ class _DualEncoderClassifier(ClipClassifierPreTrainedModel):
         return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
 
     def parts(self) -> ModelParts:
-        """What fine-tuning acts on: the new head and the media tower with its projection. The text tower is no
-        part: it does not run, so training it would waste optimizer memory and make DDP fail on unused parameters."""
+        """What fine-tuning acts on: the new head and the media tower with its projection. A text tower kept by an
+        older checkpoint is no part: it does not run, so training it would waste optimizer memory and make DDP fail
+        on unused parameters."""
         return ModelParts(
             kind="classifier",
             head=("classifier",),

@@ -135,4 +135,20 @@ def dual_encoder_tower(model: nn.Module, modality: str, backbone: str = "backbon
     return describe_tower(model, f"{backbone}.{name}", f"{backbone}.{projection}" if has_projection else None)
 
 
-__all__ = ["ModelParts", "Tower", "describe_tower", "dual_encoder_tower", "encoder_layers", "linear_leaves"]
+def drop_tower(dual_encoder: nn.Module, modality: str) -> None:
+    """Remove the `modality` tower and its projection from a CLIP-family dual encoder, in place (a model that only
+    runs its other tower need not hold it: CLIP ViT-B/32's text tower is 63M of its 151M parameters)."""
+    for name in DUAL_ENCODER_TOWERS[modality]:
+        if isinstance(getattr(dual_encoder, name, None), nn.Module):
+            delattr(dual_encoder, name)
+
+
+__all__ = [
+    "ModelParts",
+    "Tower",
+    "describe_tower",
+    "drop_tower",
+    "dual_encoder_tower",
+    "encoder_layers",
+    "linear_leaves",
+]
