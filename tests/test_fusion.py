@@ -455,3 +455,62 @@ def test_hub_format_dataset_with_image_feature(encoders, xor, tmp_path):
     )  # fmt: skip
     assert results["test_samples"] == 24 and "test_without_image_accuracy" in results
     assert json.loads((out / "run_info.json").read_text())["dataset"] == str(root)
+
+
+AUTO_PROCESSOR = """
+import json, sys, torch
+from PIL import Image
+from transformers import AutoModelForSequenceClassification, AutoProcessor
+folder, rows = sys.argv[1], json.loads(sys.argv[2])
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+images = [Image.open(r["image"]) if r["image"] else None for r in rows]
+tabular = [{"age": r["age"], "price": r["price"], "segment": r["segment"]} for r in rows]
+batch = processor(images=images, text=[r["title"] for r in rows], tabular=tabular)
+with torch.no_grad():
+    logits = model(**batch).logits
+print(json.dumps({"logits": logits.tolist(), "mask": batch["modality_mask"].tolist(),
+                  "processor": type(processor).__module__}))
+"""
+
+
+def test_auto_processor_rebuilds_the_evaluation_inputs_without_mm_hf(encoders, tmp_path):
+    """A fusion output folder loads with AutoProcessor + trust_remote_code in a process without mm_hf; fed decoded
+    inputs (PIL images, texts, tabular dicts, some missing), its inputs give the recipe's evaluation logits."""
+    data = write_click_dataset(str(tmp_path / "data"), sizes=(40, 16, 16), seed=0)
+    out = tmp_path / "out"
+    recipe.main([
+        "--vision_model_name_or_path", encoders["vision"], "--text_model_name_or_path", encoders["text"],
+        "--image_column", "image", "--text_column", "title", "--numeric_columns", "age", "price",
+        "--categorical_columns", "segment", "--label_column", "click", "--problem_type", "binary_classification",
+        "--train_file", data["train"], "--validation_file", data["validation"], "--output_dir", str(out),
+        "--do_train", "--max_steps", "2", "--per_device_train_batch_size", "8", "--learning_rate", "3e-3",
+        "--hidden_size", "16", "--max_seq_length", "8", "--report_to", "none", "--disable_tqdm", "true",
+        "--use_cpu", "true", "--save_strategy", "no",
+    ])  # fmt: skip
+    assert {"processor_config.json", "processing_multimodal_fusion.py"} <= set(os.listdir(out))
+    code = (out / "processing_multimodal_fusion.py").read_text()
+    assert "import mm_hf" not in code and "from mm_hf" not in code
+    root = os.path.dirname(data["test"])
+    rows = [json.loads(line) for line in open(data["test"])][:6]
+    for row in rows:
+        row["image"] = os.path.join(root, row["image"])
+    rows[1]["image"], rows[2]["title"] = None, None  # missing modalities
+    rows[3]["segment"], rows[3]["price"], rows[4]["segment"] = None, None, "never-seen"
+    # In process: what the recipe's evaluation feeds the model (mm_hf decodes the files itself).
+    processor = MultimodalProcessor.from_pretrained(str(out))
+    columns = {"image": "image", "text": "title", "age": "age", "price": "price", "segment": "segment"}
+    inputs = processor.transform(train=False)({k: [r[c] for r in rows] for k, c in columns.items()})
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        expected = model(**{k: torch.stack(v) for k, v in inputs.items() if not k.startswith("labels")}).logits
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    proc = subprocess.run(
+        [sys.executable, "-c", AUTO_PROCESSOR, str(out), json.dumps(rows)], capture_output=True, text=True, env=env,
+        cwd="/",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    remote = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert remote["processor"].startswith("transformers_modules")
+    assert remote["mask"] == [[1, 1, 1], [0, 1, 1], [1, 0, 1], [1, 1, 1], [1, 1, 1], [1, 1, 1]]
+    torch.testing.assert_close(torch.tensor(remote["logits"]), expected, rtol=0, atol=1e-5)
