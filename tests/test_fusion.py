@@ -458,7 +458,9 @@ def test_hub_format_dataset_with_image_feature(encoders, xor, tmp_path):
 
 
 AUTO_PROCESSOR = """
-import json, sys, torch
+import json, sys
+sys.modules["mm_hf"] = None
+import torch
 from PIL import Image
 from transformers import AutoModelForSequenceClassification, AutoProcessor
 folder, rows = sys.argv[1], json.loads(sys.argv[2])
