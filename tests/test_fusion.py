@@ -491,6 +491,7 @@ def test_auto_processor_rebuilds_the_evaluation_inputs_without_mm_hf(encoders, t
         "--use_cpu", "true", "--save_strategy", "no",
     ])  # fmt: skip
     assert {"processor_config.json", "processing_multimodal_fusion.py"} <= set(os.listdir(out))
+    assert "AutoProcessor.from_pretrained(" in (out / "README.md").read_text()  # the card shows this use
     code = (out / "processing_multimodal_fusion.py").read_text()
     assert "import mm_hf" not in code and "from mm_hf" not in code
     root = os.path.dirname(data["test"])
