@@ -517,3 +517,46 @@ def test_auto_processor_rebuilds_the_evaluation_inputs_without_mm_hf(encoders, t
     assert remote["processor"].startswith("transformers_modules")
     assert remote["mask"] == [[1, 1, 1], [0, 1, 1], [1, 0, 1], [1, 1, 1], [1, 1, 1], [1, 1, 1]]
     torch.testing.assert_close(torch.tensor(remote["logits"]), expected, rtol=0, atol=1e-5)
+
+
+def test_shipped_processor_gives_the_evaluation_inputs_of_every_modality(encoders, xor, tiny_wav2vec2, tmp_path):
+    """The saved processor_config.json + MultimodalFusionProcessor (decoded inputs) give exactly the tensors of
+    MultimodalProcessor's evaluation transform (files): images, text, audio cut to its window, tabular, masks."""
+    from PIL import Image
+
+    from mm_hf.data.tabular import TabularProcessor
+    from mm_hf.models.processing_multimodal_fusion import MultimodalFusionProcessor
+
+    rows = [json.loads(line) for line in open(xor["test"])][:4]
+    images = [os.path.join(os.path.dirname(xor["test"]), r["image"]) for r in rows]
+    rng = np.random.default_rng(0)
+    # 0.7 s and 0.3 s clips: the first is cut to the 0.5 s window, the batch is padded to the longest.
+    waves = [rng.uniform(-0.5, 0.5, n).astype(np.float32) for n in (11200, 4800, 8000)] + [None]
+    table = {"age": [31, None, "40", 25.5], "city": ["Oslo", "Oslo", None, "Atlantis"]}
+    tabular = TabularProcessor().fit({"age": [30, 50, 20], "city": ["Oslo", "Bergen", "Oslo"]}, ["age"], ["city"])
+    settings = ProcessorSettings(["image", "text", "audio", "tabular"], max_length=12, max_length_seconds=0.5)
+    processor = MultimodalProcessor.from_encoders(
+        {"image": encoders["vision"], "text": encoders["text"], "audio": tiny_wav2vec2}, settings, tabular
+    )
+    processor.save_pretrained(tmp_path / "p")
+    sources = {
+        "image": [images[0], None, images[2], images[3]],
+        "text": [r["text"] for r in rows[:3]] + [None],
+        "audio": [{"array": w, "sampling_rate": 16000} if w is not None else None for w in waves],
+        **table,
+    }
+    expected = processor.transform(train=False)(sources)
+    shipped = MultimodalFusionProcessor.from_pretrained(str(tmp_path / "p"))
+    got = shipped(
+        images=[Image.open(p) if p else None for p in sources["image"]],
+        text=sources["text"],
+        audio=waves,
+        tabular=[{"age": a, "city": c} for a, c in zip(table["age"], table["city"], strict=True)],
+    )
+    assert set(got) == set(expected) and "audio_attention_mask" in got and got["input_values"].shape[1] == 8000
+    for key, values in expected.items():
+        torch.testing.assert_close(got[key], torch.stack(values), rtol=0, atol=0, equal_nan=True, msg=key)
+    assert got["modality_mask"].tolist() == [[1, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1], [1, 0, 0, 1]]
+    assert got["categorical_ids"].tolist() == [[2], [2], [0], [0]]  # Bergen=1, Oslo=2; missing and unseen: 0
+    with pytest.raises(ValueError, match="same length"):
+        shipped(images=[None], text=["a", "b"])

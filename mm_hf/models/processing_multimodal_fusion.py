@@ -9,7 +9,7 @@ folder saved by the fusion recipes loads without mm_hf:
     logits = model(**batch).logits
 
 It takes *decoded* inputs, one list entry per sample, None where a sample lacks that modality: `images` PIL
-images, `videos` lists of PIL frames (already sampled, `num_frames` of them: the recipes take the frames at the
+images (turned upright by their EXIF orientation and converted to RGB; flatten transparent ones yourself), `videos` lists of PIL frames (already sampled, `num_frames` of them: the recipes take the frames at the
 centres of `num_frames` equal segments of the clip), `text` strings, `audio` float waveforms at the feature
 extractor's sampling rate, `tabular` dicts of column -> raw value. A missing modality becomes a neutral stand-in
 and a 0 in `modality_mask` (B, M), as in training. These are the evaluation-time steps of mm_hf's
@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import ImageOps
 from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer, BatchFeature
 from transformers.utils import PROCESSOR_NAME
 
@@ -185,9 +186,12 @@ class MultimodalFusionProcessor:
         audio: list | None = None,
         videos: list | None = None,
         tabular: list | None = None,
+        return_tensors: str | None = "pt",
         **unused: Any,
     ) -> BatchFeature:
         """One list per modality (None entries, or a whole None list, for what is missing) -> stacked tensors."""
+        if return_tensors not in ("pt", None):
+            raise ValueError(f"this processor returns PyTorch tensors (return_tensors='pt'); got {return_tensors!r}")
         given = {"image": images, "text": text, "audio": audio, "video": videos, "tabular": tabular}
         unknown = [m for m, values in given.items() if values is not None and m not in self.settings.modalities]
         if unknown or unused:
@@ -212,7 +216,9 @@ class MultimodalFusionProcessor:
         blank = self.blank_image()
 
         def pixels(real: list) -> list:
-            out = self.image_processor([image.convert("RGB") for image in real], return_tensors="np")
+            # Upright RGB as mm_hf decodes files (which also composites transparent images on white).
+            upright = [ImageOps.exif_transpose(image).convert("RGB") for image in real]
+            out = self.image_processor(upright, return_tensors="np")
             return [torch.from_numpy(np.asarray(p, dtype=np.float32)) for p in out["pixel_values"]]
 
         return {"pixel_values": fill(images, pixels, blank)}, [image is not None for image in images]
