@@ -222,14 +222,18 @@ def _hardware() -> str:
 
 
 _FUSION_USAGE = (
-    "The fusion model and its code ship in this repository; each modality's processor sits in its own subfolder "
-    "(`image_processor/`, `tokenizer/`, `feature_extractor/`), the tabular statistics in `tabular_processor.json`.\n\n"
-    "```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
+    "The fusion model, its processor and their code ship in this repository (each modality's own processor sits in "
+    "its subfolder: `image_processor/`, `tokenizer/`, `feature_extractor/`). The processor takes decoded inputs, one "
+    "list per modality with None where a sample lacks it: PIL images, lists of PIL frames for video, texts, float "
+    "waveforms at `processor.feature_extractor.sampling_rate`, dicts of tabular values.\n\n"
+    "```python\nfrom PIL import Image\nfrom transformers import AutoModelForSequenceClassification, AutoProcessor\n\n"
     'model = AutoModelForSequenceClassification.from_pretrained("REPO_ID", trust_remote_code=True).eval()\n'
-    'tokenizer = AutoTokenizer.from_pretrained("REPO_ID", subfolder="tokenizer")\n'
-    "print(model.config.modalities, model.config.tasks)\n```\n\n"
-    "With mm-hf installed, one processor turns raw rows (file paths, text, tabular values; None = missing) "
-    "into model inputs:\n\n"
+    'processor = AutoProcessor.from_pretrained("REPO_ID", trust_remote_code=True)\n'
+    "print(model.config.modalities, model.config.tasks)\n"
+    'inputs = processor(images=[Image.open("xray.png")], text=["no acute findings"])\n'
+    "logits = model(**inputs).logits\n```\n\n"
+    "With mm-hf installed, its processor also decodes files (file paths, text, tabular values; None = missing), "
+    "sampling video frames as in training:\n\n"
     "```python\nimport torch\nfrom mm_hf.processing import MultimodalProcessor\n\n"
     'processor = MultimodalProcessor.from_pretrained("REPO_ID")\n'
     'inputs = processor.transform(train=False)({"image": ["xray.png"], "text": ["no acute findings"]})\n'
@@ -258,9 +262,17 @@ def _usage(saved_as: str, pipeline_tag: str, base_model: str, kind: str | None =
     if kind == "fusion":
         return _FUSION_USAGE
     if kind == "fusion_video":
-        return _FUSION_USAGE.replace("AutoModelForSequenceClassification", "AutoModelForVideoClassification").replace(
-            '{"image": ["xray.png"], "text": ["no acute findings"]}',
-            '{"video": ["clip.mp4"], "text": ["a transcript"]}',
+        return (
+            _FUSION_USAGE.replace("AutoModelForSequenceClassification", "AutoModelForVideoClassification")
+            .replace(
+                '{"image": ["xray.png"], "text": ["no acute findings"]}',
+                '{"video": ["clip.mp4"], "text": ["a transcript"]}',
+            )
+            .replace(
+                'inputs = processor(images=[Image.open("xray.png")], text=["no acute findings"])',
+                "# frames: a clip's num_frames PIL images, each at the centre of one of num_frames equal segments\n"
+                'inputs = processor(videos=[frames], text=["a transcript"])',
+            )
         )
     if pipeline_tag in _DUAL_ENCODER_USAGE:  # a plain dual encoder (CLIP-style or CLAP): no remote code involved
         example, inputs, media = _DUAL_ENCODER_USAGE[pipeline_tag]

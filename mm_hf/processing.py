@@ -5,39 +5,39 @@ None, raw tabular values, labels) into the inputs of `MultimodalFusionForClassif
 `modality_mask` (B, M) that marks what each sample lacks. Saved layout (each part loadable on its own with
 plain transformers, e.g. `AutoTokenizer.from_pretrained(repo, subfolder="tokenizer")`):
 
-    multimodal_processor.json   modalities, text/audio/video settings
+    processor_config.json       settings + tabular statistics + auto_map, for AutoProcessor (trust_remote_code)
+    processing_multimodal_fusion.py   the code AutoProcessor runs (mm_hf.models.processing_multimodal_fusion)
+    multimodal_processor.json   modalities, text/audio/video settings (read by `from_pretrained` here)
     image_processor/            AutoImageProcessor (images and video frames)
     tokenizer/                  AutoTokenizer
     feature_extractor/          AutoFeatureExtractor (audio)
     tabular_processor.json      TabularProcessor (train-split statistics)
+
+The evaluation-time numeric steps (tokenizing, audio features, tabular encoding, stand-ins for missing inputs,
+video frames) are `MultimodalFusionProcessor`'s, the class shipped with the checkpoint, so a checkpoint loaded
+with plain transformers gets the inputs this class gives in evaluation. Images take a faster path here (reduced
+JPEG decoding, table-lookup normalisation) that gives the image processor's own pixels for a decoded image.
 """
 
 import json
 import os
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import torch
+from transformers import AutoConfig, AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
 
-from .data.audio import AudioTransform, load_audio
+from .data.audio import augment as augment_audio
+from .data.audio import crop_or_pad, load_audio
 from .data.tabular import TabularProcessor
-from .data.transforms import build_image_transform, target_size
+from .data.transforms import build_image_transform
 from .data.video import load_video_audio, load_video_frames
+from .models.processing_multimodal_fusion import MultimodalFusionProcessor, ProcessorSettings, audio_window, fill
+from .models.text_length import text_max_length
 
 CONFIG_NAME = "multimodal_processor.json"
-
-
-@dataclass
-class ProcessorSettings:
-    """What the processor does beyond its parts: which modalities, in model order, and per-modality limits."""
-
-    modalities: list[str] = field(default_factory=list)
-    max_length: int = 128  # text tokens
-    max_length_seconds: float = 10.0  # audio
-    num_frames: int = 8  # video
-    audio_from_video: bool = False  # the audio modality is the video file's own sound track
 
 
 class MultimodalProcessor:
@@ -54,21 +54,20 @@ class MultimodalProcessor:
         self.settings = settings
         self.image_processor, self.tokenizer = image_processor, tokenizer
         self.feature_extractor, self.tabular = feature_extractor, tabular
-        needs = {"image": image_processor, "video": image_processor, "text": tokenizer, "audio": feature_extractor}
-        needs["tabular"] = tabular
-        missing = [m for m in settings.modalities if needs.get(m) is None]
-        if missing:
-            raise ValueError(f"no processor for modality(ies) {missing}")
+        _ = self.fusion  # built once here to check that every modality has its processor
+
+    @property
+    def fusion(self) -> MultimodalFusionProcessor:
+        """The evaluation steps, and what AutoProcessor loads from the saved folder; built when asked for, as the
+        tabular statistics are fitted after this processor is made."""
+        tabular = self.tabular.to_dict() if self.tabular is not None else None
+        return MultimodalFusionProcessor(
+            self.settings, self.image_processor, self.tokenizer, self.feature_extractor, tabular
+        )
 
     @classmethod
     def from_encoders(cls, encoders: dict[str, str | None], settings: ProcessorSettings, tabular=None, **kwargs):
         """Load each modality's processor from its encoder's Hub id or path (`encoders` as for the model)."""
-        from transformers import AutoConfig, AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
-
-        # Here, not at the top: importing mm_hf.models builds and registers every mm-hf model class; this module
-        # stays light to import (it imports transformers only where used, too).
-        from .models.text_length import text_max_length
-
         visual = encoders.get("image") or encoders.get("video")
         tokenizer = AutoTokenizer.from_pretrained(encoders["text"], **kwargs) if encoders.get("text") else None
         if tokenizer is not None:
@@ -90,21 +89,15 @@ class MultimodalProcessor:
         return MultimodalTransform(self, train=train, augment=augment and train)
 
     def save_pretrained(self, save_directory: str) -> None:
-        os.makedirs(save_directory, exist_ok=True)
+        self.fusion.save_pretrained(save_directory)  # processor_config.json, its code file and the sub-processors
         with open(os.path.join(save_directory, CONFIG_NAME), "w") as f:
             json.dump(asdict(self.settings), f, indent=2, sort_keys=True)
-        for name in ("image_processor", "tokenizer", "feature_extractor"):
-            part = getattr(self, name)
-            if part is not None:
-                part.save_pretrained(os.path.join(save_directory, name))
         if self.tabular is not None:
             self.tabular.save_pretrained(save_directory)
 
     @classmethod
     def from_pretrained(cls, directory: str, **hub_kwargs) -> "MultimodalProcessor":
         """Load from a saved folder, or a Hub repo id (downloaded with `huggingface_hub.snapshot_download`)."""
-        from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
-
         if not os.path.isdir(directory):
             from huggingface_hub import snapshot_download
 
@@ -134,18 +127,13 @@ class MultimodalTransform:
     """
 
     def __init__(self, processor: MultimodalProcessor, *, train: bool, augment: bool):
-        self.processor, self.train = processor, train
+        self.processor, self.train, self.augment = processor, train, augment
+        self.fusion = processor.fusion
         self.modalities = processor.settings.modalities
         if processor.image_processor is not None:
             self.images = build_image_transform(processor.image_processor, train=augment, hflip=False)
-            self.frame_size = target_size(processor.image_processor)
         if processor.feature_extractor is not None:
-            self.audio = AudioTransform(
-                processor.feature_extractor,
-                max_length_seconds=processor.settings.max_length_seconds,
-                train=train,
-                augment=augment,
-            )
+            self.audio_window = audio_window(processor.feature_extractor, processor.settings.max_length_seconds)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
         size = len(next(iter(batch.values())))
@@ -170,58 +158,32 @@ class MultimodalTransform:
             return list(batch["video"])
         return list(batch[modality])
 
-    # Each _<modality>(sources) returns (model inputs, per-sample availability).
+    # Each _<modality>(sources) decodes the sources and returns (model inputs, per-sample availability).
     def _image(self, sources: list) -> tuple[dict, list[bool]]:
-        pixels = self._fill(sources, lambda real: self.images({"image": real})["pixel_values"], self._blank_image())
+        pixels = fill(sources, lambda real: self.images({"image": real})["pixel_values"], self.fusion.blank_image())
         return {"pixel_values": pixels}, [s is not None for s in sources]
 
     def _video(self, sources: list) -> tuple[dict, list[bool]]:
-        settings, image_processor = self.processor.settings, self.processor.image_processor
-
-        def frames(real: list) -> list:
-            clips = []
-            for source in real:
-                images = load_video_frames(source, settings.num_frames, train=self.train, rng=random)
-                pixels = image_processor(images, return_tensors="np")["pixel_values"]
-                clips.append(torch.from_numpy(np.asarray(pixels, dtype=np.float32)))
-            return clips
-
-        blank = self._blank_image().expand(settings.num_frames, -1, -1, -1).contiguous()
-        return {"pixel_values_videos": self._fill(sources, frames, blank)}, [s is not None for s in sources]
+        num_frames = self.processor.settings.num_frames
+        clips = [
+            load_video_frames(s, num_frames, train=self.train, rng=random) if s is not None else None for s in sources
+        ]
+        return self.fusion.video_inputs(clips)
 
     def _text(self, sources: list) -> tuple[dict, list[bool]]:
-        texts = [str(text) if text is not None else "" for text in sources]
-        tokenizer = self.processor.tokenizer
-        # `from_encoders` capped the setting at the text encoder's positions (with a warning); this keeps
-        # processors built by hand within the tokenizer's own limit.
-        max_length = min(self.processor.settings.max_length, tokenizer.model_max_length)
-        enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
-        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
-        return {key: list(enc[key]) for key in keys}, [s is not None for s in sources]
+        return self.fusion.text_inputs(sources)
 
     def _audio(self, sources: list) -> tuple[dict, list[bool]]:
-        rate = self.audio.sampling_rate
+        rate = int(self.processor.feature_extractor.sampling_rate)
         from_video = self.processor.settings.audio_from_video
         clips = []
         for source in sources:
             clip = None
             if source is not None:  # a video without a sound track has no audio either
                 clip = load_video_audio(source, rate) if from_video else load_audio(source, rate)
+            if clip is not None and self.audio_window:
+                clip = crop_or_pad(clip, self.audio_window, train=self.train)  # evaluation: the first window
+            if clip is not None and self.augment:
+                clip = augment_audio(clip)
             clips.append(clip)
-        # A tenth of a second of silence keeps the batch stackable; modality_mask tells the model it is missing.
-        silence = np.zeros(rate // 10, dtype=np.float32)
-        features = self.audio.features([clip if clip is not None else silence for clip in clips])
-        # The text's attention_mask keeps its name; the audio one is renamed.
-        renamed = {("audio_attention_mask" if key == "attention_mask" else key): v for key, v in features.items()}
-        return renamed, [clip is not None for clip in clips]
-
-    def _blank_image(self) -> torch.Tensor:
-        height, width = self.frame_size
-        return torch.zeros(3, height, width)
-
-    @staticmethod
-    def _fill(sources: list, process, blank: torch.Tensor) -> list:
-        """`process` on the present sources, `blank` where a source is None, in the original order."""
-        real = [s for s in sources if s is not None]
-        processed = iter(process(real) if real else [])
-        return [next(processed) if s is not None else blank for s in sources]
+        return self.fusion.audio_features(clips)

@@ -455,3 +455,108 @@ def test_hub_format_dataset_with_image_feature(encoders, xor, tmp_path):
     )  # fmt: skip
     assert results["test_samples"] == 24 and "test_without_image_accuracy" in results
     assert json.loads((out / "run_info.json").read_text())["dataset"] == str(root)
+
+
+AUTO_PROCESSOR = """
+import json, sys
+sys.modules["mm_hf"] = None
+import torch
+from PIL import Image
+from transformers import AutoModelForSequenceClassification, AutoProcessor
+folder, rows = sys.argv[1], json.loads(sys.argv[2])
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+images = [Image.open(r["image"]) if r["image"] else None for r in rows]
+tabular = [{"age": r["age"], "price": r["price"], "segment": r["segment"]} for r in rows]
+batch = processor(images=images, text=[r["title"] for r in rows], tabular=tabular)
+with torch.no_grad():
+    logits = model(**batch).logits
+print(json.dumps({"logits": logits.tolist(), "mask": batch["modality_mask"].tolist(),
+                  "processor": type(processor).__module__}))
+"""
+
+
+def test_auto_processor_rebuilds_the_evaluation_inputs_without_mm_hf(encoders, tmp_path):
+    """A fusion output folder loads with AutoProcessor + trust_remote_code in a process without mm_hf; fed decoded
+    inputs (PIL images, texts, tabular dicts, some missing), its inputs give the recipe's evaluation logits."""
+    data = write_click_dataset(str(tmp_path / "data"), sizes=(40, 16, 16), seed=0)
+    out = tmp_path / "out"
+    recipe.main([
+        "--vision_model_name_or_path", encoders["vision"], "--text_model_name_or_path", encoders["text"],
+        "--image_column", "image", "--text_column", "title", "--numeric_columns", "age", "price",
+        "--categorical_columns", "segment", "--label_column", "click", "--problem_type", "binary_classification",
+        "--train_file", data["train"], "--validation_file", data["validation"], "--output_dir", str(out),
+        "--do_train", "--max_steps", "2", "--per_device_train_batch_size", "8", "--learning_rate", "3e-3",
+        "--hidden_size", "16", "--max_seq_length", "8", "--report_to", "none", "--disable_tqdm", "true",
+        "--use_cpu", "true", "--save_strategy", "no",
+    ])  # fmt: skip
+    assert {"processor_config.json", "processing_multimodal_fusion.py"} <= set(os.listdir(out))
+    assert "AutoProcessor.from_pretrained(" in (out / "README.md").read_text()  # the card shows this use
+    code = (out / "processing_multimodal_fusion.py").read_text()
+    assert "import mm_hf" not in code and "from mm_hf" not in code
+    root = os.path.dirname(data["test"])
+    rows = [json.loads(line) for line in open(data["test"])][:6]
+    for row in rows:
+        row["image"] = os.path.join(root, row["image"])
+    rows[1]["image"], rows[2]["title"] = None, None  # missing modalities
+    rows[3]["segment"], rows[3]["price"], rows[4]["segment"] = None, None, "never-seen"
+    # In process: what the recipe's evaluation feeds the model (mm_hf decodes the files itself).
+    processor = MultimodalProcessor.from_pretrained(str(out))
+    columns = {"image": "image", "text": "title", "age": "age", "price": "price", "segment": "segment"}
+    inputs = processor.transform(train=False)({k: [r[c] for r in rows] for k, c in columns.items()})
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        expected = model(**{k: torch.stack(v) for k, v in inputs.items() if not k.startswith("labels")}).logits
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    proc = subprocess.run(
+        [sys.executable, "-c", AUTO_PROCESSOR, str(out), json.dumps(rows)], capture_output=True, text=True, env=env,
+        cwd="/",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    remote = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert remote["processor"].startswith("transformers_modules")
+    assert remote["mask"] == [[1, 1, 1], [0, 1, 1], [1, 0, 1], [1, 1, 1], [1, 1, 1], [1, 1, 1]]
+    torch.testing.assert_close(torch.tensor(remote["logits"]), expected, rtol=0, atol=1e-5)
+
+
+def test_shipped_processor_gives_the_evaluation_inputs_of_every_modality(encoders, xor, tiny_wav2vec2, tmp_path):
+    """The saved processor_config.json + MultimodalFusionProcessor (decoded inputs) give exactly the tensors of
+    MultimodalProcessor's evaluation transform (files): images, text, audio cut to its window, tabular, masks."""
+    from PIL import Image
+
+    from mm_hf.data.tabular import TabularProcessor
+    from mm_hf.models.processing_multimodal_fusion import MultimodalFusionProcessor
+
+    rows = [json.loads(line) for line in open(xor["test"])][:4]
+    images = [os.path.join(os.path.dirname(xor["test"]), r["image"]) for r in rows]
+    rng = np.random.default_rng(0)
+    # 0.7 s and 0.3 s clips: the first is cut to the 0.5 s window, the batch is padded to the longest.
+    waves = [rng.uniform(-0.5, 0.5, n).astype(np.float32) for n in (11200, 4800, 8000)] + [None]
+    table = {"age": [31, None, "40", 25.5], "city": ["Oslo", "Oslo", None, "Atlantis"]}
+    tabular = TabularProcessor().fit({"age": [30, 50, 20], "city": ["Oslo", "Bergen", "Oslo"]}, ["age"], ["city"])
+    settings = ProcessorSettings(["image", "text", "audio", "tabular"], max_length=12, max_length_seconds=0.5)
+    processor = MultimodalProcessor.from_encoders(
+        {"image": encoders["vision"], "text": encoders["text"], "audio": tiny_wav2vec2}, settings, tabular
+    )
+    processor.save_pretrained(tmp_path / "p")
+    sources = {
+        "image": [images[0], None, images[2], images[3]],
+        "text": [r["text"] for r in rows[:3]] + [None],
+        "audio": [{"array": w, "sampling_rate": 16000} if w is not None else None for w in waves],
+        **table,
+    }
+    expected = processor.transform(train=False)(sources)
+    shipped = MultimodalFusionProcessor.from_pretrained(str(tmp_path / "p"))
+    got = shipped(
+        images=[Image.open(p) if p else None for p in sources["image"]],
+        text=sources["text"],
+        audio=waves,
+        tabular=[{"age": a, "city": c} for a, c in zip(table["age"], table["city"], strict=True)],
+    )
+    assert set(got) == set(expected) and "audio_attention_mask" in got and got["input_values"].shape[1] == 8000
+    for key, values in expected.items():
+        torch.testing.assert_close(got[key], torch.stack(values), rtol=0, atol=0, equal_nan=True, msg=key)
+    assert got["modality_mask"].tolist() == [[1, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1], [1, 0, 0, 1]]
+    assert got["categorical_ids"].tolist() == [[2], [2], [0], [0]]  # Bergen=1, Oslo=2; missing and unseen: 0
+    with pytest.raises(ValueError, match="same length"):
+        shipped(images=[None], text=["a", "b"])

@@ -8,7 +8,8 @@
   optional heavy dependency loaded at call time), otherwise it belongs at the top of the module;
 - each UPPER_CASE constant is defined in one module (imported elsewhere; one with another meaning gets another
   name);
-- the remote-code files (`models/configuration_*`, `models/modeling_*` and what they import) import only sibling
+- the remote-code files (`models/configuration_*`, `models/modeling_*`, `models/processing_*` and what they import)
+  import only sibling
   files of models/, which `save_pretrained` ships with a checkpoint.
 """
 
@@ -242,10 +243,10 @@ def test_the_allowlists_only_hold_live_violations():
 
 
 def shipped_with_checkpoints() -> list[Path]:
-    """The configuration_* / modeling_* files and every file they import, recursively: what `save_pretrained` copies
-    next to a checkpoint (transformers' `get_relative_import_files`)."""
+    """The configuration_* / modeling_* / processing_* files and every file they import, recursively: what
+    `save_pretrained` copies next to a checkpoint (transformers' `get_relative_import_files`)."""
     models = PACKAGE / "models"
-    todo = [*models.glob("configuration_*.py"), *models.glob("modeling_*.py")]
+    todo = [*models.glob("configuration_*.py"), *models.glob("modeling_*.py"), *models.glob("processing_*.py")]
     shipped: set[Path] = set()
     while todo:
         path = todo.pop()

@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification
 
 import mm_hf.models  # noqa: F401  (registers the Auto classes)
 from mm_hf.data.synthetic import write_video_dataset
-from mm_hf.data.video import make_moving_shape_clip, write_synthetic_video
+from mm_hf.data.video import load_video_frames, make_moving_shape_clip, write_synthetic_video
 from mm_hf.models.pooling import MeanPooling, TransformerPooling
 from mm_hf.models.tiny import build_tiny_encoders
 from mm_hf.processing import MultimodalProcessor, ProcessorSettings
@@ -142,13 +142,19 @@ def test_temporal_transformer_learns_direction_where_frame_averaging_cannot():
 REMOTE_VIDEO = r"""
 import json, sys
 sys.modules["mm_hf"] = None
+import numpy as np
 import torch
-from transformers import AutoModelForVideoClassification
+from PIL import Image
+from transformers import AutoModelForVideoClassification, AutoProcessor
 folder = sys.argv[1]
 model = AutoModelForVideoClassification.from_pretrained(folder, trust_remote_code=True).eval()
+# The processor shipped with the checkpoint, fed decoded frames (uint8 (B, T, H, W, 3) saved by the test).
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+videos = [[Image.fromarray(frame) for frame in clip] for clip in np.load(folder + "/frames.npy")]
 with torch.no_grad():
     logits = model(**torch.load(folder + "/inputs.pt")).logits
-print(json.dumps({"logits": logits.tolist(), "module": type(model).__module__}))
+    processed = model(**processor(videos=videos)).logits
+print(json.dumps({"logits": logits.tolist(), "processed": processed.tolist(), "module": type(model).__module__}))
 """
 
 
@@ -179,6 +185,8 @@ def test_video_checkpoint_loads_as_a_video_classifier_without_mm_hf(encoders, tm
     )
     inputs = {k: torch.stack(v) for k, v in inputs.items()}
     torch.save(inputs, out / "inputs.pt")
+    clips = [load_video_frames(os.path.join(os.path.dirname(data["test"]), r["video"]), 2) for r in rows]
+    np.save(out / "frames.npy", np.stack([np.stack([np.asarray(frame) for frame in clip]) for clip in clips]))
     with torch.no_grad():
         expected = model(**inputs).logits
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")}
@@ -194,3 +202,4 @@ def test_video_checkpoint_loads_as_a_video_classifier_without_mm_hf(encoders, tm
     remote = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not remote["module"].startswith("mm_hf")
     torch.testing.assert_close(torch.tensor(remote["logits"]), expected)
+    torch.testing.assert_close(torch.tensor(remote["processed"]), expected, rtol=0, atol=1e-5)

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..models.processing_multimodal_fusion import category_key, encode_tabular
 from .loading import DataError
 
 logger = logging.getLogger(__name__)
@@ -76,15 +77,10 @@ class TabularProcessor:
         if not self._fitted:
             raise RuntimeError("TabularProcessor is not fitted: call fit(train_dataset, numeric, categorical) first")
         size = _batch_size(batch, [*self.numeric, *self.categorical])
-        numeric = np.empty((size, len(self.numeric)), dtype=np.float32)
-        for j, col in enumerate(self.numeric):
-            values = _numeric_values(_column(batch, col), col, "batch")
-            numeric[:, j] = (values - self.means[j]) / self.stds[j]
-        ids = np.empty((size, len(self.categorical)), dtype=np.int64)
-        for j, col in enumerate(self.categorical):
-            index = self._index[j]
-            ids[:, j] = np.fromiter((index.get(k, 0) for k in _category_keys(_column(batch, col))), np.int64, size)
-        return {"numeric_values": numeric, "categorical_ids": ids}
+        numeric = [_numeric_values(_column(batch, col), col, "batch") for col in self.numeric]
+        keys = [_category_keys(_column(batch, col)) for col in self.categorical]
+        # The arithmetic is the checkpoint's own processor's (shipped as remote code), so both encode alike.
+        return encode_tabular(numeric, self.means, self.stds, keys, self._index, size)
 
     @property
     def cardinalities(self) -> list[int]:
@@ -193,19 +189,4 @@ def _category_keys(values) -> list[str | None]:
     """Categorical cells as text keys (None when missing); 3.0 and 3 read the same (pandas floats int columns)."""
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         values = values.to_pylist()
-    return [_category_key(v) for v in values]
-
-
-def _category_key(value) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = value.strip()
-        return value or None
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        return str(int(value)) if value.is_integer() else repr(value)
-    if isinstance(value, np.generic):
-        return _category_key(value.item())
-    return str(value)
+    return [category_key(v) for v in values]

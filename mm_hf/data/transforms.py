@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from transformers.image_utils import SizeDict
 
 from mm_hf.data.images import load_image, load_image_reduced
 from mm_hf.errors import UserError
+from mm_hf.models.processing_multimodal_fusion import height_width, target_size
 
 Size = tuple[int, int]  # (height, width)
 Box = tuple[int, int, int, int]  # (top, left, height, width)
@@ -45,32 +46,6 @@ Box = tuple[int, int, int, int]  # (top, left, height, width)
 # than full decoding, crops differing by 0.24/255 on average; 1.5 -> 4.9x, 0.42/255; 1 -> 5.7x,
 # 0.90/255. 1.5 meets the 4x target with half the deviation of 1.
 DRAFT_MARGIN = 1.5
-
-
-def target_size(image_processor: Any) -> Size:
-    """The (height, width) the model expects from `image_processor`: its crop size when it
-    center-crops, otherwise its resize target (a `shortest_edge` becomes a square)."""
-    crop_size = getattr(image_processor, "crop_size", None)
-    if getattr(image_processor, "do_center_crop", False) and crop_size:
-        return _height_width(crop_size)
-    return _height_width(image_processor.size)
-
-
-def _height_width(size: Any) -> Size:
-    """(height, width) from a `SizeDict`, a plain dict or an int."""
-    if isinstance(size, int):
-        return size, size
-
-    def get(key: str) -> int | None:
-        return size.get(key) if isinstance(size, Mapping) else getattr(size, key, None)
-
-    for height_key, width_key in (("height", "width"), ("max_height", "max_width")):
-        if get(height_key) and get(width_key):
-            return int(get(height_key)), int(get(width_key))
-    edge = get("shortest_edge") or get("longest_edge")
-    if edge:
-        return int(edge), int(edge)
-    raise ValueError(f"Cannot tell the model's input size from the image processor's size {size!r}.")
 
 
 class RandomResizedCrop:
@@ -223,7 +198,7 @@ class ProcessorGeometry:
                 return None
         crop = None
         if image_processor.do_center_crop:
-            crop = _height_width(image_processor.crop_size)
+            crop = height_width(image_processor.crop_size)
         resample = image_processor.resample
         resample = Image.Resampling.BILINEAR if resample is None else Image.Resampling(int(resample))
         return cls(size, crop, resample)
