@@ -33,6 +33,23 @@ def load_recipe(name: str):
     return module
 
 
+@pytest.fixture
+def image_encoder_calls(monkeypatch):
+    """A list that grows by the batch size at every image-tower pass of the dual-encoder classifiers (what a
+    feature cache saves)."""
+    from mm_hf.models import ClipClassifierForImageClassification
+
+    calls = []
+    original = ClipClassifierForImageClassification.get_image_features
+
+    def counting(self, pixel_values):
+        calls.append(len(pixel_values))
+        return original(self, pixel_values)
+
+    monkeypatch.setattr(ClipClassifierForImageClassification, "get_image_features", counting)
+    return calls
+
+
 @pytest.fixture(scope="session")
 def tiny_vtde(tmp_path_factory):
     """A tiny VisionTextDualEncoder (random ViT + BERT, word-level vocab) with its processor, 32x32 input."""

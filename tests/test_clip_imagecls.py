@@ -206,15 +206,8 @@ def test_lora_adapter_reload_and_merge_give_identical_logits(tiny_vtde, digits_d
     )
 
 
-def test_linear_probe_runs_backbone_once_not_every_epoch(tiny_vtde, digits_dir, tmp_path, monkeypatch):
-    calls = []
-    original = ClipClassifierForImageClassification.get_image_features
-
-    def counting(self, pixel_values):
-        calls.append(len(pixel_values))
-        return original(self, pixel_values)
-
-    monkeypatch.setattr(ClipClassifierForImageClassification, "get_image_features", counting)
+def test_linear_probe_runs_backbone_once_not_every_epoch(tiny_vtde, digits_dir, tmp_path, image_encoder_calls):
+    calls = image_encoder_calls
     counts = []
     for epochs in (1, 4):
         calls.clear()

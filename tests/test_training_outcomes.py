@@ -68,18 +68,11 @@ def backbone_changes(out, base_path):
 
 @pytest.mark.parametrize("cached", [True, False])
 def test_linear_probe_leaves_the_backbone_byte_identical_and_learns_the_head(
-    tiny_vtde, colours_dir, tmp_path, monkeypatch, cached
+    tiny_vtde, colours_dir, tmp_path, image_encoder_calls, cached
 ):
     # Cached features fitted by L-BFGS (the default), or images through the backbone at every step by the Trainer:
     # the case where a backbone left trainable would move.
-    calls = []
-    original = ClipClassifierForImageClassification.get_image_features
-
-    def counting(self, pixel_values):
-        calls.append(len(pixel_values))
-        return original(self, pixel_values)
-
-    monkeypatch.setattr(ClipClassifierForImageClassification, "get_image_features", counting)
+    calls = image_encoder_calls
     extra = [] if cached else ["--probe_solver", "trainer", "--precompute_features", "false", "--learning_rate",
                                "5e-2", "--num_train_epochs", "4", "--weight_decay", "0"]  # fmt: skip
     out = tmp_path / "probe"
