@@ -107,8 +107,8 @@ def _report(index: SearchIndex, verb: str, count: int, skipped: list) -> None:
     m = index.manifest
     recall = m[f"recall@{RECALL_K}_vs_exact"]
     line = (
-        f"{verb} {count} items ({m['count']} in all), {m['index_type']} index {m['index_params']}, "
-        f"recall@{RECALL_K} vs exact search {recall:.4f}"
+        f"{verb} {count} items ({m['count']} in all), {m['index_type']} index {m['index_params'] or ''}".rstrip()
+        + f", recall@{RECALL_K} vs exact search {recall:.4f}"
     )
     if skipped:
         line += f"; skipped {len(skipped)} unreadable file(s), e.g. {skipped[0][0]}: {skipped[0][1]}"
