@@ -1,7 +1,7 @@
 """ONNX export of a loaded classifier or dual-encoder tower: trace, check against PyTorch, time both.
 
-The legacy TorchScript exporter (`torch.onnx.export(..., dynamo=False)`) is used on purpose: it needs neither
-`onnxscript` nor `onnx` (onnxruntime is the only added dependency), and tracing runs the model's own eager forward,
+The legacy TorchScript exporter (`torch.onnx.export(..., dynamo=False)`) is used on purpose: it needs no
+`onnxscript` (only `onnx`, to serialise the graph, and onnxruntime to check it), and tracing runs the model's own eager forward,
 which already passes the parity checks (tests/test_export.py) for every tower the recipes use: ViT, DINOv2, CLIP,
 SigLIP, BERT, wav2vec2, Whisper's encoder and CLAP's HTSAT. The dynamo exporter was not tried: it would add
 onnxscript and a `torch.export` pass for no gain on these graphs. Tracing freezes Python-level shape checks
