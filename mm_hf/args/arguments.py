@@ -1,0 +1,167 @@
+"""The argument dataclasses every recipe shares: where models come from, the data flags, what to fine-tune."""
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+from ..errors import UserError
+from ..training import ALL_STRATEGIES, CLASSIFIER_STRATEGIES, CONTRASTIVE_STRATEGIES
+
+
+@dataclass
+class HubArguments:
+    """Where pretrained models come from; shared by every recipe's model arguments."""
+
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to store downloaded models and datasets."})
+    model_revision: str = field(default="main", metadata={"help": "Model version: branch, tag or commit id."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom code from the Hub for the model/dataset (runs that code!)."}
+    )
+
+    def __post_init__(self):
+        for name in (f.name for f in dataclasses.fields(self) if f.name.endswith("model_name_or_path")):
+            check_model_source(getattr(self, name), f"--{name}")
+
+    def hub_kwargs(self) -> dict:
+        """The `from_pretrained` keyword arguments these flags set."""
+        return {
+            "cache_dir": self.cache_dir,
+            "revision": self.model_revision,
+            "trust_remote_code": self.trust_remote_code,
+        }
+
+
+@dataclass
+class ModelArguments(HubArguments):
+    """The image recipes' model (clip_imagecls, clip_retrieval): a dual encoder."""
+
+    model_name_or_path: str = field(
+        default="openai/clip-vit-base-patch32",
+        metadata={"help": "Pretrained dual encoder (CLIP, SigLIP, CLAP, ...): a Hub id or a local folder."},
+    )
+
+
+@dataclass
+class AudioModelArguments(HubArguments):
+    """The audio classification recipe's model. Its default is transformers' run_audio_classification.py's
+    (wav2vec2-base, a speech encoder), not the image recipes' CLIP, which has no audio tower."""
+
+    model_name_or_path: str = field(
+        default="facebook/wav2vec2-base",
+        metadata={
+            "help": "Pretrained audio encoder (wav2vec2, HuBERT, WavLM, Whisper, AST) or audio-text model (CLAP): "
+            "a Hub id or a local folder."
+        },
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset id (or a local dataset script/folder)."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration name of the Hub dataset."})
+    train_dir: str | None = field(default=None, metadata={"help": "Training folder: one sub-folder per class."})
+    validation_dir: str | None = field(default=None, metadata={"help": "Validation folder: one sub-folder per class."})
+    test_dir: str | None = field(default=None, metadata={"help": "Test folder: one sub-folder per class."})
+    train_file: str | None = field(default=None, metadata={"help": "Training CSV/JSONL file (paths relative to it)."})
+    validation_file: str | None = field(default=None, metadata={"help": "Validation CSV/JSONL file."})
+    test_file: str | None = field(default=None, metadata={"help": "Test CSV/JSONL file."})
+    train_val_split: float = field(
+        default=0.15, metadata={"help": "Fraction of train held out for validation when no validation split is given."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate training data (debugging)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation data (debugging)."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Truncate test data (debugging)."})
+    skip_bad_samples: bool = field(
+        default=False, metadata={"help": "Drop unreadable samples and report them instead of stopping with an error."}
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for dataset validation/preprocessing."}
+    )
+
+
+@dataclass
+class FinetuneArguments:
+    finetune_strategy: str = field(
+        default="lora",
+        metadata={
+            "help": f"What to train. Classifiers and fusion models: {', '.join(CLASSIFIER_STRATEGIES)} (linear_probe: "
+            "the head on frozen features; top_k: the last --unfreeze_last_n_layers layers + head; lora: peft "
+            f"adapters + head). Contrastive: {', '.join(CONTRASTIVE_STRATEGIES)} (lock_image freezes the image, or "
+            "CLAP's audio, tower; lock_text the text tower).",
+        },
+    )
+    unfreeze_last_n_layers: int = field(default=2, metadata={"help": "With top_k: how many final layers to train."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Module names to adapt (default: resolved per architecture, e.g. q_proj k_proj v_proj out_proj)."
+        },
+    )
+    merge_lora: bool = field(
+        default=False,
+        metadata={"help": "Save LoRA merged into the weights (a plain checkpoint) instead of an adapter."},
+    )
+    precompute_features: bool = field(
+        default=True,
+        metadata={
+            "help": "With linear_probe: run the frozen backbone once and train the head on cached features (fusion "
+            "recipes: every frozen encoder, also one frozen by --vision_strategy/--text_strategy/--audio_strategy)."
+        },
+    )
+    probe_solver: str = field(
+        default="lbfgs",
+        metadata={
+            "help": "With linear_probe on cached features (clip_imagecls, audio_cls): lbfgs fits the head to "
+            "convergence (logistic regression, L2 strength chosen on validation, else by 5-fold cross-validation "
+            "on train; ignores the learning rate, epochs and steps); trainer trains it by Trainer epochs instead.",
+            "choices": ["lbfgs", "trainer"],
+        },
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "Stop after this many evaluations without improvement (turns on load_best_model_at_end)."},
+    )
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into a non-empty --output_dir."})
+    traceback: bool = field(
+        default=False,
+        metadata={
+            "help": "On an input mistake (bad data, flag, file or sample) also print the Python traceback, instead of "
+            "only the message and exit status 2 (as MM_HF_DEBUG=1). Not --debug: TrainingArguments owns that flag."
+        },
+    )
+
+    def __post_init__(self):
+        # Each recipe checks its own subset (classifier vs contrastive); a typo fails here, at parse time.
+        if self.finetune_strategy not in ALL_STRATEGIES:
+            raise UserError(
+                f"--finetune_strategy must be one of {', '.join(ALL_STRATEGIES)}; got {self.finetune_strategy!r}"
+            )
+        if self.probe_solver not in ("lbfgs", "trainer"):
+            raise UserError(f"--probe_solver must be lbfgs or trainer; got {self.probe_solver!r}")
+
+
+def check_model_source(value: str | None, flag: str) -> None:
+    """Refuse a model that is neither an existing folder nor a possible Hub id (owner/name), before any download.
+
+    Without this, a mistyped local path reaches huggingface_hub as a repo id and fails with "Repo id must be in
+    the form 'repo_name' or 'namespace/repo_name'", which says nothing about the folder.
+    """
+    if not value or os.path.isdir(value):
+        return
+    if os.path.isfile(value):
+        raise UserError(f"{flag} {value} is a file: pass the folder holding it (with config.json), or a Hub model id")
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        raise UserError(
+            f"{flag} {value}: no such folder (relative to {os.getcwd()}), and not a Hub model id either (those look "
+            "like owner/name, e.g. openai/clip-vit-base-patch32): check the path"
+        ) from None
