@@ -203,3 +203,41 @@ def test_spoken_languages_use_every_language_and_unseen_test_numbers(tmp_path):
     paths, labels, classes = data.read_split(str(tmp_path / "test"))
     assert classes == sorted(data.LANGUAGE_VOICES) and len(classes) == 10 and len(paths) == 20
     assert not set(speakers["test"]) & set(speakers["train"] + speakers["validation"])
+
+
+def _drumkit(folder, instruments: dict[str, list[str]], rate: int = 44100):
+    """A Hydrogen drumkit folder: drumkit.xml (namespaced, as Hydrogen writes it) and one stereo WAV per layer."""
+    import soundfile as sf
+
+    os.makedirs(folder)
+    parts = []
+    for name, files in instruments.items():
+        layers = "".join(f"<layer><filename>{f}</filename></layer>" for f in files)
+        parts.append(f"<instrument><name>{name}</name><instrumentComponent>{layers}</instrumentComponent></instrument>")
+        for f in files:
+            sf.write(os.path.join(folder, f), np.full((int(rate * 3), 2), 0.1, dtype="float32"), rate)
+    xml = f'<drumkit_info xmlns="http://www.hydrogen-music.org/drumkit"><instrumentList>{"".join(parts)}'
+    with open(os.path.join(folder, "drumkit.xml"), "w") as f:
+        f.write(xml + "</instrumentList></drumkit_info>")
+
+
+def test_drum_hits_split_by_kit_with_classes_from_instrument_names(tmp_path):
+    """Every recording of a kit lands in one split; names map to the five classes (first match wins: a ride
+    bell is a cymbal), others (claps) are left out; clips are mono 16 kHz cut to max_seconds; caps apply."""
+    import soundfile as sf
+
+    root = tmp_path / "kits"
+    _drumkit(root / "A", {"Kick": ["k1.wav", "k2.wav"], "Snare Rim": ["s.wav"], "Hand Clap": ["c.wav"]})
+    _drumkit(root / "B", {"Bass Drum 1": ["bd.wav"], "Hi-Hat Closed": ["hh.wav"], "Ride Bell": ["rb.wav"]})
+    _drumkit(root / "C", {"Tom Low": ["t.wav"], "Closed HH": ["h.wav"]})
+    splits = {"train": ("A",), "validation": ("B",), "test": ("C",)}
+    out = tmp_path / "out"
+    counts = data.write_drum_hits(str(out), root=str(root), splits=splits, max_seconds=1.0)
+    assert counts == {"train": 3, "validation": 3, "test": 2}
+    layout = {s: {c: sorted(os.listdir(out / s / c)) for c in os.listdir(out / s)} for s in data.SPLITS}
+    assert layout["train"] == {"kick": ["A_000.wav", "A_001.wav"], "snare": ["A_002.wav"]}
+    assert set(layout["validation"]) == {"kick", "hihat", "cymbal"} and set(layout["test"]) == {"tom", "hihat"}
+    info = sf.info(str(out / "test" / "tom" / "C_000.wav"))
+    assert (info.samplerate, info.channels, round(info.duration, 2)) == (16000, 1, 1.0)
+    capped = data.write_drum_hits(str(tmp_path / "capped"), (1, 1, 1), root=str(root), splits=splits)
+    assert capped == {"train": 2, "validation": 3, "test": 2}  # train: one kick, one snare

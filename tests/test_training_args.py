@@ -104,6 +104,20 @@ def test_start_run_fills_retention_and_logging_defaults_unless_set(tmp_path):
     assert {"save_total_limit", "logging_steps"} <= training_args.explicit_flags
 
 
+def test_start_run_pins_memory_only_with_a_gpu_unless_set(tmp_path):
+    """Pinning without a GPU buys nothing and makes torch warn at every DataLoader; a user's flag still wins.
+    (With --use_cpu transformers turns it off itself; this is the run on a machine that simply has no GPU.)"""
+    import torch
+
+    from mm_hf.run import start_run
+
+    base = ["--output_dir", str(tmp_path / "a")]
+    _, training_args = start_run(TYPES, base)
+    assert training_args.dataloader_pin_memory is torch.cuda.is_available()
+    _, training_args = start_run(TYPES, [*base, "--dataloader_pin_memory", "true"])
+    assert training_args.dataloader_pin_memory is True
+
+
 @pytest.mark.parametrize(("strategy", "lr"), [("lora", 1e-3), ("full", 1e-4), ("linear_probe", 3e-2)])
 def test_classifier_defaults_follow_the_strategy_unless_set(tmp_path, strategy, lr):
     from mm_hf.args import fill_strategy_defaults
