@@ -73,7 +73,8 @@ def check_sweep_flags(ft_args, training_args) -> None:
         raise UserError("--hp_search trains one model per trial: add --do_train")
     if training_args.resume_from_checkpoint:
         raise UserError(
-            "--hp_search cannot resume (each trial starts from the untouched model): drop --resume_from_checkpoint"
+            f"--hp_search cannot resume from {training_args.resume_from_checkpoint}: each trial starts from the "
+            "untouched model. Drop --resume_from_checkpoint and pass --overwrite_output_dir to run the sweep again"
         )
 
 
@@ -123,9 +124,7 @@ def _param(path: str, name: str, spec) -> Param:
         low, high = cast(spec["low"]), cast(spec["high"])
         step = cast(spec["step"]) if spec.get("step") is not None else None
     except (KeyError, TypeError, ValueError):
-        raise UserError(
-            f"{where} needs numeric low and high (write 1.0e-5, not 1e-5, for YAML to read a number)"
-        ) from None
+        raise UserError(f"{where} needs numeric low and high (got {spec.get('low')!r}, {spec.get('high')!r})") from None
     log = bool(spec.get("log", False))
     if not low < high or (log and low <= 0):
         raise UserError(f"{where}: need low < high{' and low > 0 for log' if log else ''} (got {low}, {high})")
