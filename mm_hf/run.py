@@ -263,7 +263,8 @@ def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, be
     # wrap it as usual.
     trainer.model._is_accelerate_prepared = False
     results, train_runtime, hp_search = dict(before), None, None
-    resumed_from = trainer.args.resume_from_checkpoint  # a checkpoint path or None: start_run resolved "auto"
+    # A checkpoint path or None: start_run resolved "auto" (for training runs; others never resume).
+    resumed_from = trainer.args.resume_from_checkpoint if trainer.args.do_train else None
     if trainer.args.do_train and trainer.is_world_process_zero():
         # Until save_run has written the last file, the folder is marked as an unfinished run: mm_hf.publish refuses
         # it and --resume_from_checkpoint auto continues it.

@@ -1,13 +1,14 @@
 """--hp_search through Trainer.hyperparameter_search: a 3-trial Optuna sweep on a tiny model, compared on the
 validation split, whose best trial is retrained into a normal output folder; bad sweep flags refused up front."""
 
+import glob
 import importlib.util
 import json
 import os
 
 import pytest
 import yaml
-from conftest import load_recipe
+from conftest import REPO, load_recipe
 from huggingface_hub import ModelCard
 from transformers import TrainingArguments
 
@@ -15,6 +16,7 @@ from mm_hf.args import FinetuneArguments
 from mm_hf.errors import UserError
 from mm_hf.run import start_run
 from mm_hf.run_folder import is_unfinished, mark_unfinished
+from mm_hf.sweeps import load_hp_space
 
 pytest.importorskip("optuna")
 recipe = load_recipe("clip_imagecls")
@@ -55,6 +57,13 @@ def test_optuna_sweep_compares_trials_on_validation_and_retrains_the_best(tiny_v
     assert "### Hyperparameter search" in card and "compared on the validation split by `eval_loss`" in card
     assert f"| **{best['trial']}** |" in card and "![Hyperparameter search](hp_search.png)" in card
     assert not is_unfinished(out)
+
+
+def test_shipped_search_spaces_load():
+    paths = sorted(glob.glob(os.path.join(REPO, "recipes", "configs", "hp_spaces", "*.yaml")))
+    assert paths
+    for path in paths:
+        assert "learning_rate" in load_hp_space(path)
 
 
 TYPES = (FinetuneArguments, TrainingArguments)
