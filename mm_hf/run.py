@@ -242,9 +242,10 @@ def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, be
     --resume_from_checkpoint) and `ft_args` (--early_stopping_patience: early stopping watches only the evaluations
     made during training, not the before/after ones). The trainable parameters (what the strategy left to train)
     are logged and recorded for the card. With --hp_search (mm_hf.sweeps) the trials run first, on the validation
-    split, and the best trial is the one trained here. `fit(train, validation)`, when given, trains on those datasets instead
-    of `trainer.train` (e.g. `mm_hf.probe.fit_classifier_head` on cached features) and returns what to record; its
-    wall time is the train runtime.
+    split, and the best trial is the one trained here. `fit(train, validation)`, when given, trains on those
+    datasets instead of `trainer.train` (e.g. `mm_hf.probe.fit_classifier_head` on cached features) and returns
+    what to record; its wall time is the train runtime. While training, the output folder is marked as an
+    unfinished run (mm_hf.run_folder) until save_run has written it.
     """
     require_evaluation_split(datasets)  # the loaders of the fusion recipes accept train alone
     if ft_args.hp_search and fit is not None:

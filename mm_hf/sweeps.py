@@ -13,7 +13,8 @@ The search space, one entry per TrainingArguments flag:
     num_train_epochs: {type: int, low: 2, high: 10}
     per_device_train_batch_size: {type: categorical, choices: [8, 16, 32]}
 
-Optuna (`pip install 'mm-hf[sweeps]'`) runs the trials one after the other in this process (TPE seeded by --seed).
+Optuna (`pip install 'mm-hf[sweeps]'`) runs the trials one after the other in this process (TPE seeded by --seed;
+its default median pruner stops a trial whose validation score at an evaluation falls behind the earlier trials').
 Ray Tune (`pip install 'mm-hf[sweeps-ray]'`) runs them as Ray actors, on every machine of a Ray cluster when one
 is given (`ray start --head` on one machine, `ray start --address HEAD:6379` on the others, then run the recipe
 with RAY_ADDRESS=HEAD:6379 on the head).
