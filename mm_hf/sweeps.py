@@ -127,6 +127,8 @@ def _param(path: str, name: str, spec) -> Param:
     except (KeyError, TypeError, ValueError):
         raise UserError(f"{where} needs numeric low and high (got {spec.get('low')!r}, {spec.get('high')!r})") from None
     log = bool(spec.get("log", False))
+    if log and step is not None:  # Optuna samples either on a log scale or on a grid, not both
+        raise UserError(f"{where}: log and step exclude each other")
     if not low < high or (log and low <= 0):
         raise UserError(f"{where}: need low < high{' and low > 0 for log' if log else ''} (got {low}, {high})")
     return Param(name, spec["type"], low, high, log, step)
@@ -159,7 +161,7 @@ def ray_space(space: dict[str, Param]):
         if p.type == "int":
             return tune.lograndint(p.low, p.high + 1) if p.log else tune.qrandint(p.low, p.high, p.step or 1)
         if p.step:
-            return tune.qloguniform(p.low, p.high, p.step) if p.log else tune.quniform(p.low, p.high, p.step)
+            return tune.quniform(p.low, p.high, p.step)
         return tune.loguniform(p.low, p.high) if p.log else tune.uniform(p.low, p.high)
 
     return lambda trial: {p.name: distribution(p) for p in space.values()}

@@ -16,7 +16,7 @@ from mm_hf.args import FinetuneArguments
 from mm_hf.errors import UserError
 from mm_hf.run import start_run
 from mm_hf.run_folder import is_unfinished, mark_unfinished
-from mm_hf.sweeps import load_hp_space
+from mm_hf.sweeps import load_hp_space, optuna_space
 
 pytest.importorskip("optuna")
 recipe = load_recipe("clip_imagecls")
@@ -66,6 +66,25 @@ def test_shipped_search_spaces_load():
         assert "learning_rate" in load_hp_space(path)
 
 
+def test_every_kind_of_range_samples_inside_its_bounds(tmp_path):
+    import optuna
+
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "learning_rate: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}\n"
+        "warmup_steps: {type: float, low: 0.0, high: 0.2, step: 0.05}\n"
+        "num_train_epochs: {type: int, low: 2, high: 8, step: 2}\n"
+        "per_device_train_batch_size: {type: categorical, choices: [8, 16]}\n"
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    suggest = optuna_space(load_hp_space(str(path)))
+    for _ in range(20):
+        values = suggest(study.ask())
+        assert 1e-5 <= values["learning_rate"] <= 1e-3
+        assert round(values["warmup_steps"] / 0.05, 6) in (0, 1, 2, 3, 4)
+        assert values["num_train_epochs"] in (2, 4, 6, 8) and values["per_device_train_batch_size"] in (8, 16)
+
+
 TYPES = (FinetuneArguments, TrainingArguments)
 
 
@@ -80,6 +99,7 @@ def start(tmp_path, *flags):
         ("learning_rate: {type: float, low: small, high: 1.0e-3}", "needs numeric low and high"),
         ("learning_rate: {type: float, low: 0.0, high: 1.0e-3, log: true}", "low > 0 for log"),
         ("per_device_train_batch_size: {type: categorical}", "non-empty list of choices"),
+        ("num_train_epochs: {type: int, low: 2, high: 8, step: 2, log: true}", "log and step exclude each other"),
         ("output_dir: {type: categorical, choices: [a, b]}", "output_dir cannot differ between trials"),
     ],
 )
