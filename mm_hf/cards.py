@@ -16,6 +16,8 @@ import transformers
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .atomic_files import atomic_path, atomic_write
+
 TEMPLATE = os.path.join(os.path.dirname(__file__), "templates", "model_card.md")
 RUN_INFO = "run_info.json"
 # The hyperparameters worth a line in a card; the complete set lives in run_config.yaml.
@@ -41,7 +43,11 @@ CARD_HYPERPARAMETERS = (
     "head_dropout",
     "early_stopping_patience",
 )
-PLOTS = (("confusion_matrix.png", "Confusion matrix"), ("training_curves.png", "Training curves"))
+PLOTS = (
+    ("confusion_matrix.png", "Confusion matrix"),
+    ("training_curves.png", "Training curves"),
+    ("hp_search.png", "Hyperparameter search"),
+)
 
 
 @dataclass
@@ -70,20 +76,21 @@ class RunInfo:
     train_runtime: float | None = None  # None: not trained
     hardware: str | None = None
     transformers_version: str | None = None
+    resumed_from: str | None = None  # the checkpoint an interrupted run was resumed from (--resume_from_checkpoint)
 
     def __post_init__(self):
         self.task = self.task or self.pipeline_tag
 
 
 # Written only when set, so each recipe's run_info.json keeps the keys it always had.
-_OPTIONAL_FIELDS = ("eval_task_type", "head", "usage", "extra_tags")
+_OPTIONAL_FIELDS = ("eval_task_type", "head", "usage", "extra_tags", "resumed_from")
 
 
 def write_run_info(output_dir: str, info: RunInfo) -> dict:
     """`run_info.json`: `info` with this machine's hardware and transformers version; returns what was written."""
     info = dataclasses.replace(info, hardware=_hardware(), transformers_version=transformers.__version__)
     record = {k: v for k, v in dataclasses.asdict(info).items() if v is not None or k not in _OPTIONAL_FIELDS}
-    with open(os.path.join(output_dir, RUN_INFO), "w") as f:
+    with atomic_write(os.path.join(output_dir, RUN_INFO)) as f:
         json.dump(record, f, indent=2)
     return record
 
@@ -108,7 +115,8 @@ def write_model_card(
     copy of an adapter run); `repo_id` is used in the loading snippets (default: the folder's path).
     """
     card = render_model_card(output_dir, saved_as, repo_id, license)
-    card.save(os.path.join(target_dir or output_dir, "README.md"))
+    with atomic_path(os.path.join(target_dir or output_dir, "README.md")) as path:
+        card.save(path)
     return card
 
 
@@ -161,6 +169,7 @@ def render_model_card(
         before_label=info.before_label or "zero-shot",
         before_after_table=_read_text(output_dir, "before_after.md"),
         classification_report=_read_text(output_dir, "classification_report.txt").rstrip(),  # "" when absent
+        hp_search=_read_text(output_dir, "hp_search.md").rstrip(),  # the trials of --hp_search, "" without one
         plots=[{"title": t, "path": n} for n, t in PLOTS if os.path.exists(os.path.join(output_dir, n))],
         usage=_usage(saved_as, info.pipeline_tag, base_model, info.usage).replace("REPO_ID", repo_id or output_dir),
         base_model_links=" + ".join(

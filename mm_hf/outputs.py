@@ -10,11 +10,14 @@ import sys
 import yaml
 from transformers.dynamic_module_utils import custom_object_save
 
+from .atomic_files import atomic_write, write_text_atomic
 from .cards import RunInfo, write_model_card, write_run_info
 from .models import MultimodalFusionForClassification
 from .models.fusion import Task
 from .publish import publish_run
 from .reports import plot_training_curves, write_classification_report, write_confusion_matrix, write_task_report
+from .run_folder import mark_finished
+from .sweeps import write_sweep_outputs
 
 
 def save_model(trainer, output_dir: str, merge_lora: bool = False) -> str:
@@ -73,7 +76,7 @@ def recipe_command(argv=None, script: str | None = None) -> str:
 def write_run_config(output_dir: str, resolved: dict, command: str) -> str:
     """`run_config.yaml`: every resolved argument (secrets removed), usable again with --config."""
     path = os.path.join(output_dir, "run_config.yaml")
-    with open(path, "w") as f:
+    with atomic_write(path) as f:
         f.write(f"# {command}\n")
         yaml.safe_dump(_yaml_safe(resolved), f, sort_keys=True)
     return path
@@ -108,7 +111,7 @@ def update_all_results(output_dir: str, metrics: dict) -> dict:
         with open(path) as f:
             results = json.load(f)
     results.update(metrics)
-    with open(path, "w") as f:
+    with atomic_write(path) as f:
         json.dump(results, f, indent=2, sort_keys=True)
     return results
 
@@ -171,11 +174,15 @@ def save_run(
     Call on every process (saving is coordinated by Trainer); only the main process writes the rest: the
     measure's reports after training and before it (prefixed `zeroshot_`), training curves, `all_results.json`
     (merged with `run.results`; the merged dict is returned), `run_config.yaml`, `before_after.md`,
-    `run_info.json` and the model card; prints the summary and the skipped samples and, with `push_to_hub`,
-    publishes the folder.
+    `run_info.json` and the model card (each file atomically: temp file + rename; with --hp_search also the trials
+    table and plot, `hp_search.md`/`.png`), then removes the unfinished-run marker (mm_hf.run_folder); prints the
+    summary and the skipped samples and, with `push_to_hub`, publishes the folder.
     """
     out = trainer.args.output_dir
     results = report_skipped(run.results, skipped)
+    if run.hp_search is not None:
+        results["hp_search"] = run.hp_search
+        config = {**config, **run.hp_search["best_params"]}  # the flags the saved model was trained with
     saved_as = save(trainer, out, merge_lora=merge_lora)
     if not trainer.is_world_process_zero():
         return results
@@ -186,13 +193,17 @@ def save_run(
     write_training_curves(trainer, out)
     results = update_all_results(out, results)
     write_run_config(out, config, info.command)
-    with open(os.path.join(out, "before_after.md"), "w") as f:
-        f.write(run.table)
+    write_text_atomic(os.path.join(out, "before_after.md"), run.table)
+    if run.hp_search is not None:
+        write_sweep_outputs(out, run.hp_search)
     measured = dict(
         eval_split=run.eval_key, before_label=run.before_label, trainable=run.trainable, train_runtime=run.train_runtime
     )
+    if run.resumed_from:
+        measured["resumed_from"] = os.path.basename(os.path.normpath(run.resumed_from))
     write_run_info(out, dataclasses.replace(info, saved_as=saved_as, **measured))
     write_model_card(out)
+    mark_finished(out)  # the last write: from here on the folder is a finished run (publishable)
     print(f"\n{run.headline}:\n\n{run.table}")
     if report_text is not None:
         print(report_text)

@@ -3,7 +3,8 @@
     python -m mm_hf.publish OUTPUT_DIR --hub_model_id user/name [--private] [--adapter_only | --merged]
 
 Recipes call `publish()` at the end of training when given `--push_to_hub`; after a failed push the same
-folder is published again with this command, without retraining.
+folder is published again with this command, without retraining. The folder of an unfinished run (one that still
+holds `run_unfinished.json`: killed, crashed or running; see mm_hf.run_folder) is refused.
 
 What is uploaded is exactly the folder's publishable files: weights as safetensors, configs, code files,
 processor/tokenizer files (also the fusion recipes' `image_processor/`, `tokenizer/`, `feature_extractor/`
@@ -30,6 +31,7 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
 from .cards import RUN_INFO, read_run_info, write_model_card
+from .run_folder import UNFINISHED_MARKER, is_unfinished
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ NEVER_PUBLISHED = (
     "*.pkl",
     "optimizer*",
     "scheduler*",
+    UNFINISHED_MARKER,
 )
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # Sub-folders that are part of a model: the fusion recipes' per-modality processors.
@@ -76,6 +79,12 @@ def publish(
     backoff; re-publishing an unchanged folder uploads nothing.
     """
     retry = _retry_command(output_dir, hub_model_id, private, variant)
+    if is_unfinished(output_dir):
+        raise PublishError(
+            f"{output_dir} holds an unfinished run ({UNFINISHED_MARKER}: training was interrupted, crashed or is "
+            "still running), so its weights and results may be partial or stale. Finish it first: rerun the recipe "
+            "with the same flags plus --resume_from_checkpoint auto"
+        )
     if not os.path.isfile(os.path.join(output_dir, "config.json")):
         raise PublishError(f"{output_dir} is not a recipe output folder (no config.json)")
     token = token or get_token()

