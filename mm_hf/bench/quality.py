@@ -31,6 +31,7 @@ import datetime
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -303,7 +304,13 @@ def main(argv=None) -> dict:
         per_class = tuple(per_class) if per_class else None
         data_dir = os.path.join(args.out, "data", f"{ds.name}-" + "-".join(map(str, per_class or ["all"])))
         if not os.path.isdir(data_dir):
-            ds.write(data_dir, per_class, args.seed, source=args.digits_source)
+            try:
+                ds.write(data_dir, per_class, args.seed, source=args.digits_source)
+            except RuntimeError as error:  # a system package the set needs (espeak-ng, hydrogen-drumkits) is absent
+                shutil.rmtree(data_dir, ignore_errors=True)
+                print(f"\n=== {ds.name}: skipped: {error}", flush=True)
+                rows.append(row("-", "-", ds.name, None, notes=f"skipped: {error}"))
+                continue
         counts = {s: len(data.read_split(os.path.join(data_dir, s))[0]) for s in data.SPLITS}
         sizes[ds.name] = {"per_class": dict(zip(data.SPLITS, per_class or ["all"] * 3, strict=True)),
                           "samples": counts, "about": ds.about}  # fmt: skip
