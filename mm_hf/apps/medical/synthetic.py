@@ -24,6 +24,7 @@ reports do; `prepare` keeps the clinical sections only (see layout.py for why).
 
 import csv
 import os
+import re
 
 import numpy as np
 from PIL import Image
@@ -43,6 +44,12 @@ OTHER_HISTORY = ("History of hypertension.", "History of type 2 diabetes.", "No 
                  "History of hyperlipidemia.", "History of atrial fibrillation.")  # fmt: skip
 QUESTIONS = ("Evaluate for pneumonia.", "Evaluate for acute cardiopulmonary process.", "Assess for effusion.",
              "Evaluate for interval change.")  # fmt: skip
+
+
+def report_vocabulary() -> list[str]:
+    """The lower-case words the synthetic reports' indications use (a word-level tokenizer for a tiny test BERT)."""
+    phrases = DYSPNOEA + OTHER_COMPLAINTS + CANCER_HISTORY + OTHER_HISTORY + QUESTIONS + ("year old man woman with",)
+    return sorted({w for p in phrases for w in re.findall(r"[a-z0-9]+", p.lower())})
 
 
 def radiograph(rng: np.random.Generator, opacity: bool, size: int = 128) -> tuple[Image.Image, str | None]:
