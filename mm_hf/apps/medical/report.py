@@ -4,7 +4,9 @@ the test set, with all inputs, with each modality removed, and with each modalit
 A removed modality is marked missing in every sample and the model's learned placeholder stands in for it, the
 recipe's own `test_without_<modality>_*` evaluation (`mm_hf.measures.WithoutModality`); "alone" removes all the
 others. The model and its saved processor are loaded and scored as `python -m mm_hf.evaluate` scores fusion
-checkpoints (`mm_hf.evaluate.fusion`), so the "all inputs" row equals the recipe's `test_*` numbers.
+checkpoints (`mm_hf.evaluate.fusion`), so the "all inputs" row equals the recipe's `test_*` numbers. Each study
+goes through each encoder once (`mm_hf.fusion_features`, as the recipe caches frozen encoders): the seven
+conditions then differ only in the modality mask, and cost little more than one evaluation.
 
     python -m mm_hf.apps.medical report demo_out/medical_run --test_file demo_out/medical/data/test.jsonl
 """
@@ -19,6 +21,7 @@ import yaml
 from ...args import DataArguments
 from ...errors import UserError
 from ...evaluate.fusion import load_fusion, read_set, run_columns, task_scores
+from ...fusion_features import ENCODER_KEY_OF, CachedInputs, cache_encoder_outputs
 from ...measures import WithoutModality
 
 # How a clinician names the fusion model's modalities.
@@ -67,8 +70,11 @@ def clinical_report(run_dir: str, test_file: str, *, batch_size: int = 64, devic
         "prevalence": dict(zip(findings, labels.mean(axis=0).round(4).tolist(), strict=True)),
         "conditions": {},
     }
-    for name, transform in input_conditions(processor.transform(train=False), columns.modalities).items():
-        scores = task_scores(model, dataset, transform, task, batch_size=batch_size, num_workers=0, device=device,
+    modalities, transform = columns.modalities, processor.transform(train=False)
+    encoded = [m for m in modalities if m in ENCODER_KEY_OF]
+    dataset = cache_encoder_outputs(model, dataset, transform, encoded, batch_size, device)
+    for name, condition in input_conditions(CachedInputs(transform, modalities, encoded), modalities).items():
+        scores = task_scores(model, dataset, condition, task, batch_size=batch_size, num_workers=0, device=device,
                              description=name, progress=False)  # fmt: skip
         report["conditions"][name] = {
             metric: {**{f: scores.get(f"{f}_{metric}") for f in findings}, "macro": scores.get(macro)}
