@@ -54,6 +54,23 @@ def test_prepare_joins_the_layout(tmp_path):
             assert row[lab] == (float(labs[study][lab]) if labs[study][lab] else None)
     assert any(row[lab] is None for row in train for lab in LAB_TESTS)
 
+    # A study with only a lateral view and no report file keeps its row, both modalities missing.
+    study = train[0]["study_id"]
+    metadata_file = os.path.join(paths["image_root"], "mimic-cxr-2.0.0-metadata.csv")
+    metadata = table(metadata_file)
+    for row in metadata:
+        row["ViewPosition"] = "LATERAL" if row["study_id"] == str(study) else row["ViewPosition"]
+    with open(metadata_file, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(metadata[0]))
+        writer.writeheader()
+        writer.writerows(metadata)
+    os.remove(os.path.join(paths["report_root"], "files", f"p{str(train[0]['subject_id'])[:2]}",
+                           f"p{train[0]['subject_id']}", f"s{study}.txt"))  # fmt: skip
+    summary = prepare(**paths, output_dir=str(tmp_path / "gaps"))
+    assert summary["missing"]["image"] == summary["missing"]["report"] == 1
+    (gap,) = [r for r in rows(tmp_path / "gaps" / "train.jsonl") if r["study_id"] == study]
+    assert gap["image"] is None and gap["report"] is None and gap["pneumonia"] == train[0]["pneumonia"]
+
     # One uncertain mention: read as 0, as 1, or the study dropped.
     first = table(paths["labels_file"])
     first[0]["malignancy"] = "-1.0"

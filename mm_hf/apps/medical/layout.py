@@ -17,7 +17,7 @@ Expected input (the files MIMIC-CXR-JPG 2.0, MIMIC-CXR's reports and a labs tabl
 Output: `<output_dir>/{train,validation,test}.jsonl`, one row per study: `image` (the path of its first frontal
 image relative to the file, null when the study has none), `report` (the chosen report sections, null when absent),
 one number (or null) per lab, one 0/1 per finding, `subject_id`, `study_id`. Splits follow the split file (by
-patient in MIMIC-CXR: no patient in two splits).
+patient in MIMIC-CXR: no patient in two splits). A study with none of the three is left out (and counted).
 
 Only the report's clinical sections are kept by default (INDICATION, HISTORY, ...): FINDINGS and IMPRESSION are the
 radiologist's reading of the image, and CheXpert-style labels are mined from them, so a model reading them learns
@@ -162,7 +162,7 @@ def prepare(
     os.makedirs(output_dir, exist_ok=True)
     out = {split: [] for split in ("train", "validation", "test")}
     missing = {"image": 0, "report": 0, "labs": 0}
-    dropped = unsplit = 0
+    dropped = unsplit = empty = 0
     for i, row in enumerate(labels):
         where = f"{labels_file}, data row {i}"
         values = {f: _finding(row[f], uncertain, f"{where}, column {f!r}") for f in findings}
@@ -184,6 +184,9 @@ def prepare(
                 report = report_sections(f.read(), sections)
         lab = labs_of.get(row["study_id"], {})
         lab_values = {c: _number(lab.get(c), f"{labs_file}, study {row['study_id']}, column {c!r}") for c in labs}
+        if image_path is None and report is None and all(v is None for v in lab_values.values()):
+            empty += 1  # nothing to read: the recipe refuses a row without any modality
+            continue
         missing["image"] += image_path is None
         missing["report"] += report is None
         missing["labs"] += all(v is None for v in lab_values.values())
@@ -199,6 +202,8 @@ def prepare(
             f.writelines(json.dumps(r) + "\n" for r in rows)
     if unsplit:
         logger.warning("%d labelled studies are in no split of %s: left out", unsplit, split_path)
+    if empty:
+        logger.warning("%d studies have no frontal image, no report section and no lab value: left out", empty)
     if dropped:
         logger.warning("%d studies with an uncertain finding dropped (--uncertain drop)", dropped)
     return {"splits": {s: len(r) for s, r in out.items()}, "findings": findings, "labs": labs, "missing": missing}
