@@ -16,7 +16,8 @@ and the findings are the clinical conjunctions a reader combines:
 
 An opacity with normal markers is not pneumonia, raised markers without an opacity are not either. So one modality
 alone reaches at most ROC-AUC 0.83 on the two findings it half-sees and 0.5 on the third (macro at most 0.72), with
-one modality removed at most 0.89 macro, while all three together can reach ~1 (less the lab cells left blank:
+one modality removed at most 0.89 macro (bounds in expectation: a finite test set scatters around them), while all
+three together can reach ~1 (less the lab cells left blank:
 wbc 15 %, crp 30 %, bnp 20 %, creatinine and haemoglobin 10 %, and values near the normal range). Creatinine and
 haemoglobin carry no signal. The report also has FINDINGS and IMPRESSION sections describing the opacity, as real
 reports do; `prepare` keeps the clinical sections only (see layout.py for why).
