@@ -195,6 +195,12 @@ def write_fusion_assets(output_dir: str) -> None:
     for name, write in writers.items():
         if not os.path.isdir(os.path.join(fusion_dir, name)):
             print(f"fusion data written: {write(os.path.join(fusion_dir, name))}")
+    write_fusion_encoders(output_dir)
+
+
+def write_fusion_encoders(output_dir: str) -> None:
+    """`tiny-vit` (a small random ViT) and `text-encoder` (the packaged pretrained MiniLM, else a tiny random BERT)
+    under `output_dir`, unless already there: the encoders of the fusion demos and of mm_hf.apps."""
     vision, text = os.path.join(output_dir, "tiny-vit"), os.path.join(output_dir, "text-encoder")
     if not (os.path.isdir(vision) and os.path.isdir(text)):
         import shutil

@@ -2,6 +2,7 @@
 
 import glob
 import os
+import re
 
 import pytest
 import yaml
@@ -104,10 +105,13 @@ def test_shipped_configs_parse(path):
     """Every shipped YAML parses against its recipe's argument dataclasses."""
     from conftest import load_recipe
 
-    # configs are named <recipe>[_<variant>]_demo.yaml
+    # The recipe is the one the config's launch command names (an application's config, e.g. medical.yaml, is
+    # not named after its recipe); else configs are named <recipe>[_<variant>]_demo.yaml.
+    with open(path) as f:
+        launched = re.search(r"recipes/(\w+)\.py", f.read())
     stem = os.path.basename(path).split(".")[0]
     recipes = [os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "recipes", "*.py"))]
-    recipe = load_recipe(max((r for r in recipes if stem.startswith(r)), key=len))
+    recipe = load_recipe(launched.group(1) if launched else max((r for r in recipes if stem.startswith(r)), key=len))
     types = recipe.ARGUMENT_TYPES
     outputs = parse_args(types, ["--config", path])
     assert len(outputs) == len(types)

@@ -89,13 +89,20 @@ _FUSION_WORDS = (
 
 
 def build_tiny_encoders(
-    output_dir: str, *, image_size: int = 32, hidden_size: int = 32, initializer_range: float = 0.02, seed: int = 0
+    output_dir: str,
+    *,
+    image_size: int = 32,
+    hidden_size: int = 32,
+    initializer_range: float = 0.02,
+    seed: int = 0,
+    words: list[str] | None = None,
 ) -> dict:
     """Save a tiny random ViT (+ image processor) and a tiny random BERT (+ word-level tokenizer) as two
     standalone checkpoints under `output_dir`; returns {"vision": path, "text": path} for the fusion recipes.
 
     A random encoder stands in for a pretrained one; a larger `initializer_range` (e.g. 0.2) makes its features
-    vary more with the input (where a square sits in a frame, say), as trained features do."""
+    vary more with the input (where a square sits in a frame, say), as trained features do. `words`: the BERT's
+    word-level vocabulary (default: the words of mm_hf.data.synthetic's datasets; others map to [UNK])."""
     torch.manual_seed(seed)
     paths = {"vision": os.path.join(output_dir, "tiny-vit"), "text": os.path.join(output_dir, "tiny-bert")}
     vit = ViTModel(
@@ -113,7 +120,9 @@ def build_tiny_encoders(
     ViTImageProcessor(
         size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
     ).save_pretrained(paths["vision"])
-    vocab = {w: i for i, w in enumerate(_SPECIAL + _FUSION_WORDS)}
+    vocab = {
+        w: i for i, w in enumerate(_SPECIAL + [w for w in dict.fromkeys(words or _FUSION_WORDS) if w not in _SPECIAL])
+    }
     bert = BertModel(
         BertConfig(
             vocab_size=len(vocab),
