@@ -7,6 +7,7 @@ Under FSDP or DeepSpeed ZeRO-3 no process holds the whole model, so saving it is
 the gather, the main process writes a normal checkpoint (`gather_for_final_save`, `full_state_dict`).
 """
 
+import contextlib
 import os
 
 from .errors import UserError
@@ -116,6 +117,17 @@ def save_fsdp_model(trainer, output_dir: str) -> None:
         if trainer.processing_class is not None:
             trainer.processing_class.save_pretrained(output_dir)
     trainer.accelerator.wait_for_everyone()
+
+
+def full_parameters(trainer):
+    """A context in which the trained model's unwrapped modules hold their whole parameters on every process, for
+    passes that call a tower directly (retrieval embeddings) rather than the wrapped model's forward: under FSDP
+    (once the Trainer has wrapped the model) its full parameters are summoned, read-only; otherwise nothing."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    if trainer.is_fsdp_enabled and isinstance(trainer.model_wrapped, FSDP):
+        return FSDP.summon_full_params(trainer.model_wrapped, writeback=False)
+    return contextlib.nullcontext()
 
 
 def launcher_environment(config_file: str) -> dict:

@@ -116,6 +116,15 @@ class FinetuneArguments:
             "recipes: every frozen encoder, also one frozen by --vision_strategy/--text_strategy/--audio_strategy)."
         },
     )
+    features_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder that keeps each frozen-backbone pass (linear_probe features, frozen fusion encoders, "
+            "retrieval embeddings) on disk, keyed by fingerprints of the model, data and preprocessing: a later run "
+            "with the same three (a sweep of probes, heads, fusion layers) reads it instead of running the backbone. "
+            "Default: not kept. Entries are never evicted (see mm_hf/feature_cache.py)."
+        },
+    )
     probe_solver: str = field(
         default="lbfgs",
         metadata={
