@@ -122,11 +122,16 @@ def save_fsdp_model(trainer, output_dir: str) -> None:
 def full_parameters(trainer):
     """A context in which the trained model's unwrapped modules hold their whole parameters on every process, for
     passes that call a tower directly (retrieval embeddings) rather than the wrapped model's forward: under FSDP
-    (once the Trainer has wrapped the model) its full parameters are summoned, read-only; otherwise nothing."""
+    (once the Trainer has wrapped the model) its full parameters are summoned, under ZeRO-3 gathered (both
+    read-only; not run here: the CPU tests have neither engine); otherwise nothing."""
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     if trainer.is_fsdp_enabled and isinstance(trainer.model_wrapped, FSDP):
         return FSDP.summon_full_params(trainer.model_wrapped, writeback=False)
+    if trainer.is_deepspeed_enabled and is_sharded(trainer):
+        import deepspeed  # only partitioned parameters (ds_id) are gathered: before training there are none
+
+        return deepspeed.zero.GatheredParameters(list(trainer.model.parameters()), modifier_rank=None)
     return contextlib.nullcontext()
 
 

@@ -113,7 +113,8 @@ class FinetuneArguments:
         default=True,
         metadata={
             "help": "With linear_probe: run the frozen backbone once and train the head on cached features (fusion "
-            "recipes: every frozen encoder, also one frozen by --vision_strategy/--text_strategy/--audio_strategy)."
+            "recipes: every frozen encoder, also one frozen by --vision_strategy/--text_strategy/--audio_strategy). "
+            "The pass is split across the launched processes; --features_cache_dir keeps it for later runs."
         },
     )
     features_cache_dir: str | None = field(
