@@ -34,6 +34,9 @@ def main(config: str, recipe: str, out: str, log: str, rc: str, nproc: str) -> N
     # The final model is a normal checkpoint that loads without accelerate: gathered from the shards.
     import torch
     from transformers import AutoModel, AutoModelForImageClassification, AutoModelForSequenceClassification
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # the one line printed is the verdict
 
     import mm_hf.models  # noqa: F401
 

@@ -194,6 +194,35 @@ def test_no_split_modules_follow_the_model_as_it_is(tiny_vtde):
     assert not hasattr(classifier.backbone, "text_model")
 
 
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_fsdp_scalar_parameters_compute_the_same_and_save_as_scalars(monkeypatch, tiny_vtde, loss):
+    """Under FSDP the scalar parameters (logit_scale, the sigmoid loss's logit_bias) become (1,): the contrastive
+    loss and the classifier's logits are unchanged, and the saved state dict has them back as scalars."""
+    from transformers import AutoModel
+
+    from mm_hf.engines import prepare_for_engine, restore_scalars
+    from mm_hf.models import ContrastiveDualEncoderModel, build_dual_encoder_classifier
+
+    torch.manual_seed(0)
+    pixels, ids = torch.randn(3, 3, 32, 32), torch.randint(5, 20, (3, 6))
+    contrastive = ContrastiveDualEncoderModel.from_backbone(AutoModel.from_pretrained(tiny_vtde), loss=loss).eval()
+    classifier = build_dual_encoder_classifier(tiny_vtde, {0: "a", 1: "b"}, head_init="random").eval()
+    with torch.no_grad():
+        before = contrastive(pixel_values=pixels, input_ids=ids, return_loss=True).loss
+        logits = classifier(pixel_values=pixels).logits
+    assert prepare_for_engine(contrastive) is contrastive and contrastive.backbone.logit_scale.shape == ()
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    for model in (contrastive, classifier):
+        prepare_for_engine(model)
+    reshaped = [n for n, p in contrastive.named_parameters() if p.shape == (1,)]
+    assert "backbone.logit_scale" in reshaped and ("logit_bias" in reshaped) == (loss == "siglip")
+    with torch.no_grad():
+        torch.testing.assert_close(contrastive(pixel_values=pixels, input_ids=ids, return_loss=True).loss, before)
+        torch.testing.assert_close(classifier(pixel_values=pixels).logits, logits)
+    state = restore_scalars(contrastive, contrastive.state_dict())
+    assert state["backbone.logit_scale"].shape == () and all(state[n].shape == () for n in reshaped)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

