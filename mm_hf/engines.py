@@ -36,11 +36,16 @@ def check_engine(training_args, *, merge_lora: bool = False) -> None:
             f"the accelerate config asks for {engine}, which accelerate runs on GPUs only: on CPU this run would be "
             "plain DDP. Launch with --config_file recipes/accelerate/cpu_2proc.yaml (and --use_cpu true) on CPU."
         )
-    if merge_lora:
+    if merge_lora and weights_sharded(engine):
         raise UserError(
             f"--merge_lora under {engine}: the adapter is merged by the main process, which does not hold the sharded "
             "base weights. Save the adapter (drop --merge_lora) and merge it afterwards with mm_hf.export or peft."
         )
+
+
+def weights_sharded(engine: str | None) -> bool:
+    """Whether the requested engine leaves no process with the whole model: FSDP, or DeepSpeed at ZeRO stage 3."""
+    return engine == "FSDP" or (engine == "DEEPSPEED" and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3")
 
 
 def is_sharded(trainer) -> bool:
@@ -76,8 +81,19 @@ def prepare_for_engine(model):
     FSDP2's fully_shard likewise), and every CLIP-family model holds one: CLIPModel's logit_scale, the mm-hf cosine
     head's, the sigmoid loss's logit_bias. Broadcasting makes (1,) compute exactly as () does; the names are kept
     so the final save gives them back their shape (`restore_scalars`), and the checkpoint loads as any other.
+    Under FSDP or ZeRO-3 a LoRA dual encoder (clip_retrieval, saved merged by the main process) is refused here,
+    before training, on every process.
     """
-    if requested_engine() != "FSDP":
+    engine = requested_engine()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    contrastive = hasattr(base, "parts") and base.parts().kind == "contrastive"
+    if engine and hasattr(model, "peft_config") and contrastive and weights_sharded(engine):
+        raise UserError(
+            f"clip_retrieval saves a LoRA dual encoder merged, by the main process, which under {engine} does not "
+            "hold the whole base model: train it with DDP (recipes/accelerate/multi_gpu.yaml) or --finetune_strategy "
+            "full / lock_image / lock_text."
+        )
+    if engine != "FSDP":
         return model
     names = []
     for name, param in model.named_parameters():

@@ -192,7 +192,8 @@ def shared_pass(
     sees it; otherwise the main process writes the result there. Call on every process.
     """
     path = _entry(cache_dir, kind, key) if cache_dir and key is not None and None not in key.values() else None
-    if path is not None and _everywhere(os.path.isfile(os.path.join(path, "meta.json"))):
+    # Asked on every process, also those without a key: all must take the same branch (the pass is a collective).
+    if _everywhere(path is not None and os.path.isfile(os.path.join(path, "meta.json"))):
         columns = _read(path)
         rows = {len(v) for v in columns.values()}
         if rows == {num_rows}:

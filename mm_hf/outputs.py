@@ -12,7 +12,6 @@ from transformers.dynamic_module_utils import custom_object_save
 
 from .cards import RunInfo, write_model_card, write_run_info
 from .engines import full_state_dict, save_fsdp_model
-from .errors import UserError
 from .models import MultimodalFusionForClassification
 from .models.fusion import Task
 from .publish import publish_run
@@ -132,12 +131,10 @@ def save_dual_encoder(trainer, output_dir: str, merge_lora: bool = True) -> str:
     zero-shot pipelines, without mm_hf; recorded as "full" (no adapter to load). Call on every process.
     """
     trainer.accelerator.wait_for_everyone()
-    gathered = full_state_dict(trainer)  # FSDP / ZeRO-3: every process joins the gather
+    gathered = full_state_dict(trainer)  # FSDP / ZeRO-3: every process joins the gather (LoRA refused before)
     if trainer.is_world_process_zero():
         trained = trainer.accelerator.unwrap_model(trainer.model)
         if gathered is not None:
-            if hasattr(trained, "peft_config"):
-                raise UserError("a LoRA dual encoder is saved merged, which FSDP / ZeRO-3 cannot: train it with DDP")
             prefix = "backbone."
             state = {k.removeprefix(prefix): v for k, v in gathered.items() if k.startswith(prefix)}
             trained.backbone.save_pretrained(output_dir, state_dict=state)

@@ -223,6 +223,32 @@ def test_fsdp_scalar_parameters_compute_the_same_and_save_as_scalars(monkeypatch
     assert state["backbone.logit_scale"].shape == () and all(state[n].shape == () for n in reshaped)
 
 
+@pytest.mark.parametrize(("engine", "stage", "refused"), [("FSDP", None, True), ("DEEPSPEED", "3", True),
+                                                     ("DEEPSPEED", "2", False)])  # fmt: skip
+def test_lora_dual_encoder_under_a_sharding_engine_is_refused_before_training(
+    monkeypatch, tiny_vtde, engine, stage, refused
+):
+    """clip_retrieval merges LoRA into the dual encoder on the main process, which FSDP / ZeRO-3 never let hold the
+    whole model: refused when the Trainer is built, on every process, not after training."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    from mm_hf.engines import prepare_for_engine
+    from mm_hf.errors import UserError
+    from mm_hf.models import ContrastiveDualEncoderModel
+
+    model = ContrastiveDualEncoderModel.from_backbone(AutoModel.from_pretrained(tiny_vtde))
+    lora = get_peft_model(model, LoraConfig(target_modules=["query", "value"]))
+    monkeypatch.setenv(f"ACCELERATE_USE_{engine}", "true")
+    if stage:
+        monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", stage)
+    if refused:
+        with pytest.raises(UserError, match=rf"LoRA dual encoder merged.*under {engine}.*multi_gpu.yaml"):
+            prepare_for_engine(lora)
+    else:
+        assert prepare_for_engine(lora) is lora
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
