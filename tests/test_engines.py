@@ -4,7 +4,8 @@ every mm-hf model family, and the engine checks of mm_hf.engines.
 accelerate runs FSDP and DeepSpeed on GPUs only (its state turns them on for GPU-like devices, never MULTI_CPU), so
 here each config goes through accelerate's own launcher parsing into the environment it would export, and the
 plugins are built from that environment as the launched processes would build them; the real runs are in
-scripts/gpu_smoke.sh. The 2-process FSDP2 run below shards a model with the same policy by torch directly (gloo).
+scripts/gpu_smoke.sh. The 2-process FSDP run below (slow) wraps a model as accelerate would, by torch directly (gloo).
+The DeepSpeed test that needs deepspeed runs where it is importable, e.g. PYTHONPATH=<site-packages with deepspeed>.
 """
 
 import glob
