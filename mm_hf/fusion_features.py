@@ -16,6 +16,7 @@ import logging
 
 import torch
 
+from .feature_cache import data_fingerprint, model_fingerprint, shared_pass, transform_fingerprint
 from .features import eval_batches
 from .models.configuration_multimodal_fusion import ENCODER_OF
 
@@ -79,26 +80,65 @@ class CachedInputs:
 
 
 @torch.no_grad()
-def cache_encoder_outputs(model, dataset, transform, modalities: list[str], batch_size: int, device, num_workers=0):
+def cache_encoder_outputs(
+    model,
+    dataset,
+    transform,
+    modalities: list[str],
+    batch_size: int,
+    device,
+    num_workers=0,
+    *,
+    cache_dir: str | None = None,
+    desc: str | None = "encoding frozen modalities",
+):
     """`dataset` plus, for each of `modalities`, `<modality>_embeds` (float32), `<modality>_embeds_mask` (learned
     pooling of a masked sequence only) and `<modality>_present`: each row through each encoder exactly once, in
-    eval mode, with the eval `transform`. Feed the result through `CachedInputs`."""
+    eval mode, with the eval `transform`. Feed the result through `CachedInputs`.
+
+    Called on every process of a distributed run, each encodes its share of the rows and all get every row; with
+    `cache_dir` (--features_cache_dir) the outputs are kept on disk under the fingerprints of the cached encoders
+    (weights, config, pooling kind), the data and the transform, so runs that change only what trains after the
+    encoders (fusion, heads, learning rate...) read them back (`mm_hf.feature_cache.shared_pass`).
+    """
     multimodal = fusion_base(model)
-    columns: dict[str, list] = {}
-    for batch in eval_batches(multimodal, dataset, transform, batch_size, num_workers):
-        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        for modality in modalities:
-            features, mask = multimodal.encoder_features(modality, inputs)
-            columns.setdefault(f"{modality}_embeds", []).append(features.float().cpu())
-            if mask is not None:
-                columns.setdefault(f"{modality}_embeds_mask", []).append(mask.cpu())
-            present = batch["modality_mask"][:, multimodal.modalities.index(modality)].bool()
-            columns.setdefault(f"{modality}_present", []).append(present)
-    for name, parts in columns.items():
-        values = torch.cat(parts).numpy()
+
+    def compute_rows(rows: range) -> dict:
+        columns: dict[str, list] = {}
+        for batch in eval_batches(multimodal, dataset.select(rows), transform, batch_size, num_workers, desc):
+            inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            for modality in modalities:
+                features, mask = multimodal.encoder_features(modality, inputs)
+                columns.setdefault(f"{modality}_embeds", []).append(features.float().cpu())
+                if mask is not None:
+                    columns.setdefault(f"{modality}_embeds_mask", []).append(mask.cpu())
+                present = batch["modality_mask"][:, multimodal.modalities.index(modality)].bool()
+                columns.setdefault(f"{modality}_present", []).append(present)
+        return {name: torch.cat(parts).numpy() for name, parts in columns.items()}
+
+    key = None
+    if cache_dir:
+        key = {
+            "pass": "fusion_encoders",
+            "encoders": {m: encoder_fingerprint(multimodal, m) for m in modalities},
+            "data": data_fingerprint(dataset),
+            "transform": transform_fingerprint(transform),
+        }
+    columns = shared_pass(
+        len(dataset), compute_rows, desc=desc or "fusion encoders", cache_dir=cache_dir, kind="fusion", key=key
+    )
+    for name, values in columns.items():
         # Arrow takes rows of 1-D arrays as they are; deeper rows (frames, tokens) as nested lists.
         dataset = dataset.add_column(name, list(values) if values.ndim <= 2 else values.tolist())
     return dataset
+
+
+def encoder_fingerprint(multimodal, modality: str) -> str:
+    """What a cached `<modality>_embeds` column depends on: the modality's encoder (weights and config) and its
+    pooling kind (pooled for a parameter-free one, token states for a learned one, whose weights do not matter)."""
+    pooler = multimodal.poolers[modality]
+    encoder = model_fingerprint(multimodal.encoders[ENCODER_KEY_OF[modality]])
+    return f"{encoder}:{pooler.kind}:{'tokens' if pooler.learned else 'pooled'}"
 
 
 @torch.no_grad()

@@ -104,7 +104,17 @@ def fusion_trainer(model, processor, splits, tasks: list[Task], modalities, trai
         model.to(device)
         workers = training_args.dataloader_num_workers
         splits = {
-            name: cache_encoder_outputs(model, ds, eval_transform, cached, batch_size, device, workers)
+            name: cache_encoder_outputs(
+                model,
+                ds,
+                eval_transform,
+                cached,
+                batch_size,
+                device,
+                workers,
+                cache_dir=ft_args.features_cache_dir,
+                desc=None if training_args.disable_tqdm else f"encoding {'+'.join(cached)} ({name})",
+            )
             for name, ds in splits.items()
         }
         train_transform = CachedInputs(train_transform, modalities, cached)

@@ -11,6 +11,7 @@ A measure (the `Measure` protocol below) scores the model on the held-out split 
 from collections.abc import Callable
 from typing import Protocol
 
+from .engines import full_parameters
 from .metrics.tasks import compute_task_metrics
 from .models.fusion import Task
 from .outputs import write_classification_outputs
@@ -96,9 +97,10 @@ RETRIEVAL_TABLE_METRICS = ("{m}_to_text_recall@1", "{m}_to_text_recall@5", "text
 class RetrievalMeasure:
     """Retrieval (and, with `zeroshot_eval_dir`, zero-shot classification) metrics of the current weights.
 
-    Measured on the main process only (the other processes get `{}`) from the raw `splits`, embedded with
-    `media` and `tokenizer`; after training the Trainer's own evaluation of its eval dataset (the contrastive
-    loss, `eval_loss`) is added when `validation_loss` (--do_eval).
+    Embedded by every process, each a share of the raw `splits` (with `media` and `tokenizer`; kept on disk in
+    `features_cache_dir` when given), ranked by the main process (the others get `{}`); after training the
+    Trainer's own evaluation of its eval dataset (the contrastive loss, `eval_loss`) is added when
+    `validation_loss` (--do_eval).
     """
 
     report = write_report = None  # no per-class report
@@ -114,25 +116,28 @@ class RetrievalMeasure:
         zeroshot_eval_dir: str | None = None,
         prompt_templates=None,
         validation_loss: bool = True,
+        features_cache_dir: str | None = None,
     ):
         self.trainer, self.splits, self.media, self.tokenizer = trainer, splits, media, tokenizer
         self.max_length, self.validation_loss = max_length, validation_loss
         self.zeroshot_eval_dir, self.prompt_templates = zeroshot_eval_dir, prompt_templates
+        self.features_cache_dir = features_cache_dir
 
     def before(self, split: str, prefix: str) -> dict:
-        if not self.trainer.is_world_process_zero():
-            return {}
-        return measure_retrieval(
-            self.trainer.accelerator.unwrap_model(self.trainer.model),
-            self.splits[split],
-            self.media,
-            self.tokenizer,
-            batch_size=self.trainer.args.per_device_eval_batch_size,
-            max_length=self.max_length,
-            prefix=f"{prefix}_",
-            zeroshot_eval_dir=self.zeroshot_eval_dir,
-            prompt_templates=self.prompt_templates,
-        )
+        with full_parameters(self.trainer):  # FSDP: the towers run outside its forward
+            return measure_retrieval(
+                self.trainer.accelerator.unwrap_model(self.trainer.model),
+                self.splits[split],
+                self.media,
+                self.tokenizer,
+                batch_size=self.trainer.args.per_device_eval_batch_size,
+                max_length=self.max_length,
+                prefix=f"{prefix}_",
+                zeroshot_eval_dir=self.zeroshot_eval_dir,
+                prompt_templates=self.prompt_templates,
+                cache_dir=self.features_cache_dir,
+                progress_bars=not self.trainer.args.disable_tqdm,
+            )
 
     after = before
 

@@ -12,6 +12,7 @@ from transformers.dynamic_module_utils import custom_object_save
 
 from .atomic_files import atomic_write, write_text_atomic
 from .cards import RunInfo, write_model_card, write_run_info
+from .engines import full_state_dict, save_fsdp_model
 from .models import MultimodalFusionForClassification
 from .models.fusion import Task
 from .publish import publish_run
@@ -29,14 +30,14 @@ def save_model(trainer, output_dir: str, merge_lora: bool = False) -> str:
     """
     model = trainer.accelerator.unwrap_model(trainer.model)
     is_peft = hasattr(model, "peft_config")
-    if not is_peft:
-        trainer.save_model(output_dir)
-        return "full"
-    if not merge_lora:
-        trainer.save_model(output_dir)
-        if trainer.is_world_process_zero():
+    if not is_peft or not merge_lora:
+        if trainer.is_fsdp_enabled:
+            save_fsdp_model(trainer, output_dir)  # gathered from the shards into a normal checkpoint
+        else:
+            trainer.save_model(output_dir)
+        if is_peft and trainer.is_world_process_zero():
             save_adapter_base_config(model, output_dir)
-        return "adapter"
+        return "adapter" if is_peft else "full"
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         merged = model.merge_and_unload()
@@ -133,10 +134,16 @@ def save_dual_encoder(trainer, output_dir: str, merge_lora: bool = True) -> str:
     zero-shot pipelines, without mm_hf; recorded as "full" (no adapter to load). Call on every process.
     """
     trainer.accelerator.wait_for_everyone()
+    gathered = full_state_dict(trainer)  # FSDP / ZeRO-3: every process joins the gather (LoRA refused before)
     if trainer.is_world_process_zero():
         trained = trainer.accelerator.unwrap_model(trainer.model)
-        trained = trained.merge_and_unload() if hasattr(trained, "peft_config") else trained
-        trained.backbone.save_pretrained(output_dir)
+        if gathered is not None:
+            prefix = "backbone."
+            state = {k.removeprefix(prefix): v for k, v in gathered.items() if k.startswith(prefix)}
+            trained.backbone.save_pretrained(output_dir, state_dict=state)
+        else:
+            trained = trained.merge_and_unload() if hasattr(trained, "peft_config") else trained
+            trained.backbone.save_pretrained(output_dir)
         trainer.processing_class.save_pretrained(output_dir)
     trainer.accelerator.wait_for_everyone()
     return "full"

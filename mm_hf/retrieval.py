@@ -11,6 +11,7 @@ evaluate module, so memory is O((items + captions) × dim) plus one chunk of sim
 import random
 
 import torch
+import xxhash
 from datasets import Dataset
 from torch.utils.data import DataLoader
 from transformers import default_data_collator
@@ -20,6 +21,14 @@ from .data.images import check_images
 from .data.loading import read_class_folder
 from .data.transforms import build_image_transform
 from .errors import UserError
+from .feature_cache import (
+    data_fingerprint,
+    model_fingerprint,
+    process_group,
+    progress,
+    shared_pass,
+    transform_fingerprint,
+)
 from .metrics import load_metric
 from .models import build_dual_encoder_classifier
 
@@ -187,31 +196,87 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> dict:
 
 
 @torch.no_grad()
-def embed_media(model, dataset: Dataset, media, batch_size: int, num_workers: int = 0) -> torch.Tensor:
-    """(num_items, dim) image or audio embeddings of `dataset` through the media's eval transform."""
+def embed_media(
+    model,
+    dataset: Dataset,
+    media,
+    batch_size: int,
+    num_workers: int = 0,
+    *,
+    cache_dir: str | None = None,
+    desc: str | None = None,
+) -> torch.Tensor:
+    """(num_items, dim) image or audio embeddings of `dataset` through the media's eval transform.
+
+    Called on every process of a distributed run, each embeds its share of the items and all get every row;
+    with `cache_dir` the embeddings are kept on disk under the model's, the data's and the transform's
+    fingerprints (`mm_hf.feature_cache.shared_pass`). `desc`: a progress bar on the main process.
+    """
     device, dtype = _device_dtype(model)
-    loader = DataLoader(
-        dataset.with_transform(media.transform(train=False)),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=default_data_collator,
+    transform = media.transform(train=False)
+
+    def compute_rows(rows: range) -> dict:
+        loader = DataLoader(
+            dataset.select(rows).with_transform(transform),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=default_data_collator,
+        )
+        out = []
+        for batch in progress(loader, desc=desc or "", total=len(loader), enabled=desc is not None):
+            batch = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in batch.items()}
+            out.append(media.embed(model, batch).float().cpu())
+        return {"embeds": torch.cat(out).numpy()}
+
+    key = None
+    if cache_dir:
+        key = {
+            "pass": f"{media.name}_embeds",
+            "model": model_fingerprint(model),
+            "data": data_fingerprint(dataset),
+            "transform": transform_fingerprint(transform),
+        }
+    columns = shared_pass(
+        len(dataset), compute_rows, desc=desc or f"{media.name} embeddings", cache_dir=cache_dir, kind="media", key=key
     )
-    out = []
-    for batch in loader:
-        batch = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in batch.items()}
-        out.append(media.embed(model, batch).float().cpu())
-    return torch.cat(out)
+    return torch.from_numpy(columns["embeds"])
 
 
 @torch.no_grad()
-def embed_texts(model, tokenizer, texts: list[str], batch_size: int, max_length: int) -> torch.Tensor:
-    """(num_texts, dim) text embeddings."""
+def embed_texts(
+    model,
+    tokenizer,
+    texts: list[str],
+    batch_size: int,
+    max_length: int,
+    *,
+    cache_dir: str | None = None,
+    desc: str | None = None,
+) -> torch.Tensor:
+    """(num_texts, dim) text embeddings; split across processes and cached as `embed_media`."""
     device, _ = _device_dtype(model)
-    out = []
-    for start in range(0, len(texts), batch_size):
-        enc = tokenize(tokenizer, texts[start : start + batch_size], max_length)
-        out.append(model.get_text_features(**{k: v.to(device) for k, v in enc.items()}).float().cpu())
-    return torch.cat(out)
+
+    def compute_rows(rows: range) -> dict:
+        out = []
+        starts = range(rows.start, rows.stop, batch_size)
+        for start in progress(starts, desc=desc or "", total=len(starts), enabled=desc is not None):
+            enc = tokenize(tokenizer, texts[start : min(start + batch_size, rows.stop)], max_length)
+            out.append(model.get_text_features(**{k: v.to(device) for k, v in enc.items()}).float().cpu())
+        return {"embeds": torch.cat(out).numpy()}
+
+    key = None
+    if cache_dir:
+        texts_hash = xxhash.xxh3_128("\x00".join(texts).encode()).hexdigest()
+        key = {
+            "pass": "text_embeds",
+            "model": model_fingerprint(model),
+            "data": texts_hash,
+            "transform": transform_fingerprint((tokenizer, max_length)),
+        }
+    columns = shared_pass(
+        len(texts), compute_rows, desc=desc or "text embeddings", cache_dir=cache_dir, kind="text", key=key
+    )
+    return torch.from_numpy(columns["embeds"])
 
 
 def evaluate_retrieval(
@@ -224,19 +289,29 @@ def evaluate_retrieval(
     max_length: int,
     num_workers: int = 0,
     prefix: str = "",
+    cache_dir: str | None = None,
+    progress_bars: bool = False,
 ) -> dict:
     """Media→text and text→media Recall@1/5/10, median and mean rank over every caption of `dataset`.
 
     Keys name the modality: `{prefix}image_to_text_recall@1`, or `{prefix}audio_to_text_recall@1`, ...
+    In a distributed run call it on every process: the embedding passes are split across them, the ranking is
+    done by the main process, and the others get {}.
     """
     was_training = model.training
     model.eval()
-    items = embed_media(model, dataset.remove_columns("captions"), media, batch_size, num_workers)
+    bar = f"embedding {media.plural}" if progress_bars else None
+    items = embed_media(
+        model, dataset.remove_columns("captions"), media, batch_size, num_workers, cache_dir=cache_dir, desc=bar
+    )
     captions = dataset["captions"]
     texts = [c for item in captions for c in item]
     owners = [i for i, item in enumerate(captions) for _ in item]
-    text_embeds = embed_texts(model, tokenizer, texts, batch_size, max_length)
+    bar = "embedding captions" if progress_bars else None
+    text_embeds = embed_texts(model, tokenizer, texts, batch_size, max_length, cache_dir=cache_dir, desc=bar)
     model.train(was_training)
+    if process_group()[0] != 0:
+        return {}
     scores = load_metric("retrieval").compute(
         predictions=text_embeds.numpy(), references=owners, media_embeds=items.numpy(), modality=media.name
     )
@@ -254,10 +329,24 @@ def measure_retrieval(
     prefix: str = "",
     zeroshot_eval_dir: str | None = None,
     prompt_templates=None,
+    cache_dir: str | None = None,
+    progress_bars: bool = False,
 ) -> dict:
     """`evaluate_retrieval` of the (contrastive) `model`, plus, with `zeroshot_eval_dir`, the zero-shot
-    classification of its backbone (`{prefix}zeroshot_cls_accuracy`, ...) and `{prefix}samples`."""
-    metrics = evaluate_retrieval(model, dataset, media, tokenizer, batch_size=batch_size, max_length=max_length)
+    classification of its backbone (`{prefix}zeroshot_cls_accuracy`, ...) and `{prefix}samples`.
+
+    Call on every process of a distributed run (the embedding passes are split across them); the others get {}.
+    """
+    metrics = evaluate_retrieval(
+        model,
+        dataset,
+        media,
+        tokenizer,
+        batch_size=batch_size,
+        max_length=max_length,
+        cache_dir=cache_dir,
+        progress_bars=progress_bars,
+    )
     if zeroshot_eval_dir:
         metrics.update(
             zeroshot_classification(
@@ -268,8 +357,11 @@ def measure_retrieval(
                 batch_size=batch_size,
                 templates=prompt_templates,
                 prefix="zeroshot_cls_",
+                cache_dir=cache_dir,
             )
         )
+    if process_group()[0] != 0:
+        return {}
     metrics["samples"] = len(dataset)
     return {f"{prefix}{k}": v for k, v in metrics.items()}
 
@@ -280,16 +372,27 @@ def _device_dtype(model):
 
 
 def zeroshot_classification(
-    backbone, tokenizer, media, folder: str, *, batch_size: int, templates=None, prefix: str = ""
+    backbone,
+    tokenizer,
+    media,
+    folder: str,
+    *,
+    batch_size: int,
+    templates=None,
+    prefix: str = "",
+    cache_dir: str | None = None,
 ) -> dict:
     """Zero-shot accuracy/macro-F1 of `backbone` on class folders of images or audio clips: how much general
-    ability is kept. `templates` default to the media's (`{}` = the folder name)."""
+    ability is kept. `templates` default to the media's (`{}` = the folder name). In a distributed run call it on
+    every process (the embedding pass is split across them): the others get {}."""
     data = read_class_folder(folder, media.column, "label")
     names = sorted(set(data["label"]))
     classifier = build_dual_encoder_classifier(
         backbone, dict(enumerate(names)), tokenizer=tokenizer, prompt_templates=templates or media.prompt_templates
     ).eval()
-    embeds = embed_media(classifier, data.remove_columns("label"), media, batch_size)
+    embeds = embed_media(classifier, data.remove_columns("label"), media, batch_size, cache_dir=cache_dir)
+    if process_group()[0] != 0:
+        return {}
     with torch.no_grad():
         predictions = classifier.classifier(embeds.to(next(classifier.parameters()).device)).argmax(-1).cpu()
     report = load_metric("classification_report").compute(

@@ -19,6 +19,7 @@ from transformers import EarlyStoppingCallback, Trainer, default_data_collator
 from .args import TRAINING_DEFAULTS, FinetuneArguments, explicit_flags, fill_defaults, parse_args
 from .data.loading import load_classification_splits, require_evaluation_split
 from .data.validation import check_splits
+from .engines import check_engine, prepare_for_engine
 from .errors import UserError
 from .host_memory import return_freed_tensors_to_os
 from .measures import Measure
@@ -171,6 +172,7 @@ def start_run(argument_types, argv):
         library.set_verbosity(logging.WARNING if passive_main else level)
     ft_args = next(a for a in parsed if isinstance(a, FinetuneArguments))
     check_launch(training_args)
+    check_engine(training_args, merge_lora=ft_args.merge_lora)  # FSDP / DeepSpeed: GPUs only
     check_hub_strategy(training_args, training_args.explicit_flags)
     if training_args.do_train:
         check_output_dir(training_args, ft_args.overwrite_output_dir)
@@ -208,7 +210,7 @@ def build_trainer(model, training_args, datasets: dict, processor, compute_metri
     """The stock Trainer of every recipe: train on `datasets["train"]`, evaluate during training on the validation
     split when there is one, batches stacked by `default_data_collator` (the transforms return tensors)."""
     return Trainer(
-        model=model,
+        model=prepare_for_engine(model),  # FSDP: scalar parameters as (1,) tensors (mm_hf.engines)
         args=training_args,
         train_dataset=datasets["train"],
         eval_dataset=datasets.get("validation"),

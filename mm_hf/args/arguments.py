@@ -113,7 +113,17 @@ class FinetuneArguments:
         default=True,
         metadata={
             "help": "With linear_probe: run the frozen backbone once and train the head on cached features (fusion "
-            "recipes: every frozen encoder, also one frozen by --vision_strategy/--text_strategy/--audio_strategy)."
+            "recipes: every frozen encoder, also one frozen by --vision_strategy/--text_strategy/--audio_strategy). "
+            "The pass is split across the launched processes; --features_cache_dir keeps it for later runs."
+        },
+    )
+    features_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder that keeps each frozen-backbone pass (linear_probe features, frozen fusion encoders, "
+            "retrieval embeddings) on disk, keyed by fingerprints of the model, data and preprocessing: a later run "
+            "with the same three (a sweep of probes, heads, fusion layers) reads it instead of running the backbone. "
+            "Default: not kept. Entries are never evicted (see mm_hf/feature_cache.py)."
         },
     )
     probe_solver: str = field(

@@ -12,7 +12,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .configuration_audio_classifier import AudioClassifierConfig
 from .pooling import AttentionPooling, MeanPooling
-from .towers import ModelParts, describe_tower
+from .towers import NO_SPLIT_MODULES, ModelParts, describe_tower
 
 
 def build_audio_encoder(backbone_config) -> nn.Module:
@@ -107,6 +107,7 @@ class AudioClassifierPreTrainedModel(PreTrainedModel):
     # get multiplied by the world size and the gradient accumulation steps).
     accepts_loss_kwargs = False
     _supports_sdpa = True
+    _no_split_modules = NO_SPLIT_MODULES  # the towers' blocks, for FSDP auto-wrap (towers.no_split_modules)
     _supports_attention_backend = True
 
     @torch.no_grad()

@@ -13,7 +13,7 @@ from transformers.modeling_outputs import ImageClassifierOutput, SequenceClassif
 
 from .configuration_clip_classifier import ClapClassifierConfig, ClipClassifierConfig
 from .losses import MAX_LOGIT_SCALE  # CLIP's cap on its temperature (100): the head keeps the loss's cap
-from .towers import ModelParts, drop_tower, dual_encoder_tower
+from .towers import NO_SPLIT_MODULES, ModelParts, drop_tower, dual_encoder_tower
 
 
 class CosineClassifierHead(nn.Module):
@@ -57,6 +57,7 @@ class ClipClassifierPreTrainedModel(PreTrainedModel):
     # get multiplied by the world size and the gradient accumulation steps).
     accepts_loss_kwargs = False
     _supports_sdpa = True
+    _no_split_modules = NO_SPLIT_MODULES  # the towers' blocks, for FSDP auto-wrap (towers.no_split_modules)
     _supports_attention_backend = True
 
     @torch.no_grad()

@@ -15,7 +15,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_dual_encoder import ContrastiveDualEncoderConfig
 from .losses import clip_loss, siglip_loss
-from .towers import ModelParts, dual_encoder_tower
+from .towers import NO_SPLIT_MODULES, ModelParts, dual_encoder_tower
 
 
 @dataclass
@@ -37,6 +37,7 @@ class ContrastiveDualEncoderModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     accepts_loss_kwargs = False  # the loss is a plain mean: Trainer must not rescale it
     _supports_sdpa = True
+    _no_split_modules = NO_SPLIT_MODULES  # the towers' blocks, for FSDP auto-wrap (towers.no_split_modules)
 
     def __init__(self, config: ContrastiveDualEncoderConfig):
         super().__init__(config)

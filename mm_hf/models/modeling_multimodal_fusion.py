@@ -31,7 +31,7 @@ from .configuration_multimodal_fusion import MultimodalFusionConfig, num_outputs
 from .fusion_modules import FeatureStandardizer, ModalityDropout, TabularEncoder, build_fusion
 from .modeling_audio_classifier import audio_frame_mask, reads_attention_mask
 from .pooling import build_pooling
-from .towers import ModelParts, describe_tower
+from .towers import NO_SPLIT_MODULES, ModelParts, describe_tower
 
 
 @dataclass
@@ -164,6 +164,7 @@ class MultimodalFusionPreTrainedModel(PreTrainedModel):
     # The loss is a per-batch mean: Trainer must average it itself instead of treating it as normalised.
     accepts_loss_kwargs = False
     _supports_sdpa = True
+    _no_split_modules = NO_SPLIT_MODULES  # the towers' blocks, for FSDP auto-wrap (towers.no_split_modules)
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -135,6 +135,33 @@ def dual_encoder_tower(model: nn.Module, modality: str, backbone: str = "backbon
     return describe_tower(model, f"{backbone}.{name}", f"{backbone}.{projection}" if has_projection else None)
 
 
+def no_split_modules(model: nn.Module) -> set[str]:
+    """Class names of the blocks that FSDP's transformer auto-wrap shards one by one (and `device_map` never splits):
+    the block class of every tower's layer list (`model.parts()`), plus the classes the towers' own transformers
+    models declare in `_no_split_modules`, kept only where `model` holds such a module.
+
+    Read from the model as it is now: a classifier drops its dual encoder's text tower after construction, and a
+    Whisper classifier keeps the encoder of a model that also declares decoder layers; accelerate stops on a
+    declared class it cannot find ("Could not find the transformer layer class ... in the model"). Towers whose
+    transformers class declares nothing (wav2vec2, CLAP's audio and text towers) get their blocks from the layer
+    list all the same.
+    """
+    present = {type(m).__name__ for m in model.modules()}
+    declared = set()
+    for module in model.modules():
+        if module is not model:  # a nested mm-hf model answers from its own parts; transformers towers, a set
+            declared.update(getattr(module, "_no_split_modules", None) or ())
+    blocks = set()
+    for tower in model.parts().towers.values():
+        blocks.update(type(block).__name__ for block in model.get_submodule(f"{tower.path}.{tower.layers}"))
+    return (declared & present) | blocks
+
+
+# `_no_split_modules` of the mm-hf PreTrainedModels: computed on each read (see `no_split_modules`). The setter
+# takes and drops what `PreTrainedModel.post_init` writes, its copy of the children's lists at construction time.
+NO_SPLIT_MODULES = property(no_split_modules, lambda self, value: None)
+
+
 def drop_tower(dual_encoder: nn.Module, modality: str) -> None:
     """Remove the `modality` tower and its projection from a CLIP-family dual encoder, in place (a model that only
     runs its other tower need not hold it: CLIP ViT-B/32's text tower is 63M of its 151M parameters)."""
@@ -151,4 +178,5 @@ __all__ = [
     "dual_encoder_tower",
     "encoder_layers",
     "linear_leaves",
+    "no_split_modules",
 ]
