@@ -202,7 +202,7 @@ def _check_columns(columns: MultimodalColumns, problem_type: str) -> None:
         raise UserError(
             f"--group_column {columns.group} is also a --label_column: group rows by a user/query id column"
         )
-    used = columns.read
+    used = [*columns.inputs, *columns.labels]
     repeated = sorted({c for c in used if used.count(c) > 1})
     if repeated:
         raise UserError(f"column(s) {repeated} used for more than one role (inputs and labels must differ)")
