@@ -7,7 +7,7 @@ DEMO_DIR ?= demo_out
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo demo-audio demo-fusion test test-all lint format clean bench-quality bench-memory
+.PHONY: setup demo demo-audio demo-fusion demo-recommendation test test-all lint format clean bench-quality bench-memory
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ demo-fusion: setup
 	$(LAUNCH) recipes/fusion_imagetext_cls.py --config recipes/configs/fusion_imagetext_cls_demo.yaml --disable_tqdm true
 	$(LAUNCH) recipes/fusion_imagetext_cls.py --config recipes/configs/fusion_imagetext_cls_click_demo.yaml --disable_tqdm true
 	$(LAUNCH) recipes/video_cls.py --config recipes/configs/video_cls_demo.yaml --disable_tqdm true
+
+# Recommendation (README "Recommendation"): a MovieLens-style log of users, items (image + title) and interactions;
+# the fusion recipe (recipes/configs/recommendation.yaml) ranks each user's held-out items among sampled negatives,
+# next to the popularity baseline and the model trained without the image, the title or the user features.
+demo-recommendation: setup
+	$(BIN)/python -m mm_hf.demo --output_dir $(DEMO_DIR)
+	$(BIN)/python -m mm_hf.apps.recommendation --output_dir $(DEMO_DIR)
 
 test: setup
 	$(BIN)/python -m pytest -q -ra

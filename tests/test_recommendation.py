@@ -15,8 +15,8 @@ from mm_hf.evaluate import main as evaluate_main
 from mm_hf.models.tiny import build_tiny_encoders
 
 SMALL_LOG = {"num_users": 12, "num_items": 12, "interactions": (6, 7), "seed": 1}
-DEMO_LOG = {"num_users": 96, "num_items": 24, "interactions": (8, 10), "seed": 1}
-DEMO_SPLITS = {"validation_negatives": 4, "test_negatives": 12}
+DEMO_LOG = {"num_users": 96, "num_items": 54, "interactions": (7, 9), "seed": 1}
+DEMO_SPLITS = {"validation_items": 1, "validation_negatives": 3, "test_negatives": 12}
 DEMO_EPOCHS = 25
 
 

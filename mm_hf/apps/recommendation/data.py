@@ -24,17 +24,19 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ...data.synthetic import COLOURS, LARGE_WORDS, SMALL_WORDS, THINGS
+from ...data.synthetic import COLOURS, LARGE_WORDS, SMALL_WORDS
 
 BRANDS = ("acme", "zenith", "orbit")
+# An item's category is said only by the thing its title names (two words each); its colour only shows in its image.
+CATEGORIES = {"furniture": ("chair", "lamp"), "storage": ("box", "bag"), "glassware": ("bottle", "vase")}
 # User features that carry (most of) a user's taste: the region their favourite colour, the age group their
-# favourite size; 15 % of users like something else than their group does, as real profiles only hint at taste.
+# favourite category; 15 % of users like something else than their group does, as real profiles only hint at taste.
 REGIONS = {"north": "red", "south": "blue", "west": "green"}
-AGE_GROUPS = {"18-34": "small", "35-64": "large"}
+AGE_GROUPS = {"18-29": "furniture", "30-49": "storage", "50+": "glassware"}
 PROFILE_AGREEMENT = 0.85
-# Interaction odds by how well an item suits a user: both its colour (image only) and its size (title only) must
-# match for a strong preference, so neither modality alone nor the user alone ranks well.
-AFFINITY = {2: 1.0, 1: 0.1, 0: 0.02}
+# Interaction odds by how many of (colour, category) suit the user: only an item matching both is strongly
+# preferred, so neither the image nor the title alone (nor the user alone) ranks the held-out items well.
+AFFINITY = {2: 1.0, 1: 0.05, 0: 0.02}
 
 
 def _product_image(rng: np.random.Generator, colour, size: int) -> Image.Image:
@@ -60,40 +62,40 @@ def _write_csv(path: str, rows: list[dict]) -> None:
 def write_synthetic_log(
     output_dir: str,
     num_users: int = 120,
-    num_items: int = 60,
+    num_items: int = 90,
     interactions: tuple[int, int] = (8, 12),
     seed: int = 0,
     image_size: int = 32,
 ) -> dict[str, int]:
     """items.csv (+ images/), users.csv and interactions.csv in the layout above; returns the counts.
 
-    An item has a colour (shown only by its image), a size (said only by a synonym in its title: "giant",
-    "mini", ...), a brand and a popularity; a user has a favourite colour and size, hinted at by their region and
-    age group. A user's interactions are drawn by popularity x AFFINITY[number of matching attributes], so a
+    An item has a colour (shown only by its image), a category (said only by the thing its title names: a chair
+    or a lamp is furniture), a brand, a size word and a popularity; a user has a favourite colour and category,
+    hinted at by their region and age group. A user's interactions are drawn by popularity x AFFINITY[number of matching attributes], so a
     held-out item is predictable only from image, title and user features together.
     """
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(output_dir, "images"), exist_ok=True)
-    colours, sizes = list(COLOURS), ["small", "large"]
+    colours, categories = list(COLOURS), list(CATEGORIES)
     items, item_attributes, popularity = [], [], rng.lognormal(0.0, 0.5, num_items)
     for i in range(num_items):
-        colour, size = colours[i % len(colours)], sizes[(i // len(colours)) % len(sizes)]
-        words = SMALL_WORDS if size == "small" else LARGE_WORDS
+        colour, category = colours[i % len(colours)], categories[(i // len(colours)) % len(categories)]
         item_id = f"item{i:04d}"
         image = f"images/{item_id}.png"
         _product_image(rng, COLOURS[colour], image_size).save(os.path.join(output_dir, image))
-        title = f"{rng.choice(BRANDS)} {rng.choice(words)} {rng.choice(THINGS)}"
+        size = rng.choice(SMALL_WORDS + LARGE_WORDS)
+        title = f"{rng.choice(BRANDS)} {size} {rng.choice(CATEGORIES[category])}"
         items.append({"item_id": item_id, "title": title, "image": image})
-        item_attributes.append((colour, size))
+        item_attributes.append((colour, category))
     users, log = [], []
-    regions, ages = {c: r for r, c in REGIONS.items()}, {s: a for a, s in AGE_GROUPS.items()}
+    regions, ages = {c: r for r, c in REGIONS.items()}, {c: a for a, c in AGE_GROUPS.items()}
     for u in range(num_users):
-        colour, size = rng.choice(colours), rng.choice(sizes)
+        colour, category = rng.choice(colours), rng.choice(categories)
         shown_colour = colour if rng.random() < PROFILE_AGREEMENT else rng.choice(colours)
-        shown_size = size if rng.random() < PROFILE_AGREEMENT else rng.choice(sizes)
+        shown_category = category if rng.random() < PROFILE_AGREEMENT else rng.choice(categories)
         user_id = f"user{u:04d}"
-        users.append({"user_id": user_id, "region": regions[shown_colour], "age_group": ages[shown_size]})
-        matches = np.array([(c == colour) + (s == size) for c, s in item_attributes])
+        users.append({"user_id": user_id, "region": regions[shown_colour], "age_group": ages[shown_category]})
+        matches = np.array([(c == colour) + (k == category) for c, k in item_attributes])
         weights = popularity * np.vectorize(AFFINITY.get)(matches)
         count = int(rng.integers(interactions[0], interactions[1] + 1))
         chosen = rng.choice(num_items, size=count, replace=False, p=weights / weights.sum())
