@@ -32,7 +32,7 @@ def _rows(path):
 
 def test_each_users_last_interactions_are_held_out_among_unseen_negatives(log_dir, tmp_path):
     files = write_ranking_splits(log_dir, str(tmp_path / "pairs"), test_items=3, validation_items=2,
-                                 train_negatives=2, test_negatives=7)  # fmt: skip
+                                 train_negatives=2, test_negatives=4)  # fmt: skip
     with open(os.path.join(log_dir, "interactions.csv")) as f:
         history = {}
         for row in csv.DictReader(f):
@@ -45,7 +45,7 @@ def test_each_users_last_interactions_are_held_out_among_unseen_negatives(log_di
         assert positives["test"] == by_time[-3:] and positives["validation"] == by_time[-5:-3]
         assert positives["train"] == by_time[:-5]
         negatives = [r["item_id"] for r in splits["test"] if r["user_id"] == user and r["label"] == 0]
-        assert len(negatives) == 7 and not set(negatives) & set(by_time)
+        assert len(negatives) == 4 and not set(negatives) & set(by_time)
         train_negatives = [r for r in splits["train"] if r["user_id"] == user and r["label"] == 0]
         assert len(train_negatives) == 2 * len(positives["train"])
     row = splits["test"][0]
