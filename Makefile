@@ -7,7 +7,7 @@ DEMO_DIR ?= demo_out
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo demo-audio demo-fusion demo-medical test test-all lint format clean bench-quality bench-memory
+.PHONY: setup demo demo-audio demo-fusion demo-medical demo-recommendation test test-all lint format clean bench-quality bench-memory
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,13 @@ demo-medical: setup
 	$(BIN)/python -m mm_hf.apps.medical demo --output_dir $(DEMO_DIR)
 	$(LAUNCH) recipes/fusion_imagetext_cls.py --config recipes/configs/medical.yaml --disable_tqdm true
 	$(BIN)/python -m mm_hf.apps.medical report $(DEMO_DIR)/medical_run --test_file $(DEMO_DIR)/medical/data/test.jsonl
+
+# Recommendation (README "Recommendation"): a MovieLens-style log of users, items (image + title) and interactions;
+# the fusion recipe (recipes/configs/recommendation.yaml) ranks each user's held-out items among sampled negatives,
+# next to the popularity baseline and the model trained without the image, the title or the user features.
+demo-recommendation: setup
+	$(BIN)/python -m mm_hf.demo --output_dir $(DEMO_DIR)
+	$(BIN)/python -m mm_hf.apps.recommendation --output_dir $(DEMO_DIR)
 
 test: setup
 	$(BIN)/python -m pytest -q -ra

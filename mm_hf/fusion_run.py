@@ -28,6 +28,7 @@ def load_fusion_rows(fusion_args, data_args, training_args, cache_dir, visual: s
         numeric=fusion_args.numeric_columns,
         categorical=fusion_args.categorical_columns,
         labels=fusion_args.label_column,
+        group=fusion_args.group_column,
     )
     with training_args.main_process_first(desc="loading data"):
         splits, spaces = load_multimodal_splits(
@@ -82,7 +83,9 @@ def fusion_trainer(model, processor, splits, tasks: list[Task], modalities, trai
     them), labels from `labels` or `labels_<task>`. After training the measured split is evaluated again with
     each modality removed (`fusion_args.ablate_modalities`).
     """
-    metrics = TaskMetrics(tasks, threshold=fusion_args.threshold)
+    metrics = TaskMetrics(
+        tasks, threshold=fusion_args.threshold, ranking_ks=fusion_args.ranking and fusion_args.ranking_ks
+    )
     training_args = prepare_training_arguments(
         training_args,
         ft_args,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .engines import full_parameters
-from .metrics.tasks import compute_task_metrics
+from .metrics.tasks import compute_ranking_metrics, compute_task_metrics
 from .models.fusion import Task
 from .outputs import write_classification_outputs
 from .retrieval import measure_retrieval
@@ -171,35 +171,50 @@ class TaskMetrics:
 
     Every head is scored by `mm_hf.metrics.tasks.compute_task_metrics` for its problem type. The Trainer log
     gets the summary metrics (`<task>_` prefixed for a multi-task model); `last_report` keeps everything,
-    per class / label included, for the report files.
+    per class / label included, for the report files. With `ranking_ks` (--problem_type ranking: one binary head)
+    the label ids end with the rows' group ids, and `compute_ranking_metrics` adds recall/ndcg/hit_rate@K and mrr,
+    which then lead the table (ndcg@<largest K> picks the best checkpoint).
     """
 
-    def __init__(self, tasks: list[Task], threshold: float = 0.5):
+    def __init__(self, tasks: list[Task], threshold: float = 0.5, ranking_ks=None):
         self.tasks, self.threshold = tasks, threshold
+        self.ranking_ks = tuple(ranking_ks) if ranking_ks else None
         self.last_report: dict | None = None
 
     def key(self, task: Task, metric: str) -> str:
         return metric if len(self.tasks) == 1 else f"{task.name}_{metric}"
 
+    def headline(self, task: Task) -> tuple[str, ...]:
+        if self.ranking_ks:
+            k = max(self.ranking_ks)
+            return (f"ndcg@{k}", f"recall@{k}", f"hit_rate@{k}", "mrr", *HEADLINE_METRICS[task.problem_type][:2])
+        return HEADLINE_METRICS[task.problem_type]
+
     def table_metrics(self, modalities=()) -> list[str]:
         """Rows of the before/after table: each head's headline metrics, then the first one per removed modality."""
-        rows = [self.key(t, m) for t in self.tasks for m in HEADLINE_METRICS[t.problem_type]]
-        first = [self.key(t, HEADLINE_METRICS[t.problem_type][0]) for t in self.tasks]
+        rows = [self.key(t, m) for t in self.tasks for m in self.headline(t)]
+        first = [self.key(t, self.headline(t)[0]) for t in self.tasks]
         return rows + [f"without_{m}_{metric}" for m in modalities for metric in first]
 
     def best_metric(self) -> str:
         if len(self.tasks) > 1 or self.tasks[0].problem_type == "regression":
             return "loss"
-        return HEADLINE_METRICS[self.tasks[0].problem_type][0]
+        return self.headline(self.tasks[0])[0]
 
     def __call__(self, eval_pred) -> dict:
         predictions, label_ids = eval_pred.predictions, eval_pred.label_ids
+        groups = None
+        if self.ranking_ks:  # (labels, group ids): see FusionDataArguments.label_names
+            *label_ids, groups = label_ids
+            label_ids = label_ids[0] if len(label_ids) == 1 else tuple(label_ids)
         if len(self.tasks) == 1:
             predictions, label_ids = [predictions], [label_ids]
         report, summary = {}, {}
         for task, logits, labels in zip(self.tasks, predictions, label_ids, strict=True):
             names = task.labels if task.problem_type != "binary_classification" else None
             scores = compute_task_metrics(task.problem_type, logits, labels, names, self.threshold)
+            if groups is not None:
+                scores.update(compute_ranking_metrics(logits, labels, groups, self.ranking_ks))
             report[task.name] = scores
             per_label = tuple(f"{name}_" for name in task.labels)
             summary.update({self.key(task, k): v for k, v in scores.items() if not k.startswith(per_label)})

@@ -9,8 +9,9 @@
 
 E.g. an X-ray with its report (multi-label findings), a meme with its caption (sentiment), a product image +
 title + user features -> click (`--numeric_columns --categorical_columns --problem_type binary_classification`,
-see recipes/configs/fusion_imagetext_cls_click_demo.yaml). Data: CSV/JSONL (media paths relative to the file) or a Hub
-dataset; an empty cell means the sample lacks that modality (a learned placeholder stands in). Heads:
+see recipes/configs/fusion_imagetext_cls_click_demo.yaml), or each user's held-out items ranked among sampled
+negatives (`--problem_type ranking --group_column user_id`: recall/ndcg@K, mrr; recipes/configs/recommendation.yaml).
+Data: CSV/JSONL (media paths relative to the file) or a Hub dataset; an empty cell means the sample lacks that modality (a learned placeholder stands in). Heads:
 single-label (cross-entropy), multi-label (binary cross-entropy), binary, regression (MSE); several
 --label_column with one --problem_type each make a multi-task model (--loss_weights).
 

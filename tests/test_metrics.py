@@ -149,6 +149,7 @@ def test_load_metric_names_and_unique_experiment_ids():
         "binary_report",
         "classification_report",
         "multilabel_report",
+        "ranking_report",
         "regression_report",
         "retrieval",
         "top_k_accuracy",

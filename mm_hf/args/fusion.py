@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from ..data.multimodal import RANKING_GROUP_KEY
 from ..errors import UserError
 from ..models.fusion import Task
 from ..training import FUSION_ENCODER_STRATEGIES
@@ -88,10 +89,21 @@ class FusionDataArguments:
     problem_type: list[str] = field(
         default_factory=lambda: ["single_label_classification"],
         metadata={
-            "help": "single_label_classification, multi_label_classification (BCE), binary_classification or "
-            "regression (MSE). One value: one head over all label columns; one per label column: multi-task."
+            "help": "single_label_classification, multi_label_classification (BCE), binary_classification, "
+            "regression (MSE), or ranking (a binary relevant-or-not head trained pointwise with BCE on (user, item) "
+            "rows, evaluated by ranking each --group_column group's candidates: recall/ndcg/hit_rate@K, mrr, next to "
+            "roc_auc and log_loss). One value: one head over all label columns; one per label column: multi-task."
         },
     )
+    group_column: str | None = field(
+        default=None,
+        metadata={"help": "--problem_type ranking: the column whose value groups the rows ranked together (user id)."},
+    )
+    ranking_ks: list[int] = field(
+        default_factory=lambda: [1, 5, 10],
+        metadata={"help": "--problem_type ranking: the K of recall@K, ndcg@K, hit_rate@K (the largest picks the best "
+                  "checkpoint by ndcg@K)."},
+    )  # fmt: skip
     loss_weights: list[float] | None = field(default=None, metadata={"help": "Multi-task: loss weight per task."})
     threshold: float = field(
         default=0.5, metadata={"help": "Probability at which a label / the positive is predicted."}
@@ -103,14 +115,37 @@ class FusionDataArguments:
         default=True, metadata={"help": "Also evaluate with each modality removed (test_without_<modality>_*)."}
     )
 
-    def problem_types(self) -> str | list[str]:
-        """One problem type (a single head), or the list of one per label column (multi-task)."""
-        return self.problem_type[0] if len(self.problem_type) == 1 else list(self.problem_type)
+    def __post_init__(self):
+        if self.ranking and len(self.problem_type) != 1:
+            raise UserError(
+                f"--problem_type ranking is a single task (one relevant-or-not column); got {self.problem_type}"
+            )
+        if self.ranking and not self.group_column:
+            raise UserError(
+                "--problem_type ranking needs --group_column: the user (query) id whose candidates are ranked"
+            )
+        if self.group_column and not self.ranking:
+            raise UserError(f"--group_column {self.group_column}: only --problem_type ranking groups rows")
+        if not self.ranking and self.ranking_ks != [1, 5, 10]:
+            raise UserError(f"--ranking_ks {self.ranking_ks}: only --problem_type ranking reports @K ranking metrics")
+        if self.ranking and (not self.ranking_ks or min(self.ranking_ks) < 1):
+            raise UserError(f"--ranking_ks must be positive integers, got {self.ranking_ks}")
 
-    @staticmethod
-    def label_names(tasks: list[Task]) -> list[str]:
-        """The batch keys holding labels: `labels`, or `labels_<task>` per head of a multi-task model."""
-        return ["labels"] if len(tasks) == 1 else [f"labels_{t.name}" for t in tasks]
+    @property
+    def ranking(self) -> bool:
+        return "ranking" in self.problem_type
+
+    def problem_types(self) -> str | list[str]:
+        """One problem type (a single head), or the list of one per label column (multi-task). A ranking head is a
+        binary one (pointwise: relevant or not); only its evaluation differs."""
+        types = ["binary_classification" if t == "ranking" else t for t in self.problem_type]
+        return types[0] if len(types) == 1 else types
+
+    def label_names(self, tasks: list[Task]) -> list[str]:
+        """The batch keys holding labels: `labels`, or `labels_<task>` per head of a multi-task model; ranking adds
+        the group ids (`RANKING_GROUP_KEY`), which the Trainer then gathers with the labels for the metrics."""
+        names = ["labels"] if len(tasks) == 1 else [f"labels_{t.name}" for t in tasks]
+        return [*names, RANKING_GROUP_KEY] if self.ranking else names
 
     def tasks(self, spaces) -> list[Task]:
         """The model's task list from the label space(s) `load_multimodal_splits` returned."""

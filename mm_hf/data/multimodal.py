@@ -34,6 +34,9 @@ from .video import check_videos
 logger = logging.getLogger(__name__)
 
 MEDIA_MODALITIES = ("image", "video", "audio")
+# The batch key of the ranking group ids (int codes of --group_column per split). A `labels*` key passes through the
+# batch transforms, the Trainer gathers it with the labels (label_names), and the fusion model ignores it.
+RANKING_GROUP_KEY = "labels_ranking_group"
 
 
 @dataclass
@@ -47,6 +50,7 @@ class MultimodalColumns:
     numeric: list[str] = field(default_factory=list)
     categorical: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)  # one for single-task; several for 0/1 or regression targets
+    group: str | None = None  # ranking: the user/query id column, carried as RANKING_GROUP_KEY (may also be an input)
 
     def __post_init__(self):
         self.labels = [self.labels] if isinstance(self.labels, str) else list(self.labels)
@@ -66,6 +70,11 @@ class MultimodalColumns:
     def inputs(self) -> list[str]:
         """Source columns holding model inputs, in output order."""
         return [*self.renames, *self.numeric, *self.categorical]
+
+    @property
+    def read(self) -> list[str]:
+        """Every source column read: the inputs, the labels and the ranking group (once, if it is an input too)."""
+        return list(dict.fromkeys([*self.inputs, *self.labels, *([self.group] if self.group else [])]))
 
 
 def load_multimodal_splits(
@@ -124,13 +133,15 @@ def load_multimodal_splits(
 
     splits = DatasetDict()
     for split, ds in kept.items():
+        if columns.group:
+            ds = ds.add_column(RANKING_GROUP_KEY, _group_codes(ds[columns.group], columns.group, sources[split]))
         ds = ds.remove_columns(columns.labels)
         for out, _, task_type in tasks:
             ds = ds.add_column(out, encoded[out][0][split])
             if task_type == "single_label_classification":
                 ds = ds.cast_column(out, ClassLabel(names=encoded[out][1].names))
         ds = ds.rename_columns({s: t for s, t in columns.renames.items() if s != t})
-        outputs = [out for out, _, _ in tasks]
+        outputs = [out for out, _, _ in tasks] + ([RANKING_GROUP_KEY] if columns.group else [])
         splits[split] = ds.select_columns([*columns.renames.values(), *columns.numeric, *columns.categorical, *outputs])
     space = {cols[0]: encoded[out][1] for out, cols, _ in tasks} if multi_task else encoded["labels"][1]
     splits = hold_out_validation(splits, data_args, seed, stratify=problem_type == "single_label_classification")
@@ -187,6 +198,10 @@ def _check_columns(columns: MultimodalColumns, problem_type: str) -> None:
         )
     if not columns.labels:
         raise UserError("no label column given (--label_column)")
+    if columns.group in columns.labels:
+        raise UserError(
+            f"--group_column {columns.group} is also a --label_column: group rows by a user/query id column"
+        )
     used = [*columns.inputs, *columns.labels]
     repeated = sorted({c for c in used if used.count(c) > 1})
     if repeated:
@@ -200,18 +215,18 @@ def _check_columns(columns: MultimodalColumns, problem_type: str) -> None:
 def _read_file(path: str, split: str, columns: MultimodalColumns, cache_dir) -> Dataset:
     ds = read_data_file(path, cache_dir, split)
     _require_columns(ds, columns, path)
-    ds = ds.select_columns([*columns.inputs, *columns.labels])
+    ds = ds.select_columns(columns.read)
     base = os.path.dirname(os.path.abspath(path))
     for modality in MEDIA_MODALITIES:  # relative to the file's folder, as in loading.py
         if col := getattr(columns, modality):
             values = [None if is_missing(v) else resolve_path(str(v).strip(), base) for v in ds[col]]
             ds = ds.remove_columns(col).add_column(col, values, feature=datasets.Value("string"))
-    return ds.select_columns([*columns.inputs, *columns.labels])
+    return ds.select_columns(columns.read)
 
 
 def _select_hub_columns(ds: Dataset, columns: MultimodalColumns, source: str) -> Dataset:
     _require_columns(ds, columns, source)
-    ds = ds.select_columns([*columns.inputs, *columns.labels])
+    ds = ds.select_columns(columns.read)
     # Decode media ourselves (robust modes, errors naming the sample) instead of in the datasets library.
     for modality in MEDIA_MODALITIES:
         col = getattr(columns, modality)
@@ -225,6 +240,8 @@ def _require_columns(ds: Dataset, columns: MultimodalColumns, source: str) -> No
     roles = dict(columns.renames)
     roles.update({c: "numeric" for c in columns.numeric} | {c: "categorical" for c in columns.categorical})
     roles.update({c: "label" for c in columns.labels})
+    if columns.group:
+        roles.setdefault(columns.group, "group")
     absent = {c: role for c, role in roles.items() if c not in ds.column_names}
     if absent:
         # The flag setting each role: --image_column ... --label_column, --numeric_columns, --categorical_columns.
@@ -235,6 +252,18 @@ def _require_columns(ds: Dataset, columns: MultimodalColumns, source: str) -> No
             f"{source}: missing column(s) {', '.join(f'{c!r} ({role})' for c, role in absent.items())}; available: "
             f"{', '.join(ds.column_names)}; pass the right name(s) with {' / '.join(flags)}"
         )
+
+
+def _group_codes(values: list, column: str, source: str) -> list[int]:
+    """Ranking group ids as ints (0, 1, ... in order of first appearance in the split): they travel as tensors."""
+    missing = [i for i, value in enumerate(values) if is_missing(value)]
+    if missing:
+        raise DataError(
+            f"{source}: --group_column {column!r} is empty in {len(missing)} row(s), e.g. row(s) "
+            f"{missing[:MAX_LISTED]}: every ranked row needs its user/query id"
+        )
+    codes: dict = {}
+    return [codes.setdefault(str(value), len(codes)) for value in values]
 
 
 # ------------------------------------------------------------------------------------- missing modalities
@@ -285,7 +314,7 @@ def _clean_inputs(ds: Dataset, columns: MultimodalColumns, source: str, skip_bad
     for i, present in enumerate(any_present):
         if not present:
             problems.setdefault(i, f"every input is missing ({', '.join(columns.inputs)})")
-    ds = ds.select_columns([*columns.inputs, *columns.labels])
+    ds = ds.select_columns(columns.read)
     if not problems:
         return ds, list(range(len(ds)))
     bad = sorted(problems)
@@ -301,6 +330,7 @@ def _clean_inputs(ds: Dataset, columns: MultimodalColumns, source: str, skip_bad
 __all__ = [
     "MODALITIES",
     "PROBLEM_TYPES",
+    "RANKING_GROUP_KEY",
     "LabelSpace",
     "MultimodalColumns",
     "check_media",

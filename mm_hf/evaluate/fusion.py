@@ -7,6 +7,9 @@ the recipe's own metrics, so the clean test numbers equal the recipe's `test_*` 
 marked missing (the learned placeholder stands in), the recipe's `test_without_<modality>_*` numbers, and the
 relative score of each missing-modality case (metric without / metric with all modalities).
 
+A `--problem_type ranking` run (a binary head) is read with its `group_column` and also gets the recipe's ranking
+metrics (recall/ndcg/hit_rate@K, mrr per group, `compute_ranking_metrics`), ndcg@<largest K> as its headline.
+
 Scope: single-task heads (any problem type), one process. Logits are kept whole per set (N x outputs), as the
 recipes' Trainer evaluation does. Multi-task checkpoints and sharding are refused with a message.
 """
@@ -23,10 +26,10 @@ from transformers import AutoModelForSequenceClassification, default_data_collat
 from transformers.utils.logging import tqdm
 
 from ..args import DataArguments
-from ..data.multimodal import MultimodalColumns, check_media, load_multimodal_splits
+from ..data.multimodal import RANKING_GROUP_KEY, MultimodalColumns, check_media, load_multimodal_splits
 from ..errors import DataError, UserError
 from ..measures import WithoutModality
-from ..metrics.tasks import compute_task_metrics
+from ..metrics.tasks import compute_ranking_metrics, compute_task_metrics
 from ..processing import MultimodalProcessor
 
 # The metric each problem type is summarised by (table, relative score of a missing modality).
@@ -53,6 +56,7 @@ def fusion_columns(candidate) -> MultimodalColumns:
         numeric=config.get("numeric_columns") or [],
         categorical=config.get("categorical_columns") or [],
         labels=list(config.get("label_column") or []),
+        group=config.get("group_column"),
     )
 
 
@@ -68,6 +72,15 @@ def run_columns(candidate) -> tuple[MultimodalColumns, str]:
     return columns, problem_types[0]
 
 
+def head_type(problem_type: str) -> str:
+    """The model head's problem type: a ranking run trains a binary (relevant or not) head."""
+    return "binary_classification" if problem_type == "ranking" else problem_type
+
+
+def headline_metric(problem_type: str, ranking_ks=None) -> str:
+    return f"ndcg@{max(ranking_ks)}" if problem_type == "ranking" else HEADLINE[problem_type]
+
+
 def load_fusion(path: str, device="cpu") -> tuple:
     """(model in eval mode on `device`, its saved MultimodalProcessor) of a fusion checkpoint folder."""
     model = AutoModelForSequenceClassification.from_pretrained(path).eval().to(device)
@@ -80,7 +93,7 @@ def read_set(path: str, columns: MultimodalColumns, problem_type: str, task: dic
         raise DataError(f"{path}: fusion data is a CSV/JSONL file with one column per modality, not a folder")
     # The label space comes from the file itself: it must be the head's (refused with both lists otherwise).
     data = DataArguments(train_file=path, validation_file=path, test_file=path)
-    splits, space = load_multimodal_splits(data, columns, problem_type, args.cache_dir)
+    splits, space = load_multimodal_splits(data, columns, head_type(problem_type), args.cache_dir)
     if problem_type != "regression" and space.names != task["labels"]:
         raise DataError(
             f"{path}: labels {space.names} are not the fusion model's {task['labels']}: evaluate data with the "
@@ -96,17 +109,26 @@ def read_set(path: str, columns: MultimodalColumns, problem_type: str, task: dic
 
 
 @torch.no_grad()
-def task_scores(model, dataset, transform, task: dict, *, batch_size, num_workers, device, description, progress):
-    """compute_task_metrics of the head over `dataset` (in order), as the recipe's TaskMetrics computes them."""
+def task_scores(
+    model, dataset, transform, task: dict, *, batch_size, num_workers, device, description, progress, ranking_ks=None
+):
+    """compute_task_metrics of the head over `dataset` (in order), as the recipe's TaskMetrics computes them; with
+    `ranking_ks`, also the ranking metrics of the rows grouped by their RANKING_GROUP_KEY."""
     loader = DataLoader(dataset.with_transform(transform), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=default_data_collator)  # fmt: skip
-    logits, labels = [], []
+    logits, labels, groups = [], [], []
     for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
         labels.append(batch.pop("labels").numpy())
+        if RANKING_GROUP_KEY in batch:
+            groups.append(batch.pop(RANKING_GROUP_KEY).numpy())
         inputs = {key: value.to(device) for key, value in batch.items() if isinstance(value, torch.Tensor)}
         logits.append(model(**inputs).logits.float().cpu().numpy())
     names = task["labels"] if task["problem_type"] != "binary_classification" else None
-    return compute_task_metrics(task["problem_type"], np.concatenate(logits), np.concatenate(labels), names)
+    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    scores = compute_task_metrics(task["problem_type"], logits, labels, names)
+    if ranking_ks:
+        scores.update(compute_ranking_metrics(logits, labels, np.concatenate(groups), ranking_ks))
+    return scores
 
 
 def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict, device, command: str) -> dict:
@@ -122,8 +144,9 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
                 f"({run_columns(candidate)} vs {(columns, problem_type)}); evaluate them in separate runs"
             )
     modalities = columns.modalities
+    ranking_ks = (first.run_config.get("ranking_ks") or [1, 5, 10]) if problem_type == "ranking" else None
     run = dict(batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers, device=device,
-               progress=not args.disable_tqdm)  # fmt: skip
+               progress=not args.disable_tqdm, ranking_ks=ranking_ks)  # fmt: skip
     results, sets_info = {}, {}
     for candidate in candidates:
         try:
@@ -147,7 +170,7 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
                                           description=f"{candidate.name} | {set_name} without {modality}", **run)
                     for index, modality in enumerate(modalities)
                 }  # fmt: skip
-                headline = HEADLINE[problem_type]
+                headline = headline_metric(problem_type, ranking_ks)
                 clean = scored["metrics"].get(headline)
                 scored["missing_modality_relative"] = {
                     modality: (metrics.get(headline) / clean if clean else None)
@@ -164,6 +187,7 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
         "modality": "fusion",
         "modalities": modalities,
         "problem_type": problem_type,
+        "ranking_ks": ranking_ks,
         "label_names": task["labels"],
         "device": str(device),
         "processes": 1,
@@ -181,7 +205,7 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
 
 
 def _markdown(evaluation: dict) -> str:
-    headline = HEADLINE[evaluation["problem_type"]]
+    headline = headline_metric(evaluation["problem_type"], evaluation["ranking_ks"])
     modalities = evaluation["modalities"] if len(evaluation["modalities"]) > 1 else []
     header = ["model", "set", headline, *(f"{headline} without {m}" for m in modalities)]
     lines = [f"# Fusion evaluation ({evaluation['problem_type']})\n", "| " + " | ".join(header) + " |",

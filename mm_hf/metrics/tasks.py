@@ -64,6 +64,17 @@ def compute_task_metrics(
     raise ValueError(f"Unknown problem_type {problem_type!r}; expected one of {PROBLEM_TYPES}")
 
 
+def compute_ranking_metrics(scores, relevant, groups, ks=(1, 5, 10), ties: str = "pessimistic") -> dict[str, float]:
+    """ranking_report of one score (logit or probability: the order is the same) per row: recall/ndcg/hit_rate@K
+    and mrr of each group's candidates, averaged over groups (users) with a relevant candidate."""
+    scores = _one_column(np.asarray(scores, dtype=np.float64), "scores")
+    relevant = _one_column(np.asarray(relevant), "relevance labels")
+    groups = _one_column(np.asarray(groups), "group ids")
+    return _metric("ranking_report").compute(
+        predictions=scores, references=relevant.astype(np.int64), groups=groups.astype(str), ks=tuple(ks), ties=ties
+    )
+
+
 def _one_column(values: np.ndarray, what: str) -> np.ndarray:
     if values.ndim == 2 and values.shape[1] == 1:
         return values[:, 0]
