@@ -37,7 +37,7 @@ from mm_hf.args import (
 from mm_hf.data.audio import AudioTransform, check_audio
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.errors import UserError, run_cli
-from mm_hf.evaluate.shifts import load_run_shifts
+from mm_hf.evaluate.shifts import load_run_shifts, with_shifts
 from mm_hf.features import classifier_datasets
 from mm_hf.measures import TrainerMeasure
 from mm_hf.metrics.streaming import ClassificationMetrics
@@ -178,7 +178,9 @@ def main(argv=None):
     metrics = ClassificationMetrics(id2label)
     trainer = build_trainer(model, training_args, datasets_, processing_class, metrics)
     fit = partial(fit_classifier_head, model, device=training_args.device) if lbfgs else None
-    measure = TrainerMeasure(trainer, datasets_, metrics)
+    measure = with_shifts(
+        TrainerMeasure(trainer, datasets_, metrics), shifts, trainer, splits, transforms[1], id2label.values()
+    )
     run = train_and_evaluate(trainer, datasets_, measure, ft_args, before_label=before_label, fit=fit)
 
     # 7. Save the model, outputs and model card (and publish when --push_to_hub)

@@ -34,7 +34,7 @@ from mm_hf.data.images import check_images
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.transforms import build_image_transform
 from mm_hf.errors import run_cli
-from mm_hf.evaluate.shifts import load_run_shifts
+from mm_hf.evaluate.shifts import load_run_shifts, with_shifts
 from mm_hf.features import classifier_datasets
 from mm_hf.measures import TrainerMeasure
 from mm_hf.metrics.streaming import ClassificationMetrics
@@ -151,7 +151,9 @@ def main(argv=None):
     metrics = ClassificationMetrics(id2label)
     trainer = build_trainer(model, training_args, datasets_, processor, metrics)
     fit = partial(fit_classifier_head, model, device=training_args.device) if lbfgs else None
-    measure = TrainerMeasure(trainer, datasets_, metrics)
+    measure = with_shifts(
+        TrainerMeasure(trainer, datasets_, metrics), shifts, trainer, splits, eval_transform, id2label.values()
+    )
     before_label = "zero-shot" if head["head_init"] == "zeroshot" else "random head"
     run = train_and_evaluate(trainer, datasets_, measure, ft_args, before_label=before_label, fit=fit)
 

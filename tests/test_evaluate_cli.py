@@ -192,7 +192,8 @@ def test_unloadable_checkpoint_is_reported_and_the_others_evaluated(digits_dir, 
 
 
 def test_audio_recipe_run_equals_its_own_test_numbers(tiny_wav2vec2, tmp_path):
-    """An audio_cls run (linear probe): the clip length comes from its run_config.yaml, corruptions run on clips."""
+    """An audio_cls run (linear probe): the clip length comes from its run_config.yaml, corruptions run on clips, and
+    the run's own --ood_dir / --robustness numbers equal this command's."""
     tones = tmp_path / "tones"
     write_tones_audiofolder(str(tones), per_class=(6, 2, 4), seed=0)
     run = tmp_path / "run"
@@ -201,15 +202,21 @@ def test_audio_recipe_run_equals_its_own_test_numbers(tiny_wav2vec2, tmp_path):
         "--validation_dir", str(tones / "validation"), "--test_dir", str(tones / "test"), "--do_train", "--do_eval",
         "--do_predict", "--finetune_strategy", "linear_probe", "--per_device_eval_batch_size", "16",
         "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true", "--save_strategy", "no",
-        "--max_length_seconds", "0.5",
+        "--max_length_seconds", "0.5", "--seed", "0", "--ood_dir", f"val={tones / 'validation'}",
+        "--robustness", "gain,noise", "--robustness_severities", "5",
     ])  # fmt: skip
     result = evaluate(tmp_path / "eval", {"probe": run}, tones / "test", "--corruptions", "gain,noise",
-                      "--severities", "5", "--latency_runs", "0")  # fmt: skip
+                      "--severities", "5", "--latency_runs", "0", "--ood", f"val={tones / 'validation'}")  # fmt: skip
     entry = result["models"]["probe"]
     assert result["modality"] == "audio" and entry["sets"]["test"]["samples"] == 16
     for metric in ("accuracy", "macro_f1"):
         assert entry["sets"]["test"]["metrics"][metric] == pytest.approx(results[f"test_{metric}"], abs=1e-12)
+        # The run's own --ood_dir / --robustness numbers (after fine-tuning) are this command's.
+        assert entry["sets"]["val"]["metrics"][metric] == pytest.approx(results[f"ood_val_{metric}"], abs=1e-12)
     assert set(entry["corruptions"]) == {"gain", "noise"} and 0 <= entry["corruptions"]["noise"]["5"] <= 1
+    for corruption in ("gain", "noise"):
+        assert entry["corruptions"][corruption]["5"] == pytest.approx(results[f"corruption_{corruption}_s5_accuracy"])
+    assert entry["robustness"]["relative_accuracy"] == pytest.approx(results["corruption_relative_accuracy"])
     assert result["paired_tests"]["test"] == {}  # one model: nothing to pair
 
 

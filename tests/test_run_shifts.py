@@ -1,11 +1,14 @@
-"""The recipes' --ood_dir / --ood_file and --robustness: read and checked with the run's data, before training."""
+"""The recipes' --ood_dir / --ood_file and --robustness: measured before and after fine-tuning with mm_hf.evaluate's
+code, so the run's numbers equal `python -m mm_hf.evaluate` on the same checkpoint and sets."""
 
+import json
 import shutil
 
 import pytest
 from conftest import load_recipe
 
 from mm_hf.errors import DataError, UserError
+from mm_hf.evaluate import main as evaluate
 
 PROMPT = "a photo of the digit {}."
 
@@ -18,6 +21,45 @@ def run_clip(tiny_vtde, digits_dir, out, *extra):
         "--per_device_eval_batch_size", "16", "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true",
         "--save_strategy", "no", "--prompt_templates", PROMPT, "--dataloader_num_workers", "0", *extra,
     ])  # fmt: skip
+
+
+def test_recipe_ood_and_corruption_columns_equal_mm_hf_evaluate(tiny_vtde, digits_dir, tmp_path):
+    run = tmp_path / "run"
+    shifted = str(digits_dir / "validation")
+    results = run_clip(tiny_vtde, digits_dir, run, "--ood_dir", f"val={shifted}", "--robustness", "gaussian_noise",
+                       "--robustness_severities", "2,5", "--seed", "7")  # fmt: skip
+    for before in ("zeroshot_", ""):
+        assert results[f"{before}ood_val_samples"] == 16
+        assert {f"{before}corruption_gaussian_noise_s2_accuracy", f"{before}corruption_gaussian_noise_s5_accuracy",
+                f"{before}corruption_mean_accuracy", f"{before}ood_val_macro_f1"} <= set(results)  # fmt: skip
+    on_disk = json.loads((run / "all_results.json").read_text())
+    assert on_disk["ood_val_accuracy"] == results["ood_val_accuracy"]
+    table = (run / "before_after.md").read_text()
+    for row in ("ood_val_accuracy", "ood_val_macro_f1", "corruption_mean_accuracy", "corruption_relative_accuracy"):
+        assert row in table
+    assert "corruption_mean_accuracy" in (run / "README.md").read_text()  # the card shows the table
+
+    # The same numbers from python -m mm_hf.evaluate: the saved checkpoint (after) and the zero-shot model (before).
+    evaluation = evaluate([
+        "--model", f"finetuned={run}", "--model", f"zeroshot={tiny_vtde}", "--test_dir", str(digits_dir / "test"),
+        "--ood", f"val={shifted}", "--corruptions", "gaussian_noise", "--severities", "2,5", "--seed", "7",
+        "--prompt_templates", PROMPT, "--output_dir", str(tmp_path / "eval"), "--dataloader_num_workers", "0",
+        "--disable_tqdm", "--num_resamples", "20", "--latency_runs", "0",
+    ])  # fmt: skip
+    for name, before in (("finetuned", ""), ("zeroshot", "zeroshot_")):
+        entry = evaluation["models"][name]
+        for metric in ("accuracy", "macro_f1", "weighted_f1"):
+            assert results[f"{before}ood_val_{metric}"] == pytest.approx(entry["sets"]["val"]["metrics"][metric])
+        for severity in ("2", "5"):
+            assert results[f"{before}corruption_gaussian_noise_s{severity}_accuracy"] == pytest.approx(
+                entry["corruptions"]["gaussian_noise"][severity]
+            )
+        assert results[f"{before}corruption_mean_accuracy"] == pytest.approx(
+            entry["robustness"]["mean_corruption_accuracy"]
+        )
+        assert results[f"{before}corruption_relative_accuracy"] == pytest.approx(
+            entry["robustness"]["relative_accuracy"]
+        )
 
 
 def test_ood_set_with_labels_unseen_in_training_is_refused_naming_them(tiny_vtde, digits_dir, tmp_path):

@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 
 from ..corruptions import parse_severities, select_corruptions
 from ..errors import UserError
+from ..metrics.robustness import robustness_summary
+from ..metrics.streaming import ClassificationMetrics
+from ..reports import CLASSIFICATION_TABLE_METRICS
+from .scoring import corruption_sweep, score
 from .sets import read_shifted_sets
 
 logger = logging.getLogger(__name__)
@@ -68,3 +72,80 @@ def load_run_shifts(robust_args, data_args, training_args, cache_dir, label_name
         logger.info("measured before and after fine-tuning: shifted sets %s, corruptions %s at severities %s",
                     {n: len(d) for n, d in sets.items()}, corruptions, shifts.severities)  # fmt: skip
     return shifts, skipped
+
+
+class ShiftedMeasure:
+    """A recipe's measure (mm_hf.measures) plus the run's shifts, scored by mm_hf.evaluate's `score` on the same
+    model right after the measure's own before / after evaluation (every process takes part: under a multi-process
+    launch each scores a shard and the logits are gathered, as in `python -m mm_hf.evaluate`)."""
+
+    def __init__(self, measure, shifts: RunShifts, trainer, splits: dict, transform, label_names):
+        self.measure, self.shifts, self.trainer = measure, shifts, trainer
+        self.splits, self.transform = splits, transform  # raw splits: the corruptions need the undecoded inputs
+        self.label_names = list(label_names)
+
+    @property
+    def report(self):
+        return self.measure.report
+
+    @property
+    def write_report(self):
+        return self.measure.write_report
+
+    def before(self, split: str, prefix: str) -> dict:
+        results = self.measure.before(split, prefix)
+        return {**results, **self.measure_shifts(split, results, prefix, "zeroshot_")}
+
+    def validation(self, split: str) -> dict:
+        return self.measure.validation(split)
+
+    def after(self, split: str, prefix: str) -> dict:
+        results = self.measure.after(split, prefix)
+        return {**results, **self.measure_shifts(split, results, prefix, "")}
+
+    def table_metrics(self, key: str):
+        return [*(self.measure.table_metrics(key) or CLASSIFICATION_TABLE_METRICS), *self.shifts.table_rows()]
+
+    def headline(self, split: str, key: str) -> str:
+        return self.measure.headline(split, key)
+
+    def measure_shifts(self, split: str, results: dict, prefix: str, before: str) -> dict:
+        """`{before}ood_<NAME>_<metric>` per shifted set and `{before}corruption_*` of the corrupted `split`; `results`
+        (the measure's, keys `{prefix}_<metric>`) gives the clean accuracy the corrupted one is relative to."""
+        args = self.trainer.args
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        was_training = model.training
+        model.eval().to(args.device)
+        metrics = ClassificationMetrics(dict(enumerate(self.label_names)))  # not the Trainer's: its report stays
+        identity = list(range(len(self.label_names)))
+        run = dict(batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers,
+                   device=args.device, progress=args.should_log and not args.disable_tqdm,
+                   rank=args.process_index, world_size=args.world_size)  # fmt: skip
+        label = "before" if before else "after"
+        out = {}
+        try:
+            for name, dataset in self.shifts.sets.items():
+                scored = score(model, dataset, self.transform, identity, metrics, description=f"{label} | ood {name}",
+                               **run)  # fmt: skip
+                out.update({f"{before}ood_{name}_{metric}": value for metric, value in scored.metrics.items()})
+                out[f"{before}ood_{name}_samples"] = len(dataset)
+            if self.shifts.corruptions:
+                dataset = self.splits[split].select_columns([self.shifts.column, "labels"])
+                sweep = corruption_sweep(
+                    model, dataset, self.transform, identity, metrics, self.shifts.corruptions, self.shifts.severities,
+                    modality=self.shifts.modality, column=self.shifts.column, seed=self.shifts.seed, name=label, **run,
+                )  # fmt: skip
+                for corruption, per in sweep.items():
+                    out.update({f"{before}corruption_{corruption}_s{s}_accuracy": v for s, v in per.items()})
+                clean = results[f"{prefix}_accuracy"]
+                summary = robustness_summary(clean, {c: list(per.values()) for c, per in sweep.items()})
+                out[f"{before}corruption_mean_accuracy"] = summary["mean_corruption_accuracy"]
+                out[f"{before}corruption_relative_accuracy"] = summary["relative_accuracy"]
+        finally:
+            model.train(was_training)
+        return out
+
+
+def with_shifts(measure, shifts: RunShifts, trainer, splits: dict, transform, label_names):
+    """`measure`, wrapped in a `ShiftedMeasure` when the run has shifted sets or a corruption sweep."""
+    return ShiftedMeasure(measure, shifts, trainer, splits, transform, label_names) if shifts else measure
