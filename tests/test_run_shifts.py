@@ -61,6 +61,21 @@ def test_recipe_ood_and_corruption_columns_equal_mm_hf_evaluate(tiny_vtde, digit
             entry["robustness"]["relative_accuracy"]
         )
 
+    # Effective robustness on "val" against the zero-shot model's line (one baseline: slope 1 in logit space).
+    line = evaluation["effective_robustness_lines"]["val"]
+    assert (line["models"], line["fit"]) == (["zeroshot"], "slope_1_through_point")
+    zeroshot, finetuned = (evaluation["models"][n]["sets"] for n in ("zeroshot", "finetuned"))
+    id_accuracy, ood_accuracy = (finetuned[s]["metrics"]["accuracy"] for s in ("test", "val"))
+    odds = odds_ratio(zeroshot["val"]["metrics"]["accuracy"]) / odds_ratio(zeroshot["test"]["metrics"]["accuracy"])
+    expected = odds * odds_ratio(id_accuracy) / (1 + odds * odds_ratio(id_accuracy))
+    assert finetuned["val"]["effective_robustness"]["value"] == pytest.approx(ood_accuracy - expected)
+    assert zeroshot["val"]["effective_robustness"]["value"] == pytest.approx(0.0, abs=1e-9)
+    assert "effective robustness" in (tmp_path / "eval" / "evaluation.md").read_text()
+
+
+def odds_ratio(p):
+    return p / (1 - p)
+
 
 def test_ood_set_with_labels_unseen_in_training_is_refused_naming_them(tiny_vtde, digits_dir, tmp_path):
     ood = tmp_path / "ood"

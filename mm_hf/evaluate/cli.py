@@ -27,7 +27,7 @@ from ..corruptions import parse_severities, select_corruptions
 from ..data.loading import read_labelled_split
 from ..errors import UserError
 from ..metrics.calibration import fit_temperature
-from ..metrics.robustness import robustness_summary
+from ..metrics.robustness import effective_robustness, fit_id_ood_line, line_accuracy, robustness_summary
 from ..metrics.streaming import ClassificationMetrics
 from . import candidates as cands
 from .card import eval_results, update_card
@@ -111,6 +111,14 @@ class EvaluateArguments(LabelColumnArguments, AudioColumnArguments, ImageColumnA
     latency_runs: int = field(
         default=10, metadata={"help": "Timed forward passes per batch size (after 3 warm-up ones); 0 skips timing."}
     )
+    robustness_baseline: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated --model names whose (test, OOD) accuracies define the baseline line of effective "
+            "robustness on each --ood set (a least-squares line in logit space; slope 1 through a single model). "
+            "Default: every zero-shot model; without one, no effective robustness is reported."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the corruptions and the bootstrap."})
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
     traceback: bool = field(default=False, metadata={"help": "On an input mistake also print the traceback."})
@@ -133,6 +141,10 @@ def main(argv=None) -> dict | None:
     ood_sources = cands.parse_named(args.ood, "--ood")
     if not models:
         raise UserError("no model to evaluate: pass --model NAME=PATH (repeatable)")
+    baseline_names = [n.strip() for n in (args.robustness_baseline or "").split(",") if n.strip()]
+    if any(name not in models for name in baseline_names):
+        raise UserError(f"--robustness_baseline {args.robustness_baseline}: "
+                        f"{[n for n in baseline_names if n not in models]} are not --model names ({list(models)})")  # fmt: skip
     if "test" in ood_sources:
         raise UserError("--ood test=...: 'test' names the main test set; give the shifted set another name")
     if args.save_temperature and not args.calibration_data:
@@ -245,6 +257,7 @@ def main(argv=None) -> dict | None:
                 "accuracy_minus_test": accuracy - test_accuracy,
                 "relative_to_test": accuracy / test_accuracy if test_accuracy > 0 else 0.0,
             }
+    lines = _id_ood_lines(results, ood_sources, args.robustness_baseline)
     if corruption_names:
         baseline = next((n for n, e in results.items() if e["kind"] == "zero-shot"), None)
         for name, entry in results.items():
@@ -277,6 +290,7 @@ def main(argv=None) -> dict | None:
         "corruptions": {"names": corruption_names, "severities": severities, "seed": args.seed}
         if corruption_names
         else None,
+        "effective_robustness_lines": lines,
         "models": results,
         "paired_tests": paired,
         "failed": failed,
@@ -313,7 +327,7 @@ def _describe(error: BaseException) -> str:
 # Flags of the image/audio flow that the fusion flow does not implement: refused, never ignored.
 _NOT_FOR_FUSION = (
     "calibration_data", "save_temperature", "update_card", "corruptions", "severities", "prompt_templates",
-    "max_length_seconds", "test_dir", "dataset_name",
+    "max_length_seconds", "test_dir", "dataset_name", "robustness_baseline",
 )  # fmt: skip
 
 
@@ -393,6 +407,30 @@ def _set_entry(scored, metrics: ClassificationMetrics, args, temperature) -> dic
     if temperature is not None:
         entry["calibration_temperature_scaled"] = {**scored.calibration_scaled, "temperature": temperature}
     return entry
+
+
+def _id_ood_lines(results: dict, ood_sources: dict, baseline_flag: str | None) -> dict | None:
+    """Per OOD set the baseline ID -> OOD line (`fit_id_ood_line` over the baseline models' points, `models` naming
+    them) and each model's `effective_robustness` `{value, expected_accuracy}` against it, set into `results`."""
+    if baseline_flag:
+        baselines = [name.strip() for name in baseline_flag.split(",") if name.strip()]
+        baselines = [name for name in baselines if name in results]  # one that failed to load has no point
+    else:
+        baselines = [name for name, entry in results.items() if entry["kind"] == "zero-shot"]
+    if not baselines or not ood_sources:
+        return None
+    lines = {}
+    for set_name in ood_sources:
+        accuracy = {name: (entry["sets"]["test"]["metrics"]["accuracy"], entry["sets"][set_name]["metrics"]["accuracy"])
+                    for name, entry in results.items()}  # fmt: skip
+        line = {**fit_id_ood_line([accuracy[name] for name in baselines]), "models": baselines}
+        lines[set_name] = line
+        for name, entry in results.items():
+            entry["sets"][set_name]["effective_robustness"] = {
+                "value": effective_robustness(line, *accuracy[name]),
+                "expected_accuracy": line_accuracy(line, accuracy[name][0]),
+            }
+    return lines
 
 
 def _robustness_input(entry: dict):
