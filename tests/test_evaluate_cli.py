@@ -233,12 +233,13 @@ def test_fusion_run_equals_its_own_test_numbers_with_each_modality_missing(tmp_p
         "--output_dir", str(run), "--do_train", "--do_predict", "--use_cpu", "true", "--max_steps", "2",
         "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8", "--fusion", "concat",
         "--hidden_size", "32", "--max_seq_length", "12", "--save_strategy", "no", "--report_to", "none",
-        "--disable_tqdm", "true",
+        "--disable_tqdm", "true", "--ood_file", f"val={data['validation']}", "--robustness", "typos,gaussian_noise",
+        "--robustness_severities", "5", "--seed", "3",
     ])  # fmt: skip
     argv = ["--model", f"fusion={run}", "--test_file", data["test"], "--ood", f"val={data['validation']}",
             "--output_dir", str(tmp_path / "eval"), "--dataloader_num_workers", "0", "--disable_tqdm",
             "--per_device_eval_batch_size", "5"]  # fmt: skip
-    result = main(argv)
+    result = main([*argv, "--corruptions", "typos,gaussian_noise", "--severities", "5", "--seed", "3"])
     entry = result["models"]["fusion"]
     assert result["modality"] == "fusion" and result["modalities"] == ["image", "text"]
     assert entry["sets"]["test"]["samples"] == results["test_samples"] == 14
@@ -253,6 +254,18 @@ def test_fusion_run_equals_its_own_test_numbers_with_each_modality_missing(tmp_p
         results["test_without_text_accuracy"] / results["test_accuracy"]
     )  # fmt: skip
     assert entry["sets"]["val"]["samples"] == 8
+    # Text and image corruptions of the fusion columns, and the run's own --ood_file / --robustness numbers (after
+    # training) equal this command's on its checkpoint.
+    for metric in ("accuracy", "macro_f1"):
+        assert results[f"ood_val_{metric}"] == pytest.approx(entry["sets"]["val"]["metrics"][metric], abs=1e-9)
+    for corruption in ("typos", "gaussian_noise"):
+        assert 0 <= entry["corruptions"][corruption]["5"] <= 1
+        assert results[f"corruption_{corruption}_s5_accuracy"] == pytest.approx(entry["corruptions"][corruption]["5"])
+    assert results["corruption_relative_accuracy"] == pytest.approx(entry["robustness"]["relative_accuracy"])
+    assert (
+        "zeroshot_corruption_mean_accuracy" in results and "ood_val_accuracy" in (run / "before_after.md").read_text()
+    )
+    assert "typos@5" in (tmp_path / "eval" / "evaluation.md").read_text()
     assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["models"]["fusion"] == entry
     assert "accuracy without text" in (tmp_path / "eval" / "evaluation.md").read_text()
 

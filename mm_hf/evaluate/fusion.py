@@ -23,11 +23,14 @@ from transformers import AutoModelForSequenceClassification, default_data_collat
 from transformers.utils.logging import tqdm
 
 from ..args import DataArguments
+from ..corruptions import CORRUPTIONS, CorruptColumn
 from ..data.multimodal import MultimodalColumns, check_media, load_multimodal_splits
 from ..errors import DataError, UserError
 from ..measures import WithoutModality
+from ..metrics.robustness import robustness_summary
 from ..metrics.tasks import compute_task_metrics
 from ..processing import MultimodalProcessor
+from .scoring import INDEX_COLUMN
 
 # The metric each problem type is summarised by (table, relative score of a missing modality).
 HEADLINE = {
@@ -36,6 +39,55 @@ HEADLINE = {
     "binary_classification": "roc_auc",
     "regression": "rmse",
 }
+
+
+def select_fusion_corruptions(spec: str, modalities: list[str], flag: str = "--corruptions") -> list[str]:
+    """Corruption names for a fusion model's `modalities` from "all" or a comma-separated list; each name belongs to
+    one modality (image: gaussian_noise ...; text: typos, word_dropout; audio: noise ...) and corrupts that column."""
+    available = {name: m for m in ("image", "text", "audio") if m in modalities for name in CORRUPTIONS[m]}
+    if spec.strip() == "all":
+        return list(available)
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in available]
+    if unknown or not names:
+        raise UserError(f"{flag} {spec}: {unknown or 'no name'} not a corruption of this model's modalities "
+                        f"{modalities}; choose from {sorted(available)}")  # fmt: skip
+    return names
+
+
+def corruption_modality(name: str) -> str:
+    return next(m for m, table in CORRUPTIONS.items() if name in table)
+
+
+def fusion_corruption_sweep(model, dataset, transform, task: dict, names, severities, *, seed: int, sampling_rate,
+                            name: str, **run) -> dict:  # fmt: skip
+    """`{corruption: {severity: compute_task_metrics}}`: the head on `dataset` (canonical columns image/text/audio) with
+    each corruption applied to its modality's column (a missing value stays missing), seeded per row index."""
+    if INDEX_COLUMN not in dataset.column_names:
+        dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
+    out = {}
+    for corruption in names:
+        modality = corruption_modality(corruption)
+        out[corruption] = {}
+        for severity in severities:
+            corrupted = CorruptColumn(
+                transform, modality=modality, corruption=corruption, severity=severity, seed=seed,
+                index_column=INDEX_COLUMN, sampling_rate=sampling_rate if modality == "audio" else None,
+            )  # fmt: skip
+            out[corruption][str(severity)] = task_scores(model, dataset, corrupted, task,
+                                                         description=f"{name} | {corruption}@{severity}", **run)  # fmt: skip
+    return out
+
+
+def sweep_summary(clean: dict, sweep: dict, problem_type: str) -> dict | None:
+    """`robustness_summary` of the headline metric (None for regression: its RMSE is better when lower)."""
+    if problem_type == "regression":
+        return None
+    headline = HEADLINE[problem_type]
+    curves = {c: [per[s].get(headline) for s in per] for c, per in sweep.items()}
+    if clean.get(headline) is None or any(v is None for curve in curves.values() for v in curve):
+        return None  # e.g. ROC-AUC undefined on a one-class set
+    return robustness_summary(clean[headline], curves)
 
 
 def fusion_columns(candidate) -> MultimodalColumns:
@@ -74,17 +126,22 @@ def load_fusion(path: str, device="cpu") -> tuple:
     return model, MultimodalProcessor.from_pretrained(path)
 
 
-def read_set(path: str, columns: MultimodalColumns, problem_type: str, task: dict, args, data_args, sampling_rate):
-    """One labelled file as the recipe's test split (labels encoded as the checkpoint's head expects)."""
+def read_set(path: str, columns: MultimodalColumns, problem_type: str, task: dict, cache_dir, data_args, sampling_rate,
+             source: str | None = None):  # fmt: skip
+    """One labelled file as the recipe's test split (labels encoded as the checkpoint's head expects); `source`
+    names it in errors (default: the path)."""
+    source = source or path
     if os.path.isdir(path):
-        raise DataError(f"{path}: fusion data is a CSV/JSONL file with one column per modality, not a folder")
+        raise DataError(f"{source}: fusion data is a CSV/JSONL file with one column per modality, not a folder")
     # The label space comes from the file itself: it must be the head's (refused with both lists otherwise).
     data = DataArguments(train_file=path, validation_file=path, test_file=path)
-    splits, space = load_multimodal_splits(data, columns, problem_type, args.cache_dir)
+    splits, space = load_multimodal_splits(data, columns, problem_type, cache_dir)
     if problem_type != "regression" and space.names != task["labels"]:
+        unseen = sorted(set(space.names) - set(task["labels"]))
         raise DataError(
-            f"{path}: labels {space.names} are not the fusion model's {task['labels']}: evaluate data with the "
-            "classes the model was trained on (every class present)"
+            f"{source}: labels {space.names} are not the fusion model's {task['labels']}"
+            + (f" (label(s) {unseen} were not seen in training)" if unseen else "")
+            + ": evaluate data with the classes the model was trained on (every class present)"
         )
     test = splits["test"]
     if data_args.max_predict_samples is not None and path == data_args.test_file:
@@ -109,7 +166,8 @@ def task_scores(model, dataset, transform, task: dict, *, batch_size, num_worker
     return compute_task_metrics(task["problem_type"], np.concatenate(logits), np.concatenate(labels), names)
 
 
-def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict, device, command: str) -> dict:
+def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict, device, command: str,
+                    severities=()) -> dict:  # fmt: skip
     """evaluation.json for fusion checkpoints (all `candidates` are fusion ones) and the .md table; returns it."""
     if not data_args.test_file:
         raise UserError("fusion checkpoints are evaluated on --test_file (CSV/JSONL with the run's columns)")
@@ -122,6 +180,7 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
                 f"({run_columns(candidate)} vs {(columns, problem_type)}); evaluate them in separate runs"
             )
     modalities = columns.modalities
+    corruptions = select_fusion_corruptions(args.corruptions, modalities) if args.corruptions else []
     run = dict(batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers, device=device,
                progress=not args.disable_tqdm)  # fmt: skip
     results, sets_info = {}, {}
@@ -136,7 +195,7 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
         transform = processor.transform(train=False)
         entry = {"path": candidate.path, "kind": "mm-hf-fusion", "problem_type": problem_type, "sets": {}}
         for set_name, path in {"test": data_args.test_file, **ood_sources}.items():
-            dataset, skipped = read_set(path, columns, problem_type, task, args, data_args, sampling_rate)
+            dataset, skipped = read_set(path, columns, problem_type, task, args.cache_dir, data_args, sampling_rate)
             sets_info[set_name] = {"source": path, "samples": len(dataset), "skipped_bad_samples": len(skipped)}
             scored = {"samples": len(dataset), "metrics": task_scores(model, dataset, transform, task,
                                                                        description=f"{candidate.name} | {set_name}",
@@ -154,6 +213,15 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
                     for modality, metrics in scored["missing_modality"].items()
                 }
             entry["sets"][set_name] = scored
+            if set_name == "test" and corruptions:
+                sweep = fusion_corruption_sweep(
+                    model, dataset, transform, task, corruptions, severities, seed=args.seed,
+                    sampling_rate=sampling_rate, name=candidate.name, **run,
+                )  # fmt: skip
+                entry["corruptions"] = {c: {s: m.get(HEADLINE[problem_type]) for s, m in per.items()}
+                                        for c, per in sweep.items()}  # fmt: skip
+                entry["corruption_metrics"] = sweep
+                entry["robustness"] = sweep_summary(scored["metrics"], sweep, problem_type)
         results[candidate.name] = entry
         del model
     if not results:
@@ -168,6 +236,9 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
         "device": str(device),
         "processes": 1,
         "sets": sets_info,
+        "corruptions": {"names": corruptions, "severities": list(severities), "seed": args.seed}
+        if corruptions
+        else None,
         "models": results,
         "failed": failed,
     }
@@ -190,6 +261,17 @@ def _markdown(evaluation: dict) -> str:
         for set_name, scored in entry["sets"].items():
             row = [name, set_name, scored["metrics"].get(headline)]
             row += [scored["missing_modality"][m].get(headline) for m in modalities]
+            lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |")
+    sweep = evaluation.get("corruptions")
+    if sweep:
+        columns = [f"{c}@{s}" for c in sweep["names"] for s in sweep["severities"]]
+        lines += [f"\n## Corruptions of the test set ({headline})\n", "| " + " | ".join(["model", "clean", *columns,
+                  "mean", "relative"]) + " |", "|" + " --- |" * (len(columns) + 4)]  # fmt: skip
+        for name, entry in evaluation["models"].items():
+            robustness = entry.get("robustness") or {}
+            row = [name, entry["sets"]["test"]["metrics"].get(headline),
+                   *(entry["corruptions"][c][str(s)] for c in sweep["names"] for s in sweep["severities"]),
+                   robustness.get("mean_corruption_accuracy"), robustness.get("relative_accuracy")]  # fmt: skip
             lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |")
     if evaluation["failed"]:
         lines.append("\nNot evaluated: " + "; ".join(f"{n} ({why})" for n, why in evaluation["failed"].items()))

@@ -15,11 +15,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from ..args.robustness import DEFAULT_ROBUSTNESS
 from ..corruptions import parse_severities, select_corruptions
 from ..errors import UserError
+from ..measures import HEADLINE_METRICS
 from ..metrics.robustness import robustness_summary
 from ..metrics.streaming import ClassificationMetrics
 from ..reports import CLASSIFICATION_TABLE_METRICS
+from .fusion import HEADLINE as FUSION_HEADLINE
+from .fusion import fusion_corruption_sweep, read_set, select_fusion_corruptions, sweep_summary, task_scores
 from .scoring import corruption_sweep, score
 from .sets import read_shifted_sets
 
@@ -36,15 +40,25 @@ class RunShifts:
     corruptions: list[str] = field(default_factory=list)
     severities: list[int] = field(default_factory=list)
     seed: int = 0
+    task: dict | None = None  # a fusion run's head (Task.to_dict()); None for an image/audio classifier
+    sampling_rate: int | None = None  # a fusion run's audio rate (its audio corruptions decode the clips at it)
 
     def __bool__(self) -> bool:
         return bool(self.sets or self.corruptions)
 
+    @property
+    def headline(self) -> str:
+        """The metric corruptions are summarised by: accuracy, or a fusion head's (micro F1, ROC-AUC, RMSE)."""
+        return FUSION_HEADLINE[self.task["problem_type"]] if self.task else "accuracy"
+
     def table_rows(self) -> list[str]:
         """The before/after table's rows for these shifts (metric keys without the before/after prefix)."""
-        rows = [f"ood_{name}_{metric}" for name in self.sets for metric in ("accuracy", "macro_f1")]
-        if self.corruptions:
-            rows += ["corruption_mean_accuracy", "corruption_relative_accuracy"]
+        metrics = HEADLINE_METRICS[self.task["problem_type"]][:2] if self.task else ("accuracy", "macro_f1")
+        rows = [f"ood_{name}_{metric}" for name in self.sets for metric in metrics]
+        if self.corruptions and not (self.task and self.task["problem_type"] == "regression"):
+            rows += [f"corruption_mean_{self.headline}", f"corruption_relative_{self.headline}"]
+        elif self.corruptions:
+            rows += [f"corruption_{c}_s{s}_{self.headline}" for c in self.corruptions for s in self.severities]
         return rows
 
 
@@ -72,6 +86,40 @@ def load_run_shifts(robust_args, data_args, training_args, cache_dir, label_name
         logger.info("measured before and after fine-tuning: shifted sets %s, corruptions %s at severities %s",
                     {n: len(d) for n, d in sets.items()}, corruptions, shifts.severities)  # fmt: skip
     return shifts, skipped
+
+
+def load_fusion_shifts(robust_args, data_args, training_args, cache_dir, columns, tasks, sampling_rate) -> RunShifts:
+    """A fusion run's shifts: `--ood_file` sets read with the run's columns (the head's classes, every one present;
+    a label unseen in training is named) and `--robustness` corruptions of its image / text / audio columns (no
+    value: the image/audio/text defaults of the modalities it has). Single-task runs only."""
+    explicit = getattr(training_args, "explicit_flags", set())
+    if robust_args.robustness is None and "robustness_severities" in explicit:
+        raise UserError("--robustness_severities sets the severities of --robustness: pass --robustness too")
+    if robust_args.ood_dir:
+        raise UserError("--ood_dir: fusion data are CSV/JSONL files with one column per modality; pass "
+                        "--ood_file NAME=FILE")  # fmt: skip
+    shifted = robust_args.shifted_sets()
+    modalities = columns.modalities
+    spec = robust_args.robustness
+    if spec == "default":
+        spec = ",".join(DEFAULT_ROBUSTNESS[m] for m in ("image", "text", "audio") if m in modalities)
+        if not spec:
+            raise UserError(f"--robustness: the run's modalities {modalities} have no corruptions (image/text/audio)")
+    corruptions = select_fusion_corruptions(spec, modalities, "--robustness") if spec else []
+    severities = parse_severities(robust_args.robustness_severities, "--robustness_severities")
+    if not (shifted or corruptions):
+        return RunShifts("fusion", "")
+    if len(tasks) != 1:
+        raise UserError(f"--ood_file / --robustness measure single-task fusion runs; this one has {len(tasks)} heads "
+                        f"({', '.join(t.name for t in tasks)})")  # fmt: skip
+    task = tasks[0].to_dict()
+    sets = {}
+    with training_args.main_process_first(desc="loading shifted sets"):
+        for name, (flag, path) in shifted.items():
+            sets[name], _ = read_set(path, columns, task["problem_type"], task, cache_dir, data_args, sampling_rate,
+                                     source=f"{flag} {name}={path}")  # fmt: skip
+    return RunShifts("fusion", "", sets, corruptions, severities if corruptions else [], training_args.seed, task,
+                     sampling_rate)  # fmt: skip
 
 
 class ShiftedMeasure:
@@ -116,14 +164,16 @@ class ShiftedMeasure:
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         was_training = model.training
         model.eval().to(args.device)
-        metrics = ClassificationMetrics(dict(enumerate(self.label_names)))  # not the Trainer's: its report stays
-        identity = list(range(len(self.label_names)))
         run = dict(batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers,
                    device=args.device, progress=args.should_log and not args.disable_tqdm,
                    rank=args.process_index, world_size=args.world_size)  # fmt: skip
         label = "before" if before else "after"
         out = {}
         try:
+            if self.shifts.task is not None:
+                return self.fusion_shifts(model, split, results, prefix, before, run)
+            metrics = ClassificationMetrics(dict(enumerate(self.label_names)))  # not the Trainer's: its report stays
+            identity = list(range(len(self.label_names)))
             for name, dataset in self.shifts.sets.items():
                 scored = score(model, dataset, self.transform, identity, metrics, description=f"{label} | ood {name}",
                                **run)  # fmt: skip
@@ -143,6 +193,38 @@ class ShiftedMeasure:
                 out[f"{before}corruption_relative_accuracy"] = summary["relative_accuracy"]
         finally:
             model.train(was_training)
+        return out
+
+    def fusion_shifts(self, model, split: str, results: dict, prefix: str, before: str, run: dict) -> dict:
+        """The fusion head's `compute_task_metrics` on each shifted set and corrupted split (one process: the
+        fusion scoring of mm_hf.evaluate does not shard), per-class keys left out as in the Trainer's metrics."""
+        task, shifts, out = self.shifts.task, self.shifts, {}
+        run = {k: v for k, v in run.items() if k not in ("rank", "world_size")}
+        per_label = tuple(f"{name}_" for name in task["labels"])
+
+        def summary(metrics: dict) -> dict:
+            return {k: v for k, v in metrics.items() if not k.startswith(per_label)}
+
+        label = "before" if before else "after"
+        for name, dataset in shifts.sets.items():
+            scores = task_scores(model, dataset, self.transform, task, description=f"{label} | ood {name}", **run)
+            out.update({f"{before}ood_{name}_{k}": v for k, v in summary(scores).items()})
+            out[f"{before}ood_{name}_samples"] = len(dataset)
+        if shifts.corruptions:
+            sweep = fusion_corruption_sweep(
+                model, self.splits[split], self.transform, task, shifts.corruptions, shifts.severities,
+                seed=shifts.seed, sampling_rate=shifts.sampling_rate, name=label, **run,
+            )  # fmt: skip
+            headline = shifts.headline
+            for corruption, per in sweep.items():
+                out.update(
+                    {f"{before}corruption_{corruption}_s{s}_{headline}": m.get(headline) for s, m in per.items()}
+                )
+            clean = {k.removeprefix(f"{prefix}_"): v for k, v in results.items() if k.startswith(f"{prefix}_")}
+            robustness = sweep_summary(clean, sweep, task["problem_type"])
+            if robustness is not None:
+                out[f"{before}corruption_mean_{headline}"] = robustness["mean_corruption_accuracy"]
+                out[f"{before}corruption_relative_{headline}"] = robustness["relative_accuracy"]
         return out
 
 
