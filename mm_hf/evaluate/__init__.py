@@ -8,7 +8,8 @@ Models (`--model NAME=PATH`, repeatable): mm-hf recipe output folders (full, mer
 transformers image/audio-classification checkpoints, and CLIP/SigLIP/CLAP dual encoders evaluated zero-shot from
 class prompts. Fusion checkpoints (single-task) go through `fusion.py` (see there; their evaluation.json has
 `modality: "fusion"`, per set `metrics` from compute_task_metrics, `missing_modality.<modality>` and
-`missing_modality_relative.<modality>`); video checkpoints are refused. The test set is given with the
+`missing_modality_relative.<modality>`, and with --corruptions `corruptions.<name>.<severity>` (the headline metric),
+`corruption_metrics` (all of them) and `robustness`); video checkpoints are refused. The test set is given with the
 recipes' data flags (--test_dir / --test_file / --dataset_name, --image_column / --audio_column / --label_column).
 
 Sharded: `accelerate launch [--multi_gpu --num_processes N] -m mm_hf.evaluate ... [--device cpu]` (gloo on CPU):
