@@ -15,6 +15,7 @@ from transformers import AutoFeatureExtractor
 
 from ..args import (
     AudioColumnArguments,
+    CaptionColumnArguments,
     DataArguments,
     HubArguments,
     ImageColumnArguments,
@@ -35,6 +36,7 @@ from .cost import disk_bytes, measure_latency, parameter_counts, peak_memory, re
 from .fusion import evaluate_fusion
 from .processes import inference_processes
 from .report import write_outputs
+from .retrieval import NOT_FOR_RETRIEVAL, evaluate_retrieval_models
 from .scoring import INDEX_COLUMN, confidence_intervals, corruption_sweep, paired_tests, score
 from .sets import prepare_set
 
@@ -54,7 +56,9 @@ _TRAINING_DATA_FLAGS = (
 
 
 @dataclass
-class EvaluateArguments(LabelColumnArguments, AudioColumnArguments, ImageColumnArguments, HubArguments):
+class EvaluateArguments(
+    CaptionColumnArguments, LabelColumnArguments, AudioColumnArguments, ImageColumnArguments, HubArguments
+):
     model: list[str] = field(
         default_factory=list,
         metadata={
@@ -70,6 +74,14 @@ class EvaluateArguments(LabelColumnArguments, AudioColumnArguments, ImageColumnA
         metadata={
             "help": "NAME=DIR_OR_FILE, repeatable: a shifted test set (class folder or CSV/JSONL) with the same labels.",
             "action": "extend",
+        },
+    )
+    retrieval: bool = field(
+        default=False,
+        metadata={
+            "help": "Score dual encoders (CLIP/SigLIP/CLAP, clip_retrieval outputs) on media-caption retrieval "
+            "(Recall@K, ranks over --caption_column captions of --test_dir/--test_file) instead of classification; "
+            "--corruptions typos,word_dropout|all corrupts the captions."
         },
     )
     calibration_data: str | None = field(
@@ -167,6 +179,17 @@ def main(argv=None) -> dict | None:
         except Exception as error:  # noqa: BLE001 (any load failure is reported and the others go on)
             failed[name] = _describe(error)
             logger.error("--model %s=%s cannot be loaded: %s", name, path, failed[name])
+    if args.retrieval:
+        if world_size > 1:
+            raise UserError("--retrieval is evaluated by one process (sharding covers image/audio classifiers)")
+        refused = [f"--{name}" for name in NOT_FOR_RETRIEVAL if name in explicit]
+        if refused:
+            raise UserError(f"{', '.join(refused)}: not used by --retrieval (test pairs, captions, text corruptions)")
+        command = shlex.join(["python", "-m", "mm_hf.evaluate", *argv])
+        return evaluate_retrieval_models(found, args, data_args, failed, device, command, severities,
+                                         lambda modality: media_column(args, modality, explicit))  # fmt: skip
+    if "caption_column" in explicit:
+        raise UserError("--caption_column: captions are read by --retrieval evaluation only")
     fusion_models = [c for c in found if c.kind == "fusion"]
     if fusion_models:
         return _evaluate_fusion(fusion_models, found, args, data_args, explicit, ood_sources, failed, device,
