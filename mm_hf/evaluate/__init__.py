@@ -6,10 +6,14 @@
 
 Models (`--model NAME=PATH`, repeatable): mm-hf recipe output folders (full, merged or LoRA adapter), plain
 transformers image/audio-classification checkpoints, and CLIP/SigLIP/CLAP dual encoders evaluated zero-shot from
-class prompts. Fusion checkpoints (single-task) go through `fusion.py` (see there; their evaluation.json has
+class prompts. Fusion and video checkpoints (any number of heads) go through `fusion.py` (see there; their evaluation.json has
 `modality: "fusion"`, per set `metrics` from compute_task_metrics, `missing_modality.<modality>` and
 `missing_modality_relative.<modality>`, and with --corruptions `corruptions.<name>.<severity>` (the headline metric),
-`corruption_metrics` (all of them) and `robustness`); video checkpoints are refused. The test set is given with the
+`corruption_metrics` (all of them) and `robustness`; a multi-task model's metrics are `<task>_`-prefixed, as the recipe's
+`test_<task>_*`, and `headline` names the one summarising it). With --retrieval, dual encoders are scored on media-caption
+retrieval instead (`retrieval.py`: `modality: "retrieval"`, per model `sets.test.metrics` from
+`mm_hf.retrieval.evaluate_retrieval`, and with --corruptions typos/word_dropout on the captions `corruptions`,
+`corruption_metrics`, `robustness`). The test set is given with the
 recipes' data flags (--test_dir / --test_file / --dataset_name, --image_column / --audio_column / --label_column).
 
 Sharded: `accelerate launch [--multi_gpu --num_processes N] -m mm_hf.evaluate ... [--device cpu]` (gloo on CPU):

@@ -1,4 +1,5 @@
-"""Fusion checkpoints in `python -m mm_hf.evaluate`: recipes/fusion_imagetext_cls.py output folders side by side.
+"""Fusion checkpoints in `python -m mm_hf.evaluate`: recipes/fusion_imagetext_cls.py and video_cls.py output folders
+side by side.
 
 A fusion run's inputs are several columns of one CSV/JSONL file, so the data comes from `--test_file` (and
 `--ood NAME=FILE`) read with the columns and problem type the run itself recorded in run_config.yaml. Each model
@@ -7,8 +8,9 @@ the recipe's own metrics, so the clean test numbers equal the recipe's `test_*` 
 marked missing (the learned placeholder stands in), the recipe's `test_without_<modality>_*` numbers, and the
 relative score of each missing-modality case (metric without / metric with all modalities).
 
-Scope: single-task heads (any problem type), one process. Logits are kept whole per set (N x outputs), as the
-recipes' Trainer evaluation does. Multi-task checkpoints and sharding are refused with a message.
+Scope: any heads (a multi-task model's metrics `<task>_`-prefixed, as its run's `test_<task>_*`), one process
+(sharding is refused with a message). Logits are kept whole per set (N x outputs), as the recipes' Trainer
+evaluation does. `--corruptions` corrupt the image / text / audio columns (`fusion_corruption_sweep`).
 """
 
 from __future__ import annotations
@@ -79,11 +81,16 @@ def fusion_corruption_sweep(model, dataset, transform, task: dict, names, severi
     return out
 
 
-def sweep_summary(clean: dict, sweep: dict, problem_type: str) -> dict | None:
-    """`robustness_summary` of the headline metric (None for regression: its RMSE is better when lower)."""
-    if problem_type == "regression":
+def headline_key(tasks: list[dict]) -> str:
+    """The metric a fusion model is summarised by: its (first) head's HEADLINE, `<task>_`-prefixed when multi-task."""
+    metric = HEADLINE[tasks[0]["problem_type"]]
+    return metric if len(tasks) == 1 else f"{tasks[0]['name']}_{metric}"
+
+
+def sweep_summary(clean: dict, sweep: dict, headline: str, lower_is_better: bool = False) -> dict | None:
+    """`robustness_summary` of the `headline` metric (None when lower is better, as a regression head's RMSE)."""
+    if lower_is_better:
         return None
-    headline = HEADLINE[problem_type]
     curves = {c: [per[s].get(headline) for s in per] for c, per in sweep.items()}
     if clean.get(headline) is None or any(v is None for curve in curves.values() for v in curve):
         return None  # e.g. ROC-AUC undefined on a one-class set
@@ -102,22 +109,21 @@ def fusion_columns(candidate) -> MultimodalColumns:
         image=config.get("image_column"),
         text=config.get("text_column"),
         audio=config.get("audio_column"),
+        video=config.get("video_column"),
         numeric=config.get("numeric_columns") or [],
         categorical=config.get("categorical_columns") or [],
         labels=list(config.get("label_column") or []),
     )
 
 
-def run_columns(candidate) -> tuple[MultimodalColumns, str]:
-    """The columns and problem type the fusion run was trained with; refuses a multi-task run."""
+def run_columns(candidate) -> tuple[MultimodalColumns, list[str]]:
+    """The columns and problem type(s), one per head, the fusion run was trained with."""
     columns = fusion_columns(candidate)
     problem_types = list(candidate.run_config.get("problem_type") or [])
-    if len(problem_types) != 1:
-        raise UserError(
-            f"--model {candidate.name}={candidate.path}: a multi-task fusion checkpoint ({problem_types}); "
-            "python -m mm_hf.evaluate scores single-task fusion heads only for now"
-        )
-    return columns, problem_types[0]
+    if len(problem_types) != len(columns.labels):
+        raise UserError(f"--model {candidate.name}={candidate.path}: its run_config.yaml has problem types "
+                        f"{problem_types} for the label columns {columns.labels}")  # fmt: skip
+    return columns, problem_types
 
 
 def load_fusion(path: str, device="cpu") -> tuple:
@@ -126,23 +132,31 @@ def load_fusion(path: str, device="cpu") -> tuple:
     return model, MultimodalProcessor.from_pretrained(path)
 
 
-def read_set(path: str, columns: MultimodalColumns, problem_type: str, task: dict, cache_dir, data_args, sampling_rate,
+def read_set(path: str, columns: MultimodalColumns, problem_type, task, cache_dir, data_args, sampling_rate,
              source: str | None = None):  # fmt: skip
-    """One labelled file as the recipe's test split (labels encoded as the checkpoint's head expects); `source`
-    names it in errors (default: the path)."""
+    """One labelled file as the recipe's test split (labels encoded as the checkpoint's heads expect: `task` one
+    head's dict or the list of them, `problem_type` its type or theirs); `source` names it in errors (default: the
+    path)."""
     source = source or path
+    tasks = task if isinstance(task, list) else [task]
     if os.path.isdir(path):
         raise DataError(f"{source}: fusion data is a CSV/JSONL file with one column per modality, not a folder")
     # The label space comes from the file itself: it must be the head's (refused with both lists otherwise).
     data = DataArguments(train_file=path, validation_file=path, test_file=path)
-    splits, space = load_multimodal_splits(data, columns, problem_type, cache_dir)
-    if problem_type != "regression" and space.names != task["labels"]:
-        unseen = sorted(set(space.names) - set(task["labels"]))
-        raise DataError(
-            f"{source}: labels {space.names} are not the fusion model's {task['labels']}"
-            + (f" (label(s) {unseen} were not seen in training)" if unseen else "")
-            + ": evaluate data with the classes the model was trained on (every class present)"
-        )
+    multi_task = len(tasks) > 1
+    splits, spaces = load_multimodal_splits(
+        data, columns, list(problem_type) if multi_task else problem_type, cache_dir
+    )
+    for head in tasks:
+        space = spaces[head["name"]] if multi_task else spaces
+        if head["problem_type"] != "regression" and space.names != head["labels"]:
+            unseen = sorted(set(space.names) - set(head["labels"]))
+            raise DataError(
+                f"{source}: labels {space.names} are not the fusion model's {head['labels']}"
+                + (f" (head {head['name']})" if multi_task else "")
+                + (f" (label(s) {unseen} were not seen in training)" if unseen else "")
+                + ": evaluate data with the classes the model was trained on (every class present)"
+            )
     test = splits["test"]
     if data_args.max_predict_samples is not None and path == data_args.test_file:
         test = test.select(range(min(data_args.max_predict_samples, len(test))))
@@ -153,17 +167,32 @@ def read_set(path: str, columns: MultimodalColumns, problem_type: str, task: dic
 
 
 @torch.no_grad()
-def task_scores(model, dataset, transform, task: dict, *, batch_size, num_workers, device, description, progress):
-    """compute_task_metrics of the head over `dataset` (in order), as the recipe's TaskMetrics computes them."""
+def task_scores(model, dataset, transform, task, *, batch_size, num_workers, device, description, progress):
+    """compute_task_metrics of the head(s) over `dataset` (in order), as the recipe's TaskMetrics computes them.
+
+    `task`: one head's dict (its metrics returned as they are), or the list of a model's heads (each head's metrics
+    `<task name>_`-prefixed, as the recipe's `test_<task>_<metric>`; labels from `labels_<task>`)."""
+    tasks = task if isinstance(task, list) else [task]
+    keys = ["labels"] if len(tasks) == 1 else [f"labels_{t['name']}" for t in tasks]
     loader = DataLoader(dataset.with_transform(transform), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=default_data_collator)  # fmt: skip
-    logits, labels = [], []
+    logits, labels = [[] for _ in tasks], [[] for _ in tasks]
     for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
-        labels.append(batch.pop("labels").numpy())
+        for i, key in enumerate(keys):
+            labels[i].append(batch.pop(key).numpy())
         inputs = {key: value.to(device) for key, value in batch.items() if isinstance(value, torch.Tensor)}
-        logits.append(model(**inputs).logits.float().cpu().numpy())
-    names = task["labels"] if task["problem_type"] != "binary_classification" else None
-    return compute_task_metrics(task["problem_type"], np.concatenate(logits), np.concatenate(labels), names)
+        outputs = model(**inputs).logits
+        for i, head_logits in enumerate(outputs if len(tasks) > 1 else (outputs,)):
+            logits[i].append(head_logits.float().cpu().numpy())
+    out = {}
+    for head, head_logits, head_labels in zip(tasks, logits, labels, strict=True):
+        names = head["labels"] if head["problem_type"] != "binary_classification" else None
+        scores = compute_task_metrics(head["problem_type"], np.concatenate(head_logits), np.concatenate(head_labels),
+                                      names)  # fmt: skip
+        if not isinstance(task, list) or len(tasks) == 1:
+            return scores
+        out.update({f"{head['name']}_{k}": v for k, v in scores.items()})
+    return out
 
 
 def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict, device, command: str,
@@ -172,13 +201,14 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
     if not data_args.test_file:
         raise UserError("fusion checkpoints are evaluated on --test_file (CSV/JSONL with the run's columns)")
     first = candidates[0]
-    columns, problem_type = run_columns(first)
+    columns, problem_types = run_columns(first)
     for candidate in candidates[1:]:
-        if run_columns(candidate) != (columns, problem_type):
+        if run_columns(candidate) != (columns, problem_types):
             raise UserError(
                 f"--model {candidate.name} was trained on other columns/problem type than --model {first.name} "
-                f"({run_columns(candidate)} vs {(columns, problem_type)}); evaluate them in separate runs"
+                f"({run_columns(candidate)} vs {(columns, problem_types)}); evaluate them in separate runs"
             )
+    problem_type = problem_types[0] if len(problem_types) == 1 else problem_types
     modalities = columns.modalities
     corruptions = select_fusion_corruptions(args.corruptions, modalities) if args.corruptions else []
     run = dict(batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers, device=device,
@@ -190,7 +220,11 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
         except Exception as error:  # noqa: BLE001 (reported; the others are still evaluated)
             failed[candidate.name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             continue
-        (task,) = model.config.tasks
+        tasks = list(model.config.tasks)
+        task = tasks[0] if len(tasks) == 1 else tasks  # one head's metrics as they are; several prefixed
+        headline = headline_key(tasks)
+        # The model's own modality order (a video run's sound track is a modality without a column of its own).
+        modalities = list(model.config.modalities)
         sampling_rate = getattr(processor.feature_extractor, "sampling_rate", None)
         transform = processor.transform(train=False)
         entry = {"path": candidate.path, "kind": "mm-hf-fusion", "problem_type": problem_type, "sets": {}}
@@ -206,7 +240,6 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
                                           description=f"{candidate.name} | {set_name} without {modality}", **run)
                     for index, modality in enumerate(modalities)
                 }  # fmt: skip
-                headline = HEADLINE[problem_type]
                 clean = scored["metrics"].get(headline)
                 scored["missing_modality_relative"] = {
                     modality: (metrics.get(headline) / clean if clean else None)
@@ -218,10 +251,10 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
                     model, dataset, transform, task, corruptions, severities, seed=args.seed,
                     sampling_rate=sampling_rate, name=candidate.name, **run,
                 )  # fmt: skip
-                entry["corruptions"] = {c: {s: m.get(HEADLINE[problem_type]) for s, m in per.items()}
-                                        for c, per in sweep.items()}  # fmt: skip
+                entry["corruptions"] = {c: {s: m.get(headline) for s, m in per.items()} for c, per in sweep.items()}
                 entry["corruption_metrics"] = sweep
-                entry["robustness"] = sweep_summary(scored["metrics"], sweep, problem_type)
+                lower_is_better = tasks[0]["problem_type"] == "regression"
+                entry["robustness"] = sweep_summary(scored["metrics"], sweep, headline, lower_is_better)
         results[candidate.name] = entry
         del model
     if not results:
@@ -232,7 +265,8 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
         "modality": "fusion",
         "modalities": modalities,
         "problem_type": problem_type,
-        "label_names": task["labels"],
+        "headline": headline,
+        "label_names": task["labels"] if len(tasks) == 1 else {t["name"]: t["labels"] for t in tasks},
         "device": str(device),
         "processes": 1,
         "sets": sets_info,
@@ -252,7 +286,7 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
 
 
 def _markdown(evaluation: dict) -> str:
-    headline = HEADLINE[evaluation["problem_type"]]
+    headline = evaluation["headline"]
     modalities = evaluation["modalities"] if len(evaluation["modalities"]) > 1 else []
     header = ["model", "set", headline, *(f"{headline} without {m}" for m in modalities)]
     lines = [f"# Fusion evaluation ({evaluation['problem_type']})\n", "| " + " | ".join(header) + " |",

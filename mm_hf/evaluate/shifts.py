@@ -234,7 +234,7 @@ class ShiftedMeasure:
                     {f"{before}corruption_{corruption}_s{s}_{headline}": m.get(headline) for s, m in per.items()}
                 )
             clean = {k.removeprefix(f"{prefix}_"): v for k, v in results.items() if k.startswith(f"{prefix}_")}
-            robustness = sweep_summary(clean, sweep, task["problem_type"])
+            robustness = sweep_summary(clean, sweep, headline, task["problem_type"] == "regression")
             if robustness is not None:
                 out[f"{before}corruption_mean_{headline}"] = robustness["mean_corruption_accuracy"]
                 out[f"{before}corruption_relative_{headline}"] = robustness["relative_accuracy"]
