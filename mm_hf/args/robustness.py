@@ -51,6 +51,11 @@ class RobustnessArguments:
         },
     )
 
+    def __post_init__(self):
+        # A --config YAML may say `robustness: true` / `false` for the default sweep / none.
+        if isinstance(self.robustness, bool):
+            self.robustness = "default" if self.robustness else None
+
     def shifted_sets(self) -> dict[str, tuple[str, str]]:
         """NAME -> (flag, path) of every --ood_dir / --ood_file, in order; refuses a malformed or repeated NAME."""
         out = {}
