@@ -67,12 +67,14 @@ def run_recipe(tiny_vtde, digits_dir, out, *strategy):
 @pytest.fixture(scope="module")
 def recipe_runs(tiny_vtde, digits_dir, tmp_path_factory):
     """Two recipes/clip_imagecls.py runs and their all_results.json: a linear probe (a full checkpoint, test accuracy
-    0.70 on the digits) and 2 steps of LoRA (an adapter)."""
+    0.70 on the digits) and 2 steps of LoRA (an adapter, with --ood_dir and --robustness)."""
     probe, lora = tmp_path_factory.mktemp("probe"), tmp_path_factory.mktemp("lora")
     probe_results = run_recipe(tiny_vtde, digits_dir, probe, "--finetune_strategy", "linear_probe", "--head_init",
                                "random")  # fmt: skip
+    # The LoRA run also measures a shifted set and a corruption sweep (mm_hf.evaluate.shifts), before and after.
     lora_results = run_recipe(tiny_vtde, digits_dir, lora, "--finetune_strategy", "lora", "--max_steps", "2",
-                              "--head_init", "zeroshot")  # fmt: skip
+                              "--head_init", "zeroshot", "--ood_dir", f"shifted={digits_dir / 'validation'}",
+                              "--robustness", "gaussian_noise", "--robustness_severities", "1,3", "--seed", "0")  # fmt: skip
     assert os.path.exists(lora / "adapter_config.json") and not os.path.exists(probe / "adapter_config.json")
     return {"probe": (probe, probe_results), "lora": (lora, lora_results)}
 
@@ -101,6 +103,38 @@ def test_evaluate_models_side_by_side(recipe_runs, tiny_vtde, digits_dir, tmp_pa
                 recipe_results[f"test_{metric}"], abs=1e-12
             )
     assert on_disk["models"]["probe"]["sets"]["test"]["metrics"]["accuracy"] == pytest.approx(0.7)
+
+    # The LoRA run's own --ood_dir / --robustness numbers are this command's: after fine-tuning for its checkpoint,
+    # before for the zero-shot model it started from (same prompt, same corruption seed).
+    lora_results = recipe_runs["lora"][1]
+    for name, before in (("lora", ""), ("zeroshot", "zeroshot_")):
+        entry = on_disk["models"][name]
+        for metric in ("accuracy", "macro_f1", "weighted_f1"):
+            assert lora_results[f"{before}ood_shifted_{metric}"] == pytest.approx(
+                entry["sets"]["shifted"]["metrics"][metric], abs=1e-12
+            )
+        for severity in ("1", "3"):
+            assert lora_results[f"{before}corruption_gaussian_noise_s{severity}_accuracy"] == pytest.approx(
+                entry["corruptions"]["gaussian_noise"][severity]
+            )
+        for key, summary in (("mean", "mean_corruption_accuracy"), ("relative", "relative_accuracy")):
+            assert lora_results[f"{before}corruption_{key}_accuracy"] == pytest.approx(entry["robustness"][summary])
+    table = (recipe_runs["lora"][0] / "before_after.md").read_text()
+    for row in ("ood_shifted_accuracy", "ood_shifted_macro_f1", "corruption_mean_accuracy", "corruption_relative"):
+        assert row in table and row in (recipe_runs["lora"][0] / "README.md").read_text()
+
+    # Effective robustness on "shifted" against the zero-shot model's line (one baseline: slope 1 in logit space,
+    # so the line keeps the zero-shot model's OOD/test odds ratio).
+    line = on_disk["effective_robustness_lines"]["shifted"]
+    assert (line["models"], line["fit"]) == (["zeroshot"], "slope_1_through_point")
+    zeroshot = on_disk["models"]["zeroshot"]["sets"]
+    ratio = odds(zeroshot["shifted"]["metrics"]["accuracy"]) / odds(zeroshot["test"]["metrics"]["accuracy"])
+    for entry in on_disk["models"].values():
+        test_accuracy, ood_accuracy = (entry["sets"][s]["metrics"]["accuracy"] for s in ("test", "shifted"))
+        expected = ratio * odds(test_accuracy) / (1 + ratio * odds(test_accuracy))
+        assert entry["sets"]["shifted"]["effective_robustness"]["value"] == pytest.approx(ood_accuracy - expected)
+    assert zeroshot["shifted"]["effective_robustness"]["value"] == pytest.approx(0.0, abs=1e-9)
+    assert "effective robustness" in (out / "evaluation.md").read_text()
 
     # Accuracy / F1 match scikit-learn on the saved predictions; every CI holds its estimate.
     with open(out / "predictions" / "test.csv") as f:
@@ -158,6 +192,10 @@ def test_evaluate_models_side_by_side(recipe_runs, tiny_vtde, digits_dir, tmp_pa
     for plot in ("reliability_lora.png", "corruption_gaussian_noise.png", "per_class_f1.png", "id_vs_ood.png"):
         assert (out / "plots" / plot).stat().st_size > 0
     assert result["models"]["vit"]["sets"]["test"]["metrics"] == on_disk["models"]["vit"]["sets"]["test"]["metrics"]
+
+
+def odds(p):
+    return p / (1 - p)
 
 
 def test_model_with_other_labels_is_refused_with_both_lists(digits_dir, tmp_path):

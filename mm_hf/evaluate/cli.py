@@ -104,7 +104,12 @@ class EvaluateArguments(
         },
     )
     corruptions: str | None = field(
-        default=None, metadata={"help": "Robustness sweep on the test set: 'all' or a comma-separated list."}
+        default=None,
+        metadata={
+            "help": "Robustness sweep on the test set: 'all' or a comma-separated list of mm_hf.corruptions names: "
+            "image or audio ones for classifiers; for fusion checkpoints those of their image/text/audio columns "
+            "(text: typos, word_dropout); with --retrieval typos/word_dropout on the captions."
+        },
     )
     severities: str = field(default="1,2,3,4,5", metadata={"help": "Corruption severities (1..5), comma-separated."})
     prompt_templates: list[str] | None = field(
