@@ -178,7 +178,7 @@ def main(argv=None) -> dict | None:
     failed, found = {}, []
     for name, path in models.items():
         try:
-            found.append(cands.inspect_model(name, path, hub_kwargs))
+            found.append(cands.inspect_model(name, path, hub_kwargs, allow_video=True))
         except UserError:
             raise
         except Exception as error:  # noqa: BLE001 (any load failure is reported and the others go on)
