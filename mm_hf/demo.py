@@ -16,6 +16,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from .corruptions import CORRUPTIONS, corruption_rng
 from .data.synthetic import write_click_dataset, write_imagetext_xor, write_video_dataset
 from .models.tiny import build_tiny_dual_encoder, build_tiny_encoders
 
@@ -70,6 +71,22 @@ def _synth_clip(rng: np.random.Generator, band, sampling_rate: int, duration) ->
     return np.clip(signal + noise, -1, 1).astype(np.float32)
 
 
+def write_corrupted_copy(source: str, target: str, corruption: str, severity: int, seed: int = 0) -> int:
+    """Copy the class folders `source/<class>/*.png` to `target` with every image corrupted (mm_hf.corruptions, seeded
+    per image): a shifted test set with the same labels, for `--ood_dir`. Returns the number of images written."""
+    written = 0
+    for label in sorted(d for d in os.listdir(source) if os.path.isdir(os.path.join(source, d))):
+        os.makedirs(os.path.join(target, label), exist_ok=True)
+        for file in sorted(os.listdir(os.path.join(source, label))):
+            with Image.open(os.path.join(source, label, file)) as image:
+                rng = corruption_rng(seed, written, corruption)
+                CORRUPTIONS["image"][corruption](image, severity, rng).save(os.path.join(target, label, file))
+            written += 1
+    return written
+
+
+# (corruption, severity) of the demo's shifted test digits.
+DEMO_SHIFT = ("gaussian_noise", 4)
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
@@ -166,6 +183,11 @@ def main(argv=None):
     model_dir = os.path.join(args.output_dir, "tiny-dual-encoder")
     if not os.path.isdir(data_dir):
         print("digits written:", write_digits_imagefolder(data_dir))
+    # The classification demo's shifted test set (--ood_dir noisy=...): the test digits under Gaussian noise.
+    noisy_dir = os.path.join(args.output_dir, "digits-noisy", "test")
+    if not os.path.isdir(noisy_dir):
+        n = write_corrupted_copy(os.path.join(data_dir, "test"), noisy_dir, DEMO_SHIFT[0], DEMO_SHIFT[1])
+        print(f"noisy test digits written: {n} ({DEMO_SHIFT[0]}, severity {DEMO_SHIFT[1]})")
     if not os.path.isdir(model_dir):
         text = pretrained_text_encoder()
         build_tiny_dual_encoder(

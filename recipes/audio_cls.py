@@ -30,12 +30,14 @@ from mm_hf.args import (
     DataArguments,
     FinetuneArguments,
     LabelColumnArguments,
+    RobustnessArguments,
     args_to_dict,
     fill_strategy_defaults,
 )
 from mm_hf.data.audio import AudioTransform, check_audio
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.errors import UserError, run_cli
+from mm_hf.evaluate.shifts import load_run_shifts, with_shifts
 from mm_hf.features import classifier_datasets
 from mm_hf.measures import TrainerMeasure
 from mm_hf.metrics.streaming import ClassificationMetrics
@@ -86,14 +88,21 @@ class AudioArguments(LabelColumnArguments, AudioColumnArguments):  # --audio_col
     )
 
 
-ARGUMENT_TYPES = (AudioModelArguments, DataArguments, FinetuneArguments, AudioArguments, TrainingArguments)
+ARGUMENT_TYPES = (
+    AudioModelArguments,
+    DataArguments,
+    FinetuneArguments,
+    AudioArguments,
+    RobustnessArguments,
+    TrainingArguments,
+)
 
 
 def main(argv=None):
     # 1. Arguments
     argv = sys.argv[1:] if argv is None else list(argv)
     parsed = fill_strategy_defaults(start_run(ARGUMENT_TYPES, argv))  # lr, epochs, schedule per strategy
-    model_args, data_args, ft_args, audio_args, training_args = parsed
+    model_args, data_args, ft_args, audio_args, robust_args, training_args = parsed
 
     # 2. Feature extractor: its sampling rate is the one every clip is validated and resampled at
     hub_kwargs = model_args.hub_kwargs()
@@ -120,6 +129,13 @@ def main(argv=None):
         input_flag="--audio_column", sampling_rate=feature_extractor.sampling_rate,
     )  # fmt: skip
     id2label = dict(enumerate(splits["train"].features["labels"].names))
+    # --ood_dir / --ood_file sets and the --robustness sweep, measured before and after fine-tuning (mm_hf.evaluate)
+    shifts, skipped_shifted = load_run_shifts(
+        robust_args, data_args, training_args, model_args.cache_dir, id2label.values(), column,
+        audio_args.label_column, modality="audio", input_flag="--audio_column",
+        sampling_rate=feature_extractor.sampling_rate,
+    )  # fmt: skip
+    skipped.update(skipped_shifted)
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
     training_args = prepare_training_arguments(training_args, ft_args, has_validation="validation" in splits)
 
@@ -162,7 +178,9 @@ def main(argv=None):
     metrics = ClassificationMetrics(id2label)
     trainer = build_trainer(model, training_args, datasets_, processing_class, metrics)
     fit = partial(fit_classifier_head, model, device=training_args.device) if lbfgs else None
-    measure = TrainerMeasure(trainer, datasets_, metrics)
+    measure = with_shifts(
+        TrainerMeasure(trainer, datasets_, metrics), shifts, trainer, splits, transforms[1], id2label.values()
+    )
     run = train_and_evaluate(trainer, datasets_, measure, ft_args, before_label=before_label, fit=fit)
 
     # 7. Save the model, outputs and model card (and publish when --push_to_hub)
@@ -173,7 +191,7 @@ def main(argv=None):
         command=recipe_command(argv, script="recipes/audio_cls.py"),
         finetune_strategy=ft_args.finetune_strategy,
     )
-    config = args_to_dict(model_args, data_args, ft_args, audio_args, training_args)
+    config = args_to_dict(model_args, data_args, ft_args, audio_args, robust_args, training_args)
     return save_run(
         trainer, run, info, config=config, skipped=skipped, push_to_hub=push_to_hub, merge_lora=ft_args.merge_lora
     )

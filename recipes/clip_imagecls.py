@@ -26,6 +26,7 @@ from mm_hf.args import (
     ImageColumnArguments,
     LabelColumnArguments,
     ModelArguments,
+    RobustnessArguments,
     args_to_dict,
     fill_strategy_defaults,
 )
@@ -33,6 +34,7 @@ from mm_hf.data.images import check_images
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.transforms import build_image_transform
 from mm_hf.errors import run_cli
+from mm_hf.evaluate.shifts import load_run_shifts, with_shifts
 from mm_hf.features import classifier_datasets
 from mm_hf.measures import TrainerMeasure
 from mm_hf.metrics.streaming import ClassificationMetrics
@@ -71,14 +73,21 @@ class ClassifierArguments(LabelColumnArguments, ImageColumnArguments):  # --imag
     )
 
 
-ARGUMENT_TYPES = (ModelArguments, DataArguments, FinetuneArguments, ClassifierArguments, TrainingArguments)
+ARGUMENT_TYPES = (
+    ModelArguments,
+    DataArguments,
+    FinetuneArguments,
+    ClassifierArguments,
+    RobustnessArguments,
+    TrainingArguments,
+)
 
 
 def main(argv=None):
     # 1. Arguments
     argv = sys.argv[1:] if argv is None else list(argv)
     parsed = fill_strategy_defaults(start_run(ARGUMENT_TYPES, argv))  # lr, epochs, schedule per strategy
-    model_args, data_args, ft_args, cls_args, training_args = parsed
+    model_args, data_args, ft_args, cls_args, robust_args, training_args = parsed
     cache = ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features
     lbfgs = use_lbfgs_probe(ft_args, training_args, cached=cache)
 
@@ -89,6 +98,12 @@ def main(argv=None):
         input_flag="--image_column",
     )  # fmt: skip
     id2label = dict(enumerate(splits["train"].features["labels"].names))
+    # --ood_dir / --ood_file sets and the --robustness sweep, measured before and after fine-tuning (mm_hf.evaluate)
+    shifts, skipped_shifted = load_run_shifts(
+        robust_args, data_args, training_args, model_args.cache_dir, id2label.values(), column, cls_args.label_column,
+        modality="image", input_flag="--image_column",
+    )  # fmt: skip
+    skipped.update(skipped_shifted)
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
     training_args = prepare_training_arguments(training_args, ft_args, has_validation="validation" in splits)
 
@@ -138,7 +153,9 @@ def main(argv=None):
     metrics = ClassificationMetrics(id2label)
     trainer = build_trainer(model, training_args, datasets_, processor, metrics)
     fit = partial(fit_classifier_head, model, device=training_args.device) if lbfgs else None
-    measure = TrainerMeasure(trainer, datasets_, metrics)
+    measure = with_shifts(
+        TrainerMeasure(trainer, datasets_, metrics), shifts, trainer, splits, eval_transform, id2label.values()
+    )
     before_label = "zero-shot" if head["head_init"] == "zeroshot" else "random head"
     run = train_and_evaluate(trainer, datasets_, measure, ft_args, before_label=before_label, fit=fit)
 
@@ -152,7 +169,7 @@ def main(argv=None):
         finetune_strategy=ft_args.finetune_strategy,
         head=head,
     )
-    config = args_to_dict(model_args, data_args, ft_args, cls_args, training_args)
+    config = args_to_dict(model_args, data_args, ft_args, cls_args, robust_args, training_args)
     return save_run(
         trainer, run, info, config=config, skipped=skipped, push_to_hub=push_to_hub, merge_lora=ft_args.merge_lora
     )

@@ -27,23 +27,32 @@ from mm_hf.args import (
     FusionDataArguments,
     FusionModelArguments,
     FusionTrainingArguments,
+    RobustnessArguments,
     args_to_dict,
 )
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.errors import UserError, run_cli
+from mm_hf.evaluate.shifts import load_fusion_shifts, with_shifts
 from mm_hf.fusion_run import fusion_model, fusion_processor, fusion_trainer, load_fusion_rows
 from mm_hf.measures import FUSION_BEFORE_LABEL
 from mm_hf.outputs import fusion_run_info, recipe_command, save_run
 from mm_hf.processing import ProcessorSettings
 from mm_hf.run import start_run, train_and_evaluate
 
-ARGUMENT_TYPES = (FusionModelArguments, FusionDataArguments, DataArguments, FinetuneArguments, FusionTrainingArguments)
+ARGUMENT_TYPES = (
+    FusionModelArguments,
+    FusionDataArguments,
+    DataArguments,
+    FinetuneArguments,
+    RobustnessArguments,
+    FusionTrainingArguments,
+)
 
 
 def main(argv=None):
     # 1. Arguments
     argv = sys.argv[1:] if argv is None else list(argv)
-    model_args, fusion_args, data_args, ft_args, training_args = start_run(ARGUMENT_TYPES, argv)
+    model_args, fusion_args, data_args, ft_args, robust_args, training_args = start_run(ARGUMENT_TYPES, argv)
     if fusion_args.video_column:
         raise UserError("--video_column: videos (frames + temporal pooling) are for recipes/video_cls.py")
 
@@ -61,6 +70,11 @@ def main(argv=None):
 
     # 4. Model: pretrained encoders -> pooling -> projection -> fusion -> one head per task
     tasks = fusion_args.tasks(spaces)
+    # --ood_file sets and --robustness corruptions of the media/text columns, measured before and after training
+    sampling_rate = getattr(processor.feature_extractor, "sampling_rate", None)
+    shifts = load_fusion_shifts(
+        robust_args, data_args, training_args, model_args.cache_dir, columns, tasks, sampling_rate
+    )
     model = fusion_model(encoders, tasks, processor, tabular, columns, model_args, fusion_args, ft_args)
 
     # 5. Trainer over inputs decoded on the fly: untrained heads evaluated, trained, evaluated again (also with
@@ -68,6 +82,7 @@ def main(argv=None):
     trainer, datasets_, measure = fusion_trainer(
         model, processor, splits, tasks, modalities, training_args, ft_args, fusion_args
     )
+    measure = with_shifts(measure, shifts, trainer, splits, processor.transform(train=False), tasks[0].labels)
     run = train_and_evaluate(trainer, datasets_, measure, ft_args, before_label=FUSION_BEFORE_LABEL)
 
     # 6. Save the model (LoRA merged), processor, reports and card (and publish when --push_to_hub)
@@ -78,7 +93,7 @@ def main(argv=None):
         command=recipe_command(argv, script="recipes/fusion_imagetext_cls.py"),
         finetune_strategy=ft_args.finetune_strategy,
     )
-    config = args_to_dict(model_args, fusion_args, data_args, ft_args, training_args)
+    config = args_to_dict(model_args, fusion_args, data_args, ft_args, robust_args, training_args)
     return save_run(
         trainer, run, info, config=config, skipped=skipped, push_to_hub=training_args.push_to_hub, merge_lora=True
     )

@@ -22,10 +22,18 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from mm_hf.args import DataArguments, FinetuneArguments, FusionDataArguments, FusionModelArguments, args_to_dict
+from mm_hf.args import (
+    DataArguments,
+    FinetuneArguments,
+    FusionDataArguments,
+    FusionModelArguments,
+    RobustnessArguments,
+    args_to_dict,
+)
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.multimodal import MODALITIES
 from mm_hf.errors import UserError, run_cli
+from mm_hf.evaluate.shifts import load_fusion_shifts, with_shifts
 from mm_hf.fusion_run import fusion_model, fusion_processor, fusion_trainer, load_fusion_rows
 from mm_hf.measures import FUSION_BEFORE_LABEL
 from mm_hf.outputs import add_video_auto_class, fusion_run_info, recipe_command, save_run
@@ -57,6 +65,7 @@ ARGUMENT_TYPES = (
     VideoArguments,
     DataArguments,
     FinetuneArguments,
+    RobustnessArguments,
     TrainingArguments,
 )
 
@@ -64,7 +73,8 @@ ARGUMENT_TYPES = (
 def main(argv=None):
     # 1. Arguments
     argv = sys.argv[1:] if argv is None else list(argv)
-    model_args, fusion_args, video_args, data_args, ft_args, training_args = start_run(ARGUMENT_TYPES, argv)
+    parsed = start_run(ARGUMENT_TYPES, argv)
+    model_args, fusion_args, video_args, data_args, ft_args, robust_args, training_args = parsed
     if not fusion_args.video_column:
         raise UserError("--video_column is required (the column of video file paths)")
     if fusion_args.image_column:  # shared with the image fusion recipe, which refuses --video_column likewise
@@ -95,6 +105,11 @@ def main(argv=None):
 
     # 4. Model: vision encoder per frame -> spatial + temporal pooling; audio/text encoders; fusion; heads
     tasks = fusion_args.tasks(spaces)
+    # --ood_file sets and --robustness corruptions of the media/text columns, measured before and after training
+    sampling_rate = getattr(processor.feature_extractor, "sampling_rate", None)
+    shifts = load_fusion_shifts(
+        robust_args, data_args, training_args, model_args.cache_dir, columns, tasks, sampling_rate
+    )
     model = fusion_model(
         encoders,
         tasks,
@@ -114,6 +129,7 @@ def main(argv=None):
     trainer, datasets_, measure = fusion_trainer(
         model, processor, splits, tasks, modalities, training_args, ft_args, fusion_args
     )
+    measure = with_shifts(measure, shifts, trainer, splits, processor.transform(train=False), tasks[0].labels)
     run = train_and_evaluate(trainer, datasets_, measure, ft_args, before_label=FUSION_BEFORE_LABEL)
 
     # 6. Save the model (LoRA merged; it also loads as AutoModelForVideoClassification), processor, reports and card
@@ -126,7 +142,7 @@ def main(argv=None):
         finetune_strategy=ft_args.finetune_strategy,
         eval_task_type="video-classification",
     )
-    config = args_to_dict(model_args, fusion_args, video_args, data_args, ft_args, training_args)
+    config = args_to_dict(model_args, fusion_args, video_args, data_args, ft_args, robust_args, training_args)
     return save_run(
         trainer, run, info, config=config, skipped=skipped, push_to_hub=training_args.push_to_hub, merge_lora=True
     )

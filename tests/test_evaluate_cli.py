@@ -67,12 +67,14 @@ def run_recipe(tiny_vtde, digits_dir, out, *strategy):
 @pytest.fixture(scope="module")
 def recipe_runs(tiny_vtde, digits_dir, tmp_path_factory):
     """Two recipes/clip_imagecls.py runs and their all_results.json: a linear probe (a full checkpoint, test accuracy
-    0.70 on the digits) and 2 steps of LoRA (an adapter)."""
+    0.70 on the digits) and 2 steps of LoRA (an adapter, with --ood_dir and --robustness)."""
     probe, lora = tmp_path_factory.mktemp("probe"), tmp_path_factory.mktemp("lora")
     probe_results = run_recipe(tiny_vtde, digits_dir, probe, "--finetune_strategy", "linear_probe", "--head_init",
                                "random")  # fmt: skip
+    # The LoRA run also measures a shifted set and a corruption sweep (mm_hf.evaluate.shifts), before and after.
     lora_results = run_recipe(tiny_vtde, digits_dir, lora, "--finetune_strategy", "lora", "--max_steps", "2",
-                              "--head_init", "zeroshot")  # fmt: skip
+                              "--head_init", "zeroshot", "--ood_dir", f"shifted={digits_dir / 'validation'}",
+                              "--robustness", "gaussian_noise", "--robustness_severities", "1,3", "--seed", "0")  # fmt: skip
     assert os.path.exists(lora / "adapter_config.json") and not os.path.exists(probe / "adapter_config.json")
     return {"probe": (probe, probe_results), "lora": (lora, lora_results)}
 
@@ -101,6 +103,38 @@ def test_evaluate_models_side_by_side(recipe_runs, tiny_vtde, digits_dir, tmp_pa
                 recipe_results[f"test_{metric}"], abs=1e-12
             )
     assert on_disk["models"]["probe"]["sets"]["test"]["metrics"]["accuracy"] == pytest.approx(0.7)
+
+    # The LoRA run's own --ood_dir / --robustness numbers are this command's: after fine-tuning for its checkpoint,
+    # before for the zero-shot model it started from (same prompt, same corruption seed).
+    lora_results = recipe_runs["lora"][1]
+    for name, before in (("lora", ""), ("zeroshot", "zeroshot_")):
+        entry = on_disk["models"][name]
+        for metric in ("accuracy", "macro_f1", "weighted_f1"):
+            assert lora_results[f"{before}ood_shifted_{metric}"] == pytest.approx(
+                entry["sets"]["shifted"]["metrics"][metric], abs=1e-12
+            )
+        for severity in ("1", "3"):
+            assert lora_results[f"{before}corruption_gaussian_noise_s{severity}_accuracy"] == pytest.approx(
+                entry["corruptions"]["gaussian_noise"][severity]
+            )
+        for key, summary in (("mean", "mean_corruption_accuracy"), ("relative", "relative_accuracy")):
+            assert lora_results[f"{before}corruption_{key}_accuracy"] == pytest.approx(entry["robustness"][summary])
+    table = (recipe_runs["lora"][0] / "before_after.md").read_text()
+    for row in ("ood_shifted_accuracy", "ood_shifted_macro_f1", "corruption_mean_accuracy", "corruption_relative"):
+        assert row in table and row in (recipe_runs["lora"][0] / "README.md").read_text()
+
+    # Effective robustness on "shifted" against the zero-shot model's line (one baseline: slope 1 in logit space,
+    # so the line keeps the zero-shot model's OOD/test odds ratio).
+    line = on_disk["effective_robustness_lines"]["shifted"]
+    assert (line["models"], line["fit"]) == (["zeroshot"], "slope_1_through_point")
+    zeroshot = on_disk["models"]["zeroshot"]["sets"]
+    ratio = odds(zeroshot["shifted"]["metrics"]["accuracy"]) / odds(zeroshot["test"]["metrics"]["accuracy"])
+    for entry in on_disk["models"].values():
+        test_accuracy, ood_accuracy = (entry["sets"][s]["metrics"]["accuracy"] for s in ("test", "shifted"))
+        expected = ratio * odds(test_accuracy) / (1 + ratio * odds(test_accuracy))
+        assert entry["sets"]["shifted"]["effective_robustness"]["value"] == pytest.approx(ood_accuracy - expected)
+    assert zeroshot["shifted"]["effective_robustness"]["value"] == pytest.approx(0.0, abs=1e-9)
+    assert "effective robustness" in (out / "evaluation.md").read_text()
 
     # Accuracy / F1 match scikit-learn on the saved predictions; every CI holds its estimate.
     with open(out / "predictions" / "test.csv") as f:
@@ -160,6 +194,10 @@ def test_evaluate_models_side_by_side(recipe_runs, tiny_vtde, digits_dir, tmp_pa
     assert result["models"]["vit"]["sets"]["test"]["metrics"] == on_disk["models"]["vit"]["sets"]["test"]["metrics"]
 
 
+def odds(p):
+    return p / (1 - p)
+
+
 def test_model_with_other_labels_is_refused_with_both_lists(digits_dir, tmp_path):
     vit = save_vit(tmp_path / "vit")
     other = save_vit(tmp_path / "other", labels=["cat", "dog", "two", "zero"])
@@ -192,7 +230,8 @@ def test_unloadable_checkpoint_is_reported_and_the_others_evaluated(digits_dir, 
 
 
 def test_audio_recipe_run_equals_its_own_test_numbers(tiny_wav2vec2, tmp_path):
-    """An audio_cls run (linear probe): the clip length comes from its run_config.yaml, corruptions run on clips."""
+    """An audio_cls run (linear probe): the clip length comes from its run_config.yaml, corruptions run on clips, and
+    the run's own --ood_dir / --robustness numbers equal this command's."""
     tones = tmp_path / "tones"
     write_tones_audiofolder(str(tones), per_class=(6, 2, 4), seed=0)
     run = tmp_path / "run"
@@ -201,15 +240,21 @@ def test_audio_recipe_run_equals_its_own_test_numbers(tiny_wav2vec2, tmp_path):
         "--validation_dir", str(tones / "validation"), "--test_dir", str(tones / "test"), "--do_train", "--do_eval",
         "--do_predict", "--finetune_strategy", "linear_probe", "--per_device_eval_batch_size", "16",
         "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true", "--save_strategy", "no",
-        "--max_length_seconds", "0.5",
+        "--max_length_seconds", "0.5", "--seed", "0", "--ood_dir", f"val={tones / 'validation'}",
+        "--robustness", "gain,noise", "--robustness_severities", "5",
     ])  # fmt: skip
     result = evaluate(tmp_path / "eval", {"probe": run}, tones / "test", "--corruptions", "gain,noise",
-                      "--severities", "5", "--latency_runs", "0")  # fmt: skip
+                      "--severities", "5", "--latency_runs", "0", "--ood", f"val={tones / 'validation'}")  # fmt: skip
     entry = result["models"]["probe"]
     assert result["modality"] == "audio" and entry["sets"]["test"]["samples"] == 16
     for metric in ("accuracy", "macro_f1"):
         assert entry["sets"]["test"]["metrics"][metric] == pytest.approx(results[f"test_{metric}"], abs=1e-12)
+        # The run's own --ood_dir / --robustness numbers (after fine-tuning) are this command's.
+        assert entry["sets"]["val"]["metrics"][metric] == pytest.approx(results[f"ood_val_{metric}"], abs=1e-12)
     assert set(entry["corruptions"]) == {"gain", "noise"} and 0 <= entry["corruptions"]["noise"]["5"] <= 1
+    for corruption in ("gain", "noise"):
+        assert entry["corruptions"][corruption]["5"] == pytest.approx(results[f"corruption_{corruption}_s5_accuracy"])
+    assert entry["robustness"]["relative_accuracy"] == pytest.approx(results["corruption_relative_accuracy"])
     assert result["paired_tests"]["test"] == {}  # one model: nothing to pair
 
 
@@ -226,12 +271,13 @@ def test_fusion_run_equals_its_own_test_numbers_with_each_modality_missing(tmp_p
         "--output_dir", str(run), "--do_train", "--do_predict", "--use_cpu", "true", "--max_steps", "2",
         "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8", "--fusion", "concat",
         "--hidden_size", "32", "--max_seq_length", "12", "--save_strategy", "no", "--report_to", "none",
-        "--disable_tqdm", "true",
+        "--disable_tqdm", "true", "--ood_file", f"val={data['validation']}", "--robustness", "typos,gaussian_noise",
+        "--robustness_severities", "5", "--seed", "3",
     ])  # fmt: skip
     argv = ["--model", f"fusion={run}", "--test_file", data["test"], "--ood", f"val={data['validation']}",
             "--output_dir", str(tmp_path / "eval"), "--dataloader_num_workers", "0", "--disable_tqdm",
             "--per_device_eval_batch_size", "5"]  # fmt: skip
-    result = main(argv)
+    result = main([*argv, "--corruptions", "typos,gaussian_noise", "--severities", "5", "--seed", "3"])
     entry = result["models"]["fusion"]
     assert result["modality"] == "fusion" and result["modalities"] == ["image", "text"]
     assert entry["sets"]["test"]["samples"] == results["test_samples"] == 14
@@ -246,6 +292,18 @@ def test_fusion_run_equals_its_own_test_numbers_with_each_modality_missing(tmp_p
         results["test_without_text_accuracy"] / results["test_accuracy"]
     )  # fmt: skip
     assert entry["sets"]["val"]["samples"] == 8
+    # Text and image corruptions of the fusion columns, and the run's own --ood_file / --robustness numbers (after
+    # training) equal this command's on its checkpoint.
+    for metric in ("accuracy", "macro_f1"):
+        assert results[f"ood_val_{metric}"] == pytest.approx(entry["sets"]["val"]["metrics"][metric], abs=1e-9)
+    for corruption in ("typos", "gaussian_noise"):
+        assert 0 <= entry["corruptions"][corruption]["5"] <= 1
+        assert results[f"corruption_{corruption}_s5_accuracy"] == pytest.approx(entry["corruptions"][corruption]["5"])
+    assert results["corruption_relative_accuracy"] == pytest.approx(entry["robustness"]["relative_accuracy"])
+    assert (
+        "zeroshot_corruption_mean_accuracy" in results and "ood_val_accuracy" in (run / "before_after.md").read_text()
+    )
+    assert "typos@5" in (tmp_path / "eval" / "evaluation.md").read_text()
     assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["models"]["fusion"] == entry
     assert "accuracy without text" in (tmp_path / "eval" / "evaluation.md").read_text()
 

@@ -4,7 +4,7 @@ Flag names follow transformers' example scripts (run_image_classification.py, ..
 the same, so their users can switch without relearning. Every training knob lives in TrainingArguments.
 By concern: `arguments` (models, data, fine-tuning), `columns` (column flags and their aliases), `fusion` (the
 fusion recipes' arguments), `parsing` (parse_args, explicit_flags, args_to_dict), `defaults` (what the recipes
-fill in for flags left unset).
+fill in for flags left unset), `robustness` (shifted sets and corruptions measured at the end of a run).
 """
 
 from .arguments import (
@@ -41,12 +41,14 @@ from .parsing import (
     explicit_flags,
     parse_args,
 )
+from .robustness import DEFAULT_ROBUSTNESS, RobustnessArguments
 
 __all__ = [
     "AudioColumnArguments",
     "AudioModelArguments",
     "COLUMN_ALIASES",
     "COMMON_DEFAULTS",
+    "DEFAULT_ROBUSTNESS",
     "CaptionColumnArguments",
     "DataArguments",
     "FinetuneArguments",
@@ -57,6 +59,7 @@ __all__ = [
     "ImageColumnArguments",
     "LabelColumnArguments",
     "ModelArguments",
+    "RobustnessArguments",
     "STRATEGY_DEFAULTS",
     "TRAINING_DEFAULTS",
     "args_to_dict",

@@ -6,9 +6,14 @@
 
 Models (`--model NAME=PATH`, repeatable): mm-hf recipe output folders (full, merged or LoRA adapter), plain
 transformers image/audio-classification checkpoints, and CLIP/SigLIP/CLAP dual encoders evaluated zero-shot from
-class prompts. Fusion checkpoints (single-task) go through `fusion.py` (see there; their evaluation.json has
+class prompts. Fusion and video checkpoints (any number of heads) go through `fusion.py` (see there; their evaluation.json has
 `modality: "fusion"`, per set `metrics` from compute_task_metrics, `missing_modality.<modality>` and
-`missing_modality_relative.<modality>`); video checkpoints are refused. The test set is given with the
+`missing_modality_relative.<modality>`, and with --corruptions `corruptions.<name>.<severity>` (the headline metric),
+`corruption_metrics` (all of them) and `robustness`; a multi-task model's metrics are `<task>_`-prefixed, as the recipe's
+`test_<task>_*`, and `headline` names the one summarising it). With --retrieval, dual encoders are scored on media-caption
+retrieval instead (`retrieval.py`: `modality: "retrieval"`, per model `sets.test.metrics` from
+`mm_hf.retrieval.evaluate_retrieval`, and with --corruptions typos/word_dropout on the captions `corruptions`,
+`corruption_metrics`, `robustness`). The test set is given with the
 recipes' data flags (--test_dir / --test_file / --dataset_name, --image_column / --audio_column / --label_column).
 
 Sharded: `accelerate launch [--multi_gpu --num_processes N] -m mm_hf.evaluate ... [--device cpu]` (gloo on CPU):
@@ -33,7 +38,8 @@ evaluation.json keys (schema_version 1; stable: new keys may be added, these kee
     `per_class.<label>` `{precision, recall, f1, support}`; `confusion_matrix` (rows true, columns predicted);
     `calibration` `{ece (15 bins), mce, nll, brier, accuracy, confidence, reliability}`;
     `calibration_temperature_scaled` (with --calibration_data: the same after dividing logits by `temperature`);
-    `gap` (OOD sets) `{accuracy_minus_test, relative_to_test}`;
+    `gap` (OOD sets) `{accuracy_minus_test, relative_to_test}`; `effective_robustness` (OOD sets, when there is a
+    baseline line) `{value, expected_accuracy}`: OOD accuracy minus the line's at this model's test accuracy;
   - `temperature_scaling` (with --calibration_data): `{temperature, before, after, samples}` on that set, and with
     --save_temperature `saved_to` (the config.json now holding `calibration_temperature`; null: not an mm-hf model);
   - `corruptions.<name>.<severity>`: accuracy on the corrupted test set; `robustness`: `mean_corruption_accuracy`,
@@ -43,6 +49,10 @@ evaluation.json keys (schema_version 1; stable: new keys may be added, these kee
   - `cost`: `total_params`, `requires_grad_params`, `trainable_params` (what fine-tuning trained: the run's record,
     0 for zero-shot), `disk_bytes` (weight files in the folder; an adapter's own, with `base_model`),
     `latency.batch_<1|32>` `{p50_s, p95_s, throughput_per_s}`, `peak_rss_bytes` (and `peak_gpu_allocated_bytes`);
+- `effective_robustness_lines.<ood set>` (null without baseline models or --ood): the baseline ID -> OOD line of
+  Taori et al. 2020 / Radford et al. 2021, `logit(ood) = slope * logit(test) + intercept`, `{slope, intercept, fit
+  ("least_squares" over several baseline models | "slope_1_through_point" for one), points, models}`; the baseline
+  models are --robustness_baseline, else every zero-shot model;
 - `paired_tests.<set>."<A> vs <B>"`: `mcnemar` `{a_only, b_only, p_value, p_value_b_better}`,
   `paired_bootstrap_accuracy` / `paired_bootstrap_macro_f1` `{estimate_a, estimate_b, difference, p_value}`;
 - `failed.<name>`: why a model could not be loaded (the others are still evaluated).

@@ -5,8 +5,8 @@ Three kinds, told apart by the folder's config.json:
 - "zero-shot": a CLIP/SigLIP/CLAP-style dual encoder, turned into a classifier over the evaluation's labels from
   class prompts (`build_dual_encoder_classifier(head_init="zeroshot")`);
 - "transformers": any other image/audio-classification checkpoint (`AutoModelFor{Image,Audio}Classification`).
-- "fusion": an mm-hf fusion checkpoint (recipes/fusion_imagetext_cls.py), scored on its run's columns by `fusion.py`.
-Video checkpoints are refused for now.
+- "fusion": an mm-hf fusion or video checkpoint (recipes/fusion_imagetext_cls.py, video_cls.py, any number of heads),
+  scored on its run's columns by `fusion.py`.
 """
 
 from __future__ import annotations
@@ -126,15 +126,16 @@ def adapter_base(path: str) -> str | None:
     return base
 
 
-def inspect_model(name: str | None, path: str, hub_kwargs: dict) -> Candidate:
-    """Classify `path` without loading weights; raises UserError for a kind this version does not evaluate."""
+def inspect_model(name: str | None, path: str, hub_kwargs: dict, allow_video: bool = False) -> Candidate:
+    """Classify `path` without loading weights; raises UserError for a kind the caller does not handle (a video
+    checkpoint unless `allow_video`: mm_hf.evaluate scores them, mm_hf.predict not yet)."""
     check_finished_run(path)
     adapter_base(path)
     config = AutoConfig.from_pretrained(path, **hub_kwargs)
     run_config = _read(path, "run_config.yaml", yaml.safe_load) if os.path.isdir(path) else {}
     run_info = _read(path, "run_info.json", json.load) if os.path.isdir(path) else {}
     if isinstance(config, MultimodalFusionConfig):
-        if "video" in (config.modalities or []):
+        if "video" in (config.modalities or []) and not allow_video:
             raise UserError(f"{_named(name, path)} is an mm-hf video checkpoint: not supported yet")
         return Candidate(name, path, "fusion", "fusion", None, "full", run_config, run_info)
     if config.model_type in MM_HF_TYPES:

@@ -15,6 +15,7 @@ from transformers import AutoFeatureExtractor
 
 from ..args import (
     AudioColumnArguments,
+    CaptionColumnArguments,
     DataArguments,
     HubArguments,
     ImageColumnArguments,
@@ -23,13 +24,11 @@ from ..args import (
     media_column,
     parse_args,
 )
-from ..corruptions import CorruptColumn, select_corruptions
-from ..data.audio import check_audio
-from ..data.images import check_images
+from ..corruptions import parse_severities, select_corruptions
 from ..data.loading import read_labelled_split
-from ..errors import DataError, UserError
+from ..errors import UserError
 from ..metrics.calibration import fit_temperature
-from ..metrics.robustness import robustness_summary
+from ..metrics.robustness import effective_robustness, fit_id_ood_line, line_accuracy, robustness_summary
 from ..metrics.streaming import ClassificationMetrics
 from . import candidates as cands
 from .card import eval_results, update_card
@@ -37,7 +36,9 @@ from .cost import disk_bytes, measure_latency, parameter_counts, peak_memory, re
 from .fusion import evaluate_fusion
 from .processes import inference_processes
 from .report import write_outputs
-from .scoring import INDEX_COLUMN, confidence_intervals, paired_tests, score
+from .retrieval import NOT_FOR_RETRIEVAL, evaluate_retrieval_models
+from .scoring import INDEX_COLUMN, confidence_intervals, corruption_sweep, paired_tests, score
+from .sets import prepare_set
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ _TRAINING_DATA_FLAGS = (
 
 
 @dataclass
-class EvaluateArguments(LabelColumnArguments, AudioColumnArguments, ImageColumnArguments, HubArguments):
+class EvaluateArguments(
+    CaptionColumnArguments, LabelColumnArguments, AudioColumnArguments, ImageColumnArguments, HubArguments
+):
     model: list[str] = field(
         default_factory=list,
         metadata={
@@ -71,6 +74,14 @@ class EvaluateArguments(LabelColumnArguments, AudioColumnArguments, ImageColumnA
         metadata={
             "help": "NAME=DIR_OR_FILE, repeatable: a shifted test set (class folder or CSV/JSONL) with the same labels.",
             "action": "extend",
+        },
+    )
+    retrieval: bool = field(
+        default=False,
+        metadata={
+            "help": "Score dual encoders (CLIP/SigLIP/CLAP, clip_retrieval outputs) on media-caption retrieval "
+            "(Recall@K, ranks over --caption_column captions of --test_dir/--test_file) instead of classification; "
+            "--corruptions typos,word_dropout|all corrupts the captions."
         },
     )
     calibration_data: str | None = field(
@@ -93,7 +104,12 @@ class EvaluateArguments(LabelColumnArguments, AudioColumnArguments, ImageColumnA
         },
     )
     corruptions: str | None = field(
-        default=None, metadata={"help": "Robustness sweep on the test set: 'all' or a comma-separated list."}
+        default=None,
+        metadata={
+            "help": "Robustness sweep on the test set: 'all' or a comma-separated list of mm_hf.corruptions names: "
+            "image or audio ones for classifiers; for fusion checkpoints those of their image/text/audio columns "
+            "(text: typos, word_dropout); with --retrieval typos/word_dropout on the captions."
+        },
     )
     severities: str = field(default="1,2,3,4,5", metadata={"help": "Corruption severities (1..5), comma-separated."})
     prompt_templates: list[str] | None = field(
@@ -111,6 +127,14 @@ class EvaluateArguments(LabelColumnArguments, AudioColumnArguments, ImageColumnA
     num_resamples: int = field(default=1000, metadata={"help": "Bootstrap resamples for CIs and paired tests."})
     latency_runs: int = field(
         default=10, metadata={"help": "Timed forward passes per batch size (after 3 warm-up ones); 0 skips timing."}
+    )
+    robustness_baseline: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated --model names whose (test, OOD) accuracies define the baseline line of effective "
+            "robustness on each --ood set (a least-squares line in logit space; slope 1 through a single model). "
+            "Default: every zero-shot model; without one, no effective robustness is reported."
+        },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the corruptions and the bootstrap."})
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
@@ -134,11 +158,15 @@ def main(argv=None) -> dict | None:
     ood_sources = cands.parse_named(args.ood, "--ood")
     if not models:
         raise UserError("no model to evaluate: pass --model NAME=PATH (repeatable)")
+    baseline_names = [n.strip() for n in (args.robustness_baseline or "").split(",") if n.strip()]
+    if any(name not in models for name in baseline_names):
+        raise UserError(f"--robustness_baseline {args.robustness_baseline}: "
+                        f"{[n for n in baseline_names if n not in models]} are not --model names ({list(models)})")  # fmt: skip
     if "test" in ood_sources:
         raise UserError("--ood test=...: 'test' names the main test set; give the shifted set another name")
     if args.save_temperature and not args.calibration_data:
         raise UserError("--save_temperature writes the temperature fitted on --calibration_data: pass that set too")
-    severities = _severities(args.severities)
+    severities = parse_severities(args.severities, "--severities")
     # accelerate launch: one process group (gloo on CPU, e.g. --multi_gpu --num_processes 2 --device cpu); each
     # process scores a shard, the gathered metrics are the same everywhere, the main process writes the outputs.
     device, state = inference_processes(args.device)
@@ -150,12 +178,23 @@ def main(argv=None) -> dict | None:
     failed, found = {}, []
     for name, path in models.items():
         try:
-            found.append(cands.inspect_model(name, path, hub_kwargs))
+            found.append(cands.inspect_model(name, path, hub_kwargs, allow_video=True))
         except UserError:
             raise
         except Exception as error:  # noqa: BLE001 (any load failure is reported and the others go on)
             failed[name] = _describe(error)
             logger.error("--model %s=%s cannot be loaded: %s", name, path, failed[name])
+    if args.retrieval:
+        if world_size > 1:
+            raise UserError("--retrieval is evaluated by one process (sharding covers image/audio classifiers)")
+        refused = [f"--{name}" for name in NOT_FOR_RETRIEVAL if name in explicit]
+        if refused:
+            raise UserError(f"{', '.join(refused)}: not used by --retrieval (test pairs, captions, text corruptions)")
+        command = shlex.join(["python", "-m", "mm_hf.evaluate", *argv])
+        return evaluate_retrieval_models(found, args, data_args, failed, device, command, severities,
+                                         lambda modality: media_column(args, modality, explicit))  # fmt: skip
+    if "caption_column" in explicit:
+        raise UserError("--caption_column: captions are read by --retrieval evaluation only")
     fusion_models = [c for c in found if c.kind == "fusion"]
     if fusion_models:
         return _evaluate_fusion(fusion_models, found, args, data_args, explicit, ood_sources, failed, device,
@@ -214,9 +253,9 @@ def main(argv=None) -> dict | None:
             scores[name][set_name] = scored
             entry["sets"][set_name] = _set_entry(scored, metrics, args, temperature)
         if corruption_names:
-            entry["corruptions"] = _corruption_sweep(
-                candidate, model, indexed_test, transform, permutation, metrics, corruption_names, severities,
-                column, args.seed, run,
+            entry["corruptions"] = corruption_sweep(
+                model, indexed_test, transform, permutation, metrics, corruption_names, severities,
+                modality=candidate.modality, column=column, seed=args.seed, name=name, **run,
             )  # fmt: skip
         entry["cost"] = {
             **parameter_counts(model),
@@ -246,6 +285,7 @@ def main(argv=None) -> dict | None:
                 "accuracy_minus_test": accuracy - test_accuracy,
                 "relative_to_test": accuracy / test_accuracy if test_accuracy > 0 else 0.0,
             }
+    lines = _id_ood_lines(results, ood_sources, args.robustness_baseline)
     if corruption_names:
         baseline = next((n for n, e in results.items() if e["kind"] == "zero-shot"), None)
         for name, entry in results.items():
@@ -278,6 +318,7 @@ def main(argv=None) -> dict | None:
         "corruptions": {"names": corruption_names, "severities": severities, "seed": args.seed}
         if corruption_names
         else None,
+        "effective_robustness_lines": lines,
         "models": results,
         "paired_tests": paired,
         "failed": failed,
@@ -311,20 +352,10 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
-def _severities(spec: str) -> list[int]:
-    try:
-        values = [int(v) for v in spec.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or any(v not in range(1, 6) for v in values):
-        raise UserError(f"--severities {spec!r}: expected a comma-separated list of 1..5, e.g. 1,2,3")
-    return sorted(set(values))
-
-
 # Flags of the image/audio flow that the fusion flow does not implement: refused, never ignored.
 _NOT_FOR_FUSION = (
-    "calibration_data", "save_temperature", "update_card", "corruptions", "severities", "prompt_templates",
-    "max_length_seconds", "test_dir", "dataset_name",
+    "calibration_data", "save_temperature", "update_card", "prompt_templates",
+    "max_length_seconds", "test_dir", "dataset_name", "robustness_baseline",
 )  # fmt: skip
 
 
@@ -338,9 +369,10 @@ def _evaluate_fusion(fusion_models, found, args, data_args, explicit, ood_source
     refused = [f"--{name}" for name in _NOT_FOR_FUSION if name in explicit]
     if refused:
         raise UserError(f"{', '.join(refused)}: not available for fusion checkpoints yet (they get the recipe's "
-                        "metrics and each modality missing, on --test_file and --ood files)")  # fmt: skip
+                        "metrics, each modality missing and --corruptions, on --test_file and --ood files)")  # fmt: skip
     command = shlex.join(["python", "-m", "mm_hf.evaluate", *argv])
-    return evaluate_fusion(fusion_models, args, data_args, ood_sources, failed, device, command)
+    severities = parse_severities(args.severities, "--severities")
+    return evaluate_fusion(fusion_models, args, data_args, ood_sources, failed, device, command, severities)
 
 
 def _read_sets(args, data_args, found, column, modality, ood_sources):
@@ -386,17 +418,8 @@ def _sampling_rate(found) -> int | None:
 
 def _prepare(raw, texts, source, label_names, column, modality, data_args, sampling_rate, limit=None):
     """The set as the models see it: labels as ids in the evaluation's order, bad samples checked or dropped."""
-    unseen = sorted(set(texts) - set(label_names))
-    if unseen:
-        raise DataError(f"{source}: label(s) {unseen[:10]} are not among the models' labels {label_names}")
-    index = {name: i for i, name in enumerate(label_names)}
-    dataset = raw.add_column("labels", [index[text] for text in texts])
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    check = dict(skip_bad=data_args.skip_bad_samples, num_proc=data_args.preprocessing_num_workers, split_name=source)
-    if modality == "image":
-        return check_images(dataset, column, **check)
-    return check_audio(dataset, column, sampling_rate=sampling_rate, **check)
+    return prepare_set(raw, texts, source, label_names, column, modality, skip_bad=data_args.skip_bad_samples,
+                       num_proc=data_args.preprocessing_num_workers, sampling_rate=sampling_rate, limit=limit)  # fmt: skip
 
 
 def _set_entry(scored, metrics: ClassificationMetrics, args, temperature) -> dict:
@@ -415,21 +438,28 @@ def _set_entry(scored, metrics: ClassificationMetrics, args, temperature) -> dic
     return entry
 
 
-def _corruption_sweep(candidate, model, dataset, transform, permutation, metrics, names, severities, column, seed, run):
-    """Accuracy per corruption and severity on the test set; corruptions run inside the DataLoader workers."""
-    sampling_rate = getattr(transform, "sampling_rate", None)
-    out = {}
-    for corruption in names:
-        out[corruption] = {}
-        for severity in severities:
-            corrupted = CorruptColumn(
-                transform, modality=candidate.modality, corruption=corruption, severity=severity, column=column,
-                seed=seed, index_column=INDEX_COLUMN, sampling_rate=sampling_rate,
-            )  # fmt: skip
-            scored = score(model, dataset, corrupted, permutation, metrics,
-                           description=f"{candidate.name} | {corruption}@{severity}", **run)  # fmt: skip
-            out[corruption][str(severity)] = scored.metrics["accuracy"]
-    return out
+def _id_ood_lines(results: dict, ood_sources: dict, baseline_flag: str | None) -> dict | None:
+    """Per OOD set the baseline ID -> OOD line (`fit_id_ood_line` over the baseline models' points, `models` naming
+    them) and each model's `effective_robustness` `{value, expected_accuracy}` against it, set into `results`."""
+    if baseline_flag:
+        baselines = [name.strip() for name in baseline_flag.split(",") if name.strip()]
+        baselines = [name for name in baselines if name in results]  # one that failed to load has no point
+    else:
+        baselines = [name for name, entry in results.items() if entry["kind"] == "zero-shot"]
+    if not baselines or not ood_sources:
+        return None
+    lines = {}
+    for set_name in ood_sources:
+        accuracy = {name: (entry["sets"]["test"]["metrics"]["accuracy"], entry["sets"][set_name]["metrics"]["accuracy"])
+                    for name, entry in results.items()}  # fmt: skip
+        line = {**fit_id_ood_line([accuracy[name] for name in baselines]), "models": baselines}
+        lines[set_name] = line
+        for name, entry in results.items():
+            entry["sets"][set_name]["effective_robustness"] = {
+                "value": effective_robustness(line, *accuracy[name]),
+                "expected_accuracy": line_accuracy(line, accuracy[name][0]),
+            }
+    return lines
 
 
 def _robustness_input(entry: dict):

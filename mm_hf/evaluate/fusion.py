@@ -1,4 +1,5 @@
-"""Fusion checkpoints in `python -m mm_hf.evaluate`: recipes/fusion_imagetext_cls.py output folders side by side.
+"""Fusion checkpoints in `python -m mm_hf.evaluate`: recipes/fusion_imagetext_cls.py and video_cls.py output folders
+side by side.
 
 A fusion run's inputs are several columns of one CSV/JSONL file, so the data comes from `--test_file` (and
 `--ood NAME=FILE`) read with the columns and problem type the run itself recorded in run_config.yaml. Each model
@@ -10,8 +11,9 @@ relative score of each missing-modality case (metric without / metric with all m
 A `--problem_type ranking` run (a binary head) is read with its `group_column` and also gets the recipe's ranking
 metrics (recall/ndcg/hit_rate@K, mrr per group, `compute_ranking_metrics`), ndcg@<largest K> as its headline.
 
-Scope: single-task heads (any problem type), one process. Logits are kept whole per set (N x outputs), as the
-recipes' Trainer evaluation does. Multi-task checkpoints and sharding are refused with a message.
+Scope: any heads (a multi-task model's metrics `<task>_`-prefixed, as its run's `test_<task>_*`), one process
+(sharding is refused with a message). Logits are kept whole per set (N x outputs), as the recipes' Trainer
+evaluation does. `--corruptions` corrupt the image / text / audio columns (`fusion_corruption_sweep`).
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ from transformers import AutoModelForSequenceClassification, default_data_collat
 from transformers.utils.logging import tqdm
 
 from ..args import DataArguments
+from ..corruptions import CORRUPTIONS, CorruptColumn
 from ..data.multimodal import RANKING_GROUP_KEY, MultimodalColumns, check_media, load_multimodal_splits
 from ..errors import DataError, UserError
 from ..measures import WithoutModality
+from ..metrics.robustness import robustness_summary
 from ..metrics.tasks import compute_ranking_metrics, compute_task_metrics
 from ..processing import MultimodalProcessor
+from .scoring import INDEX_COLUMN
 
 # The metric each problem type is summarised by (table, relative score of a missing modality).
 HEADLINE = {
@@ -39,6 +44,68 @@ HEADLINE = {
     "binary_classification": "roc_auc",
     "regression": "rmse",
 }
+
+
+def select_fusion_corruptions(spec: str, modalities: list[str], flag: str = "--corruptions") -> list[str]:
+    """Corruption names for a fusion model's `modalities` from "all" or a comma-separated list; each name belongs to
+    one modality (image: gaussian_noise ...; text: typos, word_dropout; audio: noise ...) and corrupts that column."""
+    available = {name: m for m in ("image", "text", "audio") if m in modalities for name in CORRUPTIONS[m]}
+    if spec.strip() == "all":
+        return list(available)
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in available]
+    if unknown or not names:
+        raise UserError(f"{flag} {spec}: {unknown or 'no name'} not a corruption of this model's modalities "
+                        f"{modalities}; choose from {sorted(available)}")  # fmt: skip
+    return names
+
+
+def corruption_modality(name: str) -> str:
+    return next(m for m, table in CORRUPTIONS.items() if name in table)
+
+
+def fusion_corruption_sweep(model, dataset, transform, task: dict, names, severities, *, seed: int, sampling_rate,
+                            name: str, **run) -> dict:  # fmt: skip
+    """`{corruption: {severity: compute_task_metrics}}`: the head on `dataset` (canonical columns image/text/audio) with
+    each corruption applied to its modality's column (a missing value stays missing), seeded per row index."""
+    if INDEX_COLUMN not in dataset.column_names:
+        dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
+    out = {}
+    for corruption in names:
+        modality = corruption_modality(corruption)
+        out[corruption] = {}
+        for severity in severities:
+            corrupted = CorruptColumn(
+                transform, modality=modality, corruption=corruption, severity=severity, seed=seed,
+                index_column=INDEX_COLUMN, sampling_rate=sampling_rate if modality == "audio" else None,
+            )  # fmt: skip
+            out[corruption][str(severity)] = task_scores(model, dataset, corrupted, task,
+                                                         description=f"{name} | {corruption}@{severity}", **run)  # fmt: skip
+    return out
+
+
+def head_type(problem_type: str) -> str:
+    """The model head's problem type: a ranking run trains a binary (relevant or not) head."""
+    return "binary_classification" if problem_type == "ranking" else problem_type
+
+
+def headline_key(tasks: list[dict], ranking_ks=None) -> str:
+    """The metric a fusion model is summarised by: ndcg@<largest K> for a ranking run, else its (first) head's
+    HEADLINE, `<task>_`-prefixed when multi-task."""
+    if ranking_ks:
+        return f"ndcg@{max(ranking_ks)}"
+    metric = HEADLINE[tasks[0]["problem_type"]]
+    return metric if len(tasks) == 1 else f"{tasks[0]['name']}_{metric}"
+
+
+def sweep_summary(clean: dict, sweep: dict, headline: str, lower_is_better: bool = False) -> dict | None:
+    """`robustness_summary` of the `headline` metric (None when lower is better, as a regression head's RMSE)."""
+    if lower_is_better:
+        return None
+    curves = {c: [per[s].get(headline) for s in per] for c, per in sweep.items()}
+    if clean.get(headline) is None or any(v is None for curve in curves.values() for v in curve):
+        return None  # e.g. ROC-AUC undefined on a one-class set
+    return robustness_summary(clean[headline], curves)
 
 
 def fusion_columns(candidate) -> MultimodalColumns:
@@ -53,6 +120,7 @@ def fusion_columns(candidate) -> MultimodalColumns:
         image=config.get("image_column"),
         text=config.get("text_column"),
         audio=config.get("audio_column"),
+        video=config.get("video_column"),
         numeric=config.get("numeric_columns") or [],
         categorical=config.get("categorical_columns") or [],
         labels=list(config.get("label_column") or []),
@@ -60,25 +128,14 @@ def fusion_columns(candidate) -> MultimodalColumns:
     )
 
 
-def run_columns(candidate) -> tuple[MultimodalColumns, str]:
-    """The columns and problem type the fusion run was trained with; refuses a multi-task run."""
+def run_columns(candidate) -> tuple[MultimodalColumns, list[str]]:
+    """The columns and problem type(s), one per head, the fusion run was trained with."""
     columns = fusion_columns(candidate)
     problem_types = list(candidate.run_config.get("problem_type") or [])
-    if len(problem_types) != 1:
-        raise UserError(
-            f"--model {candidate.name}={candidate.path}: a multi-task fusion checkpoint ({problem_types}); "
-            "python -m mm_hf.evaluate scores single-task fusion heads only for now"
-        )
-    return columns, problem_types[0]
-
-
-def head_type(problem_type: str) -> str:
-    """The model head's problem type: a ranking run trains a binary (relevant or not) head."""
-    return "binary_classification" if problem_type == "ranking" else problem_type
-
-
-def headline_metric(problem_type: str, ranking_ks=None) -> str:
-    return f"ndcg@{max(ranking_ks)}" if problem_type == "ranking" else HEADLINE[problem_type]
+    if len(problem_types) != len(columns.labels):
+        raise UserError(f"--model {candidate.name}={candidate.path}: its run_config.yaml has problem types "
+                        f"{problem_types} for the label columns {columns.labels}")  # fmt: skip
+    return columns, problem_types
 
 
 def load_fusion(path: str, device="cpu") -> tuple:
@@ -87,18 +144,31 @@ def load_fusion(path: str, device="cpu") -> tuple:
     return model, MultimodalProcessor.from_pretrained(path)
 
 
-def read_set(path: str, columns: MultimodalColumns, problem_type: str, task: dict, args, data_args, sampling_rate):
-    """One labelled file as the recipe's test split (labels encoded as the checkpoint's head expects)."""
+def read_set(path: str, columns: MultimodalColumns, problem_type, task, cache_dir, data_args, sampling_rate,
+             source: str | None = None):  # fmt: skip
+    """One labelled file as the recipe's test split (labels encoded as the checkpoint's heads expect: `task` one
+    head's dict or the list of them, `problem_type` its type or theirs); `source` names it in errors (default: the
+    path)."""
+    source = source or path
+    tasks = task if isinstance(task, list) else [task]
     if os.path.isdir(path):
-        raise DataError(f"{path}: fusion data is a CSV/JSONL file with one column per modality, not a folder")
+        raise DataError(f"{source}: fusion data is a CSV/JSONL file with one column per modality, not a folder")
     # The label space comes from the file itself: it must be the head's (refused with both lists otherwise).
     data = DataArguments(train_file=path, validation_file=path, test_file=path)
-    splits, space = load_multimodal_splits(data, columns, head_type(problem_type), args.cache_dir)
-    if problem_type != "regression" and space.names != task["labels"]:
-        raise DataError(
-            f"{path}: labels {space.names} are not the fusion model's {task['labels']}: evaluate data with the "
-            "classes the model was trained on (every class present)"
-        )
+    multi_task = len(tasks) > 1
+    splits, spaces = load_multimodal_splits(
+        data, columns, [head_type(p) for p in problem_type] if multi_task else head_type(problem_type), cache_dir
+    )
+    for head in tasks:
+        space = spaces[head["name"]] if multi_task else spaces
+        if head["problem_type"] != "regression" and space.names != head["labels"]:
+            unseen = sorted(set(space.names) - set(head["labels"]))
+            raise DataError(
+                f"{source}: labels {space.names} are not the fusion model's {head['labels']}"
+                + (f" (head {head['name']})" if multi_task else "")
+                + (f" (label(s) {unseen} were not seen in training)" if unseen else "")
+                + ": evaluate data with the classes the model was trained on (every class present)"
+            )
     test = splits["test"]
     if data_args.max_predict_samples is not None and path == data_args.test_file:
         test = test.select(range(min(data_args.max_predict_samples, len(test))))
@@ -110,40 +180,57 @@ def read_set(path: str, columns: MultimodalColumns, problem_type: str, task: dic
 
 @torch.no_grad()
 def task_scores(
-    model, dataset, transform, task: dict, *, batch_size, num_workers, device, description, progress, ranking_ks=None
+    model, dataset, transform, task, *, batch_size, num_workers, device, description, progress, ranking_ks=None
 ):
-    """compute_task_metrics of the head over `dataset` (in order), as the recipe's TaskMetrics computes them; with
-    `ranking_ks`, also the ranking metrics of the rows grouped by their RANKING_GROUP_KEY."""
+    """compute_task_metrics of the head(s) over `dataset` (in order), as the recipe's TaskMetrics computes them; with
+    `ranking_ks` (a single ranking head), also the ranking metrics of the rows grouped by their RANKING_GROUP_KEY.
+
+    `task`: one head's dict (its metrics returned as they are), or the list of a model's heads (each head's metrics
+    `<task name>_`-prefixed, as the recipe's `test_<task>_<metric>`; labels from `labels_<task>`)."""
+    tasks = task if isinstance(task, list) else [task]
+    keys = ["labels"] if len(tasks) == 1 else [f"labels_{t['name']}" for t in tasks]
     loader = DataLoader(dataset.with_transform(transform), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=default_data_collator)  # fmt: skip
-    logits, labels, groups = [], [], []
+    logits, labels, groups = [[] for _ in tasks], [[] for _ in tasks], []
     for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
-        labels.append(batch.pop("labels").numpy())
+        for i, key in enumerate(keys):
+            labels[i].append(batch.pop(key).numpy())
         if RANKING_GROUP_KEY in batch:
             groups.append(batch.pop(RANKING_GROUP_KEY).numpy())
         inputs = {key: value.to(device) for key, value in batch.items() if isinstance(value, torch.Tensor)}
-        logits.append(model(**inputs).logits.float().cpu().numpy())
-    names = task["labels"] if task["problem_type"] != "binary_classification" else None
-    logits, labels = np.concatenate(logits), np.concatenate(labels)
-    scores = compute_task_metrics(task["problem_type"], logits, labels, names)
-    if ranking_ks:
-        scores.update(compute_ranking_metrics(logits, labels, np.concatenate(groups), ranking_ks))
-    return scores
+        outputs = model(**inputs).logits
+        for i, head_logits in enumerate(outputs if len(tasks) > 1 else (outputs,)):
+            logits[i].append(head_logits.float().cpu().numpy())
+    out = {}
+    for head, head_logits, head_labels in zip(tasks, logits, labels, strict=True):
+        names = head["labels"] if head["problem_type"] != "binary_classification" else None
+        scores = compute_task_metrics(head["problem_type"], np.concatenate(head_logits), np.concatenate(head_labels),
+                                      names)  # fmt: skip
+        if ranking_ks:  # single-task only (the recipe refuses multi-task ranking)
+            scores.update(compute_ranking_metrics(np.concatenate(head_logits), np.concatenate(head_labels),
+                                                  np.concatenate(groups), ranking_ks))  # fmt: skip
+        if not isinstance(task, list) or len(tasks) == 1:
+            return scores
+        out.update({f"{head['name']}_{k}": v for k, v in scores.items()})
+    return out
 
 
-def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict, device, command: str) -> dict:
+def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict, device, command: str,
+                    severities=()) -> dict:  # fmt: skip
     """evaluation.json for fusion checkpoints (all `candidates` are fusion ones) and the .md table; returns it."""
     if not data_args.test_file:
         raise UserError("fusion checkpoints are evaluated on --test_file (CSV/JSONL with the run's columns)")
     first = candidates[0]
-    columns, problem_type = run_columns(first)
+    columns, problem_types = run_columns(first)
     for candidate in candidates[1:]:
-        if run_columns(candidate) != (columns, problem_type):
+        if run_columns(candidate) != (columns, problem_types):
             raise UserError(
                 f"--model {candidate.name} was trained on other columns/problem type than --model {first.name} "
-                f"({run_columns(candidate)} vs {(columns, problem_type)}); evaluate them in separate runs"
+                f"({run_columns(candidate)} vs {(columns, problem_types)}); evaluate them in separate runs"
             )
+    problem_type = problem_types[0] if len(problem_types) == 1 else problem_types
     modalities = columns.modalities
+    corruptions = select_fusion_corruptions(args.corruptions, modalities) if args.corruptions else []
     ranking_ks = (first.run_config.get("ranking_ks") or [1, 5, 10]) if problem_type == "ranking" else None
     run = dict(batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers, device=device,
                progress=not args.disable_tqdm, ranking_ks=ranking_ks)  # fmt: skip
@@ -154,12 +241,16 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
         except Exception as error:  # noqa: BLE001 (reported; the others are still evaluated)
             failed[candidate.name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             continue
-        (task,) = model.config.tasks
+        tasks = list(model.config.tasks)
+        task = tasks[0] if len(tasks) == 1 else tasks  # one head's metrics as they are; several prefixed
+        headline = headline_key(tasks, ranking_ks)
+        # The model's own modality order (a video run's sound track is a modality without a column of its own).
+        modalities = list(model.config.modalities)
         sampling_rate = getattr(processor.feature_extractor, "sampling_rate", None)
         transform = processor.transform(train=False)
         entry = {"path": candidate.path, "kind": "mm-hf-fusion", "problem_type": problem_type, "sets": {}}
         for set_name, path in {"test": data_args.test_file, **ood_sources}.items():
-            dataset, skipped = read_set(path, columns, problem_type, task, args, data_args, sampling_rate)
+            dataset, skipped = read_set(path, columns, problem_type, task, args.cache_dir, data_args, sampling_rate)
             sets_info[set_name] = {"source": path, "samples": len(dataset), "skipped_bad_samples": len(skipped)}
             scored = {"samples": len(dataset), "metrics": task_scores(model, dataset, transform, task,
                                                                        description=f"{candidate.name} | {set_name}",
@@ -170,13 +261,21 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
                                           description=f"{candidate.name} | {set_name} without {modality}", **run)
                     for index, modality in enumerate(modalities)
                 }  # fmt: skip
-                headline = headline_metric(problem_type, ranking_ks)
                 clean = scored["metrics"].get(headline)
                 scored["missing_modality_relative"] = {
                     modality: (metrics.get(headline) / clean if clean else None)
                     for modality, metrics in scored["missing_modality"].items()
                 }
             entry["sets"][set_name] = scored
+            if set_name == "test" and corruptions:
+                sweep = fusion_corruption_sweep(
+                    model, dataset, transform, task, corruptions, severities, seed=args.seed,
+                    sampling_rate=sampling_rate, name=candidate.name, **run,
+                )  # fmt: skip
+                entry["corruptions"] = {c: {s: m.get(headline) for s, m in per.items()} for c, per in sweep.items()}
+                entry["corruption_metrics"] = sweep
+                lower_is_better = tasks[0]["problem_type"] == "regression"
+                entry["robustness"] = sweep_summary(scored["metrics"], sweep, headline, lower_is_better)
         results[candidate.name] = entry
         del model
     if not results:
@@ -187,11 +286,15 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
         "modality": "fusion",
         "modalities": modalities,
         "problem_type": problem_type,
+        "headline": headline,
         "ranking_ks": ranking_ks,
-        "label_names": task["labels"],
+        "label_names": task["labels"] if len(tasks) == 1 else {t["name"]: t["labels"] for t in tasks},
         "device": str(device),
         "processes": 1,
         "sets": sets_info,
+        "corruptions": {"names": corruptions, "severities": list(severities), "seed": args.seed}
+        if corruptions
+        else None,
         "models": results,
         "failed": failed,
     }
@@ -205,7 +308,7 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
 
 
 def _markdown(evaluation: dict) -> str:
-    headline = headline_metric(evaluation["problem_type"], evaluation["ranking_ks"])
+    headline = evaluation["headline"]
     modalities = evaluation["modalities"] if len(evaluation["modalities"]) > 1 else []
     header = ["model", "set", headline, *(f"{headline} without {m}" for m in modalities)]
     lines = [f"# Fusion evaluation ({evaluation['problem_type']})\n", "| " + " | ".join(header) + " |",
@@ -214,6 +317,17 @@ def _markdown(evaluation: dict) -> str:
         for set_name, scored in entry["sets"].items():
             row = [name, set_name, scored["metrics"].get(headline)]
             row += [scored["missing_modality"][m].get(headline) for m in modalities]
+            lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |")
+    sweep = evaluation.get("corruptions")
+    if sweep:
+        columns = [f"{c}@{s}" for c in sweep["names"] for s in sweep["severities"]]
+        lines += [f"\n## Corruptions of the test set ({headline})\n", "| " + " | ".join(["model", "clean", *columns,
+                  "mean", "relative"]) + " |", "|" + " --- |" * (len(columns) + 4)]  # fmt: skip
+        for name, entry in evaluation["models"].items():
+            robustness = entry.get("robustness") or {}
+            row = [name, entry["sets"]["test"]["metrics"].get(headline),
+                   *(entry["corruptions"][c][str(s)] for c in sweep["names"] for s in sweep["severities"]),
+                   robustness.get("mean_corruption_accuracy"), robustness.get("relative_accuracy")]  # fmt: skip
             lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |")
     if evaluation["failed"]:
         lines.append("\nNot evaluated: " + "; ".join(f"{n} ({why})" for n, why in evaluation["failed"].items()))

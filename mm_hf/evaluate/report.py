@@ -13,6 +13,7 @@ import re
 import numpy as np
 
 from ..metrics.calibration import plot_reliability_diagram
+from ..metrics.robustness import line_accuracy
 
 
 def write_outputs(output_dir: str, evaluation: dict, predictions: dict) -> None:
@@ -94,9 +95,23 @@ def format_markdown(evaluation: dict) -> str:
                          cal["brier"]])  # fmt: skip
         out.append(_table(header, rows))
         if set_name != "test":
-            out.append("\n" + _table(["model", "accuracy − test", "relative to test"],
-                                     [[n, e["sets"][set_name]["gap"]["accuracy_minus_test"],
-                                       e["sets"][set_name]["gap"]["relative_to_test"]] for n, e in models.items()]))  # fmt: skip
+            line = (evaluation.get("effective_robustness_lines") or {}).get(set_name)
+            header = ["model", "accuracy − test", "relative to test"]
+            if line:
+                header += ["baseline line predicts", "effective robustness"]
+            rows = []
+            for n, e in models.items():
+                scores = e["sets"][set_name]
+                rows.append([n, scores["gap"]["accuracy_minus_test"], scores["gap"]["relative_to_test"]])
+                if line:
+                    rows[-1] += [scores["effective_robustness"]["expected_accuracy"],
+                                 scores["effective_robustness"]["value"]]  # fmt: skip
+            out.append("\n" + _table(header, rows))
+            if line:
+                fit = "least squares" if line["fit"] == "least_squares" else "slope 1 through its point"
+                out.append(f"\nEffective robustness: OOD accuracy minus the baseline line's at the same test accuracy; "
+                           f"line logit(OOD) = {line['slope']:.3f} · logit(test) + {line['intercept']:.3f} over "
+                           f"{', '.join(line['models'])} ({fit}).\n")  # fmt: skip
         pairs = evaluation["paired_tests"].get(set_name) or {}
         if pairs:
             out.append(f"\nPaired tests on {set_name} (B − A; p-values of McNemar, two-sided, and of the paired "
@@ -197,6 +212,10 @@ def write_plots(output_dir: str, evaluation: dict) -> list[str]:
                 ax.scatter(entry["sets"]["test"]["metrics"]["accuracy"], entry["sets"][set_name]["metrics"]["accuracy"],
                            marker=marker, color=f"C{i}", label=f"{name} ({set_name})")  # fmt: skip
         ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+        lines = evaluation.get("effective_robustness_lines") or {}
+        for set_name, line in lines.items():  # the baseline line, a curve back in accuracy space
+            xs = np.linspace(0.005, 0.995, 100)
+            ax.plot(xs, [line_accuracy(line, x) for x in xs], ":", linewidth=1, label=f"baseline line ({set_name})")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("test accuracy (in distribution)")

@@ -12,6 +12,9 @@ Input: the clean accuracy and, per corruption, the accuracies at severities 1..5
 - `effective_robustness` (only with `baseline`): MultiBench's effective robustness, the summed gap between this
   model's curve and the baseline's curve shifted to the same clean accuracy; > 0 means it degrades more slowly
   than the baseline (e.g. the zero-shot model) whatever their clean accuracies.
+
+For shifted test sets (ID vs OOD rather than a corruption curve): `fit_id_ood_line` and `effective_robustness`,
+Taori et al.'s effective robustness against a baseline's line in logit space.
 """
 
 from __future__ import annotations
@@ -78,3 +81,50 @@ def robustness_summary(
     }
     summary["per_corruption"] = per_corruption
     return summary
+
+
+# Accuracies are clipped to [EPSILON, 1 - EPSILON] before the logit, so a model at 0 % or 100 % keeps a finite point.
+LOGIT_EPSILON = 1e-4
+
+
+def _logit(p) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), LOGIT_EPSILON, 1 - LOGIT_EPSILON)
+    return np.log(p / (1 - p))
+
+
+def fit_id_ood_line(points: Sequence[tuple[float, float]]) -> dict:
+    """The baseline ID -> OOD line of effective robustness (Taori et al. 2020, "Measuring robustness to natural
+    distribution shifts"; Radford et al. 2021, CLIP, section 3.3), from the baseline models' `(id_accuracy,
+    ood_accuracy)` points: `logit(ood) = slope * logit(id) + intercept`, least squares over the logit-transformed
+    accuracies (the transform under which those papers found the points of standard models on a line).
+
+    With one point, or points that all share one ID accuracy, no slope can be fitted: the line goes through their
+    mean with slope 1 (the baseline's odds ratio between the two sets, kept at any ID accuracy). Returns
+    `{"slope", "intercept", "fit": "least_squares" | "slope_1_through_point", "points"}`.
+    """
+    if not points:
+        raise ValueError("fit_id_ood_line needs at least one baseline (id_accuracy, ood_accuracy) point")
+    x, y = _logit([p[0] for p in points]), _logit([p[1] for p in points])
+    if len(points) >= 2 and np.ptp(x) > 1e-12:
+        slope, intercept = np.polyfit(x, y, 1)
+        fit = "least_squares"
+    else:
+        slope, intercept, fit = 1.0, float(np.mean(y - x)), "slope_1_through_point"
+    return {
+        "slope": float(slope),
+        "intercept": float(intercept),
+        "fit": fit,
+        "points": [list(map(float, p)) for p in points],
+    }
+
+
+def line_accuracy(line: dict, id_accuracy: float) -> float:
+    """The OOD accuracy the baseline line predicts at `id_accuracy` (back from logit space)."""
+    z = line["slope"] * float(_logit(id_accuracy)) + line["intercept"]
+    return float(1 / (1 + np.exp(-z)))
+
+
+def effective_robustness(line: dict, id_accuracy: float, ood_accuracy: float) -> float:
+    """OOD accuracy above what the baseline line predicts at the same ID accuracy (> 0: more robust than the
+    baseline models' trend, not just more accurate)."""
+    return float(ood_accuracy) - line_accuracy(line, id_accuracy)

@@ -53,13 +53,14 @@ def clinical_report(run_dir: str, test_file: str, *, batch_size: int = 64, devic
         raise UserError(f"{run_dir}: no run_config.yaml; pass the output folder of recipes/fusion_imagetext_cls.py")
     with open(config_path) as f:
         run = SimpleNamespace(name=os.path.basename(run_dir), path=run_dir, run_config=yaml.safe_load(f))
-    columns, problem_type = run_columns(run)
-    if problem_type != "multi_label_classification":
-        raise UserError(f"{run_dir}: a {problem_type} run; the clinical report is for multi-label findings")
+    columns, problem_types = run_columns(run)
+    if problem_types != ["multi_label_classification"]:
+        raise UserError(f"{run_dir}: a {problem_types} run; the clinical report is for one multi-label head")
+    problem_type = problem_types[0]
     model, processor = load_fusion(run_dir, device)
     (task,) = model.config.tasks
     data = DataArguments(test_file=test_file)
-    dataset, _ = read_set(test_file, columns, problem_type, task, SimpleNamespace(cache_dir=None), data, None)
+    dataset, _ = read_set(test_file, columns, problem_type, task, None, data, None)
     findings = task["labels"]
     labels = np.asarray(dataset["labels"])
     report = {

@@ -1,0 +1,163 @@
+"""`python -m mm_hf.evaluate --retrieval`: dual encoders (CLIP, SigLIP, CLAP, recipes/clip_retrieval.py output folders)
+side by side on media-caption retrieval, with text corruptions of the captions.
+
+The test set is read like clip_retrieval's (`--test_dir` with a metadata.jsonl, or `--test_file`, captions in
+`--caption_column`) and scored by `mm_hf.retrieval.evaluate_retrieval`, the recipe's own metrics (media->text and
+text->media Recall@1/5/10, median/mean rank), so the clean numbers equal the recipe's `test_*` ones. With
+`--corruptions typos,word_dropout` (or `all`: both) every caption is corrupted (mm_hf.corruptions, seeded per item
+index; an item's captions share one generator) and the retrieval scored again; the headline is text->media
+Recall@1, the corrupted text being the query.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import yaml
+
+from ..args import DataArguments
+from ..corruptions import CORRUPTIONS, CorruptColumn
+from ..data.pairs import load_caption_splits
+from ..errors import UserError
+from ..metrics.robustness import robustness_summary
+from ..models import ContrastiveDualEncoderModel
+from ..models.text_length import text_max_length
+from ..retrieval import build_media, evaluate_retrieval, load_dual_encoder, resolve_modality
+
+# clip_retrieval's --max_seq_length default: captions of a folder without run_config.yaml are cut there too.
+DEFAULT_MAX_SEQ_LENGTH = 64
+# Flags of the classification flow that retrieval does not use: refused, never ignored.
+NOT_FOR_RETRIEVAL = (
+    "calibration_data", "save_temperature", "update_card", "prompt_templates", "ood", "robustness_baseline",
+    "label_column", "dataset_name",
+)  # fmt: skip
+
+
+def corrupt_captions(dataset, corruption: str, severity: int, seed: int):
+    """`dataset` with every item's captions corrupted; item i's draws depend on (seed, i) only."""
+    corruptor = CorruptColumn(lambda batch: batch, modality="text", corruption=corruption, severity=severity,
+                              column="captions", seed=seed)  # fmt: skip
+    return dataset.map(
+        lambda batch, indices: {"captions": [corruptor.corrupt(c, i) for c, i in zip(batch["captions"], indices, strict=True)]},
+        batched=True, with_indices=True, load_from_cache_file=False, desc=f"{corruption}@{severity}",
+    )  # fmt: skip
+
+
+def read_test_pairs(data_args, column: str, caption_column: str, cache_dir, skip_bad: bool):
+    """The test split alone as clip_retrieval reads it (media column + `captions` lists)."""
+    source = {"test_dir": data_args.test_dir, "test_file": data_args.test_file}
+    if not any(source.values()):
+        raise UserError(
+            "--retrieval scores --test_dir (with a metadata.jsonl) or --test_file pairs of media + captions"
+        )
+    # load_caption_splits reads splits next to a training one: the test source stands in for it, nothing held out.
+    only_test = DataArguments(train_dir=data_args.test_dir, train_file=data_args.test_file, train_val_split=0.0,
+                              max_predict_samples=data_args.max_predict_samples, **source)  # fmt: skip
+    return load_caption_splits(only_test, column, caption_column, cache_dir, skip_bad, media_flag=None)["test"]
+
+
+def evaluate_retrieval_models(found, args, data_args, failed: dict, device, command: str, severities, modality_column):
+    """evaluation.json of the dual encoders in `found` on the test pairs (and corrupted captions); returns it."""
+    others = [c.name for c in found if c.kind != "zero-shot"]
+    if others:
+        raise UserError(f"--retrieval scores dual encoders (CLIP/SigLIP/CLAP); --model {', '.join(others)} are not")
+    names = CORRUPTIONS["text"]
+    corruptions = []
+    if args.corruptions:
+        corruptions = list(names) if args.corruptions.strip() == "all" else [
+            n.strip() for n in args.corruptions.split(",") if n.strip()
+        ]  # fmt: skip
+        unknown = [n for n in corruptions if n not in names]
+        if unknown or not corruptions:
+            raise UserError(f"--corruptions {args.corruptions}: retrieval corrupts the captions; choose from "
+                            f"{sorted(names)} (not {unknown})")  # fmt: skip
+    results, sets = {}, {}
+    test = None
+    for candidate in found:
+        try:
+            backbone, processor, _ = load_dual_encoder(candidate.path, **args.hub_kwargs())
+        except Exception as error:  # noqa: BLE001 (reported; the others are still evaluated)
+            failed[candidate.name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            continue
+        modality = resolve_modality("auto", backbone.config)
+        column = modality_column(modality)
+        if test is None:
+            test = read_test_pairs(data_args, column, args.caption_column, args.cache_dir, data_args.skip_bad_samples)
+            sets["test"] = {"source": data_args.test_dir or data_args.test_file, "samples": len(test)}
+        media = build_media(modality, processor, column, max_length_seconds=args.max_length_seconds)
+        if (
+            "media" not in sets["test"]
+        ):  # every item decoded once (bad ones refused, or dropped with --skip_bad_samples)
+            test, skipped = media.check(test, skip_bad=data_args.skip_bad_samples, split_name="test")
+            sets["test"].update(media=modality, samples=len(test), skipped_bad_samples=len(skipped))
+        score = dict(batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers,
+                     max_length=text_max_length(processor.tokenizer, backbone.config, _max_seq_length(candidate.path)))  # fmt: skip
+        # The recipe's wrapper, whose get_*_features give the projected embeddings its retrieval metrics are over.
+        backbone = ContrastiveDualEncoderModel.from_backbone(backbone, name_or_path=candidate.path).to(device).eval()
+        entry = {"path": candidate.path, "kind": "dual-encoder", "modality": modality,
+                 "sets": {"test": {"metrics": evaluate_retrieval(backbone, test, media, processor.tokenizer, **score)}}}  # fmt: skip
+        if corruptions:
+            headline = f"text_to_{modality}_recall@1"
+            sweep = {c: {str(s): evaluate_retrieval(backbone, corrupt_captions(test, c, s, args.seed), media,
+                                                    processor.tokenizer, **score) for s in severities}
+                     for c in corruptions}  # fmt: skip
+            entry["corruption_metrics"] = sweep
+            entry["corruptions"] = {c: {s: m[headline] for s, m in per.items()} for c, per in sweep.items()}
+            clean = entry["sets"]["test"]["metrics"][headline]
+            entry["robustness"] = robustness_summary(
+                clean, {c: list(per.values()) for c, per in entry["corruptions"].items()}
+            )
+            entry["robustness"]["metric"] = headline
+        results[candidate.name] = entry
+    if not results:
+        raise UserError("no model could be evaluated: " + "; ".join(f"{n}: {why}" for n, why in failed.items()))
+    evaluation = {
+        "schema_version": 1,
+        "command": command,
+        "modality": "retrieval",
+        "device": str(device),
+        "processes": 1,
+        "sets": sets,
+        "corruptions": {"names": corruptions, "severities": list(severities), "seed": args.seed}
+        if corruptions
+        else None,
+        "models": results,
+        "failed": failed,
+    }
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "evaluation.json"), "w") as f:
+        json.dump(evaluation, f, indent=2)
+    with open(os.path.join(args.output_dir, "evaluation.md"), "w") as f:
+        f.write(_markdown(evaluation))
+    print(f"Evaluated {', '.join(results)} on retrieval: {os.path.join(args.output_dir, 'evaluation.md')}")
+    return evaluation
+
+
+def _max_seq_length(path: str) -> int:
+    """The caption length a clip_retrieval run trained with (its run_config.yaml), else that recipe's default."""
+    file = os.path.join(path, "run_config.yaml")
+    if os.path.isfile(file):
+        with open(file) as f:
+            return int((yaml.safe_load(f) or {}).get("max_seq_length") or DEFAULT_MAX_SEQ_LENGTH)
+    return DEFAULT_MAX_SEQ_LENGTH
+
+
+def _markdown(evaluation: dict) -> str:
+    lines = ["# Retrieval evaluation\n", f"`{evaluation['command']}`\n"]
+    for name, entry in evaluation["models"].items():
+        m = entry["modality"]
+        metrics = entry["sets"]["test"]["metrics"]
+        keys = [f"{m}_to_text_recall@1", f"{m}_to_text_recall@5", f"text_to_{m}_recall@1", f"text_to_{m}_recall@5"]
+        lines.append(f"\n## {name} ({m})\n\n| " + " | ".join(["set", *keys]) + " |\n|" + " --- |" * (len(keys) + 1))
+        lines.append("| test | " + " | ".join(f"{metrics[k]:.4f}" for k in keys) + " |")
+        for corruption, per in (entry.get("corruption_metrics") or {}).items():
+            for severity, scores in per.items():
+                lines.append(f"| {corruption}@{severity} | " + " | ".join(f"{scores[k]:.4f}" for k in keys) + " |")
+        if entry.get("robustness"):
+            r = entry["robustness"]
+            lines.append(f"\nCorrupted captions ({r['metric']}): mean {r['mean_corruption_accuracy']:.4f}, relative to "
+                         f"clean {r['relative_accuracy']:.4f}")  # fmt: skip
+    if evaluation["failed"]:
+        lines.append("\nNot evaluated: " + "; ".join(f"{n} ({why})" for n, why in evaluation["failed"].items()))
+    return "\n".join(lines) + "\n"
