@@ -307,9 +307,9 @@ def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, be
 
 
 def _train_samples(train, trainer) -> dict:
-    """`train_samples` for all_results.json; a stream has no length: `train_samples_read` instead, the samples its
-    `StreamSkips` counted (every pass, every process)."""
+    """`train_samples` for all_results.json; a stream has no length: what its `StreamSkips` counted instead (the
+    samples read, every pass, per process)."""
     if hasattr(train, "__len__"):
         return {"train_samples": len(train)}
     skips = [c for c in trainer.callback_handler.callbacks if isinstance(c, StreamSkips)]
-    return {"train_samples_read": skips[0].samples_read} if skips else {}
+    return skips[0].summary() if skips else {}

@@ -288,12 +288,12 @@ class StreamSkips(dict, TrainerCallback):
     """split -> [(source, reason)] of the samples left out, as `check_splits` returns it: the validation and
     test splits' from their up-front check, the training stream's gathered from every worker and process at the
     end of training (`on_train_end`, on every process), which then stops the run if more than
-    `max_bad_fraction` of the samples read were bad. `samples_read` counts the training samples read (over every
-    pass through the stream; a sample skipped in two passes is listed once)."""
+    `max_bad_fraction` of the samples read were bad. `summary()`: what the processes read and skipped (a sample
+    skipped in two passes through the stream is listed once)."""
 
     def __init__(self, log: SkipLog, checked: dict):
         super().__init__(checked)
-        self.log, self.samples_read = log, 0
+        self.log, self.read_per_process, self.skipped_per_process = log, [], []
 
     def on_train_end(self, args, state, control, **kwargs):
         import torch.distributed as dist
@@ -303,15 +303,27 @@ class StreamSkips(dict, TrainerCallback):
         if dist.is_available() and dist.is_initialized():
             parts = [None] * dist.get_world_size()
             dist.all_gather_object(parts, local)
-        seen = sum(s for s, _ in parts)
-        bad = [pair for _, pairs in parts for pair in pairs]
-        self["train"] = list(dict.fromkeys(bad))
-        self.samples_read = seen
         shutil.rmtree(self.log.folder, ignore_errors=True)
-        if bad:
-            logger.warning("skipped %d unusable training samples of %d read, e.g. %s: %s", len(bad), seen, *bad[0])
+        self.read_per_process = [seen for seen, _ in parts]
+        self.skipped_per_process = [len(set(bad)) for _, bad in parts]
+        seen, bad = sum(self.read_per_process), [pair for _, pairs in parts for pair in pairs]
+        self["train"] = list(dict.fromkeys(bad))
+        if bad and state.is_world_process_zero:
+            logger.warning(
+                "skipped %d unusable training samples (%d skips) of %d read, e.g. %s: %s",
+                len(self["train"]), len(bad), seen, *bad[0],
+            )  # fmt: skip
         if seen and len(bad) > self.log.max_bad_fraction * seen:
             raise DataError(_too_many(len(bad), seen, self.log.max_bad_fraction, self["train"], "from the stream"))
+
+    def summary(self) -> dict:
+        """For all_results.json: the training samples each process read (every pass) and the distinct ones it
+        skipped; each process reads its own shards, so the skipped ones add up to `len(self["train"])`."""
+        return {
+            "train_samples_read": sum(self.read_per_process),
+            "train_samples_read_per_process": self.read_per_process,
+            "train_samples_skipped_per_process": self.skipped_per_process,
+        }
 
 
 def load_stream_splits(data_args, column: str, label_column: str, cache_dir=None, seed: int = 42, input_flag=None):
