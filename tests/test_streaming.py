@@ -257,3 +257,40 @@ def test_flags_that_cannot_apply_are_refused(recipe, flags, message, tiny_vtde, 
     argv = [*common, "--output_dir", str(tmp_path / "out"), "--do_train", "--use_cpu", "true", "--report_to", "none"]
     with pytest.raises(UserError, match=message):
         load_recipe(recipe).main(argv + flags)
+
+
+def test_streamed_audio_class_folders_with_a_validation_split(tiny_wav2vec2, tmp_path):
+    """audio_cls streams a class folder (its file list as a sharded stream), skips an empty clip, and evaluates the
+    map-style validation and test splits whole."""
+    from mm_hf.demo import write_tones_audiofolder
+
+    root = tmp_path / "tones"
+    write_tones_audiofolder(str(root), per_class=(6, 2, 4), seed=0)
+    (root / "train" / "high" / "empty.wav").write_bytes(b"")
+    results = load_recipe("audio_cls").main([
+        "--model_name_or_path", str(tiny_wav2vec2), "--output_dir", str(tmp_path / "out"), "--streaming",
+        "--train_dir", str(root / "train"), "--validation_dir", str(root / "validation"), "--test_dir",
+        str(root / "test"), "--do_train", "--do_eval", "--max_steps", "4", "--per_device_train_batch_size", "8",
+        "--max_bad_fraction", "0.1", "--max_length_seconds", "0.5", "--report_to", "none", "--disable_tqdm", "true",
+        "--use_cpu", "true", "--save_strategy", "no",
+    ])  # fmt: skip
+    assert results["skipped_bad_samples"] == 1 and results["train_samples_read"] >= 25
+    assert results["test_samples"] == 16 and results["eval_samples"] == 8 and np.isfinite(results["train_loss"])
+
+
+def test_dataset_folder_streams_with_its_classlabel_and_reads_its_test_split_whole(digits_dir, tmp_path):
+    """--dataset_name (a Hub id, or here a local dataset folder of parquet files) streams its train split, names the
+    classes from its ClassLabel feature, and reads its test split whole, undecoded."""
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
+    for split in ("train", "test"):
+        files = sorted(str(p) for p in (digits_dir / split).glob("*/*.png"))
+        labels = [CLASSES.index(os.path.basename(os.path.dirname(f))) for f in files]
+        ds = datasets.Dataset.from_dict({"image": files, "label": labels}, features=features)
+        ds.to_parquet(str(tmp_path / "data" / f"{split}-00000-of-00001.parquet"))
+    splits = load_stream_splits(DataArguments(dataset_name=str(tmp_path), streaming=True), "image", "label")
+    assert splits["train"].features["labels"].names == CLASSES
+    rows = list(
+        splits["train"].with_transform(lambda b: {"labels": b["labels"], "path": [x["path"] for x in b["image"]]})
+    )
+    assert len(rows) == 48 and all(CLASSES[r["labels"]] in r["path"] for r in rows)
+    assert len(splits["test"]) == 20 and splits["test"].features["image"].decode is False
