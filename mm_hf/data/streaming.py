@@ -29,7 +29,7 @@ from datasets import ClassLabel, Dataset, IterableDataset
 from transformers import TrainerCallback
 
 from ..errors import DataError, UserError
-from .loading import _require_columns, read_class_folder, read_table, resolve_path
+from .loading import hub_split_name, read_class_folder, read_table, require_columns, resolve_path
 from .validation import BadSampleError
 
 logger = logging.getLogger(__name__)
@@ -361,7 +361,7 @@ def load_stream_splits(data_args, column: str, label_column: str, cache_dir=None
         raise DataError("no training data: pass --train_dir, --train_file or --dataset_name")
 
     first = _first_row(stream, source)
-    _require_columns(_Columns(list(first)), (column, label_column), source, flags)
+    require_columns(_Columns(list(first)), (column, label_column), source, flags)
     feature = (stream.features or {}).get(label_column)
     names = data_args.class_names or folder_names or (list(feature.names) if isinstance(feature, ClassLabel) else None)
     if not names:
@@ -407,7 +407,7 @@ def load_stream_splits(data_args, column: str, label_column: str, cache_dir=None
 
 
 class _Columns:
-    """What `_require_columns` reads of a dataset: its column names."""
+    """What `require_columns` reads of a dataset: its column names."""
 
     def __init__(self, names):
         self.column_names = names
@@ -430,10 +430,7 @@ def _evaluation_split(data_args, split, column, label_column, cache_dir, flags, 
             ds = ds.map(ResolvePaths(column, base))
         return _media_undecoded(ds, column, label_column, path, flags), path
     if hub is not None:
-        from .loading import VALIDATION_SPLIT_NAMES
-
-        names = VALIDATION_SPLIT_NAMES if split == "validation" else (split,)
-        name = next((n for n in names if n in hub), None)
+        name = hub_split_name(hub, split)
         if name is None:
             return None
         stream = hub[name].select_columns([column, label_column])
@@ -451,7 +448,7 @@ def _rows(stream):
 
 
 def _media_undecoded(ds: Dataset, column, label_column, source, flags) -> Dataset:
-    _require_columns(ds, (column, label_column), source, flags)
+    require_columns(ds, (column, label_column), source, flags)
     ds = ds.select_columns([column, label_column])
     feature = ds.features[column]
     if isinstance(feature, datasets.Image | datasets.Audio):
