@@ -246,7 +246,7 @@ def test_validate_samples_modes_in_the_recipe_loader(digits_dir, tmp_path):
         ("clip_imagecls", ["--streaming", "--max_steps", "2", "--eval_strategy", "epoch"], "--eval_strategy epoch"),
         ("clip_imagecls", ["--streaming", "--max_steps", "2", "--train_val_split", "0.2"], "--train_val_split"),
         ("fusion_imagetext_cls", ["--streaming", "--max_steps", "2"], "fusion_imagetext_cls does not stream"),
-        ("fusion_imagetext_cls", ["--validate_samples", "header"], "decodes every sample"),
+        ("fusion_imagetext_cls", ["--validate_samples", "header"], "decodes every sample up front"),
     ],
 )
 def test_flags_that_cannot_apply_are_refused(recipe, flags, message, tiny_vtde, digits_dir, tmp_path):

@@ -97,8 +97,8 @@ def refuse_streaming(data_args, explicit: set[str], recipe: str) -> None:
         )
     if "validate_samples" in explicit and data_args.validate_samples != "full":
         raise UserError(
-            f"--validate_samples {data_args.validate_samples}: {recipe} decodes every sample before training "
-            "(full); header and none apply to clip_imagecls and audio_cls"
+            f"--validate_samples {data_args.validate_samples}: {recipe} decodes every sample up front (full); "
+            "header and none apply to clip_imagecls and audio_cls"
         )
 
 

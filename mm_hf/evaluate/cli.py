@@ -27,6 +27,7 @@ from ..corruptions import CorruptColumn, select_corruptions
 from ..data.audio import check_audio
 from ..data.images import check_images
 from ..data.loading import read_labelled_split
+from ..data.streaming import refuse_streaming
 from ..errors import DataError, UserError
 from ..metrics.calibration import fit_temperature
 from ..metrics.robustness import robustness_summary
@@ -130,6 +131,7 @@ def main(argv=None) -> dict | None:
     if refused:
         raise UserError(f"{', '.join(refused)}: evaluation scores a test set; give it with --test_dir/--test_file/"
                         "--dataset_name, shifted sets with --ood and a calibration set with --calibration_data")  # fmt: skip
+    refuse_streaming(data_args, explicit, "mm_hf.evaluate")  # DataArguments' --streaming, --validate_samples, ...
     models = cands.parse_named(args.model, "--model")
     ood_sources = cands.parse_named(args.ood, "--ood")
     if not models:
