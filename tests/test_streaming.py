@@ -294,3 +294,12 @@ def test_dataset_folder_streams_with_its_classlabel_and_reads_its_test_split_who
     )
     assert len(rows) == 48 and all(CLASSES[r["labels"]] in r["path"] for r in rows)
     assert len(splits["test"]) == 20 and splits["test"].features["image"].decode is False
+
+
+def test_evaluate_cli_refuses_the_flags_it_does_not_read(tmp_path):
+    from mm_hf.evaluate.cli import main
+
+    with pytest.raises(UserError, match="--streaming: mm_hf.evaluate does not stream"):
+        main(["--model", f"a={tmp_path}", "--test_dir", str(tmp_path), "--streaming"])
+    with pytest.raises(UserError, match="--validate_samples header: mm_hf.evaluate decodes every sample up front"):
+        main(["--model", f"a={tmp_path}", "--test_dir", str(tmp_path), "--validate_samples", "header"])
