@@ -327,8 +327,8 @@ class StreamSkips(dict, TrainerCallback):
 
 
 def load_stream_splits(data_args, column: str, label_column: str, cache_dir=None, seed: int = 42, input_flag=None):
-    """The training split as a `StreamedSplit` (shuffled with a buffer; `--max_train_samples`: its first N
-    samples), the validation/test splits map-style with `labels` (a ClassLabel of the stream's classes); a split
+    """The training split as a `StreamedSplit` (shuffled with a buffer; `--max_train_samples` N: N samples, taken
+    by datasets from each process's shards in proportion), the validation/test splits map-style with `labels` (a ClassLabel of the stream's classes); a split
     with a label outside the classes is refused, naming it. Classes come from `--class_names`, else the class
     folders or the stream's ClassLabel feature."""
     flags = {column: input_flag, label_column: "--label_column"}
