@@ -270,7 +270,7 @@ def test_streamed_audio_class_folders_with_a_validation_split(tiny_wav2vec2, tmp
     results = load_recipe("audio_cls").main([
         "--model_name_or_path", str(tiny_wav2vec2), "--output_dir", str(tmp_path / "out"), "--streaming",
         "--train_dir", str(root / "train"), "--validation_dir", str(root / "validation"), "--test_dir",
-        str(root / "test"), "--do_train", "--do_eval", "--max_steps", "4", "--per_device_train_batch_size", "8",
+        str(root / "test"), "--do_train", "--do_eval", "--max_steps", "2", "--per_device_train_batch_size", "8",
         "--max_bad_fraction", "0.1", "--max_length_seconds", "0.5", "--report_to", "none", "--disable_tqdm", "true",
         "--use_cpu", "true", "--save_strategy", "no",
     ])  # fmt: skip
