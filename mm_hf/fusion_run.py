@@ -4,6 +4,7 @@ the run protocol: the processor fitted on the training rows, the model with its 
 import logging
 
 from .data.multimodal import MultimodalColumns, check_media, load_multimodal_splits
+from .data.streaming import refuse_streaming
 from .data.tabular import TabularProcessor
 from .fusion_features import CachedInputs, cache_encoder_outputs, fit_feature_statistics, frozen_modalities
 from .measures import TaskMetrics, TrainerMeasure, evaluate_without_modalities
@@ -21,6 +22,9 @@ def load_fusion_rows(fusion_args, data_args, training_args, cache_dir, visual: s
     """`(columns, splits, spaces)`: the rows of a fusion run with their inputs (`visual`: "image" or "video",
     then text, audio, tabular; any may be missing in a row) and labels per task, loaded on the main process first
     (one download/cache build, then the others read it)."""
+    refuse_streaming(
+        data_args, training_args.explicit_flags, "video_cls" if visual == "video" else "fusion_imagetext_cls"
+    )
     columns = MultimodalColumns(
         **{visual: getattr(fusion_args, f"{visual}_column")},
         text=fusion_args.text_column,

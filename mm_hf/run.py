@@ -18,6 +18,13 @@ from transformers import EarlyStoppingCallback, Trainer, default_data_collator
 
 from .args import TRAINING_DEFAULTS, FinetuneArguments, explicit_flags, fill_defaults, parse_args
 from .data.loading import load_classification_splits, require_evaluation_split
+from .data.streaming import (
+    StreamedSplit,
+    StreamSkips,
+    check_streaming_flags,
+    load_stream_splits,
+    stream_training_arguments,
+)
 from .data.validation import check_splits
 from .engines import check_engine, prepare_for_engine
 from .errors import UserError
@@ -33,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 
 def prepare_training_arguments(
-    training_args, ft_args, has_validation: bool, best_metric: str = "accuracy", **overrides
+    training_args, ft_args, has_validation: bool, best_metric: str = "accuracy", streaming: bool = False, **overrides
 ):
     """TrainingArguments adjusted to what the recipes need; returns a new, re-validated object.
 
@@ -48,6 +55,8 @@ def prepare_training_arguments(
       refuses a --save_strategy / --eval_strategy of the user's that cannot keep the best checkpoint.
     - with --hp_search, the trials are compared by `metric_for_best_model` (default `best_metric`) on the
       validation split, which is then required.
+    - `streaming` (a streamed training split, `mm_hf.data.streaming`): no evaluation each epoch (a stream has none
+      the processes agree on), and each process reads its own shards (`stream_training_arguments`).
     - `overrides`: recipe-specific settings (e.g. `dataloader_drop_last=True` for gathered contrastive losses).
     """
     if not training_args.output_dir:
@@ -61,7 +70,9 @@ def prepare_training_arguments(
     }
     explicit = getattr(training_args, "explicit_flags", set())
     user_saving = explicit & {"save_strategy", "save_steps"}
-    if has_validation and training_args.eval_strategy == "no" and "eval_strategy" not in explicit:
+    if streaming:
+        training_args = stream_training_arguments(training_args)
+    if has_validation and training_args.eval_strategy == "no" and "eval_strategy" not in explicit and not streaming:
         changes["eval_strategy"] = "epoch"
         if training_args.save_strategy == "steps" and not user_saving:
             changes["save_strategy"] = "epoch"
@@ -187,28 +198,46 @@ def start_run(argument_types, argv):
 def load_checked_splits(
     data_args, training_args, cache_dir, column: str, label_column: str, check, *, input_flag: str, **check_kwargs
 ):
-    """A classification recipe's data: every split loaded (on the main process first: one download/cache build, then
-    the others read it), then each sample checked by `check` (`check_images`, `check_audio`) before any training.
+    """A classification recipe's data: every split loaded and its samples checked by `check` (`check_images`,
+    `check_audio`) as --validate_samples says, before any training. Both run on the main process first: it
+    downloads, builds the caches and checks; the others then read its dataset cache and its cached verdict.
 
-    Returns `(splits, skipped)` as `check_splits` does; errors name `input_flag`, the running recipe's column flag.
+    With --streaming the training split is a `mm_hf.data.streaming.StreamedSplit`, checked as it is read; only the
+    validation/test splits are checked here. Returns `(splits, skipped)` as `check_splits` does (with a stream,
+    a `StreamSkips`, which gathers the stream's skipped samples at the end of training: pass it to
+    `build_trainer`); errors name `input_flag`, the running recipe's column flag.
     """
+    check_streaming_flags(data_args, training_args, getattr(training_args, "explicit_flags", set()))
+    load = load_stream_splits if data_args.streaming else load_classification_splits
     with training_args.main_process_first(desc="loading data"):
-        splits = load_classification_splits(
-            data_args, column, label_column, cache_dir, training_args.seed, input_flag=input_flag
-        )
-    return check_splits(
-        splits,
-        check,
-        column,
-        skip_bad=data_args.skip_bad_samples,
-        num_proc=data_args.preprocessing_num_workers,
-        **check_kwargs,
-    )
+        splits = load(data_args, column, label_column, cache_dir, training_args.seed, input_flag=input_flag)
+        checked = {name: ds for name, ds in splits.items() if not isinstance(ds, StreamedSplit)}
+        skipped = {name: [] for name in checked}
+        if data_args.validate_samples != "none":
+            checked, skipped = check_splits(
+                checked,
+                check,
+                column,
+                skip_bad=data_args.skip_bad_samples,
+                num_proc=data_args.preprocessing_num_workers,
+                mode=data_args.validate_samples,
+                cache=True,
+                cache_dir=cache_dir,
+                **check_kwargs,
+            )
+    splits = {**splits, **checked}
+    train = splits["train"]
+    if isinstance(train, StreamedSplit):
+        return splits, StreamSkips(train.log, skipped)
+    return splits, skipped
 
 
-def build_trainer(model, training_args, datasets: dict, processor, compute_metrics=None) -> Trainer:
+def build_trainer(model, training_args, datasets: dict, processor, compute_metrics=None, skipped=None) -> Trainer:
     """The stock Trainer of every recipe: train on `datasets["train"]`, evaluate during training on the validation
-    split when there is one, batches stacked by `default_data_collator` (the transforms return tensors)."""
+    split when there is one, batches stacked by `default_data_collator` (the transforms return tensors).
+
+    `skipped`: what `load_checked_splits` returned; a stream's (`StreamSkips`) is a callback gathering the samples
+    the training stream skipped when training ends."""
     return Trainer(
         model=prepare_for_engine(model),  # FSDP: scalar parameters as (1,) tensors (mm_hf.engines)
         args=training_args,
@@ -217,6 +246,7 @@ def build_trainer(model, training_args, datasets: dict, processor, compute_metri
         processing_class=processor,
         data_collator=default_data_collator,
         compute_metrics=compute_metrics,
+        callbacks=[skipped] if isinstance(skipped, StreamSkips) else None,
     )
 
 
@@ -278,7 +308,7 @@ def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, be
         mark_unfinished(trainer.args.output_dir, resumed_from)
     if trainer.args.do_train and fit is not None:
         start = time.perf_counter()
-        results.update(fit(datasets["train"], datasets.get("validation")), train_samples=len(datasets["train"]))
+        results.update(fit(datasets["train"], datasets.get("validation")), **_train_samples(datasets["train"], trainer))
         train_runtime = results["train_runtime"] = time.perf_counter() - start
     elif trainer.args.do_train:
         early_stopping = None
@@ -290,7 +320,7 @@ def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, be
         train_result = trainer.train(resume_from_checkpoint=resumed_from)
         trainer.model_init = None  # set by the search: the retrained model is the run's model from here on
         train_runtime = train_result.metrics.get("train_runtime")
-        results.update(train_result.metrics, train_samples=len(datasets["train"]))
+        results.update(train_result.metrics, **_train_samples(datasets["train"], trainer))
         if early_stopping is not None:
             trainer.remove_callback(early_stopping)
     results.update(measure.validation(split))
@@ -317,3 +347,12 @@ def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, be
         hp_search,
         resumed_from,
     )
+
+
+def _train_samples(train, trainer) -> dict:
+    """`train_samples` for all_results.json; a stream has no length: what its `StreamSkips` counted instead (the
+    samples read, every pass, per process)."""
+    if hasattr(train, "__len__"):
+        return {"train_samples": len(train)}
+    skips = [c for c in trainer.callback_handler.callbacks if isinstance(c, StreamSkips)]
+    return skips[0].summary() if skips else {}

@@ -117,8 +117,12 @@ def main(argv=None):
     # mean-pooled frames (attention pooling learns its frame scores, so its backbone runs every batch:
     # see mm_hf.features.can_cache_pooled).
     pooled_cacheable = audio_text or audio_args.pooling == "mean"
-    cache = ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features and pooled_cacheable
+    cacheable = pooled_cacheable and not data_args.streaming  # a stream is decoded as it is read, not cached
+    cache = ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features and cacheable
     why_uncached = "--precompute_features false" if pooled_cacheable else "--pooling attention (learned frame scores)"
+    why_uncached = (
+        "--streaming (a stream is decoded as it is read, not cached)" if data_args.streaming else why_uncached
+    )
     lbfgs = use_lbfgs_probe(ft_args, training_args, cached=cache, why_uncached=why_uncached)
     before_label = "zero-shot" if zeroshot else "untrained head"
 
@@ -137,7 +141,9 @@ def main(argv=None):
     )  # fmt: skip
     skipped.update(skipped_shifted)
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
-    training_args = prepare_training_arguments(training_args, ft_args, has_validation="validation" in splits)
+    training_args = prepare_training_arguments(
+        training_args, ft_args, has_validation="validation" in splits, streaming=data_args.streaming
+    )
 
     # 4. Model, then what the strategy leaves trainable: CLAP's audio tower + cosine head (zero-shot or random),
     # or any audio encoder + pooling over time + a new head
@@ -170,13 +176,13 @@ def main(argv=None):
     clips = dict(audio_column=column, max_length_seconds=audio_args.max_length_seconds, augment=audio_args.augment)
     transforms = [AudioTransform(feature_extractor, train=train, **clips) for train in (True, False)]  # train, eval
     if ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features and not cache:
-        logger.info("--pooling attention learns per-frame scores: the frozen backbone runs on every batch, uncached")
+        logger.info("%s: the frozen backbone runs on every batch, uncached", why_uncached)
     datasets_ = classifier_datasets(model, splits, *transforms, training_args, cache, ft_args.features_cache_dir)
 
     # 6. Evaluate the untouched model, train (or fit a linear probe's head to convergence on the cached features by
     # L-BFGS instead of by epochs), evaluate again
     metrics = ClassificationMetrics(id2label)
-    trainer = build_trainer(model, training_args, datasets_, processing_class, metrics)
+    trainer = build_trainer(model, training_args, datasets_, processing_class, metrics, skipped=skipped)
     fit = partial(fit_classifier_head, model, device=training_args.device) if lbfgs else None
     measure = with_shifts(
         TrainerMeasure(trainer, datasets_, metrics), shifts, trainer, splits, transforms[1], id2label.values()

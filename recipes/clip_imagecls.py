@@ -7,7 +7,8 @@
 Local data: --train_dir/--validation_dir/--test_dir (one sub-folder per class) or
 --train_file/--validation_file/--test_file (CSV/JSONL with an image path column and a label column, named by
 --image_column and --label_column); defaults from a YAML file with --config recipes/configs/clip_imagecls.yaml
-(the CLI wins).
+(the CLI wins). Data larger than the disk or than one pass of checks: --streaming --max_steps N, e.g. over
+WebDataset shards: --train_file 'shards/train-*.tar' --image_column jpg --label_column cls --class_names ...
 
 The classifier head starts as CLIP's zero-shot classifier (prompt-ensembled class-name embeddings) when that
 beats chance on the validation split (--head_init auto), else at random; the test split is evaluated before
@@ -33,7 +34,7 @@ from mm_hf.args import (
 from mm_hf.data.images import check_images
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.transforms import build_image_transform
-from mm_hf.errors import run_cli
+from mm_hf.errors import UserError, run_cli
 from mm_hf.evaluate.shifts import load_run_shifts, with_shifts
 from mm_hf.features import classifier_datasets
 from mm_hf.measures import TrainerMeasure
@@ -88,8 +89,12 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parsed = fill_strategy_defaults(start_run(ARGUMENT_TYPES, argv))  # lr, epochs, schedule per strategy
     model_args, data_args, ft_args, cls_args, robust_args, training_args = parsed
-    cache = ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features
-    lbfgs = use_lbfgs_probe(ft_args, training_args, cached=cache)
+    # A linear probe caches the frozen tower's features of every split, which a stream cannot hold.
+    cache = ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features and not data_args.streaming
+    why_uncached = (
+        "--streaming (a stream is decoded as it is read)" if data_args.streaming else "--precompute_features false"
+    )
+    lbfgs = use_lbfgs_probe(ft_args, training_args, cached=cache, why_uncached=why_uncached)
 
     # 2. Data: every split validated (columns, labels, decodable images) before any training
     column = cls_args.image_column
@@ -105,7 +110,14 @@ def main(argv=None):
     )  # fmt: skip
     skipped.update(skipped_shifted)
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
-    training_args = prepare_training_arguments(training_args, ft_args, has_validation="validation" in splits)
+    training_args = prepare_training_arguments(
+        training_args, ft_args, has_validation="validation" in splits, streaming=data_args.streaming
+    )
+    if data_args.streaming and cls_args.head_init == "auto" and "validation" not in splits:
+        raise UserError(
+            "--head_init auto measures the zero-shot head on the validation split, and with --streaming there is no "
+            "training data to hold out: pass --validation_dir/--validation_file, or --head_init zeroshot/random"
+        )
 
     # 3. Processor and model (its head is chosen in 5)
     hub_kwargs = model_args.hub_kwargs()
@@ -151,7 +163,7 @@ def main(argv=None):
     # 6. Evaluate the untouched model, train (or fit a linear probe's head to convergence on the cached features by
     # L-BFGS instead of by epochs), evaluate again
     metrics = ClassificationMetrics(id2label)
-    trainer = build_trainer(model, training_args, datasets_, processor, metrics)
+    trainer = build_trainer(model, training_args, datasets_, processor, metrics, skipped=skipped)
     fit = partial(fit_classifier_head, model, device=training_args.device) if lbfgs else None
     measure = with_shifts(
         TrainerMeasure(trainer, datasets_, metrics), shifts, trainer, splits, eval_transform, id2label.values()

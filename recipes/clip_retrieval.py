@@ -40,6 +40,7 @@ from mm_hf.args import (
 )
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.pairs import load_caption_splits
+from mm_hf.data.streaming import refuse_streaming
 from mm_hf.data.validation import check_splits
 from mm_hf.errors import run_cli
 from mm_hf.measures import RetrievalMeasure
@@ -118,6 +119,7 @@ def main(argv=None):
     max_length = text_max_length(tokenizer, backbone.config, ret_args.max_seq_length)
 
     # 3. Data: captions cleaned, images/clips decodable, before any training
+    refuse_streaming(data_args, training_args.explicit_flags, "clip_retrieval")
     with training_args.main_process_first(desc="loading data"):
         splits = load_caption_splits(
             data_args,

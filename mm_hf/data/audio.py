@@ -140,6 +140,41 @@ def _check_samples(samples: Any, rate: Any, name: str) -> tuple[np.ndarray, int,
     return samples, int(rate), name
 
 
+def check_audio_header(source: AudioSource) -> None:
+    """Check `source` without decoding its samples (`--validate_samples header`): it exists, is non-empty, libsndfile
+    reads its header, which declares a positive rate and at least one frame. Raises `BadSampleError` as
+    `load_audio` does for those faults; corrupt sample data passes (only decoding finds it: `full`)."""
+    if source is None:
+        raise BadSampleError("<missing>", "no audio (the value is None)")
+    if isinstance(source, Mapping) and source.get("array") is not None:
+        _check_samples(source["array"], source.get("sampling_rate"), source.get("path") or "<in-memory array>")
+        return
+    if isinstance(source, Mapping):
+        data, path = source.get("bytes"), source.get("path")
+        if not data and not path:
+            raise BadSampleError(IN_MEMORY, "the audio record has neither 'bytes', 'path' nor 'array'")
+        file, name = (io.BytesIO(data), path or IN_MEMORY) if data else (Path(path), str(path))
+    elif isinstance(source, bytes | bytearray | memoryview):
+        file, name = io.BytesIO(bytes(source)), IN_MEMORY
+    else:
+        file, name = Path(source), str(source)
+    if isinstance(file, Path):
+        if not file.exists():
+            raise BadSampleError(file, "file not found")
+        if not file.is_file():
+            raise BadSampleError(file, "not a regular file")
+        if file.stat().st_size == 0:
+            raise BadSampleError(file, "empty file (0 bytes)")
+    try:
+        info = sf.info(file)
+    except Exception as error:
+        raise BadSampleError(name, f"not audio, or a corrupt header ({type(error).__name__}: {error})") from error
+    if info.samplerate <= 0:
+        raise BadSampleError(name, f"invalid sampling rate {info.samplerate!r}")
+    if info.frames == 0:
+        raise BadSampleError(name, "zero-length audio (no samples)")
+
+
 def check_audio(
     dataset: datasets.Dataset,
     column: str,
@@ -150,8 +185,13 @@ def check_audio(
     split_name: str = "train",
     allow_missing: bool = False,
     reject_silent: bool = False,
+    mode: str = "full",
+    cache: bool = False,
+    cache_dir: str | None = None,
 ) -> tuple[datasets.Dataset, list[tuple[str, str]]]:
-    """Decode (and resample) every clip in `dataset[column]` once, before training, to find bad samples.
+    """Decode (and resample) every clip in `dataset[column]` once (`mode="header"`: only read its header,
+    `check_audio_header`), before training, to find bad samples; with `cache` the verdict is cached
+    (`mm_hf.data.validation.verdict_key`).
 
     Returns `(dataset, bad)` where `bad` lists `(source, reason)` pairs. With `skip_bad=False` any bad
     sample raises `BadSampleError` listing the first few; with `skip_bad=True` they are dropped from
@@ -159,6 +199,8 @@ def check_audio(
     records; decoded audio is never stored. Silent clips count as bad only with `reject_silent=True`.
     """
     load = functools.partial(load_audio, sampling_rate=sampling_rate, reject_silent=reject_silent)
+    if mode == "header":
+        load = check_audio_header
     return check_samples(
         dataset,
         column,
@@ -169,6 +211,10 @@ def check_audio(
         num_proc=num_proc,
         split_name=split_name,
         allow_missing=allow_missing,
+        check_id=(f"audio/{mode}" if mode == "header" else f"audio/full/{sampling_rate}/{reject_silent}")
+        if cache
+        else None,
+        cache_dir=cache_dir,
     )
 
 

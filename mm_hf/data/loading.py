@@ -238,7 +238,7 @@ def _root_cause(error: BaseException) -> str:
 
 def read_table(path: str, input_column: str, label_column: str, cache_dir, flags: dict | None = None) -> Dataset:
     ds = read_data_file(path, cache_dir)
-    _require_columns(ds, (input_column, label_column), path, flags)
+    require_columns(ds, (input_column, label_column), path, flags)
     base = os.path.dirname(os.path.abspath(path))
 
     def resolve(batch):
@@ -262,7 +262,7 @@ def hub_split_name(hub: DatasetDict, split: str) -> str | None:
 
 
 def select_hub_columns(ds: Dataset, input_column: str, label_column: str, source: str, flags=None) -> Dataset:
-    _require_columns(ds, (input_column, label_column), source, flags)
+    require_columns(ds, (input_column, label_column), source, flags)
     ds = ds.select_columns([input_column, label_column])
     # Decode media ourselves (robust modes, errors naming the sample) instead of in the datasets library.
     feature = ds.features[input_column]
@@ -271,7 +271,7 @@ def select_hub_columns(ds: Dataset, input_column: str, label_column: str, source
     return ds
 
 
-def _require_columns(ds: Dataset, columns, source: str, flags: dict | None = None) -> None:
+def require_columns(ds: Dataset, columns, source: str, flags: dict | None = None) -> None:
     """Refuse `ds` without every one of `columns`; `flags` (column -> the recipe's flag naming it) says what to set."""
     missing = [c for c in columns if c not in ds.column_names]
     if missing:

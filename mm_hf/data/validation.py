@@ -1,15 +1,24 @@
 """Validate a dataset's samples before training starts.
 
 A corrupt or truncated file deep in a dataset otherwise crashes a run hours in (or, worse, trains on
-garbage). `check_samples` decodes every sample of a split once, up front, with a loader such as
-`load_image` or `load_audio`, and either fails with a list of the bad files or drops them. Loaders
-report an unusable sample by raising `BadSampleError` naming the file.
+garbage). `check_samples` runs a loader such as `load_image` (decodes every sample: `--validate_samples full`)
+or `check_image_header` (opens and size-checks it: `header`) over every sample of a split once, up front, and
+either fails with a list of the bad files or drops them. Loaders report an unusable sample by raising
+`BadSampleError` naming the file.
+
+A verdict is cached on disk (`verdict_key`): the next run on the same data, and the other processes of this run
+(the recipes check on the main process first), read it instead of checking again. The key covers what the check
+read: each file's path, size and modification time, and for samples stored in the dataset itself (Hub bytes) the
+dataset's fingerprint, so an edited or replaced file is checked again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -23,6 +32,10 @@ logger = logging.getLogger(__name__)
 MAX_LISTED = 5
 # The source name of a sample given as bytes rather than a file, in messages.
 IN_MEMORY = "<in-memory bytes>"
+# What --validate_samples accepts: decode every sample, read its header only, or trust the data.
+VALIDATION_MODES = ("full", "header", "none")
+# Bumped when a check's verdicts change meaning, so older cached verdicts are not reused.
+VERDICT_VERSION = 1
 
 
 class BadSampleError(UserError):
@@ -77,8 +90,13 @@ def check_samples(
     num_proc: int | None = None,
     split_name: str = "train",
     allow_missing: bool = False,
+    check_id: str | None = None,
+    cache_dir: str | None = None,
 ) -> tuple[datasets.Dataset, list[tuple[str, str]]]:
     """Run `load` once on every sample in `dataset[column]`, before training, to find unusable ones.
+
+    `check_id` names what `load` checks (e.g. "images/header", "audio/full/16000"); with it the verdict is cached
+    under `cache_dir` (default: the datasets cache) and reused while the data is unchanged (`verdict_key`).
 
     With `allow_missing` a None sample is fine (a multimodal row lacking this modality) and is not loaded.
 
@@ -94,6 +112,11 @@ def check_samples(
     if column not in dataset.column_names:
         raise KeyError(f"No column {column!r} in the {split_name} split; columns are {dataset.column_names}.")
     view = _undecoded(dataset, column, feature_type)
+    key = verdict_key(view, column, f"{check_id}/{allow_missing}") if check_id else None
+    cached = read_verdict(key, cache_dir) if key else None
+    if cached is not None and cached["total"] == len(dataset):
+        logger.info("Reusing the %s check of %s (%d samples) from the cache", check_id, split_name, len(dataset))
+        return _apply_verdict(dataset, [(i, (s, r)) for i, s, r in cached["bad"]], split_name, kind, skip_bad)
     found = view.map(
         _find_bad_samples,
         fn_kwargs={"load": load, "split_name": split_name, "allow_missing": allow_missing},
@@ -105,7 +128,8 @@ def check_samples(
         # (an all-None column would be typed `null`).
         features=datasets.Features({"bad_source": datasets.Value("string"), "bad_reason": datasets.Value("string")}),
         num_proc=num_proc,
-        # Files can change on disk under the same paths, so never reuse an earlier verdict.
+        # Files can change on disk under the same paths: an earlier verdict is reused only through `verdict_key`,
+        # which covers their sizes and modification times.
         load_from_cache_file=False,
         keep_in_memory=True,
         desc=f"Checking {wording.progress} in {split_name}",
@@ -115,6 +139,14 @@ def check_samples(
         for index, (source, reason) in enumerate(zip(found["bad_source"], found["bad_reason"], strict=True))
         if reason is not None
     ]
+    if key:
+        write_verdict(key, cache_dir, len(dataset), [(i, s, r) for i, (s, r) in bad_rows])
+    return _apply_verdict(dataset, bad_rows, split_name, kind, skip_bad)
+
+
+def _apply_verdict(dataset, bad_rows: list, split_name: str, kind: str, skip_bad: bool):
+    """`(dataset, bad)` from the bad rows `[(index, (source, reason))]`: raise, or drop them with `skip_bad`."""
+    wording = _WORDING[kind]
     if not bad_rows:
         return dataset, []
     bad = [pair for _, pair in bad_rows]
@@ -185,3 +217,59 @@ def check_splits(splits, check: Callable, *args, **kwargs) -> tuple[Any, dict[st
     for name in list(splits):
         splits[name], skipped[name] = check(splits[name], *args, split_name=name, **kwargs)
     return splits, skipped
+
+
+def verdict_key(view: datasets.Dataset, column: str, check_id: str) -> str:
+    """What a check's verdict depends on, hashed: the check, the column, and each sample's identity in row order.
+
+    A path (or a record holding only a path) counts by its path, size and modification time (nanoseconds), one
+    `os.stat` each (about 2 s for a million local files); samples stored in the dataset (bytes) by the dataset's
+    fingerprint, which datasets derives from its Arrow files and the operations since, so it changes with them.
+    """
+    digest = hashlib.sha256(f"{VERDICT_VERSION}\0{check_id}\0{column}\0{len(view)}".encode())
+    stored = False
+    for batch in view.select_columns([column]).with_format("arrow").iter(batch_size=10_000):
+        values = batch.column(0).to_pylist()
+        for value in values:
+            path = value
+            if isinstance(value, Mapping):
+                stored = stored or bool(value.get("bytes")) or value.get("array") is not None
+                path = None if value.get("bytes") else value.get("path")
+            if isinstance(path, str) and path:
+                try:
+                    stat = os.stat(path)
+                    digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+                except OSError:
+                    digest.update(f"{path}\0missing\n".encode())
+            else:
+                digest.update(b"-\n")
+    if stored:
+        digest.update(view._fingerprint.encode())
+    return digest.hexdigest()
+
+
+def _verdict_path(key: str, cache_dir: str | None) -> str:
+    root = cache_dir or datasets.config.HF_DATASETS_CACHE
+    return os.path.join(str(root), "mm_hf_sample_checks", f"{key}.json")
+
+
+def read_verdict(key: str, cache_dir: str | None) -> dict | None:
+    """The cached verdict `{"total": n, "bad": [[index, source, reason], ...]}` under `key`, or None."""
+    try:
+        with open(_verdict_path(key, cache_dir), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def write_verdict(key: str, cache_dir: str | None, total: int, bad: list) -> None:
+    """Cache a verdict (temp file + rename: a process reading it never sees half a file); a read-only cache only
+    costs the reuse."""
+    path = _verdict_path(key, cache_dir)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), delete=False, encoding="utf-8") as f:
+            json.dump({"total": total, "bad": bad}, f)
+        os.replace(f.name, path)
+    except OSError as error:
+        logger.warning("cannot cache the sample check in %s: %s", path, error)

@@ -26,6 +26,7 @@ from ..args import (
 )
 from ..corruptions import parse_severities, select_corruptions
 from ..data.loading import read_labelled_split
+from ..data.streaming import refuse_streaming
 from ..errors import UserError
 from ..metrics.calibration import fit_temperature
 from ..metrics.robustness import effective_robustness, fit_id_ood_line, line_accuracy, robustness_summary
@@ -154,6 +155,7 @@ def main(argv=None) -> dict | None:
     if refused:
         raise UserError(f"{', '.join(refused)}: evaluation scores a test set; give it with --test_dir/--test_file/"
                         "--dataset_name, shifted sets with --ood and a calibration set with --calibration_data")  # fmt: skip
+    refuse_streaming(data_args, explicit, "mm_hf.evaluate")  # DataArguments' --streaming, --validate_samples, ...
     models = cands.parse_named(args.model, "--model")
     ood_sources = cands.parse_named(args.ood, "--ood")
     if not models:
