@@ -10,11 +10,12 @@ import sys
 import yaml
 from transformers.dynamic_module_utils import custom_object_save
 
-from .cards import RunInfo, write_model_card, write_run_info
+from .cards import ROBUSTNESS_REPORT, RunInfo, write_model_card, write_run_info
 from .models import MultimodalFusionForClassification
 from .models.fusion import Task
 from .publish import publish_run
 from .reports import plot_training_curves, write_classification_report, write_confusion_matrix, write_task_report
+from .wise_ft import plot_wise_ft_curve
 
 
 def save_model(trainer, output_dir: str, merge_lora: bool = False) -> str:
@@ -188,12 +189,18 @@ def save_run(
     write_run_config(out, config, info.command)
     with open(os.path.join(out, "before_after.md"), "w") as f:
         f.write(run.table)
+    if run.robustness:  # WiSE-FT / LP-FT: every model the run went through, on every set, and the α curve
+        with open(os.path.join(out, ROBUSTNESS_REPORT), "w") as f:
+            f.write(run.robustness)
+        plot_wise_ft_curve(results, os.path.join(out, "wise_ft_curve.png"))
     measured = dict(
         eval_split=run.eval_key, before_label=run.before_label, trainable=run.trainable, train_runtime=run.train_runtime
     )
     write_run_info(out, dataclasses.replace(info, saved_as=saved_as, **measured))
     write_model_card(out)
     print(f"\n{run.headline}:\n\n{run.table}")
+    if run.robustness:
+        print(f"Robust fine-tuning ({ROBUSTNESS_REPORT}):\n\n{run.robustness}")
     if report_text is not None:
         print(report_text)
     bad = [f"{source} ({why})" for samples in skipped.values() for source, why in samples[:5]]

@@ -23,6 +23,7 @@ from .host_memory import return_freed_tensors_to_os
 from .measures import Measure
 from .reports import format_before_after_table
 from .training import trainable_parameters
+from .wise_ft import WiseFT, format_robustness_report
 
 logger = logging.getLogger(__name__)
 
@@ -211,9 +212,20 @@ class RunResult:
     before_report: dict | None = None  # the measure's full reports (per class / head), None when it has none
     after_report: dict | None = None
     write_report: Callable | None = None  # write_report(output_dir, report, prefix="") -> its text
+    robustness: str | None = None  # the WiSE-FT / LP-FT report (mm_hf.wise_ft.format_robustness_report), if any
 
 
-def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, before_label: str, fit=None) -> RunResult:
+def train_and_evaluate(
+    trainer,
+    datasets: dict,
+    measure: Measure,
+    ft_args,
+    *,
+    before_label: str,
+    fit=None,
+    first_stage: Callable[[], dict] | None = None,
+    extra_sets: dict | None = None,
+) -> RunResult:
     """The protocol of every recipe: measure the untouched model on the held-out split (test, else validation),
     train, measure again.
 
@@ -225,19 +237,32 @@ def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, be
     are logged and recorded for the card. `fit(train, validation)`, when given, trains on those datasets instead
     of `trainer.train` (e.g. `mm_hf.probe.fit_classifier_head` on cached features) and returns what to record; its
     wall time is the train runtime.
+
+    Robust fine-tuning: `first_stage()` (LP-FT's linear probe, mm_hf.lp_ft) runs after the first measure and before
+    training, returns what to record, and its model is measured too (`lp_<key>_*`). `--wise_ft_alphas`
+    (`ft_args.wise_ft_alphas`) snapshots the weights before any training and, after it, sweeps α on the validation
+    split and on `extra_sets` (name -> dataset: the OOD sets), keeps the best α and measures the fine-tuned model
+    (`finetuned_<key>_*`) and the chosen one (`<key>_*`) on the held-out split (mm_hf.wise_ft.WiseFT).
     """
     require_evaluation_split(datasets)  # the loaders of the fusion recipes accept train alone
     trainable = trainable_parameters(trainer.model)
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
     split = "test" if "test" in datasets else "validation"
     key = "test" if split == "test" else "eval"
+    wise_ft = WiseFT.start(trainer, measure, datasets, ft_args, extra_sets) if trainer.args.do_train else None
     before = measure.before(split, f"zeroshot_{key}")
     before_report = measure.report
+    results, train_runtime = dict(before), None
+    if first_stage is not None and trainer.args.do_train:
+        start = time.perf_counter()
+        results.update(first_stage())
+        results.update(measure.before(split, f"lp_{key}"), lp_seconds=time.perf_counter() - start)
+        if split != "validation" and "validation" in datasets:
+            results.update(trainer.evaluate(datasets["validation"], metric_key_prefix="lp_eval"))
     # evaluate() marks the model as prepared without wrapping it in DDP, and train() would then skip the wrapping:
     # each process would train its own copy (transformers 5.23 + accelerate 1.15). Resetting the flag lets train()
     # wrap it as usual.
     trainer.model._is_accelerate_prepared = False
-    results, train_runtime = dict(before), None
     if trainer.args.do_train and fit is not None:
         start = time.perf_counter()
         results.update(fit(datasets["train"], datasets.get("validation")), train_samples=len(datasets["train"]))
@@ -252,9 +277,12 @@ def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, be
         results.update(train_result.metrics, train_samples=len(datasets["train"]))
         if early_stopping is not None:
             trainer.remove_callback(early_stopping)
+    if wise_ft is not None:
+        results.update(wise_ft.sweep(split, key))  # the model is left at the chosen α: what is measured and saved
     results.update(measure.validation(split))
     after = measure.after(split, key)
     results.update(after)
+    robustness = format_robustness_report(results, key, before_label) if trainer.args.do_train else None
     rows = measure.table_metrics(key)
     table = format_before_after_table(
         {k.removeprefix("zeroshot_"): v for k, v in before.items()},
@@ -273,4 +301,5 @@ def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, be
         before_report,
         measure.report,
         measure.write_report,
+        robustness,
     )

@@ -34,6 +34,7 @@ from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.transforms import build_image_transform
 from mm_hf.errors import run_cli
 from mm_hf.features import classifier_datasets
+from mm_hf.lp_ft import lp_ft_first_stage
 from mm_hf.measures import TrainerMeasure
 from mm_hf.metrics.streaming import ClassificationMetrics
 from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, build_dual_encoder_classifier, resolve_head_init
@@ -130,6 +131,7 @@ def main(argv=None):
         measured_on="validation" if "validation" in datasets_ else "train",
     )
     model = apply_strategy(model, ft_args)
+    first_stage = lp_ft_first_stage(model, splits, eval_transform, training_args, ft_args)  # LP-FT's probe
 
     # 6. Evaluate the untouched model, train (or fit a linear probe's head to convergence on the cached features by
     # L-BFGS instead of by epochs), evaluate again
@@ -138,7 +140,9 @@ def main(argv=None):
     fit = partial(fit_classifier_head, model, device=training_args.device) if lbfgs else None
     measure = TrainerMeasure(trainer, datasets_, metrics)
     before_label = "zero-shot" if head["head_init"] == "zeroshot" else "random head"
-    run = train_and_evaluate(trainer, datasets_, measure, ft_args, before_label=before_label, fit=fit)
+    run = train_and_evaluate(
+        trainer, datasets_, measure, ft_args, before_label=before_label, fit=fit, first_stage=first_stage
+    )
 
     # 7. Save the model, outputs and model card (and publish when --push_to_hub)
     run.results.update({f"head_{k}" if k != "head_init" else k: v for k, v in head.items()})
