@@ -10,13 +10,14 @@ Here both stages are one run, one output folder (`--finetune_strategy lp_ft --lp
 `apply_strategy` prepares the second stage (what will train); `lp_ft_first_stage` gives the protocol
 (`mm_hf.run.train_and_evaluate`'s `first_stage`) the probe stage, which runs the untouched backbone once over
 train and validation, fits the head to convergence by L-BFGS (`mm_hf.probe.fit_classifier_head`, exactly what
-`--finetune_strategy linear_probe` does) and writes it into the model in place: a LoRA second stage's head copy
-included (peft's modules_to_save forwards to its trained copy), and LoRA's B factors start at zero, so the
+`--finetune_strategy linear_probe` does) and writes it into the model in place (under a LoRA second stage, into
+peft's trained modules_to_save copy of the head); LoRA's B factors start at zero, so the
 features the probe sees are the pretrained ones either way. Its results are recorded as `lp_*`.
 """
 
 import logging
 from collections.abc import Callable
+from types import SimpleNamespace
 
 from .errors import UserError
 from .features import can_cache_pooled, precompute_features
@@ -50,7 +51,8 @@ def lp_ft_first_stage(model, splits: dict, eval_transform, training_args, ft_arg
             for name in ("train", "validation")
             if name in splits
         }
-        fitted = fit_classifier_head(base, features["train"], features.get("validation"), device=training_args.device)
+        head = SimpleNamespace(classifier=_trained_head(base.classifier), config=base.config)
+        fitted = fit_classifier_head(head, features["train"], features.get("validation"), device=training_args.device)
         logger.info(
             "LP-FT stage 1: linear probe fitted (C=%.4g); stage 2 trains %s from its head",
             fitted["probe_C"],
@@ -60,3 +62,10 @@ def lp_ft_first_stage(model, splits: dict, eval_transform, training_args, ft_arg
         return {f"lp_{k}" if not k.startswith("probe_") else k: v for k, v in fitted.items()}
 
     return probe_stage
+
+
+def _trained_head(head):
+    """The head copy that trains: under LoRA, peft's modules_to_save copy of the active adapter (its original stays
+    at the zero-shot / random initialisation, unused)."""
+    copies = getattr(head, "modules_to_save", None)
+    return copies[head.active_adapters[0]] if copies is not None else head

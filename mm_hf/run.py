@@ -19,6 +19,7 @@ from .args import TRAINING_DEFAULTS, FinetuneArguments, explicit_flags, fill_def
 from .data.loading import load_classification_splits, require_evaluation_split
 from .data.validation import check_splits
 from .errors import UserError
+from .flyp import FlypClassifier
 from .host_memory import return_freed_tensors_to_os
 from .measures import Measure
 from .reports import format_before_after_table
@@ -253,6 +254,8 @@ def train_and_evaluate(
     before = measure.before(split, f"zeroshot_{key}")
     before_report = measure.report
     results, train_runtime = dict(before), None
+    if isinstance(trainer.accelerator.unwrap_model(trainer.model), FlypClassifier):
+        results["finetune_loss"] = "flyp"  # the robustness report names the method
     if first_stage is not None and trainer.args.do_train:
         start = time.perf_counter()
         results.update(first_stage())

@@ -312,7 +312,8 @@ def format_robustness_report(results: dict, key: str, before_label: str, metric:
     every OOD set of the α curve, then the α curve itself. Read from all_results.json's keys, so it can be rebuilt
     from a finished run."""
     curve = results.get("wise_ft_curve") or []
-    if not curve and f"lp_{key}_{metric}" not in results:
+    flyp = results.get("finetune_loss") == "flyp"
+    if not curve and not flyp and f"lp_{key}_{metric}" not in results:
         return None
     by_alpha = {point["alpha"]: point for point in curve}
     sets = [name for name in (curve[0] if curve else {}) if name != "alpha"]
@@ -330,7 +331,7 @@ def format_robustness_report(results: dict, key: str, before_label: str, metric:
     if lp:
         lp_point = {"validation": {metric: results.get(f"lp_eval_{metric}")}}
         rows.append(row("linear probe (LP-FT stage 1)", _value(results, f"lp_{key}_{metric}"), lp_point))
-    tuned = "LP-FT" if lp else "fine-tuned"
+    tuned = "LP-FT" if lp else "FLYP" if flyp else "fine-tuned"
     if curve:
         rows.append(row(f"{tuned} (α = 1)", _value(results, f"finetuned_{key}_{metric}"), by_alpha.get(1.0)))
         rows.append(row(f"WiSE-FT (α = {alpha:g}, saved)", _value(results, f"{key}_{metric}"), by_alpha.get(alpha)))

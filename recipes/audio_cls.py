@@ -22,11 +22,12 @@ import sys
 from dataclasses import dataclass, field
 from functools import partial
 
-from transformers import AutoConfig, AutoFeatureExtractor, AutoProcessor, TrainingArguments
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoProcessor, TrainingArguments
 
 from mm_hf.args import (
     AudioColumnArguments,
     AudioModelArguments,
+    ClassifierLossArguments,
     DataArguments,
     FinetuneArguments,
     LabelColumnArguments,
@@ -37,10 +38,12 @@ from mm_hf.data.audio import AudioTransform, check_audio
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.errors import UserError, run_cli
 from mm_hf.features import classifier_datasets
+from mm_hf.flyp import build_flyp_classifier, check_flyp, finish_flyp
+from mm_hf.lp_ft import lp_ft_first_stage
 from mm_hf.measures import TrainerMeasure
 from mm_hf.metrics.streaming import ClassificationMetrics
 from mm_hf.models import build_audio_classifier, build_dual_encoder_classifier
-from mm_hf.models.clip_classifier import is_audio_text_config
+from mm_hf.models.clip_classifier import DEFAULT_AUDIO_PROMPT_TEMPLATES, is_audio_text_config
 from mm_hf.outputs import RunInfo, recipe_command, save_run
 from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
 from mm_hf.run import build_trainer, load_checked_splits, prepare_training_arguments, start_run, train_and_evaluate
@@ -50,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class AudioArguments(LabelColumnArguments, AudioColumnArguments):  # --audio_column, then --label_column
+class AudioArguments(LabelColumnArguments, AudioColumnArguments, ClassifierLossArguments):  # columns, --loss
     max_length_seconds: float = field(
         default=5.0,
         metadata={
@@ -104,6 +107,13 @@ def main(argv=None):
             f"--head_init zeroshot needs an audio-text model (CLAP); {model_args.model_name_or_path} has no text tower"
         )
     zeroshot = audio_text and audio_args.head_init != "random"
+    flyp = audio_args.loss == "flyp"
+    if flyp and not audio_text:
+        raise UserError(
+            f"--loss flyp needs an audio-text model (CLAP); {model_args.model_name_or_path} has no text tower"
+        )
+    if flyp:
+        check_flyp(ft_args, audio_args.head_init, training_args.explicit_flags)
     # A linear probe caches the frozen tower's output once: CLAP's audio embeddings, or an audio encoder's
     # mean-pooled frames (attention pooling learns its frame scores, so its backbone runs every batch:
     # see mm_hf.features.can_cache_pooled).
@@ -121,22 +131,35 @@ def main(argv=None):
     )  # fmt: skip
     id2label = dict(enumerate(splits["train"].features["labels"].names))
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
-    training_args = prepare_training_arguments(training_args, ft_args, has_validation="validation" in splits)
+    # FLYP's gathered contrastive loss needs the same batch size on every process: the last, smaller batch is dropped.
+    drop_last = {"dataloader_drop_last": True} if flyp else {}
+    training_args = prepare_training_arguments(
+        training_args, ft_args, has_validation="validation" in splits, **drop_last
+    )
 
     # 4. Model, then what the strategy leaves trainable: CLAP's audio tower + cosine head (zero-shot or random),
     # or any audio encoder + pooling over time + a new head
     processing_class = feature_extractor
     if audio_text:
         processing_class = AutoProcessor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
-        model = build_dual_encoder_classifier(
-            model_args.model_name_or_path,
-            id2label,
-            tokenizer=processing_class.tokenizer,
-            head_init="zeroshot" if zeroshot else "random",
-            prompt_templates=audio_args.prompt_templates,
-            head_dropout=audio_args.head_dropout,
-            **hub_kwargs,
-        )
+        if flyp:  # both towers train contrastively; the head is the text tower's (mm_hf.flyp)
+            model = build_flyp_classifier(
+                AutoModel.from_pretrained(model_args.model_name_or_path, **hub_kwargs),
+                id2label,
+                processing_class.tokenizer,
+                audio_args.prompt_templates or DEFAULT_AUDIO_PROMPT_TEMPLATES,
+                head_dropout=audio_args.head_dropout,
+            )
+        else:
+            model = build_dual_encoder_classifier(
+                model_args.model_name_or_path,
+                id2label,
+                tokenizer=processing_class.tokenizer,
+                head_init="zeroshot" if zeroshot else "random",
+                prompt_templates=audio_args.prompt_templates,
+                head_dropout=audio_args.head_dropout,
+                **hub_kwargs,
+            )
     else:
         model = build_audio_classifier(
             model_args.model_name_or_path,
@@ -156,6 +179,7 @@ def main(argv=None):
     if ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features and not cache:
         logger.info("--pooling attention learns per-frame scores: the frozen backbone runs on every batch, uncached")
     datasets_ = classifier_datasets(model, splits, *transforms, training_args, cache)
+    first_stage = lp_ft_first_stage(model, splits, transforms[1], training_args, ft_args)  # LP-FT's probe
 
     # 6. Evaluate the untouched model, train (or fit a linear probe's head to convergence on the cached features by
     # L-BFGS instead of by epochs), evaluate again
@@ -163,9 +187,12 @@ def main(argv=None):
     trainer = build_trainer(model, training_args, datasets_, processing_class, metrics)
     fit = partial(fit_classifier_head, model, device=training_args.device) if lbfgs else None
     measure = TrainerMeasure(trainer, datasets_, metrics)
-    run = train_and_evaluate(trainer, datasets_, measure, ft_args, before_label=before_label, fit=fit)
+    run = train_and_evaluate(
+        trainer, datasets_, measure, ft_args, before_label=before_label, fit=fit, first_stage=first_stage
+    )
 
-    # 7. Save the model, outputs and model card (and publish when --push_to_hub)
+    # 7. Save the model (FLYP: the plain classifier, its head recomputed), outputs and model card (and publish)
+    finish_flyp(trainer)
     info = RunInfo(
         pipeline_tag="audio-classification",
         base_model=model_args.model_name_or_path,

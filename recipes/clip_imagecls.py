@@ -18,9 +18,10 @@ import sys
 from dataclasses import dataclass, field
 from functools import partial
 
-from transformers import AutoProcessor, TrainingArguments
+from transformers import AutoModel, AutoProcessor, TrainingArguments
 
 from mm_hf.args import (
+    ClassifierLossArguments,
     DataArguments,
     FinetuneArguments,
     ImageColumnArguments,
@@ -34,6 +35,7 @@ from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.transforms import build_image_transform
 from mm_hf.errors import run_cli
 from mm_hf.features import classifier_datasets
+from mm_hf.flyp import build_flyp_classifier, check_flyp, finish_flyp
 from mm_hf.lp_ft import lp_ft_first_stage
 from mm_hf.measures import TrainerMeasure
 from mm_hf.metrics.streaming import ClassificationMetrics
@@ -45,7 +47,7 @@ from mm_hf.training import apply_strategy
 
 
 @dataclass
-class ClassifierArguments(LabelColumnArguments, ImageColumnArguments):  # --image_column, then --label_column
+class ClassifierArguments(LabelColumnArguments, ImageColumnArguments, ClassifierLossArguments):  # columns, --loss
     head_init: str = field(
         default="auto",
         metadata={
@@ -80,6 +82,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parsed = fill_strategy_defaults(start_run(ARGUMENT_TYPES, argv))  # lr, epochs, schedule per strategy
     model_args, data_args, ft_args, cls_args, training_args = parsed
+    flyp = cls_args.loss == "flyp"
+    if flyp:
+        check_flyp(ft_args, cls_args.head_init, training_args.explicit_flags)
     cache = ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features
     lbfgs = use_lbfgs_probe(ft_args, training_args, cached=cache)
 
@@ -91,21 +96,30 @@ def main(argv=None):
     )  # fmt: skip
     id2label = dict(enumerate(splits["train"].features["labels"].names))
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
-    training_args = prepare_training_arguments(training_args, ft_args, has_validation="validation" in splits)
+    # FLYP's gathered contrastive loss needs the same batch size on every process: the last, smaller batch is dropped.
+    drop_last = {"dataloader_drop_last": True} if flyp else {}
+    training_args = prepare_training_arguments(
+        training_args, ft_args, has_validation="validation" in splits, **drop_last
+    )
 
     # 3. Processor and model (its head is chosen in 5)
     hub_kwargs = model_args.hub_kwargs()
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
-    model = build_dual_encoder_classifier(
-        model_args.model_name_or_path,
-        id2label,
-        tokenizer=processor.tokenizer,
-        head_init="random" if cls_args.head_init == "random" else "zeroshot",
-        prompt_templates=cls_args.prompt_templates or DEFAULT_PROMPT_TEMPLATES,
-        head_dropout=cls_args.head_dropout,
-        learn_logit_scale=cls_args.learn_logit_scale,
-        **hub_kwargs,
-    )
+    templates = cls_args.prompt_templates or DEFAULT_PROMPT_TEMPLATES
+    head_kwargs = dict(head_dropout=cls_args.head_dropout, learn_logit_scale=cls_args.learn_logit_scale)
+    if flyp:  # both towers train contrastively; the head is the text tower's (mm_hf.flyp)
+        backbone = AutoModel.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
+        model = build_flyp_classifier(backbone, id2label, processor.tokenizer, templates, **head_kwargs)
+    else:
+        model = build_dual_encoder_classifier(
+            model_args.model_name_or_path,
+            id2label,
+            tokenizer=processor.tokenizer,
+            head_init="random" if cls_args.head_init == "random" else "zeroshot",
+            prompt_templates=templates,
+            **head_kwargs,
+            **hub_kwargs,
+        )
 
     # 4. Inputs: cached features for a linear probe, on-the-fly decoding + augmentation otherwise
     eval_transform = build_image_transform(processor.image_processor, train=False, image_column=column)
@@ -123,12 +137,16 @@ def main(argv=None):
     held_out = datasets_.get("validation") or (
         datasets_["train"] if cache else splits["train"].with_transform(eval_transform)
     )
-    head = resolve_head_init(
-        model,
-        cls_args.head_init,
-        held_out,
-        training_args,
-        measured_on="validation" if "validation" in datasets_ else "train",
+    head = (
+        {"head_init": "zeroshot"}
+        if flyp
+        else resolve_head_init(
+            model,
+            cls_args.head_init,
+            held_out,
+            training_args,
+            measured_on="validation" if "validation" in datasets_ else "train",
+        )
     )
     model = apply_strategy(model, ft_args)
     first_stage = lp_ft_first_stage(model, splits, eval_transform, training_args, ft_args)  # LP-FT's probe
@@ -144,7 +162,8 @@ def main(argv=None):
         trainer, datasets_, measure, ft_args, before_label=before_label, fit=fit, first_stage=first_stage
     )
 
-    # 7. Save the model, outputs and model card (and publish when --push_to_hub)
+    # 7. Save the model (FLYP: the plain classifier, its head recomputed), outputs and model card (and publish)
+    finish_flyp(trainer)
     run.results.update({f"head_{k}" if k != "head_init" else k: v for k, v in head.items()})
     info = RunInfo(
         pipeline_tag="image-classification",

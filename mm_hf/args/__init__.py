@@ -9,6 +9,7 @@ fill in for flags left unset).
 
 from .arguments import (
     AudioModelArguments,
+    ClassifierLossArguments,
     DataArguments,
     FinetuneArguments,
     HubArguments,
@@ -45,6 +46,7 @@ from .parsing import (
 __all__ = [
     "AudioColumnArguments",
     "AudioModelArguments",
+    "ClassifierLossArguments",
     "COLUMN_ALIASES",
     "COMMON_DEFAULTS",
     "CaptionColumnArguments",

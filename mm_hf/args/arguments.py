@@ -196,6 +196,21 @@ def parse_alphas(values) -> list[float] | None:
     return alphas
 
 
+@dataclass
+class ClassifierLossArguments:
+    """The training loss of the CLIP-family classifier recipes (clip_imagecls; audio_cls with CLAP)."""
+
+    loss: str = field(
+        default="cross_entropy",
+        metadata={
+            "help": "cross_entropy: the head's logits against the labels; flyp: FLYP (Goyal et al. 2023), both towers "
+            "trained contrastively against class-prompt captions (--prompt_templates), the head recomputed from the "
+            "text tower (mm_hf.flyp; --finetune_strategy full or top_k).",
+            "choices": ["cross_entropy", "flyp"],
+        },
+    )
+
+
 def check_model_source(value: str | None, flag: str) -> None:
     """Refuse a model that is neither an existing folder nor a possible Hub id (owner/name), before any download.
 
