@@ -37,6 +37,7 @@ from scipy import ndimage, signal
 
 from mm_hf.data.audio import load_audio
 from mm_hf.data.images import load_image
+from mm_hf.errors import UserError
 
 SEVERITIES = (1, 2, 3, 4, 5)
 # ImageNet-C images are 224 x 224: spatial parameters are per that size.
@@ -387,6 +388,17 @@ def select_corruptions(spec: str, modality: str) -> list[str]:
             f"Unknown {modality} corruptions {unknown or spec!r}; choose from {sorted(CORRUPTIONS[modality])}"
         )
     return names
+
+
+def parse_severities(spec: str, flag: str) -> list[int]:
+    """Sorted distinct severities from a comma-separated `flag` value such as "1,3,5"; refuses anything not in 1..5."""
+    try:
+        values = [int(v) for v in str(spec).split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v not in SEVERITIES for v in values):
+        raise UserError(f"{flag} {spec!r}: expected a comma-separated list of 1..5, e.g. 1,3,5")
+    return sorted(set(values))
 
 
 def corruption_rng(seed: int, key: int, name: str) -> np.random.Generator:

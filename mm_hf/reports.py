@@ -183,10 +183,14 @@ def _style(ax, title: str) -> None:
         ax.text(0.5, 0.5, "no data logged", ha="center", va="center", transform=ax.transAxes)
 
 
+# The rows of the classification recipes' before/after table (metrics missing from both columns are left out).
+CLASSIFICATION_TABLE_METRICS = ("accuracy", "top5_accuracy", "macro_f1", "weighted_f1")
+
+
 def format_before_after_table(
     before: dict,
     after: dict,
-    metrics=("accuracy", "top5_accuracy", "macro_f1", "weighted_f1"),
+    metrics=CLASSIFICATION_TABLE_METRICS,
     before_label: str = "zero-shot",
 ) -> str:
     """Markdown table metric | before (`before_label`) | after (fine-tuned) | change.

@@ -31,12 +31,14 @@ from mm_hf.args import (
     DataArguments,
     FinetuneArguments,
     LabelColumnArguments,
+    RobustnessArguments,
     args_to_dict,
     fill_strategy_defaults,
 )
 from mm_hf.data.audio import AudioTransform, check_audio
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.errors import UserError, run_cli
+from mm_hf.evaluate.shifts import load_run_shifts
 from mm_hf.features import classifier_datasets
 from mm_hf.flyp import build_flyp_classifier, check_flyp, finish_flyp
 from mm_hf.lp_ft import lp_ft_first_stage
@@ -89,14 +91,21 @@ class AudioArguments(LabelColumnArguments, AudioColumnArguments, ClassifierLossA
     )
 
 
-ARGUMENT_TYPES = (AudioModelArguments, DataArguments, FinetuneArguments, AudioArguments, TrainingArguments)
+ARGUMENT_TYPES = (
+    AudioModelArguments,
+    DataArguments,
+    FinetuneArguments,
+    AudioArguments,
+    RobustnessArguments,
+    TrainingArguments,
+)
 
 
 def main(argv=None):
     # 1. Arguments
     argv = sys.argv[1:] if argv is None else list(argv)
     parsed = fill_strategy_defaults(start_run(ARGUMENT_TYPES, argv))  # lr, epochs, schedule per strategy
-    model_args, data_args, ft_args, audio_args, training_args = parsed
+    model_args, data_args, ft_args, audio_args, robust_args, training_args = parsed
 
     # 2. Feature extractor: its sampling rate is the one every clip is validated and resampled at
     hub_kwargs = model_args.hub_kwargs()
@@ -130,6 +139,13 @@ def main(argv=None):
         input_flag="--audio_column", sampling_rate=feature_extractor.sampling_rate,
     )  # fmt: skip
     id2label = dict(enumerate(splits["train"].features["labels"].names))
+    # --ood_dir / --ood_file sets and the --robustness sweep, measured before and after fine-tuning (mm_hf.evaluate)
+    shifts, skipped_shifted = load_run_shifts(
+        robust_args, data_args, training_args, model_args.cache_dir, id2label.values(), column,
+        audio_args.label_column, modality="audio", input_flag="--audio_column",
+        sampling_rate=feature_extractor.sampling_rate,
+    )  # fmt: skip
+    skipped.update(skipped_shifted)
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
     # FLYP's gathered contrastive loss needs the same batch size on every process: the last, smaller batch is dropped.
     drop_last = {"dataloader_drop_last": True} if flyp else {}
@@ -187,8 +203,16 @@ def main(argv=None):
     trainer = build_trainer(model, training_args, datasets_, processing_class, metrics)
     fit = partial(fit_classifier_head, model, device=training_args.device) if lbfgs else None
     measure = TrainerMeasure(trainer, datasets_, metrics)
+    ood = {name: dataset.with_transform(transforms[1]) for name, dataset in shifts.sets.items()}  # WiSE-FT's α curve
     run = train_and_evaluate(
-        trainer, datasets_, measure, ft_args, before_label=before_label, fit=fit, first_stage=first_stage
+        trainer,
+        datasets_,
+        measure,
+        ft_args,
+        before_label=before_label,
+        fit=fit,
+        first_stage=first_stage,
+        extra_sets=ood,
     )
 
     # 7. Save the model (FLYP: the plain classifier, its head recomputed), outputs and model card (and publish)
@@ -200,7 +224,7 @@ def main(argv=None):
         command=recipe_command(argv, script="recipes/audio_cls.py"),
         finetune_strategy=ft_args.finetune_strategy,
     )
-    config = args_to_dict(model_args, data_args, ft_args, audio_args, training_args)
+    config = args_to_dict(model_args, data_args, ft_args, audio_args, robust_args, training_args)
     return save_run(
         trainer, run, info, config=config, skipped=skipped, push_to_hub=push_to_hub, merge_lora=ft_args.merge_lora
     )

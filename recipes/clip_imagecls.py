@@ -27,6 +27,7 @@ from mm_hf.args import (
     ImageColumnArguments,
     LabelColumnArguments,
     ModelArguments,
+    RobustnessArguments,
     args_to_dict,
     fill_strategy_defaults,
 )
@@ -34,6 +35,7 @@ from mm_hf.data.images import check_images
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.transforms import build_image_transform
 from mm_hf.errors import run_cli
+from mm_hf.evaluate.shifts import load_run_shifts
 from mm_hf.features import classifier_datasets
 from mm_hf.flyp import build_flyp_classifier, check_flyp, finish_flyp
 from mm_hf.lp_ft import lp_ft_first_stage
@@ -74,14 +76,21 @@ class ClassifierArguments(LabelColumnArguments, ImageColumnArguments, Classifier
     )
 
 
-ARGUMENT_TYPES = (ModelArguments, DataArguments, FinetuneArguments, ClassifierArguments, TrainingArguments)
+ARGUMENT_TYPES = (
+    ModelArguments,
+    DataArguments,
+    FinetuneArguments,
+    ClassifierArguments,
+    RobustnessArguments,
+    TrainingArguments,
+)
 
 
 def main(argv=None):
     # 1. Arguments
     argv = sys.argv[1:] if argv is None else list(argv)
     parsed = fill_strategy_defaults(start_run(ARGUMENT_TYPES, argv))  # lr, epochs, schedule per strategy
-    model_args, data_args, ft_args, cls_args, training_args = parsed
+    model_args, data_args, ft_args, cls_args, robust_args, training_args = parsed
     flyp = cls_args.loss == "flyp"
     if flyp:
         check_flyp(ft_args, cls_args.head_init, training_args.explicit_flags)
@@ -95,6 +104,12 @@ def main(argv=None):
         input_flag="--image_column",
     )  # fmt: skip
     id2label = dict(enumerate(splits["train"].features["labels"].names))
+    # --ood_dir / --ood_file sets and the --robustness sweep, measured before and after fine-tuning (mm_hf.evaluate)
+    shifts, skipped_shifted = load_run_shifts(
+        robust_args, data_args, training_args, model_args.cache_dir, id2label.values(), column, cls_args.label_column,
+        modality="image", input_flag="--image_column",
+    )  # fmt: skip
+    skipped.update(skipped_shifted)
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
     # FLYP's gathered contrastive loss needs the same batch size on every process: the last, smaller batch is dropped.
     drop_last = {"dataloader_drop_last": True} if flyp else {}
@@ -158,8 +173,16 @@ def main(argv=None):
     fit = partial(fit_classifier_head, model, device=training_args.device) if lbfgs else None
     measure = TrainerMeasure(trainer, datasets_, metrics)
     before_label = "zero-shot" if head["head_init"] == "zeroshot" else "random head"
+    ood = {name: dataset.with_transform(eval_transform) for name, dataset in shifts.sets.items()}  # WiSE-FT's α curve
     run = train_and_evaluate(
-        trainer, datasets_, measure, ft_args, before_label=before_label, fit=fit, first_stage=first_stage
+        trainer,
+        datasets_,
+        measure,
+        ft_args,
+        before_label=before_label,
+        fit=fit,
+        first_stage=first_stage,
+        extra_sets=ood,
     )
 
     # 7. Save the model (FLYP: the plain classifier, its head recomputed), outputs and model card (and publish)
@@ -173,7 +196,7 @@ def main(argv=None):
         finetune_strategy=ft_args.finetune_strategy,
         head=head,
     )
-    config = args_to_dict(model_args, data_args, ft_args, cls_args, training_args)
+    config = args_to_dict(model_args, data_args, ft_args, cls_args, robust_args, training_args)
     return save_run(
         trainer, run, info, config=config, skipped=skipped, push_to_hub=push_to_hub, merge_lora=ft_args.merge_lora
     )

@@ -4,7 +4,7 @@ Flag names follow transformers' example scripts (run_image_classification.py, ..
 the same, so their users can switch without relearning. Every training knob lives in TrainingArguments.
 By concern: `arguments` (models, data, fine-tuning), `columns` (column flags and their aliases), `fusion` (the
 fusion recipes' arguments), `parsing` (parse_args, explicit_flags, args_to_dict), `defaults` (what the recipes
-fill in for flags left unset).
+fill in for flags left unset), `robustness` (shifted sets and corruptions measured at the end of a run).
 """
 
 from .arguments import (
@@ -42,6 +42,7 @@ from .parsing import (
     explicit_flags,
     parse_args,
 )
+from .robustness import DEFAULT_ROBUSTNESS, RobustnessArguments
 
 __all__ = [
     "AudioColumnArguments",
@@ -49,6 +50,7 @@ __all__ = [
     "ClassifierLossArguments",
     "COLUMN_ALIASES",
     "COMMON_DEFAULTS",
+    "DEFAULT_ROBUSTNESS",
     "CaptionColumnArguments",
     "DataArguments",
     "FinetuneArguments",
@@ -59,6 +61,7 @@ __all__ = [
     "ImageColumnArguments",
     "LabelColumnArguments",
     "ModelArguments",
+    "RobustnessArguments",
     "STRATEGY_DEFAULTS",
     "TRAINING_DEFAULTS",
     "args_to_dict",

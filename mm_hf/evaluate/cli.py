@@ -23,11 +23,9 @@ from ..args import (
     media_column,
     parse_args,
 )
-from ..corruptions import CorruptColumn, select_corruptions
-from ..data.audio import check_audio
-from ..data.images import check_images
+from ..corruptions import parse_severities, select_corruptions
 from ..data.loading import read_labelled_split
-from ..errors import DataError, UserError
+from ..errors import UserError
 from ..metrics.calibration import fit_temperature
 from ..metrics.robustness import robustness_summary
 from ..metrics.streaming import ClassificationMetrics
@@ -37,7 +35,8 @@ from .cost import disk_bytes, measure_latency, parameter_counts, peak_memory, re
 from .fusion import evaluate_fusion
 from .processes import inference_processes
 from .report import write_outputs
-from .scoring import INDEX_COLUMN, confidence_intervals, paired_tests, score
+from .scoring import INDEX_COLUMN, confidence_intervals, corruption_sweep, paired_tests, score
+from .sets import prepare_set
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +137,7 @@ def main(argv=None) -> dict | None:
         raise UserError("--ood test=...: 'test' names the main test set; give the shifted set another name")
     if args.save_temperature and not args.calibration_data:
         raise UserError("--save_temperature writes the temperature fitted on --calibration_data: pass that set too")
-    severities = _severities(args.severities)
+    severities = parse_severities(args.severities, "--severities")
     # accelerate launch: one process group (gloo on CPU, e.g. --multi_gpu --num_processes 2 --device cpu); each
     # process scores a shard, the gathered metrics are the same everywhere, the main process writes the outputs.
     device, state = inference_processes(args.device)
@@ -214,9 +213,9 @@ def main(argv=None) -> dict | None:
             scores[name][set_name] = scored
             entry["sets"][set_name] = _set_entry(scored, metrics, args, temperature)
         if corruption_names:
-            entry["corruptions"] = _corruption_sweep(
-                candidate, model, indexed_test, transform, permutation, metrics, corruption_names, severities,
-                column, args.seed, run,
+            entry["corruptions"] = corruption_sweep(
+                model, indexed_test, transform, permutation, metrics, corruption_names, severities,
+                modality=candidate.modality, column=column, seed=args.seed, name=name, **run,
             )  # fmt: skip
         entry["cost"] = {
             **parameter_counts(model),
@@ -311,16 +310,6 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
-def _severities(spec: str) -> list[int]:
-    try:
-        values = [int(v) for v in spec.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or any(v not in range(1, 6) for v in values):
-        raise UserError(f"--severities {spec!r}: expected a comma-separated list of 1..5, e.g. 1,2,3")
-    return sorted(set(values))
-
-
 # Flags of the image/audio flow that the fusion flow does not implement: refused, never ignored.
 _NOT_FOR_FUSION = (
     "calibration_data", "save_temperature", "update_card", "corruptions", "severities", "prompt_templates",
@@ -386,17 +375,8 @@ def _sampling_rate(found) -> int | None:
 
 def _prepare(raw, texts, source, label_names, column, modality, data_args, sampling_rate, limit=None):
     """The set as the models see it: labels as ids in the evaluation's order, bad samples checked or dropped."""
-    unseen = sorted(set(texts) - set(label_names))
-    if unseen:
-        raise DataError(f"{source}: label(s) {unseen[:10]} are not among the models' labels {label_names}")
-    index = {name: i for i, name in enumerate(label_names)}
-    dataset = raw.add_column("labels", [index[text] for text in texts])
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    check = dict(skip_bad=data_args.skip_bad_samples, num_proc=data_args.preprocessing_num_workers, split_name=source)
-    if modality == "image":
-        return check_images(dataset, column, **check)
-    return check_audio(dataset, column, sampling_rate=sampling_rate, **check)
+    return prepare_set(raw, texts, source, label_names, column, modality, skip_bad=data_args.skip_bad_samples,
+                       num_proc=data_args.preprocessing_num_workers, sampling_rate=sampling_rate, limit=limit)  # fmt: skip
 
 
 def _set_entry(scored, metrics: ClassificationMetrics, args, temperature) -> dict:
@@ -413,23 +393,6 @@ def _set_entry(scored, metrics: ClassificationMetrics, args, temperature) -> dic
     if temperature is not None:
         entry["calibration_temperature_scaled"] = {**scored.calibration_scaled, "temperature": temperature}
     return entry
-
-
-def _corruption_sweep(candidate, model, dataset, transform, permutation, metrics, names, severities, column, seed, run):
-    """Accuracy per corruption and severity on the test set; corruptions run inside the DataLoader workers."""
-    sampling_rate = getattr(transform, "sampling_rate", None)
-    out = {}
-    for corruption in names:
-        out[corruption] = {}
-        for severity in severities:
-            corrupted = CorruptColumn(
-                transform, modality=candidate.modality, corruption=corruption, severity=severity, column=column,
-                seed=seed, index_column=INDEX_COLUMN, sampling_rate=sampling_rate,
-            )  # fmt: skip
-            scored = score(model, dataset, corrupted, permutation, metrics,
-                           description=f"{candidate.name} | {corruption}@{severity}", **run)  # fmt: skip
-            out[corruption][str(severity)] = scored.metrics["accuracy"]
-    return out
 
 
 def _robustness_input(entry: dict):

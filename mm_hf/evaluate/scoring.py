@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from transformers import default_data_collator
 from transformers.utils.logging import tqdm  # tqdm is no direct dependency; transformers wraps it
 
+from ..corruptions import CorruptColumn
 from ..metrics.calibration import CalibrationMetrics
 from ..metrics.significance import bootstrap_ci, bootstrap_metric_ci, mcnemar_test, paired_bootstrap_metric_test
 from ..metrics.streaming import ClassificationMetrics
@@ -155,6 +156,28 @@ def score(
         calibration_scaled=scaled.compute() if scaled is not None else None,
         logits=kept,
     )
+
+
+def corruption_sweep(model, dataset, transform, permutation, metrics, names, severities, *, modality: str, column: str,
+                     seed: int, name: str, **run) -> dict:  # fmt: skip
+    """`{corruption: {severity: accuracy}}` of `model` on `dataset` with each corruption at each severity (severity
+    keys are strings, as JSON keeps them). Corruptions run inside the DataLoader workers, seeded per sample index, so
+    every model (and the recipes' before and after) sees the same corrupted samples. `run`: `score`'s keywords."""
+    if INDEX_COLUMN not in dataset.column_names:
+        dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
+    sampling_rate = getattr(transform, "sampling_rate", None)
+    out = {}
+    for corruption in names:
+        out[corruption] = {}
+        for severity in severities:
+            corrupted = CorruptColumn(
+                transform, modality=modality, corruption=corruption, severity=severity, column=column, seed=seed,
+                index_column=INDEX_COLUMN, sampling_rate=sampling_rate,
+            )  # fmt: skip
+            scored = score(model, dataset, corrupted, permutation, metrics,
+                           description=f"{name} | {corruption}@{severity}", **run)  # fmt: skip
+            out[corruption][str(severity)] = scored.metrics["accuracy"]
+    return out
 
 
 def confidence_intervals(scores: SetScores, num_labels: int, top_k: int | None, num_resamples: int, seed: int):
