@@ -47,6 +47,10 @@ class FlypClassifier(nn.Module):
     (b, num_labels) in evaluation (with the cross-entropy loss when labels are given).
     """
 
+    # forward(**inputs) would make Trainer believe the loss is already normalised over the global batch and scale
+    # it by the number of processes; it is the global batch's mean (gathered negatives), like the classifier's.
+    accepts_loss_kwargs = False
+
     def __init__(self, classifier: nn.Module, tokenizer, class_names: Sequence[str], templates: Sequence[str]):
         super().__init__()
         if not getattr(classifier.config, "text_tower", False):

@@ -202,3 +202,30 @@ def test_flyp_recipe_saves_a_plain_classifier_whose_head_is_the_tuned_prompt_emb
     assert model.config.text_tower is False
     torch.testing.assert_close(model.classifier.weight, recomputed["head"].to(model.classifier.weight.dtype))
     assert "FLYP (saved)" in (out / "robustness.md").read_text()
+
+
+@pytest.mark.slow  # two recipe runs, one of them 2 processes (~60 s on a busy 2-core machine)
+def test_two_process_flyp_equals_one_process_with_the_global_batch(tiny_vtde, digits_dir, tmp_path):
+    """FLYP's negatives are gathered across processes (mm_hf.models.losses.clip_loss): 2 processes x 4 images train
+    the same weights as 1 process x 8. Dropout off (the tiny BERT's 0.1 would draw different masks per process) and
+    SGD, whose update is linear in the gradient, so only summation order separates the two runs. (It caught Trainer
+    scaling the loss by the world size while FlypClassifier did not declare `accepts_loss_kwargs = False`.)"""
+    from safetensors.torch import load_file
+    from test_distributed import check_ok, launch
+
+    model_dir = tmp_path / "tiny_no_dropout"
+    model = AutoModel.from_pretrained(tiny_vtde)
+    model.config.text_config.hidden_dropout_prob = model.config.text_config.attention_probs_dropout_prob = 0.0
+    model.save_pretrained(model_dir)
+    AutoProcessor.from_pretrained(tiny_vtde).save_pretrained(model_dir)
+    flags = ("--loss", "flyp", "--finetune_strategy", "full", "--optim", "sgd", "--learning_rate", "0.5",
+             "--save_strategy", "no", "--eval_strategy", "no", "--max_steps", "2")  # fmt: skip
+    check_ok(launch(model_dir, digits_dir, tmp_path / "two", *flags))  # 2 processes x per-device batch 4
+    one = tmp_path / "one"
+    run(model_dir, one, *flags, "--per_device_train_batch_size", "8", data=folders(digits_dir))
+    two, single = load_file(tmp_path / "two" / "model.safetensors"), load_file(one / "model.safetensors")
+    start = AutoModel.from_pretrained(model_dir).vision_model.embeddings.patch_embeddings.projection.weight
+    assert not torch.allclose(single["backbone.vision_model.embeddings.patch_embeddings.projection.weight"], start)
+    assert two.keys() == single.keys()
+    for name in single:
+        torch.testing.assert_close(two[name], single[name], atol=1e-5, rtol=1e-4, msg=name)
