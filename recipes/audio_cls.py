@@ -15,6 +15,8 @@ For an audio encoder the classification head is new (randomly initialised), so t
 before training ("untrained head", the chance baseline) and after, side by side. A CLAP audio–text model
 (e.g. laion/clap-htsat-unfused) instead starts from its zero-shot classifier: the head holds the text
 embeddings of class-name prompts (--prompt_templates), and the table compares zero-shot with fine-tuned.
+Robust fine-tuning (README "Robust fine-tuning"): --finetune_strategy lp_ft, --wise_ft_alphas (any model) and
+--loss flyp (CLAP only).
 """
 
 import logging

@@ -12,6 +12,11 @@ Local data: --train_dir/--validation_dir/--test_dir (one sub-folder per class) o
 The classifier head starts as CLIP's zero-shot classifier (prompt-ensembled class-name embeddings) when that
 beats chance on the validation split (--head_init auto), else at random; the test split is evaluated before
 training and after, side by side. Flags left unset take per-strategy defaults (STRATEGY_DEFAULTS below).
+
+Robust fine-tuning (README "Robust fine-tuning"): --finetune_strategy lp_ft (a converged linear probe, then
+--lp_ft_second_stage full|lora from its head), --loss flyp (both towers trained contrastively against class-prompt
+captions), --wise_ft_alphas 0,0.25,...,1 (weight interpolation with the zero-shot model, α chosen on validation or
+--wise_ft_select NAME), each measured on every --ood_dir NAME=FOLDER set too.
 """
 
 import sys
