@@ -15,6 +15,9 @@ Design choices:
   template t mod T). A per-sample random pick would differ between a 1-process and an N-process run; a fixed
   cycle keeps them the same objective (`mm_hf.models.losses.clip_loss` gathers the negatives of every process).
 - Same-class images in a batch are each other's negatives through their identical captions, as in the paper.
+- No sample is dropped: on N processes accelerate's `even_batches` (its default) completes every process's last
+  training batch from the epoch's first samples, so the gathered loss always sees equal batch sizes, and the
+  evaluation splits are read whole (`dataloader_drop_last` would drop their last batch too).
 - Evaluation: logits = exp(logit_scale) * normalize(image) @ class_embeddings.T with the text tower's current
   prompt-ensembled class embeddings (the zero-shot head's formula: at step 0 this is the zero-shot model exactly).
 """

@@ -149,11 +149,7 @@ def main(argv=None):
     )  # fmt: skip
     skipped.update(skipped_shifted)
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
-    # FLYP's gathered contrastive loss needs the same batch size on every process: the last, smaller batch is dropped.
-    drop_last = {"dataloader_drop_last": True} if flyp else {}
-    training_args = prepare_training_arguments(
-        training_args, ft_args, has_validation="validation" in splits, **drop_last
-    )
+    training_args = prepare_training_arguments(training_args, ft_args, has_validation="validation" in splits)
 
     # 4. Model, then what the strategy leaves trainable: CLAP's audio tower + cosine head (zero-shot or random),
     # or any audio encoder + pooling over time + a new head

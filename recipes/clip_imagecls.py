@@ -116,11 +116,7 @@ def main(argv=None):
     )  # fmt: skip
     skipped.update(skipped_shifted)
     push_to_hub = training_args.push_to_hub  # published by mm_hf.publish at the end, not by Trainer
-    # FLYP's gathered contrastive loss needs the same batch size on every process: the last, smaller batch is dropped.
-    drop_last = {"dataloader_drop_last": True} if flyp else {}
-    training_args = prepare_training_arguments(
-        training_args, ft_args, has_validation="validation" in splits, **drop_last
-    )
+    training_args = prepare_training_arguments(training_args, ft_args, has_validation="validation" in splits)
 
     # 3. Processor and model (its head is chosen in 5)
     hub_kwargs = model_args.hub_kwargs()

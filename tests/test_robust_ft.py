@@ -196,6 +196,7 @@ def test_flyp_recipe_saves_a_plain_classifier_whose_head_is_the_tuned_prompt_emb
     out = tmp_path / "out"
     results = run(tiny_vtde, out, "--loss", "flyp", "--finetune_strategy", "full", steps=2, data=folders(digits_dir))
     assert results["finetune_loss"] == "flyp" and results["train_loss"] > 0
+    assert round(results["test_accuracy"] * 20, 6).is_integer()  # all 20 test images scored, no batch dropped
     start_text = AutoModel.from_pretrained(tiny_vtde).text_model.embeddings.word_embeddings.weight
     assert not torch.equal(recomputed["text"], start_text)  # the text tower trained
     model = AutoModelForImageClassification.from_pretrained(out)

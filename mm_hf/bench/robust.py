@@ -110,6 +110,9 @@ def main(argv=None):
     parser.add_argument("--per_class", default="10,5,10", help="train,validation,test crops per photo")
     parser.add_argument("--align_epochs", type=float, default=3)
     parser.add_argument("--epochs", type=float, default=5, help="fine-tuning epochs of full, LP-FT and FLYP")
+    # CLIP-style fine-tuning rates (WiSE-FT, FLYP: 1e-5 to 3e-5), one for every trained method, not the recipe's
+    # 1e-4 default for a random head.
+    parser.add_argument("--learning_rate", type=float, default=2e-5, help="of full, LP-FT's second stage and FLYP")
     parser.add_argument("--methods", default=",".join(METHODS))
     args = parser.parse_args(argv)
     out = os.path.abspath(args.out)
@@ -132,6 +135,8 @@ def main(argv=None):
                 "--head_init", "zeroshot", "--prompt_templates", PROMPT, "--save_strategy", "no",
                 "--eval_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--wise_ft_alphas", ALPHAS,
                 *METHODS[name]]  # fmt: skip
+        if name != "linear probe":
+            argv += ["--learning_rate", str(args.learning_rate)]
         for split in data.SPLITS:
             argv += [f"--{split}_dir", os.path.join(task, split)]
         for shift, folder in shifted.items():
