@@ -230,3 +230,25 @@ def test_two_process_flyp_equals_one_process_with_the_global_batch(tiny_vtde, di
     assert two.keys() == single.keys()
     for name in single:
         torch.testing.assert_close(two[name], single[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_flyp_on_clap_trains_audio_and_text_towers_with_both_temperatures(tiny_clap):
+    """audio_cls --loss flyp: the same wrapper over CLAP, audio->text logits at logit_scale_a, text->audio at _t."""
+    backbone = AutoModel.from_pretrained(tiny_clap)
+    tokenizer = AutoProcessor.from_pretrained(tiny_clap).tokenizer
+    model = build_flyp_classifier(backbone, {0: "dog", 1: "rain"}, tokenizer, ["the sound of {}."])
+    model = apply_strategy(model, SimpleNamespace(finetune_strategy="full"))
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    assert {"classifier.backbone.logit_scale_a", "classifier.backbone.logit_scale_t"} <= trainable
+    assert any(".audio_model." in n for n in trainable) and any(".text_model." in n for n in trainable)
+    features = torch.randn(4, 1, 100, 32, generator=torch.Generator().manual_seed(0))
+    model.train()
+    loss = model(input_features=features, labels=torch.tensor([0, 1, 0, 1])).loss
+    loss.backward()
+    assert backbone.logit_scale_t.grad is not None and backbone.text_projection.linear1.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_features=features).logits
+    classifier = model.to_classifier().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(classifier(input_features=features).logits, logits)
