@@ -242,7 +242,8 @@ def train_and_evaluate(
     Robust fine-tuning: `first_stage()` (LP-FT's linear probe, mm_hf.lp_ft) runs after the first measure and before
     training, returns what to record, and its model is measured too (`lp_<key>_*`). `--wise_ft_alphas`
     (`ft_args.wise_ft_alphas`) snapshots the weights before any training and, after it, sweeps α on the validation
-    split and on `extra_sets` (name -> dataset: the OOD sets), keeps the best α and measures the fine-tuned model
+    split and on `extra_sets` (name -> dataset: the OOD sets; or name -> function of the model returning metrics,
+    e.g. zero-shot retention, which is also measured before and after: `zeroshot_<name>_*`, `<name>_*`), keeps the best α and measures the fine-tuned model
     (`finetuned_<key>_*`) and the chosen one (`<key>_*`) on the held-out split (mm_hf.wise_ft.WiseFT).
     """
     require_evaluation_split(datasets)  # the loaders of the fusion recipes accept train alone
@@ -254,6 +255,10 @@ def train_and_evaluate(
     before = measure.before(split, f"zeroshot_{key}")
     before_report = measure.report
     results, train_runtime = dict(before), None
+    # Sets measured by a function of the model rather than by Trainer (zero-shot retention): before and after too.
+    own_measures = {name: fn for name, fn in (extra_sets or {}).items() if callable(fn)}
+    for name, fn in own_measures.items():
+        results.update({f"zeroshot_{name}_{k}": v for k, v in fn(trainer.model).items()})
     if isinstance(trainer.accelerator.unwrap_model(trainer.model), FlypClassifier):
         results["finetune_loss"] = "flyp"  # the robustness report names the method
     if first_stage is not None and trainer.args.do_train:
@@ -285,6 +290,8 @@ def train_and_evaluate(
     results.update(measure.validation(split))
     after = measure.after(split, key)
     results.update(after)
+    for name, fn in own_measures.items():
+        results.update({f"{name}_{k}": v for k, v in fn(trainer.model).items()})
     robustness = format_robustness_report(results, key, before_label) if trainer.args.do_train else None
     rows = measure.table_metrics(key)
     table = format_before_after_table(

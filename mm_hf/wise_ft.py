@@ -271,6 +271,9 @@ class WiseFT:
     def _measure_sets(self) -> dict:
         out = {}
         for name, dataset in self.sets.items():
+            if callable(dataset):  # a measure of its own (mm_hf.retention.ZeroShotRetention): model -> metrics
+                out[name] = dataset(self.trainer.model)
+                continue
             metrics = self.trainer.evaluate(dataset, metric_key_prefix=name)
             out[name] = {
                 k.removeprefix(f"{name}_"): v

@@ -49,6 +49,7 @@ from mm_hf.metrics.streaming import ClassificationMetrics
 from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, build_dual_encoder_classifier, resolve_head_init
 from mm_hf.outputs import RunInfo, recipe_command, save_run
 from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
+from mm_hf.retention import ZeroShotRetention, with_retention
 from mm_hf.run import build_trainer, load_checked_splits, prepare_training_arguments, start_run, train_and_evaluate
 from mm_hf.training import apply_strategy
 
@@ -78,6 +79,13 @@ class ClassifierArguments(LabelColumnArguments, ImageColumnArguments, Classifier
     )
     crop_scale_min: float = field(
         default=0.8, metadata={"help": "Smallest image area fraction kept by the random crop."}
+    )
+    zeroshot_eval_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Class folders of an unrelated set: its zero-shot accuracy (the image tower against the text "
+            "tower's prompt embeddings) before and after training, and at every WiSE-FT α: ability kept."
+        },
     )
 
 
@@ -175,6 +183,11 @@ def main(argv=None):
     measure = TrainerMeasure(trainer, datasets_, metrics)
     before_label = "zero-shot" if head["head_init"] == "zeroshot" else "random head"
     ood = {name: dataset.with_transform(eval_transform) for name, dataset in shifts.sets.items()}  # WiSE-FT's α curve
+    retention = cls_args.zeroshot_eval_dir and ZeroShotRetention(
+        model_args.model_name_or_path, cls_args.zeroshot_eval_dir, processor.tokenizer, templates, eval_transform,
+        column, training_args.per_device_eval_batch_size, **hub_kwargs,
+    )  # fmt: skip
+    ood = with_retention(ood, retention or None)
     run = train_and_evaluate(
         trainer,
         datasets_,

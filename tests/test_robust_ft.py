@@ -90,7 +90,7 @@ def inverted_test_dir(digits_dir, tmp_path_factory):
 
 
 def test_lp_ft_second_stage_starts_from_the_probe_and_wise_ft_saves_the_chosen_alpha(
-    tiny_vtde, digits_dir, inverted_test_dir, tmp_path, monkeypatch
+    tiny_vtde, digits_dir, colours_dir, inverted_test_dir, tmp_path, monkeypatch
 ):
     heads = {}
     fit = mm_hf.lp_ft.fit_classifier_head
@@ -112,7 +112,8 @@ def test_lp_ft_second_stage_starts_from_the_probe_and_wise_ft_saves_the_chosen_a
     out = tmp_path / "out"
     results = run(
         tiny_vtde, out, "--finetune_strategy", "lp_ft", "--head_init", "zeroshot", "--wise_ft_alphas", "0,1",
-        "--ood_dir", f"inverted={inverted_test_dir}", "--wise_ft_select", "inverted", data=folders(digits_dir),
+        "--ood_dir", f"inverted={inverted_test_dir}", "--wise_ft_select", "inverted",
+        "--zeroshot_eval_dir", str(colours_dir / "test"), data=folders(digits_dir),
     )  # fmt: skip
     # Stage 2 trains from the head stage 1 fitted, not from the zero-shot one.
     assert torch.equal(heads["train_start"], heads["probe"]) and not torch.equal(heads["probe"], heads["zeroshot"])
@@ -122,7 +123,10 @@ def test_lp_ft_second_stage_starts_from_the_probe_and_wise_ft_saves_the_chosen_a
 
     curve = results["wise_ft_curve"]
     assert [p["alpha"] for p in curve] == [0.0, 1.0] and results["wise_ft_select"] == "inverted/accuracy"
-    assert {"validation", "inverted"} <= set(curve[0]) and results["wise_ft_alpha"] in (0.0, 1.0)
+    assert {"validation", "inverted", "retention"} <= set(curve[0]) and results["wise_ft_alpha"] in (0.0, 1.0)
+    # Zero-shot retention on the unrelated colours: at α = 0 exactly the value measured before training.
+    assert curve[0]["retention"]["accuracy"] == results["zeroshot_retention_accuracy"]
+    assert results["retention_accuracy"] == curve[int(results["wise_ft_alpha"])]["retention"]["accuracy"]
     best = max(p["inverted"]["accuracy"] for p in curve)
     assert next(p["alpha"] for p in curve if p["inverted"]["accuracy"] == best) == results["wise_ft_alpha"]
     # The saved model is the chosen endpoint exactly: the start model (α = 0) or the fine-tuned one (α = 1).
@@ -139,7 +143,7 @@ def test_lp_ft_second_stage_starts_from_the_probe_and_wise_ft_saves_the_chosen_a
     assert results["test_accuracy"] == pytest.approx((logits.argmax(-1) == labels).float().mean().item())
 
     report = (out / "robustness.md").read_text()
-    assert "linear probe (LP-FT stage 1)" in report and "inverted accuracy" in report
+    assert "linear probe (LP-FT stage 1)" in report and "inverted accuracy" in report and "retention accuracy" in report
     assert "Robust fine-tuning" in (out / "README.md").read_text() and (out / "wise_ft_curve.png").exists()
     assert json.loads((out / "all_results.json").read_text())["wise_ft_curve"] == curve
 
