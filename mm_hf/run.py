@@ -242,9 +242,10 @@ def train_and_evaluate(
     Robust fine-tuning: `first_stage()` (LP-FT's linear probe, mm_hf.lp_ft) runs after the first measure and before
     training, returns what to record, and its model is measured too (`lp_<key>_*`). `--wise_ft_alphas`
     (`ft_args.wise_ft_alphas`) snapshots the weights before any training and, after it, sweeps α on the validation
-    split and on `extra_sets` (name -> dataset: the OOD sets; or name -> function of the model returning metrics,
-    e.g. zero-shot retention, which is also measured before and after: `zeroshot_<name>_*`, `<name>_*`), keeps the best α and measures the fine-tuned model
-    (`finetuned_<key>_*`) and the chosen one (`<key>_*`) on the held-out split (mm_hf.wise_ft.WiseFT).
+    split and on `extra_sets`, keeps the best α and measures the fine-tuned model (`finetuned_<key>_*`) and the
+    chosen one (`<key>_*`) on the held-out split (mm_hf.wise_ft.WiseFT). `extra_sets`: name -> dataset (the OOD
+    sets, evaluated by Trainer) or name -> function of the model returning metrics (zero-shot retention,
+    mm_hf.retention), which is also measured before and after training (`zeroshot_<name>_*`, `<name>_*`).
     """
     require_evaluation_split(datasets)  # the loaders of the fusion recipes accept train alone
     trainable = trainable_parameters(trainer.model)
