@@ -24,7 +24,7 @@ from .host_memory import return_freed_tensors_to_os
 from .measures import Measure
 from .reports import format_before_after_table
 from .training import trainable_parameters
-from .wise_ft import WiseFT, format_robustness_report
+from .wise_ft import WiseFT, format_robustness_report, measure_sets, trainer_measure
 
 logger = logging.getLogger(__name__)
 
@@ -265,9 +265,11 @@ def train_and_evaluate(
     if first_stage is not None and trainer.args.do_train:
         start = time.perf_counter()
         results.update(first_stage())
-        results.update(measure.before(split, f"lp_{key}"), lp_seconds=time.perf_counter() - start)
+        results.update(trainer_measure(measure).before(split, f"lp_{key}"), lp_seconds=time.perf_counter() - start)
         if split != "validation" and "validation" in datasets:
             results.update(trainer.evaluate(datasets["validation"], metric_key_prefix="lp_eval"))
+        for name, metrics in measure_sets(trainer, extra_sets or {}).items():
+            results.update({f"lp_{name}_{k}": v for k, v in metrics.items()})
     # evaluate() marks the model as prepared without wrapping it in DDP, and train() would then skip the wrapping:
     # each process would train its own copy (transformers 5.23 + accelerate 1.15). Resetting the flag lets train()
     # wrap it as usual.

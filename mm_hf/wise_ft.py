@@ -245,7 +245,7 @@ class WiseFT:
         alphas = getattr(ft_args, "wise_ft_alphas", None)
         if not alphas:
             return None
-        if not isinstance(measure, TrainerMeasure):
+        if not isinstance(trainer_measure(measure), TrainerMeasure):
             raise UserError(
                 f"--wise_ft_alphas needs a classifier's evaluation (Trainer metrics); this recipe measures with "
                 f"{type(measure).__name__}: drop --wise_ft_alphas"
@@ -266,21 +266,10 @@ class WiseFT:
         greater = args.greater_is_better if args.metric_for_best_model else True
         if greater is None:
             greater = not metric.endswith("loss")
-        return cls(trainer, measure, sets, alphas, select, metric, bool(greater))
+        return cls(trainer, trainer_measure(measure), sets, alphas, select, metric, bool(greater))
 
     def _measure_sets(self) -> dict:
-        out = {}
-        for name, dataset in self.sets.items():
-            if callable(dataset):  # a measure of its own (mm_hf.retention.ZeroShotRetention): model -> metrics
-                out[name] = dataset(self.trainer.model)
-                continue
-            metrics = self.trainer.evaluate(dataset, metric_key_prefix=name)
-            out[name] = {
-                k.removeprefix(f"{name}_"): v
-                for k, v in metrics.items()
-                if k.startswith(f"{name}_") and not k.endswith(_NOT_METRICS)
-            }
-        return out
+        return measure_sets(self.trainer, self.sets)
 
     def sweep(self, split: str, key: str) -> dict:
         """After training: the held-out split at α = 1, then the α curve; leaves the model at the chosen α and returns
@@ -302,6 +291,32 @@ class WiseFT:
             )
         logger.info("WiSE-FT: alpha=%s chosen on %s", result.alpha, result.select)
         return {**finetuned, **result.to_dict()}
+
+
+def trainer_measure(measure):
+    """The Trainer-based measure (mm_hf.measures.TrainerMeasure) inside `measure`, which may wrap it (`.measure`, as
+    the shifted-set measure of mm_hf.evaluate.shifts does): the intermediate models (LP-FT's probe, α = 1) are
+    measured on the held-out split by it alone, so a wrapper's before/after keys keep their meaning."""
+    while hasattr(measure, "measure"):
+        measure = measure.measure
+    return measure
+
+
+def measure_sets(trainer, sets: dict) -> dict:
+    """{name: {metric: value}} of the model on each set: a dataset is evaluated by Trainer, a function of the model
+    (mm_hf.retention.ZeroShotRetention) is called."""
+    out = {}
+    for name, dataset in sets.items():
+        if callable(dataset):
+            out[name] = dataset(trainer.model)
+            continue
+        metrics = trainer.evaluate(dataset, metric_key_prefix=name)
+        out[name] = {
+            k.removeprefix(f"{name}_"): v
+            for k, v in metrics.items()
+            if k.startswith(f"{name}_") and not k.endswith(_NOT_METRICS)
+        }
+    return out
 
 
 def _value(results: dict, key: str):
@@ -332,7 +347,8 @@ def format_robustness_report(results: dict, key: str, before_label: str, metric:
     lp = results.get(f"lp_{key}_{metric}") is not None
     rows = [row(before_label, _value(results, f"zeroshot_{key}_{metric}"), by_alpha.get(0.0))]
     if lp:
-        lp_point = {"validation": {metric: results.get(f"lp_eval_{metric}")}}
+        lp_point = {name: {metric: results.get(f"lp_{name}_{metric}")} for name in columns}
+        lp_point["validation"] = {metric: results.get(f"lp_eval_{metric}")}
         rows.append(row("linear probe (LP-FT stage 1)", _value(results, f"lp_{key}_{metric}"), lp_point))
     tuned = "LP-FT" if lp else "FLYP" if flyp else "fine-tuned"
     if curve:

@@ -40,6 +40,9 @@ def test_wise_ft_select_must_name_a_measured_set():
     args = SimpleNamespace(wise_ft_alphas=[0.0, 1.0], wise_ft_select="sketches")
     with pytest.raises(UserError, match=r"--wise_ft_select sketches.*\['photos', 'validation'\]"):
         WiseFT.start(None, measure, {"validation": [1]}, args, {"photos": [1]})
+    wrapped = SimpleNamespace(measure=measure)  # a measure wrapping the Trainer's (mm_hf.evaluate.shifts) is one
+    with pytest.raises(UserError, match="--wise_ft_select sketches"):
+        WiseFT.start(None, wrapped, {"validation": [1]}, args, {"photos": [1]})
     args.wise_ft_select = "validation"
     with pytest.raises(UserError, match="may not be named 'validation'"):
         WiseFT.start(None, measure, {"validation": [1]}, args, {"validation": [2]})
@@ -120,6 +123,7 @@ def test_lp_ft_second_stage_starts_from_the_probe_and_wise_ft_saves_the_chosen_a
     assert (
         results["probe_solver"] == "lbfgs" and 0 <= results["lp_test_accuracy"] <= 1 and "lp_eval_accuracy" in results
     )
+    assert {"lp_inverted_accuracy", "lp_retention_accuracy"} <= set(results)  # the probe stage on every set too
 
     curve = results["wise_ft_curve"]
     assert [p["alpha"] for p in curve] == [0.0, 1.0] and results["wise_ft_select"] == "inverted/accuracy"
