@@ -19,13 +19,13 @@ from .models.towers import ModelParts, Tower, linear_leaves
 logger = logging.getLogger(__name__)
 
 # One list per kind of model: the flags' help, the argument check and every error message read these.
-CLASSIFIER_STRATEGIES = ("linear_probe", "top_k", "full", "lora", "lp_ft")
-# LP-FT's second stage (mm_hf.lp_ft): what trains once the linear probe has fitted the head.
+CLASSIFIER_STRATEGIES = ("linear_probe", "top_k", "full", "lora")
+# LP-FT (mm_hf.lp_ft): a run in two stages, a linear probe fitted in place, then one of these tower strategies.
 LP_FT_SECOND_STAGES = ("full", "lora")
 CONTRASTIVE_STRATEGIES = ("full", "lock_image", "lock_text", "lora")
 FUSION_ENCODER_STRATEGIES = ("frozen", "top_k", "full", "lora")
 # What --finetune_strategy may be for any recipe (a fusion recipe reads the classifier's names).
-ALL_STRATEGIES = tuple(dict.fromkeys(CLASSIFIER_STRATEGIES + CONTRASTIVE_STRATEGIES))
+ALL_STRATEGIES = tuple(dict.fromkeys(CLASSIFIER_STRATEGIES + CONTRASTIVE_STRATEGIES + ("lp_ft",)))
 
 
 def tower_strategies(
