@@ -262,7 +262,9 @@ class WiseFT:
                 "(validation: --validation_dir/--validation_file/--train_val_split; an OOD set: --ood_dir NAME=PATH)"
             )
         args = trainer.args
-        metric = (args.metric_for_best_model or "accuracy").removeprefix("eval_")
+        # The run's own criterion: --metric_for_best_model, else the measure's (a multi-task fusion model: its loss)
+        best = getattr(getattr(trainer_measure(measure), "metrics", None), "best_metric", None)
+        metric = (args.metric_for_best_model or (best() if callable(best) else "accuracy")).removeprefix("eval_")
         greater = args.greater_is_better if args.metric_for_best_model else True
         if greater is None:
             greater = not metric.endswith("loss")
