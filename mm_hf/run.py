@@ -252,6 +252,8 @@ def train_and_evaluate(
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
     split = "test" if "test" in datasets else "validation"
     key = "test" if split == "test" else "eval"
+    if getattr(ft_args, "wise_ft_alphas", None) and not trainer.args.do_train:
+        raise UserError("--wise_ft_alphas mixes the weights before and after training: it needs --do_train")
     wise_ft = WiseFT.start(trainer, measure, datasets, ft_args, extra_sets) if trainer.args.do_train else None
     before = measure.before(split, f"zeroshot_{key}")
     before_report = measure.report
