@@ -110,12 +110,14 @@ CAPTION_TEMPLATES = ("a photo of the digit {name}.", "a handwritten {name}.", "t
 DIGIT_SHIFTS = ("gaussian_noise", "rotation", "contrast")
 
 
-def write_shifted_digits(digits_dir: str, output_dir: str, shifts=DIGIT_SHIFTS, severity: int = 3) -> dict[str, str]:
-    """`output_dir/<shift>/<class>/*.png`: every test digit of `digits_dir` under each corruption (seeded per image),
-    as class folders for `--ood_dir <shift>=<folder>`. Returns shift -> folder."""
+def write_shifted_digits(
+    digits_dir: str, output_dir: str, shifts=DIGIT_SHIFTS, severity: int = 3, split: str = "test"
+) -> dict[str, str]:
+    """`output_dir/<shift>/<class>/*.png`: every `split` digit of `digits_dir` under each corruption (seeded per
+    image), as class folders for `--ood_dir <shift>=<folder>`. Returns shift -> folder."""
     from .corruptions import CORRUPTIONS, corruption_rng
 
-    test_dir, folders = os.path.join(digits_dir, "test"), {}
+    test_dir, folders = os.path.join(digits_dir, split), {}
     for shift in shifts:
         folders[shift] = os.path.join(output_dir, shift)
         for label in sorted(d for d in os.listdir(test_dir) if os.path.isdir(os.path.join(test_dir, d))):
@@ -191,6 +193,12 @@ def main(argv=None):
     shifted_dir = os.path.join(args.output_dir, "digits_shifted")
     if not os.path.isdir(shifted_dir):
         print("shifted test digits written:", write_shifted_digits(data_dir, shifted_dir))
+        # A held-out shifted set to choose WiSE-FT's α on (--wise_ft_select), never the test one.
+        validation = os.path.join(shifted_dir, "validation")
+        print(
+            "shifted validation digits written:",
+            write_shifted_digits(data_dir, validation, ("contrast",), split="validation"),
+        )
     if not os.path.isdir(model_dir):
         text = pretrained_text_encoder()
         build_tiny_dual_encoder(
