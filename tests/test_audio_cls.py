@@ -232,7 +232,7 @@ def test_short_full_training_beats_the_untrained_head(tiny_wav2vec2, tmp_path):
 
 def test_shipped_yaml_parses():
     path = os.path.join(REPO, "recipes", "configs", "audio_cls_demo.yaml")
-    _, data_args, ft_args, audio_args, training_args = parse_args(recipe.ARGUMENT_TYPES, ["--config", path])
+    _, data_args, ft_args, audio_args, _, training_args = parse_args(recipe.ARGUMENT_TYPES, ["--config", path])
     assert data_args.train_dir and training_args.output_dir and audio_args.max_length_seconds > 0
     assert ft_args.finetune_strategy in ("linear_probe", "top_k", "full", "lora")
 
