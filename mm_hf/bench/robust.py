@@ -108,7 +108,7 @@ def main(argv=None):
     parser.add_argument("--realmodels", default=os.path.expanduser("~/.cache/mm-hf-dev/realmodels"))
     parser.add_argument("--image_size", type=int, default=112)
     parser.add_argument("--per_class", default="10,5,10", help="train,validation,test crops per photo")
-    parser.add_argument("--align_epochs", type=float, default=3)
+    parser.add_argument("--align_epochs", type=float, default=10)
     parser.add_argument("--epochs", type=float, default=5, help="fine-tuning epochs of full, LP-FT and FLYP")
     # CLIP-style fine-tuning rates (WiSE-FT, FLYP: 1e-5 to 3e-5), one for every trained method, not the recipe's
     # 1e-4 default for a random head.
