@@ -7,7 +7,7 @@ DEMO_DIR ?= demo_out
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo demo-audio demo-fusion demo-medical demo-recommendation test test-all lint format clean bench-quality bench-memory
+.PHONY: setup demo demo-audio demo-fusion demo-medical demo-recommendation demo-robust test test-all lint format clean bench-quality bench-memory
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ demo: setup
 	$(BIN)/python -m mm_hf.index build $(DEMO_DIR)/clip_retrieval --data $(DEMO_DIR)/digits/test \
 		--index_dir $(DEMO_DIR)/digits.index --overwrite
 	$(BIN)/python -m mm_hf.index search $(DEMO_DIR)/digits.index --text "a handwritten seven." -k 5 --format table
+
+# Robust fine-tuning: make demo's fine-tuning with WiSE-FT, measured on the test digits under noise, rotation and low
+# contrast too (robustness.md and wise_ft_curve.png in demo_out/clip_imagecls_robust).
+demo-robust: setup
+	$(BIN)/python -m mm_hf.demo --output_dir $(DEMO_DIR)
+	$(LAUNCH) recipes/clip_retrieval.py --config recipes/configs/clip_retrieval_demo.yaml --disable_tqdm true
+	$(LAUNCH) recipes/clip_imagecls.py --config recipes/configs/clip_imagecls_robust_demo.yaml --disable_tqdm true
 
 # Audio classification on synthetic tone clips with a small random wav2vec2 (written by mm_hf.demo).
 demo-audio: setup

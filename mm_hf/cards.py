@@ -42,12 +42,19 @@ CARD_HYPERPARAMETERS = (
     "head_init",
     "head_dropout",
     "early_stopping_patience",
+    "lp_ft_second_stage",
+    "wise_ft_alphas",
+    "wise_ft_select",
+    "loss",
 )
 PLOTS = (
     ("confusion_matrix.png", "Confusion matrix"),
     ("training_curves.png", "Training curves"),
     ("hp_search.png", "Hyperparameter search"),
+    ("wise_ft_curve.png", "WiSE-FT: ID vs OOD accuracy along the interpolation"),
 )
+# Written by runs with --finetune_strategy lp_ft, --loss flyp or --wise_ft_alphas (mm_hf.wise_ft).
+ROBUSTNESS_REPORT = "robustness.md"
 
 
 @dataclass
@@ -170,6 +177,7 @@ def render_model_card(
         before_after_table=_read_text(output_dir, "before_after.md"),
         classification_report=_read_text(output_dir, "classification_report.txt").rstrip(),  # "" when absent
         hp_search=_read_text(output_dir, "hp_search.md").rstrip(),  # the trials of --hp_search, "" without one
+        robustness=_read_text(output_dir, ROBUSTNESS_REPORT).rstrip(),  # "" when absent
         plots=[{"title": t, "path": n} for n, t in PLOTS if os.path.exists(os.path.join(output_dir, n))],
         usage=_usage(saved_as, info.pipeline_tag, base_model, info.usage).replace("REPO_ID", repo_id or output_dir),
         base_model_links=" + ".join(
@@ -206,8 +214,13 @@ def _card_hyperparameters(resolved: dict) -> dict:
     strategy = resolved.get("finetune_strategy")
     shown = {k: resolved[k] for k in CARD_HYPERPARAMETERS if resolved.get(k) not in (None, -1)}
     # Strategy-specific knobs only matter for their strategy.
-    if strategy != "lora":
+    lp_ft = strategy == "lp_ft"
+    if strategy != "lora" and not (lp_ft and resolved.get("lp_ft_second_stage") == "lora"):
         shown = {k: v for k, v in shown.items() if not k.startswith("lora_")}
+    if not lp_ft:
+        shown.pop("lp_ft_second_stage", None)
+    if not resolved.get("wise_ft_alphas"):
+        shown.pop("wise_ft_select", None)
     if strategy != "top_k":
         shown.pop("unfreeze_last_n_layers", None)
     for flag in ("bf16", "fp16"):

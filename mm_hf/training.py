@@ -20,10 +20,12 @@ logger = logging.getLogger(__name__)
 
 # One list per kind of model: the flags' help, the argument check and every error message read these.
 CLASSIFIER_STRATEGIES = ("linear_probe", "top_k", "full", "lora")
+# LP-FT (mm_hf.lp_ft): a run in two stages, a linear probe fitted in place, then one of these tower strategies.
+LP_FT_SECOND_STAGES = ("full", "lora")
 CONTRASTIVE_STRATEGIES = ("full", "lock_image", "lock_text", "lora")
 FUSION_ENCODER_STRATEGIES = ("frozen", "top_k", "full", "lora")
 # What --finetune_strategy may be for any recipe (a fusion recipe reads the classifier's names).
-ALL_STRATEGIES = tuple(dict.fromkeys(CLASSIFIER_STRATEGIES + CONTRASTIVE_STRATEGIES))
+ALL_STRATEGIES = tuple(dict.fromkeys(CLASSIFIER_STRATEGIES + CONTRASTIVE_STRATEGIES + ("lp_ft",)))
 
 
 def tower_strategies(
@@ -70,7 +72,12 @@ def apply_strategy(
     running statistics.
     """
     parts = model.parts()
-    plan = tower_strategies(parts, args.finetune_strategy, per_encoder)
+    strategy = args.finetune_strategy
+    if strategy == "lp_ft" and parts.kind == "classifier":
+        # The probe stage fits the head in place, by L-BFGS on cached features (mm_hf.lp_ft), and needs nothing
+        # made trainable: what trains is the second stage's.
+        strategy = args.lp_ft_second_stage
+    plan = tower_strategies(parts, strategy, per_encoder)
     lora = [key for key, strategy in plan.items() if strategy == "lora"]
     trainable = [] if lora and parts.head_with_lora == "freeze" else list(parts.head)
     for key, strategy in plan.items():

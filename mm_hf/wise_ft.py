@@ -14,6 +14,7 @@ rather than peft's runtime `scaling`, is what `save_pretrained` stores, so an ad
 `merge_and_unload()` gives the same weights as a plain checkpoint.
 """
 
+import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 # The LoRA "A" factors (Linear/Conv: lora_A.<adapter>.weight; Embedding: lora_embedding_A.<adapter>): they keep
 # their trained value at every α, their "B" partner carries α (interpolating both would scale ΔW by α²).
@@ -211,3 +214,217 @@ def _snapshot_like(model: nn.Module, start: Snapshot) -> Snapshot:
     tensors = {name: weights[name].detach().to("cpu", copy=True) for name in start.tensors if name in weights}
     fingerprints = {name: _fingerprint(weights[name]) for name in start.fingerprints if name in weights}
     return Snapshot(tensors, fingerprints)
+
+
+# ---- the run protocol's WiSE-FT (mm_hf.run.train_and_evaluate, --wise_ft_alphas / --wise_ft_select) ----
+
+# Trainer.evaluate's bookkeeping, not measurements of the model: left out of the α curve.
+_NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second")
+
+
+class WiseFT:
+    """One run's WiSE-FT: the start snapshot taken before any training (`start`), the α sweep after it (`sweep`).
+
+    Each α is measured with `trainer.evaluate` on every set of `sets` (validation and the OOD sets, by name) and
+    chosen on `select`'s headline metric (`--metric_for_best_model`, default accuracy). The held-out split is
+    measured once at α = 1 (`finetuned_<key>_*`); the protocol measures it again at the chosen α.
+    """
+
+    def __init__(self, trainer, measure, sets: dict, alphas: list[float], select: str, metric: str, greater: bool):
+        self.trainer, self.measure, self.sets, self.alphas = trainer, measure, sets, alphas
+        self.select, self.metric, self.greater = select, metric, greater
+        self.start_weights = snapshot(trainer.model)
+
+    @classmethod
+    def start(cls, trainer, measure, datasets: dict, ft_args, extra_sets: dict | None = None) -> "WiseFT | None":
+        """None without --wise_ft_alphas; else the snapshot of the model as the strategy left it (call before any
+        training: after `apply_strategy`, so requires_grad says what will train)."""
+        from .errors import UserError
+        from .measures import TrainerMeasure
+
+        alphas = getattr(ft_args, "wise_ft_alphas", None)
+        if not alphas:
+            return None
+        if not isinstance(trainer_measure(measure), TrainerMeasure):
+            raise UserError(
+                f"--wise_ft_alphas needs a classifier's evaluation (Trainer metrics); this recipe measures with "
+                f"{type(measure).__name__}: drop --wise_ft_alphas"
+            )
+        sets = {"validation": datasets["validation"]} if "validation" in datasets else {}
+        for name, dataset in (extra_sets or {}).items():
+            if name in sets:
+                raise UserError(f"--wise_ft_alphas: an OOD set may not be named {name!r} (the validation split is)")
+            sets[name] = dataset
+        select = ft_args.wise_ft_select
+        if select not in sets:
+            raise UserError(
+                f"--wise_ft_select {select}: no such evaluation set; choose α on one of {sorted(sets) or 'none'} "
+                "(validation: --validation_dir/--validation_file/--train_val_split; an OOD set: --ood_dir NAME=PATH)"
+            )
+        args = trainer.args
+        # The run's own criterion: --metric_for_best_model, else the measure's (a multi-task fusion model: its loss)
+        best = getattr(getattr(trainer_measure(measure), "metrics", None), "best_metric", None)
+        metric = (args.metric_for_best_model or (best() if callable(best) else "accuracy")).removeprefix("eval_")
+        greater = args.greater_is_better if args.metric_for_best_model else True
+        if greater is None:
+            greater = not metric.endswith("loss")
+        return cls(trainer, trainer_measure(measure), sets, alphas, select, metric, bool(greater))
+
+    def _measure_sets(self) -> dict:
+        return measure_sets(self.trainer, self.sets)
+
+    def sweep(self, split: str, key: str) -> dict:
+        """After training: the held-out split at α = 1, then the α curve; leaves the model at the chosen α and returns
+        what all_results.json records (`wise_ft_alpha`, `wise_ft_select`, `wise_ft_curve`, `finetuned_<key>_*`)."""
+        finetuned = self.measure.before(split, f"finetuned_{key}")
+        result = wise_ft_sweep(
+            self.trainer.model,
+            self.start_weights,
+            self.alphas,
+            self._measure_sets,
+            select=f"{self.select}/{self.metric}",
+            greater_is_better=self.greater,
+        )
+        for point in result.curve:
+            logger.info(
+                "WiSE-FT alpha=%.2f: %s",
+                point["alpha"],
+                ", ".join(f"{name} {point[name].get(self.metric, float('nan')):.4f}" for name in self.sets),
+            )
+        logger.info("WiSE-FT: alpha=%s chosen on %s", result.alpha, result.select)
+        return {**finetuned, **result.to_dict()}
+
+
+def trainer_measure(measure):
+    """The Trainer-based measure (mm_hf.measures.TrainerMeasure) inside `measure`, which may wrap it (`.measure`, as
+    the shifted-set measure of mm_hf.evaluate.shifts does): the intermediate models (LP-FT's probe, α = 1) are
+    measured on the held-out split by it alone, so a wrapper's before/after keys keep their meaning."""
+    while hasattr(measure, "measure"):
+        measure = measure.measure
+    return measure
+
+
+def measure_sets(trainer, sets: dict) -> dict:
+    """{name: {metric: value}} of the model on each set: a dataset is evaluated by Trainer, a function of the model
+    (mm_hf.retention.ZeroShotRetention) is called."""
+    out = {}
+    for name, dataset in sets.items():
+        if callable(dataset):
+            out[name] = dataset(trainer.model)
+            continue
+        metrics = trainer.evaluate(dataset, metric_key_prefix=name)
+        out[name] = {
+            k.removeprefix(f"{name}_"): v
+            for k, v in metrics.items()
+            if k.startswith(f"{name}_") and not k.endswith(_NOT_METRICS)
+        }
+    return out
+
+
+def _value(results: dict, key: str):
+    value = results.get(key)
+    return None if value is None else float(value)
+
+
+def format_robustness_report(results: dict, key: str, before_label: str, metric: str = "accuracy") -> str | None:
+    """The Markdown report of a robust fine-tuning run (None when it was a plain one): the models the run went
+    through (start, LP-FT's probe stage, fine-tuned, WiSE-FT at the chosen α) × the held-out split, validation and
+    every OOD set of the α curve, then the α curve itself. Read from all_results.json's keys, so it can be rebuilt
+    from a finished run."""
+    curve = results.get("wise_ft_curve") or []
+    flyp = results.get("finetune_loss") == "flyp"
+    if not curve and not flyp and f"lp_{key}_{metric}" not in results:
+        return None
+    by_alpha = {point["alpha"]: point for point in curve}
+    sets = [name for name in (curve[0] if curve else {}) if name != "alpha"]
+    split = "test" if key == "test" else "validation"
+    header = ["model", f"{split} {metric}"] + [f"{name} {metric}" for name in sets if name != split]
+    columns = [name for name in sets if name != split]
+
+    def row(label: str, held_out, point: dict | None):
+        cells = [label, held_out] + [(point or {}).get(name, {}).get(metric) for name in columns]
+        return [cells[0]] + ["–" if v is None else f"{float(v):.4f}" for v in cells[1:]]
+
+    alpha = results.get("wise_ft_alpha")
+    lp = results.get(f"lp_{key}_{metric}") is not None
+    rows = [row(before_label, _value(results, f"zeroshot_{key}_{metric}"), by_alpha.get(0.0))]
+    if lp:
+        lp_point = {name: {metric: results.get(f"lp_{name}_{metric}")} for name in columns}
+        lp_point["validation"] = {metric: results.get(f"lp_eval_{metric}")}
+        rows.append(row("linear probe (LP-FT stage 1)", _value(results, f"lp_{key}_{metric}"), lp_point))
+    tuned = "LP-FT" if lp else "FLYP" if flyp else "fine-tuned"
+    if curve:
+        rows.append(row(f"{tuned} (α = 1)", _value(results, f"finetuned_{key}_{metric}"), by_alpha.get(1.0)))
+        rows.append(row(f"WiSE-FT (α = {alpha:g}, saved)", _value(results, f"{key}_{metric}"), by_alpha.get(alpha)))
+    else:
+        rows.append(row(f"{tuned} (saved)", _value(results, f"{key}_{metric}"), None))
+    lines = [_markdown_table(header, rows)]
+    if curve:
+        lines.append(
+            f"\nWiSE-FT curve: α chosen on {results.get('wise_ft_select')} "
+            f"(α = 0: the starting model, α = 1: the fine-tuned one)\n"
+        )
+        curve_header = ["α"] + [f"{name} {metric}" for name in sets]
+        curve_rows = [
+            [f"{p['alpha']:g}" + (" ←" if p["alpha"] == alpha else "")]
+            + [_fmt(p.get(name, {}).get(metric)) for name in sets]
+            for p in curve
+        ]
+        lines.append(_markdown_table(curve_header, curve_rows))
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else f"{float(value):.4f}"
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    rule = ["-" * widths[0]] + ["-" * (w - 1) + ":" for w in widths[1:]]
+    lines = []
+    for cells in [header, rule, *rows]:
+        padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        lines.append("| " + " | ".join(padded) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_wise_ft_curve(results: dict, path, metric: str = "accuracy"):
+    """The ID–OOD plot of the α curve (validation accuracy across, each OOD set's up, points labelled by α, the
+    chosen one ringed); without OOD sets, validation accuracy against α. Returns the path, or None without a curve."""
+    curve = results.get("wise_ft_curve") or []
+    if not curve:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = results.get("wise_ft_alpha")
+    sets = [name for name in curve[0] if name not in ("alpha", "validation")]
+    alphas = [p["alpha"] for p in curve]
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    if "validation" in curve[0] and sets:
+        xs = [p["validation"].get(metric) for p in curve]
+        for name in sets:
+            ys = [p[name].get(metric) for p in curve]
+            ax.plot(xs, ys, marker="o", label=name)
+            for a, x, y in zip(alphas, xs, ys, strict=True):
+                ax.annotate(f"{a:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                if a == chosen:
+                    ax.scatter([x], [y], s=160, facecolors="none", edgecolors="black")
+        ax.set_xlabel(f"ID (validation) {metric}")
+        ax.set_ylabel(f"OOD {metric}")
+    else:
+        for name in [n for n in curve[0] if n != "alpha"]:
+            ax.plot(alphas, [p[name].get(metric) for p in curve], marker="o", label=name)
+        if chosen is not None:
+            ax.axvline(chosen, color="black", linestyle=":", label=f"chosen α = {chosen:g}")
+        ax.set_xlabel("α (0 = start, 1 = fine-tuned)")
+        ax.set_ylabel(metric)
+    ax.set_title("WiSE-FT: weight interpolation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

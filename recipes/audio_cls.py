@@ -15,6 +15,8 @@ For an audio encoder the classification head is new (randomly initialised), so t
 before training ("untrained head", the chance baseline) and after, side by side. A CLAP audio–text model
 (e.g. laion/clap-htsat-unfused) instead starts from its zero-shot classifier: the head holds the text
 embeddings of class-name prompts (--prompt_templates), and the table compares zero-shot with fine-tuned.
+Robust fine-tuning (README "Robust fine-tuning"): --finetune_strategy lp_ft, --wise_ft_alphas (any model) and
+--loss flyp (CLAP only).
 """
 
 import logging
@@ -22,11 +24,12 @@ import sys
 from dataclasses import dataclass, field
 from functools import partial
 
-from transformers import AutoConfig, AutoFeatureExtractor, AutoProcessor, TrainingArguments
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoProcessor, TrainingArguments
 
 from mm_hf.args import (
     AudioColumnArguments,
     AudioModelArguments,
+    ClassifierLossArguments,
     DataArguments,
     FinetuneArguments,
     LabelColumnArguments,
@@ -39,10 +42,12 @@ from mm_hf.data.loading import dataset_display_name
 from mm_hf.errors import UserError, run_cli
 from mm_hf.evaluate.shifts import load_run_shifts, with_shifts
 from mm_hf.features import classifier_datasets
+from mm_hf.flyp import build_flyp_classifier, check_flyp, finish_flyp
+from mm_hf.lp_ft import lp_ft_first_stage
 from mm_hf.measures import TrainerMeasure
 from mm_hf.metrics.streaming import ClassificationMetrics
 from mm_hf.models import build_audio_classifier, build_dual_encoder_classifier
-from mm_hf.models.clip_classifier import is_audio_text_config
+from mm_hf.models.clip_classifier import DEFAULT_AUDIO_PROMPT_TEMPLATES, is_audio_text_config
 from mm_hf.outputs import RunInfo, recipe_command, save_run
 from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
 from mm_hf.run import build_trainer, load_checked_splits, prepare_training_arguments, start_run, train_and_evaluate
@@ -52,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class AudioArguments(LabelColumnArguments, AudioColumnArguments):  # --audio_column, then --label_column
+class AudioArguments(LabelColumnArguments, AudioColumnArguments, ClassifierLossArguments):  # columns, --loss
     max_length_seconds: float = field(
         default=5.0,
         metadata={
@@ -113,6 +118,13 @@ def main(argv=None):
             f"--head_init zeroshot needs an audio-text model (CLAP); {model_args.model_name_or_path} has no text tower"
         )
     zeroshot = audio_text and audio_args.head_init != "random"
+    flyp = audio_args.loss == "flyp"
+    if flyp and not audio_text:
+        raise UserError(
+            f"--loss flyp needs an audio-text model (CLAP); {model_args.model_name_or_path} has no text tower"
+        )
+    if flyp:
+        check_flyp(ft_args, audio_args.head_init, training_args.explicit_flags)
     # A linear probe caches the frozen tower's output once: CLAP's audio embeddings, or an audio encoder's
     # mean-pooled frames (attention pooling learns its frame scores, so its backbone runs every batch:
     # see mm_hf.features.can_cache_pooled).
@@ -150,15 +162,24 @@ def main(argv=None):
     processing_class = feature_extractor
     if audio_text:
         processing_class = AutoProcessor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
-        model = build_dual_encoder_classifier(
-            model_args.model_name_or_path,
-            id2label,
-            tokenizer=processing_class.tokenizer,
-            head_init="zeroshot" if zeroshot else "random",
-            prompt_templates=audio_args.prompt_templates,
-            head_dropout=audio_args.head_dropout,
-            **hub_kwargs,
-        )
+        if flyp:  # both towers train contrastively; the head is the text tower's (mm_hf.flyp)
+            model = build_flyp_classifier(
+                AutoModel.from_pretrained(model_args.model_name_or_path, **hub_kwargs),
+                id2label,
+                processing_class.tokenizer,
+                audio_args.prompt_templates or DEFAULT_AUDIO_PROMPT_TEMPLATES,
+                head_dropout=audio_args.head_dropout,
+            )
+        else:
+            model = build_dual_encoder_classifier(
+                model_args.model_name_or_path,
+                id2label,
+                tokenizer=processing_class.tokenizer,
+                head_init="zeroshot" if zeroshot else "random",
+                prompt_templates=audio_args.prompt_templates,
+                head_dropout=audio_args.head_dropout,
+                **hub_kwargs,
+            )
     else:
         model = build_audio_classifier(
             model_args.model_name_or_path,
@@ -178,6 +199,7 @@ def main(argv=None):
     if ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features and not cache:
         logger.info("%s: the frozen backbone runs on every batch, uncached", why_uncached)
     datasets_ = classifier_datasets(model, splits, *transforms, training_args, cache, ft_args.features_cache_dir)
+    first_stage = lp_ft_first_stage(model, splits, transforms[1], training_args, ft_args)  # LP-FT's probe
 
     # 6. Evaluate the untouched model, train (or fit a linear probe's head to convergence on the cached features by
     # L-BFGS instead of by epochs), evaluate again
@@ -187,9 +209,20 @@ def main(argv=None):
     measure = with_shifts(
         TrainerMeasure(trainer, datasets_, metrics), shifts, trainer, splits, transforms[1], id2label.values()
     )
-    run = train_and_evaluate(trainer, datasets_, measure, ft_args, before_label=before_label, fit=fit)
+    ood = {name: dataset.with_transform(transforms[1]) for name, dataset in shifts.sets.items()}  # WiSE-FT's α curve
+    run = train_and_evaluate(
+        trainer,
+        datasets_,
+        measure,
+        ft_args,
+        before_label=before_label,
+        fit=fit,
+        first_stage=first_stage,
+        extra_sets=ood,
+    )
 
-    # 7. Save the model, outputs and model card (and publish when --push_to_hub)
+    # 7. Save the model (FLYP: the plain classifier, its head recomputed), outputs and model card (and publish)
+    finish_flyp(trainer)
     info = RunInfo(
         pipeline_tag="audio-classification",
         base_model=model_args.model_name_or_path,

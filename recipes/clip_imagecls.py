@@ -13,15 +13,21 @@ WebDataset shards: --train_file 'shards/train-*.tar' --image_column jpg --label_
 The classifier head starts as CLIP's zero-shot classifier (prompt-ensembled class-name embeddings) when that
 beats chance on the validation split (--head_init auto), else at random; the test split is evaluated before
 training and after, side by side. Flags left unset take per-strategy defaults (STRATEGY_DEFAULTS below).
+
+Robust fine-tuning (README "Robust fine-tuning"): --finetune_strategy lp_ft (a converged linear probe, then
+--lp_ft_second_stage full|lora from its head), --loss flyp (both towers trained contrastively against class-prompt
+captions), --wise_ft_alphas 0,0.25,...,1 (weight interpolation with the zero-shot model, α chosen on validation or
+--wise_ft_select NAME), each measured on every --ood_dir NAME=FOLDER set too.
 """
 
 import sys
 from dataclasses import dataclass, field
 from functools import partial
 
-from transformers import AutoProcessor, TrainingArguments
+from transformers import AutoModel, AutoProcessor, TrainingArguments
 
 from mm_hf.args import (
+    ClassifierLossArguments,
     DataArguments,
     FinetuneArguments,
     ImageColumnArguments,
@@ -37,17 +43,20 @@ from mm_hf.data.transforms import build_image_transform
 from mm_hf.errors import UserError, run_cli
 from mm_hf.evaluate.shifts import load_run_shifts, with_shifts
 from mm_hf.features import classifier_datasets
+from mm_hf.flyp import build_flyp_classifier, check_flyp, finish_flyp
+from mm_hf.lp_ft import lp_ft_first_stage
 from mm_hf.measures import TrainerMeasure
 from mm_hf.metrics.streaming import ClassificationMetrics
 from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, build_dual_encoder_classifier, resolve_head_init
 from mm_hf.outputs import RunInfo, recipe_command, save_run
 from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
+from mm_hf.retention import ZeroShotRetention, with_retention
 from mm_hf.run import build_trainer, load_checked_splits, prepare_training_arguments, start_run, train_and_evaluate
 from mm_hf.training import apply_strategy
 
 
 @dataclass
-class ClassifierArguments(LabelColumnArguments, ImageColumnArguments):  # --image_column, then --label_column
+class ClassifierArguments(LabelColumnArguments, ImageColumnArguments, ClassifierLossArguments):  # columns, --loss
     head_init: str = field(
         default="auto",
         metadata={
@@ -72,6 +81,13 @@ class ClassifierArguments(LabelColumnArguments, ImageColumnArguments):  # --imag
     crop_scale_min: float = field(
         default=0.8, metadata={"help": "Smallest image area fraction kept by the random crop."}
     )
+    zeroshot_eval_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Class folders of an unrelated set: its zero-shot accuracy (the image tower against the text "
+            "tower's prompt embeddings) before and after training, and at every WiSE-FT α: ability kept."
+        },
+    )
 
 
 ARGUMENT_TYPES = (
@@ -89,6 +105,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parsed = fill_strategy_defaults(start_run(ARGUMENT_TYPES, argv))  # lr, epochs, schedule per strategy
     model_args, data_args, ft_args, cls_args, robust_args, training_args = parsed
+    flyp = cls_args.loss == "flyp"
+    if flyp:
+        check_flyp(ft_args, cls_args.head_init, training_args.explicit_flags)
     # A linear probe caches the frozen tower's features of every split, which a stream cannot hold.
     cache = ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features and not data_args.streaming
     why_uncached = (
@@ -122,16 +141,21 @@ def main(argv=None):
     # 3. Processor and model (its head is chosen in 5)
     hub_kwargs = model_args.hub_kwargs()
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
-    model = build_dual_encoder_classifier(
-        model_args.model_name_or_path,
-        id2label,
-        tokenizer=processor.tokenizer,
-        head_init="random" if cls_args.head_init == "random" else "zeroshot",
-        prompt_templates=cls_args.prompt_templates or DEFAULT_PROMPT_TEMPLATES,
-        head_dropout=cls_args.head_dropout,
-        learn_logit_scale=cls_args.learn_logit_scale,
-        **hub_kwargs,
-    )
+    templates = cls_args.prompt_templates or DEFAULT_PROMPT_TEMPLATES
+    head_kwargs = dict(head_dropout=cls_args.head_dropout, learn_logit_scale=cls_args.learn_logit_scale)
+    if flyp:  # both towers train contrastively; the head is the text tower's (mm_hf.flyp)
+        backbone = AutoModel.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
+        model = build_flyp_classifier(backbone, id2label, processor.tokenizer, templates, **head_kwargs)
+    else:
+        model = build_dual_encoder_classifier(
+            model_args.model_name_or_path,
+            id2label,
+            tokenizer=processor.tokenizer,
+            head_init="random" if cls_args.head_init == "random" else "zeroshot",
+            prompt_templates=templates,
+            **head_kwargs,
+            **hub_kwargs,
+        )
 
     # 4. Inputs: cached features for a linear probe, on-the-fly decoding + augmentation otherwise
     eval_transform = build_image_transform(processor.image_processor, train=False, image_column=column)
@@ -151,14 +175,19 @@ def main(argv=None):
     held_out = datasets_.get("validation") or (
         datasets_["train"] if cache else splits["train"].with_transform(eval_transform)
     )
-    head = resolve_head_init(
-        model,
-        cls_args.head_init,
-        held_out,
-        training_args,
-        measured_on="validation" if "validation" in datasets_ else "train",
+    head = (
+        {"head_init": "zeroshot"}
+        if flyp
+        else resolve_head_init(
+            model,
+            cls_args.head_init,
+            held_out,
+            training_args,
+            measured_on="validation" if "validation" in datasets_ else "train",
+        )
     )
     model = apply_strategy(model, ft_args)
+    first_stage = lp_ft_first_stage(model, splits, eval_transform, training_args, ft_args)  # LP-FT's probe
 
     # 6. Evaluate the untouched model, train (or fit a linear probe's head to convergence on the cached features by
     # L-BFGS instead of by epochs), evaluate again
@@ -169,9 +198,25 @@ def main(argv=None):
         TrainerMeasure(trainer, datasets_, metrics), shifts, trainer, splits, eval_transform, id2label.values()
     )
     before_label = "zero-shot" if head["head_init"] == "zeroshot" else "random head"
-    run = train_and_evaluate(trainer, datasets_, measure, ft_args, before_label=before_label, fit=fit)
+    ood = {name: dataset.with_transform(eval_transform) for name, dataset in shifts.sets.items()}  # WiSE-FT's α curve
+    retention = cls_args.zeroshot_eval_dir and ZeroShotRetention(
+        model_args.model_name_or_path, cls_args.zeroshot_eval_dir, processor.tokenizer, templates, eval_transform,
+        column, training_args.per_device_eval_batch_size, **hub_kwargs,
+    )  # fmt: skip
+    ood = with_retention(ood, retention or None)
+    run = train_and_evaluate(
+        trainer,
+        datasets_,
+        measure,
+        ft_args,
+        before_label=before_label,
+        fit=fit,
+        first_stage=first_stage,
+        extra_sets=ood,
+    )
 
-    # 7. Save the model, outputs and model card (and publish when --push_to_hub)
+    # 7. Save the model (FLYP: the plain classifier, its head recomputed), outputs and model card (and publish)
+    finish_flyp(trainer)
     run.results.update({f"head_{k}" if k != "head_init" else k: v for k, v in head.items()})
     info = RunInfo(
         pipeline_tag="image-classification",

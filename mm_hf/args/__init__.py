@@ -9,6 +9,7 @@ fill in for flags left unset), `robustness` (shifted sets and corruptions measur
 
 from .arguments import (
     AudioModelArguments,
+    ClassifierLossArguments,
     DataArguments,
     FinetuneArguments,
     HubArguments,
@@ -46,6 +47,7 @@ from .robustness import DEFAULT_ROBUSTNESS, RobustnessArguments
 __all__ = [
     "AudioColumnArguments",
     "AudioModelArguments",
+    "ClassifierLossArguments",
     "COLUMN_ALIASES",
     "COMMON_DEFAULTS",
     "DEFAULT_ROBUSTNESS",

@@ -8,7 +8,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from ..errors import UserError
-from ..training import ALL_STRATEGIES, CLASSIFIER_STRATEGIES, CONTRASTIVE_STRATEGIES
+from ..training import ALL_STRATEGIES, CLASSIFIER_STRATEGIES, CONTRASTIVE_STRATEGIES, LP_FT_SECOND_STAGES
 
 
 @dataclass
@@ -135,8 +135,10 @@ class FinetuneArguments:
         metadata={
             "help": f"What to train. Classifiers and fusion models: {', '.join(CLASSIFIER_STRATEGIES)} (linear_probe: "
             "the head on frozen features; top_k: the last --unfreeze_last_n_layers layers + head; lora: peft "
-            f"adapters + head). Contrastive: {', '.join(CONTRASTIVE_STRATEGIES)} (lock_image freezes the image, or "
-            "CLAP's audio, tower; lock_text the text tower).",
+            "adapters + head; lp_ft, clip_imagecls and audio_cls: a converged linear probe first, then "
+            "--lp_ft_second_stage from its head, Kumar et al. 2022). "
+            f"Contrastive: {', '.join(CONTRASTIVE_STRATEGIES)} (lock_image freezes the image, or CLAP's audio, tower; "
+            "lock_text the text tower).",
         },
     )
     unfreeze_last_n_layers: int = field(default=2, metadata={"help": "With top_k: how many final layers to train."})
@@ -177,6 +179,28 @@ class FinetuneArguments:
             "convergence (logistic regression, L2 strength chosen on validation, else by 5-fold cross-validation "
             "on train; ignores the learning rate, epochs and steps); trainer trains it by Trainer epochs instead.",
             "choices": ["lbfgs", "trainer"],
+        },
+    )
+    lp_ft_second_stage: str = field(
+        default="full",
+        metadata={
+            "help": "With --finetune_strategy lp_ft: what trains after the linear-probe stage, starting from its head.",
+            "choices": list(LP_FT_SECOND_STAGES),
+        },
+    )
+    wise_ft_alphas: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "WiSE-FT (Wortsman et al. 2022): after training, mix start and fine-tuned weights as (1-a)*start + "
+            "a*tuned for each a given (e.g. 0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1), evaluate each on validation and "
+            "every OOD set, keep the best a (--wise_ft_select) in the saved model. One evaluation per a.",
+        },
+    )
+    wise_ft_select: str = field(
+        default="validation",
+        metadata={
+            "help": "The set whose accuracy (the run's headline metric) chooses the WiSE-FT a: validation, or the NAME "
+            "of a held-out OOD validation set (--ood_dir NAME=PATH); never a test set."
         },
     )
     early_stopping_patience: int | None = field(
@@ -224,6 +248,45 @@ class FinetuneArguments:
             )
         if self.probe_solver not in ("lbfgs", "trainer"):
             raise UserError(f"--probe_solver must be lbfgs or trainer; got {self.probe_solver!r}")
+        if self.lp_ft_second_stage not in LP_FT_SECOND_STAGES:
+            raise UserError(
+                f"--lp_ft_second_stage must be one of {', '.join(LP_FT_SECOND_STAGES)}; got {self.lp_ft_second_stage!r}"
+            )
+        self.wise_ft_alphas = parse_alphas(self.wise_ft_alphas)
+
+
+def parse_alphas(values) -> list[float] | None:
+    """--wise_ft_alphas as floats in [0, 1], from "0,0.5,1", "0 0.5 1" (argparse gives a list) or a YAML list."""
+    if values is None:
+        return None
+    if isinstance(values, str | int | float):
+        values = [values]
+    try:
+        alphas = [float(part) for value in values for part in str(value).split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--wise_ft_alphas: numbers between 0 and 1 separated by commas, got {values}") from None
+    bad = [a for a in alphas if not 0.0 <= a <= 1.0]
+    if not alphas or bad:
+        raise UserError(
+            f"--wise_ft_alphas: each a must lie in [0, 1] (0 = the starting model, 1 = the fine-tuned one), got "
+            f"{bad or 'none'}"
+        )
+    return alphas
+
+
+@dataclass
+class ClassifierLossArguments:
+    """The training loss of the CLIP-family classifier recipes (clip_imagecls; audio_cls with CLAP)."""
+
+    loss: str = field(
+        default="cross_entropy",
+        metadata={
+            "help": "cross_entropy: the head's logits against the labels; flyp: FLYP (Goyal et al. 2023), both towers "
+            "trained contrastively against class-prompt captions (--prompt_templates), the head recomputed from the "
+            "text tower (mm_hf.flyp; --finetune_strategy full or top_k).",
+            "choices": ["cross_entropy", "flyp"],
+        },
+    )
 
 
 def check_model_source(value: str | None, flag: str) -> None:

@@ -56,7 +56,10 @@ COMMON_DEFAULTS = dict(num_train_epochs=10, warmup_steps=0.1, lr_scheduler_type=
 def fill_strategy_defaults(parsed) -> tuple:
     """`parsed` (as start_run returns it) with the learning rate, epochs and schedule of its `--finetune_strategy`
     (STRATEGY_DEFAULTS, COMMON_DEFAULTS) set wherever the user did not set them; logs what it chose."""
-    strategy = next(a for a in parsed if isinstance(a, FinetuneArguments)).finetune_strategy
+    ft_args = next(a for a in parsed if isinstance(a, FinetuneArguments))
+    strategy = ft_args.finetune_strategy
+    if strategy == "lp_ft":  # the probe stage is solved by L-BFGS: the Trainer settings are the second stage's
+        strategy = ft_args.lp_ft_second_stage
     training_args = next(a for a in parsed if isinstance(a, TrainingArguments))
     defaults = {**COMMON_DEFAULTS, **STRATEGY_DEFAULTS.get(strategy, {})}
     user_set = training_args.explicit_flags  # every flag set on the command line or in --config (start_run)

@@ -40,6 +40,23 @@ def is_audio_text_config(config) -> bool:
     return getattr(config, "audio_config", None) is not None and getattr(config, "text_config", None) is not None
 
 
+def prompt_text_features(backbone, tokenizer, prompts: Sequence[str]) -> torch.Tensor:
+    """(len(prompts), embed_dim) un-normalised text embeddings of `prompts` by the dual encoder's text tower, with
+    gradients when enabled (FLYP trains through it: mm_hf.flyp)."""
+    device = next(backbone.parameters()).device
+    # Long prompts are cut to what the text tower has positions for (a longer one would fail inside it).
+    max_length = text_max_length(tokenizer, backbone.config)
+    # SigLIP was trained on fixed-length padded text; CLIP-style towers pool the EOS token and accept any padding.
+    fixed_length = getattr(backbone.config, "model_type", "").startswith("siglip")
+    padding = {"padding": "max_length", "max_length": min(64, max_length or 64)} if fixed_length else {"padding": True}
+    if not fixed_length and max_length is not None:
+        padding["max_length"] = max_length
+    enc = tokenizer(list(prompts), truncation=True, return_tensors="pt", **padding)
+    inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+    out = backbone.get_text_features(**inputs)
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
 @torch.no_grad()
 def class_text_embeddings(
     backbone, tokenizer, class_names: Sequence[str], templates: Sequence[str], batch_size: int = 256
@@ -48,21 +65,11 @@ def class_text_embeddings(
 
     For each class the normalised embeddings of all its prompts are averaged, as in CLIP.
     """
-    device = next(backbone.parameters()).device
     prompts = [t.format(name) for name in class_names for t in templates]
-    # Long prompts are cut to what the text tower has positions for (a longer one would fail inside it).
-    max_length = text_max_length(tokenizer, backbone.config)
-    # SigLIP was trained on fixed-length padded text; CLIP-style towers pool the EOS token and accept any padding.
-    fixed_length = getattr(backbone.config, "model_type", "").startswith("siglip")
-    padding = {"padding": "max_length", "max_length": min(64, max_length or 64)} if fixed_length else {"padding": True}
-    if not fixed_length and max_length is not None:
-        padding["max_length"] = max_length
-    chunks = []
-    for start in range(0, len(prompts), batch_size):
-        enc = tokenizer(prompts[start : start + batch_size], truncation=True, return_tensors="pt", **padding)
-        inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        out = backbone.get_text_features(**inputs)
-        chunks.append(out if isinstance(out, torch.Tensor) else out.pooler_output)
+    chunks = [
+        prompt_text_features(backbone, tokenizer, prompts[start : start + batch_size])
+        for start in range(0, len(prompts), batch_size)
+    ]
     emb = torch.nn.functional.normalize(torch.cat(chunks).float(), dim=-1)
     emb = emb.view(len(class_names), len(templates), -1).mean(dim=1)
     return torch.nn.functional.normalize(emb, dim=-1)
