@@ -104,10 +104,16 @@ def test_shipped_configs_parse(path):
     """Every shipped YAML parses against its recipe's argument dataclasses."""
     from conftest import load_recipe
 
-    # configs are named <recipe>[_<variant>]_demo.yaml
+    # configs are named <recipe>[_<variant>]_demo.yaml, or (applications: sentiment.yaml) name their recipe in the
+    # launch command they start with
     stem = os.path.basename(path).split(".")[0]
     recipes = [os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "recipes", "*.py"))]
-    recipe = load_recipe(max((r for r in recipes if stem.startswith(r)), key=len))
+    named = [r for r in recipes if stem.startswith(r)]
+    if not named:
+        with open(path) as f:
+            header = "".join(line for line in f if line.startswith("#"))
+        named = [r for r in recipes if f"recipes/{r}.py" in header]
+    recipe = load_recipe(max(named, key=len))
     types = recipe.ARGUMENT_TYPES
     outputs = parse_args(types, ["--config", path])
     assert len(outputs) == len(types)
