@@ -24,7 +24,7 @@ SHIPPED_CONFIG = os.path.join(REPO, "recipes", "configs", "sentiment.yaml")
 def test_no_modality_alone_tells_the_sentiment():
     rows = [
         {"words": c.words, "voice": c.voice, "face": c.face, "annotation": c.label}
-        for c in app.CASES
+        for c in app.IRONY_CASES
         for _ in range(c.weight)
     ]
     assert Counter(r["annotation"] for r in rows) == {"negative": 3, "neutral": 3, "positive": 3}
@@ -34,7 +34,7 @@ def test_no_modality_alone_tells_the_sentiment():
     assert app.best_accuracy(rows, ("face",)) == pytest.approx(6 / 9)
     for pair in (("words", "voice"), ("words", "face"), ("voice", "face")):
         assert app.best_accuracy(rows, pair) <= 8 / 9 + 1e-9, pair
-    assert app.best_accuracy(rows, app.FACTORS) == 1.0
+    assert app.best_accuracy(rows, app.CASE_FACTORS) == 1.0
     # Irony: the same praise flips with the voice or the face.
     assert app.sentiment_label("praise", "sincere", "smile") == "positive"
     assert app.sentiment_label("praise", "sarcastic", "smile") == "negative"
@@ -78,7 +78,7 @@ def test_clips_come_in_the_mosei_layout_and_prepare_into_rows(clips, tmp_path):
     with open(clips / "label.csv") as f:
         table = list(csv.DictReader(f))
     assert list(table[0]) == ["video_id", "clip_id", "text", "label", "annotation", "mode", "words", "voice", "face"]
-    # 9 clips per split: one full cycle of CASES, so every split is balanced; speakers (videos) never straddle splits
+    # 9 clips per split: one full cycle of IRONY_CASES, so every split is balanced; speakers (videos) never straddle splits
     for mode in ("train", "valid", "test"):
         assert Counter(r["annotation"] for r in table if r["mode"] == mode) == dict.fromkeys(
             ("Negative", "Neutral", "Positive"), 3
@@ -90,7 +90,7 @@ def test_clips_come_in_the_mosei_layout_and_prepare_into_rows(clips, tmp_path):
 
     files = app.prepare_splits(str(clips), str(tmp_path / "rows"))
     rows = [json.loads(line) for line in open(files["test"])]
-    assert len(rows) == 9 and {r["label"] for r in rows} == set(app.CLASSES)
+    assert len(rows) == 9 and {r["label"] for r in rows} == set(app.SENTIMENTS)
     row = rows[0]
     clip = tmp_path / "rows" / row["video"]
     frames = load_video_frames(str(clip), 4)

@@ -23,15 +23,15 @@ audio-only run), `transcript`, `label` (the annotation, else the score's sign: <
 MOSEI's 3-class convention) and `sentiment` (the score), so the same commands run on the real data:
 
     python -m mm_hf.apps.sentiment prepare --data_dir MOSEI --output_dir mosei_rows
-    accelerate launch recipes/video_cls.py --config recipes/configs/sentiment.yaml \\
-        --train_file mosei_rows/train.jsonl --validation_file mosei_rows/validation.jsonl \\
-        --test_file mosei_rows/test.jsonl --output_dir mosei_run   (+ pretrained encoders, e.g. --vision_model_name_or_path)
+    # a copy of recipes/configs/sentiment.yaml with its files, encoders and output_dir pointed at yours: mosei.yaml
+    accelerate launch recipes/video_cls.py --config mosei.yaml
+    python -m mm_hf.apps.sentiment ablate --config mosei.yaml
 
 The synthetic clips (`write_sentiment_clips`): espeak-ng speaks a sentence, PIL draws a face. A sentence is either
 praise ("what a wonderful day") or a plain statement ("the meeting moved to friday"); the voice is sincere or
 sarcastic (slower, higher, the key word stressed with SSML); the face smiles, stays neutral or rolls its eyes.
 Sarcasm in the voice or an eye-roll makes the utterance negative (irony), whatever the words say; otherwise praise
-or a smile is positive and a plain statement with a neutral face neutral. The seven combinations in `CASES`, with
+or a smile is positive and a plain statement with a neutral face neutral. The seven combinations in `IRONY_CASES`, with
 their weights, balance the three classes and leave every modality alone far from the answer: the best possible
 accuracy from the words alone is 0.56, from the voice alone 0.56, from the face alone 0.67 (`best_accuracy`), while
 all three together determine the label.
@@ -53,10 +53,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+import soxr
+import torch
+import yaml
 from PIL import Image, ImageDraw
+from transformers import BertConfig, BertModel, BertTokenizer, WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
-CLASSES = ("negative", "neutral", "positive")
-SPLIT_MODES = {"train": "train", "valid": "validation", "validation": "validation", "dev": "validation", "test": "test"}
+from ..data.video import load_video_audio, write_synthetic_video
+from ..demo import pretrained_text_encoder
+from ..models.tiny import build_tiny_encoders
+
+SENTIMENTS = ("negative", "neutral", "positive")
+MMSA_MODES = {"train": "train", "valid": "validation", "validation": "validation", "dev": "validation", "test": "test"}
 
 
 # --- the generating factors ----------------------------------------------------------------------------------------
@@ -84,7 +93,7 @@ def sentiment_label(words: str, voice: str, face: str) -> str:
 # Chosen by enumerating weights 0-3 over the 12 combinations: classes balanced (3 of 9 each), the three ironies kept
 # (praise + sarcastic voice behind a smile, praise + eye-roll with a sincere voice, a sarcastic plain remark), and
 # the best single-modality accuracy as low as it goes (0.67, the face), every pair of modalities at most 0.89.
-CASES = (
+IRONY_CASES = (
     Case("praise", "sincere", "smile", 1),  # positive: sincere praise
     Case("praise", "sincere", "neutral", 1),  # positive: calm praise
     Case("praise", "sincere", "eye_roll", 1),  # negative: irony only the face shows
@@ -93,7 +102,7 @@ CASES = (
     Case("plain", "sincere", "neutral", 3),  # neutral
     Case("plain", "sarcastic", "neutral", 1),  # negative: a sarcastic remark
 )
-FACTORS = ("words", "voice", "face")  # transcript, audio, video
+CASE_FACTORS = ("words", "voice", "face")  # transcript, audio, video
 
 # The stressed word in *stars*: a sarcastic voice drags and raises it (SSML emphasis + prosody).
 PRAISE = (
@@ -114,7 +123,7 @@ def transcript(sentence: str) -> str:
 
 
 def best_accuracy(rows: list[dict], factors: tuple[str, ...]) -> float:
-    """The highest accuracy any classifier can reach on `rows` seeing only `factors` (a subset of FACTORS): each
+    """The highest accuracy any classifier can reach on `rows` seeing only `factors` (a subset of CASE_FACTORS): each
     combination of their values predicts its most frequent label. 1.0 with all three factors."""
     counts = defaultdict(Counter)
     for row in rows:
@@ -145,9 +154,6 @@ def speak(sentence: str, speaker: Speaker, voice: str, sampling_rate: int = 1600
     Sarcasm is prosody only, the words stay the same: 35 % slower, the base pitch raised by 40, and the starred word
     stressed (SSML `<emphasis level="strong">`) and drawn out higher (`<prosody rate="x-slow" pitch="x-high">`).
     """
-    import soundfile as sf
-    import soxr
-
     if voice not in ("sincere", "sarcastic"):
         raise ValueError(f"voice must be 'sincere' or 'sarcastic', got {voice!r}")
     before, word, after = sentence.split("*")
@@ -167,7 +173,7 @@ def speak(sentence: str, speaker: Speaker, voice: str, sampling_rate: int = 1600
 
 # --- faces ----------------------------------------------------------------------------------------------------------
 
-SKIN = ((241, 194, 125), (224, 172, 105), (198, 134, 66), (141, 85, 36), (255, 219, 172), (234, 192, 134))
+SKIN_TONES = ((241, 194, 125), (224, 172, 105), (198, 134, 66), (141, 85, 36), (255, 219, 172), (234, 192, 134))
 
 
 @dataclass(frozen=True)
@@ -229,7 +235,7 @@ def face_clip(face: Face, expression: str, num_frames: int, size: int, rng: np.r
 
 # --- the dataset ----------------------------------------------------------------------------------------------------
 
-VOICES = ("en-us+m1", "en-us+m2", "en-us+m3", "en-us+m4", "en-us+m7", "en+m1", "en+m3", "en+m4")
+SPEAKER_VOICES = ("en-us+m1", "en-us+m2", "en-us+m3", "en-us+m4", "en-us+m7", "en+m1", "en+m3", "en+m4")
 
 
 def _video_id(rng: np.random.Generator) -> str:
@@ -251,24 +257,22 @@ def write_sentiment_clips(
 
     Each video is one speaker (an espeak-ng voice at its own pitch and speed, a face with its own skin tone,
     background and position) saying `clips_per_video` utterances; videos never straddle splits. Each split cycles
-    through `CASES` by weight, so its classes are balanced. label.csv also holds the generating factors (`words`,
+    through `IRONY_CASES` by weight, so its classes are balanced. label.csv also holds the generating factors (`words`,
     `voice`, `face`) for analysis; the recipes never read them.
     """
     require_espeak()
-    from ..data.video import write_synthetic_video
-
     rng = np.random.default_rng(seed)
     rows, counts = [], {}
     for mode, n in zip(("train", "valid", "test"), sizes, strict=True):
-        cases = [case for case in CASES for _ in range(case.weight)]
+        cases = [case for case in IRONY_CASES for _ in range(case.weight)]
         plan = [cases[i % len(cases)] for i in range(n)]
         plan = [plan[i] for i in rng.permutation(n)]
         for start in range(0, n, clips_per_video):
             video_id = _video_id(rng)
-            speaker = Speaker(str(rng.choice(VOICES)), int(rng.integers(30, 60)), int(rng.integers(150, 185)))
+            speaker = Speaker(str(rng.choice(SPEAKER_VOICES)), int(rng.integers(30, 60)), int(rng.integers(150, 185)))
             colour = tuple(int(c) for c in rng.integers(60, 200, 3))
             centre = (float(rng.uniform(0.47, 0.53)), float(rng.uniform(0.48, 0.52)))
-            face = Face(SKIN[int(rng.integers(len(SKIN)))], colour, centre, float(rng.uniform(0.9, 1.0)))
+            face = Face(SKIN_TONES[int(rng.integers(len(SKIN_TONES)))], colour, centre, float(rng.uniform(0.9, 1.0)))
             os.makedirs(os.path.join(output_dir, "Raw", video_id), exist_ok=True)
             for clip_id, case in enumerate(plan[start : start + clips_per_video], start=1):
                 sentence = str(rng.choice(PRAISE if case.words == "praise" else PLAIN))
@@ -304,10 +308,6 @@ def prepare_splits(data_dir: str, output_dir: str | None = None, extract_audio: 
     written as 16 kHz WAV under `audio/` (the audio-only ablation reads files; a clip without sound gets no file
     and an empty `audio` cell, which the recipes treat as a missing modality). Raises naming the file for a missing
     column, an unknown mode or a missing clip."""
-    import soundfile as sf
-
-    from ..data.video import load_video_audio
-
     output_dir = output_dir or data_dir
     label_csv = os.path.join(data_dir, "label.csv")
     with open(label_csv, newline="") as f:
@@ -318,7 +318,7 @@ def prepare_splits(data_dir: str, output_dir: str | None = None, extract_audio: 
         raise ValueError(f"{label_csv}: missing column(s) {sorted(missing)} (expected {sorted(needed)})")
     splits = defaultdict(list)
     for line, record in enumerate(table, start=2):
-        mode = SPLIT_MODES.get(record["mode"].strip().lower())
+        mode = MMSA_MODES.get(record["mode"].strip().lower())
         if mode is None:
             raise ValueError(f"{label_csv} line {line}: mode {record['mode']!r} is not train, valid or test")
         clip = os.path.join(data_dir, "Raw", record["video_id"], f"{record['clip_id']}.mp4")
@@ -329,7 +329,7 @@ def prepare_splits(data_dir: str, output_dir: str | None = None, extract_audio: 
             "video": os.path.relpath(clip, output_dir),
             "audio": None,
             "transcript": record["text"],
-            "label": annotation if annotation in CLASSES else sentiment_class(float(record["label"])),
+            "label": annotation if annotation in SENTIMENTS else sentiment_class(float(record["label"])),
             "sentiment": float(record["label"]),
         }
         if extract_audio:
@@ -362,12 +362,9 @@ def build_sentiment_encoders(output_dir: str, *, seed: int = 0) -> dict[str, str
     The demo trains with every encoder frozen (features cached once), so each stand-in must already separate what its
     modality carries. Measured with a logistic regression on the frozen, max-pooled features of the demo's clips
     (360 train, 120 test): sarcastic vs sincere voice 0.99 from the random Whisper, 0.92 from the random wav2vec2 of
-    `make demo-audio` (mean pooling: 0.97 / 0.84), whose raw-waveform convolutions blur pitch; smile / neutral /
+    `make demo-audio` (mean pooling: 0.97 / 0.90), whose raw-waveform convolutions blur pitch; smile / neutral /
     eye-roll 0.95 from the random ViT's mean-pooled frames.
     """
-    from ..demo import pretrained_text_encoder
-    from ..models.tiny import build_tiny_encoders
-
     paths = {m: os.path.join(output_dir, m) for m in ("vision", "audio", "text")}
     if not os.path.isdir(paths["vision"]):
         with tempfile.TemporaryDirectory() as scratch:
@@ -387,9 +384,6 @@ def build_tiny_whisper(output_dir: str, hidden_size: int = 64, seed: int = 0) ->
     """A small random Whisper (2 encoder layers, 80 mel bins, its 30 s window: the fusion model shortens it to
     --max_length_seconds) with its feature extractor. Log-mel frames lay the voice's pitch out along the mel axis,
     which random weights already pick up."""
-    import torch
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
-
     torch.manual_seed(seed)
     config = WhisperConfig(
         vocab_size=64,  # the decoder is dropped (only the encoder is used); its special tokens must fit the vocabulary
@@ -416,9 +410,6 @@ def build_word_text_encoder(output_dir: str, hidden_size: int = 32, seed: int = 
     """A tiny random BERT with a word-level tokenizer over the words of PRAISE and PLAIN (tests, and the demo
     without MiniLM): random, yet its token embeddings tell the words apart, which is all a frozen text tower needs
     to separate praise from plain statements."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
-
     words = sorted({w for s in PRAISE + PLAIN for w in transcript(s).lower().split()})
     vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
     torch.manual_seed(seed)
@@ -438,7 +429,7 @@ def build_word_text_encoder(output_dir: str, hidden_size: int = 32, seed: int = 
 # --- ablations and the table ----------------------------------------------------------------------------------------
 
 # The config keys that belong to one modality: a single-modality run drops the others'.
-MODALITY_KEYS = {
+MODALITY_CONFIG_KEYS = {
     "video": ("video_column", "vision_model_name_or_path", "vision_strategy", "image_pooling", "num_frames",
               "frame_pooling", "temporal_pooling"),
     "audio": ("audio_column", "audio_model_name_or_path", "audio_strategy", "audio_pooling", "audio_from_video",
@@ -457,9 +448,9 @@ def single_modality_config(config: dict, modality: str, audio_column: str = "aud
     """The fused run's `config` (a sentiment.yaml dict) restricted to `modality`: the other modalities' keys dropped,
     the output folder `<output_dir>_only_<modality>`. Audio alone is read from `audio_column` (the WAV files
     `prepare` extracts) instead of the clips' sound track, since only the video recipe decodes clips."""
-    if modality not in MODALITY_KEYS:
-        raise ValueError(f"modality must be one of {sorted(MODALITY_KEYS)}, got {modality!r}")
-    dropped = {key for other, keys in MODALITY_KEYS.items() if other != modality for key in keys}
+    if modality not in MODALITY_CONFIG_KEYS:
+        raise ValueError(f"modality must be one of {sorted(MODALITY_CONFIG_KEYS)}, got {modality!r}")
+    dropped = {key for other, keys in MODALITY_CONFIG_KEYS.items() if other != modality for key in keys}
     single = {k: v for k, v in config.items() if k not in dropped}
     if modality == "audio" and config.get("audio_from_video"):
         single.pop("audio_from_video")
@@ -488,8 +479,6 @@ def run_single_modality(
     """Train and test the fused run's settings on `modality` alone; returns its output folder. The derived config is
     written next to it (`<output_dir>_only_<modality>.yaml`: what ran, to rerun by hand); `extra_args` go to the
     recipe's command line; `runner(script, argv)` runs it (a subprocess by default, in-process in tests)."""
-    import yaml
-
     with open(config_path) as f:
         config = yaml.safe_load(f)
     single = single_modality_config(config, modality)
@@ -515,10 +504,12 @@ def _per_class(report: dict) -> dict:
     return scores
 
 
-def ablation_rows(fused_dir: str, single_dirs: dict[str, str], split: str = "test") -> list[tuple[str, dict]]:
+def ablation_rows(fused_dir: str, single_dirs: dict[str, str]) -> list[tuple[str, dict]]:
     """(row name, scores) for the table: the fused run before and after training, with each modality missing at
-    test time, then each single-modality run. Scores hold accuracy, macro_f1 and `<class>_f1` where measured."""
+    test time, then each single-modality run, all on the split the runs measured (test, else validation). Scores
+    hold accuracy, macro_f1 and `<class>_f1` where measured."""
     results = _read_json(os.path.join(fused_dir, "all_results.json"))
+    split = _read_json(os.path.join(fused_dir, "run_info.json"))["eval_split"]
     after = _per_class(_read_json(os.path.join(fused_dir, "task_report.json")))
     before = _per_class(_read_json(os.path.join(fused_dir, "zeroshot_task_report.json")))
     modalities = json.loads(Path(fused_dir, "config.json").read_text())["modalities"]
@@ -533,7 +524,7 @@ def ablation_rows(fused_dir: str, single_dirs: dict[str, str], split: str = "tes
     return rows
 
 
-def format_ablation_table(rows: list[tuple[str, dict]], classes=CLASSES) -> str:
+def format_ablation_table(rows: list[tuple[str, dict]], classes=SENTIMENTS) -> str:
     """Markdown: run | accuracy | macro-F1 | F1 per class ("–" where a run did not measure it)."""
     header = ("run", "accuracy", "macro-F1", *(f"F1 {c}" for c in classes))
     keys = ("accuracy", "macro_f1", *(f"{c}_f1" for c in classes))
@@ -560,12 +551,12 @@ def factor_ceilings(rows_file: str) -> dict[str, float] | None:
     lack the `words`/`voice`/`face` columns)."""
     with open(rows_file) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    if not rows or not all(f in rows[0] for f in FACTORS):
+    if not rows or not all(f in rows[0] for f in CASE_FACTORS):
         return None
     for row in rows:
         row["annotation"] = row["label"]
     names = {"words": "text", "voice": "audio", "face": "video"}
-    return {names[f]: best_accuracy(rows, (f,)) for f in FACTORS}
+    return {names[f]: best_accuracy(rows, (f,)) for f in CASE_FACTORS}
 
 
 # --- command line ---------------------------------------------------------------------------------------------------
@@ -582,8 +573,6 @@ def build(output_dir: str, sizes=(360, 90, 180), seed: int = 0) -> None:
 def ablate(config_path: str, modalities, extra_args=(), train: bool = True, runner=run_in_subprocess) -> dict:
     """Run each single-modality model (unless `train` is False: their folders are read as they are), then print and
     write (`<output_dir>/ablations.md`, `ablations.json`) the table next to the fused run of `config_path`."""
-    import yaml
-
     with open(config_path) as f:
         config = yaml.safe_load(f)
     fused = config["output_dir"]
