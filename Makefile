@@ -7,7 +7,7 @@ DEMO_DIR ?= demo_out
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo demo-audio demo-fusion demo-medical demo-recommendation demo-robust test test-all lint format clean bench-quality bench-memory
+.PHONY: setup demo demo-audio demo-fusion demo-medical demo-recommendation demo-robust demo-sentiment test test-all lint format clean bench-quality bench-memory
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,14 @@ demo-medical: setup
 demo-recommendation: setup
 	$(BIN)/python -m mm_hf.demo --output_dir $(DEMO_DIR)
 	$(BIN)/python -m mm_hf.apps.recommendation --output_dir $(DEMO_DIR)
+
+# Multimodal sentiment (README, sentiment section): espeak-ng speech + drawn faces + transcripts where irony shows only
+# in the voice or the face; the fused model, then each modality alone, and the table of both.
+demo-sentiment: setup
+	@command -v espeak-ng >/dev/null || { echo "espeak-ng is missing (the clips' speech needs it): sudo apt-get install espeak-ng"; exit 1; }
+	$(BIN)/python -m mm_hf.apps.sentiment build --output_dir $(DEMO_DIR)/sentiment
+	$(LAUNCH) recipes/video_cls.py --config recipes/configs/sentiment.yaml --disable_tqdm true
+	$(BIN)/python -m mm_hf.apps.sentiment ablate --config recipes/configs/sentiment.yaml --disable_tqdm true
 
 test: setup
 	$(BIN)/python -m pytest -q -ra
