@@ -132,8 +132,6 @@ def write_shifted_digits(
 ) -> dict[str, str]:
     """`output_dir/<shift>/<class>/*.png`: every `split` digit of `digits_dir` under each corruption (seeded per
     image), as class folders for `--ood_dir <shift>=<folder>`. Returns shift -> folder."""
-    from .corruptions import CORRUPTIONS, corruption_rng
-
     test_dir, folders = os.path.join(digits_dir, split), {}
     for shift in shifts:
         folders[shift] = os.path.join(output_dir, shift)

@@ -31,6 +31,7 @@ from torch import nn
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from .errors import UserError
+from .models import build_dual_encoder_classifier
 from .models.clip_classifier import class_text_embeddings, prompt_text_features
 from .models.losses import MAX_LOGIT_SCALE, clip_loss
 from .models.towers import ModelParts, drop_tower, dual_encoder_tower
@@ -140,7 +141,6 @@ class FlypClassifier(nn.Module):
 
 def build_flyp_classifier(backbone, id2label: dict, tokenizer, templates: Sequence[str], **build_kwargs):
     """A `FlypClassifier` over a loaded dual encoder `backbone` (its text tower is kept for training)."""
-    from .models import build_dual_encoder_classifier
 
     classifier = build_dual_encoder_classifier(
         backbone, id2label, tokenizer=tokenizer, head_init="zeroshot", prompt_templates=templates, **build_kwargs

@@ -16,10 +16,15 @@ from .engines import full_state_dict, save_fsdp_model
 from .models import MultimodalFusionForClassification
 from .models.fusion import Task
 from .publish import publish_run
-from .reports import plot_training_curves, write_classification_report, write_confusion_matrix, write_task_report
+from .reports import (
+    plot_training_curves,
+    plot_wise_ft_curve,
+    write_classification_report,
+    write_confusion_matrix,
+    write_task_report,
+)
 from .run_folder import mark_finished
 from .sweeps import write_sweep_outputs
-from .wise_ft import plot_wise_ft_curve
 
 
 def save_model(trainer, output_dir: str, merge_lora: bool = False) -> str:

@@ -267,3 +267,42 @@ def format_task_report(report: dict, tasks: list[Task], digits: int = 4) -> str:
             lines.append(f"{key:>24s}  {scores[key]:.{digits}f}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
+
+
+def plot_wise_ft_curve(results: dict, path, metric: str = "accuracy"):
+    """The ID–OOD plot of the α curve (validation accuracy across, each OOD set's up, points labelled by α, the
+    chosen one ringed); without OOD sets, validation accuracy against α. Returns the path, or None without a curve."""
+    curve = results.get("wise_ft_curve") or []
+    if not curve:
+        return None
+    from matplotlib.figure import Figure  # lazy: matplotlib is only needed for plots
+
+    chosen = results.get("wise_ft_alpha")
+    sets = [name for name in curve[0] if name not in ("alpha", "validation")]
+    alphas = [p["alpha"] for p in curve]
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.subplots()
+    if "validation" in curve[0] and sets:
+        xs = [p["validation"].get(metric) for p in curve]
+        for name in sets:
+            ys = [p[name].get(metric) for p in curve]
+            ax.plot(xs, ys, marker="o", label=name)
+            for a, x, y in zip(alphas, xs, ys, strict=True):
+                ax.annotate(f"{a:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                if a == chosen:
+                    ax.scatter([x], [y], s=160, facecolors="none", edgecolors="black")
+        ax.set_xlabel(f"ID (validation) {metric}")
+        ax.set_ylabel(f"OOD {metric}")
+    else:
+        for name in [n for n in curve[0] if n != "alpha"]:
+            ax.plot(alphas, [p[name].get(metric) for p in curve], marker="o", label=name)
+        if chosen is not None:
+            ax.axvline(chosen, color="black", linestyle=":", label=f"chosen α = {chosen:g}")
+        ax.set_xlabel("α (0 = start, 1 = fine-tuned)")
+        ax.set_ylabel(metric)
+    ax.set_title("WiSE-FT: weight interpolation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path

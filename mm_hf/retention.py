@@ -17,6 +17,7 @@ from transformers import AutoModel, default_data_collator
 
 from .data.loading import read_class_folder
 from .errors import UserError
+from .flyp import FlypClassifier
 from .models.clip_classifier import class_text_embeddings
 
 
@@ -41,7 +42,6 @@ class ZeroShotRetention:
 
     @torch.no_grad()
     def __call__(self, model) -> dict:
-        from .flyp import FlypClassifier
 
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         text = self.text

@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .errors import UserError
+from .measures import TrainerMeasure
+
 logger = logging.getLogger(__name__)
 
 # The LoRA "A" factors (Linear/Conv: lora_A.<adapter>.weight; Embedding: lora_embedding_A.<adapter>): they keep
@@ -219,7 +222,7 @@ def _snapshot_like(model: nn.Module, start: Snapshot) -> Snapshot:
 # ---- the run protocol's WiSE-FT (mm_hf.run.train_and_evaluate, --wise_ft_alphas / --wise_ft_select) ----
 
 # Trainer.evaluate's bookkeeping, not measurements of the model: left out of the α curve.
-_NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second")
+_SPEED_KEYS = ("runtime", "samples_per_second", "steps_per_second")
 
 
 class WiseFT:
@@ -239,9 +242,6 @@ class WiseFT:
     def start(cls, trainer, measure, datasets: dict, ft_args, extra_sets: dict | None = None) -> "WiseFT | None":
         """None without --wise_ft_alphas; else the snapshot of the model as the strategy left it (call before any
         training: after `apply_strategy`, so requires_grad says what will train)."""
-        from .errors import UserError
-        from .measures import TrainerMeasure
-
         alphas = getattr(ft_args, "wise_ft_alphas", None)
         if not alphas:
             return None
@@ -316,7 +316,7 @@ def measure_sets(trainer, sets: dict) -> dict:
         out[name] = {
             k.removeprefix(f"{name}_"): v
             for k, v in metrics.items()
-            if k.startswith(f"{name}_") and not k.endswith(_NOT_METRICS)
+            if k.startswith(f"{name}_") and not k.endswith(_SPEED_KEYS)
         }
     return out
 
@@ -386,45 +386,3 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
         padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
         lines.append("| " + " | ".join(padded) + " |")
     return "\n".join(lines) + "\n"
-
-
-def plot_wise_ft_curve(results: dict, path, metric: str = "accuracy"):
-    """The ID–OOD plot of the α curve (validation accuracy across, each OOD set's up, points labelled by α, the
-    chosen one ringed); without OOD sets, validation accuracy against α. Returns the path, or None without a curve."""
-    curve = results.get("wise_ft_curve") or []
-    if not curve:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    chosen = results.get("wise_ft_alpha")
-    sets = [name for name in curve[0] if name not in ("alpha", "validation")]
-    alphas = [p["alpha"] for p in curve]
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    if "validation" in curve[0] and sets:
-        xs = [p["validation"].get(metric) for p in curve]
-        for name in sets:
-            ys = [p[name].get(metric) for p in curve]
-            ax.plot(xs, ys, marker="o", label=name)
-            for a, x, y in zip(alphas, xs, ys, strict=True):
-                ax.annotate(f"{a:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-                if a == chosen:
-                    ax.scatter([x], [y], s=160, facecolors="none", edgecolors="black")
-        ax.set_xlabel(f"ID (validation) {metric}")
-        ax.set_ylabel(f"OOD {metric}")
-    else:
-        for name in [n for n in curve[0] if n != "alpha"]:
-            ax.plot(alphas, [p[name].get(metric) for p in curve], marker="o", label=name)
-        if chosen is not None:
-            ax.axvline(chosen, color="black", linestyle=":", label=f"chosen α = {chosen:g}")
-        ax.set_xlabel("α (0 = start, 1 = fine-tuned)")
-        ax.set_ylabel(metric)
-    ax.set_title("WiSE-FT: weight interpolation")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -34,6 +34,21 @@ def load_recipe(name: str):
 
 
 @pytest.fixture
+def config_model_folders(monkeypatch, tmp_path):
+    """make_folders(config dict): a temporary working directory holding an empty folder for every relative
+    `*model_name_or_path` the config names, so a shipped config parses on a fresh clone (no demo assets yet): a
+    path like demo_out/sentiment/encoders/vision is neither a folder there nor a Hub id, and parsing refuses it."""
+    monkeypatch.chdir(tmp_path)
+
+    def make_folders(config: dict) -> None:
+        for key, value in config.items():
+            if key.endswith("model_name_or_path") and isinstance(value, str) and not os.path.isabs(value):
+                os.makedirs(tmp_path / value, exist_ok=True)
+
+    return make_folders
+
+
+@pytest.fixture
 def image_encoder_calls(monkeypatch):
     """A list that grows by the batch size at every image-tower pass of the dual-encoder classifiers (what a
     feature cache saves)."""

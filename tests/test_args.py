@@ -101,9 +101,13 @@ def test_resolved_args_drop_tokens():
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "recipes", "configs", "*.yaml"))))
-def test_shipped_configs_parse(path):
-    """Every shipped YAML parses against its recipe's argument dataclasses."""
+def test_shipped_configs_parse(path, config_model_folders):
+    """Every shipped YAML parses against its recipe's argument dataclasses (with its model folders present, as
+    after its demo's build step)."""
     from conftest import load_recipe
+
+    with open(path) as f:
+        config_model_folders(yaml.safe_load(f))
 
     # The recipe is the one the config's launch command names (an application's config, e.g. medical.yaml, is
     # not named after its recipe); else configs are named <recipe>[_<variant>]_demo.yaml.

@@ -143,10 +143,11 @@ def test_prepare_reads_real_mosei_conventions_and_names_bad_rows(tmp_path):
 
 
 @pytest.mark.parametrize("modality", ["video", "audio", "text"])
-def test_single_modality_configs_parse_with_their_recipes(modality, tmp_path):
+def test_single_modality_configs_parse_with_their_recipes(modality, tmp_path, config_model_folders):
     with open(SHIPPED_CONFIG) as f:
         config = yaml.safe_load(f)
     single = app.single_modality_config(config, modality)
+    config_model_folders(single)  # the encoders `build` writes
     path = tmp_path / "single.yaml"
     path.write_text(yaml.safe_dump(single))
     recipe = load_recipe(app.SINGLE_MODALITY_RECIPES[modality].removesuffix(".py"))

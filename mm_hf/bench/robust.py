@@ -20,8 +20,10 @@ import argparse
 import json
 import os
 
+import numpy as np
 from PIL import Image, ImageOps
 
+from ..corruptions import CORRUPTIONS
 from . import data
 from .runs import build_dual_encoder, run_recipe
 
@@ -37,9 +39,6 @@ METHODS = {  # name -> clip_imagecls flags
 
 def write_shifted(test_dir: str, out_dir: str) -> dict[str, str]:
     """The test crops at contrast severity 3 and in greyscale, as class folders; returns NAME -> folder."""
-    import numpy as np
-
-    from ..corruptions import CORRUPTIONS
 
     shifts = {
         "contrast": lambda image, i: CORRUPTIONS["image"]["contrast"](image, 3, np.random.default_rng(i)),

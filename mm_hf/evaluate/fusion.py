@@ -132,7 +132,8 @@ def run_columns(candidate) -> tuple[MultimodalColumns, list[str]]:
     """The columns and problem type(s), one per head, the fusion run was trained with."""
     columns = fusion_columns(candidate)
     problem_types = list(candidate.run_config.get("problem_type") or [])
-    if len(problem_types) != len(columns.labels):
+    # One problem type: one head over all label columns (multi-label findings); one per label column: multi-task.
+    if len(problem_types) not in (1, len(columns.labels)):
         raise UserError(f"--model {candidate.name}={candidate.path}: its run_config.yaml has problem types "
                         f"{problem_types} for the label columns {columns.labels}")  # fmt: skip
     return columns, problem_types
