@@ -118,7 +118,7 @@ def test_start_run_pins_memory_only_with_a_gpu_unless_set(tmp_path):
     assert training_args.dataloader_pin_memory is True
 
 
-@pytest.mark.parametrize(("strategy", "lr"), [("lora", 1e-3), ("full", 1e-4), ("linear_probe", 3e-2)])
+@pytest.mark.parametrize(("strategy", "lr"), [("lora", 1e-3), ("full", 3e-5), ("linear_probe", 3e-2)])
 def test_classifier_defaults_follow_the_strategy_unless_set(tmp_path, strategy, lr):
     from mm_hf.args import fill_strategy_defaults
     from mm_hf.run import start_run
