@@ -18,7 +18,6 @@ evaluation does. `--corruptions` corrupt the image / text / audio columns (`fusi
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -35,6 +34,7 @@ from ..measures import WithoutModality
 from ..metrics.robustness import robustness_summary
 from ..metrics.tasks import compute_ranking_metrics, compute_task_metrics
 from ..processing import MultimodalProcessor
+from .report import write_evaluation
 from .scoring import INDEX_COLUMN
 
 # The metric each problem type is summarised by (table, relative score of a missing modality).
@@ -299,12 +299,8 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
         "models": results,
         "failed": failed,
     }
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "evaluation.json"), "w") as f:
-        json.dump(evaluation, f, indent=2)
-    with open(os.path.join(args.output_dir, "evaluation.md"), "w") as f:
-        f.write(_markdown(evaluation))
-    print(f"Evaluated {', '.join(results)} on {', '.join(sets_info)}: {os.path.join(args.output_dir, 'evaluation.md')}")
+    path = write_evaluation(args.output_dir, evaluation, _markdown(evaluation))
+    print(f"Evaluated {', '.join(results)} on {', '.join(sets_info)}: {path}")
     return evaluation
 
 

@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 
+from ..atomic_files import write_text_atomic
 from ..metrics.calibration import plot_reliability_diagram
 from ..metrics.robustness import line_accuracy
 
@@ -21,11 +22,18 @@ def write_outputs(output_dir: str, evaluation: dict, predictions: dict) -> None:
     os.makedirs(os.path.join(output_dir, "plots"), exist_ok=True)
     plots = write_plots(output_dir, evaluation)
     evaluation["plots"] = plots
-    with open(os.path.join(output_dir, "evaluation.json"), "w") as f:
-        json.dump(evaluation, f, indent=2)
     write_predictions(output_dir, evaluation["label_names"], predictions)
-    with open(os.path.join(output_dir, "evaluation.md"), "w") as f:
-        f.write(format_markdown(evaluation))
+    write_evaluation(output_dir, evaluation, format_markdown(evaluation))
+
+
+def write_evaluation(output_dir: str, evaluation: dict, markdown: str) -> str:
+    """`evaluation.json` and `evaluation.md` in `output_dir`, each written whole or not at all (a killed run never
+    leaves half a file); returns the path of the .md."""
+    os.makedirs(output_dir, exist_ok=True)
+    write_text_atomic(os.path.join(output_dir, "evaluation.json"), json.dumps(evaluation, indent=2))
+    path = os.path.join(output_dir, "evaluation.md")
+    write_text_atomic(path, markdown)
+    return path
 
 
 def write_predictions(output_dir: str, label_names: list[str], predictions: dict) -> None:

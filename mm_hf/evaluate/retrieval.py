@@ -11,7 +11,6 @@ Recall@1, the corrupted text being the query.
 
 from __future__ import annotations
 
-import json
 import os
 
 import yaml
@@ -24,6 +23,7 @@ from ..metrics.robustness import robustness_summary
 from ..models import ContrastiveDualEncoderModel
 from ..models.text_length import text_max_length
 from ..retrieval import build_media, evaluate_retrieval, load_dual_encoder, resolve_modality
+from .report import write_evaluation
 
 # clip_retrieval's --max_seq_length default: captions of a folder without run_config.yaml are cut there too.
 DEFAULT_MAX_SEQ_LENGTH = 64
@@ -125,12 +125,8 @@ def evaluate_retrieval_models(found, args, data_args, failed: dict, device, comm
         "models": results,
         "failed": failed,
     }
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "evaluation.json"), "w") as f:
-        json.dump(evaluation, f, indent=2)
-    with open(os.path.join(args.output_dir, "evaluation.md"), "w") as f:
-        f.write(_markdown(evaluation))
-    print(f"Evaluated {', '.join(results)} on retrieval: {os.path.join(args.output_dir, 'evaluation.md')}")
+    path = write_evaluation(args.output_dir, evaluation, _markdown(evaluation))
+    print(f"Evaluated {', '.join(results)} on retrieval: {path}")
     return evaluation
 
 
