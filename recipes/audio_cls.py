@@ -19,10 +19,8 @@ Robust fine-tuning (README "Robust fine-tuning"): --finetune_strategy lp_ft, --w
 --loss flyp (CLAP only).
 """
 
-import logging
 import sys
 from dataclasses import dataclass, field
-from functools import partial
 
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoProcessor, TrainingArguments
 
@@ -37,23 +35,18 @@ from mm_hf.args import (
     args_to_dict,
     fill_strategy_defaults,
 )
+from mm_hf.classifier_run import plan_probe, train_classifier
 from mm_hf.data.audio import AudioTransform, check_audio
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.errors import UserError, run_cli
-from mm_hf.evaluate.shifts import load_run_shifts, with_shifts
+from mm_hf.evaluate.shifts import load_run_shifts
 from mm_hf.features import classifier_datasets
 from mm_hf.flyp import build_flyp_classifier, check_flyp, finish_flyp
-from mm_hf.lp_ft import lp_ft_first_stage
-from mm_hf.measures import TrainerMeasure
-from mm_hf.metrics.streaming import ClassificationMetrics
 from mm_hf.models import build_audio_classifier, build_dual_encoder_classifier
 from mm_hf.models.clip_classifier import DEFAULT_AUDIO_PROMPT_TEMPLATES, is_audio_text_config
 from mm_hf.outputs import RunInfo, recipe_command, save_run
-from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
-from mm_hf.run import build_trainer, load_checked_splits, prepare_training_arguments, start_run, train_and_evaluate
+from mm_hf.run import load_checked_splits, prepare_training_arguments, start_run
 from mm_hf.training import apply_strategy
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -128,14 +121,8 @@ def main(argv=None):
     # A linear probe caches the frozen tower's output once: CLAP's audio embeddings, or an audio encoder's
     # mean-pooled frames (attention pooling learns its frame scores, so its backbone runs every batch:
     # see mm_hf.features.can_cache_pooled).
-    pooled_cacheable = audio_text or audio_args.pooling == "mean"
-    cacheable = pooled_cacheable and not data_args.streaming  # a stream is decoded as it is read, not cached
-    cache = ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features and cacheable
-    why_uncached = "--precompute_features false" if pooled_cacheable else "--pooling attention (learned frame scores)"
-    why_uncached = (
-        "--streaming (a stream is decoded as it is read, not cached)" if data_args.streaming else why_uncached
-    )
-    lbfgs = use_lbfgs_probe(ft_args, training_args, cached=cache, why_uncached=why_uncached)
+    uncacheable = None if audio_text or audio_args.pooling == "mean" else "--pooling attention (learned frame scores)"
+    cache, lbfgs = plan_probe(ft_args, training_args, streaming=data_args.streaming, uncacheable=uncacheable)
     before_label = "zero-shot" if zeroshot else "untrained head"
 
     # 3. Data: every split validated (columns, labels, decodable audio) before any training
@@ -196,30 +183,14 @@ def main(argv=None):
     # 5. Inputs: cached embeddings (CLAP) or pooled frames for a linear probe, clips decoded on the fly otherwise
     clips = dict(audio_column=column, max_length_seconds=audio_args.max_length_seconds, augment=audio_args.augment)
     transforms = [AudioTransform(feature_extractor, train=train, **clips) for train in (True, False)]  # train, eval
-    if ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features and not cache:
-        logger.info("%s: the frozen backbone runs on every batch, uncached", why_uncached)
     datasets_ = classifier_datasets(model, splits, *transforms, training_args, cache, ft_args.features_cache_dir)
-    first_stage = lp_ft_first_stage(model, splits, transforms[1], training_args, ft_args)  # LP-FT's probe
 
     # 6. Evaluate the untouched model, train (or fit a linear probe's head to convergence on the cached features by
-    # L-BFGS instead of by epochs), evaluate again
-    metrics = ClassificationMetrics(id2label)
-    trainer = build_trainer(model, training_args, datasets_, processing_class, metrics, skipped=skipped)
-    fit = partial(fit_classifier_head, model, device=training_args.device) if lbfgs else None
-    measure = with_shifts(
-        TrainerMeasure(trainer, datasets_, metrics), shifts, trainer, splits, transforms[1], id2label.values()
-    )
-    ood = {name: dataset.with_transform(transforms[1]) for name, dataset in shifts.sets.items()}  # WiSE-FT's α curve
-    run = train_and_evaluate(
-        trainer,
-        datasets_,
-        measure,
-        ft_args,
-        before_label=before_label,
-        fit=fit,
-        first_stage=first_stage,
-        extra_sets=ood,
-    )
+    # L-BFGS instead of by epochs), evaluate again, on every --ood_dir / --robustness set too
+    trainer, run = train_classifier(
+        model, processing_class, datasets_, splits, transforms[1], id2label, shifts, training_args, ft_args,
+        before_label=before_label, lbfgs=lbfgs, skipped=skipped,
+    )  # fmt: skip
 
     # 7. Save the model (FLYP: the plain classifier, its head recomputed), outputs and model card (and publish)
     finish_flyp(trainer)

@@ -22,7 +22,6 @@ captions), --wise_ft_alphas 0,0.25,...,1 (weight interpolation with the zero-sho
 
 import sys
 from dataclasses import dataclass, field
-from functools import partial
 
 from transformers import AutoModel, AutoProcessor, TrainingArguments
 
@@ -37,21 +36,18 @@ from mm_hf.args import (
     args_to_dict,
     fill_strategy_defaults,
 )
+from mm_hf.classifier_run import plan_probe, train_classifier
 from mm_hf.data.images import check_images
 from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.transforms import build_image_transform
 from mm_hf.errors import UserError, run_cli
-from mm_hf.evaluate.shifts import load_run_shifts, with_shifts
+from mm_hf.evaluate.shifts import load_run_shifts
 from mm_hf.features import classifier_datasets
 from mm_hf.flyp import build_flyp_classifier, check_flyp, finish_flyp
-from mm_hf.lp_ft import lp_ft_first_stage
-from mm_hf.measures import TrainerMeasure
-from mm_hf.metrics.streaming import ClassificationMetrics
 from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, build_dual_encoder_classifier, resolve_head_init
 from mm_hf.outputs import RunInfo, recipe_command, save_run
-from mm_hf.probe import fit_classifier_head, use_lbfgs_probe
-from mm_hf.retention import ZeroShotRetention, with_retention
-from mm_hf.run import build_trainer, load_checked_splits, prepare_training_arguments, start_run, train_and_evaluate
+from mm_hf.retention import ZeroShotRetention
+from mm_hf.run import load_checked_splits, prepare_training_arguments, start_run
 from mm_hf.training import apply_strategy
 
 
@@ -108,12 +104,8 @@ def main(argv=None):
     flyp = cls_args.loss == "flyp"
     if flyp:
         check_flyp(ft_args, cls_args.head_init, training_args.explicit_flags)
-    # A linear probe caches the frozen tower's features of every split, which a stream cannot hold.
-    cache = ft_args.finetune_strategy == "linear_probe" and ft_args.precompute_features and not data_args.streaming
-    why_uncached = (
-        "--streaming (a stream is decoded as it is read)" if data_args.streaming else "--precompute_features false"
-    )
-    lbfgs = use_lbfgs_probe(ft_args, training_args, cached=cache, why_uncached=why_uncached)
+    # A linear probe caches the frozen tower's features of every split (and fits its head by L-BFGS on them).
+    cache, lbfgs = plan_probe(ft_args, training_args, streaming=data_args.streaming)
 
     # 2. Data: every split validated (columns, labels, decodable images) before any training
     column = cls_args.image_column
@@ -187,33 +179,18 @@ def main(argv=None):
         )
     )
     model = apply_strategy(model, ft_args)
-    first_stage = lp_ft_first_stage(model, splits, eval_transform, training_args, ft_args)  # LP-FT's probe
 
     # 6. Evaluate the untouched model, train (or fit a linear probe's head to convergence on the cached features by
-    # L-BFGS instead of by epochs), evaluate again
-    metrics = ClassificationMetrics(id2label)
-    trainer = build_trainer(model, training_args, datasets_, processor, metrics, skipped=skipped)
-    fit = partial(fit_classifier_head, model, device=training_args.device) if lbfgs else None
-    measure = with_shifts(
-        TrainerMeasure(trainer, datasets_, metrics), shifts, trainer, splits, eval_transform, id2label.values()
-    )
+    # L-BFGS instead of by epochs), evaluate again, on every --ood_dir / --robustness set too
     before_label = "zero-shot" if head["head_init"] == "zeroshot" else "random head"
-    ood = {name: dataset.with_transform(eval_transform) for name, dataset in shifts.sets.items()}  # WiSE-FT's α curve
     retention = cls_args.zeroshot_eval_dir and ZeroShotRetention(
         model_args.model_name_or_path, cls_args.zeroshot_eval_dir, processor.tokenizer, templates, eval_transform,
         column, training_args.per_device_eval_batch_size, **hub_kwargs,
     )  # fmt: skip
-    ood = with_retention(ood, retention or None)
-    run = train_and_evaluate(
-        trainer,
-        datasets_,
-        measure,
-        ft_args,
-        before_label=before_label,
-        fit=fit,
-        first_stage=first_stage,
-        extra_sets=ood,
-    )
+    trainer, run = train_classifier(
+        model, processor, datasets_, splits, eval_transform, id2label, shifts, training_args, ft_args,
+        before_label=before_label, lbfgs=lbfgs, skipped=skipped, retention=retention or None,
+    )  # fmt: skip
 
     # 7. Save the model (FLYP: the plain classifier, its head recomputed), outputs and model card (and publish)
     finish_flyp(trainer)
