@@ -13,7 +13,9 @@ import pytest
 import yaml
 from conftest import REPO, load_recipe
 
-from mm_hf.apps import sentiment as app
+from mm_hf.apps.sentiment import ablation, layout
+from mm_hf.apps.sentiment import clips as synthetic
+from mm_hf.apps.sentiment import encoders as stand_ins
 from mm_hf.args import parse_args
 from mm_hf.data.video import load_video_audio, load_video_frames, write_synthetic_video
 
@@ -24,21 +26,21 @@ SHIPPED_CONFIG = os.path.join(REPO, "recipes", "configs", "sentiment.yaml")
 def test_no_modality_alone_tells_the_sentiment():
     rows = [
         {"words": c.words, "voice": c.voice, "face": c.face, "annotation": c.label}
-        for c in app.IRONY_CASES
+        for c in synthetic.IRONY_CASES
         for _ in range(c.weight)
     ]
     assert Counter(r["annotation"] for r in rows) == {"negative": 3, "neutral": 3, "positive": 3}
     # The words alone: praise is positive or ironic (negative) half the time; a plain statement usually neutral.
-    assert app.best_accuracy(rows, ("words",)) == pytest.approx(5 / 9)
-    assert app.best_accuracy(rows, ("voice",)) == pytest.approx(5 / 9)
-    assert app.best_accuracy(rows, ("face",)) == pytest.approx(6 / 9)
+    assert synthetic.best_accuracy(rows, ("words",)) == pytest.approx(5 / 9)
+    assert synthetic.best_accuracy(rows, ("voice",)) == pytest.approx(5 / 9)
+    assert synthetic.best_accuracy(rows, ("face",)) == pytest.approx(6 / 9)
     for pair in (("words", "voice"), ("words", "face"), ("voice", "face")):
-        assert app.best_accuracy(rows, pair) <= 8 / 9 + 1e-9, pair
-    assert app.best_accuracy(rows, app.CASE_FACTORS) == 1.0
+        assert synthetic.best_accuracy(rows, pair) <= 8 / 9 + 1e-9, pair
+    assert synthetic.best_accuracy(rows, synthetic.CASE_FACTORS) == 1.0
     # Irony: the same praise flips with the voice or the face.
-    assert app.sentiment_label("praise", "sincere", "smile") == "positive"
-    assert app.sentiment_label("praise", "sarcastic", "smile") == "negative"
-    assert app.sentiment_label("praise", "sincere", "eye_roll") == "negative"
+    assert synthetic.sentiment_label("praise", "sincere", "smile") == "positive"
+    assert synthetic.sentiment_label("praise", "sarcastic", "smile") == "negative"
+    assert synthetic.sentiment_label("praise", "sincere", "eye_roll") == "negative"
 
 
 def _pitch(samples: np.ndarray, rate: int = 16000) -> float:
@@ -56,13 +58,13 @@ def _pitch(samples: np.ndarray, rate: int = 16000) -> float:
 
 @needs_espeak
 def test_sarcasm_is_prosody_only():
-    speaker = app.Speaker("en-us+m3", pitch=45, speed=165)
-    sincere = app.speak("what a *wonderful* day", speaker, "sincere")
-    sarcastic = app.speak("what a *wonderful* day", speaker, "sarcastic")
+    speaker = synthetic.Speaker("en-us+m3", pitch=45, speed=165)
+    sincere = synthetic.speak("what a *wonderful* day", speaker, "sincere")
+    sarcastic = synthetic.speak("what a *wonderful* day", speaker, "sarcastic")
     assert sarcastic.size > 1.3 * sincere.size  # slower
     assert _pitch(sarcastic) > 1.2 * _pitch(sincere)  # higher
     with pytest.raises(ValueError, match="voice must be"):
-        app.speak("what a *wonderful* day", speaker, "angry")
+        synthetic.speak("what a *wonderful* day", speaker, "angry")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,7 @@ def clips(tmp_path_factory):
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")
     folder = tmp_path_factory.mktemp("sentiment")
-    app.write_sentiment_clips(str(folder), sizes=(9, 9, 9), clips_per_video=3)
+    synthetic.write_sentiment_clips(str(folder), sizes=(9, 9, 9), clips_per_video=3)
     return folder
 
 
@@ -88,9 +90,9 @@ def test_clips_come_in_the_mosei_layout_and_prepare_into_rows(clips, tmp_path):
     assert all(float(r["label"]) == 0.0 for r in table if r["annotation"] == "Neutral")
     assert all("*" not in r["text"] for r in table)
 
-    files = app.prepare_splits(str(clips), str(tmp_path / "rows"))
+    files = layout.prepare_splits(str(clips), str(tmp_path / "rows"))
     rows = [json.loads(line) for line in open(files["test"])]
-    assert len(rows) == 9 and {r["label"] for r in rows} == set(app.SENTIMENTS)
+    assert len(rows) == 9 and {r["label"] for r in rows} == set(synthetic.SENTIMENTS)
     row = rows[0]
     clip = tmp_path / "rows" / row["video"]
     frames = load_video_frames(str(clip), 4)
@@ -123,7 +125,7 @@ def test_prepare_reads_real_mosei_conventions_and_names_bad_rows(tmp_path):
         {"video_id": "abc", "clip_id": "2", "text": "ok.", "label": "0.0", "mode": "valid", "speaker": "s1"},
         {"video_id": "xyz", "clip_id": "7", "text": "yes!", "label": "1.2", "mode": "test", "speaker": "s2"},
     ]
-    files = app.prepare_splits(str(_mmsa_folder(tmp_path / "mosei", rows)), str(tmp_path / "out"))
+    files = layout.prepare_splits(str(_mmsa_folder(tmp_path / "mosei", rows)), str(tmp_path / "out"))
     prepared = {split: [json.loads(line) for line in open(path)] for split, path in files.items()}
     assert [prepared[s][0]["label"] for s in ("train", "validation", "test")] == ["negative", "neutral", "positive"]
     assert prepared["test"][0]["video"] == "../mosei/Raw/xyz/7.mp4" and prepared["test"][0]["audio"] is None
@@ -132,25 +134,25 @@ def test_prepare_reads_real_mosei_conventions_and_names_bad_rows(tmp_path):
     bad = tmp_path / "bad"
     _mmsa_folder(bad, [{**rows[0], "mode": "training"}])
     with pytest.raises(ValueError, match=r"label.csv line 2: mode 'training'"):
-        app.prepare_splits(str(bad))
+        layout.prepare_splits(str(bad))
     _mmsa_folder(tmp_path / "gone", [rows[0]])
     (tmp_path / "gone" / "Raw" / "abc" / "1.mp4").unlink()
     with pytest.raises(ValueError, match=r"Raw/abc/1.mp4 does not exist"):
-        app.prepare_splits(str(tmp_path / "gone"))
+        layout.prepare_splits(str(tmp_path / "gone"))
     _mmsa_folder(tmp_path / "cols", [{k: v for k, v in rows[0].items() if k != "text"}])
     with pytest.raises(ValueError, match=r"label.csv: missing column\(s\) \['text'\]"):
-        app.prepare_splits(str(tmp_path / "cols"))
+        layout.prepare_splits(str(tmp_path / "cols"))
 
 
 @pytest.mark.parametrize("modality", ["video", "audio", "text"])
 def test_single_modality_configs_parse_with_their_recipes(modality, tmp_path, config_model_folders):
     with open(SHIPPED_CONFIG) as f:
         config = yaml.safe_load(f)
-    single = app.single_modality_config(config, modality)
+    single = ablation.single_modality_config(config, modality)
     config_model_folders(single)  # the encoders `build` writes
     path = tmp_path / "single.yaml"
     path.write_text(yaml.safe_dump(single))
-    recipe = load_recipe(app.SINGLE_MODALITY_RECIPES[modality].removesuffix(".py"))
+    recipe = load_recipe(ablation.SINGLE_MODALITY_RECIPES[modality].removesuffix(".py"))
     parse_args(recipe.ARGUMENT_TYPES, ["--config", str(path)])  # unknown keys would fail here
     readers = {"video": "vision_model_name_or_path", "audio": "audio_model_name_or_path", "text": "text_column"}
     assert [m for m, key in readers.items() if key in single] == [modality]
@@ -158,7 +160,7 @@ def test_single_modality_configs_parse_with_their_recipes(modality, tmp_path, co
     if modality == "audio":  # the files prepare extracts, not the clips' sound track
         assert single["audio_column"] == "audio" and "audio_from_video" not in single
     with pytest.raises(ValueError, match="modality must be one of"):
-        app.single_modality_config(config, "smell")
+        ablation.single_modality_config(config, "smell")
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +170,8 @@ def encoders(tmp_path_factory):
     root = tmp_path_factory.mktemp("sentiment_encoders")
     return {
         "vision": build_tiny_encoders(str(root / "tiny"))["vision"],
-        "audio": app.build_tiny_whisper(str(root / "whisper")),
-        "text": app.build_word_text_encoder(str(root / "text")),
+        "audio": stand_ins.build_tiny_whisper(str(root / "whisper")),
+        "text": stand_ins.build_word_text_encoder(str(root / "text")),
     }
 
 
@@ -194,10 +196,10 @@ def in_process(script, argv):
 
 
 def test_ablate_trains_one_modality_and_tabulates_the_runs(clips, encoders, tmp_path, capsys):
-    app.prepare_splits(str(clips), str(tmp_path / "rows"))
+    layout.prepare_splits(str(clips), str(tmp_path / "rows"))
     config = _config(tmp_path, tmp_path / "rows", encoders, num_train_epochs=1)
     in_process("video_cls.py", ["--config", config])
-    result = app.ablate(config, ["text"], runner=in_process)
+    result = ablation.ablate(config, ["text"], runner=in_process)
     names = [name for name, _ in result["rows"]]
     assert names == ["fused, untrained heads", "fused video+text+audio", "fused, video missing",
                      "fused, text missing", "fused, audio missing", "text alone"]  # fmt: skip
@@ -209,9 +211,9 @@ def test_ablate_trains_one_modality_and_tabulates_the_runs(clips, encoders, tmp_
     assert "vision_model_name_or_path" not in single and single["text_column"] == "transcript"
     assert set(json.loads((tmp_path / "fused_only_text" / "config.json").read_text())["modalities"]) == {"text"}
     # --report_only reads the same folders again, and names a run that never happened
-    assert app.ablate(config, ["text"], train=False)["margin"] == result["margin"]
+    assert ablation.ablate(config, ["text"], train=False)["margin"] == result["margin"]
     with pytest.raises(FileNotFoundError, match="fused_only_video/task_report.json not found"):
-        app.ablate(config, ["video"], train=False)
+        ablation.ablate(config, ["video"], train=False)
 
 
 @pytest.mark.slow
@@ -221,14 +223,14 @@ def test_fused_model_beats_every_modality_alone(encoders, tmp_path):
     from mm_hf.demo import pretrained_text_encoder
 
     data = tmp_path / "data"
-    app.write_sentiment_clips(str(data), sizes=(180, 45, 90), seed=1)
-    app.prepare_splits(str(data))
+    synthetic.write_sentiment_clips(str(data), sizes=(180, 45, 90), seed=1)
+    layout.prepare_splits(str(data))
     # The demo's text tower (the packaged MiniLM) where installed: the tiny random BERT's features separate praise
     # from plain statements just as well, but 180 clips train less out of them (text alone measured 0.42).
     encoders = {**encoders, "text": str(pretrained_text_encoder() or encoders["text"])}
     config = _config(tmp_path, data, encoders, num_train_epochs=30)
     in_process("video_cls.py", ["--config", config])
-    result = app.ablate(config, ["video", "audio", "text"], runner=in_process)
+    result = ablation.ablate(config, ["video", "audio", "text"], runner=in_process)
     rows = dict(result["rows"])
     assert rows["fused video+text+audio"]["macro_f1"] >= 0.85, rows
     assert result["margin"] >= 0.15, result  # over the best single modality's macro-F1
