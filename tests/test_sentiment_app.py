@@ -13,11 +13,12 @@ import pytest
 import yaml
 from conftest import REPO, load_recipe
 
-from mm_hf.apps.sentiment import ablation, layout
+from mm_hf.apps.sentiment import ablation, cli, layout
 from mm_hf.apps.sentiment import clips as synthetic
 from mm_hf.apps.sentiment import encoders as stand_ins
 from mm_hf.args import parse_args
 from mm_hf.data.video import load_video_audio, load_video_frames, write_synthetic_video
+from mm_hf.errors import UserError, run_cli
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 SHIPPED_CONFIG = os.path.join(REPO, "recipes", "configs", "sentiment.yaml")
@@ -212,7 +213,7 @@ def test_ablate_trains_one_modality_and_tabulates_the_runs(clips, encoders, tmp_
     assert set(json.loads((tmp_path / "fused_only_text" / "config.json").read_text())["modalities"]) == {"text"}
     # --report_only reads the same folders again, and names a run that never happened
     assert ablation.ablate(config, ["text"], train=False)["margin"] == result["margin"]
-    with pytest.raises(FileNotFoundError, match="fused_only_video/task_report.json not found"):
+    with pytest.raises(UserError, match="fused_only_video/task_report.json not found"):
         ablation.ablate(config, ["video"], train=False)
 
 
@@ -235,3 +236,18 @@ def test_fused_model_beats_every_modality_alone(encoders, tmp_path):
     assert rows["fused video+text+audio"]["macro_f1"] >= 0.85, rows
     assert result["margin"] >= 0.15, result  # over the best single modality's macro-F1
     assert rows["text alone"]["accuracy"] <= 0.65  # the words alone cannot see the irony
+
+
+@pytest.mark.parametrize(
+    "argv, culprit",
+    [
+        (["ablate", "--report_only", "--config", "{tmp}/missing.yaml"], "--config {tmp}/missing.yaml not found"),
+        (["prepare", "--data_dir", "{tmp}"], "{tmp}/label.csv not found: --data_dir must hold label.csv"),
+    ],
+)
+def test_cli_names_the_missing_file_in_one_paragraph(tmp_path, capsys, argv, culprit):
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(cli.main, [a.format(tmp=tmp_path) for a in argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert culprit.format(tmp=tmp_path) in err and "Traceback" not in err

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from ...errors import UserError
 from .clips import CASE_FACTORS, SENTIMENTS, best_accuracy
 
 # The config keys that belong to one modality: a single-modality run drops the others'.
@@ -41,7 +42,7 @@ def single_modality_config(config: dict, modality: str, audio_column: str = "aud
         single.pop("audio_from_video")
         single["audio_column"] = audio_column
     if modality == "audio" and not single.get("audio_column"):
-        raise ValueError("the audio-only run needs audio_column (or audio_from_video) in the config")
+        raise UserError("the audio-only run needs audio_column (or audio_from_video) in the config")
     single["output_dir"] = f"{config['output_dir'].rstrip('/')}_only_{modality}"
     return single
 
@@ -64,8 +65,7 @@ def run_single_modality(
     """Train and test the fused run's settings on `modality` alone; returns its output folder. The derived config is
     written next to it (`<output_dir>_only_<modality>.yaml`: what ran, to rerun by hand); `extra_args` go to the
     recipe's command line; `runner(script, argv)` runs it (a subprocess by default, in-process in tests)."""
-    with open(config_path) as f:
-        config = yaml.safe_load(f)
+    config = _read_config(config_path)
     single = single_modality_config(config, modality)
     path = f"{single['output_dir']}.yaml"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -76,9 +76,16 @@ def run_single_modality(
     return single["output_dir"]
 
 
+def _read_config(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise UserError(f"--config {path} not found: pass the fused run's YAML (e.g. recipes/configs/sentiment.yaml)")
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
 def _read_json(path: str) -> dict:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: has that run finished?")
+        raise UserError(f"{path} not found: has that run finished? (train it first, or drop --report_only)")
     with open(path) as f:
         return json.load(f)
 
@@ -147,8 +154,7 @@ def factor_ceilings(rows_file: str) -> dict[str, float] | None:
 def ablate(config_path: str, modalities, extra_args=(), train: bool = True, runner=run_in_subprocess) -> dict:
     """Run each single-modality model (unless `train` is False: their folders are read as they are), then print and
     write (`<output_dir>/ablations.md`, `ablations.json`) the table next to the fused run of `config_path`."""
-    with open(config_path) as f:
-        config = yaml.safe_load(f)
+    config = _read_config(config_path)
     fused = config["output_dir"]
     singles = {}
     for modality in modalities:

@@ -11,6 +11,7 @@ from collections import defaultdict
 import soundfile as sf
 
 from ...data.video import load_video_audio
+from ...errors import DataError
 from .clips import SENTIMENTS
 
 MMSA_MODES = {"train": "train", "valid": "validation", "validation": "validation", "dev": "validation", "test": "test"}
@@ -29,20 +30,22 @@ def prepare_splits(data_dir: str, output_dir: str | None = None, extract_audio: 
     column, an unknown mode or a missing clip."""
     output_dir = output_dir or data_dir
     label_csv = os.path.join(data_dir, "label.csv")
+    if not os.path.isfile(label_csv):
+        raise DataError(f"{label_csv} not found: --data_dir must hold label.csv and Raw/ (the MMSA layout)")
     with open(label_csv, newline="") as f:
         table = list(csv.DictReader(f))
     needed = {"video_id", "clip_id", "text", "label", "mode"}
     missing = needed - set(table[0] if table else ())
     if missing:
-        raise ValueError(f"{label_csv}: missing column(s) {sorted(missing)} (expected {sorted(needed)})")
+        raise DataError(f"{label_csv}: missing column(s) {sorted(missing)} (expected {sorted(needed)})")
     splits = defaultdict(list)
     for line, record in enumerate(table, start=2):
         mode = MMSA_MODES.get(record["mode"].strip().lower())
         if mode is None:
-            raise ValueError(f"{label_csv} line {line}: mode {record['mode']!r} is not train, valid or test")
+            raise DataError(f"{label_csv} line {line}: mode {record['mode']!r} is not train, valid or test")
         clip = os.path.join(data_dir, "Raw", record["video_id"], f"{record['clip_id']}.mp4")
         if not os.path.isfile(clip):
-            raise ValueError(f"{label_csv} line {line}: clip {clip} does not exist")
+            raise DataError(f"{label_csv} line {line}: clip {clip} does not exist")
         annotation = (record.get("annotation") or "").strip().lower()
         row = {
             "video": os.path.relpath(clip, output_dir),
