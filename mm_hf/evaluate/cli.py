@@ -36,14 +36,13 @@ from .card import eval_results, update_card
 from .cost import disk_bytes, measure_latency, parameter_counts, peak_memory, reset_peak_memory
 from .fusion import evaluate_fusion
 from .processes import inference_processes
-from .report import write_outputs
+from .report import evaluation_record, write_outputs
 from .retrieval import NOT_FOR_RETRIEVAL, evaluate_retrieval_models
 from .scoring import INDEX_COLUMN, confidence_intervals, corruption_sweep, paired_tests, score
 from .sets import prepare_set
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 # DataArguments flags about training/validation data: this command scores one test set, so they are refused.
 _TRAINING_DATA_FLAGS = (
     "train_dir",
@@ -306,25 +305,15 @@ def main(argv=None) -> dict | None:
         }  # fmt: skip
 
     # 6. Outputs
-    evaluation = {
-        "schema_version": SCHEMA_VERSION,
-        "command": shlex.join(["python", "-m", "mm_hf.evaluate", *argv]),
-        "modality": modality,
-        "label_names": label_names,
-        "device": str(device),
-        "processes": world_size,
-        "sets": {
+    evaluation = evaluation_record(
+        command=shlex.join(["python", "-m", "mm_hf.evaluate", *argv]), modality=modality, device=device,
+        processes=world_size, corruptions=corruption_names, severities=severities, seed=args.seed, models=results,
+        failed=failed, label_names=label_names, effective_robustness_lines=lines, paired_tests=paired,
+        sets={
             name: {"source": sources[name], "samples": len(ds), "skipped_bad_samples": len(skipped[name])}
             for name, ds in sets.items()
         },
-        "corruptions": {"names": corruption_names, "severities": severities, "seed": args.seed}
-        if corruption_names
-        else None,
-        "effective_robustness_lines": lines,
-        "models": results,
-        "paired_tests": paired,
-        "failed": failed,
-    }
+    )  # fmt: skip
     predictions = {
         set_name: {"labels": scores[next(iter(results))][set_name].labels}
         | {name: scores[name][set_name].predictions for name in results}

@@ -34,7 +34,7 @@ from ..measures import WithoutModality
 from ..metrics.robustness import robustness_summary
 from ..metrics.tasks import compute_ranking_metrics, compute_task_metrics
 from ..processing import MultimodalProcessor
-from .report import write_evaluation
+from .report import evaluation_record, write_evaluation
 from .scoring import INDEX_COLUMN
 
 # The metric each problem type is summarised by (table, relative score of a missing modality).
@@ -281,24 +281,12 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
         del model
     if not results:
         raise UserError("no model could be evaluated: " + "; ".join(f"{n}: {why}" for n, why in failed.items()))
-    evaluation = {
-        "schema_version": 1,
-        "command": command,
-        "modality": "fusion",
-        "modalities": modalities,
-        "problem_type": problem_type,
-        "headline": headline,
-        "ranking_ks": ranking_ks,
-        "label_names": task["labels"] if len(tasks) == 1 else {t["name"]: t["labels"] for t in tasks},
-        "device": str(device),
-        "processes": 1,
-        "sets": sets_info,
-        "corruptions": {"names": corruptions, "severities": list(severities), "seed": args.seed}
-        if corruptions
-        else None,
-        "models": results,
-        "failed": failed,
-    }
+    evaluation = evaluation_record(
+        command=command, modality="fusion", device=device, processes=1, sets=sets_info, corruptions=corruptions,
+        severities=severities, seed=args.seed, models=results, failed=failed, modalities=modalities,
+        problem_type=problem_type, headline=headline, ranking_ks=ranking_ks,
+        label_names=task["labels"] if len(tasks) == 1 else {t["name"]: t["labels"] for t in tasks},
+    )  # fmt: skip
     path = write_evaluation(args.output_dir, evaluation, _markdown(evaluation))
     print(f"Evaluated {', '.join(results)} on {', '.join(sets_info)}: {path}")
     return evaluation

@@ -16,6 +16,23 @@ from ..atomic_files import write_text_atomic
 from ..metrics.calibration import plot_reliability_diagram
 from ..metrics.robustness import line_accuracy
 
+SCHEMA_VERSION = 1  # of evaluation.json: bumped when a key changes meaning
+
+
+def evaluation_record(
+    *, command: str, modality: str, device, processes: int, sets: dict, corruptions, severities, seed: int,
+    models: dict, failed: dict, **specific,
+) -> dict:  # fmt: skip
+    """evaluation.json's record, the same keys for every mode of `python -m mm_hf.evaluate` (classifiers, fusion,
+    retrieval) in one order; `specific` holds the mode's own keys (label names, paired tests...), placed after
+    `modality`. `corruptions` is None when no sweep ran."""
+    sweep = {"names": corruptions, "severities": list(severities), "seed": seed} if corruptions else None
+    return {
+        "schema_version": SCHEMA_VERSION, "command": command, "modality": modality, **specific,
+        "device": str(device), "processes": processes, "sets": sets, "corruptions": sweep, "models": models,
+        "failed": failed,
+    }  # fmt: skip
+
 
 def write_outputs(output_dir: str, evaluation: dict, predictions: dict) -> None:
     """evaluation.json, evaluation.md, predictions/<set>.csv and plots/*.png under `output_dir`."""

@@ -23,7 +23,7 @@ from ..metrics.robustness import robustness_summary
 from ..models import ContrastiveDualEncoderModel
 from ..models.text_length import text_max_length
 from ..retrieval import build_media, evaluate_retrieval, load_dual_encoder, resolve_modality
-from .report import write_evaluation
+from .report import evaluation_record, write_evaluation
 
 # clip_retrieval's --max_seq_length default: captions of a folder without run_config.yaml are cut there too.
 DEFAULT_MAX_SEQ_LENGTH = 64
@@ -112,19 +112,10 @@ def evaluate_retrieval_models(found, args, data_args, failed: dict, device, comm
         results[candidate.name] = entry
     if not results:
         raise UserError("no model could be evaluated: " + "; ".join(f"{n}: {why}" for n, why in failed.items()))
-    evaluation = {
-        "schema_version": 1,
-        "command": command,
-        "modality": "retrieval",
-        "device": str(device),
-        "processes": 1,
-        "sets": sets,
-        "corruptions": {"names": corruptions, "severities": list(severities), "seed": args.seed}
-        if corruptions
-        else None,
-        "models": results,
-        "failed": failed,
-    }
+    evaluation = evaluation_record(
+        command=command, modality="retrieval", device=device, processes=1, sets=sets, corruptions=corruptions,
+        severities=severities, seed=args.seed, models=results, failed=failed,
+    )  # fmt: skip
     path = write_evaluation(args.output_dir, evaluation, _markdown(evaluation))
     print(f"Evaluated {', '.join(results)} on retrieval: {path}")
     return evaluation
