@@ -9,6 +9,7 @@ merged) without retraining.
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -154,6 +155,10 @@ def render_model_card(
         for key, value in sorted(results.items())
         if key.startswith(prefix) and _is_quality_metric(key[len(prefix) :])
     ]
+    eval_results += shift_eval_results(
+        results, resolved, task_type=info.eval_task_type or info.pipeline_tag, dataset_type=dataset_id or "custom",
+        dataset_name=dataset_id or os.path.basename(os.path.normpath(dataset)),
+    )  # fmt: skip
     card_data = ModelCardData(
         library_name="peft" if saved_as == "adapter" else "transformers",
         base_model=hub_ids[0] if len(hub_ids) == 1 else hub_ids or None,
@@ -227,6 +232,57 @@ def _card_hyperparameters(resolved: dict) -> dict:
         if not shown.get(flag):
             shown.pop(flag, None)
     return shown
+
+
+def shift_eval_results(results: dict, resolved: dict, *, task_type: str, dataset_type: str, dataset_name: str):
+    """model-index entries for a run's --ood_dir / --ood_file sets (`dataset.config: NAME`, name "NAME (shifted:
+    FOLDER)") and its --robustness sweep (`dataset.config: corruptions`, mean and relative), measured after
+    training. Keyed as `python -m mm_hf.evaluate --update_card` keys them, so a later evaluation of the checkpoint
+    replaces these numbers instead of standing beside them."""
+    sources = dict(
+        value.split("=", 1) for value in (resolved.get("ood_dir") or []) + (resolved.get("ood_file") or [])
+    )  # fmt: skip
+    out = []
+    for name, source in sources.items():
+        prefix = f"ood_{name}_"
+        # a longer NAME sharing this prefix ("a" and "a_b") owns its own keys
+        longer = tuple(f"ood_{other}_" for other in sources if other != name and other.startswith(f"{name}_"))
+        out += [
+            EvalResult(
+                task_type=task_type,
+                dataset_type="custom",
+                dataset_name=f"{name} (shifted: {os.path.basename(os.path.normpath(source))})",
+                dataset_config=name,
+                dataset_split="test",
+                metric_type=key[len(prefix) :],
+                metric_value=float(value),
+            )
+            for key, value in sorted(results.items())
+            if key.startswith(prefix) and not key.startswith(longer) and _is_quality_metric(key[len(prefix) :])
+        ]
+    sweep = {
+        key: value for key, value in results.items() if key.startswith(("corruption_mean_", "corruption_relative_"))
+    }
+    if sweep:
+        names = sorted({m.group(1) for key in results if (m := re.match(r"corruption_(.+)_s\d+_", key))})
+        severities = sorted({int(m.group(1)) for key in results if (m := re.match(r"corruption_.+_s(\d+)_", key))})
+        described = f"{', '.join(names)}; severities {','.join(map(str, severities))}"
+        out += [
+            EvalResult(
+                task_type=task_type,
+                dataset_type=dataset_type,
+                dataset_name=f"{dataset_name} corrupted ({described})",
+                dataset_config="corruptions",
+                dataset_split="test",
+                # mm_hf.evaluate's names: mean_corruption_<metric>, relative_<metric>
+                metric_type=key.replace("corruption_mean_", "mean_corruption_").replace(
+                    "corruption_relative_", "relative_"
+                ),
+                metric_value=float(value),
+            )
+            for key, value in sorted(sweep.items())
+        ]
+    return out
 
 
 def _is_quality_metric(name: str) -> bool:

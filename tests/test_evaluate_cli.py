@@ -500,3 +500,36 @@ def test_update_card_adds_model_index_entries_huggingface_hub_parses(recipe_runs
     # A re-run replaces its own numbers instead of adding a second copy.
     evaluate(tmp_path / "eval2", {"probe": probe}, digits_dir / "test", *flags)
     assert len(ModelCard.load(probe / "README.md").data.eval_results) == len(card.data.eval_results)
+
+
+def test_recipe_card_lists_its_ood_and_corruption_numbers_and_an_evaluation_replaces_them(
+    recipe_runs, digits_dir, tmp_path
+):
+    lora = tmp_path / "lora"
+    shutil.copytree(recipe_runs["lora"][0], lora)
+    results = recipe_runs["lora"][1]
+    index = metadata_load(lora / "README.md")["model-index"][0]["results"]
+    by_config = {entry["dataset"].get("config"): entry for entry in index}
+    assert set(by_config) == {None, "shifted", "corruptions"}
+    shifted = by_config["shifted"]
+    assert shifted["dataset"]["name"] == "shifted (shifted: validation)" and shifted["dataset"]["split"] == "test"
+    values = {m["type"]: m["value"] for m in shifted["metrics"]}
+    assert values["accuracy"] == pytest.approx(results["ood_shifted_accuracy"])
+    assert values["macro_f1"] == pytest.approx(results["ood_shifted_macro_f1"])
+    assert "samples" not in values  # a count is not a quality metric
+    corrupted = by_config["corruptions"]
+    assert corrupted["dataset"]["name"].endswith("corrupted (gaussian_noise; severities 1,3)")
+    values = {m["type"]: m["value"] for m in corrupted["metrics"]}
+    assert values == pytest.approx(
+        {"mean_corruption_accuracy": results["corruption_mean_accuracy"],
+         "relative_accuracy": results["corruption_relative_accuracy"]}
+    )  # fmt: skip
+
+    # mm_hf.evaluate --update_card on the same sets replaces these numbers: no entry or metric appears twice.
+    flags = ("--ood", f"shifted={digits_dir / 'validation'}", "--corruptions", "gaussian_noise", "--severities", "1,3",
+             "--update_card", "--latency_runs", "0")  # fmt: skip
+    evaluate(tmp_path / "eval", {"lora": lora}, digits_dir / "test", *flags)
+    results_after = ModelCard.load(lora / "README.md").data.eval_results
+    keys = [(r.dataset_config, r.metric_type) for r in results_after]
+    assert len(keys) == len(set(keys))
+    assert len(metadata_load(lora / "README.md")["model-index"][0]["results"]) == 3
