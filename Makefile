@@ -76,8 +76,12 @@ demo-sentiment: setup
 	$(LAUNCH) recipes/video_cls.py --config recipes/configs/sentiment.yaml --disable_tqdm true
 	$(BIN)/python -m mm_hf.apps.sentiment ablate --config recipes/configs/sentiment.yaml --disable_tqdm true
 
+# Two workers (pytest-xdist) on CI's two cores, one torch thread each: most tests are Python-bound and leave a
+# second core idle, and two threads per worker would only contend. A worker takes whole files, so a module's
+# fixtures are built once. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q -ra
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile
 
 test-all: setup
 	$(BIN)/python -m pytest -q -ra -m ""
