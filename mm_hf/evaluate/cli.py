@@ -92,7 +92,8 @@ class EvaluateArguments(
         default=False,
         metadata={
             "help": "Write the temperature fitted on --calibration_data into each mm-hf checkpoint's config.json "
-            "(`calibration_temperature`, applied to the logits at inference, so pipeline() scores are calibrated). "
+            "(`calibration_temperature`, applied to the logits at inference, so pipeline() scores are calibrated; a fusion "
+            "checkpoint's is `{head: T}`, one per classification head). "
             "Plain transformers and zero-shot models have no such field: nothing is written for them."
         },
     )

@@ -11,6 +11,18 @@ relative score of each missing-modality case (metric without / metric with all m
 A `--problem_type ranking` run (a binary head) is read with its `group_column` and also gets the recipe's ranking
 metrics (recall/ndcg/hit_rate@K, mrr per group, `compute_ranking_metrics`), ndcg@<largest K> as its headline.
 
+Calibration, with the classifier path's keys and functions (`mm_hf.metrics.calibration`, report.py's writers): per
+set `calibration` `{ece (15 bins), mce, nll, brier, accuracy, confidence, reliability}` of each single-label or
+binary head (binary: softmax([0, z]) = sigmoid(z)); a multi-label head's are means over its labels, each a binary
+problem, with `per_label` and a `reliability` pooling every (sample, label) decision. Regression and ranking heads
+have none: `calibration` is null (a regression head predicts values; a ranking head is scored by its order within a
+group, which no temperature changes). `--calibration_data FILE` (read like --test_file) fits one temperature per
+calibrated head (a multi-label head's over all its labels' binary cross-entropy): `temperature_scaling`
+`{temperature, before, after, samples}` (+ `saved_to` with `--save_temperature`, which writes the product with the
+one already saved into config.json's `calibration_temperature` `{head: T}`) and per set
+`calibration_temperature_scaled`. One head: these keys hold the head's values as a classifier's do; several heads:
+each is `{head name: value or null}`. Plots: `plots/reliability_<model>[_<head>].png` (test set), listed in `plots`.
+
 Scope: any heads (a multi-task model's metrics `<task>_`-prefixed, as its run's `test_<task>_*`), one process
 (sharding is refused with a message). Logits are kept whole per set (N x outputs), as the recipes' Trainer
 evaluation does. `--corruptions` corrupt the image / text / audio columns (`fusion_corruption_sweep`).
