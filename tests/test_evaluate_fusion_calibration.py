@@ -1,5 +1,6 @@
 """Calibration of fusion heads in python -m mm_hf.evaluate: ECE/NLL/Brier as the classifier path computes them,
-temperature scaling fitted on --calibration_data, and --save_temperature applied by the reloaded model.
+temperature scaling fitted on --calibration_data, and --save_temperature applied by the reloaded model (forward and
+python -m mm_hf.predict scores).
 
 The checkpoints are tabular-only fusion models built in-process (no encoder, no media: a scoring pass takes
 milliseconds). Labels are drawn from softmax(z / 3) of the model's own logits z, so its head is over-confident by a
@@ -21,6 +22,7 @@ from mm_hf.metrics.calibration import calibration_metrics
 from mm_hf.models import MultimodalFusionConfig
 from mm_hf.models.modeling_multimodal_fusion import MultimodalFusionForClassification
 from mm_hf.models.processing_multimodal_fusion import ProcessorSettings
+from mm_hf.predict.cli import main as predict
 from mm_hf.processing import MultimodalProcessor
 
 OVERCONFIDENCE = 3.0  # labels come from softmax(logits / 3): the fitted temperature should land near 3
@@ -128,6 +130,13 @@ def test_fitted_temperature_calibrates_an_overconfident_head_and_is_saved_into_t
         calibrated = model.eval()(**inputs).logits
     assert torch.allclose(calibrated, raw / temperature, atol=1e-6)
     assert not torch.allclose(raw.softmax(-1), calibrated.softmax(-1), atol=1e-2)  # the change is visible
+    # python -m mm_hf.predict on the checkpoint: its scores are the calibrated probabilities softmax(z / T).
+    predict([str(run), "--data", files["test"], "--output", str(tmp_path / "p.jsonl"), "--num_workers", "0"])
+    expected = torch.softmax(torch.as_tensor(logits["test"][0]) / temperature, -1)
+    with open(tmp_path / "p.jsonl") as f:
+        for row, probabilities in zip(map(json.loads, f), expected, strict=True):
+            scores = {item["label"]: item["score"] for item in row["top_k"]}
+            assert [scores[label] for label in tasks[0]["labels"]] == pytest.approx(probabilities.tolist(), abs=1e-5)
 
     # A second fit composes with the saved temperature (the scored logits are already divided by it).
     again = _evaluate(run, files, tmp_path / "eval2", "--calibration_data", files["calibration"], "--save_temperature")

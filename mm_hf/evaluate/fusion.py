@@ -306,10 +306,10 @@ def fit_temperatures(tasks: list[dict], heads: list[str], outputs) -> dict:
     return {h: fit_head_temperature(tasks[index[h]]["problem_type"], logits[index[h]], labels[index[h]]) for h in heads}
 
 
-def save_fusion_temperatures(candidate, model, fits: dict) -> str | None:
+def save_fusion_temperatures(candidate, saved: dict, fits: dict) -> str | None:
     """Write each head's fitted T into the checkpoint's config.json `calibration_temperature` (times the one it
-    already divides by: the scored logits were divided by it, so the new fit composes); each fit gets `saved_to`."""
-    saved = dict(model.config.calibration_temperature or {})
+    already divides by, `saved`: the scored logits were divided by it, so the new fit composes); each fit gets
+    `saved_to`."""
     composed = {head: saved.get(head, 1.0) * fit["temperature"] for head, fit in fits.items()}
     path = write_config_key(candidate, "calibration_temperature", {**saved, **composed})
     for fit in fits.values():
@@ -358,7 +358,7 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
     passes = dict(batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers,
                   device=device, progress=not args.disable_tqdm)  # fmt: skip
     run = dict(passes, ranking_ks=ranking_ks)
-    results, sets_info = {}, {}
+    results, sets_info, to_save = {}, {}, []
     for candidate in candidates:
         try:
             model, processor = load_fusion(candidate.path, device)
@@ -381,9 +381,9 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
             fits = fit_temperatures(tasks, heads, head_outputs(model, calibration_set, transform, tasks,
                                                                description=f"{candidate.name} | calibration",
                                                                **passes))  # fmt: skip
-            if args.save_temperature:
-                save_fusion_temperatures(candidate, model, fits)
             entry["temperature_scaling"] = per_head(tasks, fits)
+            if args.save_temperature:  # written once every model is scored, as for classifiers
+                to_save.append((candidate, dict(model.config.calibration_temperature or {}), fits))
         temperatures = {head: fit["temperature"] for head, fit in fits.items()}
         for set_name, path in {"test": data_args.test_file, **ood_sources}.items():
             dataset, skipped = read_set(path, columns, problem_type, task, args.cache_dir, data_args, sampling_rate)
@@ -417,6 +417,8 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
         del model
     if not results:
         raise UserError("no model could be evaluated: " + "; ".join(f"{n}: {why}" for n, why in failed.items()))
+    for candidate, saved, fits in to_save:
+        save_fusion_temperatures(candidate, saved, fits)
     evaluation = evaluation_record(
         command=command, modality="fusion", device=device, processes=1, sets=sets_info, corruptions=corruptions,
         severities=severities, seed=args.seed, models=results, failed=failed, modalities=modalities,
