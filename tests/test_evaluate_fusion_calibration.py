@@ -155,8 +155,8 @@ def test_each_head_kind_gets_its_calibration_and_regression_none(kind, tmp_path)
                        {"name": "score", "problem_type": "regression", "labels": ["score"]}],
     }[kind]  # fmt: skip
     run, files, logits = _tabular_run(tmp_path, tasks, sizes=(120, 120))
-    entry = _evaluate(run, files, tmp_path / "eval", "--calibration_data", files["calibration"])["models"]["run"]
-    test = entry["sets"]["test"]
+    result = _evaluate(run, files, tmp_path / "eval", "--calibration_data", files["calibration"])
+    entry, test = result["models"]["run"], result["models"]["run"]["sets"]["test"]
     if kind == "binary":  # one logit: softmax([0, z]) = sigmoid(z), as the classifier path reads a binary head
         expected = calibration_metrics(logits["test"][0], _labels(files["test"], "clicked"))
         assert test["calibration"]["ece"] == pytest.approx(expected["ece"], abs=1e-6)
@@ -178,6 +178,7 @@ def test_each_head_kind_gets_its_calibration_and_regression_none(kind, tmp_path)
         assert test["calibration"]["label"]["ece"] == pytest.approx(expected["ece"], abs=1e-6)
         assert entry["temperature_scaling"]["label"]["temperature"] > 1.5
         assert "| run   | test | label |" in (tmp_path / "eval" / "evaluation.md").read_text()
+        assert result["plots"] == ["plots/reliability_run_label.png"]  # one diagram per calibrated head
 
 
 def test_regression_only_fusion_is_refused_calibration_data(tmp_path):
