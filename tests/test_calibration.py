@@ -12,6 +12,7 @@ from mm_hf.metrics.calibration import (
     CalibrationMetrics,
     calibration_metrics,
     fit_temperature,
+    multilabel_calibration,
     plot_reliability_diagram,
 )
 
@@ -66,6 +67,23 @@ def test_nll_and_brier_match_sklearn_and_hand_multiclass():
     out = calibration_metrics(logits, labels)
     assert out["nll"] == pytest.approx(log_loss(labels, probs, labels=range(4)))
     assert out["brier"] == pytest.approx(brier_score_loss(labels, probs, labels=range(4), scale_by_half=False))
+
+
+def test_multilabel_calibration_is_the_mean_of_per_label_binary_calibration():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(200, 3)) * np.array([1.0, 3.0, 0.3])  # labels calibrated to different degrees
+    labels = (rng.uniform(size=logits.shape) < 1 / (1 + np.exp(-logits / 2))).astype(int)
+    out = multilabel_calibration(logits, labels)
+    probs = 1 / (1 + np.exp(-logits))
+    # NLL: the mean over labels of each label's binary cross-entropy (sklearn's log_loss), not one pooled number.
+    assert out["nll"] == pytest.approx(np.mean([log_loss(labels[:, j], probs[:, j]) for j in range(3)]))
+    assert [m["ece"] for m in out["per_label"]] == [
+        calibration_metrics(logits[:, j], labels[:, j])["ece"] for j in range(3)
+    ]
+    assert out["ece"] == pytest.approx(np.mean([m["ece"] for m in out["per_label"]]))
+    assert sum(out["reliability"]["count"]) == 600  # the diagram pools every (sample, label) decision
+    with pytest.raises(ValueError, match="same shape"):
+        multilabel_calibration(logits, labels[:, :2])
 
 
 def test_streaming_batches_equal_one_pass_and_accept_torch():

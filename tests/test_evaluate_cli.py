@@ -308,8 +308,8 @@ def test_fusion_run_equals_its_own_test_numbers_with_each_modality_missing(tmp_p
     assert "accuracy without text" in (tmp_path / "eval" / "evaluation.md").read_text()
 
     # Flags of the image/audio flow are refused for fusion, never ignored; so is mixing with image models.
-    with pytest.raises(UserError, match="--calibration_data: not available for fusion"):
-        main([*argv, "--calibration_data", data["validation"]])
+    with pytest.raises(UserError, match="--update_card: not available for fusion"):
+        main([*argv, "--update_card"])
     with pytest.raises(UserError, match="not fusion checkpoints"):
         main([*argv, "--model", f"vit={save_vit(tmp_path / 'vit')}"])
 

@@ -10,7 +10,7 @@ class prompts. Fusion and video checkpoints (any number of heads) go through `fu
 `modality: "fusion"`, per set `metrics` from compute_task_metrics, `missing_modality.<modality>` and
 `missing_modality_relative.<modality>`, and with --corruptions `corruptions.<name>.<severity>` (the headline metric),
 `corruption_metrics` (all of them) and `robustness`; a multi-task model's metrics are `<task>_`-prefixed, as the recipe's
-`test_<task>_*`, and `headline` names the one summarising it). With --retrieval, dual encoders are scored on media-caption
+`test_<task>_*`, and `headline` names the one summarising it; calibration keys as below, see `fusion.py`). With --retrieval, dual encoders are scored on media-caption
 retrieval instead (`retrieval.py`: `modality: "retrieval"`, per model `sets.test.metrics` from
 `mm_hf.retrieval.evaluate_retrieval`, and with --corruptions typos/word_dropout on the captions `corruptions`,
 `corruption_metrics`, `robustness`). The test set is given with the

@@ -232,13 +232,22 @@ def saved_temperature(candidate: Candidate) -> float:
 def save_temperature(candidate: Candidate, temperature: float) -> str | None:
     """Write `temperature` as `calibration_temperature` into an mm-hf checkpoint's config.json; its path, or None.
 
-    Only that key changes (the JSON is edited, not re-serialised from a config object, so nothing else in the file
-    moves). Other kinds have no field their model applies, so nothing is written and the log says so.
+    Other kinds have no field their model applies, so nothing is written and the log says so.
     """
     if candidate.kind != "mm-hf":
         logger.warning("--save_temperature: %s=%s is a %s model without calibration_temperature; nothing written",
                        candidate.name, candidate.path, candidate.kind)  # fmt: skip
         return None
+    return write_config_key(candidate, "calibration_temperature", float(temperature))
+
+
+def write_config_key(candidate: Candidate, key: str, value) -> str | None:
+    """Set `key` in a local checkpoint folder's config.json (what --save_temperature writes); its path, or None
+    for a checkpoint that is not a local folder (logged).
+
+    Only that key changes (the JSON is edited, not re-serialised from a config object, so nothing else in the file
+    moves).
+    """
     if not os.path.isdir(candidate.path):
         logger.warning("--save_temperature: %s=%s is not a local folder; nothing written", candidate.name,
                        candidate.path)  # fmt: skip
@@ -246,11 +255,11 @@ def save_temperature(candidate: Candidate, temperature: float) -> str | None:
     file = os.path.join(candidate.path, "config.json")
     with open(file) as f:
         config = json.load(f)
-    config["calibration_temperature"] = float(temperature)
+    config[key] = value
     with open(file, "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
         f.write("\n")
-    logger.info("--save_temperature: %s now divides its logits by %.4f (%s)", candidate.name, temperature, file)
+    logger.info("--save_temperature: %s now has %s = %s (%s)", candidate.name, key, value, file)
     return file
 
 

@@ -92,7 +92,8 @@ class EvaluateArguments(
         default=False,
         metadata={
             "help": "Write the temperature fitted on --calibration_data into each mm-hf checkpoint's config.json "
-            "(`calibration_temperature`, applied to the logits at inference, so pipeline() scores are calibrated). "
+            "(`calibration_temperature`, applied to the logits at inference, so pipeline() scores are calibrated; a fusion "
+            "checkpoint's is `{head: T}`, one per classification head). "
             "Plain transformers and zero-shot models have no such field: nothing is written for them."
         },
     )
@@ -345,8 +346,7 @@ def _describe(error: BaseException) -> str:
 
 # Flags of the image/audio flow that the fusion flow does not implement: refused, never ignored.
 _NOT_FOR_FUSION = (
-    "calibration_data", "save_temperature", "update_card", "prompt_templates",
-    "max_length_seconds", "test_dir", "dataset_name", "robustness_baseline",
+    "update_card", "prompt_templates", "max_length_seconds", "test_dir", "dataset_name", "robustness_baseline",
 )  # fmt: skip
 
 
@@ -360,7 +360,7 @@ def _evaluate_fusion(fusion_models, found, args, data_args, explicit, ood_source
     refused = [f"--{name}" for name in _NOT_FOR_FUSION if name in explicit]
     if refused:
         raise UserError(f"{', '.join(refused)}: not available for fusion checkpoints yet (they get the recipe's "
-                        "metrics, each modality missing and --corruptions, on --test_file and --ood files)")  # fmt: skip
+                        "metrics, calibration, each modality missing and --corruptions, on --test_file and --ood files)")  # fmt: skip
     command = shlex.join(["python", "-m", "mm_hf.evaluate", *argv])
     severities = parse_severities(args.severities, "--severities")
     return evaluate_fusion(fusion_models, args, data_args, ood_sources, failed, device, command, severities)

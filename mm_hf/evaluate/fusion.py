@@ -11,6 +11,18 @@ relative score of each missing-modality case (metric without / metric with all m
 A `--problem_type ranking` run (a binary head) is read with its `group_column` and also gets the recipe's ranking
 metrics (recall/ndcg/hit_rate@K, mrr per group, `compute_ranking_metrics`), ndcg@<largest K> as its headline.
 
+Calibration, with the classifier path's keys and functions (`mm_hf.metrics.calibration`, report.py's writers): per
+set `calibration` `{ece (15 bins), mce, nll, brier, accuracy, confidence, reliability}` of each single-label or
+binary head (binary: softmax([0, z]) = sigmoid(z)); a multi-label head's are means over its labels, each a binary
+problem, with `per_label` and a `reliability` pooling every (sample, label) decision. Regression and ranking heads
+have none: `calibration` is null (a regression head predicts values; a ranking head is scored by its order within a
+group, which no temperature changes). `--calibration_data FILE` (read like --test_file) fits one temperature per
+calibrated head (a multi-label head's over all its labels' binary cross-entropy): `temperature_scaling`
+`{temperature, before, after, samples}` (+ `saved_to` with `--save_temperature`, which writes the product with the
+one already saved into config.json's `calibration_temperature` `{head: T}`) and per set
+`calibration_temperature_scaled`. One head: these keys hold the head's values as a classifier's do; several heads:
+each is `{head name: value or null}`. Plots: `plots/reliability_<model>[_<head>].png` (test set), listed in `plots`.
+
 Scope: any heads (a multi-task model's metrics `<task>_`-prefixed, as its run's `test_<task>_*`), one process
 (sharding is refused with a message). Logits are kept whole per set (N x outputs), as the recipes' Trainer
 evaluation does. `--corruptions` corrupt the image / text / audio columns (`fusion_corruption_sweep`).
@@ -31,10 +43,12 @@ from ..corruptions import CORRUPTIONS, CorruptColumn
 from ..data.multimodal import RANKING_GROUP_KEY, MultimodalColumns, check_media, load_multimodal_splits
 from ..errors import DataError, UserError
 from ..measures import WithoutModality
+from ..metrics.calibration import calibration_report, fit_temperature, multilabel_calibration
 from ..metrics.robustness import robustness_summary
 from ..metrics.tasks import compute_ranking_metrics, compute_task_metrics
 from ..processing import MultimodalProcessor
-from .report import evaluation_record, write_evaluation
+from .candidates import write_config_key
+from .report import calibration_table, evaluation_record, reliability_plot, temperature_section, write_evaluation
 from .scoring import INDEX_COLUMN
 
 # The metric each problem type is summarised by (table, relative score of a missing modality).
@@ -180,15 +194,10 @@ def read_set(path: str, columns: MultimodalColumns, problem_type, task, cache_di
 
 
 @torch.no_grad()
-def task_scores(
-    model, dataset, transform, task, *, batch_size, num_workers, device, description, progress, ranking_ks=None
-):
-    """compute_task_metrics of the head(s) over `dataset` (in order), as the recipe's TaskMetrics computes them; with
-    `ranking_ks` (a single ranking head), also the ranking metrics of the rows grouped by their RANKING_GROUP_KEY.
-
-    `task`: one head's dict (its metrics returned as they are), or the list of a model's heads (each head's metrics
-    `<task name>_`-prefixed, as the recipe's `test_<task>_<metric>`; labels from `labels_<task>`)."""
-    tasks = task if isinstance(task, list) else [task]
+def head_outputs(model, dataset, transform, tasks: list[dict], *, batch_size, num_workers, device, description,
+                 progress) -> tuple[list, list, np.ndarray | None]:  # fmt: skip
+    """One pass over `dataset` (in order): `(logits, labels)` per head of `tasks` (`(N, outputs)` arrays, labels from
+    `labels` for one head, `labels_<task>` for several) and the rows' RANKING_GROUP_KEY (None without)."""
     keys = ["labels"] if len(tasks) == 1 else [f"labels_{t['name']}" for t in tasks]
     loader = DataLoader(dataset.with_transform(transform), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=default_data_collator)  # fmt: skip
@@ -202,18 +211,127 @@ def task_scores(
         outputs = model(**inputs).logits
         for i, head_logits in enumerate(outputs if len(tasks) > 1 else (outputs,)):
             logits[i].append(head_logits.float().cpu().numpy())
+    return ([np.concatenate(x) for x in logits], [np.concatenate(y) for y in labels],
+            np.concatenate(groups) if groups else None)  # fmt: skip
+
+
+def outputs_metrics(task, outputs, ranking_ks=None) -> dict:
+    """compute_task_metrics of `head_outputs`' `outputs` (see `task_scores` for `task` and `ranking_ks`)."""
+    tasks = task if isinstance(task, list) else [task]
+    logits, labels, groups = outputs
     out = {}
     for head, head_logits, head_labels in zip(tasks, logits, labels, strict=True):
         names = head["labels"] if head["problem_type"] != "binary_classification" else None
-        scores = compute_task_metrics(head["problem_type"], np.concatenate(head_logits), np.concatenate(head_labels),
-                                      names)  # fmt: skip
+        scores = compute_task_metrics(head["problem_type"], head_logits, head_labels, names)
         if ranking_ks:  # single-task only (the recipe refuses multi-task ranking)
-            scores.update(compute_ranking_metrics(np.concatenate(head_logits), np.concatenate(head_labels),
-                                                  np.concatenate(groups), ranking_ks))  # fmt: skip
+            scores.update(compute_ranking_metrics(head_logits, head_labels, groups, ranking_ks))
         if not isinstance(task, list) or len(tasks) == 1:
             return scores
         out.update({f"{head['name']}_{k}": v for k, v in scores.items()})
     return out
+
+
+def task_scores(model, dataset, transform, task, *, ranking_ks=None, **run):
+    """compute_task_metrics of the head(s) over `dataset` (in order), as the recipe's TaskMetrics computes them; with
+    `ranking_ks` (a single ranking head), also the ranking metrics of the rows grouped by their RANKING_GROUP_KEY.
+
+    `task`: one head's dict (its metrics returned as they are), or the list of a model's heads (each head's metrics
+    `<task name>_`-prefixed, as the recipe's `test_<task>_<metric>`; labels from `labels_<task>`). `run`:
+    `head_outputs`' keywords."""
+    tasks = task if isinstance(task, list) else [task]
+    return outputs_metrics(task, head_outputs(model, dataset, transform, tasks, **run), ranking_ks)
+
+
+# ------------------------------------------------------------------------------------------------ calibration
+# Heads whose outputs are probabilities: a ranking run's binary head is scored by its order within each group
+# (temperature never changes it) and a regression head predicts values, so neither is calibrated.
+CALIBRATED = ("single_label_classification", "binary_classification", "multi_label_classification")
+
+
+def calibrated_heads(tasks: list[dict], ranking: bool) -> list[str]:
+    """Names of the heads that get calibration metrics and temperature scaling."""
+    return [] if ranking else [t["name"] for t in tasks if t["problem_type"] in CALIBRATED]
+
+
+def head_calibration(problem_type: str, logits, labels, temperature: float = 1.0) -> dict:
+    """evaluation.json's `calibration` of one head: the classifier path's `calibration_report` (single-label, or
+    binary through softmax([0, z]) = sigmoid(z)), or for multi-label `multilabel_calibration` (means over labels)."""
+    if problem_type == "multi_label_classification":
+        return multilabel_calibration(logits, labels, temperature=temperature)
+    return calibration_report(logits, np.asarray(labels).reshape(-1).astype(np.int64), temperature=temperature)
+
+
+def fit_head_temperature(problem_type: str, logits, labels) -> dict:
+    """`fit_temperature` on one head's calibration-set outputs: `{temperature, before, after, samples}` as the
+    classifier path's `temperature_scaling`. A multi-label head gets one T for all its labels (the NLL minimised is
+    the mean binary cross-entropy over every (sample, label)); its before/after are per-label means."""
+    if problem_type != "multi_label_classification":
+        fit = fit_temperature(logits, np.asarray(labels).reshape(-1))
+        return {**fit.as_dict(), "samples": len(logits)}
+    temperature = fit_temperature(np.asarray(logits).reshape(-1), np.asarray(labels).reshape(-1)).temperature
+
+    def summary(t):
+        return {k: v for k, v in multilabel_calibration(logits, labels, temperature=t).items() if k != "reliability"}
+
+    return {"temperature": temperature, "before": summary(1.0), "after": summary(temperature), "samples": len(logits)}
+
+
+def per_head(tasks: list[dict], values: dict):
+    """A `{head: value}` dict as evaluation.json keeps it: the value itself for a one-head model (the classifier
+    path's keys), else keyed by head name (every head: None where one is not calibrated)."""
+    if len(tasks) == 1:
+        return values.get(tasks[0]["name"])
+    return {t["name"]: values.get(t["name"]) for t in tasks}
+
+
+def set_calibration(tasks: list[dict], heads: list[str], outputs, temperatures: dict) -> dict:
+    """`calibration` (and with `temperatures` fitted, `calibration_temperature_scaled`) of one scored set."""
+    problem = {t["name"]: t["problem_type"] for t in tasks}
+    index = {t["name"]: i for i, t in enumerate(tasks)}
+    logits, labels, _ = outputs
+    out = {"calibration": per_head(tasks, {h: head_calibration(problem[h], logits[index[h]], labels[index[h]])
+                                           for h in heads})}  # fmt: skip
+    if temperatures:
+        out["calibration_temperature_scaled"] = per_head(tasks, {
+            h: {**head_calibration(problem[h], logits[index[h]], labels[index[h]], t), "temperature": t}
+            for h, t in temperatures.items()
+        })  # fmt: skip
+    return out
+
+
+def fit_temperatures(tasks: list[dict], heads: list[str], outputs) -> dict:
+    """`{head: fit_head_temperature}` on the calibration set's `head_outputs`."""
+    logits, labels, _ = outputs
+    index = {t["name"]: i for i, t in enumerate(tasks)}
+    return {h: fit_head_temperature(tasks[index[h]]["problem_type"], logits[index[h]], labels[index[h]]) for h in heads}
+
+
+def save_fusion_temperatures(candidate, saved: dict, fits: dict) -> str | None:
+    """Write each head's fitted T into the checkpoint's config.json `calibration_temperature` (times the one it
+    already divides by, `saved`: the scored logits were divided by it, so the new fit composes); each fit gets
+    `saved_to`."""
+    composed = {head: saved.get(head, 1.0) * fit["temperature"] for head, fit in fits.items()}
+    path = write_config_key(candidate, "calibration_temperature", {**saved, **composed})
+    for fit in fits.values():
+        fit["saved_to"] = path
+    return path
+
+
+def reliability_plots(output_dir: str, models: dict, tasks: list[dict]) -> list[str]:
+    """The test set's reliability diagram of every calibrated head (report.reliability_plot); paths relative to
+    `output_dir`."""
+    paths = []
+    problem = {t["name"]: t["problem_type"] for t in tasks}
+    for name, entry in models.items():
+        calibration = entry["sets"]["test"]["calibration"]
+        by_head = {tasks[0]["name"]: calibration} if len(tasks) == 1 else calibration
+        for head, values in by_head.items():
+            if values is None:
+                continue
+            label = name if len(tasks) == 1 else f"{name}_{head}"
+            pooled = problem[head] == "multi_label_classification"  # its diagram pools the labels, its ECE is a mean
+            paths.append(reliability_plot(output_dir, label, values, "test, labels pooled" if pooled else "test"))
+    return [os.path.relpath(p, output_dir) for p in paths]
 
 
 def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict, device, command: str,
@@ -233,9 +351,14 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
     modalities = columns.modalities
     corruptions = select_fusion_corruptions(args.corruptions, modalities) if args.corruptions else []
     ranking_ks = (first.run_config.get("ranking_ks") or [1, 5, 10]) if problem_type == "ranking" else None
-    run = dict(batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers, device=device,
-               progress=not args.disable_tqdm, ranking_ks=ranking_ks)  # fmt: skip
-    results, sets_info = {}, {}
+    if args.calibration_data and not any(p in CALIBRATED for p in problem_types):
+        raise UserError(f"--calibration_data: the fusion model's heads are {problem_types}; temperature scaling "
+                        "calibrates classification heads (a regression head predicts values, a ranking head's order "
+                        "within a group does not change with a temperature)")  # fmt: skip
+    passes = dict(batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers,
+                  device=device, progress=not args.disable_tqdm)  # fmt: skip
+    run = dict(passes, ranking_ks=ranking_ks)
+    results, sets_info, to_save = {}, {}, []
     for candidate in candidates:
         try:
             model, processor = load_fusion(candidate.path, device)
@@ -250,12 +373,25 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
         sampling_rate = getattr(processor.feature_extractor, "sampling_rate", None)
         transform = processor.transform(train=False)
         entry = {"path": candidate.path, "kind": "mm-hf-fusion", "problem_type": problem_type, "sets": {}}
+        heads = calibrated_heads(tasks, ranking=ranking_ks is not None)
+        fits = {}
+        if args.calibration_data:
+            calibration_set, _ = read_set(args.calibration_data, columns, problem_type, task, args.cache_dir,
+                                          data_args, sampling_rate)  # fmt: skip
+            fits = fit_temperatures(tasks, heads, head_outputs(model, calibration_set, transform, tasks,
+                                                               description=f"{candidate.name} | calibration",
+                                                               **passes))  # fmt: skip
+            entry["temperature_scaling"] = per_head(tasks, fits)
+            if args.save_temperature:  # written once every model is scored, as for classifiers
+                to_save.append((candidate, dict(model.config.calibration_temperature or {}), fits))
+        temperatures = {head: fit["temperature"] for head, fit in fits.items()}
         for set_name, path in {"test": data_args.test_file, **ood_sources}.items():
             dataset, skipped = read_set(path, columns, problem_type, task, args.cache_dir, data_args, sampling_rate)
             sets_info[set_name] = {"source": path, "samples": len(dataset), "skipped_bad_samples": len(skipped)}
-            scored = {"samples": len(dataset), "metrics": task_scores(model, dataset, transform, task,
-                                                                       description=f"{candidate.name} | {set_name}",
-                                                                       **run)}  # fmt: skip
+            outputs = head_outputs(model, dataset, transform, tasks, description=f"{candidate.name} | {set_name}",
+                                   **passes)  # fmt: skip
+            scored = {"samples": len(dataset), "metrics": outputs_metrics(task, outputs, ranking_ks)}
+            scored.update(set_calibration(tasks, heads, outputs, temperatures))
             if len(modalities) > 1:  # each modality missing in every sample (the placeholder stands in)
                 scored["missing_modality"] = {
                     modality: task_scores(model, dataset, WithoutModality(transform, index), task,
@@ -281,13 +417,16 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
         del model
     if not results:
         raise UserError("no model could be evaluated: " + "; ".join(f"{n}: {why}" for n, why in failed.items()))
+    for candidate, saved, fits in to_save:
+        save_fusion_temperatures(candidate, saved, fits)
     evaluation = evaluation_record(
         command=command, modality="fusion", device=device, processes=1, sets=sets_info, corruptions=corruptions,
         severities=severities, seed=args.seed, models=results, failed=failed, modalities=modalities,
         problem_type=problem_type, headline=headline, ranking_ks=ranking_ks,
         label_names=task["labels"] if len(tasks) == 1 else {t["name"]: t["labels"] for t in tasks},
     )  # fmt: skip
-    path = write_evaluation(args.output_dir, evaluation, _markdown(evaluation))
+    evaluation["plots"] = reliability_plots(args.output_dir, results, tasks)
+    path = write_evaluation(args.output_dir, evaluation, _markdown(evaluation) + _calibration_markdown(evaluation))
     print(f"Evaluated {', '.join(results)} on {', '.join(sets_info)}: {path}")
     return evaluation
 
@@ -317,3 +456,35 @@ def _markdown(evaluation: dict) -> str:
     if evaluation["failed"]:
         lines.append("\nNot evaluated: " + "; ".join(f"{n} ({why})" for n, why in evaluation["failed"].items()))
     return "\n".join(lines) + "\n"
+
+
+def _calibration_markdown(evaluation: dict) -> str:
+    """evaluation.md's calibration tables: ECE / NLL / Brier per model, set (and head), the temperature scaling."""
+    heads = evaluation["label_names"] if isinstance(evaluation["label_names"], dict) else None
+    rows, scaled = [], []
+    for name, entry in evaluation["models"].items():
+        for set_name, scored in entry["sets"].items():
+            by_head = scored["calibration"] if heads else {None: scored["calibration"]}
+            rows += [[name, set_name, *([head] if heads else []), values] for head, values in by_head.items() if values]
+        fits = entry.get("temperature_scaling") or {}
+        by_head = fits if heads else {None: fits}
+        test = entry["sets"]["test"]
+        for head, fit in by_head.items():
+            if not fit:
+                continue
+            before = test["calibration"][head] if heads else test["calibration"]
+            after = test["calibration_temperature_scaled"][head] if heads else test["calibration_temperature_scaled"]
+            scaled.append([name if head is None else f"{name} / {head}", fit["temperature"], before["ece"],
+                           after["ece"]])  # fmt: skip
+    if not rows:
+        return "\nCalibration: not measured (no classification head: a regression head predicts values, a ranking " \
+               "head is scored by its order within each group).\n"  # fmt: skip
+    multi_label = "multi_label_classification" in str(evaluation["problem_type"])
+    out = "\n## Calibration (ECE with 15 bins)\n\n" + calibration_table(
+        rows, ("model", "set", *(["head"] if heads else []))
+    )
+    if multi_label:
+        out += "\nA multi-label head's numbers are means over its labels, each a binary (sigmoid) problem.\n"
+    if scaled:
+        out += temperature_section(scaled, "model" if not heads else "model / head")
+    return out

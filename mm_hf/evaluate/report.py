@@ -152,10 +152,10 @@ def format_markdown(evaluation: dict) -> str:
                                "bootstrap p (macro F1)"], rows))  # fmt: skip
     scaled = {n: e for n, e in models.items() if "temperature_scaling" in e}
     if scaled:
-        out.append("\n## Temperature scaling (fitted on --calibration_data)\n\n")
-        rows = [[n, e["temperature_scaling"]["temperature"], e["sets"]["test"]["calibration"]["ece"],
-                 e["sets"]["test"]["calibration_temperature_scaled"]["ece"]] for n, e in scaled.items()]  # fmt: skip
-        out.append(_table(["model", "temperature", "test ECE before", "test ECE after"], rows))
+        out.append(temperature_section([[n, e["temperature_scaling"]["temperature"],
+                                         e["sets"]["test"]["calibration"]["ece"],
+                                         e["sets"]["test"]["calibration_temperature_scaled"]["ece"]]
+                                        for n, e in scaled.items()]))  # fmt: skip
     robust = {n: e for n, e in models.items() if "robustness" in e}
     if robust:
         out.append("\n## Corruptions (test set)\n\n")
@@ -186,6 +186,26 @@ def format_markdown(evaluation: dict) -> str:
     return "".join(out)
 
 
+def temperature_section(rows: list[list], model_header: str = "model") -> str:
+    """evaluation.md's temperature-scaling section: rows `[model (or "model / head"), T, test ECE before, after]`."""
+    return "\n## Temperature scaling (fitted on --calibration_data)\n\n" + _table(
+        [model_header, "temperature", "test ECE before", "test ECE after"], rows
+    )
+
+
+def calibration_table(rows: list[list], first: tuple[str, ...] = ("model",)) -> str:
+    """A table of calibration summaries: rows `[*first, calibration dict]` -> `first` columns, ECE, NLL, Brier."""
+    return _table([*first, "ECE", "NLL", "Brier"], [[*row[:-1], row[-1]["ece"], row[-1]["nll"], row[-1]["brier"]]
+                                                    for row in rows])  # fmt: skip
+
+
+def reliability_plot(output_dir: str, name: str, calibration: dict, set_name: str = "test") -> str:
+    """plots/reliability_<name>.png of one `calibration` entry (its `reliability` and `ece`); the path."""
+    path = os.path.join(output_dir, "plots", f"reliability_{_slug(name)}.png")
+    plot_reliability_diagram(calibration["reliability"], path, title=f"{name} ({set_name})", ece=calibration["ece"])
+    return path
+
+
 def _megabytes(value) -> str:
     return "–" if value is None else f"{value / 1e6:.1f}"
 
@@ -207,10 +227,7 @@ def write_plots(output_dir: str, evaluation: dict) -> list[str]:
     paths = []
     models = evaluation["models"]
     for name, entry in models.items():
-        calibration = entry["sets"]["test"]["calibration"]
-        path = os.path.join(folder, f"reliability_{_slug(name)}.png")
-        plot_reliability_diagram(calibration["reliability"], path, title=f"{name} (test)", ece=calibration["ece"])
-        paths.append(path)
+        paths.append(reliability_plot(output_dir, name, entry["sets"]["test"]["calibration"]))
     corruptions = (evaluation.get("corruptions") or {}).get("names") or []
     for corruption in corruptions:
         fig = Figure(figsize=(5, 4))

@@ -143,6 +143,32 @@ def calibration_metrics(logits, labels, num_bins: int = NUM_BINS, temperature: f
     return metrics.compute()
 
 
+def calibration_report(logits, labels, num_bins: int = NUM_BINS, temperature: float = 1.0) -> dict:
+    """`calibration_metrics` plus `reliability` (the per-bin data of `CalibrationMetrics.last_reliability`): what
+    evaluation.json's `calibration` holds for one single-label or binary head."""
+    metrics = CalibrationMetrics(num_bins=num_bins, temperature=temperature)
+    metrics.update(logits, labels)
+    return {**metrics.compute(), "reliability": metrics.last_reliability}
+
+
+def multilabel_calibration(logits, labels, num_bins: int = NUM_BINS, temperature: float = 1.0) -> dict:
+    """Per-label sigmoid calibration of a multi-label head, logits and 0/1 labels `(N, L)`.
+
+    Each label is its own binary problem (softmax([0, z]) = sigmoid(z), as for a binary head), so its ECE, NLL
+    (binary cross-entropy) and Brier are `calibration_metrics` of that column. The summary keys are the means over
+    the L labels ("mean ECE over labels", so a rare label counts as much as a frequent one), `per_label` holds each
+    label's (in column order), and `reliability` pools every (sample, label) decision into one diagram.
+    """
+    logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels).astype(np.int64)
+    if logits.ndim != 2 or logits.shape != labels.shape:
+        raise ValueError(f"expected logits and labels of the same shape (N, num_labels), got {logits.shape}, "
+                         f"{labels.shape}")  # fmt: skip
+    per_label = [calibration_metrics(logits[:, j], labels[:, j], num_bins, temperature) for j in range(logits.shape[1])]
+    pooled = calibration_report(logits.reshape(-1), labels.reshape(-1), num_bins, temperature)
+    summary = {key: float(np.mean([label[key] for label in per_label])) for key in per_label[0]}
+    return {**summary, "per_label": per_label, "reliability": pooled["reliability"]}
+
+
 @dataclass(frozen=True)
 class TemperatureFit:
     """A fitted temperature and the validation metrics (`calibration_metrics`) with T = 1 and with it."""

@@ -48,6 +48,10 @@ class MultimodalFusionConfig(PreTrainedConfig):
         modality_dropout: training-time probability of hiding each present modality of a sample (never all).
         tasks: one dict per head: `name`, `problem_type` (single_label_classification, multi_label_classification,
             binary_classification, regression), `labels` (class / label / target names), `loss_weight`.
+        calibration_temperature: post-hoc temperature scaling (Guo et al. 2017) per classification head, task name ->
+            T: in eval mode that head's logits are divided by T, so its softmax / sigmoid probabilities are
+            calibrated; training never sees it. None (or a head left out) leaves the logits as they are;
+            `python -m mm_hf.evaluate --calibration_data ... --save_temperature` writes fitted ones.
     """
 
     model_type = "mm_hf_multimodal_fusion"
@@ -78,9 +82,14 @@ class MultimodalFusionConfig(PreTrainedConfig):
     head_dropout: float = 0.1
     modality_dropout: float = 0.0
     tasks: list[dict] | None = None
+    calibration_temperature: dict | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        self.calibration_temperature = {str(k): float(t) for k, t in (self.calibration_temperature or {}).items()}
+        bad = {name: t for name, t in self.calibration_temperature.items() if not t > 0}
+        if bad:
+            raise ValueError(f"calibration_temperature must be > 0 for every head, got {bad}")
         self.modalities = list(self.modalities or ["image", "text"])
         self.tabular_cardinalities = list(self.tabular_cardinalities or [])
         self.encoder_names_or_paths = dict(self.encoder_names_or_paths or {})
@@ -123,6 +132,12 @@ class MultimodalFusionConfig(PreTrainedConfig):
                 raise ValueError(f"task {task['name']!r}: problem_type must be one of {PROBLEM_TYPES}")
             if not task["labels"]:
                 raise ValueError(f"task {task['name']!r} lists no labels/targets")
+        # Only a classification head has probabilities to calibrate; a regression head's outputs are values.
+        heads = {t["name"]: t["problem_type"] for t in self.tasks}
+        wrong = [name for name in self.calibration_temperature if heads.get(name, "regression") == "regression"]
+        if wrong:
+            raise ValueError(f"calibration_temperature names {wrong}: not classification heads of this model "
+                             f"({heads})")  # fmt: skip
 
 
 def num_outputs(task: dict) -> int:

@@ -444,7 +444,11 @@ class MultimodalFusionForClassification(MultimodalFusionPreTrainedModel):
         logits = []
         for task in self.config.tasks:
             head = self.heads[task["name"]]
-            logits.append(head(out.tokens, out.present) if self.config.fusion == "late" else head(out.fused))
+            task_logits = head(out.tokens, out.present) if self.config.fusion == "late" else head(out.fused)
+            temperature = (self.config.calibration_temperature or {}).get(task["name"])
+            if not self.training and temperature is not None:  # post-hoc calibration (see the config)
+                task_logits = task_logits / temperature
+            logits.append(task_logits)
         if len(self.config.tasks) == 1 and labels is not None:
             task_labels[self.config.tasks[0]["name"]] = labels
         loss = None
