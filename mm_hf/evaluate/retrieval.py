@@ -197,7 +197,8 @@ def _markdown(evaluation: dict) -> str:
                 lines.append(f"| {corruption}@{severity} ({side}) | " + " | ".join(f"{scores[k]:.4f}" for k in keys)
                              + " |")  # fmt: skip
         if entry.get("robustness"):
-            lines.append("\nOver the corruptions: | " + " | ".join(keys) + " |\n|" + " --- |" * (len(keys) + 1))
+            lines.append("\nOver the corruptions (relative: corrupted / clean):\n\n| summary | " + " | ".join(keys) + " |\n|"
+                         + " --- |" * (len(keys) + 1))  # fmt: skip
             for label, field in (("mean", "mean_corruption_accuracy"), ("relative to clean", "relative_accuracy")):
                 lines.append(f"| {label} | " + " | ".join(f"{entry['robustness'][k][field]:.4f}" for k in keys) + " |")
     if evaluation["failed"]:
