@@ -8,7 +8,8 @@ Models (`--model NAME=PATH`, repeatable): mm-hf recipe output folders (full, mer
 transformers image/audio-classification checkpoints, and CLIP/SigLIP/CLAP dual encoders evaluated zero-shot from
 class prompts. Fusion and video checkpoints (any number of heads) go through `fusion.py` (see there; their evaluation.json has
 `modality: "fusion"`, per set `metrics` from compute_task_metrics, `missing_modality.<modality>` and
-`missing_modality_relative.<modality>`, and with --corruptions `corruptions.<name>.<severity>` (the headline metric),
+`missing_modality_relative.<modality>`, and with --corruptions (of the image/text/audio columns; a video column's
+decoded frames take the image ones) `corruptions.<name>.<severity>` (the headline metric),
 `corruption_metrics` (all of them) and `robustness`; a multi-task model's metrics are `<task>_`-prefixed, as the recipe's
 `test_<task>_*`, and `headline` names the one summarising it). With --retrieval, dual encoders are scored on media-caption
 retrieval instead (`retrieval.py`: `modality: "retrieval"`, per model `sets.test.metrics` from
