@@ -18,6 +18,13 @@ side / 224, so a corruption looks the same after the model's processor resizes t
 Pixelate and fog are relative to the image size already. Rotation is not in ImageNet-C (it is an ImageNet-P
 perturbation); its angles are our choice. `CorruptColumn` applies a corruption to one column of a dataset's batch
 before the normal transform, inside DataLoader workers.
+
+Video clips take the image corruptions frame by frame: `CorruptColumn(modality="video")` decodes the clip's frames as
+evaluation does (`load_video_frames`, the processor's `num_frames`), corrupts each, and hands the decoded frames to
+the transform (under `VIDEO_FRAMES_KEY`), so the file itself is never re-encoded (its codec would add artefacts of
+its own). Every frame of a clip gets the same draws (one generator per frame, made from the same (seed, clip)): a
+camera tilted by `rotation` or blurred by `motion_blur` stays so for the whole clip, and noise is a fixed pattern
+rather than fresh per frame, which frame averaging would otherwise partly cancel.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from scipy import ndimage, signal
 
 from mm_hf.data.audio import load_audio
 from mm_hf.data.images import load_image
+from mm_hf.data.video import VIDEO_FRAMES_KEY, load_video_frames
 from mm_hf.errors import UserError
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -360,33 +368,43 @@ CORRUPTIONS: dict[str, dict[str, Callable[..., Any]]] = {
 }
 
 
-def _check_modality(modality: str) -> None:
-    if modality not in CORRUPTIONS:
+# Modalities corrupted with another's table: a video's frames take the image corruptions.
+_TABLE_OF = {"video": "image"}
+
+
+def corruptions_of(modality: str) -> dict[str, Callable[..., Any]]:
+    """The corruptions that apply to `modality` (a video's are the image ones, applied to every frame)."""
+    table = _TABLE_OF.get(modality, modality)
+    if table not in CORRUPTIONS:
         raise ValueError(
-            f"No corruptions for modality {modality!r}; modalities with corruptions: {sorted(CORRUPTIONS)}"
+            f"No corruptions for modality {modality!r}; modalities with corruptions: "
+            f"{sorted([*CORRUPTIONS, *_TABLE_OF])}"
         )
+    return CORRUPTIONS[table]
+
+
+def _check_modality(modality: str) -> None:
+    corruptions_of(modality)
 
 
 def check_corruption(modality: str, name: str, severity: int) -> None:
     """Raise ValueError naming the valid choices if `modality` / `name` / `severity` is not a known corruption."""
-    _check_modality(modality)
-    if name not in CORRUPTIONS[modality]:
-        raise ValueError(f"Unknown {modality} corruption {name!r}; choose from {sorted(CORRUPTIONS[modality])}")
+    table = corruptions_of(modality)
+    if name not in table:
+        raise ValueError(f"Unknown {modality} corruption {name!r}; choose from {sorted(table)}")
     if severity not in SEVERITIES:
         raise ValueError(f"severity must be one of {SEVERITIES}, got {severity!r}")
 
 
 def select_corruptions(spec: str, modality: str) -> list[str]:
     """Corruption names from a `--corruptions` value: "all" or a comma-separated list, checked for `modality`."""
-    _check_modality(modality)
+    table = corruptions_of(modality)
     if spec.strip() == "all":
-        return list(CORRUPTIONS[modality])
+        return list(table)
     names = [name.strip() for name in spec.split(",") if name.strip()]
-    unknown = [name for name in names if name not in CORRUPTIONS[modality]]
+    unknown = [name for name in names if name not in table]
     if unknown or not names:
-        raise ValueError(
-            f"Unknown {modality} corruptions {unknown or spec!r}; choose from {sorted(CORRUPTIONS[modality])}"
-        )
+        raise ValueError(f"Unknown {modality} corruptions {unknown or spec!r}; choose from {sorted(table)}")
     return names
 
 
@@ -426,6 +444,11 @@ class CorruptColumn:
     the recipes' transforms accept as they accept the original sources. A missing value (None: a missing modality)
     stays missing. Audio needs `sampling_rate`, the feature extractor's, so the clip is decoded once at that rate.
 
+    A video column (`modality="video"`, an image corruption) is decoded to `num_frames` evaluation frames
+    (`load_video_frames`, as `MultimodalTransform` would), every frame corrupted with the clip's draws, and the frame
+    lists handed over under `VIDEO_FRAMES_KEY` (None where the clip is missing); the column itself is kept, as a
+    sound track may still be read from the file.
+
     Randomness: with `index_column` (an int column, e.g. added by `dataset.add_column("sample_index", range(n))`,
     removed before `transform` sees the batch) a sample's draws depend on (seed, index); without, on (seed, the
     sample's content). Either way the result is the same in any DataLoader worker and order. A class, not a
@@ -443,14 +466,18 @@ class CorruptColumn:
         seed: int = 0,
         index_column: str | None = None,
         sampling_rate: int | None = None,
+        num_frames: int | None = None,
     ):
         check_corruption(modality, corruption, severity)
         if modality == "audio" and not sampling_rate:
             raise ValueError("audio corruptions need sampling_rate (the feature extractor's) to decode the clips")
+        if modality == "video" and not num_frames:
+            raise ValueError("video corruptions need num_frames (the processor's) to decode the clips' frames")
         self.transform = transform
         self.modality, self.corruption, self.severity = modality, corruption, severity
         self.column = column or modality
         self.seed, self.index_column, self.sampling_rate = seed, index_column, sampling_rate
+        self.num_frames = num_frames
 
     def __call__(self, batch: dict[str, list]) -> dict:
         batch = dict(batch)
@@ -464,16 +491,23 @@ class CorruptColumn:
             keys = [int(index) for index in batch.pop(self.index_column)]
         else:
             keys = [None] * len(batch[self.column])
-        batch[self.column] = [self.corrupt(value, key) for value, key in zip(batch[self.column], keys, strict=True)]
+        corrupted = [self.corrupt(value, key) for value, key in zip(batch[self.column], keys, strict=True)]
+        batch[VIDEO_FRAMES_KEY if self.modality == "video" else self.column] = corrupted
         return self.transform(batch)
 
     def corrupt(self, value: Any, key: int | None = None) -> Any:
-        """One corrupted sample from a raw column value (key: the sample index; None: use its content)."""
+        """One corrupted sample from a raw column value (key: the sample index; None: use its content); for a video,
+        its list of corrupted frames."""
         if value is None:
             return None
         if isinstance(value, list | tuple) and self.modality == "text":  # several captions per sample
             return [self.corrupt(text, key) for text in value] if key is None else self._texts(value, key)
-        function = CORRUPTIONS[self.modality][self.corruption]
+        function = corruptions_of(self.modality)[self.corruption]
+        if self.modality == "video":
+            frames = load_video_frames(value, int(self.num_frames))
+            key = content_key(np.stack([np.asarray(f) for f in frames])) if key is None else key
+            # A fresh generator per frame: every frame gets the clip's draws (see the module docstring).
+            return [function(frame, self.severity, corruption_rng(self.seed, key, self.corruption)) for frame in frames]
         if self.modality == "image":
             sample = load_image(value)
         elif self.modality == "audio":

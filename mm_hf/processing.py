@@ -33,7 +33,7 @@ from .data.audio import augment as augment_audio
 from .data.audio import crop_or_pad, load_audio
 from .data.tabular import TabularProcessor
 from .data.transforms import build_image_transform
-from .data.video import load_video_audio, load_video_frames
+from .data.video import VIDEO_FRAMES_KEY, load_video_audio, load_video_frames
 from .models.processing_multimodal_fusion import MultimodalFusionProcessor, ProcessorSettings, audio_window, fill
 from .models.text_length import text_max_length
 
@@ -123,7 +123,9 @@ class MultimodalTransform:
 
     Output per example: `modality_mask` (M,) plus the inputs of every modality in the processor's order; a
     missing modality gets a neutral stand-in (zeros, an empty text, silence) so the batch stacks, and a 0 in
-    `modality_mask`, so the model swaps in its learned placeholder. `labels*` columns pass through.
+    `modality_mask`, so the model swaps in its learned placeholder. `labels*` columns pass through. A batch with
+    `VIDEO_FRAMES_KEY` (already decoded frames per clip, e.g. corrupted by mm_hf.corruptions) uses them instead of
+    decoding the video column; a sound track is still read from the video column.
     """
 
     def __init__(self, processor: MultimodalProcessor, *, train: bool, augment: bool):
@@ -156,6 +158,8 @@ class MultimodalTransform:
     def _sources(self, batch: dict[str, list], modality: str) -> list:
         if modality == "audio" and self.processor.settings.audio_from_video:
             return list(batch["video"])
+        if modality == "video" and VIDEO_FRAMES_KEY in batch:
+            return list(batch[VIDEO_FRAMES_KEY])
         return list(batch[modality])
 
     # Each _<modality>(sources) decodes the sources and returns (model inputs, per-sample availability).
@@ -166,7 +170,9 @@ class MultimodalTransform:
     def _video(self, sources: list) -> tuple[dict, list[bool]]:
         num_frames = self.processor.settings.num_frames
         clips = [
-            load_video_frames(s, num_frames, train=self.train, rng=random) if s is not None else None for s in sources
+            # A list of frames is already decoded (VIDEO_FRAMES_KEY); a file, bytes or record is decoded here.
+            s if s is None or isinstance(s, list) else load_video_frames(s, num_frames, train=self.train, rng=random)
+            for s in sources
         ]
         return self.fusion.video_inputs(clips)
 

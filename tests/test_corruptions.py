@@ -181,8 +181,11 @@ def test_select_corruptions_and_bad_names():
     assert select_corruptions("fog, pixelate", "image") == ["fog", "pixelate"]
     with pytest.raises(ValueError, match=r"Unknown image corruptions \['snow'\].*'contrast'"):
         select_corruptions("fog,snow", "image")
-    with pytest.raises(ValueError, match=r"No corruptions for modality 'video'.*\['audio', 'image', 'text'\]"):
-        select_corruptions("all", "video")
+    assert select_corruptions("all", "video") == list(CORRUPTIONS["image"])  # on every frame
+    with pytest.raises(
+        ValueError, match=r"No corruptions for modality 'tabular'.*\['audio', 'image', 'text', 'video'\]"
+    ):
+        select_corruptions("all", "tabular")
     with pytest.raises(ValueError, match="severity must be one of"):
         CorruptColumn(lambda b: b, modality="image", corruption="fog", severity=6)
     with pytest.raises(ValueError, match="need sampling_rate"):

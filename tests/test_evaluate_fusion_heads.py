@@ -4,6 +4,7 @@ import pytest
 from conftest import load_recipe
 
 from mm_hf.data.synthetic import write_imagetext_xor, write_video_dataset
+from mm_hf.errors import UserError
 from mm_hf.evaluate import main
 from mm_hf.models.tiny import build_tiny_encoders
 
@@ -59,3 +60,27 @@ def test_video_checkpoint_equals_the_runs_test_numbers(encoders, tmp_path):
     assert entry["sets"]["test"]["samples"] == results["test_samples"] == 6
     for metric in ("accuracy", "macro_f1"):
         assert entry["sets"]["test"]["metrics"][metric] == pytest.approx(results[f"test_{metric}"], abs=1e-9)
+
+
+def test_video_frames_corrupted_alike_by_the_recipe_and_the_evaluator(encoders, tmp_path):
+    data = write_video_dataset(str(tmp_path / "data"), sizes=(4, 2, 4), seed=3)
+    run = tmp_path / "run"
+    results = load_recipe("video_cls").main([
+        "--vision_model_name_or_path", encoders["vision"], "--video_column", "video", "--label_column", "label",
+        "--train_file", data["train"], "--test_file", data["test"], "--output_dir", str(run), "--num_frames", "2",
+        "--robustness", *COMMON,
+    ])  # fmt: skip
+    # --robustness alone on a video run: the image defaults (one per ImageNet-C family), on the frames.
+    for name in ("gaussian_noise", "defocus_blur", "brightness", "jpeg_compression"):
+        assert 0 <= results[f"corruption_{name}_s3_accuracy"] <= 1
+    evaluation = evaluate(run, data["test"], tmp_path / "eval", "--corruptions", "gaussian_noise,rotation",
+                          "--severities", "3,5")  # fmt: skip
+    entry = evaluation["models"]["run"]
+    assert evaluation["corruptions"]["names"] == ["gaussian_noise", "rotation"]
+    assert set(entry["corruption_metrics"]["rotation"]) == {"3", "5"}
+    assert {"mean_corruption_accuracy", "relative_accuracy"} <= set(entry["robustness"])
+    # The recipe's sweep and the evaluator's corrupt the same frames of the same rows (seed 0 both).
+    assert entry["corruptions"]["gaussian_noise"]["3"] == results["corruption_gaussian_noise_s3_accuracy"]
+    with pytest.raises(UserError, match=r"\['noise'\] not a corruption of this model's modalities \['video'\]; "
+                       r"choose from \[.*'gaussian_noise'"):  # fmt: skip
+        evaluate(run, data["test"], tmp_path / "bad", "--corruptions", "noise")

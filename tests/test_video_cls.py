@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import load_recipe
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModel, AutoModelForSequenceClassification
 
 import mm_hf.models  # noqa: F401  (registers the Auto classes)
+from mm_hf.corruptions import CORRUPTIONS, CorruptColumn, corruption_rng
 from mm_hf.data.synthetic import write_video_dataset
 from mm_hf.data.video import load_video_frames, make_moving_shape_clip, write_synthetic_video
 from mm_hf.models.pooling import MeanPooling, TransformerPooling
@@ -203,3 +204,54 @@ def test_video_checkpoint_loads_as_a_video_classifier_without_mm_hf(encoders, tm
     assert not remote["module"].startswith("mm_hf")
     torch.testing.assert_close(torch.tensor(remote["logits"]), expected)
     torch.testing.assert_close(torch.tensor(remote["processed"]), expected, rtol=0, atol=1e-5)
+
+
+def test_video_corruptions_hit_every_decoded_frame_seeded_per_row(encoders, tiny_wav2vec2, tmp_path):
+    """The sweep's video path: each clip's decoded frames (not the file) are corrupted, every frame with the clip's
+    draws, reproducibly per row index; a missing clip stays missing and the sound track is still the file's."""
+    t = np.arange(8000) / 16000
+    clip = write_synthetic_video(str(tmp_path / "clip.mp4"), make_moving_shape_clip(0, 8, 32),
+                                 audio=np.sin(2 * np.pi * 440 * t))  # fmt: skip
+    settings = ProcessorSettings(["video", "audio"], num_frames=4, audio_from_video=True, max_length_seconds=1)
+    processor = MultimodalProcessor.from_encoders({"video": encoders["vision"], "audio": tiny_wav2vec2}, settings)
+    transform = processor.transform(train=False)
+    clean = transform({"video": [clip, clip, None]})
+
+    def corrupted(name, severity, seed=0):
+        column = CorruptColumn(transform, modality="video", corruption=name, severity=severity, seed=seed,
+                               index_column="row", num_frames=4)  # fmt: skip
+        return column({"video": [clip, clip, None], "row": [0, 1, 2]})
+
+    noisy = corrupted("gaussian_noise", 3)
+    assert torch.equal(torch.stack(noisy["pixel_values_videos"]), torch.stack(corrupted("gaussian_noise", 3)[
+        "pixel_values_videos"]))  # fmt: skip
+    assert not torch.equal(noisy["pixel_values_videos"][0], noisy["pixel_values_videos"][1])  # rows draw their own
+    assert not torch.equal(
+        noisy["pixel_values_videos"][0], corrupted("gaussian_noise", 3, seed=1)["pixel_values_videos"][0]
+    )
+    assert [m.tolist() for m in noisy["modality_mask"]] == [[1, 1], [1, 1], [0, 0]]
+    assert torch.count_nonzero(noisy["pixel_values_videos"][2]) == 0
+    torch.testing.assert_close(noisy["input_values"][1], clean["input_values"][1])  # the sound track, uncorrupted
+
+    # Exactly the image corruption of each evaluation frame, with the row's generator made afresh for every frame.
+    frames = load_video_frames(clip, 4)
+    column = CorruptColumn(transform, modality="video", corruption="rotation", severity=2, num_frames=4)
+    expected = [CORRUPTIONS["image"]["rotation"](f, 2, corruption_rng(0, 5, "rotation")) for f in frames]
+    got = column.corrupt(clip, 5)
+    assert len(got) == 4 and all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+
+    # A stronger severity moves the frame encoder's embeddings further from the clean clip's, on average.
+    encoder = AutoModel.from_pretrained(encoders["vision"]).eval()
+
+    def embed(inputs):
+        with torch.no_grad():  # (2 clips x 4 frames, 3, H, W) -> per-frame pooled vectors
+            return encoder(torch.cat(inputs["pixel_values_videos"][:2])).last_hidden_state.mean(1)
+
+    reference = embed(clean)
+    for name in ("gaussian_noise", "rotation"):
+        distances = [(embed(corrupted(name, s)) - reference).norm(dim=-1).mean().item() for s in (1, 3, 5)]
+        assert distances[0] > 0 and np.all(np.diff(distances) >= 0), (name, distances)
+    with pytest.raises(ValueError, match="num_frames"):
+        CorruptColumn(transform, modality="video", corruption="fog", severity=1)
+    with pytest.raises(ValueError, match=r"Unknown video corruption 'noise'; choose from \[.*'gaussian_noise'"):
+        CorruptColumn(transform, modality="video", corruption="noise", severity=1, num_frames=4)

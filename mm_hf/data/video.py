@@ -41,6 +41,11 @@ from mm_hf.data.validation import IN_MEMORY, BadSampleError, check_samples
 # A path, encoded bytes, or a `datasets.Video(decode=False)` record {"bytes", "path"}.
 VideoSource = str | os.PathLike | bytes | Mapping[str, Any]
 
+# The batch key under which a clip's already decoded frames (a list of PIL images per row, None where missing) reach
+# `MultimodalTransform`, which then uses them instead of decoding the video column: mm_hf.corruptions decodes and
+# corrupts the frames before the transform.
+VIDEO_FRAMES_KEY = "video_frames"
+
 # Directions of `make_moving_shape_clip`'s classes: label i moves the square MOVING_SHAPE_CLASSES[i].
 MOVING_SHAPE_CLASSES = ("right", "left", "down", "up")
 

@@ -8,12 +8,15 @@ Models (`--model NAME=PATH`, repeatable): mm-hf recipe output folders (full, mer
 transformers image/audio-classification checkpoints, and CLIP/SigLIP/CLAP dual encoders evaluated zero-shot from
 class prompts. Fusion and video checkpoints (any number of heads) go through `fusion.py` (see there; their evaluation.json has
 `modality: "fusion"`, per set `metrics` from compute_task_metrics, `missing_modality.<modality>` and
-`missing_modality_relative.<modality>`, and with --corruptions `corruptions.<name>.<severity>` (the headline metric),
+`missing_modality_relative.<modality>`, and with --corruptions (of the image/text/audio columns; a video column's
+decoded frames take the image ones) `corruptions.<name>.<severity>` (the headline metric),
 `corruption_metrics` (all of them) and `robustness`; a multi-task model's metrics are `<task>_`-prefixed, as the recipe's
 `test_<task>_*`, and `headline` names the one summarising it; calibration keys as below, see `fusion.py`). With --retrieval, dual encoders are scored on media-caption
 retrieval instead (`retrieval.py`: `modality: "retrieval"`, per model `sets.test.metrics` from
-`mm_hf.retrieval.evaluate_retrieval`, and with --corruptions typos/word_dropout on the captions `corruptions`,
-`corruption_metrics`, `robustness`). The test set is given with the
+`mm_hf.retrieval.evaluate_retrieval`, and with --corruptions (image/audio ones on the items, typos/word_dropout on
+the captions) `corruption_targets.<name>` ("image" | "audio" | "text": the side corrupted), `corruption_metrics.<name>.
+<severity>` (all retrieval metrics), `corruptions.<name>.<severity>.<metric>` and `robustness.<metric>` (the
+summary below) for the four Recall@1/5 of both directions). The test set is given with the
 recipes' data flags (--test_dir / --test_file / --dataset_name, --image_column / --audio_column / --label_column).
 
 Sharded: `accelerate launch [--multi_gpu --num_processes N] -m mm_hf.evaluate ... [--device cpu]` (gloo on CPU):

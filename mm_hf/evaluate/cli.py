@@ -81,7 +81,7 @@ class EvaluateArguments(
         metadata={
             "help": "Score dual encoders (CLIP/SigLIP/CLAP, clip_retrieval outputs) on media-caption retrieval "
             "(Recall@K, ranks over --caption_column captions of --test_dir/--test_file) instead of classification; "
-            "--corruptions typos,word_dropout|all corrupts the captions."
+            "--corruptions corrupts the items (image/audio corruptions) or the captions (typos, word_dropout)."
         },
     )
     calibration_data: str | None = field(
@@ -109,7 +109,8 @@ class EvaluateArguments(
         metadata={
             "help": "Robustness sweep on the test set: 'all' or a comma-separated list of mm_hf.corruptions names: "
             "image or audio ones for classifiers; for fusion checkpoints those of their image/text/audio columns "
-            "(text: typos, word_dropout); with --retrieval typos/word_dropout on the captions."
+            "(text: typos, word_dropout; a video's frames take the image ones); with --retrieval the items' "
+            "image/audio ones and typos/word_dropout on the captions."
         },
     )
     severities: str = field(default="1,2,3,4,5", metadata={"help": "Corruption severities (1..5), comma-separated."})
@@ -191,7 +192,7 @@ def main(argv=None) -> dict | None:
             raise UserError("--retrieval is evaluated by one process (sharding covers image/audio classifiers)")
         refused = [f"--{name}" for name in NOT_FOR_RETRIEVAL if name in explicit]
         if refused:
-            raise UserError(f"{', '.join(refused)}: not used by --retrieval (test pairs, captions, text corruptions)")
+            raise UserError(f"{', '.join(refused)}: not used by --retrieval (test pairs, captions, corruptions)")
         command = shlex.join(["python", "-m", "mm_hf.evaluate", *argv])
         return evaluate_retrieval_models(found, args, data_args, failed, device, command, severities,
                                          lambda modality: media_column(args, modality, explicit))  # fmt: skip

@@ -62,8 +62,11 @@ HEADLINE = {
 
 def select_fusion_corruptions(spec: str, modalities: list[str], flag: str = "--corruptions") -> list[str]:
     """Corruption names for a fusion model's `modalities` from "all" or a comma-separated list; each name belongs to
-    one modality (image: gaussian_noise ...; text: typos, word_dropout; audio: noise ...) and corrupts that column."""
-    available = {name: m for m in ("image", "text", "audio") if m in modalities for name in CORRUPTIONS[m]}
+    one modality (image: gaussian_noise ...; text: typos, word_dropout; audio: noise ...) and corrupts that column;
+    a video model's image corruptions corrupt every frame of its clips."""
+    visual = [m for m in ("image", "video") if m in modalities]
+    available = {name: m for m in ("image", "text", "audio") if m in modalities or (m == "image" and visual)
+                 for name in CORRUPTIONS[m]}  # fmt: skip
     if spec.strip() == "all":
         return list(available)
     names = [name.strip() for name in spec.split(",") if name.strip()]
@@ -74,24 +77,30 @@ def select_fusion_corruptions(spec: str, modalities: list[str], flag: str = "--c
     return names
 
 
-def corruption_modality(name: str) -> str:
-    return next(m for m, table in CORRUPTIONS.items() if name in table)
+def corruption_modality(name: str, columns=("image", "text", "audio")) -> str:
+    """The modality (column) corruption `name` applies to among `columns`: an image corruption corrupts a video
+    column's frames when there is no image column."""
+    modality = next(m for m, table in CORRUPTIONS.items() if name in table)
+    return "video" if modality == "image" and "image" not in columns and "video" in columns else modality
 
 
 def fusion_corruption_sweep(model, dataset, transform, task: dict, names, severities, *, seed: int, sampling_rate,
                             name: str, **run) -> dict:  # fmt: skip
-    """`{corruption: {severity: compute_task_metrics}}`: the head on `dataset` (canonical columns image/text/audio) with
-    each corruption applied to its modality's column (a missing value stays missing), seeded per row index."""
+    """`{corruption: {severity: compute_task_metrics}}`: the head on `dataset` (canonical columns image/video/text/
+    audio) with each corruption applied to its modality's column (a missing value stays missing), seeded per row
+    index. A video column's clips are decoded to the processor's frames and each frame corrupted (the same draws for
+    every frame of a clip, mm_hf.corruptions), which the transform then uses instead of decoding the file."""
     if INDEX_COLUMN not in dataset.column_names:
         dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
     out = {}
     for corruption in names:
-        modality = corruption_modality(corruption)
+        modality = corruption_modality(corruption, dataset.column_names)
         out[corruption] = {}
         for severity in severities:
             corrupted = CorruptColumn(
                 transform, modality=modality, corruption=corruption, severity=severity, seed=seed,
                 index_column=INDEX_COLUMN, sampling_rate=sampling_rate if modality == "audio" else None,
+                num_frames=transform.processor.settings.num_frames if modality == "video" else None,
             )  # fmt: skip
             out[corruption][str(severity)] = task_scores(model, dataset, corrupted, task,
                                                          description=f"{name} | {corruption}@{severity}", **run)  # fmt: skip

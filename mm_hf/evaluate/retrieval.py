@@ -3,10 +3,14 @@ side by side on media-caption retrieval, with text corruptions of the captions.
 
 The test set is read like clip_retrieval's (`--test_dir` with a metadata.jsonl, or `--test_file`, captions in
 `--caption_column`) and scored by `mm_hf.retrieval.evaluate_retrieval`, the recipe's own metrics (media->text and
-text->media Recall@1/5/10, median/mean rank), so the clean numbers equal the recipe's `test_*` ones. With
-`--corruptions typos,word_dropout` (or `all`: both) every caption is corrupted (mm_hf.corruptions, seeded per item
-index; an item's captions share one generator) and the retrieval scored again; the headline is text->media
-Recall@1, the corrupted text being the query.
+text->media Recall@1/5/10, median/mean rank), so the clean numbers equal the recipe's `test_*` ones.
+
+`--corruptions` corrupt either side of the pairs (mm_hf.corruptions), and the retrieval is scored again per
+corruption and severity: an image–text model's image corruptions corrupt the items (images), a CLAP model's audio
+corruptions its clips, and `typos` / `word_dropout` every caption (`all`: the model's media corruptions and both text
+ones). Draws are seeded per item index (an item's captions share one generator), so every model and every rerun
+sees the same corrupted pairs. A corrupted side changes both directions (as queries one way, as the gallery the
+other), so the summary is over the four Recall@1/5 of both directions (`recall_keys`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from ..models import ContrastiveDualEncoderModel
 from ..models.text_length import text_max_length
 from ..retrieval import build_media, evaluate_retrieval, load_dual_encoder, resolve_modality
 from .report import evaluation_record, write_evaluation
+from .scoring import INDEX_COLUMN
 
 # clip_retrieval's --max_seq_length default: captions of a folder without run_config.yaml are cut there too.
 DEFAULT_MAX_SEQ_LENGTH = 64
@@ -32,6 +37,55 @@ NOT_FOR_RETRIEVAL = (
     "calibration_data", "save_temperature", "update_card", "prompt_templates", "ood", "robustness_baseline",
     "label_column", "dataset_name",
 )  # fmt: skip
+
+
+def recall_keys(modality: str) -> list[str]:
+    """The metrics a retrieval sweep is summarised by: Recall@1/5 in both directions."""
+    return [f"{modality}_to_text_recall@1", f"{modality}_to_text_recall@5", f"text_to_{modality}_recall@1",
+            f"text_to_{modality}_recall@5"]  # fmt: skip
+
+
+def select_retrieval_corruptions(spec: str, modality: str) -> dict[str, str]:
+    """`{name: corrupted side}` ("image" / "audio": the items; "text": the captions) from `--corruptions` "all" or a
+    comma-separated list, for a `modality`–text dual encoder; a name of another modality is refused with the
+    valid ones."""
+    available = {**dict.fromkeys(CORRUPTIONS[modality], modality), **dict.fromkeys(CORRUPTIONS["text"], "text")}
+    if spec.strip() == "all":
+        return available
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in available]
+    if unknown or not names:
+        raise UserError(f"--corruptions {spec}: {unknown or 'no name'} not a corruption of an {modality}–text dual "
+                        f"encoder; choose from {sorted(available)} ({modality}: the {modality} items, typos/"
+                        "word_dropout: the captions)")  # fmt: skip
+    return {name: available[name] for name in names}
+
+
+class CorruptedMedia:
+    """`media` (mm_hf.retrieval's ImageMedia / AudioMedia) whose transform corrupts every item before the usual
+    decoding (`CorruptColumn`, draws seeded by the item's row in INDEX_COLUMN, so the same in any worker or order).
+    A class, so the transform pickles into DataLoader workers."""
+
+    def __init__(self, media, corruption: str, severity: int, seed: int):
+        self.media, self.corruption, self.severity, self.seed = media, corruption, severity, seed
+        self.name, self.plural, self.column = media.name, media.plural, media.column
+
+    def transform(self, *, train: bool, augment: bool = False):
+        rate = self.media.feature_extractor.sampling_rate if self.name == "audio" else None
+        return CorruptColumn(self.media.transform(train=train, augment=augment), modality=self.name,
+                             corruption=self.corruption, severity=self.severity, column=self.column, seed=self.seed,
+                             index_column=INDEX_COLUMN, sampling_rate=rate)  # fmt: skip
+
+    def embed(self, model, batch: dict):
+        return self.media.embed(model, batch)
+
+
+def corrupted_pairs(dataset, media, corruption: str, side: str, severity: int, seed: int):
+    """(dataset, media) to score with `corruption` at `severity` on `side` ("text": the captions, else the items)."""
+    if side == "text":
+        return corrupt_captions(dataset, corruption, severity, seed), media
+    indexed = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
+    return indexed, CorruptedMedia(media, corruption, severity, seed)
 
 
 def corrupt_captions(dataset, corruption: str, severity: int, seed: int):
@@ -58,21 +112,12 @@ def read_test_pairs(data_args, column: str, caption_column: str, cache_dir, skip
 
 
 def evaluate_retrieval_models(found, args, data_args, failed: dict, device, command: str, severities, modality_column):
-    """evaluation.json of the dual encoders in `found` on the test pairs (and corrupted captions); returns it."""
+    """evaluation.json of the dual encoders in `found` on the test pairs (and their corrupted items or captions);
+    returns it."""
     others = [c.name for c in found if c.kind != "zero-shot"]
     if others:
         raise UserError(f"--retrieval scores dual encoders (CLIP/SigLIP/CLAP); --model {', '.join(others)} are not")
-    names = CORRUPTIONS["text"]
-    corruptions = []
-    if args.corruptions:
-        corruptions = list(names) if args.corruptions.strip() == "all" else [
-            n.strip() for n in args.corruptions.split(",") if n.strip()
-        ]  # fmt: skip
-        unknown = [n for n in corruptions if n not in names]
-        if unknown or not corruptions:
-            raise UserError(f"--corruptions {args.corruptions}: retrieval corrupts the captions; choose from "
-                            f"{sorted(names)} (not {unknown})")  # fmt: skip
-    results, sets = {}, {}
+    results, sets, corruptions = {}, {}, []
     test = None
     for candidate in found:
         try:
@@ -81,6 +126,8 @@ def evaluate_retrieval_models(found, args, data_args, failed: dict, device, comm
             failed[candidate.name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             continue
         modality = resolve_modality("auto", backbone.config)
+        # Checked before any scoring: which names apply depends on the model's modality.
+        targets = select_retrieval_corruptions(args.corruptions, modality) if args.corruptions else {}
         column = modality_column(modality)
         if test is None:
             test = read_test_pairs(data_args, column, args.caption_column, args.cache_dir, data_args.skip_bad_samples)
@@ -97,18 +144,23 @@ def evaluate_retrieval_models(found, args, data_args, failed: dict, device, comm
         backbone = ContrastiveDualEncoderModel.from_backbone(backbone, name_or_path=candidate.path).to(device).eval()
         entry = {"path": candidate.path, "kind": "dual-encoder", "modality": modality,
                  "sets": {"test": {"metrics": evaluate_retrieval(backbone, test, media, processor.tokenizer, **score)}}}  # fmt: skip
-        if corruptions:
-            headline = f"text_to_{modality}_recall@1"
-            sweep = {c: {str(s): evaluate_retrieval(backbone, corrupt_captions(test, c, s, args.seed), media,
-                                                    processor.tokenizer, **score) for s in severities}
-                     for c in corruptions}  # fmt: skip
+        if targets:
+            corruptions = list(dict.fromkeys([*corruptions, *targets]))
+            sweep = {}
+            for name, side in targets.items():
+                sweep[name] = {}
+                for severity in severities:
+                    pairs, corrupted_media = corrupted_pairs(test, media, name, side, severity, args.seed)
+                    sweep[name][str(severity)] = evaluate_retrieval(backbone, pairs, corrupted_media,
+                                                                    processor.tokenizer, **score)  # fmt: skip
+            keys, clean = recall_keys(modality), entry["sets"]["test"]["metrics"]
+            entry["corruption_targets"] = targets
             entry["corruption_metrics"] = sweep
-            entry["corruptions"] = {c: {s: m[headline] for s, m in per.items()} for c, per in sweep.items()}
-            clean = entry["sets"]["test"]["metrics"][headline]
-            entry["robustness"] = robustness_summary(
-                clean, {c: list(per.values()) for c, per in entry["corruptions"].items()}
-            )
-            entry["robustness"]["metric"] = headline
+            entry["corruptions"] = {c: {s: {k: m[k] for k in keys} for s, m in per.items()} for c, per in sweep.items()}
+            entry["robustness"] = {
+                k: robustness_summary(clean[k], {c: [m[k] for m in per.values()] for c, per in sweep.items()})
+                for k in keys
+            }
         results[candidate.name] = entry
     if not results:
         raise UserError("no model could be evaluated: " + "; ".join(f"{n}: {why}" for n, why in failed.items()))
@@ -135,16 +187,20 @@ def _markdown(evaluation: dict) -> str:
     for name, entry in evaluation["models"].items():
         m = entry["modality"]
         metrics = entry["sets"]["test"]["metrics"]
-        keys = [f"{m}_to_text_recall@1", f"{m}_to_text_recall@5", f"text_to_{m}_recall@1", f"text_to_{m}_recall@5"]
+        keys = recall_keys(m)
         lines.append(f"\n## {name} ({m})\n\n| " + " | ".join(["set", *keys]) + " |\n|" + " --- |" * (len(keys) + 1))
         lines.append("| test | " + " | ".join(f"{metrics[k]:.4f}" for k in keys) + " |")
+        targets = entry.get("corruption_targets") or {}
         for corruption, per in (entry.get("corruption_metrics") or {}).items():
+            side = "captions" if targets.get(corruption) == "text" else f"{m} items"
             for severity, scores in per.items():
-                lines.append(f"| {corruption}@{severity} | " + " | ".join(f"{scores[k]:.4f}" for k in keys) + " |")
+                lines.append(f"| {corruption}@{severity} ({side}) | " + " | ".join(f"{scores[k]:.4f}" for k in keys)
+                             + " |")  # fmt: skip
         if entry.get("robustness"):
-            r = entry["robustness"]
-            lines.append(f"\nCorrupted captions ({r['metric']}): mean {r['mean_corruption_accuracy']:.4f}, relative to "
-                         f"clean {r['relative_accuracy']:.4f}")  # fmt: skip
+            lines.append("\nOver the corruptions (relative: corrupted / clean):\n\n| summary | " + " | ".join(keys) + " |\n|"
+                         + " --- |" * (len(keys) + 1))  # fmt: skip
+            for label, field in (("mean", "mean_corruption_accuracy"), ("relative to clean", "relative_accuracy")):
+                lines.append(f"| {label} | " + " | ".join(f"{entry['robustness'][k][field]:.4f}" for k in keys) + " |")
     if evaluation["failed"]:
         lines.append("\nNot evaluated: " + "; ".join(f"{n} ({why})" for n, why in evaluation["failed"].items()))
     return "\n".join(lines) + "\n"

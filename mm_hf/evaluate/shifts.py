@@ -95,8 +95,9 @@ def load_run_shifts(robust_args, data_args, training_args, cache_dir, label_name
 
 def load_fusion_shifts(robust_args, data_args, training_args, cache_dir, columns, tasks, sampling_rate) -> RunShifts:
     """A fusion run's shifts: `--ood_file` sets read with the run's columns (the head's classes, every one present;
-    a label unseen in training is named) and `--robustness` corruptions of its image / text / audio columns (no
-    value: the image/audio/text defaults of the modalities it has). Single-task runs only."""
+    a label unseen in training is named) and `--robustness` corruptions of its image / text / audio columns and of
+    a video column's frames (no value: the image/audio/text defaults of the modalities it has; a video's are the
+    image ones). Single-task runs only."""
     explicit = getattr(training_args, "explicit_flags", set())
     if robust_args.robustness is None and "robustness_severities" in explicit:
         raise UserError("--robustness_severities sets the severities of --robustness: pass --robustness too")
@@ -107,9 +108,11 @@ def load_fusion_shifts(robust_args, data_args, training_args, cache_dir, columns
     modalities = columns.modalities
     spec = robust_args.robustness
     if spec == "default":
-        spec = ",".join(DEFAULT_ROBUSTNESS[m] for m in ("image", "text", "audio") if m in modalities)
+        corruptible = {"image" if m == "video" else m for m in modalities}  # a video's frames: image corruptions
+        spec = ",".join(DEFAULT_ROBUSTNESS[m] for m in ("image", "text", "audio") if m in corruptible)
         if not spec:
-            raise UserError(f"--robustness: the run's modalities {modalities} have no corruptions (image/text/audio)")
+            raise UserError(f"--robustness: the run's modalities {modalities} have no corruptions "
+                            "(image/video/text/audio)")  # fmt: skip
     corruptions = select_fusion_corruptions(spec, modalities, "--robustness") if spec else []
     severities = parse_severities(robust_args.robustness_severities, "--robustness_severities")
     if not (shifted or corruptions):
