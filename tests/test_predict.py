@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from mm_hf.data.audio import AudioTransform
-from mm_hf.data.synthetic import write_imagetext_xor
+from mm_hf.data.synthetic import write_imagetext_xor, write_video_dataset
 from mm_hf.data.transforms import build_image_transform
 from mm_hf.demo import write_tones_audiofolder
 from mm_hf.errors import UserError
@@ -316,3 +316,51 @@ def test_two_process_launch_writes_the_file_of_one_process(lora_run, digits_dir,
     assert [r["label"] for r in two] == [one[i]["label"] for i in order]
     assert [float(r["score"]) for r in two] == pytest.approx([float(one[i]["score"]) for i in order], abs=1e-6)
     assert sorted(os.listdir(tmp_path)) == ["one.csv", "one.csv.predict.json", "two.csv", "two.csv.predict.json"]
+
+
+def test_video_checkpoint_with_sound_track_and_transcript_equals_its_forward_pass(tiny_wav2vec2, tmp_path):
+    """A recipes/video_cls.py run (frames + the clip's own sound track + a transcript) over a JSONL of video paths:
+    the rows equal the saved model's forward pass; a corrupt or missing video is an error row naming the file, a
+    blank cell a missing modality (predicted with the placeholder, as in the recipe); a rerun resumes."""
+    encoders = build_tiny_encoders(str(tmp_path / "encoders"))
+    data = write_video_dataset(str(tmp_path / "data"), sizes=(4, 2, 5), seed=0)
+    run = tmp_path / "run"
+    load_recipe("video_cls").main([
+        "--vision_model_name_or_path", encoders["vision"], "--audio_model_name_or_path", tiny_wav2vec2,
+        "--audio_from_video", "--text_model_name_or_path", encoders["text"], "--text_column", "transcript",
+        "--video_column", "video", "--label_column", "label", "--train_file", data["train"],
+        "--validation_file", data["validation"], "--output_dir", str(run), "--do_train", "--max_steps", "1",
+        "--per_device_train_batch_size", "4", "--hidden_size", "32", "--num_frames", "4", "--max_seq_length", "12",
+        "--max_length_seconds", "0.5", "--temporal_pooling", "mean", "--report_to", "none", "--disable_tqdm", "true",
+        "--use_cpu", "true", "--save_strategy", "no", "--eval_strategy", "no",
+    ])  # fmt: skip
+    rows = [json.loads(line) for line in open(data["test"])]
+    (tmp_path / "data" / "videos" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 and then nothing")
+    rows.insert(1, {"video": "videos/broken.mp4", "transcript": "a broken clip", "label": "red-to-blue"})
+    rows.insert(3, {"video": "videos/gone.mp4", "transcript": "a moved clip", "label": "red-to-blue"})
+    rows.append({"video": "", "transcript": "no clip at all", "label": "red-to-blue"})
+    table = tmp_path / "data" / "predict.jsonl"
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "v.jsonl"
+    result = predict(run, table, out, "--keep_columns", "video", "--chunk_size", "2", "--top_k", "2")
+    assert (result["predicted"], result["errors"]) == (6, 2)
+    got = read_jsonl(out)
+    assert [r["video"] for r in got] == [r["video"] for r in rows]
+    assert "broken.mp4" in got[1]["error"] and got[1]["label"] is None
+    assert "gone.mp4" in got[3]["error"] and got[3]["top_k"] is None
+    good = [i for i, r in enumerate(got) if r["error"] is None]
+    assert good == [0, 2, 4, 5, 6, 7]
+    model, processor = load_fusion(str(run))
+    base = tmp_path / "data"
+    batch = {"video": [str(base / rows[i]["video"]) if rows[i]["video"] else None for i in good],
+             "text": [rows[i]["transcript"] for i in good]}  # fmt: skip
+    inputs = processor.transform(train=False)(batch)
+    blank = dict(zip(model.config.modalities, inputs["modality_mask"][-1].tolist(), strict=True))
+    assert blank == {"video": 0, "audio": 0, "text": 1}  # the blank row: no frames, no sound, its transcript
+    with torch.no_grad():
+        expected = model(**{k: torch.stack(v) for k, v in inputs.items()}).logits.softmax(-1)
+    names = model.config.tasks[0]["labels"]
+    assert [got[i]["label"] for i in good] == [names[j] for j in expected.argmax(-1).tolist()]
+    assert [got[i]["score"] for i in good] == pytest.approx(expected.max(-1).values.tolist(), abs=1e-5)
+    again = predict(run, table, out, "--keep_columns", "video", "--chunk_size", "2", "--top_k", "2")
+    assert (again["skipped"], again["predicted"], again["errors"]) == (8, 0, 0)  # every row (error rows too) is done

@@ -7,9 +7,12 @@
 
 Checkpoints (told apart as `python -m mm_hf.evaluate` does, by mm_hf.evaluate.candidates): mm-hf image/audio
 classifier output folders (full, merged or LoRA adapter), plain transformers image/audio-classification
-checkpoints, CLIP/SigLIP/CLAP dual encoders zero-shot over `--labels`, and mm-hf fusion checkpoints, which read the
-columns their run recorded in run_config.yaml (any number of tasks; multi-label and binary heads use `--threshold`,
-default the run's own). Video checkpoints and streaming datasets are not supported yet.
+checkpoints, CLIP/SigLIP/CLAP dual encoders zero-shot over `--labels`, and mm-hf fusion and video checkpoints
+(recipes/fusion_imagetext_cls.py, video_cls.py), which read the columns their run recorded in run_config.yaml (any
+number of tasks; multi-label and binary heads use `--threshold`, default the run's own). A video run's frames and,
+with --audio_from_video, its sound track are decoded from the video column by the run's saved processor; a blank
+media or text cell is a missing modality (the model's placeholder, as in the recipe), a video that is not there or
+does not decode an error row.
 
 Sharded: `accelerate launch [--multi_gpu --num_processes N] -m mm_hf.predict ...`: each process predicts a
 contiguous shard of the samples not yet in the output into `<output stem>.part-<rank>-of-<N><ext>`, and the main

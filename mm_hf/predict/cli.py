@@ -107,9 +107,10 @@ def main(argv=None) -> dict:
     hub_kwargs = args.hub_kwargs()
 
     # 2. The model, the transform of its inputs and its head(s)
-    candidate = cands.inspect_model(None, args.checkpoint, hub_kwargs)
+    candidate = cands.inspect_model(None, args.checkpoint, hub_kwargs, allow_video=True)
+    modality = candidate.modality  # what a --data folder's files are (by extension)
     if candidate.kind == "fusion":
-        model, transform, heads, columns, media, optional = _fusion(candidate, args, explicit, device)
+        model, transform, heads, columns, media, optional, modality = _fusion(candidate, args, explicit, device)
     else:
         if candidate.kind == "zero-shot" and not labels:
             raise UserError(f"{args.checkpoint} is a {candidate.modality}-text dual encoder: it predicts zero-shot "
@@ -133,7 +134,7 @@ def main(argv=None) -> dict:
         inputs = read_inputs(
             args.data, dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
             dataset_split=args.dataset_split, columns=columns, media=media, optional=optional,
-            modality=candidate.modality, id_column=args.id_column, keep_columns=keep, cache_dir=args.cache_dir,
+            modality=modality, id_column=args.id_column, keep_columns=keep, cache_dir=args.cache_dir,
         )  # fmt: skip
     template = {"id": "", **dict.fromkeys(keep)}
     for head in heads:
@@ -218,9 +219,12 @@ def _fusion(candidate, args, explicit, device):
                   prefix=f"{task['name']}." if len(tasks) > 1 else "") for task in tasks]  # fmt: skip
     columns = {**run.renames, **{c: c for c in [*run.numeric, *run.categorical]}}
     media = {getattr(run, m) for m in ("image", "audio", "video") if getattr(run, m)}
-    # A blank medium or text is a missing modality (the model's placeholder stands in), as in the recipe's data.
+    # A blank medium or text is a missing modality (the model's placeholder stands in), as in the recipe's data;
+    # a path that is not there or does not decode is an error row. A video run's sound track (--audio_from_video)
+    # is decoded from the video column by the processor's transform: no column of its own.
     optional = media | ({run.text} if run.text else set())
-    return model, processor.transform(train=False), heads, columns, media, optional
+    modality = next(m for m in ("video", "audio", "image") if getattr(run, m) or m == "image")
+    return model, processor.transform(train=False), heads, columns, media, optional, modality
 
 
 def _plain(value):

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 # Files of a --data folder that are predicted; others (metadata.jsonl, README, ...) are skipped with a log line.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".webm")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
 @dataclass
@@ -64,7 +65,8 @@ def read_inputs(
                             "file (or Hub dataset) with one column per input, not a folder")  # fmt: skip
         (column,) = columns
         found = _walk(data)
-        extensions = AUDIO_EXTENSIONS if modality == "audio" else tuple(Image.registered_extensions())
+        extensions = {"audio": AUDIO_EXTENSIONS, "video": VIDEO_EXTENSIONS}.get(modality)
+        extensions = extensions or tuple(Image.registered_extensions())
         relative = [p for p in found if p.lower().endswith(extensions)]
         if not relative:
             raise DataError(f"{data} holds no {modality} files (looked for {', '.join(extensions[:8])}, ...)")
