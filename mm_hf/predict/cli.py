@@ -15,12 +15,13 @@ from torch.utils.data import DataLoader
 from transformers.utils.logging import tqdm  # tqdm is no direct dependency; transformers wraps it
 
 from ..args import AudioColumnArguments, HubArguments, ImageColumnArguments, explicit_flags, media_column, parse_args
+from ..data.collate import Collate
 from ..errors import UserError
 from ..evaluate import candidates as cands
 from ..evaluate.fusion import fusion_columns, load_fusion
 from ..evaluate.processes import inference_processes
 from .heads import Head
-from .inputs import Collate, Rows, StreamRows, read_inputs, stream_inputs
+from .inputs import Rows, StreamRows, read_inputs, stream_inputs
 from .output import PredictionWriter, output_format
 
 logger = logging.getLogger(__name__)
