@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 
+import datasets
 import numpy as np
 import pytest
 import soundfile
@@ -186,6 +187,45 @@ def test_adding_items_equals_building_at_once(tmp_path, tiny_clip, colours_dir):
         assert [r["id"] for r in a] == [r["id"] for r in b]
         np.testing.assert_allclose([r["score"] for r in a], [r["score"] for r in b], atol=1e-6)
     assert search(grown, embedder, "image", second[7]["image"], 1)[0]["id"] == len(first) + 7
+
+
+def test_build_from_a_hub_style_dataset_equals_the_table_and_decodes_each_image_once(
+    tmp_path, tiny_clip, colours_dir, monkeypatch, capsys
+):
+    """--dataset_name: a parquet split with the images embedded as bytes (as on the Hub) gives the index of the same
+    images read from their files (the bytes written once under INDEX_DIR/media); the embedding pass, which is also
+    the check, opens each file once and shows a progress bar."""
+    rows = _colour_rows(colours_dir, "validation")
+    table = [{"image": r["image"], "caption": r["caption"][0], "colour": r["colour"]} for r in rows]
+    _jsonl(tmp_path / "items.jsonl", table)
+    (tmp_path / "hub").mkdir()
+    embedded = [{**r, "image": {"bytes": open(r["image"], "rb").read(), "path": os.path.basename(r["image"])}}
+                for r in table]  # fmt: skip
+    hub = Dataset.from_list(embedded).cast_column("image", datasets.Image())
+    hub.to_parquet(str(tmp_path / "hub" / "train.parquet"))
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda fp, *a, **k: opened.append(str(fp)) or real_open(fp, *a, **k))
+    index_main(["build", tiny_clip, "--data", str(tmp_path / "items.jsonl"), "--index_dir", str(tmp_path / "files"),
+                "--embed", "both"])  # fmt: skip
+    assert sorted(opened) == sorted(r["image"] for r in table)  # once each: no separate check pass
+    assert "embedding images" in capsys.readouterr().err
+    index_main(["build", tiny_clip, "--dataset_name", str(tmp_path / "hub"), "--index_dir", str(tmp_path / "hub_index"),
+                "--embed", "both", "--disable_tqdm"])  # fmt: skip
+    assert "embedding images" not in capsys.readouterr().err
+    from_files, embedder = open_index(str(tmp_path / "files"))
+    from_hub = SearchIndex.load(str(tmp_path / "hub_index"))
+    np.testing.assert_allclose(from_hub.vectors(), from_files.vectors(), atol=1e-6)
+    assert [{k: v for k, v in item.items() if k != "image"} for item in from_hub.items] == [
+        {"caption": r["caption"], "colour": r["colour"]} for r in table
+    ]
+    stored = [item["image"] for item in from_hub.items]
+    assert all(os.path.dirname(p) == str(tmp_path / "hub_index" / "media") for p in stored)
+    assert [open(p, "rb").read() for p in stored] == [open(r["image"], "rb").read() for r in table]
+    top = search(from_hub, embedder, "image", table[3]["image"], 1)[0]
+    assert (top["id"], top["colour"]) == (3, table[3]["colour"])
+    with pytest.raises(UserError, match="either --data .* or --dataset_name"):
+        index_main(["build", tiny_clip, "--index_dir", str(tmp_path / "none")])
 
 
 def test_another_model_or_processor_is_refused(tmp_path, clip_index, tiny_clip, tiny_vtde, colours_dir):

@@ -1,12 +1,14 @@
 """python -m mm_hf.predict on tiny models: predictions equal the model's own forward pass, resume, bad rows, kinds."""
 
 import csv
+import io
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 
 import datasets
 import pytest
@@ -23,7 +25,7 @@ from transformers import (
 )
 
 from mm_hf.data.audio import AudioTransform
-from mm_hf.data.synthetic import write_imagetext_xor
+from mm_hf.data.synthetic import write_imagetext_xor, write_video_dataset
 from mm_hf.data.transforms import build_image_transform
 from mm_hf.demo import write_tones_audiofolder
 from mm_hf.errors import UserError
@@ -225,28 +227,96 @@ def test_fusion_checkpoint_reads_its_runs_columns_and_equals_its_forward_pass(pr
         predict(run, data["test"], tmp_path / "g.csv", "--image_column", "picture")
 
 
-def test_plain_transformers_classifier_on_a_hub_style_dataset_with_embedded_images(digits_dir, tmp_path):
-    """A transformers ViT checkpoint over a parquet dataset (--dataset_name, images stored as bytes, as on the Hub)."""
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory):
+    """A plain transformers ViT image classifier (3 labels) with its image processor: no training needed."""
+    folder = tmp_path_factory.mktemp("vit")
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                       intermediate_size=64, id2label={0: "a", 1: "b", 2: "c"})  # fmt: skip
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_plain_transformers_classifier_on_a_hub_style_dataset_with_embedded_images(
+    streaming, tiny_vit, digits_dir, tmp_path
+):
+    """A transformers ViT checkpoint over a parquet dataset (--dataset_name, images stored as bytes, as on the Hub),
+    read whole or as a stream."""
     paths = sorted(str(p) for p in (digits_dir / "test").rglob("*.png"))[:5]
     table = datasets.Dataset.from_dict({"image": paths, "name": [f"n{i}" for i in range(5)]})
     (tmp_path / "hub").mkdir()
     table.cast_column("image", datasets.Image()).to_parquet(str(tmp_path / "hub" / "test.parquet"))
-    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                       intermediate_size=64, id2label={0: "a", 1: "b", 2: "c"})  # fmt: skip
-    ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
-    processor = ViTImageProcessor(size={"height": 32, "width": 32})
-    processor.save_pretrained(tmp_path / "vit")
-    main([str(tmp_path / "vit"), "--dataset_name", str(tmp_path / "hub"), "--output", str(tmp_path / "v.jsonl"),
-          "--keep_columns", "name,image", "--id_column", "name", "--top_k", "2", *FAST])  # fmt: skip
+    main([str(tiny_vit), "--dataset_name", str(tmp_path / "hub"), "--output", str(tmp_path / "v.jsonl"),
+          "--keep_columns", "name,image", "--id_column", "name", "--top_k", "2", *FAST,
+          *(["--streaming"] if streaming else [])])  # fmt: skip
     rows = read_jsonl(tmp_path / "v.jsonl")
     assert [(r["id"], r["name"]) for r in rows] == [(f"n{i}", f"n{i}") for i in range(5)]
     assert all(r["image"].endswith(".png") for r in rows)  # an embedded image is kept as its path, not its bytes
-    model = ViTForImageClassification.from_pretrained(tmp_path / "vit").eval()
+    model = ViTForImageClassification.from_pretrained(tiny_vit).eval()
+    processor = ViTImageProcessor.from_pretrained(tiny_vit)
     pixel_values = torch.stack(build_image_transform(processor, train=False)({"image": paths})["pixel_values"])
     with torch.no_grad():
         expected = model(pixel_values=pixel_values).logits.softmax(-1)
-    assert [r["label"] for r in rows] == [config.id2label[i] for i in expected.argmax(-1).tolist()]
+    assert [r["label"] for r in rows] == [model.config.id2label[i] for i in expected.argmax(-1).tolist()]
     assert [r["top_k"][1]["score"] for r in rows] == pytest.approx(expected.topk(2).values[:, 1].tolist(), abs=1e-6)
+
+
+def write_shards(folder, samples: list[tuple[str, str]], per_shard: int) -> str:
+    """WebDataset shards (`<key>.png` + `<key>.json`) of (key, image path) pairs; returns their glob."""
+    folder.mkdir()
+    for start in range(0, len(samples), per_shard):
+        with tarfile.open(folder / f"shard-{start // per_shard:03d}.tar", "w") as tar:
+            for key, path in samples[start : start + per_shard]:
+                for name, data in ((f"{key}.png", open(path, "rb").read()),
+                                   (f"{key}.json", json.dumps({"file": os.path.basename(path)}).encode())):  # fmt: skip
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return str(folder / "shard-*.tar")
+
+
+def same_rows(got, expected):
+    assert [(r["id"], r["label"], r["error"] is None) for r in got] == [
+        (r["id"], r["label"], r["error"] is None) for r in expected
+    ]
+    assert [r["score"] for r in got] == pytest.approx([r["score"] for r in expected], abs=1e-6)
+
+
+def test_streaming_a_jsonl_and_webdataset_shards_equals_the_map_style_pass_and_resumes(tiny_vit, digits_dir, tmp_path):
+    """--streaming: the same rows as reading the data whole (a corrupt image an error row, in order also with two
+    DataLoader workers); an interrupted streamed output resumes by id; WebDataset shards give the same predictions."""
+    paths = sorted(str(p) for p in (digits_dir / "test").rglob("*.png"))[:10]
+    (tmp_path / "broken.png").write_bytes(b"not a png at all")
+    rows = [{"image": p, "key": f"k{i}"} for i, p in enumerate(paths)]
+    rows.insert(3, {"image": "broken.png", "key": "bad"})  # relative to the file's folder
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    flags = ("--id_column", "key", "--keep_columns", "image", "--chunk_size", "3")
+    whole = predict(tiny_vit, tmp_path / "in.jsonl", tmp_path / "map.jsonl", *flags)
+    streamed = predict(tiny_vit, tmp_path / "in.jsonl", tmp_path / "s.jsonl", *flags, "--streaming",
+                       "--num_workers", "2")  # fmt: skip
+    assert (streamed["predicted"], streamed["errors"]) == (whole["predicted"], whole["errors"]) == (10, 1)
+    expected = read_jsonl(tmp_path / "map.jsonl")
+    same_rows(read_jsonl(tmp_path / "s.jsonl"), expected)
+    assert [r["image"] for r in read_jsonl(tmp_path / "s.jsonl")] == [r["image"] for r in rows]
+
+    lines = (tmp_path / "s.jsonl").read_bytes().splitlines(keepends=True)
+    (tmp_path / "s.jsonl").write_bytes(b"".join(lines[:4]) + lines[4][:20])  # a crash mid-append
+    resumed = predict(tiny_vit, tmp_path / "in.jsonl", tmp_path / "s.jsonl", *flags, "--streaming")
+    assert (resumed["predicted"], resumed["errors"], resumed["skipped"]) == (7, 0, 4)  # the bad row was among the 4
+    same_rows(read_jsonl(tmp_path / "s.jsonl"), expected)
+
+    shards = write_shards(tmp_path / "shards", [(f"k{i}", p) for i, p in enumerate(paths)], per_shard=4)
+    flags = ("--image_column", "png", "--id_column", "__key__", "--keep_columns", "json")
+    predict(tiny_vit, shards, tmp_path / "wm.jsonl", *flags)
+    predict(tiny_vit, shards, tmp_path / "ws.jsonl", *flags, "--streaming")
+    from_shards = read_jsonl(tmp_path / "ws.jsonl")
+    same_rows(from_shards, read_jsonl(tmp_path / "wm.jsonl"))
+    same_rows(from_shards, [r for r in expected if r["id"] != "bad"])
+    assert [r["json"]["file"] for r in from_shards] == [os.path.basename(p) for p in paths]
+    with pytest.raises(UserError, match="--streaming: .* is a folder"):
+        predict(tiny_vit, digits_dir / "test", tmp_path / "f.jsonl", "--streaming")
 
 
 def test_heads_multilabel_thresholds_binary_and_regression_rows():
@@ -316,3 +386,51 @@ def test_two_process_launch_writes_the_file_of_one_process(lora_run, digits_dir,
     assert [r["label"] for r in two] == [one[i]["label"] for i in order]
     assert [float(r["score"]) for r in two] == pytest.approx([float(one[i]["score"]) for i in order], abs=1e-6)
     assert sorted(os.listdir(tmp_path)) == ["one.csv", "one.csv.predict.json", "two.csv", "two.csv.predict.json"]
+
+
+def test_video_checkpoint_with_sound_track_and_transcript_equals_its_forward_pass(tiny_wav2vec2, tmp_path):
+    """A recipes/video_cls.py run (frames + the clip's own sound track + a transcript) over a JSONL of video paths:
+    the rows equal the saved model's forward pass; a corrupt or missing video is an error row naming the file, a
+    blank cell a missing modality (predicted with the placeholder, as in the recipe); a rerun resumes."""
+    encoders = build_tiny_encoders(str(tmp_path / "encoders"))
+    data = write_video_dataset(str(tmp_path / "data"), sizes=(4, 2, 5), seed=0)
+    run = tmp_path / "run"
+    load_recipe("video_cls").main([
+        "--vision_model_name_or_path", encoders["vision"], "--audio_model_name_or_path", tiny_wav2vec2,
+        "--audio_from_video", "--text_model_name_or_path", encoders["text"], "--text_column", "transcript",
+        "--video_column", "video", "--label_column", "label", "--train_file", data["train"],
+        "--validation_file", data["validation"], "--output_dir", str(run), "--do_train", "--max_steps", "1",
+        "--per_device_train_batch_size", "4", "--hidden_size", "32", "--num_frames", "4", "--max_seq_length", "12",
+        "--max_length_seconds", "0.5", "--temporal_pooling", "mean", "--report_to", "none", "--disable_tqdm", "true",
+        "--use_cpu", "true", "--save_strategy", "no", "--eval_strategy", "no",
+    ])  # fmt: skip
+    rows = [json.loads(line) for line in open(data["test"])]
+    (tmp_path / "data" / "videos" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 and then nothing")
+    rows.insert(1, {"video": "videos/broken.mp4", "transcript": "a broken clip", "label": "red-to-blue"})
+    rows.insert(3, {"video": "videos/gone.mp4", "transcript": "a moved clip", "label": "red-to-blue"})
+    rows.append({"video": "", "transcript": "no clip at all", "label": "red-to-blue"})
+    table = tmp_path / "data" / "predict.jsonl"
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "v.jsonl"
+    result = predict(run, table, out, "--keep_columns", "video", "--chunk_size", "2", "--top_k", "2")
+    assert (result["predicted"], result["errors"]) == (6, 2)
+    got = read_jsonl(out)
+    assert [r["video"] for r in got] == [r["video"] for r in rows]
+    assert "broken.mp4" in got[1]["error"] and got[1]["label"] is None
+    assert "gone.mp4" in got[3]["error"] and got[3]["top_k"] is None
+    good = [i for i, r in enumerate(got) if r["error"] is None]
+    assert good == [0, 2, 4, 5, 6, 7]
+    model, processor = load_fusion(str(run))
+    base = tmp_path / "data"
+    batch = {"video": [str(base / rows[i]["video"]) if rows[i]["video"] else None for i in good],
+             "text": [rows[i]["transcript"] for i in good]}  # fmt: skip
+    inputs = processor.transform(train=False)(batch)
+    blank = dict(zip(model.config.modalities, inputs["modality_mask"][-1].tolist(), strict=True))
+    assert blank == {"video": 0, "audio": 0, "text": 1}  # the blank row: no frames, no sound, its transcript
+    with torch.no_grad():
+        expected = model(**{k: torch.stack(v) for k, v in inputs.items()}).logits.softmax(-1)
+    names = model.config.tasks[0]["labels"]
+    assert [got[i]["label"] for i in good] == [names[j] for j in expected.argmax(-1).tolist()]
+    assert [got[i]["score"] for i in good] == pytest.approx(expected.max(-1).values.tolist(), abs=1e-5)
+    again = predict(run, table, out, "--keep_columns", "video", "--chunk_size", "2", "--top_k", "2")
+    assert (again["skipped"], again["predicted"], again["errors"]) == (8, 0, 0)  # every row (error rows too) is done

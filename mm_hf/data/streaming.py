@@ -134,6 +134,29 @@ def _data_files(pattern: str, flag: str) -> tuple[list[str], str]:
     return files, builders.pop()
 
 
+def read_files(pattern: str, flag: str, cache_dir=None, streaming: bool = False):
+    """`(dataset, base)`: the local CSV/TSV/JSON(L)/parquet files or WebDataset `.tar` shards `pattern` names (a
+    path or a glob), in file order, as one split (an `IterableDataset` with `streaming`, read as it is iterated);
+    `base` is the folder relative media paths in a table are against (None for WebDataset: the media are inside
+    the shards). The one reader of such files for the recipes' --streaming and `python -m mm_hf.predict`."""
+    files, builder = _data_files(pattern, flag)
+    kwargs = {"delimiter": "\t"} if files[0].lower().endswith(".tsv") else {}
+    ds = datasets.load_dataset(
+        builder, data_files=files, split="train", streaming=streaming, cache_dir=cache_dir, **kwargs
+    )
+    return ds, None if builder == "webdataset" else os.path.dirname(os.path.abspath(files[0]))
+
+
+def undecoded(ds, columns):
+    """`ds` (map-style or stream) with its Image/Audio/Video feature columns among `columns` left undecoded
+    ({"bytes", "path"}): the recipes' transforms decode them, with their checks and errors naming the sample."""
+    for column in columns:
+        feature = (ds.features or {}).get(column)
+        if isinstance(feature, datasets.Image | datasets.Audio | datasets.Video):
+            ds = ds.cast_column(column, type(feature)(decode=False))
+    return ds
+
+
 def _first_row(stream: IterableDataset, source: str) -> dict:
     try:
         return next(iter(stream))
@@ -341,14 +364,9 @@ def load_stream_splits(data_args, column: str, label_column: str, cache_dir=None
         stream = rows.to_iterable_dataset(num_shards=min(STREAM_SHARDS, len(rows)))
         source = data_args.train_dir
     elif data_args.train_file:
-        files, builder = _data_files(data_args.train_file, "--train_file")
-        kwargs = {"delimiter": "\t"} if files[0].lower().endswith(".tsv") else {}
-        stream = datasets.load_dataset(
-            builder, data_files=files, split="train", streaming=True, cache_dir=cache_dir, **kwargs
-        )
+        stream, base = read_files(data_args.train_file, "--train_file", cache_dir, streaming=True)
         source, folder_names = data_args.train_file, None
-        if builder != "webdataset":  # paths in a table are relative to it
-            base = os.path.dirname(os.path.abspath(files[0]))
+        if base is not None:  # paths in a table are relative to it
             stream = stream.map(ResolvePaths(column, base))
     elif data_args.dataset_name:
         hub = datasets.load_dataset(
@@ -424,9 +442,8 @@ def _evaluation_split(data_args, split, column, label_column, cache_dir, flags, 
         files, builder = _data_files(path, f"--{split}_file")
         if builder in ("csv", "json") and len(files) == 1:
             return read_table(files[0], column, label_column, cache_dir, flags), path
-        ds = datasets.load_dataset(builder, data_files=files, split="train", cache_dir=cache_dir)
-        if builder != "webdataset":
-            base = os.path.dirname(os.path.abspath(files[0]))
+        ds, base = read_files(path, f"--{split}_file", cache_dir)
+        if base is not None:
             ds = ds.map(ResolvePaths(column, base))
         return _media_undecoded(ds, column, label_column, path, flags), path
     if hub is not None:

@@ -128,7 +128,7 @@ def adapter_base(path: str) -> str | None:
 
 def inspect_model(name: str | None, path: str, hub_kwargs: dict, allow_video: bool = False) -> Candidate:
     """Classify `path` without loading weights; raises UserError for a kind the caller does not handle (a video
-    checkpoint unless `allow_video`: mm_hf.evaluate scores them, mm_hf.predict not yet)."""
+    checkpoint unless `allow_video`; both mm_hf.evaluate and mm_hf.predict handle them)."""
     check_finished_run(path)
     adapter_base(path)
     config = AutoConfig.from_pretrained(path, **hub_kwargs)

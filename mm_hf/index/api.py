@@ -2,40 +2,52 @@
 
 import os
 
-from datasets import Dataset
-
 from ..errors import UserError
 from .encoder import Embedder
 from .items import read_items
 from .store import MANIFEST, RECALL_K, SearchIndex
 
 
-def _embed_data(embedder: Embedder, data: str, *, embed: str, media_column, caption_column, keep_columns, media_flag):
+def _embed_data(embedder: Embedder, data: str | None, *, embed: str, media_column, caption_column, keep_columns,
+                media_flag, hub: dict | None, media_dir: str, progress_bar: bool):  # fmt: skip
     """(embeddings, metadata rows, skipped [(file, reason)]): unreadable files are skipped and reported."""
+    if (data is None) == (hub is None):
+        raise UserError("give either --data (a folder or a CSV/JSONL table) or --dataset_name (a Hub dataset)")
     if media_flag and media_flag != f"--{embedder.modality}_column":
         raise UserError(
             f"{media_flag}: the model ({embedder.describe()['model_class']}) embeds {embedder.modality}, "
             f"so its paths are named by --{embedder.modality}_column"
         )
     column = media_column or embedder.modality
-    paths, captions, rows = read_items(data, embedder.modality, column, caption_column, keep_columns)
-    if embed != "media" and captions is None:
-        raise UserError(f"--embed {embed} needs captions: --data {data} has no caption column (set --caption_column)")
-    checked, skipped = embedder.media.check(
-        Dataset.from_dict({"media": paths, "row": list(range(len(paths)))}), skip_bad=True, split_name=data
+    paths, captions, rows = read_items(
+        data, embedder.modality, column, caption_column, keep_columns, hub=hub, media_dir=media_dir
     )
-    kept = checked["row"]
-    paths, rows = [paths[i] for i in kept], [rows[i] for i in kept]
-    captions = None if captions is None else [captions[i] for i in kept]
-    vectors = embedder.embed_items(paths, captions, embed).numpy()
-    return vectors, rows, skipped
+    if embed != "media" and captions is None:
+        raise UserError(f"--embed {embed} needs captions: {data or hub['dataset_name']} has no caption column (set "
+                        "--caption_column)")  # fmt: skip
+    vectors, kept, skipped = embedder.embed_items(
+        paths, captions, embed, progress_bar=progress_bar, source=data or hub["dataset_name"]
+    )
+    return vectors.numpy(), [rows[i] for i in kept], skipped
+
+
+def _hub(dataset_name, dataset_config_name, dataset_split, cache_dir) -> dict | None:
+    if dataset_name is None:
+        return None
+    return {"dataset_name": dataset_name, "dataset_config_name": dataset_config_name,
+            "dataset_split": dataset_split, "cache_dir": cache_dir}  # fmt: skip
 
 
 def build_index(
     model: str,
-    data: str,
+    data: str | None,
     index_dir: str,
     *,
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    dataset_split: str = "train",
+    cache_dir: str | None = None,
+    progress_bar: bool = True,
     embed: str = "media",
     index_type: str = "auto",
     target_recall: float = 0.98,
@@ -48,7 +60,8 @@ def build_index(
     num_workers: int = 0,
     overwrite: bool = False,
 ) -> SearchIndex:
-    """Embed every item of `data` with the dual encoder at `model` and save the index to `index_dir`."""
+    """Embed every item of `data` (or of the Hub dataset's split; media stored as bytes are written under
+    `index_dir/media/`) with the dual encoder at `model` and save the index to `index_dir`."""
     if os.path.exists(os.path.join(index_dir, MANIFEST)) and not overwrite:
         raise UserError(f"{index_dir} already holds an index: add items with `add`, or pass --overwrite to rebuild it")
     if not 0 < target_recall <= 1:
@@ -62,6 +75,9 @@ def build_index(
         caption_column=caption_column,
         keep_columns=keep_columns,
         media_flag=media_flag,
+        hub=_hub(dataset_name, dataset_config_name, dataset_split, cache_dir),
+        media_dir=os.path.join(index_dir, "media"),
+        progress_bar=progress_bar,
     )
     manifest = {**embedder.describe(), "embed": embed, "media_column": media_column or embedder.modality}
     index = SearchIndex.build(vectors, rows, manifest, index_type=index_type, target_recall=target_recall)
@@ -73,8 +89,13 @@ def build_index(
 
 def add_to_index(
     index_dir: str,
-    data: str,
+    data: str | None,
     *,
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    dataset_split: str = "train",
+    cache_dir: str | None = None,
+    progress_bar: bool = True,
     model: str | None = None,
     media_column: str | None = None,
     media_flag: str | None = None,
@@ -93,6 +114,9 @@ def add_to_index(
         caption_column=caption_column,
         keep_columns=keep_columns,
         media_flag=media_flag,
+        hub=_hub(dataset_name, dataset_config_name, dataset_split, cache_dir),
+        media_dir=os.path.join(index_dir, "media"),
+        progress_bar=progress_bar,
     )
     if media_column and media_column != m["media_column"]:  # stored under the index's own name for the path
         rows = [{**{k: v for k, v in r.items() if k != media_column}, m["media_column"]: r[media_column]} for r in rows]

@@ -12,10 +12,20 @@ from .store import INDEX_TYPES
 def _data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
-        required=True,
+        default=None,
         help="A folder of images/clips (optionally with metadata.jsonl/csv: "
         "file_name + caption + other columns) or a CSV/JSONL table with a media path column.",
     )
+    parser.add_argument(
+        "--dataset_name",
+        default=None,
+        help="A Hub dataset (id, or a local `datasets` folder / parquet files) instead of --data; media stored in it "
+        "as bytes are written once to INDEX_DIR/media/.",
+    )
+    parser.add_argument("--dataset_config_name", default=None, help="Configuration name of the Hub dataset.")
+    parser.add_argument("--dataset_split", default="train", help="Split of --dataset_name to index.")
+    parser.add_argument("--cache_dir", default=None, help="Where the datasets library caches --dataset_name.")
+    parser.add_argument("--disable_tqdm", action="store_true", help="No progress bar over the embedding pass.")
     parser.add_argument(
         "--image_column", default=None, help="Column of the table holding image paths (default: image)."
     )
@@ -98,8 +108,13 @@ def main(argv=None) -> None:
         if args.image_column and args.audio_column:
             raise UserError("pass --image_column or --audio_column (the model's modality), not both")
         flag = "image" if args.image_column else "audio" if args.audio_column else None
+        if (args.data is None) == (args.dataset_name is None):
+            raise UserError("give either --data (a folder or a CSV/JSONL table) or --dataset_name (a Hub dataset)")
         data = {"media_column": args.image_column or args.audio_column, "media_flag": flag and f"--{flag}_column",
-                "caption_column": args.caption_column, "keep_columns": args.keep_columns}  # fmt: skip
+                "caption_column": args.caption_column, "keep_columns": args.keep_columns,
+                "dataset_name": args.dataset_name, "dataset_config_name": args.dataset_config_name,
+                "dataset_split": args.dataset_split, "cache_dir": args.cache_dir,
+                "progress_bar": not args.disable_tqdm}  # fmt: skip
     if args.command == "build":
         build_index(
             args.model, args.data, args.index_dir, embed=args.embed, index_type=args.index_type,

@@ -15,12 +15,13 @@ from torch.utils.data import DataLoader
 from transformers.utils.logging import tqdm  # tqdm is no direct dependency; transformers wraps it
 
 from ..args import AudioColumnArguments, HubArguments, ImageColumnArguments, explicit_flags, media_column, parse_args
+from ..data.collate import Collate
 from ..errors import UserError
 from ..evaluate import candidates as cands
 from ..evaluate.fusion import fusion_columns, load_fusion
 from ..evaluate.processes import inference_processes
 from .heads import Head
-from .inputs import Collate, Rows, read_inputs
+from .inputs import Rows, StreamRows, read_inputs, stream_inputs
 from .output import PredictionWriter, output_format
 
 logger = logging.getLogger(__name__)
@@ -38,11 +39,21 @@ class PredictArguments(AudioColumnArguments, ImageColumnArguments, HubArguments)
     )
     data: str | None = field(
         default=None,
-        metadata={"help": "A folder of image/audio files (any depth) or a CSV/JSONL file (paths relative to it)."},
+        metadata={
+            "help": "A folder of image/audio/video files (any depth), a CSV/JSONL file (paths relative to it), or "
+            "parquet files / WebDataset .tar shards (a path or a glob)."
+        },
     )
     dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset id, instead of --data."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration name of the Hub dataset."})
     dataset_split: str = field(default="test", metadata={"help": "Split of --dataset_name to predict."})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read --data (CSV/JSONL/parquet files, WebDataset .tar shards, globs) or --dataset_name as a "
+            "stream: rows are read, predicted and appended chunk by chunk, never loaded whole (one process)."
+        },
+    )
     output: str | None = field(
         default=None, metadata={"help": "Predictions file, .jsonl or .csv; an existing one is resumed."}
     )
@@ -104,12 +115,17 @@ def main(argv=None) -> dict:
     # appends the parts in rank order, so the output is the one of a single process.
     device, state = inference_processes(args.device)
     rank, world_size = (state.process_index, state.num_processes) if state else (0, 1)
+    if args.streaming and state:
+        raise UserError("--streaming reads the stream in one process (a stream's length is unknown, so it cannot be "
+                        "cut into the processes' contiguous shards); run it without accelerate launch, or drop "
+                        "--streaming")  # fmt: skip
     hub_kwargs = args.hub_kwargs()
 
     # 2. The model, the transform of its inputs and its head(s)
-    candidate = cands.inspect_model(None, args.checkpoint, hub_kwargs)
+    candidate = cands.inspect_model(None, args.checkpoint, hub_kwargs, allow_video=True)
+    modality = candidate.modality  # what a --data folder's files are (by extension)
     if candidate.kind == "fusion":
-        model, transform, heads, columns, media, optional = _fusion(candidate, args, explicit, device)
+        model, transform, heads, columns, media, optional, modality = _fusion(candidate, args, explicit, device)
     else:
         if candidate.kind == "zero-shot" and not labels:
             raise UserError(f"{args.checkpoint} is a {candidate.modality}-text dual encoder: it predicts zero-shot "
@@ -129,12 +145,14 @@ def main(argv=None) -> dict:
 
     # 3. The samples, and which of them the output already holds
     # (under a launch the main process reads first: the others then reuse the datasets cache)
-    with state.main_process_first() if state else contextlib.nullcontext():
-        inputs = read_inputs(
-            args.data, dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
-            dataset_split=args.dataset_split, columns=columns, media=media, optional=optional,
-            modality=candidate.modality, id_column=args.id_column, keep_columns=keep, cache_dir=args.cache_dir,
-        )  # fmt: skip
+    source = dict(dataset_name=args.dataset_name, dataset_config_name=args.dataset_config_name,
+                  dataset_split=args.dataset_split, columns=columns, media=media, optional=optional,
+                  id_column=args.id_column, keep_columns=keep, cache_dir=args.cache_dir)  # fmt: skip
+    if args.streaming:
+        inputs = stream_inputs(args.data, **source)
+    else:
+        with state.main_process_first() if state else contextlib.nullcontext():
+            inputs = read_inputs(args.data, modality=modality, **source)
     template = {"id": "", **dict.fromkeys(keep)}
     for head in heads:
         template.update(head.template())
@@ -146,26 +164,34 @@ def main(argv=None) -> dict:
         if rank == 0:  # parts a crashed sharded run left behind hold finished rows: kept, not predicted again
             writer.merge(writer.leftover_parts())
         done = writer.done_ids()
-    positions = [i for i, sample_id in enumerate(inputs.ids) if sample_id not in done]
-    if done and rank == 0:
-        logger.info("%s already holds %d of %d samples: predicting the other %d", args.output,
-                    len(inputs.ids) - len(positions), len(inputs.ids), len(positions))  # fmt: skip
-    skipped = len(inputs.ids) - len(positions)
+    if args.streaming:  # the rows whose id the output holds are skipped as the stream reaches them
+        rows, total, skipped = StreamRows(inputs, done, args.batch_size), None, len(done)
+        if done:
+            logger.info("%s already holds %d samples: the stream's rows with their ids are skipped", args.output,
+                        len(done))  # fmt: skip
+    else:
+        positions = [i for i, sample_id in enumerate(inputs.ids) if sample_id not in done]
+        if done and rank == 0:
+            logger.info("%s already holds %d of %d samples: predicting the other %d", args.output,
+                        len(inputs.ids) - len(positions), len(inputs.ids), len(positions))  # fmt: skip
+        skipped = len(inputs.ids) - len(positions)
+    out = writer
     if state:
         state.wait_for_everyone()  # every process has read the output before any part is merged into it
-        positions = positions[rank * len(positions) // world_size : (rank + 1) * len(positions) // world_size]
         out = writer.part(rank, world_size)
-    else:
-        out = writer
+    if not args.streaming:
+        if state:
+            positions = positions[rank * len(positions) // world_size : (rank + 1) * len(positions) // world_size]
+        rows, total = Rows(inputs, positions), len(positions)
 
     # 4. Batches -> rows, appended every --chunk_size rows
-    loader = DataLoader(Rows(inputs.dataset, positions), batch_size=args.batch_size, shuffle=False,
-                        num_workers=args.num_workers, collate_fn=Collate(transform))  # fmt: skip
+    loader = DataLoader(rows, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers,
+                        collate_fn=Collate(transform))  # fmt: skip
     empty = {key: None for head in heads for key in head.empty()}
     pending, counts = [], {"predicted": 0, "errors": 0}
     progress = not args.disable_tqdm and rank == 0
-    with tqdm(total=len(positions), desc="predict", disable=not progress) as bar, torch.no_grad():
-        for good, batch, errors in loader:
+    with tqdm(total=total, desc="predict", disable=not progress) as bar, torch.no_grad():
+        for good, batch, errors, described in loader:
             fields = {}
             if batch is not None:
                 logits = model(**{key: value.to(device) for key, value in batch.items()}).logits
@@ -174,9 +200,7 @@ def main(argv=None) -> dict:
                 fields = {position: {k: v for f in row for k, v in f.items()}
                           for position, *row in zip(good, *per_head, strict=True)}  # fmt: skip
             for position in sorted([*good, *errors]):
-                row = {"id": inputs.ids[position]}
-                if inputs.kept is not None:
-                    row.update({k: _plain(v) for k, v in inputs.kept[position].items()})
+                row = {k: _plain(v) for k, v in described[position].items()}  # id, kept columns
                 row.update(fields.get(position, empty))
                 row["error"] = errors.get(position)
                 pending.append(row)
@@ -218,9 +242,12 @@ def _fusion(candidate, args, explicit, device):
                   prefix=f"{task['name']}." if len(tasks) > 1 else "") for task in tasks]  # fmt: skip
     columns = {**run.renames, **{c: c for c in [*run.numeric, *run.categorical]}}
     media = {getattr(run, m) for m in ("image", "audio", "video") if getattr(run, m)}
-    # A blank medium or text is a missing modality (the model's placeholder stands in), as in the recipe's data.
+    # A blank medium or text is a missing modality (the model's placeholder stands in), as in the recipe's data;
+    # a path that is not there or does not decode is an error row. A video run's sound track (--audio_from_video)
+    # is decoded from the video column by the processor's transform: no column of its own.
     optional = media | ({run.text} if run.text else set())
-    return model, processor.transform(train=False), heads, columns, media, optional
+    modality = next(m for m in ("video", "audio", "image") if getattr(run, m) or m == "image")
+    return model, processor.transform(train=False), heads, columns, media, optional, modality
 
 
 def _plain(value):

@@ -3,6 +3,7 @@ DataLoader batches it makes of them, where a sample that cannot be decoded becom
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from collections import Counter
@@ -10,17 +11,21 @@ from dataclasses import dataclass
 
 import datasets
 import torch
-from datasets import Dataset
+from datasets import Dataset, IterableDataset
 from PIL import Image
 
 from ..data.labels import is_missing
 from ..data.loading import read_data_file, resolve_path
+from ..data.streaming import read_files, undecoded
 from ..errors import DataError, UserError
 
 logger = logging.getLogger(__name__)
 
 # Files of a --data folder that are predicted; others (metadata.jsonl, README, ...) are skipped with a log line.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".webm")
+# --streaming: rows read from the stream at once (undecoded: paths or encoded bytes, so a few MB at most).
+STREAM_READ_BATCH = 256
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
 @dataclass
@@ -64,7 +69,8 @@ def read_inputs(
                             "file (or Hub dataset) with one column per input, not a folder")  # fmt: skip
         (column,) = columns
         found = _walk(data)
-        extensions = AUDIO_EXTENSIONS if modality == "audio" else tuple(Image.registered_extensions())
+        extensions = {"audio": AUDIO_EXTENSIONS, "video": VIDEO_EXTENSIONS}.get(modality)
+        extensions = extensions or tuple(Image.registered_extensions())
         relative = [p for p in found if p.lower().endswith(extensions)]
         if not relative:
             raise DataError(f"{data} holds no {modality} files (looked for {', '.join(extensions[:8])}, ...)")
@@ -80,21 +86,9 @@ def read_inputs(
         _require(table, keep_columns, source)
         kept = table.select_columns(keep_columns) if keep_columns else None
     else:
-        if data:
-            table, source = read_data_file(data, cache_dir, split="input"), data
-            base = os.path.dirname(os.path.abspath(data))
-        elif dataset_name:
-            hub = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
-            if dataset_split not in hub:
-                raise DataError(f"{dataset_name} has no {dataset_split!r} split (--dataset_split); its splits are "
-                                f"{sorted(hub)}")  # fmt: skip
-            table, source, base = hub[dataset_split], f"{dataset_name}[{dataset_split}]", None
-            for column in media:  # decoded by us: robust modes, and an error naming the sample instead of a crash
-                feature = table.features.get(column)
-                if isinstance(feature, (datasets.Image, datasets.Audio, datasets.Video)):
-                    table = table.cast_column(column, type(feature)(decode=False))
-        else:
-            raise UserError("no data: pass --data (a folder, or a CSV/JSONL file) or --dataset_name (a Hub dataset)")
+        table, source, base = _open(data, dataset_name, dataset_config_name, dataset_split, cache_dir, False)
+        # Media decoded by us: robust modes, and an error naming the sample instead of a crash
+        table = undecoded(table, media)
         _require(table, [*columns, *([id_column] if id_column else []), *keep_columns], source)
         if len(table) == 0:
             raise DataError(f"{source} holds no rows")
@@ -108,6 +102,92 @@ def read_inputs(
             table = table.map(_Resolve(media if base else set(), optional, base), batched=True, desc="reading paths")
     dataset = table.select_columns(list(columns)).rename_columns({s: t for s, t in columns.items() if s != t})
     return Inputs(dataset, ids, kept, source)
+
+
+def _open(data, dataset_name, dataset_config_name, dataset_split, cache_dir, streaming: bool):
+    """(the rows of --data's file(s) or of the Hub split, as read; map-style or a stream), its name in messages, and
+    the folder its relative media paths are against (None: a Hub split or WebDataset shards hold their media)."""
+    if data:
+        simple = os.path.splitext(data)[1].lower() in (".csv", ".tsv", ".json", ".jsonl") and not glob.has_magic(data)
+        if simple and not streaming:  # its own errors: not UTF-8, empty, unparsable (naming the file)
+            return read_data_file(data, cache_dir, split="input"), data, os.path.dirname(os.path.abspath(data))
+        table, base = read_files(data, "--data", cache_dir, streaming=streaming)  # also parquet, WebDataset shards
+        return table, data, base
+    if dataset_name:
+        hub = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, streaming=streaming)
+        if dataset_split not in hub:
+            raise DataError(f"{dataset_name} has no {dataset_split!r} split (--dataset_split); its splits are "
+                            f"{sorted(hub)}")  # fmt: skip
+        return hub[dataset_split], f"{dataset_name}[{dataset_split}]", None
+    raise UserError("no data: pass --data (a folder, a CSV/JSONL/parquet file or WebDataset shards) or --dataset_name "
+                    "(a Hub dataset)")  # fmt: skip
+
+
+@dataclass
+class StreamInputs:
+    """`--streaming`: the samples of a file/shards/Hub split read as they are iterated (`rows()`), never whole.
+
+    What `Inputs` holds per row, `rows()` yields: (id, kept columns as read, the model inputs in the transform's
+    names, media paths resolved). Ids are `id_column`'s value, else the row number, as in `read_inputs`."""
+
+    stream: IterableDataset
+    columns: dict[str, str]
+    resolve: _Resolve
+    id_column: str | None
+    keep_columns: list[str]
+    source: str
+
+    def rows(self):
+        # `iter(batch_size)`, not `iter(stream)`: inside a DataLoader worker the latter reads only that worker's
+        # share of the stream's shards (datasets splits them), and every worker here reads all of it (`StreamRows`).
+        number = 0
+        for batch in self.stream.iter(batch_size=STREAM_READ_BATCH):
+            size = len(next(iter(batch.values())))
+            kept = [{column: batch[column][i] for column in self.keep_columns} for i in range(size)]
+            cells = self.resolve({column: list(batch[column]) for column in self.columns})
+            for i in range(size):
+                sample_id = str(batch[self.id_column][i]) if self.id_column else str(number)
+                yield sample_id, kept[i], {target: cells[column][i] for column, target in self.columns.items()}
+                number += 1
+
+
+def stream_inputs(
+    data: str | None,
+    *,
+    dataset_name: str | None,
+    dataset_config_name: str | None,
+    dataset_split: str,
+    columns: dict[str, str],
+    media: set[str],
+    optional: set[str] = frozenset(),
+    id_column: str | None,
+    keep_columns: list[str],
+    cache_dir=None,
+) -> StreamInputs:
+    """`read_inputs` for --streaming (same arguments but `modality`): files or shards through the recipes' stream
+    reader (`mm_hf.data.streaming.read_files`), a Hub split with `load_dataset(streaming=True)`; the columns are
+    checked on the first row."""
+    if data and dataset_name:
+        raise UserError(f"give either --data ({data}) or --dataset_name ({dataset_name}), not both")
+    if data and os.path.isdir(data):
+        raise UserError(f"--streaming: {data} is a folder, whose files are listed (not loaded) and decoded a batch at "
+                        "a time already; drop --streaming, or stream a CSV/JSONL/parquet file or WebDataset shards")  # fmt: skip
+    stream, source, base = _open(data, dataset_name, dataset_config_name, dataset_split, cache_dir, True)
+    try:
+        first = next(iter(stream))
+    except StopIteration:
+        raise DataError(f"{source} holds no rows") from None
+    _require(_Names(list(first)), [*columns, *([id_column] if id_column else []), *keep_columns], source)
+    stream = undecoded(stream, media)
+    resolve = _Resolve(media if base else set(), optional, base)
+    return StreamInputs(stream, dict(columns), resolve, id_column, list(keep_columns), source)
+
+
+class _Names:
+    """What `_require` reads of a stream's first row: its column names."""
+
+    def __init__(self, names: list[str]):
+        self.column_names = names
 
 
 def _walk(folder: str) -> list[str]:
@@ -140,50 +220,43 @@ class _Resolve:
 
 
 class Rows(torch.utils.data.Dataset):
-    """Row `positions[i]` of `dataset` as (position, row): what the DataLoader hands the collator."""
+    """Row `positions[i]` of `inputs` as (position, model inputs, {"id", kept columns}): what the DataLoader hands
+    the collator."""
 
-    def __init__(self, dataset: Dataset, positions: list[int]):
-        self.dataset, self.positions = dataset, positions
+    def __init__(self, inputs: Inputs, positions: list[int]):
+        self.inputs, self.positions = inputs, positions
 
     def __len__(self) -> int:
         return len(self.positions)
 
     def __getitem__(self, i):
         position = self.positions[i]
-        return position, self.dataset[position]
+        kept = self.inputs.kept[position] if self.inputs.kept is not None else {}
+        return position, self.inputs.dataset[position], {"id": self.inputs.ids[position], **kept}
 
 
-class Collate:
-    """DataLoader collate_fn: rows -> (positions of the good rows, stacked model inputs or None, {position: error}).
+class StreamRows(torch.utils.data.IterableDataset):
+    """The rows of a `StreamInputs` whose id is not in `done`, as `Rows` gives them (positions count those rows).
 
-    The whole batch goes through `transform` at once (audio is padded per batch, as in the recipes); when that fails,
-    each row is tried alone to find the bad ones, and the others are transformed together again. Runs in the
-    workers, so decoding happens there; a class, so it pickles into spawned workers.
-    """
+    With DataLoader workers, each reads the stream (undecoded rows: cheap) and keeps every `num_workers`-th batch
+    of `batch_size` rows; the DataLoader takes one batch from each worker in turn, so the batches arrive in stream
+    order and the decoding (in the collator) is shared. A repeated id is refused as `read_inputs` refuses it, when
+    the stream reaches it."""
 
-    def __init__(self, transform):
-        self.transform = transform
+    def __init__(self, inputs: StreamInputs, done: set[str], batch_size: int):
+        self.inputs, self.done, self.batch_size = inputs, done, batch_size
 
-    def __call__(self, items):
-        positions = [position for position, _ in items]
-        rows = [row for _, row in items]
-        try:
-            return positions, self._stack(rows), {}
-        except Exception:  # noqa: BLE001 (some sample is bad: found below, one row at a time)
-            pass
-        good, errors = [], {}
-        for position, row in items:
-            try:
-                self._stack([row])
-                good.append((position, row))
-            except Exception as error:  # noqa: BLE001 (any failure of one sample is that sample's error row)
-                message = str(error).splitlines()[0] if str(error) else ""
-                errors[position] = f"{type(error).__name__}: {message}"
-        if not good:
-            return [], None, errors
-        return [p for p, _ in good], self._stack([row for _, row in good]), errors
-
-    def _stack(self, rows: list[dict]) -> dict:
-        batch = {key: [row[key] for row in rows] for key in rows[0]}
-        out = self.transform(batch)
-        return {key: torch.stack([torch.as_tensor(v) for v in values]) for key, values in out.items()}
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        seen, position = set(), 0
+        for sample_id, kept, row in self.inputs.rows():
+            if sample_id in seen:
+                raise DataError(f"{self.inputs.source}: --id_column {self.inputs.id_column!r} repeats {sample_id!r}: "
+                                "each row needs its own id, or drop --id_column to use the row number")  # fmt: skip
+            seen.add(sample_id)
+            if sample_id in self.done:
+                continue
+            if (position // self.batch_size) % workers == worker:
+                yield position, row, {"id": sample_id, **kept}
+            position += 1
