@@ -25,7 +25,8 @@ each is `{head name: value or null}`. Plots: `plots/reliability_<model>[_<head>]
 
 Scope: any heads (a multi-task model's metrics `<task>_`-prefixed, as its run's `test_<task>_*`), one process
 (sharding is refused with a message). Logits are kept whole per set (N x outputs), as the recipes' Trainer
-evaluation does. `--corruptions` corrupt the image / text / audio columns (`fusion_corruption_sweep`).
+evaluation does. `--corruptions` corrupt the image / text / audio columns and a video column's decoded frames
+(`fusion_corruption_sweep`).
 """
 
 from __future__ import annotations
