@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import itertools
 import logging
@@ -35,7 +34,7 @@ from . import candidates as cands
 from .card import eval_results, update_card
 from .cost import disk_bytes, measure_latency, parameter_counts, peak_memory, reset_peak_memory
 from .fusion import evaluate_fusion
-from .processes import inference_processes
+from .processes import inference_processes, main_process_first, process_rank
 from .report import evaluation_record, write_outputs
 from .retrieval import NOT_FOR_RETRIEVAL, evaluate_retrieval_models
 from .scoring import INDEX_COLUMN, confidence_intervals, corruption_sweep, paired_tests, score
@@ -171,9 +170,10 @@ def main(argv=None) -> dict | None:
         raise UserError("--save_temperature writes the temperature fitted on --calibration_data: pass that set too")
     severities = parse_severities(args.severities, "--severities")
     # accelerate launch: one process group (gloo on CPU, e.g. --multi_gpu --num_processes 2 --device cpu); each
-    # process scores a shard, the gathered metrics are the same everywhere, the main process writes the outputs.
+    # process scores a shard of every pass (classifiers, fusion checkpoints and --retrieval alike), the gathered
+    # numbers are the same everywhere, the main process writes the outputs.
     device, state = inference_processes(args.device)
-    rank, world_size = (state.process_index, state.num_processes) if state else (0, 1)
+    rank, world_size = process_rank(state)
     is_main = rank == 0
     hub_kwargs = args.hub_kwargs()
 
@@ -188,20 +188,18 @@ def main(argv=None) -> dict | None:
             failed[name] = _describe(error)
             logger.error("--model %s=%s cannot be loaded: %s", name, path, failed[name])
     if args.retrieval:
-        if world_size > 1:
-            raise UserError("--retrieval is evaluated by one process (sharding covers image/audio classifiers)")
         refused = [f"--{name}" for name in NOT_FOR_RETRIEVAL if name in explicit]
         if refused:
             raise UserError(f"{', '.join(refused)}: not used by --retrieval (test pairs, captions, corruptions)")
         command = shlex.join(["python", "-m", "mm_hf.evaluate", *argv])
         return evaluate_retrieval_models(found, args, data_args, failed, device, command, severities,
-                                         lambda modality: media_column(args, modality, explicit))  # fmt: skip
+                                         lambda modality: media_column(args, modality, explicit), state)  # fmt: skip
     if "caption_column" in explicit:
         raise UserError("--caption_column: captions are read by --retrieval evaluation only")
     fusion_models = [c for c in found if c.kind == "fusion"]
     if fusion_models:
-        return _evaluate_fusion(fusion_models, found, args, data_args, explicit, ood_sources, failed, device,
-                                world_size, argv)  # fmt: skip
+        return _evaluate_fusion(fusion_models, found, args, data_args, explicit, ood_sources, failed, device, state,
+                                argv)  # fmt: skip
     modalities = sorted({c.modality for c in found})
     if len(modalities) > 1:
         raise UserError(f"the models mix modalities ({', '.join(f'{c.name}: {c.modality}' for c in found)}); "
@@ -212,7 +210,7 @@ def main(argv=None) -> dict | None:
 
     # 3. Data: the test set, shifted sets and calibration set, each validated once and shared by every model
     # (under a launch the main process reads and checks first: the others then reuse the datasets cache).
-    with state.main_process_first() if state else contextlib.nullcontext():
+    with main_process_first(state):
         sets, sources, skipped, calibration_set, label_names = _read_sets(
             args, data_args, found, column, modality, ood_sources
         )
@@ -351,20 +349,18 @@ _NOT_FOR_FUSION = (
 )  # fmt: skip
 
 
-def _evaluate_fusion(fusion_models, found, args, data_args, explicit, ood_sources, failed, device, world_size, argv):
+def _evaluate_fusion(fusion_models, found, args, data_args, explicit, ood_sources, failed, device, state, argv):
     others = [c.name for c in found if c.kind != "fusion"]
     if others:
         raise UserError(f"--model {', '.join(others)} are not fusion checkpoints like "
                         f"{', '.join(c.name for c in fusion_models)}: evaluate them in separate runs")  # fmt: skip
-    if world_size > 1:
-        raise UserError("fusion checkpoints are evaluated by one process (sharding covers image/audio models)")
     refused = [f"--{name}" for name in _NOT_FOR_FUSION if name in explicit]
     if refused:
         raise UserError(f"{', '.join(refused)}: not available for fusion checkpoints yet (they get the recipe's "
                         "metrics, calibration, each modality missing and --corruptions, on --test_file and --ood files)")  # fmt: skip
     command = shlex.join(["python", "-m", "mm_hf.evaluate", *argv])
     severities = parse_severities(args.severities, "--severities")
-    return evaluate_fusion(fusion_models, args, data_args, ood_sources, failed, device, command, severities)
+    return evaluate_fusion(fusion_models, args, data_args, ood_sources, failed, device, command, severities, state)
 
 
 def _read_sets(args, data_args, found, column, modality, ood_sources):

@@ -23,9 +23,11 @@ one already saved into config.json's `calibration_temperature` `{head: T}`) and 
 `calibration_temperature_scaled`. One head: these keys hold the head's values as a classifier's do; several heads:
 each is `{head name: value or null}`. Plots: `plots/reliability_<model>[_<head>].png` (test set), listed in `plots`.
 
-Scope: any heads (a multi-task model's metrics `<task>_`-prefixed, as its run's `test_<task>_*`), one process
-(sharding is refused with a message). Logits are kept whole per set (N x outputs), as the recipes' Trainer
-evaluation does. `--corruptions` corrupt the image / text / audio columns and a video column's decoded frames
+Scope: any heads (a multi-task model's metrics `<task>_`-prefixed, as its run's `test_<task>_*`). Logits are kept
+whole per set (N x outputs), as the recipes' Trainer evaluation does. Under `accelerate launch -m mm_hf.evaluate`
+every pass (each set, each modality missing, each corruption and severity, the calibration set) is split across the
+processes and gathered in row order (`head_outputs`); the metrics, temperature fits and files are the main
+process's. `--corruptions` corrupt the image / text / audio columns and a video column's decoded frames
 (`fusion_corruption_sweep`).
 """
 
@@ -43,12 +45,14 @@ from ..args import DataArguments
 from ..corruptions import CORRUPTIONS, CorruptColumn
 from ..data.multimodal import RANKING_GROUP_KEY, MultimodalColumns, check_media, load_multimodal_splits
 from ..errors import DataError, UserError
+from ..feature_cache import shared_pass
 from ..measures import WithoutModality
 from ..metrics.calibration import calibration_report, fit_temperature, multilabel_calibration
 from ..metrics.robustness import robustness_summary
 from ..metrics.tasks import compute_ranking_metrics, compute_task_metrics
 from ..processing import MultimodalProcessor
 from .candidates import write_config_key
+from .processes import main_process_first, process_rank
 from .report import calibration_table, evaluation_record, reliability_plot, temperature_section, write_evaluation
 from .scoring import INDEX_COLUMN
 
@@ -205,24 +209,39 @@ def read_set(path: str, columns: MultimodalColumns, problem_type, task, cache_di
 
 @torch.no_grad()
 def head_outputs(model, dataset, transform, tasks: list[dict], *, batch_size, num_workers, device, description,
-                 progress) -> tuple[list, list, np.ndarray | None]:  # fmt: skip
+                 progress, world_size: int = 1) -> tuple[list, list, np.ndarray | None]:  # fmt: skip
     """One pass over `dataset` (in order): `(logits, labels)` per head of `tasks` (`(N, outputs)` arrays, labels from
-    `labels` for one head, `labels_<task>` for several) and the rows' RANKING_GROUP_KEY (None without)."""
+    `labels` for one head, `labels_<task>` for several) and the rows' RANKING_GROUP_KEY (None without).
+
+    With `world_size` > 1 (called on every process of an `accelerate launch`) each process runs a contiguous block of
+    the rows and the blocks are gathered in order on every process (`shared_pass`, the pass of the retrieval
+    embeddings and cached features): each row exactly once, the arrays one process alone would give. The whole
+    arrays are gathered once per pass, so blocks may differ by a row and nothing is padded."""
     keys = ["labels"] if len(tasks) == 1 else [f"labels_{t['name']}" for t in tasks]
-    loader = DataLoader(dataset.with_transform(transform), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=default_data_collator)  # fmt: skip
-    logits, labels, groups = [[] for _ in tasks], [[] for _ in tasks], []
-    for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
-        for i, key in enumerate(keys):
-            labels[i].append(batch.pop(key).numpy())
-        if RANKING_GROUP_KEY in batch:
-            groups.append(batch.pop(RANKING_GROUP_KEY).numpy())
-        inputs = {key: value.to(device) for key, value in batch.items() if isinstance(value, torch.Tensor)}
-        outputs = model(**inputs).logits
-        for i, head_logits in enumerate(outputs if len(tasks) > 1 else (outputs,)):
-            logits[i].append(head_logits.float().cpu().numpy())
-    return ([np.concatenate(x) for x in logits], [np.concatenate(y) for y in labels],
-            np.concatenate(groups) if groups else None)  # fmt: skip
+
+    def compute(rows: range) -> dict[str, np.ndarray]:
+        loader = DataLoader(dataset.select(rows).with_transform(transform), batch_size=batch_size, shuffle=False,
+                            num_workers=num_workers, collate_fn=default_data_collator)  # fmt: skip
+        logits, labels, groups = [[] for _ in tasks], [[] for _ in tasks], []
+        for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
+            for i, key in enumerate(keys):
+                labels[i].append(batch.pop(key).numpy())
+            if RANKING_GROUP_KEY in batch:
+                groups.append(batch.pop(RANKING_GROUP_KEY).numpy())
+            inputs = {key: value.to(device) for key, value in batch.items() if isinstance(value, torch.Tensor)}
+            outputs = model(**inputs).logits
+            for i, head_logits in enumerate(outputs if len(tasks) > 1 else (outputs,)):
+                logits[i].append(head_logits.float().cpu().numpy())
+        columns = {f"logits_{i}": np.concatenate(x) for i, x in enumerate(logits)}
+        columns.update({f"labels_{i}": np.concatenate(y) for i, y in enumerate(labels)})
+        if groups:
+            columns["groups"] = np.concatenate(groups)
+        return columns
+
+    rows = range(len(dataset))
+    columns = shared_pass(len(rows), compute, desc=description) if world_size > 1 else compute(rows)
+    return ([columns[f"logits_{i}"] for i in range(len(tasks))], [columns[f"labels_{i}"] for i in range(len(tasks))],
+            columns.get("groups"))  # fmt: skip
 
 
 def outputs_metrics(task, outputs, ranking_ks=None) -> dict:
@@ -345,8 +364,12 @@ def reliability_plots(output_dir: str, models: dict, tasks: list[dict]) -> list[
 
 
 def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict, device, command: str,
-                    severities=()) -> dict:  # fmt: skip
-    """evaluation.json for fusion checkpoints (all `candidates` are fusion ones) and the .md table; returns it."""
+                    severities=(), state=None) -> dict | None:  # fmt: skip
+    """evaluation.json for fusion checkpoints (all `candidates` are fusion ones) and the .md table; returns it.
+
+    `state`: `inference_processes`' group under `accelerate launch` (call on every process): each scoring pass is
+    split across the processes and gathered (`head_outputs`); the calibration, temperature fits and outputs are the
+    main process's, which returns the dict (the others return None)."""
     if not data_args.test_file:
         raise UserError("fusion checkpoints are evaluated on --test_file (CSV/JSONL with the run's columns)")
     first = candidates[0]
@@ -365,9 +388,16 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
         raise UserError(f"--calibration_data: the fusion model's heads are {problem_types}; temperature scaling "
                         "calibrates classification heads (a regression head predicts values, a ranking head's order "
                         "within a group does not change with a temperature)")  # fmt: skip
+    rank, world_size = process_rank(state)
+    is_main = rank == 0
     passes = dict(batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers,
-                  device=device, progress=not args.disable_tqdm)  # fmt: skip
+                  device=device, progress=is_main and not args.disable_tqdm, world_size=world_size)  # fmt: skip
     run = dict(passes, ranking_ks=ranking_ks)
+
+    def read(path, task, sampling_rate):  # the main process reads and checks first, the others reuse its cache
+        with main_process_first(state):
+            return read_set(path, columns, problem_type, task, args.cache_dir, data_args, sampling_rate)
+
     results, sets_info, to_save = {}, {}, []
     for candidate in candidates:
         try:
@@ -386,39 +416,45 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
         heads = calibrated_heads(tasks, ranking=ranking_ks is not None)
         fits = {}
         if args.calibration_data:
-            calibration_set, _ = read_set(args.calibration_data, columns, problem_type, task, args.cache_dir,
-                                          data_args, sampling_rate)  # fmt: skip
-            fits = fit_temperatures(tasks, heads, head_outputs(model, calibration_set, transform, tasks,
-                                                               description=f"{candidate.name} | calibration",
-                                                               **passes))  # fmt: skip
-            entry["temperature_scaling"] = per_head(tasks, fits)
-            if args.save_temperature:  # written once every model is scored, as for classifiers
-                to_save.append((candidate, dict(model.config.calibration_temperature or {}), fits))
+            calibration_set, _ = read(args.calibration_data, task, sampling_rate)
+            calibration_outputs = head_outputs(model, calibration_set, transform, tasks,
+                                               description=f"{candidate.name} | calibration", **passes)  # fmt: skip
+            if is_main:
+                fits = fit_temperatures(tasks, heads, calibration_outputs)
+                entry["temperature_scaling"] = per_head(tasks, fits)
+                if args.save_temperature:  # written once every model is scored, as for classifiers
+                    to_save.append((candidate, dict(model.config.calibration_temperature or {}), fits))
         temperatures = {head: fit["temperature"] for head, fit in fits.items()}
         for set_name, path in {"test": data_args.test_file, **ood_sources}.items():
-            dataset, skipped = read_set(path, columns, problem_type, task, args.cache_dir, data_args, sampling_rate)
+            dataset, skipped = read(path, task, sampling_rate)
             sets_info[set_name] = {"source": path, "samples": len(dataset), "skipped_bad_samples": len(skipped)}
             outputs = head_outputs(model, dataset, transform, tasks, description=f"{candidate.name} | {set_name}",
                                    **passes)  # fmt: skip
-            scored = {"samples": len(dataset), "metrics": outputs_metrics(task, outputs, ranking_ks)}
-            scored.update(set_calibration(tasks, heads, outputs, temperatures))
+            missing = sweep = None
             if len(modalities) > 1:  # each modality missing in every sample (the placeholder stands in)
-                scored["missing_modality"] = {
+                missing = {
                     modality: task_scores(model, dataset, WithoutModality(transform, index), task,
                                           description=f"{candidate.name} | {set_name} without {modality}", **run)
                     for index, modality in enumerate(modalities)
                 }  # fmt: skip
-                clean = scored["metrics"].get(headline)
-                scored["missing_modality_relative"] = {
-                    modality: (metrics.get(headline) / clean if clean else None)
-                    for modality, metrics in scored["missing_modality"].items()
-                }
-            entry["sets"][set_name] = scored
             if set_name == "test" and corruptions:
                 sweep = fusion_corruption_sweep(
                     model, dataset, transform, task, corruptions, severities, seed=args.seed,
                     sampling_rate=sampling_rate, name=candidate.name, **run,
                 )  # fmt: skip
+            if not is_main:  # every process took part in the passes; the numbers are the main process's to report
+                continue
+            scored = {"samples": len(dataset), "metrics": outputs_metrics(task, outputs, ranking_ks)}
+            scored.update(set_calibration(tasks, heads, outputs, temperatures))
+            if missing is not None:
+                clean = scored["metrics"].get(headline)
+                scored["missing_modality"] = missing
+                scored["missing_modality_relative"] = {
+                    modality: (metrics.get(headline) / clean if clean else None)
+                    for modality, metrics in missing.items()
+                }
+            entry["sets"][set_name] = scored
+            if sweep is not None:
                 entry["corruptions"] = {c: {s: m.get(headline) for s, m in per.items()} for c, per in sweep.items()}
                 entry["corruption_metrics"] = sweep
                 lower_is_better = tasks[0]["problem_type"] == "regression"
@@ -427,12 +463,14 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
         del model
     if not results:
         raise UserError("no model could be evaluated: " + "; ".join(f"{n}: {why}" for n, why in failed.items()))
+    if not is_main:  # the files (checkpoint configs, evaluation.json/.md, plots) are the main process's
+        return None
     for candidate, saved, fits in to_save:
         save_fusion_temperatures(candidate, saved, fits)
     evaluation = evaluation_record(
-        command=command, modality="fusion", device=device, processes=1, sets=sets_info, corruptions=corruptions,
-        severities=severities, seed=args.seed, models=results, failed=failed, modalities=modalities,
-        problem_type=problem_type, headline=headline, ranking_ks=ranking_ks,
+        command=command, modality="fusion", device=device, processes=world_size, sets=sets_info,
+        corruptions=corruptions, severities=severities, seed=args.seed, models=results, failed=failed,
+        modalities=modalities, problem_type=problem_type, headline=headline, ranking_ks=ranking_ks,
         label_names=task["labels"] if len(tasks) == 1 else {t["name"]: t["labels"] for t in tasks},
     )  # fmt: skip
     evaluation["plots"] = reliability_plots(args.output_dir, results, tasks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -21,3 +22,14 @@ def inference_processes(device_flag: str | None) -> tuple[torch.device, PartialS
     if device_flag is None or device.type == "cuda" and device.index is None:
         device = state.device
     return device, state
+
+
+def main_process_first(state: PartialState | None):
+    """Under a launch, the main process runs the block first (reading and checking a dataset, which fills the datasets
+    cache) and the others then reuse what it wrote; alone, a no-op."""
+    return state.main_process_first() if state is not None else contextlib.nullcontext()
+
+
+def process_rank(state: PartialState | None) -> tuple[int, int]:
+    """`(rank, world size)` of `inference_processes`' group, `(0, 1)` without one."""
+    return (state.process_index, state.num_processes) if state is not None else (0, 1)

@@ -27,6 +27,7 @@ from ..metrics.robustness import robustness_summary
 from ..models import ContrastiveDualEncoderModel
 from ..models.text_length import text_max_length
 from ..retrieval import build_media, evaluate_retrieval, load_dual_encoder, resolve_modality
+from .processes import main_process_first, process_rank
 from .report import evaluation_record, write_evaluation
 from .scoring import INDEX_COLUMN
 
@@ -111,9 +112,16 @@ def read_test_pairs(data_args, column: str, caption_column: str, cache_dir, skip
     return load_caption_splits(only_test, column, caption_column, cache_dir, skip_bad, media_flag=None)["test"]
 
 
-def evaluate_retrieval_models(found, args, data_args, failed: dict, device, command: str, severities, modality_column):
+def evaluate_retrieval_models(found, args, data_args, failed: dict, device, command: str, severities, modality_column,
+                              state=None):  # fmt: skip
     """evaluation.json of the dual encoders in `found` on the test pairs (and their corrupted items or captions);
-    returns it."""
+    returns it.
+
+    `state`: `inference_processes`' group under `accelerate launch` (call on every process): the item and caption
+    embeddings of each pass are split across the processes and gathered in order (`evaluate_retrieval`, through
+    `mm_hf.feature_cache.shared_pass`), the similarities, Recall@K and the files are the main process's, which
+    returns the dict (the others return None)."""
+    rank, world_size = process_rank(state)
     others = [c.name for c in found if c.kind != "zero-shot"]
     if others:
         raise UserError(f"--retrieval scores dual encoders (CLIP/SigLIP/CLAP); --model {', '.join(others)} are not")
@@ -129,15 +137,14 @@ def evaluate_retrieval_models(found, args, data_args, failed: dict, device, comm
         # Checked before any scoring: which names apply depends on the model's modality.
         targets = select_retrieval_corruptions(args.corruptions, modality) if args.corruptions else {}
         column = modality_column(modality)
-        if test is None:
-            test = read_test_pairs(data_args, column, args.caption_column, args.cache_dir, data_args.skip_bad_samples)
-            sets["test"] = {"source": data_args.test_dir or data_args.test_file, "samples": len(test)}
         media = build_media(modality, processor, column, max_length_seconds=args.max_length_seconds)
-        if (
-            "media" not in sets["test"]
-        ):  # every item decoded once (bad ones refused, or dropped with --skip_bad_samples)
-            test, skipped = media.check(test, skip_bad=data_args.skip_bad_samples, split_name="test")
-            sets["test"].update(media=modality, samples=len(test), skipped_bad_samples=len(skipped))
+        if test is None:  # every item decoded once (bad ones refused, or dropped with --skip_bad_samples)
+            with main_process_first(state):  # the main process reads first; the others reuse the datasets cache
+                test = read_test_pairs(data_args, column, args.caption_column, args.cache_dir,
+                                       data_args.skip_bad_samples)  # fmt: skip
+                test, skipped = media.check(test, skip_bad=data_args.skip_bad_samples, split_name="test")
+            sets["test"] = {"source": data_args.test_dir or data_args.test_file, "samples": len(test), "media": modality,
+                            "skipped_bad_samples": len(skipped)}  # fmt: skip
         score = dict(batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers,
                      max_length=text_max_length(processor.tokenizer, backbone.config, _max_seq_length(candidate.path)))  # fmt: skip
         # The recipe's wrapper, whose get_*_features give the projected embeddings its retrieval metrics are over.
@@ -153,8 +160,9 @@ def evaluate_retrieval_models(found, args, data_args, failed: dict, device, comm
                     pairs, corrupted_media = corrupted_pairs(test, media, name, side, severity, args.seed)
                     sweep[name][str(severity)] = evaluate_retrieval(backbone, pairs, corrupted_media,
                                                                     processor.tokenizer, **score)  # fmt: skip
-            keys, clean = recall_keys(modality), entry["sets"]["test"]["metrics"]
             entry["corruption_targets"] = targets
+        if targets and rank == 0:  # evaluate_retrieval ranks on the main process; the others get {}
+            keys, clean = recall_keys(modality), entry["sets"]["test"]["metrics"]
             entry["corruption_metrics"] = sweep
             entry["corruptions"] = {c: {s: {k: m[k] for k in keys} for s, m in per.items()} for c, per in sweep.items()}
             entry["robustness"] = {
@@ -164,8 +172,10 @@ def evaluate_retrieval_models(found, args, data_args, failed: dict, device, comm
         results[candidate.name] = entry
     if not results:
         raise UserError("no model could be evaluated: " + "; ".join(f"{n}: {why}" for n, why in failed.items()))
+    if rank != 0:  # the others embedded their shares; the numbers and files are the main process's
+        return None
     evaluation = evaluation_record(
-        command=command, modality="retrieval", device=device, processes=1, sets=sets, corruptions=corruptions,
+        command=command, modality="retrieval", device=device, processes=world_size, sets=sets, corruptions=corruptions,
         severities=severities, seed=args.seed, models=results, failed=failed,
     )  # fmt: skip
     path = write_evaluation(args.output_dir, evaluation, _markdown(evaluation))
