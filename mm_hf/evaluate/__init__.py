@@ -20,9 +20,12 @@ summary below) for the four Recall@1/5 of both directions). The test set is give
 recipes' data flags (--test_dir / --test_file / --dataset_name, --image_column / --audio_column / --label_column).
 
 Sharded: `accelerate launch [--multi_gpu --num_processes N] -m mm_hf.evaluate ... [--device cpu]` (gloo on CPU):
-each process scores a contiguous shard of every set, each batch's logits are gathered and every sample is counted
-once (the padding that evens the shards out is dropped by sample index), so evaluation.json and the predictions
-equal a single process's (tested with 2 processes); the main process times latency and writes every output.
+each process scores a contiguous shard of every set, and every sample is counted once: a classifier's logits are
+gathered per batch (the padding that evens the shards out is dropped by sample index, `scoring.score`), a fusion
+checkpoint's per-head outputs per pass (`fusion.head_outputs`: each set, modality missing, corruption and severity,
+the calibration set) and a dual encoder's item and caption embeddings per pass (`mm_hf.retrieval.evaluate_retrieval`),
+both in row order through `mm_hf.feature_cache.shared_pass`. evaluation.json and the predictions equal a single
+process's (tested with 2 processes for each kind); the main process times latency and writes every output.
 
 Outputs in --output_dir: `evaluation.json`, `evaluation.md` (side-by-side tables), `predictions/<set>.csv` (label
 and each model's prediction per sample, in evaluation order) and `plots/` (reliability diagram per model,
