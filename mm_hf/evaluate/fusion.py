@@ -220,7 +220,8 @@ def head_outputs(model, dataset, transform, tasks: list[dict], *, batch_size, nu
     keys = ["labels"] if len(tasks) == 1 else [f"labels_{t['name']}" for t in tasks]
 
     def compute(rows: range) -> dict[str, np.ndarray]:
-        loader = DataLoader(dataset.select(rows).with_transform(transform), batch_size=batch_size, shuffle=False,
+        block = dataset if len(rows) == len(dataset) else dataset.select(rows)
+        loader = DataLoader(block.with_transform(transform), batch_size=batch_size, shuffle=False,
                             num_workers=num_workers, collate_fn=default_data_collator)  # fmt: skip
         logits, labels, groups = [[] for _ in tasks], [[] for _ in tasks], []
         for batch in tqdm(loader, desc=description, disable=not progress, leave=False):
