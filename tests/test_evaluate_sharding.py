@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import REPO, load_recipe
+from conftest import REPO
 from test_evaluate_cli import ACCELERATE_CONFIG, free_port
 from test_evaluate_fusion_calibration import _tabular_run
 
@@ -95,56 +95,82 @@ def _assert_same_numbers(two, one, path="evaluation"):
         assert two == one, path
 
 
-def _launch(out, argv) -> dict:
-    """`accelerate launch -m mm_hf.evaluate` on 2 gloo CPU processes; the evaluation.json it wrote."""
+def _launch(*argv) -> subprocess.CompletedProcess:
+    """`accelerate launch ARGV` (a module with -m, or a recipe) on 2 gloo CPU processes; checks it succeeded."""
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", ACCELERATE_CONFIG, "--multi_gpu",
-        "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "mm_hf.evaluate",
-        "--output_dir", str(out), *argv,
+        "--num_processes", "2", "--main_process_port", str(free_port()), *map(str, argv),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "MASTER_", "WORLD_SIZE", "RANK"))}
     env.update(HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=REPO)
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stdout.count("Evaluated ") == 1  # the main process alone reports and writes
-    return json.loads((out / "evaluation.json").read_text())
+    return proc
 
 
-@pytest.mark.slow  # two accelerate launches of 2 processes and a 1-step fusion run
+@pytest.mark.slow  # three accelerate launches of 2 processes (~40 s on the busy 2-core machine)
 def test_two_process_fusion_and_retrieval_evaluations_equal_one_process(tiny_vtde, digits_dir, tmp_path):
     """accelerate launch -m mm_hf.evaluate on 2 gloo processes, for an image+text fusion checkpoint (13 test rows,
     some missing a modality; an OOD set, the calibration fit, each modality missing, text and image corruptions) and
     for a dual encoder on --retrieval (19 items, corrupted items and captions): evaluation.json equals one process's,
-    every number to 1e-6, with 2 processes recorded."""
+    every number to 1e-6, with 2 processes recorded. The fusion run itself is trained on 2 processes with
+    --ood_file / --robustness, whose sharded numbers equal the 1-process evaluation of its checkpoint too."""
     encoders = build_tiny_encoders(str(tmp_path / "encoders"))
     data = write_imagetext_xor(str(tmp_path / "data"), sizes=(16, 7, 13), seed=0, missing_rate=0.2)
     run = tmp_path / "run"
-    load_recipe("fusion_imagetext_cls").main([
-        "--vision_model_name_or_path", encoders["vision"], "--text_model_name_or_path", encoders["text"],
-        "--image_column", "image", "--text_column", "text", "--label_column", "label",
-        "--train_file", data["train"], "--validation_file", data["validation"], "--output_dir", str(run),
-        "--do_train", "--use_cpu", "true", "--max_steps", "1", "--per_device_train_batch_size", "8",
-        "--fusion", "concat", "--hidden_size", "32", "--max_seq_length", "12", "--save_strategy", "no",
-        "--report_to", "none", "--disable_tqdm", "true",
-    ])  # fmt: skip
-    common = ["--dataloader_num_workers", "0", "--disable_tqdm", "--device", "cpu", "--latency_runs", "0"]
     # Fusion in batches of 1: a row's logits move by ~6e-8 with the other rows of its batch (BERT over padded text),
     # which breaks the exact ties of repeated rows either way, and ROC-AUC with them (one process, batches of 1/4/7:
     # 0.708/0.722/0.694 with the image missing); one-row batches are the same in any shard.
+    trained = _launch(
+        os.path.join(REPO, "recipes", "fusion_imagetext_cls.py"), "--vision_model_name_or_path", encoders["vision"],
+        "--text_model_name_or_path", encoders["text"], "--image_column", "image", "--text_column", "text",
+        "--label_column", "label", "--train_file", data["train"], "--validation_file", data["validation"],
+        "--test_file", data["test"], "--output_dir", run, "--do_train", "--do_predict", "--use_cpu", "true",
+        "--max_steps", "1", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "1",
+        "--fusion", "cross_attention", "--hidden_size", "32", "--max_seq_length", "12", "--finetune_strategy", "full",
+        "--ddp_find_unused_parameters", "false", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm",
+        "true", "--ood_file", f"val={data['validation']}", "--robustness", "typos,gaussian_noise",
+        "--robustness_severities", "5", "--seed", "3",
+    )  # fmt: skip
+    common = [
+        "--dataloader_num_workers",
+        "0",
+        "--disable_tqdm",
+        "--device",
+        "cpu",
+        "--latency_runs",
+        "0",
+        "--seed",
+        "3",
+    ]
     fusion = ["--model", f"fusion={run}", "--test_file", data["test"], "--ood", f"val={data['validation']}",
               "--calibration_data", data["validation"], "--corruptions", "typos,gaussian_noise", "--severities", "5",
               "--per_device_eval_batch_size", "1", *common]  # fmt: skip
     retrieval = ["--retrieval", "--model", f"zs={tiny_vtde}", "--test_dir", str(digits_dir / "test"),
                  "--max_predict_samples", "19", "--corruptions", "gaussian_noise,typos", "--severities", "3",
                  "--per_device_eval_batch_size", "4", *common]  # fmt: skip
+    evaluations = {}
     for argv, name in ((fusion, "fusion"), (retrieval, "retrieval")):
         one = main(["--output_dir", str(tmp_path / f"{name}_one"), *argv])
-        two = _launch(tmp_path / f"{name}_two", argv)
+        out = tmp_path / f"{name}_two"
+        proc = _launch("-m", "mm_hf.evaluate", "--output_dir", out, *argv)
+        assert proc.stdout.count("Evaluated ") == 1  # the main process alone reports and writes
+        two = json.loads((out / "evaluation.json").read_text())
         assert (one["processes"], two["processes"]) == (1, 2)
         _assert_same_numbers(two, one)
-        if name == "fusion":
-            assert two["sets"]["test"]["samples"] == 13 and "missing_modality" in two["models"]["fusion"]["sets"]["val"]
-    assert two["sets"]["test"]["samples"] == 19 and set(two["models"]["zs"]["corruptions"]) == {
-        "gaussian_noise",
-        "typos",
+        evaluations[name] = two
+    fusion = evaluations["fusion"]["models"]["fusion"]
+    assert evaluations["fusion"]["sets"]["test"]["samples"] == 13 and set(
+        fusion["sets"]["val"]["missing_modality"]
+    ) == {
+        "image",
+        "text",
     }
+    assert "after | ood val: 7 rows in" in trained.stderr and "on 2 process(es)" in trained.stderr  # shared_pass's log
+    results = json.loads((run / "all_results.json").read_text())
+    assert results["ood_val_accuracy"] == pytest.approx(fusion["sets"]["val"]["metrics"]["accuracy"], abs=1e-9)
+    for corruption in ("typos", "gaussian_noise"):
+        assert results[f"corruption_{corruption}_s5_accuracy"] == pytest.approx(fusion["corruptions"][corruption]["5"])
+    retrieval = evaluations["retrieval"]
+    assert retrieval["sets"]["test"]["samples"] == 19
+    assert set(retrieval["models"]["zs"]["corruptions"]) == {"gaussian_noise", "typos"}

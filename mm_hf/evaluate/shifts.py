@@ -212,10 +212,11 @@ class ShiftedMeasure:
         return out
 
     def fusion_shifts(self, model, split: str, results: dict, prefix: str, before: str, run: dict) -> dict:
-        """The fusion head's `compute_task_metrics` on each shifted set and corrupted split (one process: the
-        fusion scoring of mm_hf.evaluate does not shard), per-class keys left out as in the Trainer's metrics."""
+        """The fusion head's `compute_task_metrics` on each shifted set and corrupted split (under a multi-process
+        launch each pass split across the processes and gathered in row order, as mm_hf.evaluate's), per-class keys
+        left out as in the Trainer's metrics."""
         task, shifts, out = self.shifts.task, self.shifts, {}
-        run = {k: v for k, v in run.items() if k not in ("rank", "world_size")}
+        run = {k: v for k, v in run.items() if k != "rank"}  # `head_outputs` shards by world_size alone
         per_label = tuple(f"{name}_" for name in task["labels"])
 
         def summary(metrics: dict) -> dict:
