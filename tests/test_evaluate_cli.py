@@ -307,9 +307,23 @@ def test_fusion_run_equals_its_own_test_numbers_with_each_modality_missing(tmp_p
     assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["models"]["fusion"] == entry
     assert "accuracy without text" in (tmp_path / "eval" / "evaluation.md").read_text()
 
+    # The run's card lists its --ood_file set and its sweep; --update_card replaces them with this command's numbers.
+    recipe_index = metadata_load(run / "README.md")["model-index"][0]["results"]
+    assert {e["dataset"].get("config") for e in recipe_index} == {None, "val", "corruptions"}
+    main([*argv, "--corruptions", "typos,gaussian_noise", "--severities", "5", "--seed", "3", "--update_card"])
+    card = ModelCard.load(run / "README.md").data.eval_results
+    found = {(r.dataset_config, r.metric_type): r.metric_value for r in card}
+    assert len(found) == len(card)  # nothing listed twice
+    headline = result["headline"]
+    assert found[("val", headline)] == pytest.approx(entry["sets"]["val"]["metrics"][headline])
+    assert found[(None, "accuracy")] == pytest.approx(results["test_accuracy"])
+    assert {m for c, m in found if c == "corruptions"} == {f"mean_corruption_{headline}", f"relative_{headline}"}
+    assert found[("corruptions", f"relative_{headline}")] == pytest.approx(entry["robustness"]["relative_accuracy"])
+    assert len(metadata_load(run / "README.md")["model-index"][0]["results"]) == 3
+
     # Flags of the image/audio flow are refused for fusion, never ignored; so is mixing with image models.
-    with pytest.raises(UserError, match="--update_card: not available for fusion"):
-        main([*argv, "--update_card"])
+    with pytest.raises(UserError, match="--prompt_templates: not available for fusion"):
+        main([*argv, "--prompt_templates", "a {}"])
     with pytest.raises(UserError, match="not fusion checkpoints"):
         main([*argv, "--model", f"vit={save_vit(tmp_path / 'vit')}"])
 

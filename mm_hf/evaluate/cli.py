@@ -100,7 +100,8 @@ class EvaluateArguments(
         default=False,
         metadata={
             "help": "Add the results to each mm-hf checkpoint's README.md model-index (one entry per dataset/shift: "
-            "accuracy, macro F1, ECE; mean corruption accuracy); the rest of the card is kept."
+            "accuracy, macro F1, ECE, a fusion model's headline metric; the corruption sweep's mean and relative); the "
+            "rest of the card is kept."
         },
     )
     corruptions: str | None = field(
@@ -345,7 +346,7 @@ def _describe(error: BaseException) -> str:
 
 # Flags of the image/audio flow that the fusion flow does not implement: refused, never ignored.
 _NOT_FOR_FUSION = (
-    "update_card", "prompt_templates", "max_length_seconds", "test_dir", "dataset_name", "robustness_baseline",
+    "prompt_templates", "max_length_seconds", "test_dir", "dataset_name", "robustness_baseline",
 )  # fmt: skip
 
 

@@ -52,6 +52,7 @@ from ..metrics.robustness import robustness_summary
 from ..metrics.tasks import compute_ranking_metrics, compute_task_metrics
 from ..processing import MultimodalProcessor
 from .candidates import write_config_key
+from .card import eval_results, update_card
 from .processes import main_process_first, process_rank
 from .report import calibration_table, evaluation_record, reliability_plot, temperature_section, write_evaluation
 from .scoring import INDEX_COLUMN
@@ -475,6 +476,9 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
         label_names=task["labels"] if len(tasks) == 1 else {t["name"]: t["labels"] for t in tasks},
     )  # fmt: skip
     evaluation["plots"] = reliability_plots(args.output_dir, results, tasks)
+    if args.update_card:  # a fusion checkpoint is always a local mm-hf folder (it needs its run_config.yaml)
+        for name, entry in results.items():
+            entry["card"] = update_card(entry["path"], eval_results(evaluation, name))
     path = write_evaluation(args.output_dir, evaluation, _markdown(evaluation) + _calibration_markdown(evaluation))
     print(f"Evaluated {', '.join(results)} on {', '.join(sets_info)}: {path}")
     return evaluation
