@@ -127,7 +127,7 @@ def main(argv=None):
     # 5. Trainer over clips decoded on the fly (a frozen encoder's outputs cached once): untrained heads evaluated,
     # trained, evaluated again, also with each of video / audio / text / tabular removed
     trainer, datasets_, measure = fusion_trainer(
-        model, processor, splits, tasks, modalities, training_args, ft_args, fusion_args
+        model, processor, splits, tasks, modalities, training_args, ft_args, fusion_args, skipped
     )
     measure = with_shifts(measure, shifts, trainer, splits, processor.transform(train=False), tasks[0].labels)
     run = train_and_evaluate(trainer, datasets_, measure, ft_args, before_label=FUSION_BEFORE_LABEL)
