@@ -7,13 +7,13 @@ from .data.multimodal import MultimodalColumns, check_media, load_multimodal_spl
 from .data.multimodal_stream import STATISTICS_ROWS, load_multimodal_stream
 from .data.streaming import StreamedSplit, StreamSkips, check_streaming_flags, require_full_validation
 from .data.tabular import TabularProcessor
+from .errors import UserError
 from .fusion_features import CachedInputs, cache_encoder_outputs, fit_feature_statistics, frozen_modalities
 from .measures import TaskMetrics, TrainerMeasure, evaluate_without_modalities
 from .models import build_fusion_classifier
 from .models.fusion import Task
 from .outputs import task_report_writer
 from .processing import MultimodalProcessor
-from .errors import UserError
 from .run import build_trainer, prepare_training_arguments
 from .training import apply_strategy
 
