@@ -167,7 +167,10 @@ class MultimodalRows:
     def __call__(self, rows: list[dict]) -> list[tuple]:
         prepared = []
         for index, row in enumerate(rows):
-            source = describe_row(row, self.named_by, index)
+            named = row.get(self.named_by)
+            if isinstance(named, str) and self.base and self.named_by != self.columns.text:  # a file: its full path
+                named = resolve_path(named.strip(), self.base)
+            source = describe_row({**row, self.named_by: named}, self.named_by, index)
             try:
                 prepared.append((source, self._inputs(row, source)))
             except BadSampleError as error:
