@@ -6,12 +6,14 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
 import pytest
 import torch
-from conftest import load_recipe
+from conftest import REPO, load_recipe
 from transformers import AutoModel
 
 from mm_hf.args import DataArguments
@@ -83,6 +85,45 @@ def test_streamed_fusion_run_skips_a_corrupt_image_and_evaluates_as_the_saved_ch
         assert metrics[metric] == pytest.approx(results[f"test_{metric}"], abs=1e-6), metric
 
 
+@pytest.mark.slow  # two processes, each importing torch and transformers
+def test_two_process_streamed_fusion_run_reads_its_own_shard_and_evaluates_each_test_row_once(
+    encoders, xor_shards, tmp_path
+):
+    """`accelerate launch` with 2 gloo processes over the 2 shards: each reads its own (the corrupt PNG is skipped by
+    one process only, counted once), both fit the same statistics from the stream's head, and the 7 test rows (one
+    process gets a padded batch) are each counted once: the numbers of a one-process evaluation of the checkpoint."""
+    from test_distributed import ACCELERATE_CONFIG, free_port
+
+    root, _ = xor_shards
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", ACCELERATE_CONFIG, "--multi_gpu",
+        "--num_processes", "2", "--main_process_port", str(free_port()),
+        os.path.join(REPO, "recipes", "fusion_imagetext_cls.py"),
+        "--vision_model_name_or_path", encoders["vision"], "--text_model_name_or_path", encoders["text"],
+        "--train_file", str(root / "train-*.tar"), "--test_file", str(root / "test_wds.jsonl"), "--streaming",
+        "--image_column", "png", "--text_column", "txt", "--label_column", "cls", "--class_names", *LABELS,
+        "--max_steps", "6", "--per_device_train_batch_size", "4", "--max_bad_fraction", "0.2", "--finetune_strategy",
+        "full", "--hidden_size", "16", "--max_seq_length", "8", "--output_dir", str(out), *RUN,
+        "--ddp_find_unused_parameters", "true", "--max_predict_samples", "7",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "MASTER_", "WORLD_SIZE", "RANK"))}
+    env.update(HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["skipped_bad_samples"] == 1 and sorted(results["train_samples_skipped_per_process"]) == [0, 1]
+    assert all(n >= 12 for n in results["train_samples_read_per_process"])  # 6 steps of 4 over its 12 rows
+    assert results["test_samples"] == 7
+    evaluation = evaluate(["--model", f"run={out}", "--test_file", str(root / "test_wds.jsonl"), "--output_dir",
+                           str(tmp_path / "eval"), "--dataloader_num_workers", "0", "--disable_tqdm",
+                           "--max_predict_samples", "7"])  # fmt: skip
+    assert evaluation["models"]["run"]["sets"]["test"]["samples"] == 7
+    metrics = evaluation["models"]["run"]["sets"]["test"]["metrics"]
+    for metric in ("accuracy", "log_loss", "roc_auc"):
+        assert metrics[metric] == pytest.approx(results[f"test_{metric}"], abs=1e-6), metric
+
+
 def test_stream_rows_are_judged_against_the_validation_splits_labels(xor_shards, tmp_path):
     """Without --class_names the label space is the validation split's; a row with a label outside it, a missing
     file or no input at all is skipped and recorded with its reason; good rows keep their inputs."""
@@ -112,24 +153,22 @@ def test_stream_rows_are_judged_against_the_validation_splits_labels(xor_shards,
 
 
 @pytest.mark.parametrize(
-    ("extra", "message"),
+    ("extra", "without", "message"),
     [
-        ([], "--streaming needs --max_steps"),
-        (["--max_steps", "2", "--validation_file", ""], "comes from --class_names"),
+        ([], None, "--streaming needs --max_steps"),
+        (["--max_steps", "2"], "validation", "comes from --class_names"),
         (["--max_steps", "2", "--label_column", "label", "red", "--problem_type", "single_label_classification",
-          "binary_classification", "--class_names", "no", "yes"], "--class_names names the classes of one"),
-        (["--max_steps", "2", "--finetune_strategy", "linear_probe", "--precompute_features", "true"],
+          "binary_classification", "--class_names", "no", "yes"], None, "--class_names names the classes of one"),
+        (["--max_steps", "2", "--finetune_strategy", "linear_probe", "--precompute_features", "true"], None,
          "--precompute_features true cannot apply with --streaming"),
     ],
 )  # fmt: skip
-def test_fusion_streaming_refusals_name_the_flag(encoders, xor_shards, tmp_path, extra, message):
+def test_fusion_streaming_refusals_name_the_flag(encoders, xor_shards, tmp_path, extra, without, message):
     _, files = xor_shards
+    data = [arg for split in ("train", "validation", "test") if split != without
+            for arg in (f"--{split}_file", files[split])]  # fmt: skip
     argv = ["--vision_model_name_or_path", encoders["vision"], "--image_column", "image", "--label_column", "label",
-            "--train_file", files["train"], "--validation_file", files["validation"], "--test_file", files["test"],
-            "--streaming", "--hidden_size", "16", "--output_dir", str(tmp_path / "out"), *RUN]  # fmt: skip
-    if "" in extra:  # no validation split
-        argv = argv[: argv.index("--validation_file")] + argv[argv.index("--validation_file") + 2 :]
-        extra = extra[:2]
+            "--streaming", "--hidden_size", "16", "--output_dir", str(tmp_path / "out"), *RUN, *data]  # fmt: skip
     with pytest.raises(UserError, match=message):
         load_recipe("fusion_imagetext_cls").main(argv + extra)
 
