@@ -235,7 +235,7 @@ def _check_columns(columns: MultimodalColumns, problem_type: str) -> None:
 
 def _read_file(path: str, split: str, columns: MultimodalColumns, cache_dir) -> Dataset:
     ds = read_data_file(path, cache_dir, split)
-    _require_columns(ds, columns, path)
+    require_multimodal_columns(ds, columns, path)
     ds = ds.select_columns(columns.read)
     base = os.path.dirname(os.path.abspath(path))
     for modality in MEDIA_MODALITIES:  # relative to the file's folder, as in loading.py
@@ -246,7 +246,7 @@ def _read_file(path: str, split: str, columns: MultimodalColumns, cache_dir) -> 
 
 
 def _select_hub_columns(ds: Dataset, columns: MultimodalColumns, source: str) -> Dataset:
-    _require_columns(ds, columns, source)
+    require_multimodal_columns(ds, columns, source)
     ds = ds.select_columns(columns.read)
     # Decode media ourselves (robust modes, errors naming the sample) instead of in the datasets library.
     for modality in MEDIA_MODALITIES:
@@ -257,7 +257,7 @@ def _select_hub_columns(ds: Dataset, columns: MultimodalColumns, source: str) ->
     return ds
 
 
-def _require_columns(ds: Dataset, columns: MultimodalColumns, source: str) -> None:
+def require_multimodal_columns(ds: Dataset, columns: MultimodalColumns, source: str) -> None:
     roles = dict(columns.renames)
     roles.update({c: "numeric" for c in columns.numeric} | {c: "categorical" for c in columns.categorical})
     roles.update({c: "label" for c in columns.labels})

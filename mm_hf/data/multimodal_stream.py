@@ -31,12 +31,13 @@ from .multimodal import (
     MEDIA_MODALITIES,
     RANKING_GROUP_KEY,
     MultimodalColumns,
-    _require_columns,
     clean_and_encode,
     read_raw_splits,
+    require_multimodal_columns,
     task_outputs,
 )
 from .streaming import (
+    ColumnNames,
     SkipLog,
     StreamedSplit,
     describe_row,
@@ -59,9 +60,11 @@ def load_multimodal_stream(data_args, columns: MultimodalColumns, problem_type, 
     """`(splits, spaces)` as `load_multimodal_splits` returns them, with `splits["train"]` a `StreamedSplit` of
     canonical rows (shuffled with a buffer, cut to --max_train_samples) and the validation/test splits map-style."""
     tasks = task_outputs(columns, problem_type)
+    if data_args.train_dir:
+        raise DataError("--train_dir (class folders) does not apply to multimodal data; use --train_file")
     stream, source, base, hub = open_training_stream(data_args, cache_dir)
     first = first_row(stream, source)
-    _require_columns(_Columns(list(first)), columns, source)
+    require_multimodal_columns(ColumnNames(list(first)), columns, source)
     label_features = stream.features
     media = [getattr(columns, m) for m in MEDIA_MODALITIES if getattr(columns, m)]
     keep = columns.read + [c for c in ("__key__", "__url__") if c in first]
@@ -112,13 +115,6 @@ def _as_ids(ds: Dataset, reference: Dataset, source: str) -> Dataset:
             except (ValueError, TypeError) as error:
                 raise DataError(f"{source}: column {column!r} holds a label outside {feature.names}: {error}") from None
     return ds
-
-
-class _Columns:
-    """What `_require_columns` reads of a dataset: its column names."""
-
-    def __init__(self, names):
-        self.column_names = names
 
 
 def label_reference(data_args, columns: MultimodalColumns, tasks: list, features, raw: dict) -> tuple[Dataset, str]:

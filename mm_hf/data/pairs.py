@@ -25,6 +25,7 @@ from .loading import (
     select_hub_columns,
 )
 from .streaming import (
+    ColumnNames,
     SkipLog,
     StreamedSplit,
     StreamSkips,
@@ -135,12 +136,12 @@ def load_caption_stream(data_args, media_column: str, caption_column: str, cache
     if data_args.train_dir:  # its metadata file, streamed; file_name is the media column
         path = _metadata_file(data_args.train_dir)
         stream, base = read_files(path, "--train_dir", cache_dir, streaming=True)
-        require_columns(_Columns(list(first_row(stream, path))), ("file_name", caption_column), path, flags)
+        require_columns(ColumnNames(list(first_row(stream, path))), ("file_name", caption_column), path, flags)
         stream, source, hub = stream.rename_column("file_name", media_column), path, None
     else:
         stream, source, base, hub = open_training_stream(data_args, cache_dir)
     first = first_row(stream, source)
-    require_columns(_Columns(list(first)), (media_column, caption_column), source, flags)
+    require_columns(ColumnNames(list(first)), (media_column, caption_column), source, flags)
     keep = [media_column, caption_column] + [c for c in ("__key__", "__url__") if c in first]
     stream = shuffled(undecoded(stream.select_columns(keep), [media_column]), data_args, seed, source)
     if hub is not None:  # the evaluation splits of a streamed Hub dataset, read whole
@@ -162,13 +163,6 @@ def load_caption_stream(data_args, media_column: str, caption_column: str, cache
     splits["train"] = StreamedSplit(stream, CaptionRows(media_column, caption_column, base), log, {})
     logger.info("streaming %s (%d shards)", source, stream.num_shards)
     return splits
-
-
-class _Columns:
-    """What `require_columns` reads of a dataset: its column names."""
-
-    def __init__(self, names):
-        self.column_names = names
 
 
 class CaptionRows:

@@ -459,7 +459,7 @@ def load_stream_splits(data_args, column: str, label_column: str, cache_dir=None
             stream = stream.map(ResolvePaths(column, base))
 
     first = first_row(stream, source)
-    require_columns(_Columns(list(first)), (column, label_column), source, flags)
+    require_columns(ColumnNames(list(first)), (column, label_column), source, flags)
     feature = (stream.features or {}).get(label_column)
     names = data_args.class_names or folder_names or (list(feature.names) if isinstance(feature, ClassLabel) else None)
     if not names:
@@ -493,8 +493,8 @@ def load_stream_splits(data_args, column: str, label_column: str, cache_dir=None
     return splits
 
 
-class _Columns:
-    """What `require_columns` reads of a dataset: its column names."""
+class ColumnNames:
+    """What `require_columns` reads of a dataset: its column names (a stream's, from its first row)."""
 
     def __init__(self, names):
         self.column_names = names
