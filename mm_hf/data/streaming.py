@@ -5,9 +5,10 @@ Sources: a Hub dataset (`load_dataset(..., streaming=True)`), CSV/JSONL/parquet 
 `IterableDataset` of `STREAM_SHARDS` shards). The stream is shuffled with a buffer (`--shuffle_buffer_size`) and
 its shard order per epoch; the processes of a run each read their own shards (see `stream_training_arguments`).
 
-Samples are decoded in the data workers by the recipe's own transform (`StreamedSplit.with_transform`); one that
-cannot be used (`BadSampleError`: corrupt, truncated, missing, or a label outside the class list) is skipped and
-recorded (`SkipLog`), and at the end of training the records of every worker and process are gathered
+Samples are judged by the recipe's `prepare` (`ClassRows` here for the classifiers; `MultimodalRows` in
+multimodal_stream.py for the fusion recipes, `CaptionRows` in pairs.py for clip_retrieval) and decoded in the data
+workers by the recipe's own transform (`StreamedSplit.with_transform`); one that cannot be used (`BadSampleError`:
+corrupt, truncated, missing, or a label outside the class list) is skipped and recorded (`SkipLog`), and at the end of training the records of every worker and process are gathered
 (`StreamSkips`): the run reports them, and stops with an error when more than `--max_bad_fraction` were bad.
 
 The validation and test splits are read whole (map-style, undecoded), so every process evaluates a split of
