@@ -72,13 +72,13 @@ def fusion_processor(splits, encoders, settings, columns, data_args, model_args,
 
     checked, skipped = check({n: ds for n, ds in splits.items() if ds is not stream}, data_args.skip_bad_samples)
     splits = {**splits, **checked}
-    rows = splits["train"]
     if stream is not None:
-        # The head's bad samples are left out here; the stream skips and counts them when it meets them.
-        rows = stream.head(STATISTICS_ROWS, check=lambda head: check({"train": head}, skip_bad=True)[0]["train"])
+        # The head is read only if statistics need it; its bad samples are left out there, and the stream skips and
+        # counts them when it meets them.
+        stream.head_check = lambda head: check({"train": head}, skip_bad=True)[0]["train"]
         skipped = StreamSkips(stream.log, skipped)
     if tabular is not None:
-        tabular.fit(rows, columns.numeric, columns.categorical)
+        tabular.fit(stream.head(STATISTICS_ROWS) if stream else splits["train"], columns.numeric, columns.categorical)
     return processor, tabular, splits, skipped
 
 
@@ -169,10 +169,11 @@ def fusion_trainer(
     if training_args.do_train:
         model.to(device)
         # Cached features are cheap to read in full; without a cache, 1024 rows through the encoders suffice.
-        counts = fit_feature_statistics(
-            model, splits["train"].head(STATISTICS_ROWS) if streaming else splits["train"], eval_transform, batch_size, device,
-            None if cached else STATISTICS_ROWS, training_args.seed,
-        )  # fmt: skip
+        rows = splits["train"]
+        if streaming:  # its head, read only when a frozen encoder's features are standardised
+            rows = rows.head(STATISTICS_ROWS) if frozen_modalities(model) else []
+        limit = None if cached else STATISTICS_ROWS
+        counts = fit_feature_statistics(model, rows, eval_transform, batch_size, device, limit, training_args.seed)
         logger.info("feature standardisation fitted on %s training rows per modality", counts)
     datasets = {n: ds.with_transform(train_transform if n == "train" else eval_transform) for n, ds in splits.items()}
     trainer = build_trainer(model, training_args, datasets, processor, metrics, skipped=skipped)

@@ -331,14 +331,16 @@ class StreamedSplit:
     def __init__(self, stream: IterableDataset, prepare: Callable, log: SkipLog, empty: dict, features=None):
         self.stream, self.prepare, self.log, self.empty = stream, prepare, log, empty
         self.features = features
+        self.head_check: Callable | None = None
         self._head = None
 
     def with_transform(self, transform: Callable) -> IterableDataset:
         skip = SkipBadRows(transform, self.prepare, self.log, self.empty)
         return self.stream.map(skip, batched=True, batch_size=DECODE_BATCH, remove_columns=self.stream.column_names)
 
-    def head(self, n: int, check: Callable | None = None) -> Dataset:
-        """`check(head) -> head` (e.g. dropping samples that do not decode) runs once, on the first call."""
+    def head(self, n: int) -> Dataset:
+        """Read on the first call; `head_check(head) -> head`, when set (e.g. dropping samples that do not
+        decode), runs once on it."""
         if self._head is None:
             rows = []
             for batch in self.stream.iter(batch_size=DECODE_BATCH):
@@ -349,7 +351,7 @@ class StreamedSplit:
             if not rows:
                 raise DataError("no usable training row in the stream: every row read was unusable")
             self._head = Dataset.from_list(rows[:n])
-            self._head = check(self._head) if check is not None else self._head
+            self._head = self.head_check(self._head) if self.head_check is not None else self._head
         return self._head
 
 
