@@ -4,8 +4,10 @@ the run protocol: the processor fitted on the training rows, the model with its 
 import logging
 
 from .data.multimodal import MultimodalColumns, check_media, load_multimodal_splits
-from .data.streaming import refuse_streaming
+from .data.multimodal_stream import STATISTICS_ROWS, load_multimodal_stream
+from .data.streaming import StreamedSplit, StreamSkips, check_streaming_flags, require_full_validation
 from .data.tabular import TabularProcessor
+from .errors import UserError
 from .fusion_features import CachedInputs, cache_encoder_outputs, fit_feature_statistics, frozen_modalities
 from .measures import TaskMetrics, TrainerMeasure, evaluate_without_modalities
 from .models import build_fusion_classifier
@@ -21,10 +23,11 @@ logger = logging.getLogger(__name__)
 def load_fusion_rows(fusion_args, data_args, training_args, cache_dir, visual: str = "image"):
     """`(columns, splits, spaces)`: the rows of a fusion run with their inputs (`visual`: "image" or "video",
     then text, audio, tabular; any may be missing in a row) and labels per task, loaded on the main process first
-    (one download/cache build, then the others read it)."""
-    refuse_streaming(
-        data_args, training_args.explicit_flags, "video_cls" if visual == "video" else "fusion_imagetext_cls"
-    )
+    (one download/cache build, then the others read it). With --streaming the training split is a `StreamedSplit`
+    (`mm_hf.data.multimodal_stream`: where its label spaces and statistics come from)."""
+    explicit = training_args.explicit_flags
+    check_streaming_flags(data_args, training_args, explicit)
+    require_full_validation(data_args, explicit, "video_cls" if visual == "video" else "fusion_imagetext_cls")
     columns = MultimodalColumns(
         **{visual: getattr(fusion_args, f"{visual}_column")},
         text=fusion_args.text_column,
@@ -35,27 +38,47 @@ def load_fusion_rows(fusion_args, data_args, training_args, cache_dir, visual: s
         group=fusion_args.group_column,
     )
     with training_args.main_process_first(desc="loading data"):
-        splits, spaces = load_multimodal_splits(
-            data_args, columns, fusion_args.problem_types(), cache_dir, training_args.seed, data_args.skip_bad_samples
-        )
+        if data_args.streaming:
+            splits, spaces = load_multimodal_stream(
+                data_args, columns, fusion_args.problem_types(), cache_dir, training_args.seed
+            )
+        else:
+            splits, spaces = load_multimodal_splits(
+                data_args, columns, fusion_args.problem_types(), cache_dir, training_args.seed,
+                data_args.skip_bad_samples,
+            )  # fmt: skip
     return columns, splits, spaces
 
 
 def fusion_processor(splits, encoders, settings, columns, data_args, model_args, checked_modalities):
     """`(processor, tabular, splits, skipped)`: the per-modality processors of `encoders` as one
     MultimodalProcessor, every media sample of `checked_modalities` decoded once to check it (bad ones dropped
-    with --skip_bad_samples, reported at the end), and the tabular encoder (if any) fitted on the training rows."""
+    with --skip_bad_samples, reported at the end), and the tabular encoder (if any) fitted on the training rows.
+
+    A streamed training split is checked as it is read: `skipped` is then a `StreamSkips` (pass it to
+    `fusion_trainer`), and the tabular encoder is fitted on the first `STATISTICS_ROWS` usable rows of the stream."""
     tabular = TabularProcessor() if "tabular" in settings.modalities else None
     processor = MultimodalProcessor.from_encoders(encoders, settings, tabular, **model_args.hub_kwargs())
-    splits, skipped = check_media(
-        splits,
-        checked_modalities,
-        skip_bad=data_args.skip_bad_samples,
-        num_proc=data_args.preprocessing_num_workers,
-        audio_sampling_rate=getattr(processor.feature_extractor, "sampling_rate", None),
-    )
+    stream = splits["train"] if isinstance(splits["train"], StreamedSplit) else None
+
+    def check(named, skip_bad):
+        return check_media(
+            named,
+            checked_modalities,
+            skip_bad=skip_bad,
+            num_proc=data_args.preprocessing_num_workers,
+            audio_sampling_rate=getattr(processor.feature_extractor, "sampling_rate", None),
+        )
+
+    checked, skipped = check({n: ds for n, ds in splits.items() if ds is not stream}, data_args.skip_bad_samples)
+    splits = {**splits, **checked}
+    if stream is not None:
+        # The head is read only if statistics need it; its bad samples are left out there, and the stream skips and
+        # counts them when it meets them.
+        stream.head_check = lambda head: check({"train": head}, skip_bad=True)[0]["train"]
+        skipped = StreamSkips(stream.log, skipped)
     if tabular is not None:
-        tabular.fit(splits["train"], columns.numeric, columns.categorical)
+        tabular.fit(stream.head(STATISTICS_ROWS) if stream else splits["train"], columns.numeric, columns.categorical)
     return processor, tabular, splits, skipped
 
 
@@ -77,7 +100,9 @@ def fusion_model(encoders, tasks: list[Task], processor, tabular, columns, model
     return apply_strategy(model, ft_args, model_args.encoder_strategies())
 
 
-def fusion_trainer(model, processor, splits, tasks: list[Task], modalities, training_args, ft_args, fusion_args):
+def fusion_trainer(
+    model, processor, splits, tasks: list[Task], modalities, training_args, ft_args, fusion_args, skipped=None
+):
     """The fusion recipes' Trainer and measure: returns `(trainer, datasets, TrainerMeasure)`.
 
     Inputs are decoded on the fly by `processor` (train transform with augmentation for the train split), except
@@ -86,7 +111,13 @@ def fusion_trainer(model, processor, splits, tasks: list[Task], modalities, trai
     metrics come from `TaskMetrics` over every score at once (`batch_eval_metrics=False`: ROC-AUC and mAP need
     them), labels from `labels` or `labels_<task>`. After training the measured split is evaluated again with
     each modality removed (`fusion_args.ablate_modalities`).
+
+    A streamed training split (`StreamedSplit`, with its `StreamSkips` in `skipped`) is decoded as it is read: no
+    encoder output is cached, and the standardisation is fitted on the rows `fusion_processor` fitted the tabular
+    statistics on (its head).
     """
+    explicit = getattr(training_args, "explicit_flags", set())
+    streaming = isinstance(splits["train"], StreamedSplit)
     metrics = TaskMetrics(
         tasks, threshold=fusion_args.threshold, ranking_ks=fusion_args.ranking and fusion_args.ranking_ks
     )
@@ -97,11 +128,20 @@ def fusion_trainer(model, processor, splits, tasks: list[Task], modalities, trai
         best_metric=metrics.best_metric(),
         label_names=fusion_args.label_names(tasks),
         batch_eval_metrics=False,
+        streaming=streaming,
     )
     train_transform = processor.transform(train=True, augment=fusion_args.augment)
     eval_transform = processor.transform(train=False)
     batch_size, device = training_args.per_device_eval_batch_size, training_args.device
     cached = frozen_modalities(model) if ft_args.precompute_features else []
+    if cached and streaming:
+        if "precompute_features" in explicit:
+            raise UserError(
+                "--precompute_features true cannot apply with --streaming: a stream is decoded as it is read, so the "
+                "frozen encoders' outputs cannot be cached; drop the flag (they then run on every batch)"
+            )
+        logger.info("--streaming: the frozen encoder(s) of %s run on every batch, uncached", cached)
+        cached = []
     if cached:
         logger.info(
             "frozen encoder(s) of %s: each sample encoded once and cached (those inputs are not augmented; "
@@ -129,12 +169,14 @@ def fusion_trainer(model, processor, splits, tasks: list[Task], modalities, trai
     if training_args.do_train:
         model.to(device)
         # Cached features are cheap to read in full; without a cache, 1024 rows through the encoders suffice.
-        counts = fit_feature_statistics(
-            model, splits["train"], eval_transform, batch_size, device, None if cached else 1024, training_args.seed
-        )
+        rows = splits["train"]
+        if streaming:  # its head, read only when a frozen encoder's features are standardised
+            rows = rows.head(STATISTICS_ROWS) if frozen_modalities(model) else []
+        limit = None if cached else STATISTICS_ROWS
+        counts = fit_feature_statistics(model, rows, eval_transform, batch_size, device, limit, training_args.seed)
         logger.info("feature standardisation fitted on %s training rows per modality", counts)
     datasets = {n: ds.with_transform(train_transform if n == "train" else eval_transform) for n, ds in splits.items()}
-    trainer = build_trainer(model, training_args, datasets, processor, metrics)
+    trainer = build_trainer(model, training_args, datasets, processor, metrics, skipped=skipped)
     ablate = fusion_args.ablate_modalities
 
     def ablations(split, key):

@@ -9,6 +9,9 @@
 
 Data: CSV/JSONL rows of image or audio path + caption (a string, or a list of captions per item), a folder
 of media with a metadata.jsonl (`file_name` + caption), or a Hub dataset with image/audio + caption columns.
+Pairs beyond memory: --streaming --max_steps N reads the training pairs as a stream (also WebDataset shards:
+--train_file 'shards/train-*.tar' --image_column jpg --caption_column txt), skipping and counting bad pairs
+(--max_bad_fraction); the validation/test splits are read whole, as retrieval ranks against the whole gallery.
 The modality follows the model (`--modality auto`): audio for an audio–text model (CLAP, whose config has
 an `audio_config`), image otherwise. Audio is decoded at the feature extractor's rate and cut to the
 model's window (CLAP: 10 s) or `--max_length_seconds`; `lock_image` locks the media tower, i.e. CLAP's audio
@@ -39,9 +42,7 @@ from mm_hf.args import (
     media_column,
 )
 from mm_hf.data.loading import dataset_display_name
-from mm_hf.data.pairs import load_caption_splits
-from mm_hf.data.streaming import refuse_streaming
-from mm_hf.data.validation import check_splits
+from mm_hf.data.pairs import load_checked_pairs
 from mm_hf.errors import run_cli
 from mm_hf.measures import RetrievalMeasure
 from mm_hf.models import ContrastiveDualEncoderModel
@@ -118,19 +119,10 @@ def main(argv=None):
     # Captions never longer than the text tower has positions for (CLIP: 77), whatever --max_seq_length says.
     max_length = text_max_length(tokenizer, backbone.config, ret_args.max_seq_length)
 
-    # 3. Data: captions cleaned, images/clips decodable, before any training
-    refuse_streaming(data_args, training_args.explicit_flags, "clip_retrieval")
-    with training_args.main_process_first(desc="loading data"):
-        splits = load_caption_splits(
-            data_args,
-            column,
-            ret_args.caption_column,
-            model_args.cache_dir,
-            skip_bad=data_args.skip_bad_samples,
-            media_flag=f"--{modality}_column",
-        )
-    splits, skipped = check_splits(
-        splits, media.check, skip_bad=data_args.skip_bad_samples, num_proc=data_args.preprocessing_num_workers
+    # 3. Data: captions cleaned, images/clips decodable, before any training (--streaming: the training pairs
+    # checked as they are read, bad ones skipped and counted; the evaluation splits read whole)
+    splits, skipped = load_checked_pairs(
+        data_args, training_args, media, ret_args.caption_column, model_args.cache_dir, f"--{modality}_column"
     )
     push_to_hub = training_args.push_to_hub
     # Gathering negatives needs the same batch size on every process: drop the ragged last batch. No labels:
@@ -140,6 +132,7 @@ def main(argv=None):
         ft_args,
         has_validation="validation" in splits,
         best_metric="loss",
+        streaming=data_args.streaming,
         dataloader_drop_last=True,
         label_names=[],
     )
@@ -154,7 +147,7 @@ def main(argv=None):
         for train in (True, False)
     }
     datasets_ = {name: split.with_transform(transforms[name == "train"]) for name, split in splits.items()}
-    trainer = build_trainer(model, training_args, datasets_, processor)
+    trainer = build_trainer(model, training_args, datasets_, processor, skipped=skipped)
     measure = RetrievalMeasure(
         trainer,
         splits,

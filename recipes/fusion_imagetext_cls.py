@@ -15,6 +15,12 @@ Data: CSV/JSONL (media paths relative to the file) or a Hub dataset; an empty ce
 single-label (cross-entropy), multi-label (binary cross-entropy), binary, regression (MSE); several
 --label_column with one --problem_type each make a multi-task model (--loss_weights).
 
+Data beyond memory: --streaming --max_steps N reads the training rows as a stream (CSV/JSONL/parquet files, a Hub
+split, or WebDataset shards: --train_file 'shards/train-*.tar' --image_column jpg --text_column txt --label_column
+cls --class_names no yes). Label spaces come from --class_names (one single-label task), a ClassLabel column or the
+validation split; tabular and feature statistics from the stream's first 1024 usable rows; bad rows are skipped and
+counted (--max_bad_fraction); the validation/test splits are read whole (mm_hf/data/multimodal_stream.py).
+
 The test split is evaluated before training (untrained heads: the chance baseline), after, and after with each
 modality removed (`test_without_<modality>_<metric>`: what each modality contributes).
 """
@@ -60,8 +66,8 @@ def main(argv=None):
     columns, splits, spaces = load_fusion_rows(fusion_args, data_args, training_args, model_args.cache_dir)
     modalities = columns.modalities
 
-    # 3. Processor: each encoder's own processor; every image/clip decoded once before training; tabular
-    # statistics from the training split
+    # 3. Processor: each encoder's own processor; every image/clip decoded once before training (a stream: as it is
+    # read); tabular statistics from the training split (a stream: its first rows)
     encoders = model_args.encoders(modalities)
     settings = ProcessorSettings(modalities, fusion_args.max_seq_length, fusion_args.max_length_seconds)
     processor, tabular, splits, skipped = fusion_processor(
@@ -80,7 +86,7 @@ def main(argv=None):
     # 5. Trainer over inputs decoded on the fly: untrained heads evaluated, trained, evaluated again (also with
     # each modality removed)
     trainer, datasets_, measure = fusion_trainer(
-        model, processor, splits, tasks, modalities, training_args, ft_args, fusion_args
+        model, processor, splits, tasks, modalities, training_args, ft_args, fusion_args, skipped
     )
     measure = with_shifts(measure, shifts, trainer, splits, processor.transform(train=False), tasks[0].labels)
     run = train_and_evaluate(trainer, datasets_, measure, ft_args, before_label=FUSION_BEFORE_LABEL)

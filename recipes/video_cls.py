@@ -13,8 +13,9 @@ training, segment centres in evaluation), each through the vision encoder and it
 (--frame_pooling), then pooled over time (--temporal_pooling: mean, max, attention, or a small temporal
 transformer that sees frame order). The audio modality is an --audio_column of files, or with
 --audio_from_video the clip's own sound track (a clip without one counts as missing audio). Heads, tasks,
-missing modalities, ablations (`test_without_video_accuracy`, ...), outputs and card as in
-recipes/fusion_imagetext_cls.py.
+missing modalities, ablations (`test_without_video_accuracy`, ...), outputs, card and --streaming (--max_steps N;
+label spaces from --class_names or the validation split; clips decoded as they are read, bad ones skipped and
+counted) as in recipes/fusion_imagetext_cls.py.
 """
 
 import sys
@@ -89,8 +90,8 @@ def main(argv=None):
     used = set(columns.modalities) | ({"audio"} if video_args.audio_from_video else set())
     modalities = [m for m in MODALITIES if m in used]
 
-    # 3. Processor (frames through the image processor), every clip decoded once before training, tabular
-    # statistics from the training split
+    # 3. Processor (frames through the image processor), every clip decoded once before training (a stream: as it is
+    # read), tabular statistics from the training split (a stream: its first rows)
     encoders = model_args.encoders(modalities)
     settings = ProcessorSettings(
         modalities,
@@ -127,7 +128,7 @@ def main(argv=None):
     # 5. Trainer over clips decoded on the fly (a frozen encoder's outputs cached once): untrained heads evaluated,
     # trained, evaluated again, also with each of video / audio / text / tabular removed
     trainer, datasets_, measure = fusion_trainer(
-        model, processor, splits, tasks, modalities, training_args, ft_args, fusion_args
+        model, processor, splits, tasks, modalities, training_args, ft_args, fusion_args, skipped
     )
     measure = with_shifts(measure, shifts, trainer, splits, processor.transform(train=False), tasks[0].labels)
     run = train_and_evaluate(trainer, datasets_, measure, ft_args, before_label=FUSION_BEFORE_LABEL)

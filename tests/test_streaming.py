@@ -245,7 +245,7 @@ def test_validate_samples_modes_in_the_recipe_loader(digits_dir, tmp_path):
         ("clip_imagecls", ["--streaming"], "--streaming needs --max_steps"),
         ("clip_imagecls", ["--streaming", "--max_steps", "2", "--eval_strategy", "epoch"], "--eval_strategy epoch"),
         ("clip_imagecls", ["--streaming", "--max_steps", "2", "--train_val_split", "0.2"], "--train_val_split"),
-        ("fusion_imagetext_cls", ["--streaming", "--max_steps", "2"], "fusion_imagetext_cls does not stream"),
+        ("fusion_imagetext_cls", ["--max_bad_fraction", "0.5"], "--max_bad_fraction only applies with --streaming"),
         ("fusion_imagetext_cls", ["--validate_samples", "header"], "decodes every sample up front"),
     ],
 )

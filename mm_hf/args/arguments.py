@@ -89,7 +89,7 @@ class DataArguments:
             "and reused by the other processes and the next run while the files are unchanged): full decodes "
             "each, header only opens it and checks its size (a million PNGs: 60 CPU seconds, ~30 s on 2 cores), none trusts "
             "the data. With --streaming it applies to the validation/test splits; the training stream is checked "
-            "as it is read. clip_imagecls and audio_cls.",
+            "as it is read. header and none: clip_imagecls and audio_cls (the others decode every sample: full).",
             "choices": ["full", "header", "none"],
         },
     )
@@ -99,7 +99,9 @@ class DataArguments:
             "help": "Read the training split as a stream (datasets' IterableDataset: a Hub dataset, CSV/JSONL/"
             "parquet files, WebDataset .tar shards given to --train_file, e.g. 'shards/train-*.tar', or a class "
             "folder), decoded on the fly and split across processes by shard; unreadable samples are skipped, "
-            "counted and reported. Needs --max_steps. clip_imagecls and audio_cls.",
+            "counted and reported. Needs --max_steps; the validation/test splits are read whole. Every recipe (the "
+            "fusion recipes: label spaces from --class_names, a ClassLabel column or the validation split; tabular "
+            "and feature statistics from the stream's first 1024 usable rows).",
         },
     )
     shuffle_buffer_size: int = field(
@@ -111,7 +113,7 @@ class DataArguments:
         metadata={
             "help": "With --streaming: the class names, in label order, for a stream whose label column is text or "
             "an integer (a stream cannot be scanned for its classes first); a ClassLabel column or class folders "
-            "name them themselves."
+            "name them themselves. Fusion recipes: one single-label task (else the validation split's labels)."
         },
     )
     max_bad_fraction: float = field(

@@ -94,16 +94,42 @@ def load_multimodal_splits(
     Multi-task: `problem_type` a list with one problem type per label column; each column becomes a task with
     its own `labels_<column>` output column, and a dict column -> LabelSpace is returned.
     """
+    tasks = task_outputs(columns, problem_type)
+    hub = None
+    if data_args.dataset_name:
+        hub = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir)
+    raw = read_raw_splits(data_args, columns, cache_dir, ("train", "validation", "test"), hub)
+    if "train" not in raw:
+        raise DataError("no training data: pass --train_file or --dataset_name")
+    splits, space = clean_and_encode(raw, columns, tasks, skip_bad)
+    splits = hold_out_validation(splits, data_args, seed, stratify=problem_type == "single_label_classification")
+    limits = {"train": "max_train_samples", "validation": "max_eval_samples", "test": "max_predict_samples"}
+    for split, flag in limits.items():
+        n = getattr(data_args, flag)
+        if split in splits and n is not None:
+            ds = splits[split].shuffle(seed=seed) if split == "train" else splits[split]
+            splits[split] = ds.select(range(min(n, len(ds))))
+    return splits, space
+
+
+def task_outputs(columns: MultimodalColumns, problem_type: str | Sequence[str]) -> list[tuple[str, list[str], str]]:
+    """(output column, label columns, problem type) per task: `labels` for one head, `labels_<column>` per head of
+    a multi-task model; the columns and problem types checked first."""
     multi_task = not isinstance(problem_type, str)
     if multi_task and len(problem_type) != len(columns.labels):
         raise UserError(f"multi-task: one --problem_type per --label_column, got {problem_type} for {columns.labels}")
     for task_type in problem_type if multi_task else [problem_type]:
         _check_columns(columns, task_type)
+    if not multi_task:
+        return [("labels", columns.labels, problem_type)]
+    return [(f"labels_{col}", [col], task_type) for col, task_type in zip(columns.labels, problem_type, strict=True)]
+
+
+def read_raw_splits(data_args, columns: MultimodalColumns, cache_dir, names, hub=None) -> dict[str, tuple]:
+    """split -> (its rows as read, with the used columns; its source in messages) for each of `names` that
+    `--{split}_file` or the Hub dataset `hub` has."""
     raw = {}
-    hub = None
-    if data_args.dataset_name:
-        hub = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=cache_dir)
-    for split in ("train", "validation", "test"):
+    for split in names:
         if getattr(data_args, f"{split}_dir", None):
             raise DataError(f"--{split}_dir (class folders) does not apply to multimodal data; use --{split}_file")
         path = getattr(data_args, f"{split}_file")
@@ -112,9 +138,13 @@ def load_multimodal_splits(
         elif hub is not None and (name := hub_split_name(hub, split)):
             source = f"{data_args.dataset_name}[{name}]"
             raw[split] = (_select_hub_columns(hub[name], columns, source), source)
-    if "train" not in raw:
-        raise DataError("no training data: pass --train_file or --dataset_name")
+    return raw
 
+
+def clean_and_encode(raw: dict, columns: MultimodalColumns, tasks: list, skip_bad: bool, reference=None):
+    """`(splits, space)`: the `raw` splits with bad rows refused (or dropped with `skip_bad`), labels encoded per
+    task, canonical column names. The label space comes from the training split, or from `reference` (a
+    `(Dataset with the label columns, source)`: a streamed run's, `mm_hf.data.multimodal_stream`)."""
     kept, rows, sources = {}, {}, {}
     for split, (ds, source) in raw.items():
         if len(ds) == 0:
@@ -123,13 +153,10 @@ def load_multimodal_splits(
         sources[split] = source
         if len(kept[split]) == 0:
             raise DataError(f"the {split} split is empty after dropping bad rows: {source}")
-    # (output column, label columns, problem type) per task
-    tasks = (
-        [(f"labels_{col}", [col], task_type) for col, task_type in zip(columns.labels, problem_type, strict=True)]
-        if multi_task
-        else [("labels", columns.labels, problem_type)]
-    )
-    encoded = {out: encode_labels(kept, cols, pt, sources=sources, rows=rows) for out, cols, pt in tasks}
+    labelled = dict(kept)
+    if reference is not None:
+        labelled["train"], sources["train"] = reference
+    encoded = {out: encode_labels(labelled, cols, pt, sources=sources, rows=rows) for out, cols, pt in tasks}
 
     splits = DatasetDict()
     for split, ds in kept.items():
@@ -143,15 +170,9 @@ def load_multimodal_splits(
         ds = ds.rename_columns({s: t for s, t in columns.renames.items() if s != t})
         outputs = [out for out, _, _ in tasks] + ([RANKING_GROUP_KEY] if columns.group else [])
         splits[split] = ds.select_columns([*columns.renames.values(), *columns.numeric, *columns.categorical, *outputs])
-    space = {cols[0]: encoded[out][1] for out, cols, _ in tasks} if multi_task else encoded["labels"][1]
-    splits = hold_out_validation(splits, data_args, seed, stratify=problem_type == "single_label_classification")
-    limits = {"train": "max_train_samples", "validation": "max_eval_samples", "test": "max_predict_samples"}
-    for split, flag in limits.items():
-        n = getattr(data_args, flag)
-        if split in splits and n is not None:
-            ds = splits[split].shuffle(seed=seed) if split == "train" else splits[split]
-            splits[split] = ds.select(range(min(n, len(ds))))
-    return splits, space
+    if len(tasks) == 1 and tasks[0][0] == "labels":
+        return splits, encoded["labels"][1]
+    return splits, {cols[0]: encoded[out][1] for out, cols, _ in tasks}
 
 
 def check_media(
@@ -214,7 +235,7 @@ def _check_columns(columns: MultimodalColumns, problem_type: str) -> None:
 
 def _read_file(path: str, split: str, columns: MultimodalColumns, cache_dir) -> Dataset:
     ds = read_data_file(path, cache_dir, split)
-    _require_columns(ds, columns, path)
+    require_multimodal_columns(ds, columns, path)
     ds = ds.select_columns(columns.read)
     base = os.path.dirname(os.path.abspath(path))
     for modality in MEDIA_MODALITIES:  # relative to the file's folder, as in loading.py
@@ -225,7 +246,7 @@ def _read_file(path: str, split: str, columns: MultimodalColumns, cache_dir) -> 
 
 
 def _select_hub_columns(ds: Dataset, columns: MultimodalColumns, source: str) -> Dataset:
-    _require_columns(ds, columns, source)
+    require_multimodal_columns(ds, columns, source)
     ds = ds.select_columns(columns.read)
     # Decode media ourselves (robust modes, errors naming the sample) instead of in the datasets library.
     for modality in MEDIA_MODALITIES:
@@ -236,7 +257,7 @@ def _select_hub_columns(ds: Dataset, columns: MultimodalColumns, source: str) ->
     return ds
 
 
-def _require_columns(ds: Dataset, columns: MultimodalColumns, source: str) -> None:
+def require_multimodal_columns(ds: Dataset, columns: MultimodalColumns, source: str) -> None:
     roles = dict(columns.renames)
     roles.update({c: "numeric" for c in columns.numeric} | {c: "categorical" for c in columns.categorical})
     roles.update({c: "label" for c in columns.labels})

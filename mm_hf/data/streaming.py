@@ -5,9 +5,10 @@ Sources: a Hub dataset (`load_dataset(..., streaming=True)`), CSV/JSONL/parquet 
 `IterableDataset` of `STREAM_SHARDS` shards). The stream is shuffled with a buffer (`--shuffle_buffer_size`) and
 its shard order per epoch; the processes of a run each read their own shards (see `stream_training_arguments`).
 
-Samples are decoded in the data workers by the recipe's own transform (`StreamedSplit.with_transform`); one that
-cannot be used (`BadSampleError`: corrupt, truncated, missing, or a label outside the class list) is skipped and
-recorded (`SkipLog`), and at the end of training the records of every worker and process are gathered
+Samples are judged by the recipe's `prepare` (`ClassRows` here for the classifiers; `MultimodalRows` in
+multimodal_stream.py for the fusion recipes, `CaptionRows` in pairs.py for clip_retrieval) and decoded in the data
+workers by the recipe's own transform (`StreamedSplit.with_transform`); one that cannot be used (`BadSampleError`:
+corrupt, truncated, missing, or a label outside the class list) is skipped and recorded (`SkipLog`), and at the end of training the records of every worker and process are gathered
 (`StreamSkips`): the run reports them, and stops with an error when more than `--max_bad_fraction` were bad.
 
 The validation and test splits are read whole (map-style, undecoded), so every process evaluates a split of
@@ -92,9 +93,14 @@ def refuse_streaming(data_args, explicit: set[str], recipe: str) -> None:
     flags = [f"--{name}" for name in ("streaming", *STREAM_ONLY_FLAGS) if name in explicit]
     if data_args.streaming or flags:
         raise UserError(
-            f"{' '.join(flags) or '--streaming'}: {recipe} does not stream its data (clip_imagecls and audio_cls "
-            "do); drop the flag, the data is read map-style"
+            f"{' '.join(flags) or '--streaming'}: {recipe} does not stream its data (the recipes do); drop the "
+            "flag, the data is read map-style"
         )
+    require_full_validation(data_args, explicit, recipe)
+
+
+def require_full_validation(data_args, explicit: set[str], recipe: str) -> None:
+    """Refuse a --validate_samples other than full for `recipe`, which decodes every map-style sample up front."""
     if "validate_samples" in explicit and data_args.validate_samples != "full":
         raise UserError(
             f"--validate_samples {data_args.validate_samples}: {recipe} decodes every sample up front (full); "
@@ -157,7 +163,7 @@ def undecoded(ds, columns):
     return ds
 
 
-def _first_row(stream: IterableDataset, source: str) -> dict:
+def first_row(stream: IterableDataset, source: str) -> dict:
     try:
         return next(iter(stream))
     except StopIteration:
@@ -199,7 +205,8 @@ class LabelEncoder:
         return self.index[str(value)]
 
 
-def _describe(row: dict, column: str, index: int) -> str:
+def describe_row(row: dict, column: str, index: int) -> str:
+    """A row's name in messages: its file (inside its WebDataset shard), its shard and key, or its position."""
     value = row.get(column)
     path = value.get("path") if isinstance(value, dict) else value if isinstance(value, str) else None
     url = row.get("__url__")
@@ -246,31 +253,26 @@ def _too_many(bad: int, seen: int, fraction: float, examples: list, where: str) 
     )
 
 
-class SkipUnusable:
-    """A batched `IterableDataset.map` function: raw rows -> `transform`'s model inputs + `labels`, without the
-    rows whose label or sample cannot be used, which `log` records. The batch is transformed at once (so the
-    transform pads it as one); only a batch holding a bad sample is retried row by row to find it."""
+class SkipBadRows:
+    """A batched `IterableDataset.map` function: raw rows -> `transform`'s model inputs, without the rows that
+    `prepare` or `transform` find unusable (`BadSampleError`), which `log` records.
 
-    def __init__(self, transform: Callable, column: str, label_column: str, encode: LabelEncoder, log: SkipLog):
-        self.transform, self.column, self.label_column, self.encode, self.log = (
-            transform,
-            column,
-            label_column,
-            encode,
-            log,
-        )
+    `prepare(rows)` gives, per raw row, `(source, row for the transform)` or `(source, BadSampleError)`: what can
+    be judged without decoding (labels, missing files, empty captions). The usable rows are transformed at once
+    (so the transform pads the batch as one); only a batch holding a bad sample is retried row by row to find it.
+    `empty`: the output of a batch without any usable row (its keys, each with no value)."""
+
+    def __init__(self, transform: Callable, prepare: Callable, log: SkipLog, empty: dict):
+        self.transform, self.prepare, self.log, self.empty = transform, prepare, log, empty
 
     def __call__(self, batch: dict) -> dict:
         rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
         bad, good = [], []
-        for index, row in enumerate(rows):
-            source = _describe(row, self.column, index)
-            try:
-                good.append(
-                    (source, {self.column: row[self.column], "labels": self.encode(row[self.label_column], source)})
-                )
-            except BadSampleError as error:
-                bad.append((source, error.reason))
+        for source, row in self.prepare(rows):
+            if isinstance(row, BadSampleError):
+                bad.append((source, row.reason))
+            else:
+                good.append((source, row))
         try:
             out = self._transform([row for _, row in good])
         except BadSampleError:
@@ -287,24 +289,76 @@ class SkipUnusable:
 
     def _transform(self, rows: list[dict]) -> dict:
         if not rows:
-            return {"labels": []}
-        return self.transform({self.column: [r[self.column] for r in rows], "labels": [r["labels"] for r in rows]})
+            return dict(self.empty)
+        return self.transform({key: [r[key] for r in rows] for key in rows[0]})
+
+
+class ClassRows:
+    """`SkipBadRows`' `prepare` for a classifier's stream: the input `column` and its label encoded as `labels`."""
+
+    def __init__(self, column: str, label_column: str, encode: LabelEncoder):
+        self.column, self.label_column, self.encode = column, label_column, encode
+
+    def __call__(self, rows: list[dict]) -> list[tuple]:
+        prepared = []
+        for index, row in enumerate(rows):
+            source = describe_row(row, self.column, index)
+            try:
+                prepared.append(
+                    (source, {self.column: row[self.column], "labels": self.encode(row[self.label_column], source)})
+                )
+            except BadSampleError as error:
+                prepared.append((source, error))
+        return prepared
+
+
+class SkipUnusable(SkipBadRows):
+    """`SkipBadRows` for a classifier's stream (`ClassRows`)."""
+
+    def __init__(self, transform: Callable, column: str, label_column: str, encode: LabelEncoder, log: SkipLog):
+        super().__init__(transform, ClassRows(column, label_column, encode), log, {"labels": []})
 
 
 class StreamedSplit:
-    """The training split as a stream of undecoded rows (`stream`), its classes (`features["labels"]`, as a
-    map-style split's) and the `SkipLog` its decoding records to.
+    """The training split as a stream of undecoded rows (`stream`), its `features` (a classifier's: `labels` as
+    a map-style split's ClassLabel) and the `SkipLog` its decoding records to.
 
     `with_transform(transform)` is what `Dataset.with_transform` is to a map-style split: the `IterableDataset`
-    the Trainer reads, decoded on the fly by `transform`, with unusable samples skipped (`SkipUnusable`)."""
+    the Trainer reads, decoded on the fly by `transform`, with unusable samples skipped (`SkipBadRows`, rows
+    judged first by `prepare`). `head(n)`: the first `n` usable rows of the (shuffled) stream, prepared but not
+    decoded, as a map-style `Dataset`: what statistics are fitted on (tabular columns, encoder features)."""
 
-    def __init__(self, stream: IterableDataset, column: str, label_column: str, encode: LabelEncoder, log: SkipLog):
-        self.stream, self.column, self.label_column, self.encode, self.log = stream, column, label_column, encode, log
-        self.features = datasets.Features({"labels": ClassLabel(names=encode.names)})
+    def __init__(self, stream: IterableDataset, prepare: Callable, log: SkipLog, empty: dict, features=None):
+        self.stream, self.prepare, self.log, self.empty = stream, prepare, log, empty
+        self.features = features
+        self.head_check: Callable | None = None
+        self._head = None
 
     def with_transform(self, transform: Callable) -> IterableDataset:
-        skip = SkipUnusable(transform, self.column, self.label_column, self.encode, self.log)
+        skip = SkipBadRows(transform, self.prepare, self.log, self.empty)
         return self.stream.map(skip, batched=True, batch_size=DECODE_BATCH, remove_columns=self.stream.column_names)
+
+    def head(self, n: int) -> Dataset:
+        """Read on the first call; `head_check(head) -> head`, when set (e.g. dropping samples that do not
+        decode), runs once on it."""
+        if self._head is None:
+            rows = []
+            for batch in self.stream.iter(batch_size=DECODE_BATCH):
+                raw = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+                rows += [row for _, row in self.prepare(raw) if not isinstance(row, BadSampleError)]
+                if len(rows) >= n:
+                    break
+            if not rows:
+                raise DataError("no usable training row in the stream: every row read was unusable")
+            self._head = Dataset.from_list(rows[:n])
+            self._head = self.head_check(self._head) if self.head_check is not None else self._head
+        return self._head
+
+
+def classifier_stream(stream, column, label_column, encode: LabelEncoder, log: SkipLog) -> StreamedSplit:
+    """A classifier's training stream: inputs in `column`, labels encoded by `encode`."""
+    features = datasets.Features({"labels": ClassLabel(names=encode.names)})
+    return StreamedSplit(stream, ClassRows(column, label_column, encode), log, {"labels": []}, features)
 
 
 class StreamSkips(dict, TrainerCallback):
@@ -349,50 +403,25 @@ class StreamSkips(dict, TrainerCallback):
         }
 
 
-def load_stream_splits(data_args, column: str, label_column: str, cache_dir=None, seed: int = 42, input_flag=None):
-    """The training split as a `StreamedSplit` (shuffled with a buffer; `--max_train_samples` N: N samples, taken
-    by datasets from each process's shards in proportion), the validation/test splits map-style with `labels` (a ClassLabel of the stream's classes); a split
-    with a label outside the classes is refused, naming it. Classes come from `--class_names`, else the class
-    folders or the stream's ClassLabel feature."""
-    flags = {column: input_flag, label_column: "--label_column"}
-    if data_args.train_dir and data_args.train_file:
-        raise DataError("give either --train_dir or --train_file, not both")
-    hub = None
-    if data_args.train_dir:
-        rows = read_class_folder(data_args.train_dir, column, label_column)
-        folder_names = sorted(set(rows[label_column]))
-        stream = rows.to_iterable_dataset(num_shards=min(STREAM_SHARDS, len(rows)))
-        source = data_args.train_dir
-    elif data_args.train_file:
+def open_training_stream(data_args, cache_dir=None):
+    """`(stream, source, base, hub)`: `--train_file`'s files or WebDataset shards (`read_files`; `base`: the folder
+    relative media paths in a table are against) or `--dataset_name`'s train split (`hub`: the dataset's splits,
+    all streamed) as an `IterableDataset`, with its name in messages."""
+    if data_args.train_file:
         stream, base = read_files(data_args.train_file, "--train_file", cache_dir, streaming=True)
-        source, folder_names = data_args.train_file, None
-        if base is not None:  # paths in a table are relative to it
-            stream = stream.map(ResolvePaths(column, base))
-    elif data_args.dataset_name:
+        return stream, data_args.train_file, base, None
+    if data_args.dataset_name:
         hub = datasets.load_dataset(
             data_args.dataset_name, data_args.dataset_config_name, streaming=True, cache_dir=cache_dir
         )
         if "train" not in hub:
             raise DataError(f"{data_args.dataset_name} has no 'train' split; its splits are {sorted(hub)}")
-        stream, source, folder_names = hub["train"], f"{data_args.dataset_name}[train]", None
-    else:
-        raise DataError("no training data: pass --train_dir, --train_file or --dataset_name")
+        return hub["train"], f"{data_args.dataset_name}[train]", None, hub
+    raise DataError("no training data: pass --train_file or --dataset_name")
 
-    first = _first_row(stream, source)
-    require_columns(_Columns(list(first)), (column, label_column), source, flags)
-    feature = (stream.features or {}).get(label_column)
-    names = data_args.class_names or folder_names or (list(feature.names) if isinstance(feature, ClassLabel) else None)
-    if not names:
-        raise DataError(
-            f"{source}: the labels in column {label_column!r} are {type(first[label_column]).__name__}s, and a "
-            "stream cannot be read through first to list its classes: name them, in label order, with "
-            "--class_names (e.g. --class_names cat dog)"
-        )
-    keep = [column, label_column] + [c for c in ("__key__", "__url__") if c in first]
-    stream = stream.select_columns(keep)
-    media = (stream.features or {}).get(column)
-    if isinstance(media, datasets.Image | datasets.Audio):  # decoded by the recipe's transform, with its checks
-        stream = stream.cast_column(column, type(media)(decode=False))
+
+def shuffled(stream: IterableDataset, data_args, seed: int, source: str) -> IterableDataset:
+    """The training stream cut to `--max_train_samples` and shuffled with a buffer (and its shard order)."""
     if data_args.max_train_samples is not None:
         stream = stream.take(data_args.max_train_samples)
     stream = stream.shuffle(seed=seed, buffer_size=data_args.shuffle_buffer_size)
@@ -402,10 +431,53 @@ def load_stream_splits(data_args, column: str, label_column: str, cache_dir=None
             "(split it into several files, e.g. WebDataset shards, to let each process read its own)",
             source,
         )
+    return stream
+
+
+def read_whole(stream: IterableDataset, cache_dir=None) -> Dataset:
+    """A (small) streamed split read whole, map-style: an evaluation split of a streamed Hub dataset. Read once (on
+    the main process first: the others reuse datasets' cache of it)."""
+    return Dataset.from_generator(_rows, gen_kwargs={"stream": stream}, features=stream.features, cache_dir=cache_dir)
+
+
+def load_stream_splits(data_args, column: str, label_column: str, cache_dir=None, seed: int = 42, input_flag=None):
+    """The training split as a `StreamedSplit` (shuffled with a buffer; `--max_train_samples` N: N samples, taken
+    by datasets from each process's shards in proportion), the validation/test splits map-style with `labels` (a ClassLabel of the stream's classes); a split
+    with a label outside the classes is refused, naming it. Classes come from `--class_names`, else the class
+    folders or the stream's ClassLabel feature."""
+    flags = {column: input_flag, label_column: "--label_column"}
+    if data_args.train_dir and data_args.train_file:
+        raise DataError("give either --train_dir or --train_file, not both")
+    if not (data_args.train_dir or data_args.train_file or data_args.dataset_name):
+        raise DataError("no training data: pass --train_dir, --train_file or --dataset_name")
+    if data_args.train_dir:
+        rows = read_class_folder(data_args.train_dir, column, label_column)
+        folder_names = sorted(set(rows[label_column]))
+        stream = rows.to_iterable_dataset(num_shards=min(STREAM_SHARDS, len(rows)))
+        source, hub = data_args.train_dir, None
+    else:
+        stream, source, base, hub = open_training_stream(data_args, cache_dir)
+        folder_names = None
+        if base is not None:  # paths in a table are relative to it
+            stream = stream.map(ResolvePaths(column, base))
+
+    first = first_row(stream, source)
+    require_columns(ColumnNames(list(first)), (column, label_column), source, flags)
+    feature = (stream.features or {}).get(label_column)
+    names = data_args.class_names or folder_names or (list(feature.names) if isinstance(feature, ClassLabel) else None)
+    if not names:
+        raise DataError(
+            f"{source}: the labels in column {label_column!r} are {type(first[label_column]).__name__}s, and a "
+            "stream cannot be read through first to list its classes: name them, in label order, with "
+            "--class_names (e.g. --class_names cat dog)"
+        )
+    keep = [column, label_column] + [c for c in ("__key__", "__url__") if c in first]
+    # decoded by the recipe's transform, with its checks
+    stream = shuffled(undecoded(stream.select_columns(keep), [column]), data_args, seed, source)
 
     encode = LabelEncoder(names, feature)
     log = SkipLog(tempfile.mkdtemp(prefix="mm_hf_stream_skips_"), data_args.max_bad_fraction)
-    splits = {"train": StreamedSplit(stream, column, label_column, encode, log)}
+    splits = {"train": classifier_stream(stream, column, label_column, encode, log)}
     limits = {"validation": data_args.max_eval_samples, "test": data_args.max_predict_samples}
     for split in ("validation", "test"):
         loaded = _evaluation_split(data_args, split, column, label_column, cache_dir, flags, hub)
@@ -424,8 +496,8 @@ def load_stream_splits(data_args, column: str, label_column: str, cache_dir=None
     return splits
 
 
-class _Columns:
-    """What `require_columns` reads of a dataset: its column names."""
+class ColumnNames:
+    """What `require_columns` reads of a dataset: its column names (a stream's, from its first row)."""
 
     def __init__(self, names):
         self.column_names = names
@@ -455,8 +527,7 @@ def _evaluation_split(data_args, split, column, label_column, cache_dir, flags, 
         if isinstance(media, datasets.Image | datasets.Audio):
             stream = stream.cast_column(column, type(media)(decode=False))
         # Read whole once (on the main process first: the others reuse datasets' cache of it).
-        ds = Dataset.from_generator(_rows, gen_kwargs={"stream": stream}, features=stream.features, cache_dir=cache_dir)
-        return ds, f"{data_args.dataset_name}[{name}]"
+        return read_whole(stream, cache_dir), f"{data_args.dataset_name}[{name}]"
     return None
 
 
