@@ -52,6 +52,17 @@ def is_unfinished(output_dir: str) -> bool:
     return os.path.isfile(os.path.join(output_dir, UNFINISHED_MARKER))
 
 
+def refuse_unfinished(path: str, use: str) -> None:
+    """Refuse to `use` (e.g. "export") the output folder of a run still marked unfinished: the model files it holds,
+    if any, may be half-written or an earlier run's (a run restarted in the same folder was killed)."""
+    if os.path.isdir(path) and is_unfinished(path):
+        raise UserError(
+            f"{path} holds an unfinished run ({UNFINISHED_MARKER}: training was interrupted, crashed or is still "
+            f"running), so its model files may be partial or an earlier run's. Finish it (rerun the recipe with the "
+            f"same flags plus --resume_from_checkpoint auto), or {use} one of its checkpoint-* folders instead"
+        )
+
+
 def checkpoint_problem(path: str) -> str | None:
     """Why `path` is not a complete Trainer checkpoint, or None when it is one."""
     if not os.path.isdir(path):

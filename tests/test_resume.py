@@ -4,6 +4,7 @@ marked and refused by mm_hf.publish; result files are replaced whole or not at a
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,9 @@ from transformers import TrainingArguments
 from mm_hf.args import FinetuneArguments
 from mm_hf.atomic_files import atomic_write
 from mm_hf.errors import UserError
+from mm_hf.evaluate.candidates import inspect_model
+from mm_hf.export.checkpoints import inspect_checkpoint
+from mm_hf.index.encoder import Embedder
 from mm_hf.publish import PublishError, publish
 from mm_hf.run import start_run
 from mm_hf.run_folder import UNFINISHED_MARKER, checkpoint_problem, is_unfinished, mark_unfinished, resolve_resume
@@ -162,3 +166,20 @@ def test_atomic_write_leaves_the_old_file_whole_when_interrupted(tmp_path):
     with atomic_write(path) as f:
         f.write('{"test_accuracy": 0.75}')
     assert json.loads(path.read_text()) == {"test_accuracy": 0.75}
+
+
+@pytest.mark.parametrize("use", ["evaluate", "predict", "export", "index"])
+def test_a_folder_marked_unfinished_is_refused_even_with_a_config_json(tiny_vtde, tmp_path, use):
+    """A run restarted into a finished run's folder and killed leaves the old config.json and weights next to the
+    marker: every reader refuses it by name instead of loading the earlier run's model."""
+    folder = tmp_path / "run"
+    shutil.copytree(tiny_vtde, folder)
+    mark_unfinished(str(folder))
+    read = {
+        "evaluate": lambda: inspect_model("m", str(folder), {}),
+        "predict": lambda: inspect_model(None, str(folder), {}, allow_video=True),
+        "export": lambda: inspect_checkpoint(str(folder)),
+        "index": lambda: Embedder(str(folder)),
+    }[use]
+    with pytest.raises(UserError, match=rf"{folder} holds an unfinished run \({UNFINISHED_MARKER}.*resume_from"):
+        read()

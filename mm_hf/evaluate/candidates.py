@@ -38,6 +38,7 @@ from ..models import (
 from ..models.clip_classifier import is_audio_text_config
 from ..models.configuration_audio_classifier import AudioClassifierConfig
 from ..models.configuration_clip_classifier import ClapClassifierConfig, ClipClassifierConfig
+from ..run_folder import refuse_unfinished
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,9 @@ def _read(path: str, name: str, loader):
 
 def check_finished_run(path: str) -> None:
     """Refuse a local folder without config.json, naming what it holds: the output folder of an unfinished run (only
-    Trainer's checkpoint-* folders, each loadable on its own) or no checkpoint at all."""
+    Trainer's checkpoint-* folders, each loadable on its own) or no checkpoint at all; and a folder still marked as an
+    unfinished run (mm_hf.run_folder), whatever it holds."""
+    refuse_unfinished(path, "pass")
     if not os.path.isdir(path) or os.path.isfile(os.path.join(path, "config.json")):
         return
     checkpoints = sorted(

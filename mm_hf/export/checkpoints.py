@@ -29,6 +29,7 @@ from ..models import load_finetuned
 from ..models.clip_classifier import is_audio_text_config
 from ..models.configuration_audio_classifier import AudioClassifierConfig
 from ..models.configuration_clip_classifier import ClapClassifierConfig, ClipClassifierConfig
+from ..run_folder import refuse_unfinished
 from .onnx import ExportSpec, NamedInputs, classifier_logits, tower_embedding
 
 MM_HF_CLASSIFIERS = {
@@ -55,6 +56,7 @@ def inspect_checkpoint(path: str) -> Checkpoint:
     """What `path` is, without loading weights; a UserError naming the folder when it cannot be exported."""
     if not os.path.isdir(path):
         raise UserError(f"CHECKPOINT {path}: no such folder (export reads a local model folder)")
+    refuse_unfinished(path, "export")
     config_file = os.path.join(path, "config.json")
     if not os.path.isfile(config_file):
         checkpoints = sorted(glob.glob(os.path.join(path, "checkpoint-*")), key=_step)

@@ -21,6 +21,7 @@ from ..feature_cache import progress
 from ..models import ContrastiveDualEncoderModel
 from ..models.text_length import text_max_length
 from ..retrieval import build_media, embed_media, embed_texts, load_dual_encoder, resolve_modality
+from ..run_folder import refuse_unfinished
 
 # How an item is embedded: its media (image/clip), its caption, or both (mean of the two unit vectors).
 EMBED_CHOICES = ("media", "caption", "both")
@@ -68,6 +69,7 @@ class Embedder:
         num_workers: int = 0,
         device: str | None = None,
     ):
+        refuse_unfinished(model_path, "index")
         try:
             model, processor, _ = load_dual_encoder(model_path)
         except (OSError, ValueError) as e:
