@@ -23,8 +23,13 @@ one already saved into config.json's `calibration_temperature` `{head: T}`) and 
 `calibration_temperature_scaled`. One head: these keys hold the head's values as a classifier's do; several heads:
 each is `{head name: value or null}`. Plots: `plots/reliability_<model>[_<head>].png` (test set), listed in `plots`.
 
+Error bars, comparisons and cost as for classifiers (`scoring.head_confidence_intervals` / `head_paired_tests`,
+`cost.py`): per set 95 % bootstrap CIs of each head's headline metric (and accuracy / macro F1 of classification
+heads) over resampled rows, a ranking head's over resampled groups; McNemar and paired bootstrap tests between every
+two models on the same rows; parameters, weight size, latency on real test batches, peak RSS.
+
 Scope: any heads (a multi-task model's metrics `<task>_`-prefixed, as its run's `test_<task>_*`). Logits are kept
-whole per set (N x outputs), as the recipes' Trainer evaluation does. Under `accelerate launch -m mm_hf.evaluate`
+whole per set (N x outputs), as the recipes' Trainer evaluation does, and every model's until the paired tests. Under `accelerate launch -m mm_hf.evaluate`
 every pass (each set, each modality missing, each corruption and severity, the calibration set) is split across the
 processes and gathered in row order (`head_outputs`); the metrics, temperature fits and files are the main
 process's. `--corruptions` corrupt the image / text / audio columns and a video column's decoded frames
@@ -574,7 +579,7 @@ def _calibration_markdown(evaluation: dict) -> str:
 
 def _comparison_markdown(evaluation: dict) -> str:
     """evaluation.md's error bars of every bootstrapped metric, the paired tests per set, and the cost table."""
-    out = ["\n## Bootstrap confidence intervals (95 %)\n"]
+    out = ["\n## Bootstrap confidence intervals (95 %)\n\n"]
     rows = []
     for name, entry in evaluation["models"].items():
         for set_name, scored in entry["sets"].items():
