@@ -29,11 +29,11 @@ heads) over resampled rows, a ranking head's over resampled groups; McNemar and 
 two models on the same rows; parameters, weight size, latency on real test batches, peak RSS.
 
 Scope: any heads (a multi-task model's metrics `<task>_`-prefixed, as its run's `test_<task>_*`). Logits are kept
-whole per set (N x outputs), as the recipes' Trainer evaluation does, and every model's until the paired tests. Under `accelerate launch -m mm_hf.evaluate`
-every pass (each set, each modality missing, each corruption and severity, the calibration set) is split across the
-processes and gathered in row order (`head_outputs`); the metrics, temperature fits and files are the main
-process's. `--corruptions` corrupt the image / text / audio columns and a video column's decoded frames
-(`fusion_corruption_sweep`).
+whole per set (N x outputs), as the recipes' Trainer evaluation does, and every model's until the paired tests.
+Under `accelerate launch -m mm_hf.evaluate` every pass (each set, each modality missing, each corruption and
+severity, the calibration set) is split across the processes and gathered in row order (`head_outputs`); the
+metrics, error bars, paired tests, temperature fits and files are the main process's. `--corruptions` corrupt the
+image / text / audio columns and a video column's decoded frames (`fusion_corruption_sweep`).
 """
 
 from __future__ import annotations
@@ -589,8 +589,8 @@ def _comparison_markdown(evaluation: dict) -> str:
     out.append(markdown_table(["model", "set", "metric", "estimate [95 % CI]", "resampled", "units"], rows))
     for set_name, pairs in (evaluation.get("paired_tests") or {}).items():
         if pairs:
-            out.append(f"\nPaired tests on {set_name} (B − A; McNemar two-sided, paired bootstrap one-sided \"B beats "
-                       "A\", lower is better for rmse):\n\n" + markdown_table(*_paired_rows(pairs)))  # fmt: skip
+            out.append(f"\nPaired tests on {set_name} (B − A; McNemar two-sided, paired bootstrap one-sided "
+                       "\"B beats A\", lower is better for rmse):\n\n" + markdown_table(*_paired_rows(pairs)))  # fmt: skip
     out.append("\n## Cost\n\n" + cost_table(evaluation["models"]))
     return "".join(out)
 

@@ -201,8 +201,8 @@ def temperature_section(rows: list[list], model_header: str = "model") -> str:
 
 def calibration_table(rows: list[list], first: tuple[str, ...] = ("model",)) -> str:
     """A table of calibration summaries: rows `[*first, calibration dict]` -> `first` columns, ECE, NLL, Brier."""
-    return markdown_table([*first, "ECE", "NLL", "Brier"], [[*row[:-1], row[-1]["ece"], row[-1]["nll"], row[-1]["brier"]]
-                                                    for row in rows])  # fmt: skip
+    rows = [[*row[:-1], row[-1]["ece"], row[-1]["nll"], row[-1]["brier"]] for row in rows]
+    return markdown_table([*first, "ECE", "NLL", "Brier"], rows)
 
 
 def reliability_plot(output_dir: str, name: str, calibration: dict, set_name: str = "test") -> str:
