@@ -291,8 +291,12 @@ def evaluate_retrieval(
     prefix: str = "",
     cache_dir: str | None = None,
     progress_bars: bool = False,
+    ranks: bool = False,
 ) -> dict:
     """Media→text and text→media Recall@1/5/10, median and mean rank over every caption of `dataset`.
+
+    `ranks`: also each query's rank (`{prefix}<modality>_to_text_ranks` per item, `{prefix}text_to_<modality>_ranks`
+    per caption, int arrays), from which mm_hf.evaluate bootstraps the recalls over queries.
 
     Keys name the modality: `{prefix}image_to_text_recall@1`, or `{prefix}audio_to_text_recall@1`, ...
     In a distributed run call it on every process: the embedding passes are split across them, the ranking is
@@ -313,7 +317,11 @@ def evaluate_retrieval(
     if process_group()[0] != 0:
         return {}
     scores = load_metric("retrieval").compute(
-        predictions=text_embeds.numpy(), references=owners, media_embeds=items.numpy(), modality=media.name
+        predictions=text_embeds.numpy(),
+        references=owners,
+        media_embeds=items.numpy(),
+        modality=media.name,
+        return_ranks=ranks,
     )
     return {f"{prefix}{k}": v for k, v in scores.items()}
 

@@ -276,7 +276,7 @@ def test_fusion_run_equals_its_own_test_numbers_with_each_modality_missing(tmp_p
     ])  # fmt: skip
     argv = ["--model", f"fusion={run}", "--test_file", data["test"], "--ood", f"val={data['validation']}",
             "--output_dir", str(tmp_path / "eval"), "--dataloader_num_workers", "0", "--disable_tqdm",
-            "--per_device_eval_batch_size", "5"]  # fmt: skip
+            "--per_device_eval_batch_size", "5", "--latency_runs", "0"]  # fmt: skip
     result = main([*argv, "--corruptions", "typos,gaussian_noise", "--severities", "5", "--seed", "3"])
     entry = result["models"]["fusion"]
     assert result["modality"] == "fusion" and result["modalities"] == ["image", "text"]

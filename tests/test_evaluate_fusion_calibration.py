@@ -87,7 +87,7 @@ def _tabular_run(path, tasks: list[dict], sizes=(300, 300), seed=0):
 
 def _evaluate(run, files, out, *extra):
     return main(["--model", f"run={run}", "--test_file", files["test"], "--output_dir", str(out),
-                 "--dataloader_num_workers", "0", "--disable_tqdm", *extra])  # fmt: skip
+                 "--dataloader_num_workers", "0", "--disable_tqdm", "--latency_runs", "0", *extra])  # fmt: skip
 
 
 def _labels(file, column):

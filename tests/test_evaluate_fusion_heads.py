@@ -16,7 +16,7 @@ def encoders(tmp_path_factory):
 
 def evaluate(run, test_file, out, *extra):
     return main(["--model", f"run={run}", "--test_file", test_file, "--output_dir", str(out),
-                 "--dataloader_num_workers", "0", "--disable_tqdm", "--per_device_eval_batch_size", "4", *extra])  # fmt: skip
+                 "--dataloader_num_workers", "0", "--disable_tqdm", "--per_device_eval_batch_size", "4", "--latency_runs", "0", *extra])  # fmt: skip
 
 
 COMMON = ["--do_train", "--do_predict", "--use_cpu", "true", "--max_steps", "2", "--per_device_train_batch_size", "4",

@@ -58,7 +58,7 @@ def test_corrupted_captions_are_seeded_per_item_and_nest_with_severity():
 
 def test_image_corruptions_of_the_items_are_reported_per_recall(tiny_vtde, digits_dir, tmp_path):
     evaluation = main(["--retrieval", "--model", f"zs={tiny_vtde}", "--test_dir", str(digits_dir / "test"),
-                       "--output_dir", str(tmp_path), "--dataloader_num_workers", "0", "--disable_tqdm",
+                       "--output_dir", str(tmp_path), "--dataloader_num_workers", "0", "--disable_tqdm", "--latency_runs", "0",
                        "--corruptions", "pixelate,typos", "--severities", "1,5"])  # fmt: skip
     entry = evaluation["models"]["zs"]
     assert evaluation["corruptions"]["names"] == ["pixelate", "typos"]

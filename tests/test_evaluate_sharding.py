@@ -24,7 +24,8 @@ from mm_hf.evaluate.fusion import head_outputs, load_fusion, read_set
 from mm_hf.models.tiny import build_tiny_encoders
 
 # Keys that name the run rather than measure it: the command line and the process count differ by design.
-RUN_KEYS = ("command", "processes")
+# What describes the run rather than the evaluation: `cost` holds this process's peak RSS (and timings).
+RUN_KEYS = ("command", "processes", "cost")
 
 
 def _pass_on_one_of_two(rank, rendezvous, model, dataset, transform, tasks, out):

@@ -62,6 +62,22 @@ evaluation.json keys (schema_version 1; stable: new keys may be added, these kee
 - `paired_tests.<set>."<A> vs <B>"`: `mcnemar` `{a_only, b_only, p_value, p_value_b_better}`,
   `paired_bootstrap_accuracy` / `paired_bootstrap_macro_f1` `{estimate_a, estimate_b, difference, p_value}`;
 - `failed.<name>`: why a model could not be loaded (the others are still evaluated).
+
+Fusion/video and --retrieval evaluations carry the same three keys, computed on the main process from the gathered
+outputs (`scoring.py`, `cost.py`); every interval there adds `resampled` ("rows" | "groups" | "queries") and `units`:
+- fusion `models.<name>.sets.<set>.confidence_intervals.<metric>`: the headline metric of each head, plus accuracy and
+  macro_f1 of single-label heads (accuracy of a binary one, macro_f1 of a multi-label one), keyed as `metrics`
+  (`<task>_`-prefixed for several heads); rows resampled, a ranking head's groups (`ndcg@<largest K>`, `mrr`, each
+  group's value resampled; groups without a relevant row are not ranked, as in the metrics);
+  `paired_tests.<set>."<A> vs <B>"`: `mcnemar` (`mcnemar_<task>` with several heads; single-label heads) and
+  `paired_bootstrap_<metric key>` `{estimate_a, estimate_b, difference, p_value}` (one-sided "B beats A"; for rmse
+  "B lower"); `models.<name>.cost` as a classifier's (latency on real test batches through the model's processor);
+- retrieval `models.<name>.sets.test.confidence_intervals.<recall key>` for the four Recall@1/5 (`recall_keys`:
+  the queries resampled, the gallery whole: items for <media>_to_text, captions for text_to_<media>);
+  `paired_tests.test."<A> vs <B>".paired_bootstrap_<recall key>`; `models.<name>.cost`: `total_params`,
+  `requires_grad_params`, `trainable_params`, `disk_bytes`, `towers.<image|audio|text>` `{params, latency.batch_<1|32>
+  {p50_s, p95_s, throughput_per_s}}` (embedding a batch of real test items / captions), `peak_rss_bytes`.
+With `--latency_runs 0` no `latency` key is written, in every mode.
 """
 
 from .cli import main

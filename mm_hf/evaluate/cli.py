@@ -32,7 +32,7 @@ from ..metrics.robustness import effective_robustness, fit_id_ood_line, line_acc
 from ..metrics.streaming import ClassificationMetrics
 from . import candidates as cands
 from .card import eval_results, update_card
-from .cost import disk_bytes, measure_latency, parameter_counts, peak_memory, reset_peak_memory
+from .cost import measure_latency, model_cost, peak_memory, reset_peak_memory
 from .fusion import evaluate_fusion
 from .processes import inference_processes, main_process_first, process_rank
 from .report import evaluation_record, write_outputs
@@ -259,11 +259,7 @@ def main(argv=None) -> dict | None:
                 model, indexed_test, transform, permutation, metrics, corruption_names, severities,
                 modality=candidate.modality, column=column, seed=args.seed, name=name, **run,
             )  # fmt: skip
-        entry["cost"] = {
-            **parameter_counts(model),
-            "trainable_params": _trainable(candidate, model),
-            "disk_bytes": disk_bytes(candidate.path),
-        }
+        entry["cost"] = model_cost(candidate, model)
         if candidate.saved_as == "adapter":
             entry["cost"]["base_model"] = candidate.model.peft_config["default"].base_model_name_or_path
         if args.latency_runs > 0 and is_main:  # timed once, by the main process
@@ -454,13 +450,3 @@ def _id_ood_lines(results: dict, ood_sources: dict, baseline_flag: str | None) -
 def _robustness_input(entry: dict):
     accuracies = {name: list(per.values()) for name, per in entry["corruptions"].items()}
     return entry["sets"]["test"]["metrics"]["accuracy"], accuracies
-
-
-def _trainable(candidate, model) -> int:
-    """Parameters fine-tuning trained: the run's record for an mm-hf folder, 0 for zero-shot, else all of them."""
-    recorded = (candidate.run_info.get("trainable") or {}).get("trainable_params")
-    if recorded is not None:
-        return int(recorded)
-    if candidate.kind == "zero-shot":
-        return 0
-    return int(sum(p.numel() for p in model.parameters()))

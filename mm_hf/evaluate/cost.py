@@ -67,26 +67,37 @@ def _peak_rss() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
 
 
-@torch.no_grad()
-def measure_latency(
-    model, dataset, transform, device: torch.device, batch_sizes=LATENCY_BATCH_SIZES, warmup: int = 3, runs: int = 10
-) -> dict:
-    """Forward-pass latency per batch (p50/p95 seconds over `runs` after `warmup`) and throughput (samples/s).
+def trainable_params(candidate, model) -> int:
+    """Parameters fine-tuning trained: the run's record for an mm-hf folder, 0 for zero-shot, else all of them."""
+    recorded = (candidate.run_info.get("trainable") or {}).get("trainable_params")
+    if recorded is not None:
+        return int(recorded)
+    if candidate.kind == "zero-shot":
+        return 0
+    return int(sum(p.numel() for p in model.parameters()))
 
-    The batch is real test samples (repeated when the set is smaller), transformed once beforehand: only the model is
-    timed, not decoding. Returns {"batch_<b>": {"p50_s", "p95_s", "throughput_per_s"}}.
-    """
+
+def model_cost(candidate, model) -> dict:
+    """evaluation.json's `cost` without latency and memory: total / requires-grad / trained parameters, weight bytes."""
+    return {**parameter_counts(model), "trainable_params": trainable_params(candidate, model),
+            "disk_bytes": disk_bytes(candidate.path)}  # fmt: skip
+
+
+@torch.no_grad()
+def time_calls(call, batch_of, device: torch.device, batch_sizes=LATENCY_BATCH_SIZES, warmup: int = 3,
+               runs: int = 10) -> dict:  # fmt: skip
+    """Latency of `call(batch_of(b))` per batch size b (p50/p95 seconds over `runs` after `warmup`) and throughput
+    (samples/s): `{"batch_<b>": {"p50_s", "p95_s", "throughput_per_s"}}`. The batch is built once, outside the
+    timing: only `call` is timed (a forward pass, one tower's embedding), not decoding."""
     out = {}
     for batch_size in batch_sizes:
-        rows = dataset.select([i % len(dataset) for i in range(batch_size)]).with_transform(transform)
-        batch = default_data_collator([rows[i] for i in range(batch_size)])
-        inputs = {k: v.to(device) for k, v in batch.items() if k != "labels" and isinstance(v, torch.Tensor)}
+        inputs = batch_of(batch_size)
         times = []
         for step in range(warmup + runs):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-            model(**inputs)
+            call(inputs)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if step >= warmup:
@@ -94,3 +105,22 @@ def measure_latency(
         p50, p95 = np.percentile(times, [50, 95])
         out[f"batch_{batch_size}"] = {"p50_s": float(p50), "p95_s": float(p95), "throughput_per_s": batch_size / p50}
     return out
+
+
+def real_batch(dataset, transform, batch_size: int) -> dict:
+    """`batch_size` real rows of `dataset` (repeated when it is smaller) through `transform`, collated."""
+    rows = dataset.select([i % len(dataset) for i in range(batch_size)]).with_transform(transform)
+    return default_data_collator([rows[i] for i in range(batch_size)])
+
+
+def measure_latency(model, dataset, transform, device: torch.device, batch_sizes=LATENCY_BATCH_SIZES,
+                    warmup: int = 3, runs: int = 10, not_inputs=("labels",)) -> dict:  # fmt: skip
+    """Forward-pass latency of `model` on real test batches through `transform` (`time_calls`); batch keys starting
+    with one of `not_inputs` (labels, a fusion head's `labels_<task>`, a ranking run's group ids) are not passed."""
+
+    def batch_of(batch_size: int) -> dict:
+        batch = real_batch(dataset, transform, batch_size)
+        return {k: v.to(device) for k, v in batch.items()
+                if isinstance(v, torch.Tensor) and not k.startswith(tuple(not_inputs))}  # fmt: skip
+
+    return time_calls(lambda inputs: model(**inputs), batch_of, device, batch_sizes, warmup, runs)

@@ -23,16 +23,22 @@ one already saved into config.json's `calibration_temperature` `{head: T}`) and 
 `calibration_temperature_scaled`. One head: these keys hold the head's values as a classifier's do; several heads:
 each is `{head name: value or null}`. Plots: `plots/reliability_<model>[_<head>].png` (test set), listed in `plots`.
 
+Error bars, comparisons and cost as for classifiers (`scoring.head_confidence_intervals` / `head_paired_tests`,
+`cost.py`): per set 95 % bootstrap CIs of each head's headline metric (and accuracy / macro F1 of classification
+heads) over resampled rows, a ranking head's over resampled groups; McNemar and paired bootstrap tests between every
+two models on the same rows; parameters, weight size, latency on real test batches, peak RSS.
+
 Scope: any heads (a multi-task model's metrics `<task>_`-prefixed, as its run's `test_<task>_*`). Logits are kept
-whole per set (N x outputs), as the recipes' Trainer evaluation does. Under `accelerate launch -m mm_hf.evaluate`
-every pass (each set, each modality missing, each corruption and severity, the calibration set) is split across the
-processes and gathered in row order (`head_outputs`); the metrics, temperature fits and files are the main
-process's. `--corruptions` corrupt the image / text / audio columns and a video column's decoded frames
-(`fusion_corruption_sweep`).
+whole per set (N x outputs), as the recipes' Trainer evaluation does, and every model's until the paired tests.
+Under `accelerate launch -m mm_hf.evaluate` every pass (each set, each modality missing, each corruption and
+severity, the calibration set) is split across the processes and gathered in row order (`head_outputs`); the
+metrics, error bars, paired tests, temperature fits and files are the main process's. `--corruptions` corrupt the
+image / text / audio columns and a video column's decoded frames (`fusion_corruption_sweep`).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import numpy as np
@@ -53,9 +59,19 @@ from ..metrics.tasks import compute_ranking_metrics, compute_task_metrics
 from ..processing import MultimodalProcessor
 from .candidates import write_config_key
 from .card import eval_results, update_card
+from .cost import measure_latency, model_cost, peak_memory, reset_peak_memory
 from .processes import main_process_first, process_rank
-from .report import calibration_table, evaluation_record, reliability_plot, temperature_section, write_evaluation
-from .scoring import INDEX_COLUMN
+from .report import (
+    calibration_table,
+    cost_table,
+    evaluation_record,
+    markdown_table,
+    reliability_plot,
+    temperature_section,
+    with_ci,
+    write_evaluation,
+)
+from .scoring import INDEX_COLUMN, head_confidence_intervals, head_paired_tests
 
 # The metric each problem type is summarised by (table, relative score of a missing modality).
 HEADLINE = {
@@ -401,7 +417,9 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
             return read_set(path, columns, problem_type, task, args.cache_dir, data_args, sampling_rate)
 
     results, sets_info, to_save = {}, {}, []
+    kept = {}  # the main process's head_outputs per set and model: the paired tests compare them row by row
     for candidate in candidates:
+        reset_peak_memory(device)
         try:
             model, processor = load_fusion(candidate.path, device)
         except Exception as error:  # noqa: BLE001 (reported; the others are still evaluated)
@@ -446,7 +464,12 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
                 )  # fmt: skip
             if not is_main:  # every process took part in the passes; the numbers are the main process's to report
                 continue
-            scored = {"samples": len(dataset), "metrics": outputs_metrics(task, outputs, ranking_ks)}
+            scored = {"samples": len(dataset), "metrics": outputs_metrics(task, outputs, ranking_ks),
+                      "confidence_intervals": head_confidence_intervals(tasks, outputs, ranking_ks,
+                                                                        args.num_resamples, args.seed)}  # fmt: skip
+            kept.setdefault(set_name, {})[candidate.name] = outputs
+            if set_name == "test":
+                test_set = dataset
             scored.update(set_calibration(tasks, heads, outputs, temperatures))
             if missing is not None:
                 clean = scored["metrics"].get(headline)
@@ -461,6 +484,11 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
                 entry["corruption_metrics"] = sweep
                 lower_is_better = tasks[0]["problem_type"] == "regression"
                 entry["robustness"] = sweep_summary(scored["metrics"], sweep, headline, lower_is_better)
+        entry["cost"] = model_cost(candidate, model)
+        if args.latency_runs > 0 and is_main:  # timed once, by the main process, on real test batches
+            entry["cost"]["latency"] = measure_latency(model, test_set, transform, device, runs=args.latency_runs,
+                                                       not_inputs=("labels", RANKING_GROUP_KEY))  # fmt: skip
+        entry["cost"].update(peak_memory(device))
         results[candidate.name] = entry
         del model
     if not results:
@@ -469,17 +497,23 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
         return None
     for candidate, saved, fits in to_save:
         save_fusion_temperatures(candidate, saved, fits)
+    paired = {
+        set_name: {f"{a} vs {b}": head_paired_tests(tasks, by_model[a], by_model[b], ranking_ks, args.num_resamples,
+                                                    args.seed) for a, b in itertools.combinations(results, 2)}
+        for set_name, by_model in kept.items()
+    }  # fmt: skip
     evaluation = evaluation_record(
         command=command, modality="fusion", device=device, processes=world_size, sets=sets_info,
         corruptions=corruptions, severities=severities, seed=args.seed, models=results, failed=failed,
-        modalities=modalities, problem_type=problem_type, headline=headline, ranking_ks=ranking_ks,
+        modalities=modalities, problem_type=problem_type, headline=headline, ranking_ks=ranking_ks, paired_tests=paired,
         label_names=task["labels"] if len(tasks) == 1 else {t["name"]: t["labels"] for t in tasks},
     )  # fmt: skip
     evaluation["plots"] = reliability_plots(args.output_dir, results, tasks)
     if args.update_card:  # a fusion checkpoint is always a local mm-hf folder (it needs its run_config.yaml)
         for name, entry in results.items():
             entry["card"] = update_card(entry["path"], eval_results(evaluation, name))
-    path = write_evaluation(args.output_dir, evaluation, _markdown(evaluation) + _calibration_markdown(evaluation))
+    markdown = _markdown(evaluation) + _calibration_markdown(evaluation) + _comparison_markdown(evaluation)
+    path = write_evaluation(args.output_dir, evaluation, markdown)
     print(f"Evaluated {', '.join(results)} on {', '.join(sets_info)}: {path}")
     return evaluation
 
@@ -487,12 +521,12 @@ def evaluate_fusion(candidates, args, data_args, ood_sources: dict, failed: dict
 def _markdown(evaluation: dict) -> str:
     headline = evaluation["headline"]
     modalities = evaluation["modalities"] if len(evaluation["modalities"]) > 1 else []
-    header = ["model", "set", headline, *(f"{headline} without {m}" for m in modalities)]
+    header = ["model", "set", f"{headline} [95 % CI]", *(f"{headline} without {m}" for m in modalities)]
     lines = [f"# Fusion evaluation ({evaluation['problem_type']})\n", "| " + " | ".join(header) + " |",
              "| " + " | ".join("---" for _ in header) + " |"]  # fmt: skip
     for name, entry in evaluation["models"].items():
         for set_name, scored in entry["sets"].items():
-            row = [name, set_name, scored["metrics"].get(headline)]
+            row = [name, set_name, with_ci(scored["metrics"], scored["confidence_intervals"], headline)]
             row += [scored["missing_modality"][m].get(headline) for m in modalities]
             lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |")
     sweep = evaluation.get("corruptions")
@@ -541,3 +575,34 @@ def _calibration_markdown(evaluation: dict) -> str:
     if scaled:
         out += temperature_section(scaled, "model" if not heads else "model / head")
     return out
+
+
+def _comparison_markdown(evaluation: dict) -> str:
+    """evaluation.md's error bars of every bootstrapped metric, the paired tests per set, and the cost table."""
+    out = ["\n## Bootstrap confidence intervals (95 %)\n\n"]
+    rows = []
+    for name, entry in evaluation["models"].items():
+        for set_name, scored in entry["sets"].items():
+            intervals = scored["confidence_intervals"]
+            rows += [[name, set_name, metric, with_ci(scored["metrics"], intervals, metric), ci["resampled"],
+                      ci["units"]] for metric, ci in intervals.items()]  # fmt: skip
+    out.append(markdown_table(["model", "set", "metric", "estimate [95 % CI]", "resampled", "units"], rows))
+    for set_name, pairs in (evaluation.get("paired_tests") or {}).items():
+        if pairs:
+            out.append(f"\nPaired tests on {set_name} (B − A; McNemar two-sided, paired bootstrap one-sided "
+                       "\"B beats A\", lower is better for rmse):\n\n" + markdown_table(*_paired_rows(pairs)))  # fmt: skip
+    out.append("\n## Cost\n\n" + cost_table(evaluation["models"]))
+    return "".join(out)
+
+
+def _paired_rows(pairs: dict) -> tuple[list[str], list[list]]:
+    rows = []
+    for pair, tests in pairs.items():
+        for key, test in tests.items():
+            if key.startswith("mcnemar"):
+                rows.append([pair, key, f"{test['a_only']} A only / {test['b_only']} B only", "", test["p_value"]])
+            else:
+                difference = test["difference"]
+                rows.append([pair, key.removeprefix("paired_bootstrap_"), difference["estimate"],
+                             f"[{difference['low']:.3f}, {difference['high']:.3f}]", test["p_value"]])  # fmt: skip
+    return ["A vs B", "test (metric)", "Δ (B − A) / discordant", "95 % CI", "p"], rows

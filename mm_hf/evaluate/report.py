@@ -70,7 +70,8 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def _table(header: list[str], rows: list[list]) -> str:
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table, the first column left-aligned and the others right-aligned (floats with 4 decimals)."""
     cells = [[str(c) for c in header], *[[_cell(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
 
@@ -93,7 +94,8 @@ def _cell(value) -> str:
     return str(value)
 
 
-def _with_ci(metrics: dict, intervals: dict, name: str) -> str:
+def with_ci(metrics: dict, intervals: dict, name: str) -> str:
+    """`metrics[name]` with its bootstrap interval, "0.8123 [0.791, 0.834]" ("–" when it was not measured)."""
     if name not in metrics:
         return "–"
     ci = intervals.get(name)
@@ -105,7 +107,7 @@ def format_markdown(evaluation: dict) -> str:
     models = evaluation["models"]
     out = ["# Evaluation\n\n", f"`{evaluation['command']}`\n\n"]
     sets = evaluation["sets"]
-    out.append(_table(["set", "source", "samples", "skipped"],
+    out.append(markdown_table(["set", "source", "samples", "skipped"],
                       [[n, s["source"], s["samples"], s["skipped_bad_samples"]] for n, s in sets.items()]))  # fmt: skip
     top_k = next((k for k in next(iter(models.values()))["sets"]["test"]["metrics"] if k.startswith("top")), None)
     for set_name in sets:
@@ -115,10 +117,10 @@ def format_markdown(evaluation: dict) -> str:
         for name, entry in models.items():
             scores = entry["sets"][set_name]
             m, ci, cal = scores["metrics"], scores["confidence_intervals"], scores["calibration"]
-            rows.append([name, _with_ci(m, ci, "accuracy"), *([_with_ci(m, ci, top_k)] if top_k else []),
-                         _with_ci(m, ci, "macro_f1"), _with_ci(m, ci, "weighted_f1"), cal["ece"], cal["nll"],
+            rows.append([name, with_ci(m, ci, "accuracy"), *([with_ci(m, ci, top_k)] if top_k else []),
+                         with_ci(m, ci, "macro_f1"), with_ci(m, ci, "weighted_f1"), cal["ece"], cal["nll"],
                          cal["brier"]])  # fmt: skip
-        out.append(_table(header, rows))
+        out.append(markdown_table(header, rows))
         if set_name != "test":
             line = (evaluation.get("effective_robustness_lines") or {}).get(set_name)
             header = ["model", "accuracy − test", "relative to test"]
@@ -131,7 +133,7 @@ def format_markdown(evaluation: dict) -> str:
                 if line:
                     rows[-1] += [scores["effective_robustness"]["expected_accuracy"],
                                  scores["effective_robustness"]["value"]]  # fmt: skip
-            out.append("\n" + _table(header, rows))
+            out.append("\n" + markdown_table(header, rows))
             if line:
                 fit = "least squares" if line["fit"] == "least_squares" else "slope 1 through its point"
                 out.append(f"\nEffective robustness: OOD accuracy minus the baseline line's at the same test accuracy; "
@@ -148,7 +150,7 @@ def format_markdown(evaluation: dict) -> str:
                              f"[{accuracy['difference']['low']:.3f}, {accuracy['difference']['high']:.3f}]",
                              tests["mcnemar"]["p_value"], accuracy["p_value"],
                              tests["paired_bootstrap_macro_f1"]["p_value"]])  # fmt: skip
-            out.append(_table(["A vs B", "Δ accuracy", "95 % CI", "McNemar p", "bootstrap p (acc)",
+            out.append(markdown_table(["A vs B", "Δ accuracy", "95 % CI", "McNemar p", "bootstrap p (acc)",
                                "bootstrap p (macro F1)"], rows))  # fmt: skip
     scaled = {n: e for n, e in models.items() if "temperature_scaling" in e}
     if scaled:
@@ -162,41 +164,45 @@ def format_markdown(evaluation: dict) -> str:
         rows = [[n, e["sets"]["test"]["metrics"]["accuracy"], e["robustness"]["mean_corruption_accuracy"],
                  e["robustness"]["relative_accuracy"], e["robustness"]["area_under_curve"],
                  e["robustness"].get("effective_robustness")] for n, e in robust.items()]  # fmt: skip
-        out.append(_table(["model", "clean accuracy", "mean corruption accuracy", "relative", "area under curve",
+        out.append(markdown_table(["model", "clean accuracy", "mean corruption accuracy", "relative", "area under curve",
                            "effective robustness vs zero-shot"], rows))  # fmt: skip
         first = next(iter(robust.values()))["corruptions"]
         columns = [f"{c}@{s}" for c, per in first.items() for s in per]
         rows = [[n, *(e["corruptions"][c][s] for c, per in first.items() for s in per)] for n, e in robust.items()]
-        out.append("\n" + _table(["model", *columns], rows))
-    out.append("\n## Cost\n\n")
-    rows = []
-    for name, entry in models.items():
-        cost = entry["cost"]
-        latency = cost.get("latency", {})
-        rows.append([name, entry["kind"], entry["saved_as"], cost["total_params"], cost["trainable_params"],
-                     _megabytes(cost["disk_bytes"]),
-                     *(_ms(latency.get(f"batch_{b}", {}).get(q)) for b in (1, 32) for q in ("p50_s", "p95_s")),
-                     _rate(latency.get("batch_32", {}).get("throughput_per_s")),
-                     _megabytes(cost["peak_rss_bytes"])])  # fmt: skip
-    out.append(_table(["model", "kind", "saved as", "params", "trainable", "disk MB", "bs1 p50 ms", "bs1 p95 ms",
-                       "bs32 p50 ms", "bs32 p95 ms", "samples/s (bs32)", "peak RSS MB"], rows))  # fmt: skip
+        out.append("\n" + markdown_table(["model", *columns], rows))
+    out.append("\n## Cost\n\n" + cost_table(models))
     if evaluation["failed"]:
         out.append("\n## Not evaluated\n\n")
         out.extend(f"- {name}: {why}\n" for name, why in evaluation["failed"].items())
     return "".join(out)
 
 
+def cost_table(models: dict) -> str:
+    """evaluation.md's cost table of every mode: parameters, weight size, latency per batch, throughput, peak RSS."""
+    rows = []
+    for name, entry in models.items():
+        cost = entry["cost"]
+        latency = cost.get("latency", {})
+        rows.append([name, entry["kind"], entry.get("saved_as", "full"), cost["total_params"], cost["trainable_params"],
+                     _megabytes(cost["disk_bytes"]),
+                     *(_ms(latency.get(f"batch_{b}", {}).get(q)) for b in (1, 32) for q in ("p50_s", "p95_s")),
+                     _rate(latency.get("batch_32", {}).get("throughput_per_s")),
+                     _megabytes(cost["peak_rss_bytes"])])  # fmt: skip
+    return markdown_table(["model", "kind", "saved as", "params", "trainable", "disk MB", "bs1 p50 ms", "bs1 p95 ms",
+                           "bs32 p50 ms", "bs32 p95 ms", "samples/s (bs32)", "peak RSS MB"], rows)  # fmt: skip
+
+
 def temperature_section(rows: list[list], model_header: str = "model") -> str:
     """evaluation.md's temperature-scaling section: rows `[model (or "model / head"), T, test ECE before, after]`."""
-    return "\n## Temperature scaling (fitted on --calibration_data)\n\n" + _table(
+    return "\n## Temperature scaling (fitted on --calibration_data)\n\n" + markdown_table(
         [model_header, "temperature", "test ECE before", "test ECE after"], rows
     )
 
 
 def calibration_table(rows: list[list], first: tuple[str, ...] = ("model",)) -> str:
     """A table of calibration summaries: rows `[*first, calibration dict]` -> `first` columns, ECE, NLL, Brier."""
-    return _table([*first, "ECE", "NLL", "Brier"], [[*row[:-1], row[-1]["ece"], row[-1]["nll"], row[-1]["brier"]]
-                                                    for row in rows])  # fmt: skip
+    rows = [[*row[:-1], row[-1]["ece"], row[-1]["nll"], row[-1]["brier"]] for row in rows]
+    return markdown_table([*first, "ECE", "NLL", "Brier"], rows)
 
 
 def reliability_plot(output_dir: str, name: str, calibration: dict, set_name: str = "test") -> str:

@@ -11,12 +11,21 @@ corruptions its clips, and `typos` / `word_dropout` every caption (`all`: the mo
 ones). Draws are seeded per item index (an item's captions share one generator), so every model and every rerun
 sees the same corrupted pairs. A corrupted side changes both directions (as queries one way, as the gallery the
 other), so the summary is over the four Recall@1/5 of both directions (`recall_keys`).
+
+Error bars and comparisons (main process, from the gathered embeddings): the four Recall@1/5 get 95 % bootstrap CIs
+resampling the queries (items one way, captions the other) against the whole gallery, and every two models a paired
+bootstrap on the same queries (`scoring.query_confidence_intervals` / `query_paired_tests`). Cost: parameters and
+size on disk as for classifiers, and per tower (the media one and the text one) its parameters and the latency of
+embedding a batch of real test items / captions (`towers.<modality>`, `cost.time_calls`).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 
+import numpy as np
+import torch
 import yaml
 
 from ..args import DataArguments
@@ -26,10 +35,11 @@ from ..errors import UserError
 from ..metrics.robustness import robustness_summary
 from ..models import ContrastiveDualEncoderModel
 from ..models.text_length import text_max_length
-from ..retrieval import build_media, evaluate_retrieval, load_dual_encoder, resolve_modality
+from ..retrieval import build_media, evaluate_retrieval, load_dual_encoder, resolve_modality, tokenize
+from .cost import model_cost, peak_memory, real_batch, reset_peak_memory, time_calls
 from .processes import main_process_first, process_rank
-from .report import evaluation_record, write_evaluation
-from .scoring import INDEX_COLUMN
+from .report import evaluation_record, markdown_table, with_ci, write_evaluation
+from .scoring import INDEX_COLUMN, query_confidence_intervals, query_paired_tests
 
 # clip_retrieval's --max_seq_length default: captions of a folder without run_config.yaml are cut there too.
 DEFAULT_MAX_SEQ_LENGTH = 64
@@ -44,6 +54,41 @@ def recall_keys(modality: str) -> list[str]:
     """The metrics a retrieval sweep is summarised by: Recall@1/5 in both directions."""
     return [f"{modality}_to_text_recall@1", f"{modality}_to_text_recall@5", f"text_to_{modality}_recall@1",
             f"text_to_{modality}_recall@5"]  # fmt: skip
+
+
+def query_hits(metrics: dict, modality: str) -> dict[str, np.ndarray]:
+    """Pops `evaluate_retrieval(..., ranks=True)`'s per-query ranks out of `metrics` and returns, per Recall@K of
+    `recall_keys`, each query's hit (its correct match ranked <= K)."""
+    ranks = {d: metrics.pop(f"{d}_ranks") for d in (f"{modality}_to_text", f"text_to_{modality}")}
+    return {key: ranks[key.split("_recall@")[0]] <= int(key.split("@")[1]) for key in recall_keys(modality)}
+
+
+def tower_cost(model, media, tokenizer, test, max_length: int, device, runs: int) -> dict:
+    """`{<media modality>: {params[, latency]}, text: {...}}`: each tower's parameters (with its projection) and, with
+    `runs` > 0, the latency of embedding a batch of real test items / captions (`time_calls`: batch 1 and 32)."""
+    towers = model.parts().towers
+    out = {}
+    for role, name in (("media", media.name), ("text", "text")):
+        prefixes = tuple(f"{p}." for p in (towers[role].path, towers[role].projection) if p)
+        out[name] = {"params": sum(p.numel() for n, p in model.named_parameters() if n.startswith(prefixes))}
+    if runs > 0:
+        dtype = next(model.parameters()).dtype
+        items, texts = test.remove_columns("captions"), [c for captions in test["captions"] for c in captions]
+        transform = media.transform(train=False)
+
+        def item_batch(size: int) -> dict:  # on the device as embed_media moves them
+            batch = real_batch(items, transform, size)
+            return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in batch.items()}
+
+        def caption_batch(size: int) -> dict:
+            encoded = tokenize(tokenizer, [texts[i % len(texts)] for i in range(size)], max_length)
+            return {k: v.to(device) for k, v in encoded.items()}
+
+        with torch.no_grad():
+            out[media.name]["latency"] = time_calls(lambda b: media.embed(model, b), item_batch, device, runs=runs)
+            out["text"]["latency"] = time_calls(lambda b: model.get_text_features(**b), caption_batch, device,
+                                                runs=runs)  # fmt: skip
+    return out
 
 
 def select_retrieval_corruptions(spec: str, modality: str) -> dict[str, str]:
@@ -125,9 +170,10 @@ def evaluate_retrieval_models(found, args, data_args, failed: dict, device, comm
     others = [c.name for c in found if c.kind != "zero-shot"]
     if others:
         raise UserError(f"--retrieval scores dual encoders (CLIP/SigLIP/CLAP); --model {', '.join(others)} are not")
-    results, sets, corruptions = {}, {}, []
+    results, sets, corruptions, hits = {}, {}, [], {}
     test = None
     for candidate in found:
+        reset_peak_memory(device)
         try:
             backbone, processor, _ = load_dual_encoder(candidate.path, **args.hub_kwargs())
         except Exception as error:  # noqa: BLE001 (reported; the others are still evaluated)
@@ -149,8 +195,18 @@ def evaluate_retrieval_models(found, args, data_args, failed: dict, device, comm
                      max_length=text_max_length(processor.tokenizer, backbone.config, _max_seq_length(candidate.path)))  # fmt: skip
         # The recipe's wrapper, whose get_*_features give the projected embeddings its retrieval metrics are over.
         backbone = ContrastiveDualEncoderModel.from_backbone(backbone, name_or_path=candidate.path).to(device).eval()
-        entry = {"path": candidate.path, "kind": "dual-encoder", "modality": modality,
-                 "sets": {"test": {"metrics": evaluate_retrieval(backbone, test, media, processor.tokenizer, **score)}}}  # fmt: skip
+        clean = evaluate_retrieval(backbone, test, media, processor.tokenizer, ranks=True, **score)
+        entry = {
+            "path": candidate.path,
+            "kind": "dual-encoder",
+            "modality": modality,
+            "sets": {"test": {"metrics": clean}},
+        }
+        if rank == 0:  # evaluate_retrieval ranks on the main process; the others get {}
+            hits[candidate.name] = query_hits(clean, modality)
+            entry["sets"]["test"]["confidence_intervals"] = query_confidence_intervals(
+                hits[candidate.name], args.num_resamples, args.seed
+            )
         if targets:
             corruptions = list(dict.fromkeys([*corruptions, *targets]))
             sweep = {}
@@ -169,14 +225,21 @@ def evaluate_retrieval_models(found, args, data_args, failed: dict, device, comm
                 k: robustness_summary(clean[k], {c: [m[k] for m in per.values()] for c, per in sweep.items()})
                 for k in keys
             }
+        entry["cost"] = model_cost(candidate, backbone)
+        entry["cost"]["towers"] = tower_cost(backbone, media, processor.tokenizer, test, score["max_length"], device,
+                                             args.latency_runs if rank == 0 else 0)  # fmt: skip
+        entry["cost"].update(peak_memory(device))
         results[candidate.name] = entry
     if not results:
         raise UserError("no model could be evaluated: " + "; ".join(f"{n}: {why}" for n, why in failed.items()))
     if rank != 0:  # the others embedded their shares; the numbers and files are the main process's
         return None
+    # Every two models on the same queries (models of one media modality: the same items and captions).
+    paired = {"test": {f"{a} vs {b}": query_paired_tests(hits[a], hits[b], args.num_resamples, args.seed)
+                       for a, b in itertools.combinations(results, 2) if hits[a].keys() == hits[b].keys()}}  # fmt: skip
     evaluation = evaluation_record(
         command=command, modality="retrieval", device=device, processes=world_size, sets=sets, corruptions=corruptions,
-        severities=severities, seed=args.seed, models=results, failed=failed,
+        severities=severities, seed=args.seed, models=results, failed=failed, paired_tests=paired,
     )  # fmt: skip
     path = write_evaluation(args.output_dir, evaluation, _markdown(evaluation))
     print(f"Evaluated {', '.join(results)} on retrieval: {path}")
@@ -199,7 +262,9 @@ def _markdown(evaluation: dict) -> str:
         metrics = entry["sets"]["test"]["metrics"]
         keys = recall_keys(m)
         lines.append(f"\n## {name} ({m})\n\n| " + " | ".join(["set", *keys]) + " |\n|" + " --- |" * (len(keys) + 1))
-        lines.append("| test | " + " | ".join(f"{metrics[k]:.4f}" for k in keys) + " |")
+        intervals = entry["sets"]["test"]["confidence_intervals"]
+        lines.append("| test [95 % CI, queries resampled] | " + " | ".join(with_ci(metrics, intervals, k) for k in keys)
+                     + " |")  # fmt: skip
         targets = entry.get("corruption_targets") or {}
         for corruption, per in (entry.get("corruption_metrics") or {}).items():
             side = "captions" if targets.get(corruption) == "text" else f"{m} items"
@@ -211,6 +276,29 @@ def _markdown(evaluation: dict) -> str:
                          + " --- |" * (len(keys) + 1))  # fmt: skip
             for label, field in (("mean", "mean_corruption_accuracy"), ("relative to clean", "relative_accuracy")):
                 lines.append(f"| {label} | " + " | ".join(f"{entry['robustness'][k][field]:.4f}" for k in keys) + " |")
+    pairs = evaluation["paired_tests"]["test"]
+    if pairs:
+        rows = [[pair, key.removeprefix("paired_bootstrap_"), t["difference"]["estimate"],
+                 f"[{t['difference']['low']:.3f}, {t['difference']['high']:.3f}]", t["p_value"]]
+                for pair, tests in pairs.items() for key, t in tests.items()]  # fmt: skip
+        lines.append("\n## Paired bootstrap on the same queries (B − A, one-sided p of \"B beats A\")\n\n"
+                     + markdown_table(["A vs B", "metric", "Δ (B − A)", "95 % CI", "p"], rows))  # fmt: skip
+    rows = []
+    for name, entry in evaluation["models"].items():
+        cost = entry["cost"]
+        for tower, values in cost["towers"].items():
+            latency = values.get("latency", {})
+            rows.append([name, tower, values["params"], cost["total_params"], cost["trainable_params"],
+                         "–" if cost["disk_bytes"] is None else f"{cost['disk_bytes'] / 1e6:.1f}",
+                         *(_ms(latency.get(f"batch_{b}", {}).get("p50_s")) for b in (1, 32)),
+                         _ms(latency.get("batch_32", {}).get("p95_s"))])  # fmt: skip
+    lines.append("\n## Cost (embedding latency per batch of real test items / captions)\n\n" + markdown_table(
+        ["model", "tower", "tower params", "params", "trainable", "disk MB", "bs1 p50 ms", "bs32 p50 ms",
+         "bs32 p95 ms"], rows))  # fmt: skip
     if evaluation["failed"]:
         lines.append("\nNot evaluated: " + "; ".join(f"{n} ({why})" for n, why in evaluation["failed"].items()))
     return "\n".join(lines) + "\n"
+
+
+def _ms(seconds) -> str:
+    return "–" if seconds is None else f"{1000 * seconds:.2f}"

@@ -10,6 +10,9 @@ around 32 MiB whatever N is.
   means of per-sample scores (F1 needs the confusion counts of the resample).
 - `paired_bootstrap_test` / `paired_bootstrap_metric_test`: "B beats A" on the same samples, resampled jointly so
   the correlation between the two models' errors is kept.
+- `bootstrap_statistic_ci` / `paired_bootstrap_statistic_test`: the same for any statistic of resampled rows (a
+  fusion head's ROC-AUC, micro-F1 or RMSE, `mm_hf.evaluate.scoring.head_statistics`); lower-is-better ones (RMSE)
+  are tested for "B lower than A".
 - `mcnemar_test`: exact (binomial) McNemar test on paired correctness.
 """
 
@@ -129,6 +132,10 @@ def _resample(statistic: Callable[[np.ndarray], np.ndarray], n: int, num_resampl
 def _interval(estimate: float, distribution: np.ndarray, confidence: float) -> ConfidenceInterval:
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    # A statistic can be undefined on a resample (ROC-AUC of a one-class draw: NaN): those draws are left out.
+    distribution = distribution[np.isfinite(distribution)]
+    if distribution.size == 0:
+        raise ValueError("the statistic is undefined (NaN) on every resample")
     tail = (1 - confidence) / 2
     low, high = np.quantile(distribution, [tail, 1 - tail])
     return ConfidenceInterval(float(estimate), float(low), float(high), confidence)
@@ -190,7 +197,8 @@ def bootstrap_metric_ci(
     return _interval(estimate, distribution, confidence)
 
 
-def _paired(statistic, n: int, estimates: tuple[float, float], confidence, num_resamples, seed) -> PairedTest:
+def _paired(statistic, n: int, estimates: tuple[float, float], confidence, num_resamples, seed,
+            lower_is_better: bool = False) -> PairedTest:  # fmt: skip
     # statistic(idx) -> (scores of A, scores of B) on the same resampled rows: resampling pairs keeps the
     # correlation between the models' errors, which is what makes a paired test sharper than two separate CIs.
     def difference(idx: np.ndarray) -> np.ndarray:
@@ -198,12 +206,14 @@ def _paired(statistic, n: int, estimates: tuple[float, float], confidence, num_r
         return scores_b - scores_a
 
     differences = _resample(difference, n, num_resamples, seed)
+    differences = differences[np.isfinite(differences)]  # resamples where a statistic is undefined
     observed = estimates[1] - estimates[0]
     # One-sided test of H0 "B is no better than A": the bootstrap differences, shifted to mean zero, approximate
     # the null distribution (Efron & Tibshirani 1993, sec. 16.4); p = P(null difference >= observed), with +1 so
-    # a finite number of resamples never claims p = 0.
-    exceed = int(np.count_nonzero(differences - observed >= observed))
-    p_value = (exceed + 1) / (num_resamples + 1)
+    # a finite number of resamples never claims p = 0. Lower is better (RMSE): "B beats A" is a negative difference.
+    shifted = differences - observed
+    exceed = int(np.count_nonzero(shifted <= observed if lower_is_better else shifted >= observed))
+    p_value = (exceed + 1) / (differences.size + 1)
     return PairedTest(
         estimate_a=float(estimates[0]),
         estimate_b=float(estimates[1]),
@@ -259,6 +269,39 @@ def paired_bootstrap_metric_test(
         num_resamples,
         seed,
     )
+
+
+def bootstrap_statistic_ci(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    n: int,
+    *,
+    confidence: float = CONFIDENCE,
+    num_resamples: int = NUM_RESAMPLES,
+    seed: int = 0,
+) -> ConfidenceInterval:
+    """Percentile bootstrap CI of any statistic of `n` rows: `statistic(idx)` maps `(R, n)` row indices (drawn with
+    replacement) to `(R,)` values; the estimate is its value on all rows in order. Resamples where it is undefined
+    (NaN) are left out of the interval."""
+    estimate = float(statistic(np.arange(n)[None])[0])
+    return _interval(estimate, _resample(statistic, n, num_resamples, seed), confidence)
+
+
+def paired_bootstrap_statistic_test(
+    statistic_a: Callable[[np.ndarray], np.ndarray],
+    statistic_b: Callable[[np.ndarray], np.ndarray],
+    n: int,
+    *,
+    lower_is_better: bool = False,
+    confidence: float = CONFIDENCE,
+    num_resamples: int = NUM_RESAMPLES,
+    seed: int = 0,
+) -> PairedTest:
+    """Paired bootstrap of two models' statistics (as `bootstrap_statistic_ci`) on the same resampled rows; the
+    one-sided p-value is for "B beats A" (B higher, or lower with `lower_is_better`)."""
+    everything = np.arange(n)[None]
+    estimates = (float(statistic_a(everything)[0]), float(statistic_b(everything)[0]))
+    return _paired(lambda idx: (statistic_a(idx), statistic_b(idx)), n, estimates, confidence, num_resamples, seed,
+                   lower_is_better)  # fmt: skip
 
 
 def mcnemar_test(correct_a, correct_b) -> McNemarTest:

@@ -64,6 +64,9 @@ class RankingAccumulator:
         self.ties = ties
         self._open: dict = defaultdict(lambda: ([], []))
         self._sums: dict[str, float] = defaultdict(float)
+        # Each evaluated group's value of every metric, in the order groups first appeared: what a bootstrap over
+        # groups resamples (mm_hf.evaluate); one float per group and metric, never the rows.
+        self.per_group: dict[str, list[float]] = defaultdict(list)
         self._groups = self._skipped = 0
 
     def update(self, groups, scores, references) -> None:
@@ -90,15 +93,18 @@ class RankingAccumulator:
         order = np.lexsort((relevant if self.ties == "pessimistic" else -relevant, -scores))
         ranked = relevant[order]
         discounts = 1.0 / np.log2(np.arange(2, ranked.size + 2))
-        sums = self._sums
+        values = {}
         for k in self.ks:
             hits = ranked[:k]
-            sums[f"recall@{k}"] += hits.sum() / num_relevant
-            sums[f"ndcg@{k}"] += (hits * discounts[:k]).sum() / discounts[: min(k, num_relevant)].sum()
-            sums[f"hit_rate@{k}"] += float(hits.any())
-        sums["mrr"] += 1.0 / (int(np.argmax(ranked)) + 1)
-        sums["mean_candidates"] += ranked.size
-        sums["mean_relevant"] += num_relevant
+            values[f"recall@{k}"] = hits.sum() / num_relevant
+            values[f"ndcg@{k}"] = (hits * discounts[:k]).sum() / discounts[: min(k, num_relevant)].sum()
+            values[f"hit_rate@{k}"] = float(hits.any())
+        values["mrr"] = 1.0 / (int(np.argmax(ranked)) + 1)
+        values["mean_candidates"] = ranked.size
+        values["mean_relevant"] = num_relevant
+        for key, value in values.items():
+            self._sums[key] += value
+            self.per_group[key].append(float(value))
         self._groups += 1
 
     def result(self) -> dict[str, float]:

@@ -112,6 +112,7 @@ def retrieval_scores(
     ties: str = "optimistic",
     modality: str = "image",
     media_name: str = "media_embeds",
+    return_ranks: bool = False,
 ) -> dict:
     """Recall@K and median / mean rank for media->text and text->media retrieval (see the module docstring).
 
@@ -119,7 +120,9 @@ def retrieval_scores(
     `text_to_media` `(num_texts,)` item indices. Runs on the device of `media_embeds` when it is a tensor, else on
     the CPU; every similarity block is at most `chunk_size x max(num_items, num_texts)`. `modality` names the items
     in the keys (`"audio"`: `audio_to_text_recall@1`, `text_to_audio_recall@1`, ...); `media_name` names the
-    argument the caller passed them as, in errors.
+    argument the caller passed them as, in errors. `return_ranks`: also every query's 1-based rank,
+    `{modality}_to_text_ranks` (per item) and `text_to_{modality}_ranks` (per text), int arrays, for error bars
+    that resample the queries (mm_hf.evaluate).
     """
     if ties not in _TIES:
         raise ValueError(f"ties must be one of {_TIES}, got {ties!r}")
@@ -176,14 +179,18 @@ def retrieval_scores(
         text_ranks.append((sims >= correct).sum(1) if pessimistic else (sims > correct).sum(1) + 1)
         del sims
 
+    item_ranks, text_ranks = torch.cat(item_ranks), torch.cat(text_ranks)
     out = {
-        **_summary(f"{modality}_to_text", torch.cat(item_ranks), ks),
-        **_summary(f"text_to_{modality}", torch.cat(text_ranks), ks),
+        **_summary(f"{modality}_to_text", item_ranks, ks),
+        **_summary(f"text_to_{modality}", text_ranks, ks),
     }
     recalls = [v for key, v in out.items() if "_recall@" in key]
     out["retrieval_mean_recall"] = float(np.mean(recalls))
     out["num_items"] = float(num_items)
     out["num_texts"] = float(num_texts)
+    if return_ranks:
+        out[f"{modality}_to_text_ranks"] = item_ranks.cpu().numpy()
+        out[f"text_to_{modality}_ranks"] = text_ranks.cpu().numpy()
     return out
 
 
@@ -214,6 +221,7 @@ class Retrieval(evaluate.Metric):
         normalize=True,
         ties="optimistic",
         modality="image",
+        return_ranks=False,
     ):
         if media_embeds is not None and image_embeds is not None:
             raise ValueError("pass the item embeddings once: `media_embeds=` (or its former name `image_embeds=`)")
@@ -233,4 +241,5 @@ class Retrieval(evaluate.Metric):
             ties=ties,
             modality=modality,
             media_name=name,
+            return_ranks=return_ranks,
         )
