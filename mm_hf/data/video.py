@@ -4,22 +4,27 @@ Decoding uses PyAV (`av`, whose wheels bundle FFmpeg), imported inside the funct
 without it. `load_video_frames` samples frames TSN-style: the clip's time span is cut into `num_frames`
 equal segments and one frame is taken per segment, at its centre in evaluation (deterministic) or at a
 random point of it in training. The file is read twice: demuxing it (cheap, nothing is decoded) gives
-the frames' timestamps and catches truncation; then one decoding pass, front to back, keeps only the
-frames shown at the chosen times, so memory stays at `num_frames` images whatever the clip's length.
-The price is decoding every frame (no seeking; fine for clips of seconds to a minute, slow for whole
-films), which is also what lets a bad file fail here rather than mid-training.
+the frames' timestamps and keyframes and catches truncation; then only the chosen frames are decoded:
+for each one, seek to the keyframe before it and decode forward to it (frames of one group of pictures
+are decoded in one run). Where that would decode about as many frames as the whole clip (few keyframes:
+short clips, or encoders' default of one keyframe per ~10 s), or the container cannot seek, one pass
+decodes front to back instead; both give exactly the same frames. Memory stays at `num_frames` images
+whatever the clip's length.
 
 As with images and audio, a bad file raises `BadSampleError` naming it: missing, empty, not a video
 (text, an image renamed .mp4, audio only), truncated (fewer frames or a shorter span than the
 container declares), corrupt (a decoding error, a frame the decoder flags as corrupt, or fewer frames
-decoding than were stored) or without frames. `check_videos` runs the decoder over a whole split once,
-up front, and either fails with a list of the bad files or drops them.
+decoding than were stored) or without frames. A seeking load still catches all of these except
+corruption in the frames it does not decode (a garbled frame in a group of pictures no sample falls
+in); `check_videos` therefore decodes every frame (`decode_all=True`) over a whole split once, up
+front, and either fails with a list of the bad files or drops them.
 
 `write_synthetic_video` and `make_moving_shape_clip` make small clips offline for tests and demos.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import io
@@ -54,10 +59,19 @@ _HEADER_DURATION_FORMATS = frozenset({"matroska", "webm"})
 # A stream may end short of the declared duration by 1.5 of its packets plus this much before the file
 # counts as truncated.
 _DURATION_SLACK_SECONDS = 0.05
+# What one seek costs, in decoded frames (the demuxer's jump, flushing the decoder, the reference frames it must
+# rebuild): seeking is chosen when the frames to decode plus this per seek stay under the clip's frame count.
+# Measured by `python -m mm_hf.bench.pipeline --video`: TODO.
+_SEEK_COST_FRAMES = 4
 
 
 def load_video_frames(
-    source: VideoSource, num_frames: int, *, train: bool = False, rng: random.Random | None = None
+    source: VideoSource,
+    num_frames: int,
+    *,
+    train: bool = False,
+    rng: random.Random | None = None,
+    decode_all: bool = False,
 ) -> list[Image.Image]:
     """Decode `num_frames` RGB frames sampled uniformly over the clip, in temporal order.
 
@@ -69,10 +83,19 @@ def load_video_frames(
     exactly `num_frames` images, upright according to the stream's display rotation. `source` is a
     path, encoded bytes or a `{"bytes", "path"}` record (bytes win; the path then only names the
     sample in errors). Raises `BadSampleError` naming the file for a missing, non-video, truncated,
-    corrupt or frameless file.
+    corrupt or frameless file; corruption is only seen in the frames decoded, which is every frame with
+    `decode_all=True` (what `check_videos` does) and otherwise only the groups of pictures the chosen
+    frames are in when seeking pays (see the module docstring).
     """
     if not isinstance(num_frames, int | np.integer) or num_frames <= 0:
         raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
+    return _sampled(source, num_frames, train=train, rng=rng, seek=False if decode_all else None)
+
+
+def _sampled(
+    source: VideoSource, num_frames: int, *, train: bool, rng: random.Random | None, seek: bool | None
+) -> list[Image.Image]:
+    """`load_video_frames`, decoding by seeking (`seek=True`), in one pass (False), or whichever is cheaper (None)."""
     open_container, name = _resolve(source)
     with _naming_errors(name):
         with open_container() as container:
@@ -80,6 +103,14 @@ def load_video_frames(
             scan = _scan(container, container.streams[index], name)
         offsets = [(rng or random).random() if train else 0.5 for _ in range(num_frames)]
         targets = [scan.start + (k + u) * scan.span / num_frames for k, u in enumerate(offsets)]
+        if seek is None:
+            seek = _seek_pays(scan, targets)
+        if seek:
+            try:
+                with open_container() as container:
+                    return _decode_seeking(container, container.streams[index], scan, targets, name)
+            except _CannotSeek:
+                pass  # the one pass below decodes every frame, and finds any real fault on the way
         with open_container() as container:
             return _decode_at(container, container.streams[index], scan, targets, name)
 
@@ -156,7 +187,7 @@ def check_videos(
 
 
 def _check_video(source: VideoSource, sampling_rate: int | None) -> None:
-    load_video_frames(source, 1)  # decodes every frame, whatever the number kept
+    load_video_frames(source, 1, decode_all=True)  # corruption anywhere in the clip, not only where frames are kept
     if sampling_rate is not None:
         load_video_audio(source, sampling_rate)
 
@@ -247,6 +278,7 @@ class _Scan(NamedTuple):
     start: float  # first frame's time
     span: float  # first frame's time to the last frame's end
     uses_pts: bool  # False: timestamps are missing and frames are placed one time unit apart
+    keyframes: list[int]  # indices into `times` of the frames a decoder can start from, ascending
 
 
 class _Packets:
@@ -323,13 +355,14 @@ def _tagged_duration(tag: str | None) -> float | None:
 
 def _scan(container: Any, stream: Any, name: str) -> _Scan:
     """Demux every packet once to learn the video's timeline and to catch truncated files."""
-    packets, times, durations = _Packets(), [], []
+    packets, times, durations, keys = _Packets(), [], [], []
     for packet in container.demux():
         packets.add(packet)
         # Packets an edit list marks as discarded are decoded but never shown.
         if packet.stream.index == stream.index and packet.size and not packet.is_discard:
             times.append(packet.pts)
             durations.append(packet.duration or 0)
+            keys.append(packet.is_keyframe)
     packets.check_complete(container, name)
     if not times:
         raise BadSampleError(name, "zero frames: the video stream holds no frames")
@@ -338,12 +371,14 @@ def _scan(container: Any, stream: Any, name: str) -> _Scan:
         order = np.argsort(times, kind="stable")
         times = [float(times[i]) for i in order]
         durations = [durations[i] for i in order]
+        keyframes = [position for position, i in enumerate(order) if keys[i]]
     else:
         times = [float(i) for i in range(len(times))]
         durations = [1] * len(times)
+        keyframes = []  # nothing to seek by
     gaps = np.diff(times)
     last = durations[-1] or (float(np.median(gaps)) if len(gaps) else 1.0)
-    return _Scan(times, times[0], times[-1] + last - times[0], uses_pts)
+    return _Scan(times, times[0], times[-1] + last - times[0], uses_pts, keyframes)
 
 
 # --- decoding the chosen frames ---------------------------------------------------------------------------
@@ -383,6 +418,77 @@ def _decode_at(container: Any, stream: Any, scan: _Scan, targets: list[float], n
     return chosen
 
 
+class _CannotSeek(Exception):
+    """Seeking did not land where the scan said (no timestamps, an unseekable container, odd keyframes)."""
+
+
+def _shown_frames(scan: _Scan, targets: list[float]) -> list[int]:
+    """Index of the frame shown at each target time: the last one starting at or before it (else the first)."""
+    return [max(bisect.bisect_right(scan.times, target) - 1, 0) for target in targets]
+
+
+def _seek_plan(scan: _Scan, wanted: list[int]) -> list[tuple[int | None, int]]:
+    """For each wanted frame (ascending, distinct): (keyframe to seek to, or None to decode on), frames decoded."""
+    plan, position = [], None
+    for frame in wanted:
+        k = bisect.bisect_right(scan.keyframes, frame) - 1
+        key = scan.keyframes[k] if k >= 0 else None
+        if key is None:  # no keyframe at or before it: only decoding from the start reaches it
+            plan.append((None, frame + 1 - (0 if position is None else position + 1)))
+        elif position is not None and frame - position <= frame - key + _SEEK_COST_FRAMES:
+            plan.append((None, frame - position))  # on from the frame decoded last, no seek
+        else:
+            plan.append((key, frame - key + 1 + _SEEK_COST_FRAMES))
+        position = frame
+    return plan
+
+
+def _seek_pays(scan: _Scan, targets: list[float]) -> bool:
+    """Whether seeking decodes fewer frames (seeks counted at `_SEEK_COST_FRAMES`) than one pass over all of them."""
+    if not scan.uses_pts or not scan.keyframes:
+        return False
+    plan = _seek_plan(scan, sorted(set(_shown_frames(scan, targets))))
+    return any(key is not None for key, _ in plan) and sum(cost for _, cost in plan) < len(scan.times)
+
+
+def _decode_seeking(container: Any, stream: Any, scan: _Scan, targets: list[float], name: str) -> list[Image.Image]:
+    """Seek to the keyframe before each chosen frame and decode forward to it; the same frames as `_decode_at`."""
+    shown = _shown_frames(scan, targets)
+    wanted = sorted(set(shown))
+    rgb: dict[int, Image.Image] = {}
+    frames = None
+    for frame_index, (key, _) in zip(wanted, _seek_plan(scan, wanted), strict=True):
+        target = scan.times[frame_index]
+        if key is not None:
+            try:
+                container.seek(int(scan.times[key]), stream=stream, backward=True, any_frame=False)
+            except Exception as error:
+                raise _CannotSeek from error
+            frames, start = container.decode(stream), scan.times[key]
+        elif frames is None:  # the first wanted frame precedes every keyframe: decode from the start
+            frames, start = container.decode(stream), scan.times[0]
+        for frame in frames:
+            if frame.pts is None:
+                raise _CannotSeek
+            if frame.pts < start:
+                continue  # frames of an open group of pictures that refer to the one before the keyframe
+            if frame.is_corrupt:
+                raise BadSampleError(name, f"corrupt video: frame at time {frame.pts} decodes with errors")
+            if frame.pts == target:
+                rgb[frame_index] = _upright_rgb(frame)
+                break
+            if frame.pts > target:
+                raise _CannotSeek
+        else:
+            raise _CannotSeek  # the stream ended before the frame
+    seen: set[int] = set()
+    chosen = []
+    for frame_index in shown:  # repeated frames are separate images, safe to modify one
+        chosen.append(rgb[frame_index] if frame_index not in seen else rgb[frame_index].copy())
+        seen.add(frame_index)
+    return chosen
+
+
 def _upright_rgb(frame: Any) -> Image.Image:
     """The frame as RGB, rotated as the stream's display matrix says (like EXIF orientation for photos)."""
     image = frame.to_image()  # rgb24
@@ -414,6 +520,7 @@ def write_synthetic_video(
     sampling_rate: int = 16000,
     *,
     codec: str | None = None,
+    gop_size: int | None = None,
 ) -> str:
     """Write `frames` (T, H, W, 3) uint8 RGB as a video file, with an optional mono audio track; returns the path.
 
@@ -421,7 +528,8 @@ def write_synthetic_video(
     CRF 10) when the PyAV wheel has it, else MPEG-4 Part 2; `codec` forces one. Pixels are stored as
     yuv420p, which every player reads but which needs an even height and width. `audio` (1-D float
     samples in [-1, 1] at `sampling_rate` Hz) is encoded as AAC, which mp4 and mkv both carry.
-    `T = 0` writes a video stream without frames (mkv keeps it; mp4 drops the empty track).
+    `T = 0` writes a video stream without frames (mkv keeps it; mp4 drops the empty track). `gop_size`
+    caps the frames between keyframes (the encoder's default, else: 250 for libx264, 12 for MPEG-4).
     """
     import av
 
@@ -436,6 +544,8 @@ def write_synthetic_video(
     with av.open(str(path), "w") as container:
         video = container.add_stream(codec, rate=fps, options=options)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        if gop_size is not None:
+            video.codec_context.gop_size = gop_size
         if codec != "libx264":
             video.bit_rate = 8_000_000  # tiny clips: plenty, so the content survives
         sound = None
