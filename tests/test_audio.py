@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mm_hf.data.audio import augment, check_audio, crop_or_pad, load_audio
+from mm_hf.data.audio import augment, check_audio, crop_or_pad, load_audio, mix_down
 from mm_hf.data.images import BadSampleError
 
 RATE = 16000
@@ -182,3 +182,13 @@ def test_augment_keeps_length_and_hits_the_requested_snr():
         assert realised == pytest.approx(snr, abs=1.0)
     silent = np.zeros(RATE, np.float32)
     assert not augment(silent, random.Random(0)).any()
+
+
+@pytest.mark.parametrize("channels", [1, 2, 6])
+def test_mix_down_gives_numpys_channel_mean_exactly(tmp_path, channels):
+    samples = np.random.default_rng(channels).uniform(-1, 1, size=(4001, channels)).astype(np.float32)
+    mixed = mix_down(samples)
+    assert mixed.dtype == np.float32 and mixed.shape == (4001,)
+    assert np.array_equal(mixed, samples.mean(axis=1, dtype=np.float32))
+    sf.write(tmp_path / "clip.wav", samples, 16000, subtype="FLOAT")
+    assert np.array_equal(load_audio(tmp_path / "clip.wav", 16000), mixed)
