@@ -47,7 +47,7 @@ def test_seeking_gives_the_frames_of_one_pass(tmp_path, monkeypatch, suffix, gop
 
 
 def test_load_seeks_only_when_it_pays(tmp_path, monkeypatch):
-    many_keys = write_synthetic_video(tmp_path / "many.mp4", clip(), fps=10, gop_size=4)
+    many_keys = write_synthetic_video(tmp_path / "many.mp4", clip(120), fps=10, gop_size=4)
     one_key = write_synthetic_video(tmp_path / "one.mp4", clip(), fps=10)  # libx264: a keyframe per 250 frames
     monkeypatch.setattr(video, "_decode_at", lambda *a, **k: pytest.fail("decoded every frame"))
     assert len(load_video_frames(many_keys, 4)) == 4
