@@ -233,9 +233,10 @@ def video_speed(rounds: int) -> list[dict]:
             for n in (8, 32)
         ]
         speeds = {}
-        for _ in range(rounds):
+        for round_ in range(rounds):
             for clip, files, mode, n in cases:
-                for kind, seek in (("before", False), ("after", None)):
+                order = (("before", False), ("after", None))
+                for kind, seek in order if round_ % 2 == 0 else order[::-1]:  # no side always runs second
                     speed = _clips_per_second(files, n, mode == "train", seek)
                     speeds.setdefault((clip, mode, n, kind), []).append(speed)
         rows = []
