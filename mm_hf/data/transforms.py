@@ -174,23 +174,27 @@ class PixelNormaliser:
 class BatchPixelNormaliser:
     """uint8 pixel batches (b, 3, H, W) -> the processor's float32 pixel values, on the batch's device.
 
-    The same per-channel table as `PixelNormaliser` (so the result equals the float path bit for bit), applied
-    after the batch has crossed the DataLoader's worker boundary as uint8 (4x fewer bytes than float32) and, in
-    a Trainer run, after it has been moved to the model's device. Float input passes through unchanged.
+    Runs after the batch has crossed the DataLoader's worker boundary as uint8 (4x fewer bytes than float32) and,
+    in a Trainer run, after it has been moved to the model's device. Rescale + normalise is affine per channel, so
+    its scale and shift are read off `PixelNormaliser`'s table (the processor's own output for bytes 0 and 255):
+    the result matches the float path within 1e-6 (float32 rounding of one multiply-add). A multiply-add, not the
+    table lookup: on one CPU core 5 ms for 32 x 3 x 224 x 224 against 73 ms for indexing. Float input passes
+    through unchanged.
     """
 
     def __init__(self, image_processor: Any):
-        self.table = torch.from_numpy(PixelNormaliser(image_processor).table).flatten()  # (3 * 256,)
-        self._tables: dict[torch.device, torch.Tensor] = {}
+        table = torch.from_numpy(PixelNormaliser(image_processor).table).double()  # (3, 256)
+        self.scale = ((table[:, 255] - table[:, 0]) / 255).float().view(3, 1, 1)
+        self.shift = table[:, 0].float().view(3, 1, 1)
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         if pixels.dtype != torch.uint8:
             return pixels
-        table = self._tables.get(pixels.device)
-        if table is None:
-            table = self._tables[pixels.device] = self.table.to(pixels.device)
-        offsets = torch.arange(0, 3 * 256, 256, device=pixels.device).view(3, 1, 1)  # channel c reads row c
-        return table[pixels.long() + offsets]
+        if pixels.device not in self._on:
+            self._on[pixels.device] = (self.scale.to(pixels.device), self.shift.to(pixels.device))
+        scale, shift = self._on[pixels.device]
+        return pixels.to(torch.float32).mul_(scale).add_(shift)
 
 
 def attach_pixel_normaliser(model: torch.nn.Module, image_processor: Any) -> list:
