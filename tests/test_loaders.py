@@ -38,7 +38,9 @@ def test_uint8_batches_give_the_float_paths_pixels_and_logits(tiny_clip, photos)
     assert uint8["pixel_values"].shape == floats["pixel_values"].shape == (4, 3, 30, 30)
     assert uint8["labels"].tolist() == [0, 1, 2, 3]
     # The batch normaliser reproduces the per-image float path (to float32 rounding), and passes floats through.
-    torch.testing.assert_close(BatchPixelNormaliser(image_processor)(uint8["pixel_values"]), floats["pixel_values"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        BatchPixelNormaliser(image_processor)(uint8["pixel_values"]), floats["pixel_values"], rtol=0, atol=1e-6
+    )
     assert BatchPixelNormaliser(image_processor)(floats["pixel_values"]) is floats["pixel_values"]
 
     model = CLIPModel.from_pretrained(tiny_clip).eval()

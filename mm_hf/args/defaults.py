@@ -2,6 +2,7 @@
 
 import dataclasses
 import logging
+import os
 
 from transformers import TrainingArguments
 
@@ -15,6 +16,34 @@ logger = logging.getLogger(__name__)
 # loss point in a 756-step run). save_total_limit=1 still keeps the best checkpoint next to the latest one while
 # load_best_model_at_end needs it (Trainer protects both), and 0.02 logs every 2% of the steps: ~50 points a run.
 TRAINING_DEFAULTS = {"save_total_limit": 1, "logging_steps": 0.02}
+
+
+# DataLoader workers when --dataloader_num_workers is unset: decoding then runs beside the training process, not in
+# it. One core per process stays free for it (and each process of a multi-process launch gets its share of the
+# cores); more than 4 workers per process rarely pays for an image recipe's batch sizes. 0 on a 1-core machine,
+# where a worker only adds copies. Measured on this project's 2-core machine (README "Choosing the defaults"): the
+# clip_imagecls demo ... . Tests set MM_HF_DATALOADER_WORKERS=0 (tests/conftest.py): a worker
+# forked per epoch and per evaluation costs a tiny run more than it saves (...).
+# `dataloader_persistent_workers` stays off: transformers' Trainer keeps a persistent evaluation DataLoader under
+# one key for every Dataset passed to `evaluate()`, so the test and shifted sets would be scored on the first
+# evaluation's data (mm_hf.run.check_dataloader_flags refuses the flag). `dataloader_prefetch_factor`: torch's
+# default (2 batches per worker), not measured to matter here.
+WORKERS_ENV = "MM_HF_DATALOADER_WORKERS"
+MAX_DEFAULT_WORKERS = 4
+
+
+def default_num_workers(cpus: int | None = None, processes: int | None = None) -> int:
+    """`dataloader_num_workers` for a run that leaves it unset: min(4, cores per process - 1), at least 0.
+
+    `cpus` defaults to the cores this process may run on, `processes` to the launch's processes on this machine
+    (LOCAL_WORLD_SIZE); the environment variable MM_HF_DATALOADER_WORKERS, when set, wins over both."""
+    if os.environ.get(WORKERS_ENV, "").strip():
+        return int(os.environ[WORKERS_ENV])
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if processes is None:
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(MAX_DEFAULT_WORKERS, cpus // max(processes, 1) - 1))
 
 
 def fill_defaults(parsed, defaults: dict, explicit: set[str]) -> tuple:

@@ -70,11 +70,12 @@ def main(argv=None) -> dict:
         "uint8_batch_bytes": nbytes["uint8"],
         "workers": args.workers,
     }
+    rounds = [round(u / f, 2) for f, u in zip(speeds["float32"], speeds["uint8"], strict=True)]
     print(
         f"{args.images} images 256x256 -> 224, batch {args.batch_size}, {args.workers} workers: "
         f"float32 {result['float32_img_s']:.0f} img/s, {nbytes['float32'] / 2**20:.1f} MiB/batch; "
         f"uint8 {result['uint8_img_s']:.0f} img/s, {nbytes['uint8'] / 2**20:.1f} MiB/batch; "
-        f"speed ratio {ratio:.2f}x (rounds: {[round(u / f, 2) for f, u in zip(speeds['float32'], speeds['uint8'])]})"
+        f"speed ratio {ratio:.2f}x (rounds: {rounds})"
     )
     return result
 
