@@ -95,3 +95,28 @@ def test_start_run_fills_workers_unless_set_and_refuses_persistent_workers(monke
     assert training_args.dataloader_num_workers == 0
     with pytest.raises(UserError, match="--dataloader_persistent_workers"):
         start_run(types, [*base, "--dataloader_num_workers", "2", "--dataloader_persistent_workers", "true"])
+
+
+def test_clip_imagecls_trainer_batches_arrive_as_uint8(tiny_vtde, digits_dir, tmp_path, monkeypatch):
+    from conftest import load_recipe
+
+    recipe = load_recipe("clip_imagecls")
+    seen = []
+
+    def recording(model, image_processor):  # registered first, so it sees what the DataLoader handed over
+        model.register_forward_pre_hook(
+            lambda module, args, kwargs: seen.append((module.training, kwargs["pixel_values"].dtype)), with_kwargs=True
+        )
+        return attach_pixel_normaliser(model, image_processor)
+
+    monkeypatch.setattr(recipe, "attach_pixel_normaliser", recording)
+    data = [f"--{split}_dir={digits_dir / split}" for split in ("train", "validation", "test")]
+    results = recipe.main([
+        "--model_name_or_path", str(tiny_vtde), "--output_dir", str(tmp_path / "out"), "--do_train", "--do_eval",
+        "--max_steps", "1", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "64",
+        "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true", "--save_strategy", "no",
+        "--dataloader_num_workers", "0", "--finetune_strategy", "full", *data,
+    ])  # fmt: skip
+    assert {dtype for _, dtype in seen} == {torch.uint8}
+    assert {training for training, _ in seen} == {True, False}  # training and evaluation batches alike
+    assert 0 <= results["eval_accuracy"] <= 1
