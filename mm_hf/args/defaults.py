@@ -21,9 +21,10 @@ TRAINING_DEFAULTS = {"save_total_limit": 1, "logging_steps": 0.02}
 # DataLoader workers when --dataloader_num_workers is unset: decoding then runs beside the training process, not in
 # it, with one core per process left to it (each process of a multi-process launch counts its share of the cores)
 # and at most 4 workers per process. Below 4 cores per process it stays 0: on this project's 2-core machine one
-# worker made the clip_imagecls demo (3 epochs, tiny ViT on 8x8 digits) slower, 15.1 -> 21.3 s and 21.9 -> 33.1 s
-# wall in two interleaved pairs, as the worker competes with the training process for the second core and is
-# started anew for every epoch and evaluation. Tests set MM_HF_DATALOADER_WORKERS=0 (tests/conftest.py) for the same
+# worker made the clip_imagecls demo (3 epochs, a 3-layer ViT at 32 px, 1074 8x8 PNG digits) slower, 15.1 -> 21.3 s
+# and 21.9 -> 33.1 s wall in two interleaved pairs: the worker competes with the training process for the second
+# core and is started anew for every epoch and evaluation. The threshold and the cap of 4 are not measured (no
+# larger CPU machine here). Tests set MM_HF_DATALOADER_WORKERS=0 (tests/conftest.py) for the same
 # reason: 2 workers made three clip_imagecls tests 12.0 -> 16.3 s. README "Choosing the defaults".
 # `dataloader_persistent_workers` stays off: transformers' Trainer keeps a persistent evaluation DataLoader under
 # one key for every Dataset passed to `evaluate()`, so the test and shifted sets would be scored on the first
