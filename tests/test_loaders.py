@@ -63,9 +63,18 @@ def test_uint8_batches_give_the_float_paths_pixels_and_logits(tiny_clip, photos)
 
 
 def test_train_transform_gives_uint8_and_other_processors_stay_float(tiny_clip, photos):
+    from transformers import ViTImageProcessorPil
+
     image_processor = AutoProcessor.from_pretrained(tiny_clip).image_processor
     batch = _batch(build_image_transform(image_processor, train=True, uint8=True), photos)
     assert batch["pixel_values"].dtype == torch.uint8 and batch["pixel_values"].shape == (4, 3, 30, 30)
+
+    class Custom(ViTImageProcessorPil):  # a step of its own: the byte table would not reproduce it
+        def rescale(self, image, *args, **kwargs):
+            return super().rescale(image, *args, **kwargs)
+
+    batch = _batch(build_image_transform(Custom(size={"height": 16, "width": 16}), train=True, uint8=True), photos)
+    assert batch["pixel_values"].dtype == torch.float32
 
 
 def test_default_workers_follow_the_cores_per_process(monkeypatch):
