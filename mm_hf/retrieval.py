@@ -19,7 +19,7 @@ from transformers import default_data_collator
 from .data.audio import AudioTransform, check_audio
 from .data.images import check_images
 from .data.loading import read_class_folder
-from .data.transforms import build_image_transform
+from .data.transforms import attach_pixel_normaliser, build_image_transform
 from .errors import UserError
 from .feature_cache import (
     data_fingerprint,
@@ -50,11 +50,22 @@ class ImageMedia:
         """`check_images` on the column: (dataset, bad samples)."""
         return check_images(dataset, self.column, skip_bad=skip_bad, num_proc=num_proc, split_name=split_name)
 
-    def transform(self, *, train: bool, augment: bool = False):
-        # Augmentation (random resized crop, no flip: captions say "left" and "right") is opt-in.
+    def transform(self, *, train: bool, augment: bool = False, uint8: bool = False):
+        # Augmentation (random resized crop, no flip: captions say "left" and "right") is opt-in. `uint8`: pixels
+        # for a model with `attach_pixel_normaliser` (the recipe's Trainer batches).
         return build_image_transform(
-            self.image_processor, train=train and augment, image_column=self.column, crop_scale=(0.8, 1.0), hflip=False
+            self.image_processor,
+            train=train and augment,
+            image_column=self.column,
+            crop_scale=(0.8, 1.0),
+            hflip=False,
+            uint8=uint8,
         )
+
+    def accept_uint8(self, model) -> bool:
+        """Let `model` take the uint8 pixels of `transform(uint8=True)` (`attach_pixel_normaliser`)."""
+        attach_pixel_normaliser(model, self.image_processor)
+        return True
 
     @staticmethod
     def embed(model, batch: dict) -> torch.Tensor:
@@ -83,7 +94,11 @@ class AudioMedia:
             dataset, self.column, sampling_rate=rate, skip_bad=skip_bad, num_proc=num_proc, split_name=split_name
         )
 
-    def transform(self, *, train: bool, augment: bool = False):
+    @staticmethod
+    def accept_uint8(model) -> bool:  # noqa: ARG004 (audio features have no uint8 form)
+        return False
+
+    def transform(self, *, train: bool, augment: bool = False, uint8: bool = False):  # noqa: ARG002 (no pixels)
         audio = AudioTransform(
             self.feature_extractor,
             audio_column=self.column,
@@ -178,8 +193,8 @@ class PairTransform:
     truncated to `max_length` tokens, so over-long captions never break a batch.
     """
 
-    def __init__(self, media, tokenizer, *, train: bool, max_length: int, augment: bool = False):
-        self.media = media.transform(train=train, augment=augment)
+    def __init__(self, media, tokenizer, *, train: bool, max_length: int, augment: bool = False, uint8: bool = False):
+        self.media = media.transform(train=train, augment=augment, uint8=uint8)
         self.tokenizer, self.train, self.max_length = tokenizer, train, max_length
 
     def __call__(self, batch: dict) -> dict:

@@ -16,7 +16,7 @@ import transformers
 from datasets.utils import logging as datasets_logging
 from transformers import EarlyStoppingCallback, Trainer, default_data_collator
 
-from .args import TRAINING_DEFAULTS, FinetuneArguments, explicit_flags, fill_defaults, parse_args
+from .args import TRAINING_DEFAULTS, FinetuneArguments, default_num_workers, explicit_flags, fill_defaults, parse_args
 from .data.loading import load_classification_splits, require_evaluation_split
 from .data.streaming import (
     StreamedSplit,
@@ -141,6 +141,19 @@ def check_hub_strategy(training_args, explicit: set[str]) -> None:
         )
 
 
+def check_dataloader_flags(training_args) -> None:
+    """Refuse --dataloader_persistent_workers: transformers' Trainer then keeps the first evaluation's DataLoader
+    under one key for every Dataset given to `evaluate()` (Trainer.get_eval_dataloader), and the recipes evaluate
+    the validation, test and shifted sets one after another: the later ones would silently be scored on the
+    first one's data."""
+    if training_args.dataloader_persistent_workers:
+        raise UserError(
+            "--dataloader_persistent_workers true is not supported: transformers' Trainer would reuse the first "
+            "evaluation's DataLoader for the test and shifted sets, scoring them on the wrong data. Drop the flag "
+            "(workers are started anew per epoch and per evaluation)."
+        )
+
+
 def check_launch(training_args) -> None:
     """Refuse a multi-process launch whose processes would not form one group.
 
@@ -171,8 +184,12 @@ def start_run(argument_types, argv):
     # What the recipes' defaults must not override: every flag the user set (CLI or --config YAML).
     explicit = explicit_flags(argv, argument_types)
     # Checkpoint retention, logging frequency; pinned host memory only speeds up copies to a GPU, and without one
-    # torch warns at every DataLoader (each evaluation).
-    defaults = {**TRAINING_DEFAULTS, "dataloader_pin_memory": torch.cuda.is_available()}
+    # torch warns at every DataLoader (each evaluation); DataLoader workers from the CPU count (mm_hf.args.defaults).
+    defaults = {
+        **TRAINING_DEFAULTS,
+        "dataloader_pin_memory": torch.cuda.is_available(),
+        "dataloader_num_workers": default_num_workers(),
+    }
     parsed = fill_defaults(parsed, defaults, explicit)
     training_args = next(a for a in parsed if isinstance(a, transformers.TrainingArguments))
     training_args.explicit_flags = explicit
@@ -187,6 +204,7 @@ def start_run(argument_types, argv):
     check_launch(training_args)
     check_engine(training_args, merge_lora=ft_args.merge_lora)  # FSDP / DeepSpeed: GPUs only
     check_hub_strategy(training_args, training_args.explicit_flags)
+    check_dataloader_flags(training_args)
     if training_args.do_train:
         check_output_dir(training_args, ft_args.overwrite_output_dir)
     check_sweep_flags(ft_args, training_args)

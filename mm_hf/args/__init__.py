@@ -29,6 +29,7 @@ from .defaults import (
     COMMON_DEFAULTS,
     STRATEGY_DEFAULTS,
     TRAINING_DEFAULTS,
+    default_num_workers,
     fill_defaults,
     fill_strategy_defaults,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "check_model_source",
     "column_field",
     "explicit_flags",
+    "default_num_workers",
     "fill_defaults",
     "fill_strategy_defaults",
     "media_column",

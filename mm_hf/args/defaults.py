@@ -2,6 +2,7 @@
 
 import dataclasses
 import logging
+import os
 
 from transformers import TrainingArguments
 
@@ -15,6 +16,39 @@ logger = logging.getLogger(__name__)
 # loss point in a 756-step run). save_total_limit=1 still keeps the best checkpoint next to the latest one while
 # load_best_model_at_end needs it (Trainer protects both), and 0.02 logs every 2% of the steps: ~50 points a run.
 TRAINING_DEFAULTS = {"save_total_limit": 1, "logging_steps": 0.02}
+
+
+# DataLoader workers when --dataloader_num_workers is unset: decoding then runs beside the training process, not in
+# it, with one core per process left to it (each process of a multi-process launch counts its share of the cores)
+# and at most 4 workers per process. Below 4 cores per process it stays 0: on this project's 2-core machine one
+# worker made the clip_imagecls demo (3 epochs, a 3-layer ViT at 32 px, 1074 8x8 PNG digits) slower, 15.1 -> 21.3 s
+# and 21.9 -> 33.1 s wall in two interleaved pairs: the worker competes with the training process for the second
+# core and is started anew for every epoch and evaluation. The threshold and the cap of 4 are not measured (no
+# larger CPU machine here). Tests set MM_HF_DATALOADER_WORKERS=0 (tests/conftest.py) for the same
+# reason: 2 workers made three clip_imagecls tests 12.0 -> 16.3 s. README "Choosing the defaults".
+# `dataloader_persistent_workers` stays off: transformers' Trainer keeps a persistent evaluation DataLoader under
+# one key for every Dataset passed to `evaluate()`, so the test and shifted sets would be scored on the first
+# evaluation's data (mm_hf.run.check_dataloader_flags refuses the flag). `dataloader_prefetch_factor`: torch's
+# default (2 batches per worker), not measured to matter here.
+WORKERS_ENV = "MM_HF_DATALOADER_WORKERS"
+MAX_DEFAULT_WORKERS = 4
+MIN_CORES_FOR_WORKERS = 4
+
+
+def default_num_workers(cpus: int | None = None, processes: int | None = None) -> int:
+    """`dataloader_num_workers` for a run that leaves it unset: min(4, cores per process - 1) from 4 cores per
+    process on, else 0.
+
+    `cpus` defaults to the cores this process may run on, `processes` to the launch's processes on this machine
+    (LOCAL_WORLD_SIZE); the environment variable MM_HF_DATALOADER_WORKERS, when set, wins over both."""
+    if os.environ.get(WORKERS_ENV, "").strip():
+        return int(os.environ[WORKERS_ENV])
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if processes is None:
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cores = cpus // max(processes, 1)
+    return 0 if cores < MIN_CORES_FOR_WORKERS else min(MAX_DEFAULT_WORKERS, cores - 1)
 
 
 def fill_defaults(parsed, defaults: dict, explicit: set[str]) -> tuple:

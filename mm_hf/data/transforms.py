@@ -21,6 +21,7 @@ be copied into every worker with the same state, and all workers would draw the 
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 from collections.abc import Callable
@@ -170,6 +171,62 @@ class PixelNormaliser:
         return torch.from_numpy(out)
 
 
+class BatchPixelNormaliser:
+    """uint8 pixel batches (b, 3, H, W) -> the processor's float32 pixel values, on the batch's device.
+
+    Runs after the batch has crossed the DataLoader's worker boundary as uint8 (4x fewer bytes than float32) and,
+    in a Trainer run, after it has been moved to the model's device. Rescale + normalise is affine per channel, so
+    its scale and shift are read off `PixelNormaliser`'s table (the processor's own output for bytes 0 and 255):
+    the result matches the float path within 1e-6 (float32 rounding of one multiply-add). A multiply-add, not the
+    table lookup: on one CPU core 5 ms for 32 x 3 x 224 x 224 against 73 ms for indexing. Float input passes
+    through unchanged.
+    """
+
+    def __init__(self, image_processor: Any):
+        table = torch.from_numpy(PixelNormaliser(image_processor).table).double()  # (3, 256)
+        self.scale = ((table[:, 255] - table[:, 0]) / 255).float().view(3, 1, 1)
+        self.shift = table[:, 0].float().view(3, 1, 1)
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.dtype != torch.uint8:
+            return pixels
+        if pixels.device not in self._on:
+            self._on[pixels.device] = (self.scale.to(pixels.device), self.shift.to(pixels.device))
+        scale, shift = self._on[pixels.device]
+        return pixels.to(torch.float32).mul_(scale).add_(shift)
+
+
+def attach_pixel_normaliser(model: torch.nn.Module, image_processor: Any) -> list:
+    """Let `model` take the uint8 `pixel_values` of `build_image_transform(..., uint8=True)`.
+
+    A forward pre-hook on every submodule whose `forward` has a `pixel_values` parameter (the model itself, its
+    vision tower, its patch embeddings) normalises a uint8 tensor with `BatchPixelNormaliser`: the outermost one
+    does the work, the inner ones then see floats. So `forward` and `get_image_features` both accept the batches,
+    on whatever device the Trainer moved them to. Hooks are not saved: `save_pretrained` and the saved processor
+    (float pixel values, `pipeline()`) are unchanged. Returns the hook handles (`.remove()` detaches).
+    """
+    normalise = BatchPixelNormaliser(image_processor)
+    handles = []
+    for module in model.modules():
+        parameters = list(inspect.signature(module.forward).parameters)
+        if "pixel_values" not in parameters:
+            continue
+        position = parameters.index("pixel_values")
+
+        def hook(module, args, kwargs, position=position):
+            if "pixel_values" in kwargs and kwargs["pixel_values"] is not None:
+                kwargs["pixel_values"] = normalise(kwargs["pixel_values"])
+            elif len(args) > position and args[position] is not None:
+                args = (*args[:position], normalise(args[position]), *args[position + 1 :])
+            return args, kwargs
+
+        handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+    if not handles:
+        raise ValueError(f"{type(model).__name__} has no module taking pixel_values to normalise uint8 batches for.")
+    return handles
+
+
 class ProcessorGeometry:
     """The processor's eval resize and center crop as two PIL calls, on a possibly reduced image.
 
@@ -257,6 +314,7 @@ class _BatchImageTransform:
         crop: RandomResizedCrop | None,
         flip: RandomHorizontalFlip | None,
         load: Callable[[Any], Image.Image],
+        uint8: bool = False,
     ):
         self.image_processor = image_processor
         self.image_column = image_column
@@ -265,13 +323,16 @@ class _BatchImageTransform:
         self.load = load
         stock = _is_stock_pil_processor(image_processor)
         self.normalise = PixelNormaliser(image_processor) if stock else None
+        # uint8 out only where the table reproduces the processor; other processors keep their float output,
+        # which BatchPixelNormaliser passes through.
+        self.uint8 = uint8 and stock
         self.geometry = None if crop is not None else ProcessorGeometry.from_processor(image_processor)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
         if self.image_column not in batch:
             raise KeyError(f"No image column {self.image_column!r} in the batch; columns are {list(batch)}.")
         out = {key: values for key, values in batch.items() if key != self.image_column}
-        # One (3, H, W) float32 tensor per example: default_data_collator stacks them, and a list
+        # One (3, H, W) float32 (or uint8) tensor per example: default_data_collator stacks them, and a list
         # (unlike one stacked tensor) also allows processors whose eval output varies in size.
         out["pixel_values"] = self._pixel_values(batch[self.image_column])
         return out
@@ -281,6 +342,8 @@ class _BatchImageTransform:
             pixel_values = self.image_processor([self.load(source) for source in sources])["pixel_values"]
             return [torch.from_numpy(np.asarray(pixels, dtype=np.float32)) for pixels in pixel_values]
         images = [self._train_image(source) if self.crop else self._eval_image(source) for source in sources]
+        if self.uint8:
+            return [torch.from_numpy(np.asarray(_rgb(image)).transpose(2, 0, 1).copy()) for image in images]
         if self.normalise is not None:
             return [self.normalise(image) for image in images]
         # The images already have the model's input size; the processor must only rescale and
@@ -326,6 +389,7 @@ def build_image_transform(
     crop_scale: tuple[float, float] = (0.5, 1.0),
     hflip: bool = True,
     load: Callable[[Any], Image.Image] = load_image,
+    uint8: bool = False,
 ) -> Callable[[dict], dict]:
     """A batch transform for `Dataset.with_transform` that turns `image_column` into `pixel_values`.
 
@@ -336,16 +400,23 @@ def build_image_transform(
     docstring); a custom `load` always decodes at full size.
     Other columns such as `labels` pass through. Use `remove_unused_columns=False` in
     `TrainingArguments`, or Trainer drops the image column before the transform sees it.
+    With `uint8`, `pixel_values` are the (3, H, W) uint8 pixels instead (for the stock PIL processors; others
+    stay float): 4x fewer bytes from the DataLoader's workers, normalised on the batch by the model after
+    `attach_pixel_normaliser`. Measured in README.md ("Input pipeline speed").
     """
     if not train:
-        return _BatchImageTransform(image_processor, image_column, None, None, load)
+        return _BatchImageTransform(image_processor, image_column, None, None, load, uint8)
     crop = RandomResizedCrop(
         target_size(image_processor),
         scale=crop_scale,
         resample=_pil_resample(image_processor),
     )
     flip = RandomHorizontalFlip() if hflip else None
-    return _BatchImageTransform(image_processor, image_column, crop, flip, load)
+    return _BatchImageTransform(image_processor, image_column, crop, flip, load, uint8)
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _pil_resample(image_processor: Any) -> Image.Resampling:

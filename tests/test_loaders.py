@@ -1,0 +1,131 @@
+"""uint8 image batches through the DataLoader, normalised on the batch by the model, and the DataLoader defaults."""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from transformers import AutoProcessor, CLIPModel, default_data_collator
+
+from mm_hf.data.transforms import BatchPixelNormaliser, attach_pixel_normaliser, build_image_transform
+
+
+@pytest.fixture
+def photos(tmp_path):
+    paths = []
+    for seed, size in enumerate([(48, 40), (30, 60), (64, 64), (200, 150)]):
+        values = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        path = tmp_path / f"img{seed}.{'jpg' if seed == 3 else 'png'}"
+        Image.fromarray(values).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def _batch(transform, paths):
+    dataset = datasets.Dataset.from_dict({"image": paths, "labels": list(range(len(paths)))})
+    loader = DataLoader(dataset.with_transform(transform), batch_size=len(paths), collate_fn=default_data_collator)
+    return next(iter(loader))
+
+
+def test_uint8_batches_give_the_float_paths_pixels_and_logits(tiny_clip, photos):
+    image_processor = AutoProcessor.from_pretrained(tiny_clip).image_processor
+    floats = _batch(build_image_transform(image_processor, train=False), photos)
+    uint8 = _batch(build_image_transform(image_processor, train=False, uint8=True), photos)
+    assert uint8["pixel_values"].dtype == torch.uint8 and floats["pixel_values"].dtype == torch.float32
+    assert uint8["pixel_values"].shape == floats["pixel_values"].shape == (4, 3, 30, 30)
+    assert uint8["labels"].tolist() == [0, 1, 2, 3]
+    # The batch normaliser reproduces the per-image float path (to float32 rounding), and passes floats through.
+    torch.testing.assert_close(
+        BatchPixelNormaliser(image_processor)(uint8["pixel_values"]), floats["pixel_values"], rtol=0, atol=1e-6
+    )
+    assert BatchPixelNormaliser(image_processor)(floats["pixel_values"]) is floats["pixel_values"]
+
+    model = CLIPModel.from_pretrained(tiny_clip).eval()
+
+    def embeds(pixel_values):
+        return model.get_image_features(pixel_values).pooler_output
+
+    with torch.no_grad():
+        expected = embeds(floats["pixel_values"])
+        handles = attach_pixel_normaliser(model, image_processor)
+        ids = torch.tensor([[0, 2, 1], [0, 4, 1]])
+        # Both entry points (positional and keyword pixel_values) see normalised pixels.
+        torch.testing.assert_close(embeds(uint8["pixel_values"]), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(pixel_values=uint8["pixel_values"], input_ids=ids).logits_per_image,
+                                   model(pixel_values=floats["pixel_values"], input_ids=ids).logits_per_image, rtol=1e-5, atol=1e-5)  # fmt: skip
+        for handle in handles:
+            handle.remove()
+        # Without the hooks the raw bytes would reach the model: the check above is not vacuous.
+        assert not torch.allclose(embeds(uint8["pixel_values"].float()), expected, atol=1e-3)
+
+
+def test_train_transform_gives_uint8_and_other_processors_stay_float(tiny_clip, photos):
+    from transformers import ViTImageProcessorPil
+
+    image_processor = AutoProcessor.from_pretrained(tiny_clip).image_processor
+    batch = _batch(build_image_transform(image_processor, train=True, uint8=True), photos)
+    assert batch["pixel_values"].dtype == torch.uint8 and batch["pixel_values"].shape == (4, 3, 30, 30)
+
+    class Custom(ViTImageProcessorPil):  # a step of its own: the byte table would not reproduce it
+        def rescale(self, image, *args, **kwargs):
+            return super().rescale(image, *args, **kwargs)
+
+    batch = _batch(build_image_transform(Custom(size={"height": 16, "width": 16}), train=True, uint8=True), photos)
+    assert batch["pixel_values"].dtype == torch.float32
+
+
+def test_default_workers_follow_the_cores_per_process(monkeypatch):
+    from mm_hf.args import default_num_workers
+
+    monkeypatch.delenv("MM_HF_DATALOADER_WORKERS")
+    cases = {(1, 1): 0, (2, 1): 0, (3, 1): 0, (4, 1): 3, (8, 1): 4, (64, 1): 4, (8, 2): 3, (4, 2): 0, (16, 4): 3}
+    assert {case: default_num_workers(*case) for case in cases} == cases
+    monkeypatch.setenv("MM_HF_DATALOADER_WORKERS", "2")
+    assert default_num_workers(64, 1) == 2
+
+
+def test_start_run_fills_workers_unless_set_and_refuses_persistent_workers(monkeypatch, tmp_path):
+    from transformers import TrainingArguments
+
+    from mm_hf.args import FinetuneArguments
+    from mm_hf.errors import UserError
+    from mm_hf.run import start_run
+
+    monkeypatch.delenv("MM_HF_DATALOADER_WORKERS")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    types, base = (FinetuneArguments, TrainingArguments), ["--output_dir", str(tmp_path / "a")]
+    _, training_args = start_run(types, base)
+    assert training_args.dataloader_num_workers == 4 and not training_args.dataloader_persistent_workers
+    _, training_args = start_run(types, [*base, "--dataloader_num_workers", "0"])
+    assert training_args.dataloader_num_workers == 0
+    with pytest.raises(UserError, match="--dataloader_persistent_workers"):
+        start_run(types, [*base, "--dataloader_num_workers", "2", "--dataloader_persistent_workers", "true"])
+
+
+def test_clip_imagecls_trainer_batches_arrive_as_uint8(tiny_vtde, digits_dir, tmp_path, monkeypatch):
+    from conftest import load_recipe
+
+    recipe = load_recipe("clip_imagecls")
+    seen = []
+
+    def recording(model, image_processor):  # registered first, so it sees what the DataLoader handed over
+        model.register_forward_pre_hook(
+            lambda module, args, kwargs: seen.append((module.training, kwargs["pixel_values"].dtype)), with_kwargs=True
+        )
+        return attach_pixel_normaliser(model, image_processor)
+
+    monkeypatch.setattr(recipe, "attach_pixel_normaliser", recording)
+    data = [f"--{split}_dir={digits_dir / split}" for split in ("train", "validation", "test")]
+    results = recipe.main([
+        "--model_name_or_path", str(tiny_vtde), "--output_dir", str(tmp_path / "out"), "--do_train", "--do_eval",
+        "--max_steps", "1", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "64",
+        "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true", "--save_strategy", "no",
+        "--dataloader_num_workers", "0", "--finetune_strategy", "full", *data,
+    ])  # fmt: skip
+    assert {dtype for _, dtype in seen} == {torch.uint8}
+    assert {training for training, _ in seen} == {True, False}  # training and evaluation batches alike
+    assert 0 <= results["eval_accuracy"] <= 1
