@@ -25,7 +25,7 @@ def load_both(path, num_frames, train, seed):
     results = []
     for seek in (True, False):
         rng = random.Random(seed)
-        results.append(video._sampled(path, num_frames, train=train, rng=rng, seek=seek))
+        results.append(video.sample_frames(path, num_frames, train=train, rng=rng, seek=seek))
     return results
 
 
@@ -52,7 +52,7 @@ def test_load_seeks_only_when_it_pays(tmp_path, monkeypatch):
     monkeypatch.setattr(video, "_decode_at", lambda *a, **k: pytest.fail("decoded every frame"))
     assert len(load_video_frames(many_keys, 4)) == 4
     monkeypatch.undo()
-    monkeypatch.setattr(video, "_decode_seeking", lambda *a, **k: pytest.fail("seeked"))
+    monkeypatch.setattr(video, "decode_seeking", lambda *a, **k: pytest.fail("seeked"))
     assert len(load_video_frames(one_key, 4)) == 4
 
 

@@ -17,7 +17,7 @@ full-decode ones on the same seed (mean |difference| in 0..255 units).
 every frame (the path before seeking), on a 5-minute 25 fps clip (160x120 h264, a keyframe every 2 s) and on the
 demo's clips (`write_video_dataset`: 1 s, 8 frames), in evaluation and training (seeded) for 8 and 32 frames,
 interleaved round by round; then, on the long clip, seeking forced on against off as the number of sampled frames
-grows (where seeking stops paying) and what one seek costs in decoded frames (`_SEEK_COST_FRAMES`).
+grows (where seeking stops paying) and what one seek costs in decoded frames (`SEEK_COST_FRAMES`).
 `--audio` times `load_audio` (soundfile decode, mix-down to mono, soxr HQ resample) on 5 s 44.1 kHz stereo WAV
 (16-bit PCM) and FLAC clips to 16 kHz mono, and the decode alone.
 """
@@ -39,8 +39,19 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 from transformers import BitImageProcessor
 
+from mm_hf.data.audio import decode_source, load_audio
 from mm_hf.data.images import load_image
+from mm_hf.data.synthetic import write_video_dataset
 from mm_hf.data.transforms import RandomHorizontalFlip, RandomResizedCrop, build_image_transform, target_size
+from mm_hf.data.video import (
+    SEEK_COST_FRAMES,
+    decode_seeking,
+    default_video_codec,
+    sample_frames,
+    scan_video,
+    seek_plan,
+    shown_frames,
+)
 
 # DINOv2-small's preprocessor_config.json.
 DINOV2_PROCESSOR = {
@@ -181,13 +192,11 @@ def write_long_clip(path: Path, seconds: int = 300, fps: int = 25, size=(160, 12
     """A clip of a square moving over a drifting gradient, streamed to h264 frame by frame (never all in memory)."""
     import av
 
-    from mm_hf.data.video import _default_video_codec
-
     width, height = size
     ys, xs = np.mgrid[0:height, 0:width]
     noise = np.random.default_rng(0).integers(0, 24, size=(height, width), dtype=np.uint8)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(_default_video_codec(), rate=fps)
+        stream = container.add_stream(default_video_codec(), rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = keyframe_every
         for index in range(seconds * fps):
@@ -205,27 +214,23 @@ def write_long_clip(path: Path, seconds: int = 300, fps: int = 25, size=(160, 12
 
 
 def _clips_per_second(paths: list[str], num_frames: int, train: bool, seek: bool | None) -> float:
-    from mm_hf.data.video import _sampled
 
     rng = random.Random(0)
     start = time.perf_counter()
     for path in paths:
-        _sampled(path, num_frames, train=train, rng=rng, seek=seek)
+        sample_frames(path, num_frames, train=train, rng=rng, seek=seek)
     return len(paths) / (time.perf_counter() - start)
 
 
 def video_speed(rounds: int) -> list[dict]:
     import av
 
-    from mm_hf.data.synthetic import write_video_dataset
-    from mm_hf.data.video import _SEEK_COST_FRAMES, _scan, _seek_plan, _shown_frames
-
     with tempfile.TemporaryDirectory() as folder:
         long_clip = write_long_clip(Path(folder) / "long.mp4")
         write_video_dataset(str(Path(folder) / "demo"), sizes=(16, 0, 0))
         demo = sorted(str(p) for p in (Path(folder) / "demo" / "videos").glob("*.mp4"))
         with av.open(long_clip) as container:
-            scan = _scan(container, container.streams.video[0], long_clip)
+            scan = scan_video(container, container.streams.video[0], long_clip)
         cases = [
             (clip, files, mode, n)
             for clip, files in (("5 min, 25 fps, keyframe / 2 s", [long_clip]), ("demo, 1 s, 8 frames", demo))
@@ -256,7 +261,7 @@ def video_speed(rounds: int) -> list[dict]:
         crossover = []
         for n in (8, 32, 64, 128, 256):
             targets = [scan.start + (k + 0.5) * scan.span / n for k in range(n)]
-            planned = sum(cost for _, cost in _seek_plan(scan, sorted(set(_shown_frames(scan, targets)))))
+            planned = sum(cost for _, cost in seek_plan(scan, sorted(set(shown_frames(scan, targets)))))
             on = statistics.median(_clips_per_second([long_clip], n, False, True) for _ in range(max(rounds, 1)))
             off = statistics.median(_clips_per_second([long_clip], n, False, False) for _ in range(max(rounds, 1)))
             crossover.append({"frames": n, "planned_fraction": planned / len(scan.times), "seek_speedup": on / off})
@@ -285,7 +290,7 @@ def video_speed(rounds: int) -> list[dict]:
     for row in crossover:
         print(
             f"forced seeking, {row['frames']} frames: plans {row['planned_fraction']:.0%} of the frames "
-            f"(seek cost {_SEEK_COST_FRAMES}), {row['seek_speedup']:.2f}x the one pass"
+            f"(seek cost {SEEK_COST_FRAMES}), {row['seek_speedup']:.2f}x the one pass"
         )
     print(f"one seek costs {per_seek * 1e3:.2f} ms = {seek_cost:.1f} decoded frames")
     return rows + crossover + [{"seek_cost_frames": seek_cost, "one_pass_frames_s": frames_per_second}]
@@ -295,10 +300,8 @@ def _sampled_at(path: str, scan, times: list[float]) -> None:
     """Decode the frames at `times` (keyframes) by seeking, the scan already done."""
     import av
 
-    from mm_hf.data.video import _decode_seeking
-
     with av.open(path) as container:
-        _decode_seeking(container, container.streams.video[0], scan, times, path)
+        decode_seeking(container, container.streams.video[0], scan, times, path)
 
 
 # --- audio ---------------------------------------------------------------------------------------------------
@@ -326,16 +329,12 @@ def _load_audio_before(path: str, sampling_rate: int = 16000) -> np.ndarray:
     """`load_audio` as it was before `mix_down`: numpy's mean over the channel axis."""
     import soxr
 
-    from mm_hf.data.audio import _decode_source
-
-    samples, rate, _ = _decode_source(path)
+    samples, rate, _ = decode_source(path)
     return soxr.resample(samples.mean(axis=1, dtype=np.float32), rate, sampling_rate, quality="HQ")
 
 
 def audio_speed(rounds: int, count: int = 20) -> list[dict]:
     import soundfile as sf
-
-    from mm_hf.data.audio import load_audio
 
     def clips_per_second(paths, step) -> float:
         start = time.perf_counter()

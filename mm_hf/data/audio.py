@@ -56,7 +56,7 @@ def load_audio(
     """
     if not isinstance(sampling_rate, int | np.integer) or sampling_rate <= 0:
         raise ValueError(f"sampling_rate must be a positive integer, got {sampling_rate!r}")
-    samples, rate, name = _decode_source(source)  # (frames, channels), finite, non-empty
+    samples, rate, name = decode_source(source)  # (frames, channels), finite, non-empty
     if mono:
         samples = mix_down(samples)
     if rate != sampling_rate:
@@ -86,7 +86,7 @@ def mix_down(samples: np.ndarray) -> np.ndarray:
     return total
 
 
-def _decode_source(source: AudioSource) -> tuple[np.ndarray, int, str]:
+def decode_source(source: AudioSource) -> tuple[np.ndarray, int, str]:
     if source is None:
         raise BadSampleError("<missing>", "no audio (the value is None)")
     if isinstance(source, Mapping):

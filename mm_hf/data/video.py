@@ -63,7 +63,7 @@ _DURATION_SLACK_SECONDS = 0.05
 # when the frames it decodes plus this per seek stay under the clip's frame count. `python -m mm_hf.bench.pipeline
 # --video` measured 1.2 ms a seek = 9 frames of a 160x120 h264 clip decoded at 8200 frames/s; forcing seeks on that
 # 5-minute clip broke even (0.99x the one pass) where the plan came to ~90 % of the frames at this cost.
-_SEEK_COST_FRAMES = 9
+SEEK_COST_FRAMES = 9
 
 
 def load_video_frames(
@@ -90,10 +90,10 @@ def load_video_frames(
     """
     if not isinstance(num_frames, int | np.integer) or num_frames <= 0:
         raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
-    return _sampled(source, num_frames, train=train, rng=rng, seek=False if decode_all else None)
+    return sample_frames(source, num_frames, train=train, rng=rng, seek=False if decode_all else None)
 
 
-def _sampled(
+def sample_frames(
     source: VideoSource, num_frames: int, *, train: bool, rng: random.Random | None, seek: bool | None
 ) -> list[Image.Image]:
     """`load_video_frames`, decoding by seeking (`seek=True`), in one pass (False), or whichever is cheaper (None)."""
@@ -101,7 +101,7 @@ def _sampled(
     with _naming_errors(name):
         with open_container() as container:
             index = _video_stream(container, name).index
-            scan = _scan(container, container.streams[index], name)
+            scan = scan_video(container, container.streams[index], name)
         offsets = [(rng or random).random() if train else 0.5 for _ in range(num_frames)]
         targets = [scan.start + (k + u) * scan.span / num_frames for k, u in enumerate(offsets)]
         if seek is None:
@@ -109,7 +109,7 @@ def _sampled(
         if seek:
             try:
                 with open_container() as container:
-                    return _decode_seeking(container, container.streams[index], scan, targets, name)
+                    return decode_seeking(container, container.streams[index], scan, targets, name)
             except _CannotSeek:
                 pass  # the one pass below decodes every frame, and finds any real fault on the way
         with open_container() as container:
@@ -354,7 +354,7 @@ def _tagged_duration(tag: str | None) -> float | None:
         return None
 
 
-def _scan(container: Any, stream: Any, name: str) -> _Scan:
+def scan_video(container: Any, stream: Any, name: str) -> _Scan:
     """Demux every packet once to learn the video's timeline and to catch truncated files."""
     packets, times, durations, keys = _Packets(), [], [], []
     for packet in container.demux():
@@ -423,12 +423,12 @@ class _CannotSeek(Exception):
     """Seeking did not land where the scan said (no timestamps, an unseekable container, odd keyframes)."""
 
 
-def _shown_frames(scan: _Scan, targets: list[float]) -> list[int]:
+def shown_frames(scan: _Scan, targets: list[float]) -> list[int]:
     """Index of the frame shown at each target time: the last one starting at or before it (else the first)."""
     return [max(bisect.bisect_right(scan.times, target) - 1, 0) for target in targets]
 
 
-def _seek_plan(scan: _Scan, wanted: list[int]) -> list[tuple[int | None, int]]:
+def seek_plan(scan: _Scan, wanted: list[int]) -> list[tuple[int | None, int]]:
     """For each wanted frame (ascending, distinct): (keyframe to seek to, or None to decode on), frames decoded."""
     plan, position = [], None
     for frame in wanted:
@@ -436,29 +436,29 @@ def _seek_plan(scan: _Scan, wanted: list[int]) -> list[tuple[int | None, int]]:
         key = scan.keyframes[k] if k >= 0 else None
         if key is None:  # no keyframe at or before it: only decoding from the start reaches it
             plan.append((None, frame + 1 - (0 if position is None else position + 1)))
-        elif position is not None and frame - position <= frame - key + _SEEK_COST_FRAMES:
+        elif position is not None and frame - position <= frame - key + SEEK_COST_FRAMES:
             plan.append((None, frame - position))  # on from the frame decoded last, no seek
         else:
-            plan.append((key, frame - key + 1 + _SEEK_COST_FRAMES))
+            plan.append((key, frame - key + 1 + SEEK_COST_FRAMES))
         position = frame
     return plan
 
 
 def _seek_pays(scan: _Scan, targets: list[float]) -> bool:
-    """Whether seeking decodes fewer frames (seeks counted at `_SEEK_COST_FRAMES`) than one pass over all of them."""
+    """Whether seeking decodes fewer frames (seeks counted at `SEEK_COST_FRAMES`) than one pass over all of them."""
     if not scan.uses_pts or not scan.keyframes:
         return False
-    plan = _seek_plan(scan, sorted(set(_shown_frames(scan, targets))))
+    plan = seek_plan(scan, sorted(set(shown_frames(scan, targets))))
     return any(key is not None for key, _ in plan) and sum(cost for _, cost in plan) < len(scan.times)
 
 
-def _decode_seeking(container: Any, stream: Any, scan: _Scan, targets: list[float], name: str) -> list[Image.Image]:
+def decode_seeking(container: Any, stream: Any, scan: _Scan, targets: list[float], name: str) -> list[Image.Image]:
     """Seek to the keyframe before each chosen frame and decode forward to it; the same frames as `_decode_at`."""
-    shown = _shown_frames(scan, targets)
+    shown = shown_frames(scan, targets)
     wanted = sorted(set(shown))
     rgb: dict[int, Image.Image] = {}
     frames = None
-    for frame_index, (key, _) in zip(wanted, _seek_plan(scan, wanted), strict=True):
+    for frame_index, (key, _) in zip(wanted, seek_plan(scan, wanted), strict=True):
         target = scan.times[frame_index]
         if key is not None:
             try:
@@ -506,7 +506,7 @@ def _upright_rgb(frame: Any) -> Image.Image:
 
 
 @functools.cache
-def _default_video_codec() -> str:
+def default_video_codec() -> str:
     import av
 
     # FFmpeg lists libx264 only as an encoder, so its presence means we can write h264.
@@ -540,7 +540,7 @@ def write_synthetic_video(
     height, width = frames.shape[1:3]
     if height % 2 or width % 2 or height == 0 or width == 0:
         raise ValueError(f"yuv420p needs a non-zero, even height and width, got {height}x{width}")
-    codec = codec or _default_video_codec()
+    codec = codec or default_video_codec()
     options = {"crf": "10"} if codec == "libx264" else {}
     with av.open(str(path), "w") as container:
         video = container.add_stream(codec, rate=fps, options=options)
