@@ -127,28 +127,3 @@ def test_sweep_flags_that_cannot_work_are_refused_before_any_data(tmp_path):
     (tmp_path / "out" / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4}')
     with pytest.raises(UserError, match="--hp_search cannot resume from .*checkpoint-4"):
         start(tmp_path, *resume)
-
-
-@pytest.mark.slow  # a local Ray cluster starts (GCS, raylet, workers): ~1 min on 2 cores
-def test_ray_tune_sweep_runs_trials_as_actors_and_retrains_the_best(tiny_vtde, digits_dir, tmp_path):
-    pytest.importorskip("ray.tune")
-    space = tmp_path / "space.yaml"
-    space.write_text("learning_rate: {type: float, low: 1.0e-4, high: 3.0e-2, log: true}\n")
-    out = tmp_path / "out"
-    results = recipe.main([
-        "--model_name_or_path", str(tiny_vtde), "--output_dir", str(out),
-        "--train_dir", str(digits_dir / "train"), "--validation_dir", str(digits_dir / "validation"),
-        "--do_train", "--do_eval", "--finetune_strategy", "full", "--head_init", "zeroshot",
-        "--prompt_templates", "a photo of the digit {}.", "--max_steps", "2", "--per_device_train_batch_size", "16",
-        "--per_device_eval_batch_size", "32", "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true",
-        "--hp_search", "ray", "--n_trials", "2", "--hp_space", str(space), "--metric_for_best_model", "loss",
-    ])  # fmt: skip
-    sweep = json.loads((out / "all_results.json").read_text())["hp_search"]
-    assert sweep == results["hp_search"] and sweep["backend"] == "ray"
-    trials = sweep["trials"]
-    assert len(trials) == 2 and len({t["learning_rate"] for t in trials}) == 2
-    best = min(trials, key=lambda t: t["objective"])
-    assert sweep["best_params"] == {"learning_rate": best["learning_rate"]}
-    # The folder's model is the best trial retrained with the same seed.
-    assert results["eval_loss"] == pytest.approx(best["objective"], rel=1e-5)
-    assert "model.safetensors" in os.listdir(out) and not is_unfinished(out)
