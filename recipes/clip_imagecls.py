@@ -39,7 +39,7 @@ from mm_hf.args import (
 from mm_hf.classifier_run import plan_probe, train_classifier
 from mm_hf.data.images import check_images
 from mm_hf.data.loading import dataset_display_name
-from mm_hf.data.transforms import attach_pixel_normaliser, build_image_transform
+from mm_hf.data.transforms import classifier_image_transforms
 from mm_hf.errors import UserError, run_cli
 from mm_hf.evaluate.shifts import load_run_shifts
 from mm_hf.features import classifier_datasets
@@ -149,25 +149,12 @@ def main(argv=None):
             **hub_kwargs,
         )
 
-    # 4. Inputs: cached features for a linear probe, on-the-fly decoding + augmentation otherwise. The Trainer's
-    # batches cross from the DataLoader workers as uint8 (4x fewer bytes) and the model normalises them on its
-    # device; `eval_transform` (float, as the saved processor gives) serves the passes outside the Trainer.
-    image_processor = processor.image_processor
-    eval_transform = build_image_transform(image_processor, train=False, image_column=column)
-    train_transform = build_image_transform(
-        image_processor,
-        train=cls_args.augment,
-        image_column=column,
-        crop_scale=(cls_args.crop_scale_min, 1.0),
-        hflip=cls_args.hflip,
-        uint8=not cache,
-    )
-    attach_pixel_normaliser(model, image_processor)
-    trainer_eval = (
-        eval_transform
-        if cache
-        else build_image_transform(image_processor, train=False, image_column=column, uint8=True)
-    )
+    # 4. Inputs: cached features for a linear probe, on-the-fly decoding + augmentation otherwise (the Trainer's
+    # batches as uint8, normalised by the model on its device; `eval_transform` gives float pixel values)
+    train_transform, trainer_eval, eval_transform = classifier_image_transforms(
+        model, processor.image_processor, column, augment=cls_args.augment,
+        crop_scale=(cls_args.crop_scale_min, 1.0), hflip=cls_args.hflip, cached=cache,
+    )  # fmt: skip
     datasets_ = classifier_datasets(
         model, splits, train_transform, trainer_eval, training_args, cache, ft_args.features_cache_dir
     )

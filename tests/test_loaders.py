@@ -10,6 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from transformers import AutoProcessor, CLIPModel, default_data_collator
 
+from mm_hf.data import transforms
 from mm_hf.data.transforms import BatchPixelNormaliser, attach_pixel_normaliser, build_image_transform
 
 
@@ -118,7 +119,7 @@ def test_clip_imagecls_trainer_batches_arrive_as_uint8(tiny_vtde, digits_dir, tm
         )
         return attach_pixel_normaliser(model, image_processor)
 
-    monkeypatch.setattr(recipe, "attach_pixel_normaliser", recording)
+    monkeypatch.setattr(transforms, "attach_pixel_normaliser", recording)  # called by classifier_image_transforms
     data = [f"--{split}_dir={digits_dir / split}" for split in ("train", "validation", "test")]
     results = recipe.main([
         "--model_name_or_path", str(tiny_vtde), "--output_dir", str(tmp_path / "out"), "--do_train", "--do_eval",
