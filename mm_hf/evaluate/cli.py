@@ -23,7 +23,7 @@ from ..args import (
     media_column,
     parse_args,
 )
-from ..corruptions import parse_severities, select_corruptions
+from ..corruptions.registry import parse_severities, select_corruptions
 from ..data.loading import read_labelled_split
 from ..data.streaming import refuse_streaming
 from ..errors import UserError

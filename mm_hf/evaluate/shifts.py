@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..args.robustness import DEFAULT_ROBUSTNESS
-from ..corruptions import parse_severities, select_corruptions
+from ..corruptions.registry import parse_severities, select_corruptions
 from ..errors import UserError
 from ..measures import HEADLINE_METRICS
 from ..metrics.robustness import robustness_summary
