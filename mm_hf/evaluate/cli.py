@@ -25,7 +25,7 @@ from ..args import (
 )
 from ..corruptions.registry import parse_severities, select_corruptions
 from ..data.loading import read_labelled_split
-from ..data.streaming import refuse_streaming
+from ..data.streaming.flags import refuse_streaming
 from ..errors import UserError
 from ..metrics.calibration import fit_temperature
 from ..metrics.robustness import effective_robustness, fit_id_ood_line, line_accuracy, robustness_summary
