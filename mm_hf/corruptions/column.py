@@ -18,7 +18,8 @@ import numpy as np
 
 from ..data.audio import load_audio
 from ..data.images import load_image
-from ..data.video import VIDEO_FRAMES_KEY, load_video_frames
+from ..data.video.dataset import VIDEO_FRAMES_KEY
+from ..data.video.frames import load_video_frames
 from .registry import CORRUPTIONS, check_corruption, content_key, corruption_rng, corruptions_of
 
 
