@@ -1,14 +1,18 @@
-"""What the two classifier recipes (`clip_imagecls.py`, `audio_cls.py`) share between building their inputs and
-saving the run: whether a linear probe caches its features and fits by L-BFGS, then the Trainer, the measure (own
-splits, --ood_dir sets, the --robustness sweep), LP-FT's first stage, WiSE-FT's sets and the one run protocol."""
+"""What the two classifier recipes (`clip_imagecls.py`, `audio_cls.py`) share after building their inputs: whether
+a linear probe caches its features and fits by L-BFGS, then the Trainer, the measure (own splits, --ood_dir sets,
+the --robustness sweep), LP-FT's first stage, WiSE-FT's sets and the one run protocol; and the save at the end."""
 
 import logging
 from functools import partial
 
+from .args import args_to_dict
+from .data.loading import dataset_display_name
 from .evaluate.shifts import RunShifts, with_shifts
+from .flyp import finish_flyp
 from .lp_ft import lp_ft_first_stage
 from .measures import TrainerMeasure
 from .metrics.streaming import ClassificationMetrics
+from .outputs import RunInfo, recipe_command, save_run
 from .probe import fit_classifier_head, use_lbfgs_probe
 from .retention import ZeroShotRetention, with_retention
 from .run import RunResult, build_trainer, train_and_evaluate
@@ -68,3 +72,26 @@ def train_classifier(
         extra_sets=with_retention(ood, retention),
     )
     return trainer, run
+
+
+def save_classifier_run(
+    trainer, run, parsed: tuple, argv: list[str], *, pipeline_tag: str, script: str, skipped, push_to_hub: bool,
+    head: dict | None = None,
+):  # fmt: skip
+    """The recipe's last step: FLYP's model made the plain classifier it trained (`finish_flyp`), then `save_run`
+    (model, outputs, card; published with `push_to_hub`). `parsed`: the recipe's argument dataclasses in order, model,
+    data and fine-tuning arguments first, TrainingArguments as prepared; all are saved as the resolved arguments."""
+    model_args, data_args, ft_args = parsed[:3]
+    finish_flyp(trainer)
+    info = RunInfo(
+        pipeline_tag=pipeline_tag,
+        base_model=model_args.model_name_or_path,
+        dataset=dataset_display_name(data_args),
+        command=recipe_command(argv, script=script),
+        finetune_strategy=ft_args.finetune_strategy,
+        head=head,
+    )
+    return save_run(
+        trainer, run, info, config=args_to_dict(*parsed), skipped=skipped, push_to_hub=push_to_hub,
+        merge_lora=ft_args.merge_lora,
+    )  # fmt: skip

@@ -17,7 +17,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from .corruptions import CORRUPTIONS, corruption_rng
+from .corruptions.registry import CORRUPTIONS, corruption_rng
 from .data.synthetic import write_click_dataset, write_imagetext_xor, write_video_dataset
 from .models.tiny import build_tiny_dual_encoder, build_tiny_encoders
 

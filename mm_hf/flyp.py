@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import AutoModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from .errors import UserError
@@ -147,6 +148,22 @@ def build_flyp_classifier(backbone, id2label: dict, tokenizer, templates: Sequen
     )
     names = [id2label[i] for i in range(len(id2label))]
     return FlypClassifier(classifier, tokenizer, names, templates)
+
+
+def build_dual_encoder_or_flyp(
+    model_name_or_path, id2label: dict, tokenizer, templates: Sequence[str], *, flyp: bool, head_init: str,
+    hub_kwargs: dict, **head_kwargs,
+):  # fmt: skip
+    """The classifier a dual-encoder recipe trains: with `flyp` (--loss flyp) a `FlypClassifier` (both towers train
+    contrastively, the head is the text tower's), else `build_dual_encoder_classifier` with a `head_init` head
+    ("zeroshot": the class-prompt embeddings of `templates`, or "random"). `hub_kwargs` go to `from_pretrained`."""
+    if flyp:
+        backbone = AutoModel.from_pretrained(model_name_or_path, **hub_kwargs)
+        return build_flyp_classifier(backbone, id2label, tokenizer, templates, **head_kwargs)
+    return build_dual_encoder_classifier(
+        model_name_or_path, id2label, tokenizer=tokenizer, head_init=head_init, prompt_templates=templates,
+        **head_kwargs, **hub_kwargs,
+    )  # fmt: skip
 
 
 def check_flyp(ft_args, head_init: str, explicit: set[str]) -> None:

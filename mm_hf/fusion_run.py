@@ -5,7 +5,8 @@ import logging
 
 from .data.multimodal import MultimodalColumns, check_media, load_multimodal_splits
 from .data.multimodal_stream import STATISTICS_ROWS, load_multimodal_stream
-from .data.streaming import StreamedSplit, StreamSkips, check_streaming_flags, require_full_validation
+from .data.streaming.flags import check_streaming_flags, require_full_validation
+from .data.streaming.skips import StreamedSplit, StreamSkips
 from .data.tabular import TabularProcessor
 from .errors import UserError
 from .fusion_features import CachedInputs, cache_encoder_outputs, fit_feature_statistics, frozen_modalities

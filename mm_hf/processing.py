@@ -33,7 +33,8 @@ from .data.audio import augment as augment_audio
 from .data.audio import crop_or_pad, load_audio
 from .data.tabular import TabularProcessor
 from .data.transforms import build_image_transform
-from .data.video import VIDEO_FRAMES_KEY, load_video_audio, load_video_frames
+from .data.video.dataset import VIDEO_FRAMES_KEY, load_video_audio
+from .data.video.frames import load_video_frames
 from .models.processing_multimodal_fusion import MultimodalFusionProcessor, ProcessorSettings, audio_window, fill
 from .models.text_length import text_max_length
 

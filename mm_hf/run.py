@@ -18,13 +18,9 @@ from transformers import EarlyStoppingCallback, Trainer, default_data_collator
 
 from .args import TRAINING_DEFAULTS, FinetuneArguments, default_num_workers, explicit_flags, fill_defaults, parse_args
 from .data.loading import load_classification_splits, require_evaluation_split
-from .data.streaming import (
-    StreamedSplit,
-    StreamSkips,
-    check_streaming_flags,
-    load_stream_splits,
-    stream_training_arguments,
-)
+from .data.streaming.classifier import load_stream_splits
+from .data.streaming.flags import check_streaming_flags, stream_training_arguments
+from .data.streaming.skips import StreamedSplit, StreamSkips
 from .data.validation import check_splits
 from .engines import check_engine, prepare_for_engine
 from .errors import UserError

@@ -22,7 +22,7 @@ Robust fine-tuning (README "Robust fine-tuning"): --finetune_strategy lp_ft, --w
 import sys
 from dataclasses import dataclass, field
 
-from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoProcessor, TrainingArguments
+from transformers import AutoConfig, AutoFeatureExtractor, AutoProcessor, TrainingArguments
 
 from mm_hf.args import (
     AudioColumnArguments,
@@ -32,19 +32,16 @@ from mm_hf.args import (
     FinetuneArguments,
     LabelColumnArguments,
     RobustnessArguments,
-    args_to_dict,
     fill_strategy_defaults,
 )
-from mm_hf.classifier_run import plan_probe, train_classifier
+from mm_hf.classifier_run import plan_probe, save_classifier_run, train_classifier
 from mm_hf.data.audio import AudioTransform, check_audio
-from mm_hf.data.loading import dataset_display_name
 from mm_hf.errors import UserError, run_cli
 from mm_hf.evaluate.shifts import load_run_shifts
 from mm_hf.features import classifier_datasets
-from mm_hf.flyp import build_flyp_classifier, check_flyp, finish_flyp
-from mm_hf.models import build_audio_classifier, build_dual_encoder_classifier
+from mm_hf.flyp import build_dual_encoder_or_flyp, check_flyp
+from mm_hf.models import build_audio_classifier
 from mm_hf.models.clip_classifier import DEFAULT_AUDIO_PROMPT_TEMPLATES, is_audio_text_config
-from mm_hf.outputs import RunInfo, recipe_command, save_run
 from mm_hf.run import load_checked_splits, prepare_training_arguments, start_run
 from mm_hf.training import apply_strategy
 
@@ -149,24 +146,12 @@ def main(argv=None):
     processing_class = feature_extractor
     if audio_text:
         processing_class = AutoProcessor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
-        if flyp:  # both towers train contrastively; the head is the text tower's (mm_hf.flyp)
-            model = build_flyp_classifier(
-                AutoModel.from_pretrained(model_args.model_name_or_path, **hub_kwargs),
-                id2label,
-                processing_class.tokenizer,
-                audio_args.prompt_templates or DEFAULT_AUDIO_PROMPT_TEMPLATES,
-                head_dropout=audio_args.head_dropout,
-            )
-        else:
-            model = build_dual_encoder_classifier(
-                model_args.model_name_or_path,
-                id2label,
-                tokenizer=processing_class.tokenizer,
-                head_init="zeroshot" if zeroshot else "random",
-                prompt_templates=audio_args.prompt_templates,
-                head_dropout=audio_args.head_dropout,
-                **hub_kwargs,
-            )
+        # --loss flyp: both towers train contrastively, the head is the text tower's (mm_hf.flyp)
+        model = build_dual_encoder_or_flyp(
+            model_args.model_name_or_path, id2label, processing_class.tokenizer,
+            audio_args.prompt_templates or DEFAULT_AUDIO_PROMPT_TEMPLATES, flyp=flyp,
+            head_init="zeroshot" if zeroshot else "random", hub_kwargs=hub_kwargs, head_dropout=audio_args.head_dropout,
+        )  # fmt: skip
     else:
         model = build_audio_classifier(
             model_args.model_name_or_path,
@@ -193,18 +178,10 @@ def main(argv=None):
     )  # fmt: skip
 
     # 7. Save the model (FLYP: the plain classifier, its head recomputed), outputs and model card (and publish)
-    finish_flyp(trainer)
-    info = RunInfo(
-        pipeline_tag="audio-classification",
-        base_model=model_args.model_name_or_path,
-        dataset=dataset_display_name(data_args),
-        command=recipe_command(argv, script="recipes/audio_cls.py"),
-        finetune_strategy=ft_args.finetune_strategy,
-    )
-    config = args_to_dict(model_args, data_args, ft_args, audio_args, robust_args, training_args)
-    return save_run(
-        trainer, run, info, config=config, skipped=skipped, push_to_hub=push_to_hub, merge_lora=ft_args.merge_lora
-    )
+    return save_classifier_run(
+        trainer, run, (model_args, data_args, ft_args, audio_args, robust_args, training_args), argv,
+        pipeline_tag="audio-classification", script="recipes/audio_cls.py", skipped=skipped, push_to_hub=push_to_hub,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ captions), --wise_ft_alphas 0,0.25,...,1 (weight interpolation with the zero-sho
 import sys
 from dataclasses import dataclass, field
 
-from transformers import AutoModel, AutoProcessor, TrainingArguments
+from transformers import AutoProcessor, TrainingArguments
 
 from mm_hf.args import (
     ClassifierLossArguments,
@@ -33,19 +33,16 @@ from mm_hf.args import (
     LabelColumnArguments,
     ModelArguments,
     RobustnessArguments,
-    args_to_dict,
     fill_strategy_defaults,
 )
-from mm_hf.classifier_run import plan_probe, train_classifier
+from mm_hf.classifier_run import plan_probe, save_classifier_run, train_classifier
 from mm_hf.data.images import check_images
-from mm_hf.data.loading import dataset_display_name
 from mm_hf.data.transforms import classifier_image_transforms
 from mm_hf.errors import UserError, run_cli
 from mm_hf.evaluate.shifts import load_run_shifts
 from mm_hf.features import classifier_datasets
-from mm_hf.flyp import build_flyp_classifier, check_flyp, finish_flyp
-from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, build_dual_encoder_classifier, resolve_head_init
-from mm_hf.outputs import RunInfo, recipe_command, save_run
+from mm_hf.flyp import build_dual_encoder_or_flyp, check_flyp
+from mm_hf.models import DEFAULT_PROMPT_TEMPLATES, resolve_head_init
 from mm_hf.retention import ZeroShotRetention
 from mm_hf.run import load_checked_splits, prepare_training_arguments, start_run
 from mm_hf.training import apply_strategy
@@ -134,20 +131,12 @@ def main(argv=None):
     hub_kwargs = model_args.hub_kwargs()
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
     templates = cls_args.prompt_templates or DEFAULT_PROMPT_TEMPLATES
-    head_kwargs = dict(head_dropout=cls_args.head_dropout, learn_logit_scale=cls_args.learn_logit_scale)
-    if flyp:  # both towers train contrastively; the head is the text tower's (mm_hf.flyp)
-        backbone = AutoModel.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
-        model = build_flyp_classifier(backbone, id2label, processor.tokenizer, templates, **head_kwargs)
-    else:
-        model = build_dual_encoder_classifier(
-            model_args.model_name_or_path,
-            id2label,
-            tokenizer=processor.tokenizer,
-            head_init="random" if cls_args.head_init == "random" else "zeroshot",
-            prompt_templates=templates,
-            **head_kwargs,
-            **hub_kwargs,
-        )
+    # --loss flyp: both towers train contrastively, the head is the text tower's (mm_hf.flyp)
+    model = build_dual_encoder_or_flyp(
+        model_args.model_name_or_path, id2label, processor.tokenizer, templates, flyp=flyp,
+        head_init="random" if cls_args.head_init == "random" else "zeroshot", hub_kwargs=hub_kwargs,
+        head_dropout=cls_args.head_dropout, learn_logit_scale=cls_args.learn_logit_scale,
+    )  # fmt: skip
 
     # 4. Inputs: cached features for a linear probe, on-the-fly decoding + augmentation otherwise (the Trainer's
     # batches as uint8, normalised by the model on its device; `eval_transform` gives float pixel values)
@@ -190,20 +179,12 @@ def main(argv=None):
     )  # fmt: skip
 
     # 7. Save the model (FLYP: the plain classifier, its head recomputed), outputs and model card (and publish)
-    finish_flyp(trainer)
     run.results.update({f"head_{k}" if k != "head_init" else k: v for k, v in head.items()})
-    info = RunInfo(
-        pipeline_tag="image-classification",
-        base_model=model_args.model_name_or_path,
-        dataset=dataset_display_name(data_args),
-        command=recipe_command(argv, script="recipes/clip_imagecls.py"),
-        finetune_strategy=ft_args.finetune_strategy,
-        head=head,
-    )
-    config = args_to_dict(model_args, data_args, ft_args, cls_args, robust_args, training_args)
-    return save_run(
-        trainer, run, info, config=config, skipped=skipped, push_to_hub=push_to_hub, merge_lora=ft_args.merge_lora
-    )
+    return save_classifier_run(
+        trainer, run, (model_args, data_args, ft_args, cls_args, robust_args, training_args), argv,
+        pipeline_tag="image-classification", script="recipes/clip_imagecls.py", skipped=skipped,
+        push_to_hub=push_to_hub, head=head,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -245,7 +245,7 @@ def test_bad_files_raise_naming_the_file(tmp_path, name, reason):
 
 def test_cut_matroska_without_stream_durations_is_caught_by_the_file_duration(tmp_path, monkeypatch):
     # Muxers other than FFmpeg's (mkvmerge) write no per-stream DURATION tags.
-    monkeypatch.setattr("mm_hf.data.video._tagged_duration", lambda tag: None)
+    monkeypatch.setattr("mm_hf.data.video.containers._tagged_duration", lambda tag: None)
     data = open(write_synthetic_video(tmp_path / "a.mkv", ramp(12), FPS), "rb").read()
     assert len(load_video_frames(tmp_path / "a.mkv", 4)) == 4
     with pytest.raises(BadSampleError, match="the container declares 1.50 s"):

@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-import mm_hf.data.video as video
+import mm_hf.data.video.frames as video
 from mm_hf.data.validation import BadSampleError
 from mm_hf.data.video import load_video_frames, write_synthetic_video
 

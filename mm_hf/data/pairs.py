@@ -24,21 +24,9 @@ from .loading import (
     resolve_path,
     select_hub_columns,
 )
-from .streaming import (
-    ColumnNames,
-    SkipLog,
-    StreamedSplit,
-    StreamSkips,
-    check_streaming_flags,
-    describe_row,
-    first_row,
-    open_training_stream,
-    read_files,
-    read_whole,
-    require_full_validation,
-    shuffled,
-    undecoded,
-)
+from .streaming.flags import check_streaming_flags, require_full_validation
+from .streaming.skips import SkipLog, StreamedSplit, StreamSkips, describe_row
+from .streaming.sources import ColumnNames, first_row, open_training_stream, read_files, read_whole, shuffled, undecoded
 from .validation import BadSampleError, check_splits
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from .video import write_synthetic_video
+from .video.synthetic_clips import write_synthetic_video
 
 LARGE_WORDS = ("large", "big", "huge", "giant")
 SMALL_WORDS = ("small", "tiny", "little", "mini")

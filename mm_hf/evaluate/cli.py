@@ -23,9 +23,9 @@ from ..args import (
     media_column,
     parse_args,
 )
-from ..corruptions import parse_severities, select_corruptions
+from ..corruptions.registry import parse_severities, select_corruptions
 from ..data.loading import read_labelled_split
-from ..data.streaming import refuse_streaming
+from ..data.streaming.flags import refuse_streaming
 from ..errors import UserError
 from ..metrics.calibration import fit_temperature
 from ..metrics.robustness import effective_robustness, fit_id_ood_line, line_accuracy, robustness_summary
@@ -33,7 +33,7 @@ from ..metrics.streaming import ClassificationMetrics
 from . import candidates as cands
 from .card import eval_results, update_card
 from .cost import measure_latency, model_cost, peak_memory, reset_peak_memory
-from .fusion import evaluate_fusion
+from .fusion.evaluation import evaluate_fusion
 from .processes import inference_processes, main_process_first, process_rank
 from .report import evaluation_record, write_outputs
 from .retrieval import NOT_FOR_RETRIEVAL, evaluate_retrieval_models

@@ -29,7 +29,8 @@ import torch
 import yaml
 
 from ..args import DataArguments
-from ..corruptions import CORRUPTIONS, CorruptColumn
+from ..corruptions.column import CorruptColumn
+from ..corruptions.registry import CORRUPTIONS
 from ..data.pairs import load_caption_splits
 from ..errors import UserError
 from ..metrics.robustness import robustness_summary

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from transformers import default_data_collator
 from transformers.utils.logging import tqdm  # tqdm is no direct dependency; transformers wraps it
 
-from ..corruptions import CorruptColumn
+from ..corruptions.column import CorruptColumn
 from ..metrics.calibration import CalibrationMetrics
 from ..metrics.ranking_report.ranking_report import RankingAccumulator
 from ..metrics.significance import (

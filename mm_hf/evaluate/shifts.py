@@ -21,14 +21,16 @@ import numpy as np
 import torch
 
 from ..args.robustness import DEFAULT_ROBUSTNESS
-from ..corruptions import parse_severities, select_corruptions
+from ..corruptions.registry import parse_severities, select_corruptions
 from ..errors import UserError
 from ..measures import HEADLINE_METRICS
 from ..metrics.robustness import robustness_summary
 from ..metrics.streaming import ClassificationMetrics
 from ..reports import CLASSIFICATION_TABLE_METRICS
-from .fusion import HEADLINE as FUSION_HEADLINE
-from .fusion import fusion_corruption_sweep, read_set, select_fusion_corruptions, sweep_summary, task_scores
+from .fusion.robustness import fusion_corruption_sweep, select_fusion_corruptions, sweep_summary
+from .fusion.scoring import HEADLINE as FUSION_HEADLINE
+from .fusion.scoring import task_scores
+from .fusion.sets import read_set
 from .scoring import corruption_sweep, score
 from .sets import read_shifted_sets
 

@@ -7,7 +7,7 @@ import os
 import datasets
 
 from ..data.loading import read_data_file
-from ..data.streaming import undecoded
+from ..data.streaming.sources import undecoded
 from ..errors import DataError
 
 MEDIA_EXTENSIONS = {

@@ -18,7 +18,7 @@ from ..args import AudioColumnArguments, HubArguments, ImageColumnArguments, exp
 from ..data.collate import Collate
 from ..errors import UserError
 from ..evaluate import candidates as cands
-from ..evaluate.fusion import fusion_columns, load_fusion
+from ..evaluate.fusion.sets import fusion_columns, load_fusion
 from ..evaluate.processes import inference_processes
 from .heads import Head
 from .inputs import Rows, StreamRows, read_inputs, stream_inputs

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..data.labels import is_missing
 from ..data.loading import read_data_file, resolve_path
-from ..data.streaming import read_files, undecoded
+from ..data.streaming.sources import read_files, undecoded
 from ..errors import DataError, UserError
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ import yaml
 
 from ...args import DataArguments
 from ...errors import UserError
-from ...evaluate.fusion import load_fusion, read_set, run_columns, task_scores
+from ...evaluate.fusion.scoring import task_scores
+from ...evaluate.fusion.sets import load_fusion, read_set, run_columns
 from ...fusion_features import ENCODER_KEY_OF, CachedInputs, cache_encoder_outputs
 from ...measures import WithoutModality
 

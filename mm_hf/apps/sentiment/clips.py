@@ -18,7 +18,7 @@ import soundfile as sf
 import soxr
 from PIL import Image, ImageDraw
 
-from ...data.video import write_synthetic_video
+from ...data.video.synthetic_clips import write_synthetic_video
 
 SENTIMENTS = ("negative", "neutral", "positive")
 

@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import soundfile as sf
 
-from ...data.video import load_video_audio
+from ...data.video.dataset import load_video_audio
 from ...errors import DataError
 from .clips import SENTIMENTS
 
