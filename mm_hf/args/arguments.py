@@ -227,6 +227,13 @@ class FinetuneArguments:
         },
     )
     n_trials: int = field(default=10, metadata={"help": "With --hp_search: how many trials."})
+    ray_address: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --hp_search ray: the Ray cluster to run the trials on (HEAD:6379, or auto for the one "
+            "`ray start` started on this machine); default RAY_ADDRESS, else a local Ray instance for this sweep."
+        },
+    )
     hp_space: str | None = field(
         default=None,
         metadata={
