@@ -171,7 +171,14 @@ class FinetuneArguments:
             "help": "Folder that keeps each frozen-backbone pass (linear_probe features, frozen fusion encoders, "
             "retrieval embeddings) on disk, keyed by fingerprints of the model, data and preprocessing: a later run "
             "with the same three (a sweep of probes, heads, fusion layers) reads it instead of running the backbone. "
-            "Default: not kept. Entries are never evicted (see mm_hf/feature_cache.py)."
+            "Default: not kept. Bounded by --features_cache_max_gb; `python -m mm_hf.feature_cache ls|trim|clear DIR`."
+        },
+    )
+    features_cache_max_gb: float | None = field(
+        default=None,
+        metadata={
+            "help": "Bound of --features_cache_dir in GB: after writing an entry, the least recently used ones are "
+            "evicted (never one this run uses). Default: MM_HF_FEATURES_CACHE_MAX_GB, else no bound."
         },
     )
     probe_solver: str = field(
