@@ -15,6 +15,10 @@ The search space, one entry per TrainingArguments flag:
 
 Optuna (`pip install 'mm-hf[sweeps]'`) runs the trials one after the other in this process (TPE seeded by --seed;
 its default median pruner stops a trial whose validation score at an evaluation falls behind the earlier trials').
+With `--hp_storage sqlite:///sweep.db` (any Optuna storage URL) the study, named after the output folder, is kept
+there as each trial ends: a sweep killed mid-way, relaunched with the same command plus --resume_from_checkpoint
+auto, keeps its finished trials and runs only the missing ones (a trial the kill interrupted is marked failed, so
+one sweep process per study).
 Ray Tune (`pip install 'mm-hf[sweeps-ray]'`) runs them as Ray actors, one CPU (and one GPU, if the run has one)
 each, as many at once as the cluster has room for. Without a cluster it starts a local Ray instance for the sweep
 and stops it afterwards. With `--ray_address` (or RAY_ADDRESS) it joins a running cluster and the trials run on
@@ -70,6 +74,8 @@ def check_sweep_flags(ft_args, training_args) -> None:
                 raise UserError(f"--{flag} configures a sweep: add --hp_search optuna or --hp_search ray")
     if ft_args.ray_address and ft_args.hp_search != "ray":
         raise UserError("--ray_address names the Ray cluster for the trials of --hp_search ray: add it")
+    if ft_args.hp_storage and ft_args.hp_search != "optuna":
+        raise UserError("--hp_storage keeps the trials of --hp_search optuna (an Optuna storage URL): add it")
     if not ft_args.hp_search:
         return
     if ft_args.hp_search not in BACKENDS:
@@ -211,12 +217,28 @@ def search(trainer, ft_args, early_stopping=None) -> dict:
 
     trainer.model_init = model_init
     kwargs = {}
+    n_trials = ft_args.n_trials
     if backend == "optuna":
         import optuna
 
-        # The study lives in a storage we keep, to read every trial back (Trainer returns only the best).
-        storage = optuna.storages.InMemoryStorage()
-        kwargs = dict(sampler=optuna.samplers.TPESampler(seed=args.seed), storage=storage, study_name="mm-hf")
+        # The study lives in a storage we keep, to read every trial back (Trainer returns only the best); with
+        # --hp_storage also across a kill, under the output folder's name.
+        storage, study_name, earlier = optuna.storages.InMemoryStorage(), "mm-hf", 0
+        if ft_args.hp_storage:
+            study_name = os.path.abspath(args.output_dir)
+            try:
+                storage = optuna.storages.get_storage(ft_args.hp_storage)
+            except Exception as e:  # SQLAlchemy's error for a bad URL, a missing driver, an unreachable server
+                raise UserError(f"--hp_storage {ft_args.hp_storage} cannot be opened by Optuna: {e}") from None
+            left = _trials_left(storage, study_name, n_trials) if args.process_index == 0 else None
+            n_trials, earlier = _shared(left, args)
+        kwargs = dict(
+            # A resumed study's sampler gets another seed: with --seed again it would draw the first trials' flags.
+            sampler=optuna.samplers.TPESampler(seed=args.seed + earlier),
+            storage=storage,
+            study_name=study_name,
+            load_if_exists=True,
+        )
         space_fn = optuna_space(space)
     else:
         from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -237,7 +259,7 @@ def search(trainer, ft_args, early_stopping=None) -> dict:
         best = trainer.hyperparameter_search(
             hp_space=space_fn,
             compute_objective=compute_objective,
-            n_trials=ft_args.n_trials,
+            n_trials=n_trials,
             direction=direction,
             backend=backend,
             **kwargs,
@@ -245,7 +267,7 @@ def search(trainer, ft_args, early_stopping=None) -> dict:
     summary = None
     if args.process_index == 0:
         if backend == "optuna":
-            study = optuna.load_study(study_name="mm-hf", storage=storage)
+            study = optuna.load_study(study_name=study_name, storage=storage)
             trials = [
                 {"trial": t.number, "state": t.state.name, "objective": t.value, **t.params} for t in study.trials
             ]
@@ -275,6 +297,27 @@ def search(trainer, ft_args, early_stopping=None) -> dict:
     logger.info("best trial %s (%s %.4g): retraining with %s", summary["best_trial"], objective,
                 summary["best_objective"], summary["best_params"])  # fmt: skip
     return summary
+
+
+def _trials_left(storage, study_name: str, n_trials: int) -> tuple[int, int]:
+    """(trials still to run, trials the study holds): its finished (complete or pruned) trials count toward
+    `n_trials`, and a trial still marked running was interrupted by the kill of the sweep that ran it (one process
+    runs a study): it is marked failed."""
+    from optuna.trial import TrialState
+
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:  # a new study
+        return n_trials, 0
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    done = 0
+    for trial in trials:
+        if trial.state == TrialState.RUNNING:
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        done += trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    left = max(n_trials - done, 0)
+    logger.info("--hp_storage: study %s has %d finished trial(s); running %d more", study_name, done, left)
+    return left, len(trials)
 
 
 @contextlib.contextmanager

@@ -234,6 +234,14 @@ class FinetuneArguments:
         },
     )
     n_trials: int = field(default=10, metadata={"help": "With --hp_search: how many trials."})
+    hp_storage: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --hp_search optuna: an Optuna storage URL (e.g. sqlite:///sweep.db) keeping the study, named "
+            "after --output_dir, as each trial ends; relaunched with --resume_from_checkpoint auto, a killed sweep "
+            "keeps its finished trials and runs only the missing ones."
+        },
+    )
     ray_address: str | None = field(
         default=None,
         metadata={
