@@ -92,3 +92,55 @@ def test_ray_address_without_a_ray_sweep_is_refused(tmp_path):
     for extra in ([], ["--hp_search", "optuna", "--hp_space", str(path)]):
         with pytest.raises(UserError, match="--ray_address names the Ray cluster for the trials of --hp_search ray"):
             start_run((FinetuneArguments, TrainingArguments), [*base, *extra])
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "connected", "expected"),
+    [
+        (None, None, False, [("init", "local"), "shutdown"]),  # a local instance for the sweep, stopped after it
+        (None, "10.0.0.1:6379", False, [("init", "10.0.0.1:6379"), "shutdown"]),  # RAY_ADDRESS
+        ("auto", "10.0.0.1:6379", False, [("init", "auto"), "shutdown"]),  # the flag wins over RAY_ADDRESS
+        ("auto", None, True, []),  # the caller's connection, used as it is and left open
+    ],
+)
+def test_the_sweep_joins_the_cluster_it_is_given(monkeypatch, flag, env, connected, expected):
+    import ray
+
+    from mm_hf.sweeps import _ray_cluster
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: connected)
+    monkeypatch.setattr(ray, "init", lambda address=None, **kwargs: calls.append(("init", address)))
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if env:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    with _ray_cluster(flag):
+        assert calls == expected[:1] if expected else calls == []
+    assert calls == expected
+
+
+def test_a_local_ray_that_fails_to_start_is_started_once_more_then_the_error_is_raised(monkeypatch, caplog):
+    import ray
+
+    from mm_hf.sweeps import _start_local_ray
+
+    attempts = []
+
+    def init(**kwargs):
+        attempts.append(kwargs)
+        if len(attempts) < failures + 1:
+            raise Exception("The current node timed out during startup.")
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    failures = 1
+    with caplog.at_level("WARNING", logger="mm_hf.sweeps"):
+        _start_local_ray()
+    assert len(attempts) == 2 and "did not start (The current node timed out" in caplog.text
+    assert attempts[0] == {"address": "local", "include_dashboard": False}
+    attempts.clear()
+    failures = 2
+    with pytest.raises(Exception, match="timed out during startup"):
+        _start_local_ray()
+    assert len(attempts) == 2
