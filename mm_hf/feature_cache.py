@@ -14,13 +14,23 @@ The passes (a linear probe's cached features, `mm_hf.features`; a fusion model's
 
 An entry is a folder `<kind>-<key>/` holding one `.npy` per column and `meta.json` (what the key was made of, rows,
 seconds the pass took), written to a temporary folder and renamed, so a run killed mid-write leaves no entry.
-Entries are never evicted: delete the folder to reclaim the space.
+
+Size bound (--features_cache_max_gb, else MM_HF_FEATURES_CACHE_MAX_GB, else none): after writing an entry, the
+main process removes the least recently used entries (the modification time of `meta.json`, renewed by every read)
+until the folder is under the bound. Safe with concurrent runs and ranks: one run evicts at a time (a lock file in
+the folder); an entry this run has read or written is never evicted by it; an entry goes by one atomic rename
+before it is deleted, so another run reads it whole or not at all, and one that finds it gone computes the pass
+again. The folder is listed, trimmed and cleared with `python -m mm_hf.feature_cache ls|trim|clear DIR`.
 """
 
+import argparse
+import contextlib
+import dataclasses
 import json
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 
@@ -29,6 +39,8 @@ import torch
 import torch.distributed as dist
 import xxhash
 from tqdm.auto import tqdm
+
+from .errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -155,10 +167,14 @@ def _everywhere(flag: bool) -> bool:
     return all(flags)
 
 
-def _read(path: str) -> dict[str, np.ndarray]:
-    with open(os.path.join(path, "meta.json")) as f:
-        meta = json.load(f)
-    return {name: np.load(os.path.join(path, f"{name}.npy")) for name in meta["columns"]}
+def _read(path: str) -> dict[str, np.ndarray] | None:
+    """The entry's arrays, or None when it is gone (evicted by another run between the check and the read)."""
+    try:
+        with open(os.path.join(path, "meta.json")) as f:
+            meta = json.load(f)
+        return {name: np.load(os.path.join(path, f"{name}.npy")) for name in meta["columns"]}
+    except FileNotFoundError:
+        return None
 
 
 def _write(path: str, columns: dict[str, np.ndarray], meta: dict) -> None:
@@ -193,14 +209,20 @@ def shared_pass(
     """
     path = _entry(cache_dir, kind, key) if cache_dir and key is not None and None not in key.values() else None
     # Asked on every process, also those without a key: all must take the same branch (the pass is a collective).
+    rank, world = process_group()
     if _everywhere(path is not None and os.path.isfile(os.path.join(path, "meta.json"))):
         columns = _read(path)
-        rows = {len(v) for v in columns.values()}
-        if rows == {num_rows}:
+        rows = {len(v) for v in columns.values()} if columns is not None else None
+        if _everywhere(rows == {num_rows}):
+            _in_use.add(path)
+            if rank == 0:
+                _mark_used(path)
             logger.info("%s: read from the features cache %s", desc, path)
             return columns
-        logger.warning("%s: the cached entry %s holds %s rows, not %d; computing again", desc, path, rows, num_rows)
-    rank, world = process_group()
+        if columns is None:
+            logger.warning("%s: the cached entry %s was evicted by another run; computing again", desc, path)
+        else:
+            logger.warning("%s: the cached entry %s holds %s rows, not %d; computing again", desc, path, rows, num_rows)
     start = time.perf_counter()
     rows = shard_rows(num_rows, rank, world)
     columns = gather_rows(compute(rows) if len(rows) else {})
@@ -209,5 +231,159 @@ def shared_pass(
     if path is not None and rank == 0:
         os.makedirs(cache_dir, exist_ok=True)
         _write(path, columns, {"key": key, "rows": num_rows, "seconds": seconds, "processes": world, "desc": desc})
+        _in_use.add(path)
         logger.info("%s: cached in %s", desc, path)
+        if _max_bytes() is not None:
+            _bound(cache_dir, _max_bytes())
     return columns
+
+
+# ---- size bound: least recently used entries evicted ----
+
+MAX_GB_ENV = "MM_HF_FEATURES_CACHE_MAX_GB"
+_STALE_SECONDS = 24 * 3600  # a temporary folder this old was left by a killed run
+_settings: dict = {"max_gb": None}
+_in_use: set[str] = set()  # entries this run read or wrote: it never evicts them
+
+
+def configure_cache(cache_dir: str | None, max_gb: float | None) -> None:
+    """Start of a run (`mm_hf.run.start_run`): the bound of --features_cache_max_gb (None: MM_HF_FEATURES_CACHE_MAX_GB,
+    else no bound) for the entries this process writes; the entries an earlier run in this process used are no
+    longer protected."""
+    if max_gb is not None:
+        if not cache_dir:
+            raise UserError("--features_cache_max_gb bounds the folder of --features_cache_dir: add it")
+        if max_gb <= 0:
+            raise UserError(f"--features_cache_max_gb must be positive; got {max_gb}")
+    _settings["max_gb"] = max_gb
+    _in_use.clear()
+
+
+def _max_bytes() -> int | None:
+    max_gb = _settings["max_gb"]
+    if max_gb is None and os.environ.get(MAX_GB_ENV):
+        try:
+            max_gb = float(os.environ[MAX_GB_ENV])
+        except ValueError:
+            raise UserError(f"{MAX_GB_ENV} must be a number of GB; got {os.environ[MAX_GB_ENV]!r}") from None
+    return None if max_gb is None else int(max_gb * 1e9)
+
+
+def _mark_used(path: str) -> None:
+    try:
+        os.utime(os.path.join(path, "meta.json"))  # the recency eviction goes by
+    except OSError:  # a read-only cache: nothing is evicted there by this run anyway
+        pass
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheEntry:
+    path: str
+    size: int  # bytes
+    last_used: float  # seconds since the epoch
+    meta: dict
+
+
+def cache_entries(cache_dir: str) -> list[CacheEntry]:
+    """The complete entries of `cache_dir`, least recently used first (folders being written or evicted skipped)."""
+    found = []
+    for name in os.listdir(cache_dir) if os.path.isdir(cache_dir) else ():
+        path = os.path.join(cache_dir, name)
+        if ".tmp-" in name or ".evicted-" in name:
+            continue
+        try:
+            with open(os.path.join(path, "meta.json")) as f:
+                meta = json.load(f)
+            last_used = os.stat(os.path.join(path, "meta.json")).st_mtime
+            size = sum(f.stat().st_size for f in os.scandir(path) if f.is_file())
+        except (OSError, ValueError):  # not an entry, or evicted by another run while listed
+            continue
+        found.append(CacheEntry(path, size, last_used, meta))
+    return sorted(found, key=lambda e: e.last_used)
+
+
+@contextlib.contextmanager
+def _locked(cache_dir: str):
+    """One evicting process at a time across runs (an exclusive lock on `cache_dir/.lock`)."""
+    import fcntl  # POSIX only, as the runs that share a cache are
+
+    with open(os.path.join(cache_dir, ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _remove(path: str) -> bool:
+    """Remove an entry: renamed away first (atomic: a reader sees it whole or not at all), then deleted."""
+    gone = f"{path}.evicted-{os.getpid()}"
+    try:
+        os.rename(path, gone)
+    except OSError:  # another run removed it first
+        return False
+    shutil.rmtree(gone, ignore_errors=True)
+    return True
+
+
+def evict(cache_dir: str, max_bytes: int, keep=frozenset()) -> tuple[list[CacheEntry], int]:
+    """Remove the least recently used entries of `cache_dir` except those in `keep` until its entries total at most
+    `max_bytes` (and temporary folders of runs killed a day ago or more). Returns (removed entries, bytes left)."""
+    removed = []
+    with _locked(cache_dir):
+        for name in os.listdir(cache_dir):
+            path = os.path.join(cache_dir, name)
+            if (".tmp-" in name or ".evicted-" in name) and time.time() - os.path.getmtime(path) > _STALE_SECONDS:
+                shutil.rmtree(path, ignore_errors=True)
+        found = cache_entries(cache_dir)
+        total = sum(e.size for e in found)
+        for entry in found:
+            if total <= max_bytes:
+                break
+            if entry.path not in keep and _remove(entry.path):
+                total -= entry.size
+                removed.append(entry)
+    return removed, total
+
+
+def _bound(cache_dir: str, max_bytes: int) -> None:
+    removed, total = evict(cache_dir, max_bytes, keep=_in_use)
+    if removed:
+        logger.info("features cache %s: evicted %d least recently used entries (%.1f MB) to stay under %.2f GB",
+                    cache_dir, len(removed), sum(e.size for e in removed) / 1e6, max_bytes / 1e9)  # fmt: skip
+    if total > max_bytes:
+        logger.warning("features cache %s holds %.2f GB, over its %.2f GB bound: the rest is in use by this run",
+                       cache_dir, total / 1e9, max_bytes / 1e9)  # fmt: skip
+
+
+# ---- python -m mm_hf.feature_cache ls|trim|clear DIR ----
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mm_hf.feature_cache", description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["ls", "trim", "clear"],
+                        help="ls: the entries, least recently used first; trim: evict those down to --max_gb; "
+                        "clear: remove every entry")  # fmt: skip
+    parser.add_argument("cache_dir", help="the folder given to --features_cache_dir")
+    parser.add_argument("--max_gb", type=float, help="trim: the size to trim the folder to")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.cache_dir):
+        parser.error(f"{args.cache_dir} is not a folder")
+    if args.command == "ls":
+        found = cache_entries(args.cache_dir)
+        print(f"{'last used':19}  {'MB':>9}  {'rows':>8}  {'kind':8}  pass")
+        for e in found:
+            used = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.last_used))
+            kind = os.path.basename(e.path).split("-")[0]
+            print(f"{used}  {e.size / 1e6:9.1f}  {e.meta.get('rows', '?'):>8}  {kind:8}  {e.meta.get('desc', '')}")
+        print(f"{len(found)} entries, {sum(e.size for e in found) / 1e9:.3f} GB in {args.cache_dir}")
+        return
+    if args.command == "trim" and (args.max_gb is None or args.max_gb < 0):
+        parser.error("trim needs --max_gb, a size in GB (0 or more)")
+    max_bytes = 0 if args.command == "clear" else int(args.max_gb * 1e9)
+    removed, total = evict(args.cache_dir, max_bytes)
+    print(f"removed {len(removed)} entries ({sum(e.size for e in removed) / 1e9:.3f} GB); {total / 1e9:.3f} GB left")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -24,6 +24,7 @@ from .data.streaming.skips import StreamedSplit, StreamSkips
 from .data.validation import check_splits
 from .engines import check_engine, prepare_for_engine
 from .errors import UserError
+from .feature_cache import configure_cache
 from .flyp import FlypClassifier
 from .host_memory import return_freed_tensors_to_os
 from .measures import Measure
@@ -204,6 +205,7 @@ def start_run(argument_types, argv):
     if training_args.do_train:
         check_output_dir(training_args, ft_args.overwrite_output_dir)
     check_sweep_flags(ft_args, training_args)
+    configure_cache(ft_args.features_cache_dir, ft_args.features_cache_max_gb)
     transformers.set_seed(training_args.seed)
     # Freed activations leave the resident set instead of staying in glibc's heap (mm_hf/host_memory.py: a CPU
     # LoRA run's peak RSS 2787 -> 1875 MB on CLIP ViT-B/32).

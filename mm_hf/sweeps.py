@@ -15,11 +15,21 @@ The search space, one entry per TrainingArguments flag:
 
 Optuna (`pip install 'mm-hf[sweeps]'`) runs the trials one after the other in this process (TPE seeded by --seed;
 its default median pruner stops a trial whose validation score at an evaluation falls behind the earlier trials').
-Ray Tune (`pip install 'mm-hf[sweeps-ray]'`) runs them as Ray actors, on every machine of a Ray cluster when one
-is given (`ray start --head` on one machine, `ray start --address HEAD:6379` on the others, then run the recipe
-with RAY_ADDRESS=HEAD:6379 on the head).
+With `--hp_storage sqlite:///sweep.db` (any Optuna storage URL) the study, named after the output folder, is kept
+there as each trial ends: a sweep killed mid-way, relaunched with the same command plus --resume_from_checkpoint
+auto, keeps its finished trials and runs only the missing ones (a trial the kill interrupted is marked failed, so
+one sweep process per study).
+Ray Tune (`pip install 'mm-hf[sweeps-ray]'`) runs them as Ray actors, one CPU (and one GPU, if the run has one)
+each, as many at once as the cluster has room for. Without a cluster it starts a local Ray instance for the sweep
+and stops it afterwards. With `--ray_address` (or RAY_ADDRESS) it joins a running cluster and the trials run on
+every machine of it: `ray start --head` on one machine, `ray start --address HEAD:6379` on the others, then the
+recipe with `--ray_address auto` on the head. Each trial unpickles the Trainer (its datasets included) on its
+machine, and Ray Tune keeps its trial records under OUTPUT_DIR/ray_tune, so on a cluster the data and the output
+folder must be on a filesystem every machine mounts at the same path (NFS), as Ray Tune requires for multi-node
+checkpoints since Ray 2.7.
 """
 
+import contextlib
 import copy
 import dataclasses
 import importlib.util
@@ -40,6 +50,7 @@ _INSTALL = {"optuna": "pip install 'mm-hf[sweeps]' (optuna)", "ray": "pip instal
 _TRAINING_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
 # Flags a trial must not change: where the run writes, what it does, and how it is launched.
 _NOT_SEARCHABLE = {"output_dir", "do_train", "do_eval", "do_predict", "resume_from_checkpoint", "push_to_hub"}
+RAY_FOLDER = "ray_tune"  # Ray Tune's experiment folder (trial records, reported checkpoints) in --output_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +72,11 @@ def check_sweep_flags(ft_args, training_args) -> None:
         for flag in ("hp_space", "n_trials"):
             if flag in training_args.explicit_flags:
                 raise UserError(f"--{flag} configures a sweep: add --hp_search optuna or --hp_search ray")
+    if ft_args.ray_address and ft_args.hp_search != "ray":
+        raise UserError("--ray_address names the Ray cluster for the trials of --hp_search ray: add it")
+    if ft_args.hp_storage and ft_args.hp_search != "optuna":
+        raise UserError("--hp_storage keeps the trials of --hp_search optuna (an Optuna storage URL): add it")
+    if not ft_args.hp_search:
         return
     if ft_args.hp_search not in BACKENDS:
         raise UserError(f"--hp_search must be one of {', '.join(BACKENDS)}; got {ft_args.hp_search!r}")
@@ -72,6 +88,12 @@ def check_sweep_flags(ft_args, training_args) -> None:
         raise UserError(f"--n_trials must be at least 1; got {ft_args.n_trials}")
     if not training_args.do_train:
         raise UserError("--hp_search trains one model per trial: add --do_train")
+    if ft_args.hp_search == "ray" and training_args.world_size > 1:
+        raise UserError(
+            f"--hp_search ray runs each trial as one Ray actor, not across the {training_args.world_size} processes "
+            "of this launch: start the recipe as a single process (python recipes/...); Ray spreads the trials "
+            "over the cluster's CPUs and GPUs"
+        )
     if training_args.resume_from_checkpoint:
         raise UserError(
             f"--hp_search cannot resume from {training_args.resume_from_checkpoint}: each trial starts from the "
@@ -195,30 +217,57 @@ def search(trainer, ft_args, early_stopping=None) -> dict:
 
     trainer.model_init = model_init
     kwargs = {}
+    n_trials = ft_args.n_trials
     if backend == "optuna":
         import optuna
 
-        # The study lives in a storage we keep, to read every trial back (Trainer returns only the best).
-        storage = optuna.storages.InMemoryStorage()
-        kwargs = dict(sampler=optuna.samplers.TPESampler(seed=args.seed), storage=storage, study_name="mm-hf")
+        # The study lives in a storage we keep, to read every trial back (Trainer returns only the best); with
+        # --hp_storage also across a kill, under the output folder's name.
+        storage, study_name, earlier = optuna.storages.InMemoryStorage(), "mm-hf", 0
+        if ft_args.hp_storage:
+            study_name = os.path.abspath(args.output_dir)
+            try:
+                storage = optuna.storages.get_storage(ft_args.hp_storage)
+            except Exception as e:  # SQLAlchemy's error for a bad URL, a missing driver, an unreachable server
+                raise UserError(f"--hp_storage {ft_args.hp_storage} cannot be opened by Optuna: {e}") from None
+            left = _trials_left(storage, study_name, n_trials) if args.process_index == 0 else None
+            n_trials, earlier = _shared(left, args)
+        kwargs = dict(
+            # A resumed study's sampler gets another seed: with --seed again it would draw the first trials' flags.
+            sampler=optuna.samplers.TPESampler(seed=args.seed + earlier),
+            storage=storage,
+            study_name=study_name,
+            load_if_exists=True,
+        )
         space_fn = optuna_space(space)
     else:
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
         space_fn = ray_space(space)
+        kwargs = dict(
+            search_alg=BasicVariantGenerator(random_state=args.seed),  # the trials' flags repeat with --seed
+            # A trial's actor starts by importing torch/transformers and unpickling the Trainer (36 s on 2 busy
+            # cores): the next trial reuses it (Trainer resets its state in train(), as for Optuna's in-process runs).
+            reuse_actors=True,
+            storage_path=os.path.abspath(args.output_dir),
+            name=RAY_FOLDER,
+        )
     logger.info(
         "--hp_search %s: %d trials over %s, %s %s", backend, ft_args.n_trials, list(space), direction, objective
     )
-    best = trainer.hyperparameter_search(
-        hp_space=space_fn,
-        compute_objective=compute_objective,
-        n_trials=ft_args.n_trials,
-        direction=direction,
-        backend=backend,
-        **kwargs,
-    )
+    with _ray_cluster(ft_args.ray_address) if backend == "ray" else contextlib.nullcontext():
+        best = trainer.hyperparameter_search(
+            hp_space=space_fn,
+            compute_objective=compute_objective,
+            n_trials=n_trials,
+            direction=direction,
+            backend=backend,
+            **kwargs,
+        )
     summary = None
     if args.process_index == 0:
         if backend == "optuna":
-            study = optuna.load_study(study_name="mm-hf", storage=storage)
+            study = optuna.load_study(study_name=study_name, storage=storage)
             trials = [
                 {"trial": t.number, "state": t.state.name, "objective": t.value, **t.params} for t in study.trials
             ]
@@ -250,6 +299,69 @@ def search(trainer, ft_args, early_stopping=None) -> dict:
     return summary
 
 
+def _trials_left(storage, study_name: str, n_trials: int) -> tuple[int, int]:
+    """(trials still to run, trials the study holds): its finished (complete or pruned) trials count toward
+    `n_trials`, and a trial still marked running was interrupted by the kill of the sweep that ran it (one process
+    runs a study): it is marked failed."""
+    from optuna.trial import TrialState
+
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:  # a new study
+        return n_trials, 0
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    done = 0
+    for trial in trials:
+        if trial.state == TrialState.RUNNING:
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        done += trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    left = max(n_trials - done, 0)
+    logger.info("--hp_storage: study %s has %d finished trial(s); running %d more", study_name, done, left)
+    return left, len(trials)
+
+
+@contextlib.contextmanager
+def _ray_cluster(address: str | None):
+    """Ray for the trials: the running cluster at `address` (--ray_address, else RAY_ADDRESS; "auto" = the one
+    `ray start` started on this machine), or a local instance for this sweep. One already connected (ray.init by
+    the caller) is used as it is and left running."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        try:
+            ray.init(address=address)
+        except ConnectionError as e:
+            raise UserError(f"--hp_search ray: no Ray cluster at {address!r}: {e}") from None
+    else:
+        _start_local_ray()
+    try:
+        yield
+    finally:
+        ray.shutdown()  # stops the local instance; for a cluster, only disconnects this process
+
+
+def _start_local_ray(attempts: int = 2) -> None:
+    """A local Ray instance, started again once if it fails: its raylet aborts when its agent processes take over
+    ~15 s to start (a fixed limit, ray-project/ray#65983), which happened here on 2 cores busy with other work;
+    the second start finds their modules in the page cache. No dashboard: the trials table is in all_results.json
+    (for the dashboard, start a cluster with `ray start --head` and pass --ray_address auto)."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address="local", include_dashboard=False)
+            return
+        except Exception as e:  # Ray raises a bare Exception ("The current node timed out during startup")
+            ray.shutdown()
+            if attempt == attempts:
+                raise
+            logger.warning("the local Ray instance did not start (%s); starting it again", e)
+
+
 def _shared(summary: dict | None, args) -> dict:
     """Rank 0's summary on every process (Trainer's optuna search returns the best run on rank 0 only)."""
     if args.world_size == 1:
@@ -272,11 +384,12 @@ def _set_flags(trainer, params: dict) -> None:
 
 
 def _remove_trial_folders(output_dir: str, process_index: int) -> None:
-    """Trials save their checkpoints in OUTPUT_DIR/run-<trial>; the retrained best trial replaces them all."""
+    """Trials save their checkpoints in OUTPUT_DIR/run-<trial> (and Ray Tune its records in OUTPUT_DIR/ray_tune);
+    the retrained best trial replaces them all, and all_results.json keeps the trials table."""
     if process_index != 0 or not os.path.isdir(output_dir):
         return
     for name in os.listdir(output_dir):
-        if name.startswith("run-") and os.path.isdir(os.path.join(output_dir, name)):
+        if (name.startswith("run-") or name == RAY_FOLDER) and os.path.isdir(os.path.join(output_dir, name)):
             shutil.rmtree(os.path.join(output_dir, name))
 
 

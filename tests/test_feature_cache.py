@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from transformers import AutoProcessor
 
 from mm_hf.data.loading import read_class_folder
 from mm_hf.data.transforms import build_image_transform
-from mm_hf.feature_cache import shard_rows
+from mm_hf.feature_cache import shard_rows, shared_pass
 from mm_hf.features import precompute_features
 from mm_hf.models import build_dual_encoder_classifier
 
@@ -195,3 +196,112 @@ def test_a_sweep_of_probes_runs_the_backbone_once(tiny_vtde, digits_dir, tmp_pat
     second, encoded = probe("second", "--features_cache_dir", cache, "--probe_solver", "trainer", "--max_steps", "3")
     assert encoded == 0 and second["test_samples"] == 20
     assert first["test_accuracy"] == plain["test_accuracy"] and first["probe_C"] == plain["probe_C"]
+
+
+# ---- size bound: least recently used entries evicted ----
+
+
+@pytest.fixture
+def cache_settings(monkeypatch):
+    """The process-wide bound and in-use set of mm_hf.feature_cache, restored after the test."""
+    from mm_hf import feature_cache
+
+    monkeypatch.setattr(feature_cache, "_settings", {"max_gb": None})
+    monkeypatch.setattr(feature_cache, "_in_use", set())
+
+
+def _cached_pass(cache, name, calls):
+    """A pass keyed by `name` over 1000 rows (4 kB of float32), counting the times it is computed."""
+
+    def compute(rows):
+        calls.append(name)
+        return {"x": np.full(len(rows), float(len(name)), dtype=np.float32)}
+
+    return shared_pass(1000, compute, desc=name, cache_dir=str(cache), key={"name": name})
+
+
+def test_entries_over_the_bound_are_evicted_least_recently_used_first(tmp_path, caplog, cache_settings):
+    from mm_hf.feature_cache import cache_entries, configure_cache
+
+    cache, calls = tmp_path / "cache", []
+    configure_cache(str(cache), None)  # run 1: no bound
+    for name in ("a", "bb", "ccc"):
+        _cached_pass(cache, name, calls)
+    paths = {e.meta["desc"]: e.path for e in cache_entries(str(cache))}
+    now = time.time()
+    for age, name in ((300, "a"), (200, "bb"), (100, "ccc")):
+        os.utime(os.path.join(paths[name], "meta.json"), (now - age, now - age))
+    size = max(e.size for e in cache_entries(str(cache)))
+
+    configure_cache(str(cache), None)  # run 2 reads "a": now the most recently used
+    assert _cached_pass(cache, "a", calls)["x"][0] == 1.0 and calls == ["a", "bb", "ccc"]  # read, not computed
+    configure_cache(str(cache), 3.5 * size / 1e9)  # run 3: room for 3 entries
+    _cached_pass(cache, "dddd", calls)  # a 4th entry: the least recently used one goes, and only it
+    kept = [e.meta["desc"] for e in cache_entries(str(cache))]
+    assert kept == ["ccc", "a", "dddd"]  # "a" was the oldest until run 2 read it; "bb" is evicted
+    assert not os.path.exists(paths["bb"]) and calls[-1] == "dddd"
+
+    # Run 4, a bound below what it uses: what it read ("ccc") and wrote ("eeeee") stay, the rest goes, and a
+    # folder another run is writing stays too (a day-old one, from a killed run, does not).
+    configure_cache(str(cache), 1.5 * size / 1e9)
+    (cache / "features-123.tmp-77").mkdir()
+    stale = cache / "features-456.tmp-78"
+    stale.mkdir()
+    os.utime(stale, (now - 2 * 86400, now - 2 * 86400))
+    _cached_pass(cache, "ccc", calls)
+    with caplog.at_level("WARNING", logger="mm_hf.feature_cache"):
+        _cached_pass(cache, "eeeee", calls)
+    assert [e.meta["desc"] for e in cache_entries(str(cache))] == ["ccc", "eeeee"]
+    assert "over its" in caplog.text and "in use by this run" in caplog.text
+    assert (cache / "features-123.tmp-77").is_dir() and not stale.exists()
+    assert calls == ["a", "bb", "ccc", "dddd", "eeeee"]
+
+
+def test_an_entry_evicted_by_another_run_while_read_is_computed_again(tmp_path, monkeypatch, cache_settings):
+    from mm_hf import feature_cache
+
+    cache, calls = tmp_path / "cache", []
+    feature_cache.configure_cache(str(cache), None)
+    first = _cached_pass(cache, "a", calls)
+    real_read = feature_cache._read
+
+    def read_after_eviction(path):  # another run evicts the entry between the check and the read
+        assert feature_cache._remove(path)
+        return real_read(path)
+
+    monkeypatch.setattr(feature_cache, "_read", read_after_eviction)
+    again = _cached_pass(cache, "a", calls)
+    assert calls == ["a", "a"]
+    np.testing.assert_array_equal(again["x"], first["x"])
+    assert [e.meta["desc"] for e in feature_cache.cache_entries(str(cache))] == ["a"]  # written again
+
+
+def test_cache_folder_is_listed_trimmed_and_cleared_from_the_command_line(tmp_path, capsys, cache_settings):
+    from mm_hf.feature_cache import cache_entries, configure_cache, main
+
+    cache, calls = tmp_path / "cache", []
+    configure_cache(str(cache), None)
+    for name in ("a", "bb", "ccc"):
+        _cached_pass(cache, name, calls)
+    main(["ls", str(cache)])
+    listing = capsys.readouterr().out
+    assert "3 entries" in listing and all(f"features  {name}" in listing for name in ("a", "bb", "ccc"))
+    size = max(e.size for e in cache_entries(str(cache)))
+    main(["trim", str(cache), "--max_gb", str(2.5 * size / 1e9)])
+    assert "removed 1 entries" in capsys.readouterr().out and len(cache_entries(str(cache))) == 2
+    main(["clear", str(cache)])
+    assert cache_entries(str(cache)) == [] and [p.name for p in cache.iterdir()] == [".lock"]
+
+
+def test_a_cache_bound_without_a_cache_folder_is_refused(tmp_path):
+    from transformers import TrainingArguments
+
+    from mm_hf.args import FinetuneArguments
+    from mm_hf.errors import UserError
+    from mm_hf.run import start_run
+
+    flags = ["--output_dir", str(tmp_path / "out"), "--use_cpu", "true", "--features_cache_max_gb", "5"]
+    with pytest.raises(UserError, match="--features_cache_max_gb bounds the folder of --features_cache_dir"):
+        start_run((FinetuneArguments, TrainingArguments), flags)
+    with pytest.raises(UserError, match="--features_cache_max_gb must be positive; got 0.0"):
+        start_run((FinetuneArguments, TrainingArguments), [*flags[:-1], "0", "--features_cache_dir", str(tmp_path)])

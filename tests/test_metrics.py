@@ -302,3 +302,17 @@ def test_trainer_without_batch_eval_metrics_fails_loudly(tmp_path):
     trainer = _trainer(tmp_path, ClassificationMetrics(ID2LABEL), batch_eval_metrics=False)
     with pytest.raises(TypeError, match="batch_eval_metrics=True"):
         trainer.evaluate(TinyDataset(9))
+
+
+def test_streaming_metrics_pickle_with_fresh_modules():
+    """Ray Tune (--hp_search ray) pickles the Trainer into each trial's process: the evaluate modules' locks do not
+    pickle, so they are left out and loaded again there; a half-fed evaluation carries over."""
+    import pickle
+
+    metrics = ClassificationMetrics(ID2LABEL)
+    logits, labels = _logits_and_labels(1, 40)
+    metrics(EvalPrediction(predictions=logits[:10], label_ids=labels[:10]))
+    copy = pickle.loads(pickle.dumps(metrics))
+    assert copy._report_metric is not metrics._report_metric and copy._top_k_metric is not None
+    rest = EvalPrediction(predictions=logits[10:], label_ids=labels[10:])
+    assert copy(rest, compute_result=True) == metrics(rest, compute_result=True)

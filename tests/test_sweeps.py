@@ -5,6 +5,9 @@ import glob
 import importlib.util
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -127,3 +130,90 @@ def test_sweep_flags_that_cannot_work_are_refused_before_any_data(tmp_path):
     (tmp_path / "out" / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4}')
     with pytest.raises(UserError, match="--hp_search cannot resume from .*checkpoint-4"):
         start(tmp_path, *resume)
+
+
+# Run by the killed sweep: the recipe, killed by SIGKILL as trial KILL_AT_TRIAL starts (its predecessors are done).
+KILLED_SWEEP = """
+import importlib.util, os, signal, sys
+from transformers import Trainer
+
+hp_search_setup = Trainer._hp_search_setup
+
+def killed_at_trial(self, trial):
+    if trial is not None and trial.number == int(os.environ["KILL_AT_TRIAL"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return hp_search_setup(self, trial)
+
+Trainer._hp_search_setup = killed_at_trial
+spec = importlib.util.spec_from_file_location("recipe", sys.argv[1])
+recipe = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(recipe)
+recipe.main(sys.argv[2:])
+"""
+
+
+@pytest.mark.slow  # ~1 min on 2 busy cores: a recipe process killed after its first trial, then the resumed sweep
+def test_a_sweep_killed_after_its_first_trial_resumes_from_its_optuna_storage(tiny_vtde, digits_dir, tmp_path):
+    import optuna
+
+    space = tmp_path / "space.yaml"
+    space.write_text("learning_rate: {type: float, low: 1.0e-4, high: 3.0e-2, log: true}\n")
+    out, storage = tmp_path / "out", f"sqlite:///{tmp_path / 'sweep.db'}"
+    flags = [
+        "--model_name_or_path", str(tiny_vtde), "--output_dir", str(out),
+        "--train_dir", str(digits_dir / "train"), "--validation_dir", str(digits_dir / "validation"),
+        "--do_train", "--do_eval", "--finetune_strategy", "full", "--head_init", "zeroshot",
+        "--prompt_templates", "a photo of the digit {}.", "--max_steps", "2", "--per_device_train_batch_size", "16",
+        "--per_device_eval_batch_size", "32", "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true",
+        "--hp_search", "optuna", "--n_trials", "3", "--hp_space", str(space), "--metric_for_best_model", "loss",
+        "--hp_storage", storage,
+    ]  # fmt: skip
+    env = {**os.environ, "KILL_AT_TRIAL": "1", "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])}
+    script = os.path.join(REPO, "recipes", "clip_imagecls.py")
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_SWEEP, script, *flags], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    before = optuna.load_study(study_name=str(out), storage=storage).trials
+    assert [t.state.name for t in before] == ["COMPLETE", "RUNNING"] and is_unfinished(out)
+
+    results = recipe.main([*flags, "--resume_from_checkpoint", "auto"])
+    trials = results["hp_search"]["trials"]
+    assert [(t["trial"], t["state"]) for t in trials] == [
+        (0, "COMPLETE"),
+        (1, "FAIL"),
+        (2, "COMPLETE"),
+        (3, "COMPLETE"),
+    ]
+    # Trial 0 was kept, not run again; the new trials draw new flags (a re-seeded sampler would repeat trial 0's).
+    assert (trials[0]["objective"], trials[0]["learning_rate"]) == (before[0].value, before[0].params["learning_rate"])
+    assert len({t["learning_rate"] for t in trials if t["state"] == "COMPLETE"}) == 3
+    best = min((t for t in trials if t["state"] == "COMPLETE"), key=lambda t: t["objective"])
+    assert results["hp_search"]["best_trial"] == best["trial"]
+    assert results["eval_loss"] == pytest.approx(best["objective"], rel=1e-5) and not is_unfinished(out)
+    assert not [n for n in os.listdir(out) if n.startswith("run-")]
+
+
+def test_a_kept_study_counts_its_finished_trials_and_fails_an_interrupted_one(tmp_path):
+    import optuna
+
+    from mm_hf.sweeps import _trials_left
+
+    storage = optuna.storages.get_storage(f"sqlite:///{tmp_path / 'sweep.db'}")
+    assert _trials_left(storage, "out", 5) == (5, 0)  # a new study
+    study = optuna.create_study(study_name="out", storage=storage)
+    for value in (0.5, 0.4):
+        study.tell(study.ask(), value)
+    study.ask()  # a trial a killed sweep left running
+    assert _trials_left(storage, "out", 5) == (3, 3)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert _trials_left(storage, "out", 2) == (0, 3)
+
+
+def test_hp_storage_or_ray_address_for_the_other_engine_is_refused(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("learning_rate: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}\n")
+    with pytest.raises(UserError, match="--hp_storage keeps the trials of --hp_search optuna"):
+        start(tmp_path, "--hp_storage", f"sqlite:///{tmp_path / 'db'}")
+    with pytest.raises(UserError, match="--ray_address names the Ray cluster for the trials of --hp_search ray"):
+        start(tmp_path, "--hp_search", "optuna", "--hp_space", str(path), "--ray_address", "auto")

@@ -171,7 +171,14 @@ class FinetuneArguments:
             "help": "Folder that keeps each frozen-backbone pass (linear_probe features, frozen fusion encoders, "
             "retrieval embeddings) on disk, keyed by fingerprints of the model, data and preprocessing: a later run "
             "with the same three (a sweep of probes, heads, fusion layers) reads it instead of running the backbone. "
-            "Default: not kept. Entries are never evicted (see mm_hf/feature_cache.py)."
+            "Default: not kept. Bounded by --features_cache_max_gb; `python -m mm_hf.feature_cache ls|trim|clear DIR`."
+        },
+    )
+    features_cache_max_gb: float | None = field(
+        default=None,
+        metadata={
+            "help": "Bound of --features_cache_dir in GB: after writing an entry, the least recently used ones are "
+            "evicted (never one this run uses). Default: MM_HF_FEATURES_CACHE_MAX_GB, else no bound."
         },
     )
     probe_solver: str = field(
@@ -227,6 +234,21 @@ class FinetuneArguments:
         },
     )
     n_trials: int = field(default=10, metadata={"help": "With --hp_search: how many trials."})
+    hp_storage: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --hp_search optuna: an Optuna storage URL (e.g. sqlite:///sweep.db) keeping the study, named "
+            "after --output_dir, as each trial ends; relaunched with --resume_from_checkpoint auto, a killed sweep "
+            "keeps its finished trials and runs only the missing ones."
+        },
+    )
+    ray_address: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --hp_search ray: the Ray cluster to run the trials on (HEAD:6379, or auto for the one "
+            "`ray start` started on this machine); default RAY_ADDRESS, else a local Ray instance for this sweep."
+        },
+    )
     hp_space: str | None = field(
         default=None,
         metadata={

@@ -40,6 +40,16 @@ class ClassificationMetrics:
         self._top_k_metric = load_metric("top_k_accuracy") if self.top_k else None
         self.reset()
 
+    def __getstate__(self) -> dict:
+        # evaluate modules hold thread locks, which do not pickle; Ray Tune (--hp_search ray) pickles the Trainer,
+        # this object included, into each trial's process, which loads its own modules (__setstate__).
+        return {**self.__dict__, "_report_metric": None, "_top_k_metric": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._report_metric = load_metric("classification_report")
+        self._top_k_metric = load_metric("top_k_accuracy") if self.top_k else None
+
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
