@@ -1,6 +1,7 @@
 """mm_hf.fastpaths: the GPU defaults (decided on a faked device: no GPU here), SDPA on every tower with eager
 outputs matched, the counted FLOPs against a hand count, and the MFU in all_results.json."""
 
+import copy
 import json
 import logging
 import os
@@ -60,31 +61,21 @@ class FrozenThenTrainable(nn.Module):
         return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
 
 
-class Rows(torch.utils.data.Dataset):
-    def __len__(self):
-        return 12
-
-    def __getitem__(self, i):
-        return {"x": torch.randn(8), "labels": torch.tensor(i % 4)}
-
-
-def test_step_flops_equal_a_hand_count_with_frozen_layers_forward_only(tmp_path):
-    """One optimizer step of 2 micro-batches of 3 through a Trainer. Per sample, a Linear(i, o) costs 2*i*o FLOPs
-    forward; the trained head 2*i*o more for its weight gradient, and nothing for its input gradient (nothing
-    below it trains); the frozen layer gets no backward at all."""
-    model = FrozenThenTrainable()
-    counter = StepFlops(model)
-    args = TrainingArguments(
-        str(tmp_path), max_steps=2, per_device_train_batch_size=3, gradient_accumulation_steps=2, use_cpu=True,
-        report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=1,
-    )  # fmt: skip
-    trainer = Trainer(model=model, args=args, train_dataset=Rows(), callbacks=[counter])
-    metrics = trainer.train().metrics
+def test_step_flops_equal_a_hand_count_with_frozen_layers_forward_only():
+    """One optimizer step of 2 micro-batches of 3, as Trainer drives the callback. Per sample, a Linear(i, o) costs
+    2*i*o FLOPs forward; the trained head 2*i*o more for its weight gradient and nothing for its input gradient
+    (nothing below it trains); the frozen layer gets no backward at all."""
+    model, counter = FrozenThenTrainable(), StepFlops()
+    counter.on_step_begin(None, None, None, model=model)
+    for _ in range(2):
+        model(torch.randn(3, 8), torch.tensor([0, 1, 2]))["loss"].backward()
+    counter.on_step_end(None, None, None)
+    model(torch.randn(5, 8), torch.zeros(5, dtype=torch.long))["loss"].backward()  # later steps are not counted
     hand = 2 * 8 * 16 + 2 * 16 * 4 + 2 * 16 * 4
     assert counter.samples == 6 and counter.flops == 6 * hand and counter.flops_per_sample == hand
-    args.bf16 = True
-    out = fastpaths.train_throughput(counter, metrics, args, "NVIDIA H200")
-    assert out["train_mfu"] == pytest.approx(hand * metrics["train_samples_per_second"] / 989.4e12)
+    args = TrainingArguments("unused", bf16=True, use_cpu=True)
+    out = fastpaths.train_throughput(counter, {"train_samples_per_second": 1000.0}, args, "NVIDIA H200")
+    assert out["train_flops_per_sample"] == hand and out["train_mfu"] == pytest.approx(hand * 1000 / 989.4e12)
 
 
 def test_every_tower_reports_sdpa_and_eager_is_honoured(tiny_vtde, tiny_wav2vec2, tmp_path, caplog):
@@ -144,7 +135,7 @@ def test_faked_gpu_run_records_defaults_attention_flops_and_mfu(tiny_vtde, digit
     with caplog.at_level(logging.INFO, logger="mm_hf.fastpaths"):
         clip_imagecls.main([
             "--model_name_or_path", tiny_vtde, "--output_dir", str(out), "--train_dir", str(digits_dir / "train"),
-            "--test_dir", str(digits_dir / "test"), "--do_train", "--do_predict", "--max_steps", "2",
+            "--test_dir", str(digits_dir / "test"), "--do_train", "--do_predict", "--max_steps", "2", "--max_train_samples", "16", "--max_predict_samples", "8",
             "--finetune_strategy", "full", "--head_init", "random", "--per_device_train_batch_size", "8",
             "--tf32", "false", "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no",
         ])  # fmt: skip
@@ -159,3 +150,54 @@ def test_faked_gpu_run_records_defaults_attention_flops_and_mfu(tiny_vtde, digit
     expected = results["train_flops_per_sample"] * results["train_samples_per_second"] / 989.4e12
     assert 0 < results["train_mfu"] < 1 and results["train_mfu"] == pytest.approx(expected)
     assert os.path.exists(out / "model.safetensors")
+
+
+def _train_step(model, batch, compile_backend=None) -> tuple[float, torch.Tensor]:
+    """(loss, a trained weight after one SGD step) of `model` (eval mode: no dropout draws to match)."""
+    model = copy.deepcopy(model).eval()
+    step = torch.compile(model, backend=compile_backend, fullgraph=True) if compile_backend else model
+    loss = step(**batch).loss
+    loss.backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    return loss.item(), next(p for n, p in model.named_parameters() if "classifier" in n or "heads" in n).detach()
+
+
+def test_torch_compile_of_the_fusion_layers_gives_the_eager_step(tmp_path):
+    """Fast variant (the classifier and the towers: the slow test below): the layers a fusion model adds (attention
+    pooling, cross-attention fusion, head, loss) on cached tower outputs, traced by dynamo as one graph (fullgraph:
+    no graph break) and trained one step to the eager step's loss and weights."""
+    mask = torch.tensor([[1] * 7, [1] * 3 + [0] * 4] * 2)
+    batch = {"image_embeds": torch.randn(4, 32), "text_embeds": torch.randn(4, 7, 32), "text_embeds_mask": mask,
+             "labels": torch.tensor([0, 1, 2, 0])}  # fmt: skip
+    model = _fusion_model(tmp_path)
+    eager_loss, eager_weight = _train_step(model, batch)
+    loss, weight = _train_step(model, batch, compile_backend="eager")
+    assert loss == pytest.approx(eager_loss, rel=1e-6)
+    torch.testing.assert_close(weight, eager_weight)
+
+
+@pytest.mark.slow  # inductor compiles the towers too: about a minute per model on 2 loaded CPU cores
+def test_torch_compile_through_the_trainer_trains_the_eager_step(tiny_vtde, tmp_path):
+    """--torch_compile (inductor) through Trainer: the classifier and the fusion model, towers included, train 2
+    steps to the losses of the same runs uncompiled."""
+    classifier = build_dual_encoder_classifier(tiny_vtde, {0: "a", 1: "b"}, head_init="random")
+    pixels = torch.randn(8, 3, 32, 32)
+    rows = {
+        "classifier": [{"pixel_values": pixels[i], "labels": torch.tensor(i % 2)} for i in range(8)],
+        "fusion": [
+            {"pixel_values": pixels[i], "input_ids": torch.randint(5, 20, (7,)), "attention_mask": torch.ones(7),
+             "labels": torch.tensor(i % 3)} for i in range(8)
+        ],
+    }  # fmt: skip
+    for name, model in {"classifier": classifier, "fusion": _fusion_model(tmp_path)}.items():
+        losses = {}
+        for compiled in (False, True):
+            args = TrainingArguments(
+                str(tmp_path / name), max_steps=2, per_device_train_batch_size=4, use_cpu=True, report_to="none",
+                save_strategy="no", disable_tqdm=True, logging_steps=1, torch_compile=compiled, seed=0,
+                learning_rate=1e-3, lr_scheduler_type="constant", label_names=["labels"], remove_unused_columns=False,
+            )  # fmt: skip
+            trainer = Trainer(model=copy.deepcopy(model), args=args, train_dataset=rows[name])
+            trainer.train()
+            losses[compiled] = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+        assert losses[True] == pytest.approx(losses[False], rel=1e-4), name
