@@ -350,7 +350,7 @@ def train_and_evaluate(
     wise_ft = WiseFT.start(trainer, measure, datasets, ft_args, extra_sets) if trainer.args.do_train else None
     before = measure.before(split, f"zeroshot_{key}")
     before_report = measure.report
-    results, train_runtime = {**before, "attn_implementation": attention}, None
+    results, train_runtime = {**before, **({"attn_implementation": attention} if attention else {})}, None
     # Sets measured by a function of the model rather than by Trainer (zero-shot retention): before and after too.
     own_measures = {name: fn for name, fn in (extra_sets or {}).items() if callable(fn)}
     for name, fn in own_measures.items():
