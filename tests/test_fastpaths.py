@@ -95,8 +95,10 @@ def test_every_tower_reports_sdpa_and_eager_is_honoured(tiny_vtde, tiny_wav2vec2
     assert "no sdpa implementation" in caplog.text and "WavLMModel: eager" in caplog.text
 
 
-def _fusion_model(tmp_path):
-    encoders = build_tiny_encoders(str(tmp_path / "enc"))
+@pytest.fixture(scope="module")
+def fusion_model(tmp_path_factory):
+    """A tiny ViT + BERT fusion model: attention pooling of the text tokens, cross-attention fusion, 3 classes."""
+    encoders = build_tiny_encoders(str(tmp_path_factory.mktemp("encoders")))
     return build_fusion_classifier(
         {"image": encoders["vision"], "text": encoders["text"]},
         [Task("label", "single_label_classification", ["x", "y", "z"])],
@@ -105,10 +107,10 @@ def _fusion_model(tmp_path):
     )
 
 
-def test_sdpa_equals_eager_for_the_classifier_and_fusion_models(tiny_vtde, tmp_path):
+def test_sdpa_equals_eager_for_the_classifier_and_fusion_models(tiny_vtde, fusion_model):
     classifier = build_dual_encoder_classifier(tiny_vtde, {0: "a", 1: "b"}, head_init="random").eval()
     pixels = {"pixel_values": torch.randn(3, 3, 32, 32)}
-    fusion = _fusion_model(tmp_path).eval()
+    fusion = copy.deepcopy(fusion_model).eval()
     text = {
         "input_ids": torch.randint(5, 20, (3, 7)),
         "attention_mask": torch.tensor([[1] * 7, [1] * 4 + [0] * 3] * 2)[:3],
@@ -162,14 +164,14 @@ def _train_step(model, batch, compile_backend=None) -> tuple[float, torch.Tensor
     return loss.item(), next(p for n, p in model.named_parameters() if "classifier" in n or "heads" in n).detach()
 
 
-def test_torch_compile_of_the_fusion_layers_gives_the_eager_step(tmp_path):
+def test_torch_compile_of_the_fusion_layers_gives_the_eager_step(fusion_model):
     """Fast variant (the classifier and the towers: the slow test below): the layers a fusion model adds (attention
     pooling, cross-attention fusion, head, loss) on cached tower outputs, traced by dynamo as one graph (fullgraph:
     no graph break) and trained one step to the eager step's loss and weights."""
     mask = torch.tensor([[1] * 7, [1] * 3 + [0] * 4] * 2)
     batch = {"image_embeds": torch.randn(4, 32), "text_embeds": torch.randn(4, 7, 32), "text_embeds_mask": mask,
              "labels": torch.tensor([0, 1, 2, 0])}  # fmt: skip
-    model = _fusion_model(tmp_path)
+    model = fusion_model
     eager_loss, eager_weight = _train_step(model, batch)
     loss, weight = _train_step(model, batch, compile_backend="eager")
     assert loss == pytest.approx(eager_loss, rel=1e-6)
@@ -188,7 +190,7 @@ def _without_dropout(model: nn.Module) -> nn.Module:
 
 @pytest.mark.slow  # inductor compiles the towers too: about a minute per model on 2 CPU cores, 4-5 when loaded
 @pytest.mark.parametrize("kind", ["classifier", "fusion"])
-def test_torch_compile_through_the_trainer_trains_the_eager_step(kind, tiny_vtde, tmp_path):
+def test_torch_compile_through_the_trainer_trains_the_eager_step(kind, tiny_vtde, fusion_model, tmp_path):
     """--torch_compile (inductor) through Trainer: the classifier and the fusion model, towers included, train 2
     steps to the losses of the same runs uncompiled."""
     pixels = torch.randn(8, 3, 32, 32)
@@ -196,7 +198,7 @@ def test_torch_compile_through_the_trainer_trains_the_eager_step(kind, tiny_vtde
         model = build_dual_encoder_classifier(tiny_vtde, {0: "a", 1: "b"}, head_init="random")
         rows = [{"pixel_values": pixels[i], "labels": torch.tensor(i % 2)} for i in range(8)]
     else:
-        model = _fusion_model(tmp_path)
+        model = copy.deepcopy(fusion_model)
         rows = [
             {"pixel_values": pixels[i], "input_ids": torch.randint(5, 20, (7,)), "attention_mask": torch.ones(7),
              "labels": torch.tensor(i % 3)} for i in range(8)
