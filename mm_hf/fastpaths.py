@@ -108,7 +108,9 @@ def use_attention(model: torch.nn.Module, requested: str = "sdpa") -> dict[str, 
             "these models" if len(fallbacks) > 1 else "this model",
             "; ".join(fallbacks),
         )
-    return tower_attention(base)
+    towers = tower_attention(base)
+    logger.info("attention per tower (--attn_implementation %s): %s", requested, towers)
+    return towers
 
 
 def tower_attention(model: torch.nn.Module) -> dict[str, str]:
@@ -180,6 +182,10 @@ def mfu_metrics(
         return out
     out["train_mfu"] = flops_per_sample * samples_per_second / (num_devices * peak)
     out["train_peak_flops"] = num_devices * peak
+    logger.info(
+        "train MFU %.2e: %.3g FLOPs/sample x %.1f samples/s / (%d x %s peak %.3g %s FLOP/s)",
+        out["train_mfu"], flops_per_sample, samples_per_second, num_devices, device_name, peak, precision,
+    )  # fmt: skip
     return out
 
 

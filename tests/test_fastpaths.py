@@ -142,6 +142,8 @@ def test_faked_gpu_run_records_defaults_attention_flops_and_mfu(tiny_vtde, digit
             "--tf32", "false", "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no",
         ])  # fmt: skip
     assert "GPU fast paths on NVIDIA H200 (capability 9.0): --bf16 True, --optim adamw_torch_fused" in caplog.text
+    assert "attention per tower (--attn_implementation sdpa): {'media': 'sdpa'}" in caplog.text
+    assert "train MFU" in caplog.text and "NVIDIA H200 peak 9.89e+14 bf16 FLOP/s" in caplog.text
     config = yaml.safe_load((out / "run_config.yaml").read_text())
     assert (config["bf16"], config["optim"], config["tf32"], config["attn_implementation"]) == (
         True, "adamw_torch_fused", False, "sdpa",
