@@ -12,13 +12,14 @@ import transformers
 import yaml
 from conftest import load_recipe
 from torch import nn
-from transformers import Trainer, TrainingArguments, WavLMConfig, WavLMModel
+from transformers import AutoModel, Trainer, TrainingArguments, WavLMConfig, WavLMModel
 
 from mm_hf import fastpaths
 from mm_hf.fastpaths import Gpu, StepFlops, gpu_defaults, mfu_metrics, peak_flops, tower_attention, use_attention
 from mm_hf.models.audio_classifier import build_audio_classifier
 from mm_hf.models.clip_classifier import build_dual_encoder_classifier
 from mm_hf.models.fusion import Task, build_fusion_classifier
+from mm_hf.models.modeling_dual_encoder import ContrastiveDualEncoderModel
 from mm_hf.models.tiny import build_tiny_encoders
 
 H200 = Gpu("NVIDIA H200", (9, 0), bf16=True)
@@ -78,13 +79,17 @@ def test_step_flops_equal_a_hand_count_with_frozen_layers_forward_only():
     assert out["train_flops_per_sample"] == hand and out["train_mfu"] == pytest.approx(hand * 1000 / 989.4e12)
 
 
-def test_every_tower_reports_sdpa_and_eager_is_honoured(tiny_vtde, tiny_wav2vec2, tmp_path, caplog):
+def test_every_tower_reports_sdpa_and_eager_is_honoured(tiny_vtde, tiny_clip, tiny_wav2vec2, tmp_path, caplog):
     # A tower loaded eager is moved to sdpa (its class has it); --attn_implementation eager moves every one back.
     model = build_dual_encoder_classifier(tiny_vtde, {0: "a", 1: "b"}, head_init="random", attn_implementation="eager")
     assert tower_attention(model) == {"media": "eager"}
     assert use_attention(model) == {"media": "sdpa"}
     assert use_attention(model, "eager") == {"media": "eager"}
+    # The other recipes' models: CLIP classifier, wav2vec2 classifier, retrieval's dual encoder (both towers).
+    assert use_attention(build_dual_encoder_classifier(tiny_clip, {0: "a"}, head_init="random")) == {"media": "sdpa"}
     assert use_attention(build_audio_classifier(tiny_wav2vec2, {0: "a", 1: "b"})) == {"media": "sdpa"}
+    dual = ContrastiveDualEncoderModel.from_backbone(AutoModel.from_pretrained(tiny_vtde))
+    assert set(use_attention(dual).values()) == {"sdpa"} and len(dual.parts().towers) == 2
     # WavLM has no SDPA path in transformers 5.23: it stays eager, and the log says so.
     wavlm = WavLMConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
                         conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 4), num_feat_extract_layers=2,
