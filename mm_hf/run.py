@@ -16,6 +16,7 @@ import transformers
 from datasets.utils import logging as datasets_logging
 from transformers import EarlyStoppingCallback, Trainer, default_data_collator
 
+from . import fastpaths
 from .args import TRAINING_DEFAULTS, FinetuneArguments, default_num_workers, explicit_flags, fill_defaults, parse_args
 from .data.loading import load_classification_splits, require_evaluation_split
 from .data.streaming.classifier import load_stream_splits
@@ -182,10 +183,15 @@ def start_run(argument_types, argv):
     explicit = explicit_flags(argv, argument_types)
     # Checkpoint retention, logging frequency; pinned host memory only speeds up copies to a GPU, and without one
     # torch warns at every DataLoader (each evaluation); DataLoader workers from the CPU count (mm_hf.args.defaults).
+    # On a CUDA GPU also bf16 autocast, fused AdamW and TF32 for the flags the user left unset (mm_hf.fastpaths).
+    gpu = fastpaths.detect_gpu()
+    use_cpu = next(a for a in parsed if isinstance(a, transformers.TrainingArguments)).use_cpu
+    gpu_defaults = fastpaths.gpu_defaults(gpu, explicit, use_cpu=use_cpu)
     defaults = {
         **TRAINING_DEFAULTS,
         "dataloader_pin_memory": torch.cuda.is_available(),
         "dataloader_num_workers": default_num_workers(),
+        **gpu_defaults,
     }
     parsed = fill_defaults(parsed, defaults, explicit)
     training_args = next(a for a in parsed if isinstance(a, transformers.TrainingArguments))
@@ -193,6 +199,8 @@ def start_run(argument_types, argv):
     level = process_log_level(training_args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(level)
+    if not use_cpu:
+        fastpaths.log_gpu_defaults(gpu, gpu_defaults)
     passive_main = training_args.should_log and training_args.log_level == "passive"
     # transformers' and datasets' own INFO messages are noise unless asked for with --log_level.
     for library in (transformers.utils.logging, datasets_logging):
@@ -328,6 +336,11 @@ def train_and_evaluate(
         )
     trainable = trainable_parameters(trainer.model)
     logger.info("finetune_strategy=%s: %s", ft_args.finetune_strategy, trainable)
+    # The towers' attention (--attn_implementation, logged where a tower has no SDPA); on a GPU, the first training
+    # step's FLOPs are counted for the MFU (mm_hf.fastpaths).
+    attention = fastpaths.use_attention(trainer.model, ft_args.attn_implementation)
+    gpu = None if trainer.args.use_cpu else fastpaths.detect_gpu()
+    step_flops = fastpaths.StepFlops(trainer.model) if gpu is not None else None
     split = "test" if "test" in datasets else "validation"
     key = "test" if split == "test" else "eval"
     if getattr(ft_args, "wise_ft_alphas", None) and not trainer.args.do_train:
@@ -335,7 +348,7 @@ def train_and_evaluate(
     wise_ft = WiseFT.start(trainer, measure, datasets, ft_args, extra_sets) if trainer.args.do_train else None
     before = measure.before(split, f"zeroshot_{key}")
     before_report = measure.report
-    results, train_runtime = dict(before), None
+    results, train_runtime = {**before, **({"attn_implementation": attention} if attention else {})}, None
     # Sets measured by a function of the model rather than by Trainer (zero-shot retention): before and after too.
     own_measures = {name: fn for name, fn in (extra_sets or {}).items() if callable(fn)}
     for name, fn in own_measures.items():
@@ -372,10 +385,15 @@ def train_and_evaluate(
             trainer.add_callback(early_stopping)
         if ft_args.hp_search:  # trials from the untouched model; their best flags are then set on trainer.args
             hp_search = search_hyperparameters(trainer, ft_args, early_stopping)
+        if step_flops is not None:
+            trainer.add_callback(step_flops)
         train_result = trainer.train(resume_from_checkpoint=resumed_from)
         trainer.model_init = None  # set by the search: the retrained model is the run's model from here on
         train_runtime = train_result.metrics.get("train_runtime")
         results.update(train_result.metrics, **_train_samples(datasets["train"], trainer))
+        if step_flops is not None:
+            trainer.remove_callback(step_flops)
+            results.update(fastpaths.train_throughput(step_flops, train_result.metrics, trainer.args, gpu.name))
         if early_stopping is not None:
             trainer.remove_callback(early_stopping)
     if wise_ft is not None:

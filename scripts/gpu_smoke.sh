@@ -3,9 +3,11 @@
 # stand-in for the multi-node config, FSDP, DeepSpeed ZeRO-2 and ZeRO-3, each with three recipes (image
 # classifier, fusion model, contrastive dual encoder) on the offline demo's tiny models and data.
 # What each run must show is in scripts/gpu_smoke.md; this script checks the files, the reload and the log lines.
+# Then two one-GPU runs without precision or optimizer flags check the fast paths a GPU run takes by default.
 #
 #   scripts/gpu_smoke.sh                  # every config x every recipe (~12 runs of 4 steps)
 #   ONLY=fsdp scripts/gpu_smoke.sh        # configs whose name contains "fsdp"
+#   ONLY=fastpaths scripts/gpu_smoke.sh   # only the GPU defaults check (bf16, fused AdamW, TF32, SDPA, MFU)
 #   NPROC=2 WORK=/tmp/smoke scripts/gpu_smoke.sh
 #
 # Without a GPU it prints "no GPU: nothing run" and exits 0. DeepSpeed configs are skipped (and reported) when
@@ -68,5 +70,26 @@ for config in multi_gpu multi_node fsdp deepspeed_zero2 deepspeed_zero3; do
         fi
     done
 done
+# The fast paths a plain one-GPU run takes by itself (mm_hf/fastpaths.py): no --bf16/--optim/--tf32 given, so the
+# run must pick bf16 autocast, fused AdamW, TF32 and SDPA, and report train_flops_per_sample and train_mfu.
+if [[ -z "$ONLY" || "fastpaths" == *"$ONLY"* ]] && [ -z "${SMOKE_CPU:-}" ]; then
+    for recipe in clip_imagecls fusion_imagetext_cls; do
+        out="$WORK/fastpaths/$recipe"; mkdir -p "$out"; log="$out.log"
+        start=$(date +%s)
+        # shellcheck disable=SC2086
+        # One GPU: a plain python run sees every visible GPU and Trainer would wrap the model in DataParallel.
+        CUDA_VISIBLE_DEVICES=$(echo "${CUDA_VISIBLE_DEVICES:-0}" | cut -d, -f1) $PYTHON "recipes/$recipe.py" ${RECIPE_ARGS[$recipe]} \
+            --output_dir "$out" --max_steps 20 --logging_steps 5 --save_strategy no --report_to none \
+            --disable_tqdm true --overwrite_output_dir true --dataloader_num_workers 0 > "$log" 2>&1
+        rc=$?
+        seconds=$(( $(date +%s) - start ))
+        check=$($PYTHON scripts/gpu_smoke_check.py fastpaths "$recipe" "$out" "$log" "$rc" 1 2>&1)
+        if [ $? -eq 0 ]; then
+            summary+=("OK    fastpaths $recipe (${seconds}s): $check")
+        else
+            summary+=("FAIL  fastpaths $recipe (${seconds}s, exit $rc): $check [log: $log]"); failed=$((failed + 1))
+        fi
+    done
+fi
 printf '%s\n' "${summary[@]}"
 exit $failed

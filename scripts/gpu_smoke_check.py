@@ -1,6 +1,7 @@
 """What scripts/gpu_smoke.sh checks after each run (the expectations are written out in scripts/gpu_smoke.md).
 
-argv: config recipe output_dir log exit_code num_processes. Prints one line; exit status 1 on the first unmet one.
+argv: config recipe output_dir log exit_code num_processes (config "fastpaths": the one-GPU run checking the GPU
+defaults). Prints one line; exit status 1 on the first unmet one.
 """
 
 import glob
@@ -14,10 +15,44 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
+def check_fast_paths(out: str, text: str) -> None:
+    """A one-GPU run given no --bf16/--optim/--tf32 (mm_hf/fastpaths.py): the defaults taken, logged and recorded,
+    every tower on SDPA, the step's FLOPs counted and an MFU in (0, 1)."""
+    import torch
+    import yaml
+
+    if "GPU fast paths on" not in text:
+        fail("no 'GPU fast paths on' log line: the GPU defaults were not decided")
+    config = yaml.safe_load(open(os.path.join(out, "run_config.yaml")))
+    expected = {"optim": "adamw_torch_fused", "attn_implementation": "sdpa"}
+    if torch.cuda.is_bf16_supported(including_emulation=False):
+        expected["bf16"] = True
+    if torch.cuda.get_device_capability() >= (8, 0):
+        expected["tf32"] = True
+    wrong = {k: config.get(k) for k, v in expected.items() if config.get(k) != v}
+    if wrong:
+        fail(f"run_config.yaml: {wrong}, expected {expected}")
+    results = json.load(open(os.path.join(out, "all_results.json")))
+    attention = results.get("attn_implementation") or {}
+    if not attention or set(attention.values()) != {"sdpa"}:
+        fail(f"towers not all on sdpa: {attention}")
+    mfu, flops = results.get("train_mfu"), results.get("train_flops_per_sample")
+    if not flops or flops <= 0:
+        fail(f"train_flops_per_sample missing or not positive: {flops}")
+    if mfu is None or not 0 < mfu < 1:
+        fail(f"train_mfu missing or outside (0, 1): {mfu} ({torch.cuda.get_device_name()} in PEAK_TFLOPS?)")
+    print(
+        f"bf16={config.get('bf16')} tf32={config.get('tf32')} optim={config['optim']} attention={attention} "
+        f"flops/sample={flops:.3g} mfu={mfu:.2e} at {results['train_samples_per_second']:.0f} samples/s"
+    )
+
+
 def main(config: str, recipe: str, out: str, log: str, rc: str, nproc: str) -> None:
     text = open(log).read()
     if rc != "0":
         fail("non-zero exit: " + " | ".join(text.strip().splitlines()[-3:]))
+    if config == "fastpaths":
+        return check_fast_paths(out, text)
     if f"world_size={nproc} " not in text:
         fail(f"no 'world_size={nproc}' line: the processes did not form one group")
     results = json.load(open(os.path.join(out, "all_results.json")))

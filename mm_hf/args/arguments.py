@@ -263,6 +263,15 @@ class FinetuneArguments:
             "only the message and exit status 2 (as MM_HF_DEBUG=1). Not --debug: TrainingArguments owns that flag."
         },
     )
+    attn_implementation: str = field(
+        default="sdpa",
+        metadata={
+            "help": "Attention of the pretrained towers during training and evaluation: sdpa (torch's fused "
+            "scaled-dot-product attention; towers without it in transformers, WavLM and CLAP, run eager and are "
+            "logged) or eager (the plain matmul-softmax-matmul). See mm_hf/fastpaths.py.",
+            "choices": ["sdpa", "eager"],
+        },
+    )
 
     def __post_init__(self):
         # Each recipe checks its own subset (classifier vs contrastive); a typo fails here, at parse time.
@@ -277,6 +286,8 @@ class FinetuneArguments:
                 f"--lp_ft_second_stage must be one of {', '.join(LP_FT_SECOND_STAGES)}; got {self.lp_ft_second_stage!r}"
             )
         self.wise_ft_alphas = parse_alphas(self.wise_ft_alphas)
+        if self.attn_implementation not in ("sdpa", "eager"):
+            raise UserError(f"--attn_implementation must be sdpa or eager; got {self.attn_implementation!r}")
 
 
 def parse_alphas(values) -> list[float] | None:
