@@ -35,6 +35,7 @@ CARD_HYPERPARAMETERS = (
     "seed",
     "bf16",
     "fp16",
+    "tf32",
     "lora_r",
     "lora_alpha",
     "lora_dropout",
@@ -228,7 +229,7 @@ def _card_hyperparameters(resolved: dict) -> dict:
         shown.pop("wise_ft_select", None)
     if strategy != "top_k":
         shown.pop("unfreeze_last_n_layers", None)
-    for flag in ("bf16", "fp16"):
+    for flag in ("bf16", "fp16", "tf32"):  # precision switches: named when on (GPU defaults, mm_hf.fastpaths)
         if not shown.get(flag):
             shown.pop(flag, None)
     return shown

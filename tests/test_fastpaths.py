@@ -15,6 +15,7 @@ from torch import nn
 from transformers import AutoModel, Trainer, TrainingArguments, WavLMConfig, WavLMModel
 
 from mm_hf import fastpaths
+from mm_hf.cards import _card_hyperparameters
 from mm_hf.fastpaths import Gpu, StepFlops, gpu_defaults, mfu_metrics, peak_flops, tower_attention, use_attention
 from mm_hf.models.audio_classifier import build_audio_classifier
 from mm_hf.models.clip_classifier import build_dual_encoder_classifier
@@ -159,6 +160,9 @@ def test_faked_gpu_run_records_defaults_attention_flops_and_mfu(tiny_vtde, digit
     expected = results["train_flops_per_sample"] * results["train_samples_per_second"] / 989.4e12
     assert 0 < results["train_mfu"] < 1 and results["train_mfu"] == pytest.approx(expected)
     assert os.path.exists(out / "model.safetensors")
+    shown = _card_hyperparameters(config)  # the card names a precision switch when it is on, never when off
+    assert shown["bf16"] is True and "tf32" not in shown
+    assert _card_hyperparameters({**config, "tf32": True})["tf32"] is True
 
 
 def _train_step(model, batch, compile_backend=None) -> tuple[float, torch.Tensor]:
