@@ -5,13 +5,13 @@ import copy
 
 import pytest
 import torch
-from peft import PeftModel
+from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 from transformers import AutoProcessor
 
 from mm_hf.args import FinetuneArguments
-from mm_hf.lora_dropout import DropoutFusedLoraLinear
+from mm_hf.lora_dropout import DropoutFusedLoraLinear, fuse_lora_dropout
 from mm_hf.models import build_dual_encoder_classifier
 from mm_hf.training import apply_strategy
 
@@ -157,3 +157,26 @@ def test_fused_dropout_keeps_no_copy_of_the_adapted_inputs(fused_lora):
     assert peft_bytes - fused_bytes >= copies - shared - len(inputs) * state
     # As little as without dropout, but for the generator states.
     assert fused_bytes == saved_bytes(copy_of(fused_lora, dropout=False)) + len(inputs) * state
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_dropout_is_bit_identical_to_peft_also_under_autocast(autocast):
+    # ReLU feeds exact zeros into an adapted layer: a mask read back from dropout's output would be wrong there.
+    base = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.LayerNorm(32), nn.Linear(32, 4))
+    reference = get_peft_model(base, LoraConfig(r=4, target_modules=["0", "2", "4"], lora_dropout=0.1))
+    for layer in reference.modules():
+        if isinstance(layer, LoraLinear):
+            nn.init.normal_(layer.lora_B.default.weight)
+    fused = copy.deepcopy(reference)
+    assert fuse_lora_dropout(fused) == 3
+    x = torch.randn(5, 7, 16)
+    grads = []
+    for model in (reference, fused):
+        torch.manual_seed(3)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(x.clone().requires_grad_())
+        out.float().square().sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert out.dtype == (torch.bfloat16 if autocast else torch.float32)
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=0, atol=0, msg=name)
