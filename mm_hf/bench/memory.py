@@ -38,7 +38,7 @@ CONFIGURATIONS = (
 )
 # What a recipe run is split into by --phases: functions of the recipe module (looked up by name) and Trainer
 # methods, each wrapped so its own peak is recorded.
-RECIPE_PHASES = ("build_dual_encoder_classifier", "resolve_head_init", "apply_strategy", "save_classification_run")
+RECIPE_PHASES = ("build_dual_encoder_classifier", "resolve_head_init", "apply_strategy", "save_run")
 TRAINER_PHASES = ("evaluate", "train", "predict")
 NUM_CLASSES = 4
 # Issue 15's targets for the recipe, as ratios to its full fine-tuning in the same run: LoRA below the plain
