@@ -3,7 +3,8 @@
 peft computes `lora_B(lora_A(dropout(x)))` in each adapted Linear. In training, autograd then keeps, per adapted
 layer, the dropped copy of `x` (lora_A's input, for its weight gradient) and dropout's scaled mask (for the input
 gradient), each as large as `x`; q, k and v make their own from one shared input. A CLIP ViT-B/32 at batch 32 kept
-+380 MB for them, peak RSS 1866 -> 2246 MB, 0.67x -> 0.80x of full fine-tuning (README "Memory benchmark").
++380 MB for them, peak RSS 1866 -> 2246 MB, 0.67x -> 0.80x of full fine-tuning; through this module 1884 MB,
+0.68x (README "Memory benchmark", 2026-12-02).
 
 `fuse_lora_dropout(model)` gives each adapted `peft.tuners.lora.layer.Linear` a forward whose dropout + lora_A is
 one autograd function (`DropoutLinear`): it draws the mask as `nn.functional.dropout` does (same random stream,
