@@ -131,7 +131,7 @@ def run_recipe_child(argv: list[str], phases: bool, peft_dropout: bool = False) 
     LoRA dropout through peft's own layers (the recipes' fused dropout switched off), for comparison."""
     from transformers import Trainer
 
-    from .. import training
+    from .. import training  # torch and peft: only the child processes import them
 
     if peft_dropout:
         training.fuse_lora_dropout = lambda model: 0
