@@ -14,6 +14,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from .errors import UserError
+from .lora_dropout import fuse_lora_dropout
 from .models.towers import ModelParts, Tower, linear_leaves
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,9 @@ def apply_strategy(
         # randomly initialised on reload (peft's most common classification pitfall).
         save = list(parts.head) if parts.head_with_lora == "save" else None
         model = get_peft_model(model, lora_config(args, regex, modules_to_save=save))
+        # The same dropout masks and gradients as peft's, without two copies of each adapted layer's input kept
+        # for backward (CLIP ViT-B/32, batch 32: -380 MB, mm_hf/lora_dropout.py).
+        fuse_lora_dropout(model)
         if parts.head_with_lora == "train":  # peft froze everything but the adapters
             for name, param in model.named_parameters():
                 if name.removeprefix("base_model.model.") in wanted:

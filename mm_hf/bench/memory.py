@@ -22,20 +22,23 @@ import time
 from .report import environment
 from .runs import load_recipe
 
-# (name, recipe strategy, gradient checkpointing, LoRA dropout): full fine-tuning first, every ratio is to it.
-# LoRA runs at the recipe's default dropout (0.1, mm_hf.args.FinetuneArguments), and once without: peft applies it
-# to a copy of each adapted layer's input, kept for backward (q, k and v each make their own).
+# (name, recipe strategy, gradient checkpointing, LoRA dropout, peft's own dropout path): full fine-tuning first,
+# every ratio is to it. LoRA runs at the recipe's default dropout (0.1, mm_hf.args.FinetuneArguments), through the
+# recipes' fused dropout (mm_hf.lora_dropout) and through peft's own, which keeps two copies of each adapted layer's
+# input for backward (q, k and v each make their own), and once without dropout.
 LORA_DROPOUT = 0.1
 CONFIGURATIONS = (
-    ("full", "full", False, LORA_DROPOUT),
-    ("lora", "lora", False, LORA_DROPOUT),
-    ("lora, dropout 0", "lora", False, 0.0),
-    ("full + checkpointing", "full", True, LORA_DROPOUT),
-    ("lora + checkpointing", "lora", True, LORA_DROPOUT),
+    ("full", "full", False, LORA_DROPOUT, False),
+    ("lora", "lora", False, LORA_DROPOUT, False),
+    ("lora, peft's dropout", "lora", False, LORA_DROPOUT, True),
+    ("lora, dropout 0", "lora", False, 0.0, False),
+    ("full + checkpointing", "full", True, LORA_DROPOUT, False),
+    ("lora + checkpointing", "lora", True, LORA_DROPOUT, False),
+    ("lora + checkpointing, peft's dropout", "lora", True, LORA_DROPOUT, True),
 )
 # What a recipe run is split into by --phases: functions of the recipe module (looked up by name) and Trainer
 # methods, each wrapped so its own peak is recorded.
-RECIPE_PHASES = ("build_dual_encoder_classifier", "resolve_head_init", "apply_strategy", "save_classification_run")
+RECIPE_PHASES = ("build_dual_encoder_classifier", "resolve_head_init", "apply_strategy", "save_run")
 TRAINER_PHASES = ("evaluate", "train", "predict")
 NUM_CLASSES = 4
 # Issue 15's targets for the recipe, as ratios to its full fine-tuning in the same run: LoRA below the plain
@@ -123,10 +126,15 @@ def _wrap(owner, name: str, phases: list):
     setattr(owner, name, wrapped)
 
 
-def run_recipe_child(argv: list[str], phases: bool) -> dict:
-    """Run recipes/clip_imagecls.py main(argv) in this process; its peak RSS (and per-phase peaks)."""
+def run_recipe_child(argv: list[str], phases: bool, peft_dropout: bool = False) -> dict:
+    """Run recipes/clip_imagecls.py main(argv) in this process; its peak RSS (and per-phase peaks). `peft_dropout`:
+    LoRA dropout through peft's own layers (the recipes' fused dropout switched off), for comparison."""
     from transformers import Trainer
 
+    from .. import training  # torch and peft: only the child processes import them
+
+    if peft_dropout:
+        training.fuse_lora_dropout = lambda model: 0
     recipe = load_recipe("clip_imagecls")
     recorded = []
     if phases:
@@ -190,17 +198,29 @@ def measure(kind: str, spec: dict) -> dict:
     return report
 
 
-def run(workdir: str, steps: int, batch_size: int, phases: bool, plain: bool) -> list[dict]:
+def selected(only: list[str] | None) -> tuple:
+    """The CONFIGURATIONS named in `only` (all when None), full fine-tuning always: every ratio is to it."""
+    names = [c[0] for c in CONFIGURATIONS]
+    unknown = sorted(set(only or ()) - set(names))
+    if unknown:
+        raise SystemExit(f"--only: unknown configuration(s) {unknown}; known: {names}")
+    return tuple(c for c in CONFIGURATIONS if only is None or c[0] in only or c[0] == "full")
+
+
+def run(workdir: str, steps: int, batch_size: int, phases: bool, plain: bool, only: list[str] | None = None):
     model = build_clip_b32(os.path.join(workdir, "clip-vit-b32-random"))
     data = write_images(os.path.join(workdir, "data"), {"train": steps * batch_size, "validation": 32, "test": 32})
     rows = []
-    for name, strategy, checkpointing, dropout in CONFIGURATIONS:
+    configurations = selected(only)
+    for name, strategy, checkpointing, dropout, peft_dropout in configurations:
         out = os.path.join(workdir, "out", re.sub(r"\W+", "-", name))
         argv = recipe_argv(model, data, out, strategy, checkpointing, dropout, steps, batch_size)
-        rows.append({"loop": "recipe", "configuration": name, **measure("recipe", {"argv": argv, "phases": phases})})
+        spec = {"argv": argv, "phases": phases, "peft_dropout": peft_dropout}
+        rows.append({"loop": "recipe", "configuration": name, **measure("recipe", spec)})
         print(_line(rows[-1], rows), flush=True)
     if plain:
-        for name, strategy, checkpointing, dropout in CONFIGURATIONS:
+        # The plain loop is peft's own: its "peft's dropout" rows would repeat its LoRA rows.
+        for name, strategy, checkpointing, dropout, _ in (c for c in configurations if not c[4]):
             spec = {"model": model, "strategy": strategy, "checkpointing": checkpointing, "dropout": dropout,
                     "steps": steps, "batch_size": batch_size}  # fmt: skip
             rows.append({"loop": "plain", "configuration": name, **measure("plain", spec)})
@@ -225,7 +245,7 @@ def table(rows: list[dict]) -> str:
     """Markdown table: one row per configuration, recipe and plain loop side by side."""
     lines = ["| configuration | recipe peak RSS | ratio to full | plain loop peak RSS | ratio to full |",
              "|---|---|---|---|---|"]  # fmt: skip
-    for name, *_ in CONFIGURATIONS:
+    for name in dict.fromkeys(r["configuration"] for r in rows):
         cells = [name]
         for loop in ("recipe", "plain"):
             r = next((x for x in rows if x["loop"] == loop and x["configuration"] == name), None)
@@ -243,6 +263,12 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=32, help="Training and evaluation batch size.")
     parser.add_argument("--phases", action="store_true", help="Also split each recipe run's peak by phase.")
     parser.add_argument("--no_plain", action="store_true", help="Skip the plain torch + peft loop.")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        help="Run only this configuration (repeatable; full always runs): " + "; ".join(c[0] for c in CONFIGURATIONS),
+    )
     parser.add_argument("--workdir", default=None, help="Where the model and data are written (default: a temp dir).")
     parser.add_argument("--json", default=None, help="Also write the rows to this JSON file.")
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
@@ -250,14 +276,14 @@ def main(argv=None):
     if args._child:
         spec = json.loads(args._child)
         if spec["kind"] == "recipe":
-            report = run_recipe_child(spec["argv"], spec["phases"])
+            report = run_recipe_child(spec["argv"], spec["phases"], spec.get("peft_dropout", False))
         else:
             report = run_plain_child(spec["model"], spec["strategy"], spec["checkpointing"], spec["dropout"],
                                      spec["steps"], spec["batch_size"])  # fmt: skip
         print(json.dumps(report))
         return report
     with tempfile.TemporaryDirectory() as tmp:
-        rows = run(args.workdir or tmp, args.steps, args.batch_size, args.phases, not args.no_plain)
+        rows = run(args.workdir or tmp, args.steps, args.batch_size, args.phases, not args.no_plain, args.only)
     env = environment()
     print(f"{env['date']}, {env['machine']}; batch {args.batch_size}, {args.steps} steps")
     print(table(rows))
