@@ -106,7 +106,7 @@ bench-quality: $(BENCH_STAMP)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m mm_hf.bench.quality --realmodels $(REALMODELS) \
 		--out $(BENCH_DIR) $(BENCH_ARGS)
 
-# Opt-in memory benchmark (~10 min on 2 CPU cores, no download): clip_imagecls's peak RSS per strategy, with and
+# Opt-in memory benchmark (~15 min on 2 CPU cores, no download): clip_imagecls's peak RSS per strategy, with and
 # without gradient checkpointing, on a random-init CLIP ViT-B/32, next to a plain torch + peft loop.
 bench-memory: $(BENCH_STAMP)
 	$(BIN)/python -m mm_hf.bench.memory --phases --json $(BENCH_DIR)/bench_memory.json $(BENCH_ARGS)
