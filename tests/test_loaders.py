@@ -130,3 +130,51 @@ def test_clip_imagecls_trainer_batches_arrive_as_uint8(tiny_vtde, digits_dir, tm
     assert {dtype for _, dtype in seen} == {torch.uint8}
     assert {training for training, _ in seen} == {True, False}  # training and evaluation batches alike
     assert 0 <= results["eval_accuracy"] <= 1
+
+
+def test_fusion_uint8_batches_give_the_float_paths_logits(tmp_path):
+    """Images and video frames cross the DataLoader as uint8 and the fusion model, given `accept_uint8`, gives the
+    float path's logits; a missing image or clip stays marked missing."""
+    from mm_hf.data.video import VIDEO_FRAMES_KEY
+    from mm_hf.models import build_fusion_classifier
+    from mm_hf.models.tiny import build_tiny_encoders
+    from mm_hf.processing import MultimodalProcessor, ProcessorSettings
+
+    vision = build_tiny_encoders(str(tmp_path / "encoders"))["vision"]  # ViT: every image resized to 32x32
+    rng = np.random.default_rng(0)
+    paths = []
+    for index, size in enumerate([(48, 40), (32, 32), (70, 45)]):
+        path = tmp_path / f"img{index}.{'jpg' if index == 2 else 'png'}"
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    clips = [[Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)) for _ in range(2)] for _ in range(3)]
+    rows = {"image": [*paths, None], VIDEO_FRAMES_KEY: [clips[0], None, clips[1], clips[2]], "labels": [0, 1, 0, 1]}
+    rows["video"] = rows[VIDEO_FRAMES_KEY]
+    task = {"name": "label", "problem_type": "single_label_classification", "labels": ["no", "yes"]}
+    torch.manual_seed(0)
+    model = build_fusion_classifier({"image": vision, "video": vision}, [task], hidden_size=16, num_frames=2).eval()
+    processor = MultimodalProcessor.from_encoders(
+        {"image": vision}, ProcessorSettings(["image", "video"], num_frames=2)
+    )
+    floats = {
+        key: torch.stack(value) for key, value in processor.transform(train=False)(rows).items() if key != "labels"
+    }
+    dataset = datasets.Dataset.from_dict({"row": list(range(4))})
+
+    def rows_of(batch):
+        return processor.transform(train=False, uint8=True)({k: [v[i] for i in batch["row"]] for k, v in rows.items()})
+
+    loader = DataLoader(dataset.with_transform(rows_of), batch_size=4, collate_fn=default_data_collator)
+    uint8 = next(iter(loader))
+    assert uint8["pixel_values"].dtype == uint8["pixel_values_videos"].dtype == torch.uint8
+    assert uint8["pixel_values"].shape == floats["pixel_values"].shape == (4, 3, 32, 32)
+    assert uint8["pixel_values_videos"].shape == floats["pixel_values_videos"].shape == (4, 2, 3, 32, 32)
+    assert torch.equal(uint8["modality_mask"], floats["modality_mask"])
+    assert uint8["modality_mask"].tolist() == [[1, 1], [1, 0], [1, 1], [0, 1]]
+    with torch.no_grad():
+        expected = model(**floats).logits
+        raw = model(**{k: v.float() if v.dtype == torch.uint8 else v for k, v in uint8.items() if k != "labels"})
+        assert not torch.allclose(raw.logits, expected, atol=1e-3)  # unnormalised bytes would change the logits
+        assert processor.accept_uint8(model)
+        got = model(**{k: v for k, v in uint8.items() if k != "labels"}).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
