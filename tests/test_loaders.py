@@ -107,6 +107,36 @@ def test_start_run_fills_workers_unless_set_and_refuses_persistent_workers(monke
         start_run(types, [*base, "--dataloader_num_workers", "2", "--dataloader_persistent_workers", "true"])
 
 
+def test_prefetch_factor_alone_uses_the_default_workers(monkeypatch, tmp_path):
+    """--dataloader_prefetch_factor needs workers: the CPU-count default counts (it reaches TrainingArguments' check),
+    where the default is 0 the refusal names the flag to set, and an explicit 0 workers is never overridden."""
+    from transformers import TrainingArguments
+
+    from mm_hf.args import FinetuneArguments, dataloader_defaults
+    from mm_hf.errors import UserError
+    from mm_hf.run import start_run
+
+    monkeypatch.delenv("MM_HF_DATALOADER_WORKERS")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert dataloader_defaults(cuda=False, cpus=8, processes=1) == {
+        "dataloader_num_workers": 4, "dataloader_pin_memory": False
+    }  # fmt: skip
+    assert dataloader_defaults(cuda=True, cpus=2, processes=1) == {
+        "dataloader_num_workers": 0, "dataloader_pin_memory": True
+    }  # fmt: skip
+    types, base = (FinetuneArguments, TrainingArguments), ["--output_dir", str(tmp_path / "a")]
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    _, training_args = start_run(types, [*base, "--dataloader_prefetch_factor", "4"])
+    assert (training_args.dataloader_num_workers, training_args.dataloader_prefetch_factor) == (4, 4)
+    _, training_args = start_run(types, base)
+    assert training_args.dataloader_prefetch_factor is None  # torch's 2 per worker
+    with pytest.raises(UserError, match="--dataloader_num_workers"):
+        start_run(types, [*base, "--dataloader_prefetch_factor", "4", "--dataloader_num_workers", "0"])
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(2)))
+    with pytest.raises(UserError, match="--dataloader_num_workers"):
+        start_run(types, [*base, "--dataloader_prefetch_factor", "4"])
+
+
 def test_clip_imagecls_trainer_batches_arrive_as_uint8(tiny_vtde, digits_dir, tmp_path, monkeypatch):
     from conftest import load_recipe
 
