@@ -9,14 +9,15 @@ The baseline is the pipeline `build_image_transform` ran before draft decoding (
 example scripts do): `load_image` decodes every pixel, then `RandomResizedCrop` + flip and the image processor's
 rescale/normalise (train), or the processor as is (eval). Both run on the same JPEGs (sklearn's sample photos,
 resized to 3000x2000 and 500x375, quality 90) with DINOv2's processor settings (shortest edge 256, center crop
-224, bicubic). Two "after" pipelines: `float`, `build_image_transform` as `mm_hf.predict`/`evaluate` run it (float32
-pixels per image, bit-identical to the processor's at full resolution), and `uint8`, what the recipes' Trainer
-batches are (`uint8=True` per image, then the stacked batch normalised by `BatchPixelNormaliser`, timed here on
-the CPU; on a GPU that step runs on the accelerator). Runs are interleaved round by round, each pipeline taking
-every place in the order in turn, and each ratio is taken within a round, since the machine is shared and noisy;
-the table gives medians, and eval / train is also a per-round ratio. It also reports how far the reduced-decode
-crops are from the full-decode ones on the same seed (mean |difference| in 0..255 units) and how far each eval
-path is from the image processor.
+224, bicubic). Two "after" pipelines: `float`, `build_image_transform` as `mm_hf.predict`/`evaluate` run it
+(float32 pixels per image, bit-identical to the processor's at full resolution), and `uint8`, what the recipes'
+Trainer batches are: `uint8=True` per image and the batch stacked, a DataLoader worker's share, alone and then
+with the batch normalised by `BatchPixelNormaliser`, which the model does in the training process (on the
+accelerator when there is one; timed here on the CPU, as a CPU-only run pays it). Runs are interleaved round by
+round, each pipeline taking every place in the order in turn, and each ratio is taken within a round, since the
+machine is shared and noisy; the table gives medians, and eval / train is also a per-round ratio. It also reports
+how far the reduced-decode crops are from the full-decode ones on the same seed (mean |difference| in 0..255
+units) and how far each eval path is from the image processor.
 
 `--video` times `load_video_frames` (which seeks when that decodes fewer frames) against the same call decoding
 every frame (the path before seeking), on a 5-minute 25 fps clip (160x120 h264, a keyframe every 2 s) and on the
@@ -30,6 +31,7 @@ grows (where seeking stops paying) and what one seek costs in decoded frames (`S
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import random
 import statistics
@@ -109,13 +111,13 @@ def write_jpegs(folder: Path, size: tuple[int, int], count: int) -> list[str]:
 
 
 class Uint8Batches:
-    """What the recipes' Trainer runs on: `build_image_transform(..., uint8=True)` per image in the workers, the
-    batch stacked (the collator) and normalised by `BatchPixelNormaliser`, here on the CPU (on a GPU it runs on the
-    accelerator), so its cost is counted."""
+    """What the recipes' Trainer runs on: `build_image_transform(..., uint8=True)` per image and the batch stacked
+    (the collator), both in a DataLoader worker; with `normalise`, also `BatchPixelNormaliser` on the batch, which
+    the model runs in the training process: on the accelerator when there is one, else on the CPU (timed here)."""
 
-    def __init__(self, processor, train: bool):
+    def __init__(self, processor, train: bool, normalise: bool = False):
         self.transform = build_image_transform(processor, train=train, uint8=True)
-        self.normalise = BatchPixelNormaliser(processor)
+        self.normalise = BatchPixelNormaliser(processor) if normalise else (lambda pixels: pixels)
 
     def __call__(self, batch: dict) -> dict:
         return {"pixel_values": self.normalise(torch.stack(self.transform(batch)["pixel_values"]))}
@@ -153,7 +155,7 @@ def eval_difference(processor, paths: list[str], std, transform) -> tuple[float,
     return float(np.mean(differences)), float(np.mean(shares))
 
 
-KINDS = ("before", "float", "uint8")
+KINDS = ("before", "float", "uint8", "uint8_normalised")
 
 
 def main(argv=None) -> list[dict]:
@@ -169,7 +171,12 @@ def main(argv=None) -> list[dict]:
     if args.audio:
         return audio_speed(args.rounds)
     processor = BitImageProcessor(**DINOV2_PROCESSOR)
-    build = {"before": FullDecodeTransform, "float": build_image_transform, "uint8": Uint8Batches}
+    build = {
+        "before": FullDecodeTransform,
+        "float": build_image_transform,
+        "uint8": Uint8Batches,
+        "uint8_normalised": functools.partial(Uint8Batches, normalise=True),
+    }
     with tempfile.TemporaryDirectory() as folder:
         files = {size: write_jpegs(Path(folder), size, args.images) for size in SIZES}
         pipelines = {
@@ -180,7 +187,7 @@ def main(argv=None) -> list[dict]:
             for size in SIZES:
                 for mode in ("train", "eval"):
                     # Each kind takes every place in the order in turn: none always runs first or last.
-                    for kind in KINDS[round_ % 3 :] + KINDS[: round_ % 3]:
+                    for kind in KINDS[round_ % len(KINDS) :] + KINDS[: round_ % len(KINDS)]:
                         speed = images_per_second(pipelines[(mode, kind)], files[size])
                         speeds.setdefault((size, mode, kind), []).append(speed)
         rows = []
@@ -193,7 +200,7 @@ def main(argv=None) -> list[dict]:
                     ratios = (b / a for a, b in zip(before, speeds[(size, mode, kind)], strict=True))
                     row[f"{kind}_ratio"] = statistics.median(ratios)
                 rows.append(row)
-            for kind in ("float", "uint8"):  # eval against train, round by round
+            for kind in KINDS[1:]:  # eval against train, round by round
                 ratios = (
                     e / t for t, e in zip(speeds[(size, "train", kind)], speeds[(size, "eval", kind)], strict=True)
                 )
@@ -205,15 +212,20 @@ def main(argv=None) -> list[dict]:
         eval_diffs = {
             (size, kind): eval_difference(processor, files[size], std, transform)
             for size in SIZES
-            for kind, transform in (("float", pipelines[("eval", "float")]), ("uint8", pipelines[("eval", "uint8")]))
+            for kind, transform in (
+                ("float", pipelines[("eval", "float")]),
+                ("uint8", pipelines[("eval", "uint8_normalised")]),
+            )
         }
-    print("| image | mode | before img/s | float img/s | ratio | uint8 + batch normalise img/s | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| image | mode | before img/s | float img/s | ratio | uint8 img/s (worker) | ratio | "
+        "uint8 + normalise on the CPU img/s | ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in (r for r in rows if "mode" in r):
-        print(
-            f"| {row['image']} | {row['mode']} | {row['before_img_s']:.0f} | {row['float_img_s']:.0f} | "
-            f"{row['float_ratio']:.2f}x | {row['uint8_img_s']:.0f} | {row['uint8_ratio']:.2f}x |"
-        )
+        cells = [f"{row['before_img_s']:.0f}"]
+        cells += [f"{row[f'{kind}_img_s']:.0f} | {row[f'{kind}_ratio']:.2f}x" for kind in KINDS[1:]]
+        print(f"| {row['image']} | {row['mode']} | {' | '.join(cells)} |")
     for row in (r for r in rows if "eval_over_train" in r):
         print(f"{row['image']}, {row['eval_over_train']}: eval / train images/s = {row['ratio']:.2f}")
     for size, diff in diffs.items():

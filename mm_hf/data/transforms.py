@@ -10,7 +10,9 @@ keeps `DRAFT_MARGIN` times the model's input pixels per side; the crop box is dr
 full-resolution coordinates first, so augmentation statistics do not depend on the decode scale.
 Crop and resize are one PIL call, and rescale + normalise is a table lookup built from the
 processor's own output for the 256 possible byte values. Evaluation does the processor's resize
-and center crop with PIL the same way. Measured in README.md ("Input pipeline speed").
+and center crop with PIL, bit-identical to the processor at full resolution; for the Trainer's uint8
+batches the crop is resampled in one call instead (`ProcessorGeometry`, `exact`). Measured in README.md
+("Input pipeline speed").
 
 Randomness comes from Python's `random` module unless a `random.Random` is passed in. PyTorch's
 DataLoader reseeds `random` in every worker (with base_seed + worker_id, base_seed drawn anew each
@@ -421,7 +423,8 @@ def build_image_transform(
     `TrainingArguments`, or Trainer drops the image column before the transform sees it.
     With `uint8`, `pixel_values` are the (3, H, W) uint8 pixels instead (for the stock PIL processors; others
     stay float): 4x fewer bytes from the DataLoader's workers, normalised on the batch by the model after
-    `attach_pixel_normaliser`. Measured in README.md ("Input pipeline speed").
+    `attach_pixel_normaliser`; the eval crop is then one PIL call (`ProcessorGeometry(exact=False)`: as cheap as
+    a training crop, within 1/255 of the processor's pixels). Measured in README.md ("Input pipeline speed").
     """
     if not train:
         return _BatchImageTransform(image_processor, image_column, None, None, load, uint8)
