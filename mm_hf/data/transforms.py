@@ -245,9 +245,9 @@ class ProcessorGeometry:
 
     `exact` (the default) resizes the whole image, then crops, as the processor does: the same pixels, bit for bit.
     Otherwise the crop's box is resampled to the crop size in one call, as for a reduced image: about as cheap as a
-    training crop (the whole-image resize costs ~1.6x as much on 500x375 JPEGs at 224 px), and within 1/255 of the
-    processor's pixels, for 0.006 % of the values on those JPEGs (PIL's filter weights for a fractional box differ
-    in the last bit).
+    training crop (the whole-image resize took 1.7x as long on 500x375 JPEGs at 224 px), and within 1/255 of the
+    processor's pixels, for 0.0056 % of the values on those JPEGs and 8 % of a small pixel-noise image's (PIL's
+    filter weights for a fractional box differ in the last bits). README.md "Input pipeline speed".
     """
 
     def __init__(self, size: SizeDict | None, crop: Size | None, resample: Image.Resampling, exact: bool = True):
