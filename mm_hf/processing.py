@@ -32,7 +32,7 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoImageProcessor, A
 from .data.audio import augment as augment_audio
 from .data.audio import crop_or_pad, load_audio
 from .data.tabular import TabularProcessor
-from .data.transforms import build_image_transform
+from .data.transforms import attach_pixel_normaliser, build_image_transform
 from .data.video.dataset import VIDEO_FRAMES_KEY, load_video_audio
 from .data.video.frames import load_video_frames
 from .models.processing_multimodal_fusion import MultimodalFusionProcessor, ProcessorSettings, audio_window, fill
@@ -85,9 +85,18 @@ class MultimodalProcessor:
             tabular=tabular,
         )
 
-    def transform(self, train: bool, augment: bool = True) -> "MultimodalTransform":
-        """The `Dataset.with_transform` callable: random crops/windows when `train` (and `augment`)."""
-        return MultimodalTransform(self, train=train, augment=augment and train)
+    def transform(self, train: bool, augment: bool = True, uint8: bool = False) -> "MultimodalTransform":
+        """The `Dataset.with_transform` callable: random crops/windows when `train` (and `augment`). `uint8`: images
+        and video frames as uint8 pixels, for a model given `accept_uint8` (the Trainer's batches)."""
+        return MultimodalTransform(self, train=train, augment=augment and train, uint8=uint8)
+
+    def accept_uint8(self, model) -> bool:
+        """Let `model` take the uint8 pixels of `transform(..., uint8=True)` (`attach_pixel_normaliser`: normalised
+        on the batch, on the model's device); False when there are no pixels to send as uint8."""
+        if self.image_processor is None:
+            return False
+        attach_pixel_normaliser(model, self.image_processor)
+        return True
 
     def save_pretrained(self, save_directory: str) -> None:
         self.fusion.save_pretrained(save_directory)  # processor_config.json, its code file and the sub-processors
@@ -127,14 +136,22 @@ class MultimodalTransform:
     `modality_mask`, so the model swaps in its learned placeholder. `labels*` columns pass through. A batch with
     `VIDEO_FRAMES_KEY` (already decoded frames per clip, e.g. corrupted by mm_hf.corruptions) uses them instead of
     decoding the video column; a sound track is still read from the video column.
+
+    With `uint8`, `pixel_values` (B, 3, H, W) and `pixel_values_videos` (B, T, 3, H, W) are uint8 pixels (for the
+    stock PIL image processors, which `build_image_transform` mirrors; others stay float): 4x fewer bytes from the
+    DataLoader's workers, rescaled and normalised by the model (`MultimodalProcessor.accept_uint8`). Missing ones
+    are zeros either way: the model swaps in its placeholder.
     """
 
-    def __init__(self, processor: MultimodalProcessor, *, train: bool, augment: bool):
+    def __init__(self, processor: MultimodalProcessor, *, train: bool, augment: bool, uint8: bool = False):
         self.processor, self.train, self.augment = processor, train, augment
         self.fusion = processor.fusion
         self.modalities = processor.settings.modalities
         if processor.image_processor is not None:
-            self.images = build_image_transform(processor.image_processor, train=augment, hflip=False)
+            self.images = build_image_transform(processor.image_processor, train=augment, hflip=False, uint8=uint8)
+        if "video" in self.modalities:
+            # Decoded frames take the processor's eval resize + crop (no augmentation), as `video_inputs` does.
+            self.frames = build_image_transform(processor.image_processor, train=False, load=_decoded, uint8=uint8)
         if processor.feature_extractor is not None:
             self.audio_window = audio_window(processor.feature_extractor, processor.settings.max_length_seconds)
 
@@ -165,8 +182,13 @@ class MultimodalTransform:
 
     # Each _<modality>(sources) decodes the sources and returns (model inputs, per-sample availability).
     def _image(self, sources: list) -> tuple[dict, list[bool]]:
-        pixels = fill(sources, lambda real: self.images({"image": real})["pixel_values"], self.fusion.blank_image())
+        blank = self._blank(self.images.uint8)
+        pixels = fill(sources, lambda real: self.images({"image": real})["pixel_values"], blank)
         return {"pixel_values": pixels}, [s is not None for s in sources]
+
+    def _blank(self, uint8: bool) -> torch.Tensor:
+        blank = self.fusion.blank_image()
+        return blank.to(torch.uint8) if uint8 else blank
 
     def _video(self, sources: list) -> tuple[dict, list[bool]]:
         num_frames = self.processor.settings.num_frames
@@ -175,7 +197,14 @@ class MultimodalTransform:
             s if s is None or isinstance(s, list) else load_video_frames(s, num_frames, train=self.train, rng=random)
             for s in sources
         ]
-        return self.fusion.video_inputs(clips)
+        if not self.frames.uint8:
+            return self.fusion.video_inputs(clips)
+
+        def pixels(real: list) -> list:
+            return [torch.stack(self.frames({"image": frames})["pixel_values"]) for frames in real]
+
+        blank = self._blank(uint8=True).expand(num_frames, -1, -1, -1).contiguous()
+        return {"pixel_values_videos": fill(clips, pixels, blank)}, [clip is not None for clip in clips]
 
     def _text(self, sources: list) -> tuple[dict, list[bool]]:
         return self.fusion.text_inputs(sources)
@@ -194,3 +223,8 @@ class MultimodalTransform:
                 clip = augment_audio(clip)
             clips.append(clip)
         return self.fusion.audio_features(clips)
+
+
+def _decoded(frame):
+    """The `load` of video frames, already decoded PIL images (a module-level function, so it pickles)."""
+    return frame

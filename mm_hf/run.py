@@ -11,13 +11,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 import transformers
 from datasets.utils import logging as datasets_logging
 from transformers import EarlyStoppingCallback, Trainer, default_data_collator
 
 from . import fastpaths
-from .args import TRAINING_DEFAULTS, FinetuneArguments, default_num_workers, explicit_flags, fill_defaults, parse_args
+from .args import TRAINING_DEFAULTS, FinetuneArguments, dataloader_defaults, explicit_flags, fill_defaults, parse_args
 from .data.loading import load_classification_splits, require_evaluation_split
 from .data.streaming.classifier import load_stream_splits
 from .data.streaming.flags import check_streaming_flags, stream_training_arguments
@@ -178,22 +177,17 @@ def start_run(argument_types, argv):
 
     `argument_types` must include FinetuneArguments and TrainingArguments; returns the parsed objects in order.
     """
-    parsed = parse_args(argument_types, argv)
+    # DataLoader workers from the CPU count, pinned memory only with CUDA (mm_hf.args.defaults): parser defaults, so
+    # TrainingArguments checks a user's --dataloader_prefetch_factor against the workers the run will have.
+    parsed = parse_args(argument_types, argv, defaults=dataloader_defaults())
     # What the recipes' defaults must not override: every flag the user set (CLI or --config YAML).
     explicit = explicit_flags(argv, argument_types)
-    # Checkpoint retention, logging frequency; pinned host memory only speeds up copies to a GPU, and without one
-    # torch warns at every DataLoader (each evaluation); DataLoader workers from the CPU count (mm_hf.args.defaults).
-    # On a CUDA GPU also bf16 autocast, fused AdamW and TF32 for the flags the user left unset (mm_hf.fastpaths).
+    # Checkpoint retention, logging frequency; on a CUDA GPU also bf16 autocast, fused AdamW and TF32 for the flags
+    # the user left unset (mm_hf.fastpaths).
     gpu = fastpaths.detect_gpu()
     use_cpu = next(a for a in parsed if isinstance(a, transformers.TrainingArguments)).use_cpu
     gpu_defaults = fastpaths.gpu_defaults(gpu, explicit, use_cpu=use_cpu)
-    defaults = {
-        **TRAINING_DEFAULTS,
-        "dataloader_pin_memory": torch.cuda.is_available(),
-        "dataloader_num_workers": default_num_workers(),
-        **gpu_defaults,
-    }
-    parsed = fill_defaults(parsed, defaults, explicit)
+    parsed = fill_defaults(parsed, {**TRAINING_DEFAULTS, **gpu_defaults}, explicit)
     training_args = next(a for a in parsed if isinstance(a, transformers.TrainingArguments))
     training_args.explicit_flags = explicit
     level = process_log_level(training_args)

@@ -52,6 +52,26 @@ def config_model_folders(monkeypatch, tmp_path):
 
 
 @pytest.fixture
+def fusion_pixel_dtypes(monkeypatch):
+    """A list that grows by the dtype of the pixels (`pixel_values` or `pixel_values_videos`) every forward pass of
+    a fusion recipe's model gets from its Trainer, recorded before the uint8 normaliser runs."""
+    from mm_hf.processing import MultimodalProcessor
+
+    seen = []
+    accept_uint8 = MultimodalProcessor.accept_uint8
+
+    def record(module, args, kwargs):
+        seen.extend(kwargs[key].dtype for key in ("pixel_values", "pixel_values_videos") if key in kwargs)
+
+    def recording(self, model):  # registered first, so it sees what the DataLoader handed over
+        model.multimodal.register_forward_pre_hook(record, with_kwargs=True)
+        return accept_uint8(self, model)
+
+    monkeypatch.setattr(MultimodalProcessor, "accept_uint8", recording)
+    return seen
+
+
+@pytest.fixture
 def image_encoder_calls(monkeypatch):
     """A list that grows by the batch size at every image-tower pass of the dual-encoder classifiers (what a
     feature cache saves)."""

@@ -193,9 +193,11 @@ def test_late_fusion_cannot_model_the_interaction(encoders, xor, tmp_path):
     assert 0.35 <= results["test_accuracy"] <= 0.7, results  # measured 0.55: chance, not worse
 
 
-def test_saved_folder_reproduces_the_reported_metrics(encoders, xor, tmp_path):
+def test_saved_folder_reproduces_the_reported_metrics(encoders, xor, tmp_path, fusion_pixel_dtypes):
+    """The Trainer's uint8 image batches (normalised by the model) and the saved folder's float pixels agree."""
     out = tmp_path / "out"
     results = run(encoders, xor, out, "--fusion", "gated", epochs=6)
+    assert len(fusion_pixel_dtypes) > 6 and set(fusion_pixel_dtypes) == {torch.uint8}  # every batch, train and eval
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
     processor = MultimodalProcessor.from_pretrained(str(out))
     splits, _ = load_multimodal_splits(

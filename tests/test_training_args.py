@@ -104,18 +104,35 @@ def test_start_run_fills_retention_and_logging_defaults_unless_set(tmp_path):
     assert {"save_total_limit", "logging_steps"} <= training_args.explicit_flags
 
 
-def test_start_run_pins_memory_only_with_a_gpu_unless_set(tmp_path):
-    """Pinning without a GPU buys nothing and makes torch warn at every DataLoader; a user's flag still wins.
-    (With --use_cpu transformers turns it off itself; this is the run on a machine that simply has no GPU.)"""
-    import torch
+@pytest.mark.parametrize("cuda", [False, True])
+def test_start_run_pins_memory_only_with_a_gpu_unless_set(tmp_path, monkeypatch, cuda):
+    """Pinning without a GPU buys nothing and makes torch warn at every DataLoader; a user's flag still wins, and
+    --use_cpu turns it off (TrainingArguments). cuda=True fakes the default logic's GPU branch (a faked
+    `torch.cuda.is_available` would send TrainingArguments itself looking for the device)."""
+    import functools
 
+    import mm_hf.run
+    from mm_hf.args import dataloader_defaults
     from mm_hf.run import start_run
 
+    monkeypatch.setattr(mm_hf.run, "dataloader_defaults", functools.partial(dataloader_defaults, cuda=cuda))
     base = ["--output_dir", str(tmp_path / "a")]
     _, training_args = start_run(TYPES, base)
-    assert training_args.dataloader_pin_memory is torch.cuda.is_available()
-    _, training_args = start_run(TYPES, [*base, "--dataloader_pin_memory", "true"])
-    assert training_args.dataloader_pin_memory is True
+    assert training_args.dataloader_pin_memory is cuda
+    _, training_args = start_run(TYPES, [*base, "--dataloader_pin_memory", str(not cuda).lower()])
+    assert training_args.dataloader_pin_memory is not cuda
+    _, training_args = start_run(TYPES, [*base, "--use_cpu", "true"])
+    assert training_args.dataloader_pin_memory is False
+
+
+def test_pin_memory_default_follows_cuda(monkeypatch):
+    import torch
+
+    from mm_hf.args import dataloader_defaults
+
+    for cuda in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        assert dataloader_defaults(cpus=2, processes=1)["dataloader_pin_memory"] is cuda
 
 
 @pytest.mark.parametrize(("strategy", "lr"), [("lora", 1e-3), ("full", 3e-5), ("linear_probe", 3e-2)])

@@ -44,9 +44,11 @@ def run(encoders, data, out, *extra, epochs=10):
     return recipe.main(args + list(extra))
 
 
-def test_frames_and_transcript_train_and_reload(encoders, videos, tmp_path):
+def test_frames_and_transcript_train_and_reload(encoders, videos, tmp_path, fusion_pixel_dtypes):
     out = tmp_path / "out"
     results = run(encoders, videos, out, "--text_model_name_or_path", encoders["text"], "--text_column", "transcript")
+    # The Trainer's frames came as uint8 (normalised by the model); the reload below gets the float ones.
+    assert len(fusion_pixel_dtypes) > 10 and set(fusion_pixel_dtypes) == {torch.uint8}
     # The label is the order of the frames' colours (red-to-blue vs blue-to-red, ...): the temporal transformer
     # learns it; without the frames only the (uninformative) transcript is left.
     assert results["test_accuracy"] >= 0.9, results

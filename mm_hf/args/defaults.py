@@ -4,6 +4,7 @@ import dataclasses
 import logging
 import os
 
+import torch
 from transformers import TrainingArguments
 
 from .arguments import FinetuneArguments
@@ -28,8 +29,17 @@ TRAINING_DEFAULTS = {"save_total_limit": 1, "logging_steps": 0.02}
 # reason: 2 workers made three clip_imagecls tests 12.0 -> 16.3 s. README "Choosing the defaults".
 # `dataloader_persistent_workers` stays off: transformers' Trainer keeps a persistent evaluation DataLoader under
 # one key for every Dataset passed to `evaluate()`, so the test and shifted sets would be scored on the first
-# evaluation's data (mm_hf.run.check_dataloader_flags refuses the flag). `dataloader_prefetch_factor`: torch's
-# default (2 batches per worker), not measured to matter here.
+# evaluation's data (mm_hf.run.check_dataloader_flags refuses the flag).
+# `dataloader_pin_memory` (Trainer's default: on) only where CUDA is: page-locked batches go to the GPU by DMA,
+# without a staging copy, but without a GPU pinning buys nothing and torch warns at every DataLoader (every
+# evaluation). `--use_cpu` turns it off in TrainingArguments itself.
+# `dataloader_prefetch_factor` stays unset, i.e. torch's 2 batches per worker: the image recipes' batches are uint8
+# (4.6 MiB for 32 images at 224 px, README "Input pipeline speed"), so 4 workers x 2 hold under 40 MiB and memory
+# is no reason to go lower, while more batches in flight do not speed up a pipeline slower than the model (they
+# only even out uneven batches, not measured here). Setting it would also make an explicit
+# --dataloader_num_workers 0 an error (TrainingArguments refuses a prefetch factor without workers).
+# These defaults go to the parser (`dataloader_defaults`), below the YAML and the command line, so TrainingArguments'
+# own checks see them: --dataloader_prefetch_factor alone works wherever the default gives workers.
 WORKERS_ENV = "MM_HF_DATALOADER_WORKERS"
 MAX_DEFAULT_WORKERS = 4
 MIN_CORES_FOR_WORKERS = 4
@@ -49,6 +59,14 @@ def default_num_workers(cpus: int | None = None, processes: int | None = None) -
         processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     cores = cpus // max(processes, 1)
     return 0 if cores < MIN_CORES_FOR_WORKERS else min(MAX_DEFAULT_WORKERS, cores - 1)
+
+
+def dataloader_defaults(cuda: bool | None = None, cpus: int | None = None, processes: int | None = None) -> dict:
+    """The DataLoader flags of a run that leaves them unset: `dataloader_num_workers` from the cores
+    (`default_num_workers(cpus, processes)`) and `dataloader_pin_memory` on only with CUDA (`cuda`, default
+    `torch.cuda.is_available()`)."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    return {"dataloader_num_workers": default_num_workers(cpus, processes), "dataloader_pin_memory": cuda}
 
 
 def fill_defaults(parsed, defaults: dict, explicit: set[str]) -> tuple:

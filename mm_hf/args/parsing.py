@@ -18,10 +18,11 @@ RECIPE_HELP = {
 }
 
 
-def parse_args(dataclass_types, argv=None):
+def parse_args(dataclass_types, argv=None, defaults: dict | None = None):
     """Parse `argv` into `dataclass_types`, with `--config file.yaml` supplying defaults.
 
-    Precedence: CLI > YAML > dataclass defaults. Unknown YAML keys are an error naming the file.
+    Precedence: CLI > YAML > `defaults` (field name -> value, the recipes' own) > dataclass defaults. Unknown YAML
+    keys are an error naming the file.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     # The default usage line lists every TrainingArguments flag (~200 lines) above each argument error.
@@ -32,6 +33,7 @@ def parse_args(dataclass_types, argv=None):
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, rest = pre.parse_known_args(argv)
+    parser.set_defaults(**(defaults or {}))
     if known.config:
         parser.set_defaults(**_load_yaml_defaults(known.config, parser))
     try:

@@ -9,9 +9,15 @@ The baseline is the pipeline `build_image_transform` ran before draft decoding (
 example scripts do): `load_image` decodes every pixel, then `RandomResizedCrop` + flip and the image processor's
 rescale/normalise (train), or the processor as is (eval). Both run on the same JPEGs (sklearn's sample photos,
 resized to 3000x2000 and 500x375, quality 90) with DINOv2's processor settings (shortest edge 256, center crop
-224, bicubic). Runs are interleaved round by round and each ratio is taken within a round, since the machine is
-shared and noisy; the table gives medians. It also reports how far the reduced-decode crops are from the
-full-decode ones on the same seed (mean |difference| in 0..255 units).
+224, bicubic). Two "after" pipelines: `float`, `build_image_transform` as `mm_hf.predict`/`evaluate` run it
+(float32 pixels per image, bit-identical to the processor's at full resolution), and `uint8`, what the recipes'
+Trainer batches are: `uint8=True` per image and the batch stacked, a DataLoader worker's share, alone and then
+with the batch normalised by `BatchPixelNormaliser`, which the model does in the training process (on the
+accelerator when there is one; timed here on the CPU, as a CPU-only run pays it). Runs are interleaved round by
+round, each pipeline taking every place in the order in turn, and each ratio is taken within a round, since the
+machine is shared and noisy; the table gives medians, and eval / train is also a per-round ratio. It also reports
+how far the reduced-decode crops are from the full-decode ones on the same seed (mean |difference| in 0..255
+units) and how far each eval path is from the image processor.
 
 `--video` times `load_video_frames` (which seeks when that decodes fewer frames) against the same call decoding
 every frame (the path before seeking), on a 5-minute 25 fps clip (160x120 h264, a keyframe every 2 s) and on the
@@ -25,6 +31,7 @@ grows (where seeking stops paying) and what one seek costs in decoded frames (`S
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import random
 import statistics
@@ -42,7 +49,13 @@ from transformers import BitImageProcessor
 from mm_hf.data.audio import decode_source, load_audio
 from mm_hf.data.images import load_image
 from mm_hf.data.synthetic import write_video_dataset
-from mm_hf.data.transforms import RandomHorizontalFlip, RandomResizedCrop, build_image_transform, target_size
+from mm_hf.data.transforms import (
+    BatchPixelNormaliser,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    build_image_transform,
+    target_size,
+)
 from mm_hf.data.video import (
     SEEK_COST_FRAMES,
     decode_seeking,
@@ -97,6 +110,19 @@ def write_jpegs(folder: Path, size: tuple[int, int], count: int) -> list[str]:
     return paths
 
 
+class Uint8Batches:
+    """What the recipes' Trainer runs on: `build_image_transform(..., uint8=True)` per image and the batch stacked
+    (the collator), both in a DataLoader worker; with `normalise`, also `BatchPixelNormaliser` on the batch, which
+    the model runs in the training process: on the accelerator when there is one, else on the CPU (timed here)."""
+
+    def __init__(self, processor, train: bool, normalise: bool = False):
+        self.transform = build_image_transform(processor, train=train, uint8=True)
+        self.normalise = BatchPixelNormaliser(processor) if normalise else (lambda pixels: pixels)
+
+    def __call__(self, batch: dict) -> dict:
+        return {"pixel_values": self.normalise(torch.stack(self.transform(batch)["pixel_values"]))}
+
+
 def images_per_second(transform, paths: list[str], batch_size: int = 4) -> float:
     start = time.perf_counter()
     for offset in range(0, len(paths), batch_size):
@@ -117,15 +143,19 @@ def crop_difference(processor, paths: list[str], std) -> float:
     return float(np.mean(differences))
 
 
-def eval_difference(processor, paths: list[str], std) -> float:
-    """Mean |after - processor| (0..255 units) of eval pixels."""
-    after = build_image_transform(processor, train=False)
-    differences = []
+def eval_difference(processor, paths: list[str], std, transform) -> tuple[float, float]:
+    """(mean |after - processor| in 0..255 units, share of values that differ) of eval pixels."""
+    differences, shares = [], []
     for path in paths:
         a = processor(load_image(path), return_tensors="pt")["pixel_values"][0]
-        b = after({"image": [path]})["pixel_values"][0]
-        differences.append(((a - b).abs() * torch.tensor(std)[:, None, None] * 255).mean().item())
-    return float(np.mean(differences))
+        b = transform({"image": [path]})["pixel_values"][0]
+        units = (a - b).abs() * torch.tensor(std)[:, None, None] * 255
+        differences.append(units.mean().item())
+        shares.append((units > 0.5).float().mean().item())
+    return float(np.mean(differences)), float(np.mean(shares))
+
+
+KINDS = ("before", "float", "uint8", "uint8_normalised")
 
 
 def main(argv=None) -> list[dict]:
@@ -141,47 +171,71 @@ def main(argv=None) -> list[dict]:
     if args.audio:
         return audio_speed(args.rounds)
     processor = BitImageProcessor(**DINOV2_PROCESSOR)
+    build = {
+        "before": FullDecodeTransform,
+        "float": build_image_transform,
+        "uint8": Uint8Batches,
+        "uint8_normalised": functools.partial(Uint8Batches, normalise=True),
+    }
     with tempfile.TemporaryDirectory() as folder:
         files = {size: write_jpegs(Path(folder), size, args.images) for size in SIZES}
         pipelines = {
-            (mode, kind): (build_image_transform if kind == "after" else FullDecodeTransform)(
-                processor, train=mode == "train"
-            )
-            for mode in ("train", "eval")
-            for kind in ("before", "after")
+            (mode, kind): build[kind](processor, train=mode == "train") for mode in ("train", "eval") for kind in KINDS
         }
         speeds = {}
-        for _ in range(args.rounds):
+        for round_ in range(args.rounds):
             for size in SIZES:
-                for (mode, kind), transform in pipelines.items():
-                    speeds.setdefault((size, mode, kind), []).append(images_per_second(transform, files[size]))
+                for mode in ("train", "eval"):
+                    # Each kind takes every place in the order in turn: none always runs first or last.
+                    for kind in KINDS[round_ % len(KINDS) :] + KINDS[: round_ % len(KINDS)]:
+                        speed = images_per_second(pipelines[(mode, kind)], files[size])
+                        speeds.setdefault((size, mode, kind), []).append(speed)
         rows = []
         for size in SIZES:
             for mode in ("train", "eval"):
-                before, after = speeds[(size, mode, "before")], speeds[(size, mode, "after")]
-                ratio = statistics.median(b / a for a, b in zip(before, after, strict=True))
+                row = {"image": f"{size[0]}x{size[1]} JPEG", "mode": mode}
+                before = speeds[(size, mode, "before")]
+                for kind in KINDS:
+                    row[f"{kind}_img_s"] = statistics.median(speeds[(size, mode, kind)])
+                    ratios = (b / a for a, b in zip(before, speeds[(size, mode, kind)], strict=True))
+                    row[f"{kind}_ratio"] = statistics.median(ratios)
+                rows.append(row)
+            for kind in KINDS[1:]:  # eval against train, round by round
+                ratios = (
+                    e / t for t, e in zip(speeds[(size, "train", kind)], speeds[(size, "eval", kind)], strict=True)
+                )
                 rows.append(
-                    {
-                        "image": f"{size[0]}x{size[1]} JPEG",
-                        "mode": mode,
-                        "before_img_s": statistics.median(before),
-                        "after_img_s": statistics.median(after),
-                        "ratio": ratio,
-                    }
+                    {"image": f"{size[0]}x{size[1]} JPEG", "eval_over_train": kind, "ratio": statistics.median(ratios)}
                 )
         std = DINOV2_PROCESSOR["image_std"]
         diffs = {size: crop_difference(processor, files[size], std) for size in SIZES}
-        eval_diffs = {size: eval_difference(processor, files[size], std) for size in SIZES}
-    print("| image | mode | before img/s | after img/s | ratio |")
-    print("|---|---|---|---|---|")
-    for row in rows:
-        print(
-            f"| {row['image']} | {row['mode']} | {row['before_img_s']:.0f} | {row['after_img_s']:.0f} | "
-            f"{row['ratio']:.2f}x |"
-        )
+        eval_diffs = {
+            (size, kind): eval_difference(processor, files[size], std, transform)
+            for size in SIZES
+            for kind, transform in (
+                ("float", pipelines[("eval", "float")]),
+                ("uint8", pipelines[("eval", "uint8_normalised")]),
+            )
+        }
+    print(
+        "| image | mode | before img/s | float img/s | ratio | uint8 img/s (worker) | ratio | "
+        "uint8 + normalise on the CPU img/s | ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in (r for r in rows if "mode" in r):
+        cells = [f"{row['before_img_s']:.0f}"]
+        cells += [f"{row[f'{kind}_img_s']:.0f} | {row[f'{kind}_ratio']:.2f}x" for kind in KINDS[1:]]
+        print(f"| {row['image']} | {row['mode']} | {' | '.join(cells)} |")
+    for row in (r for r in rows if "eval_over_train" in r):
+        print(f"{row['image']}, {row['eval_over_train']}: eval / train images/s = {row['ratio']:.2f}")
     for size, diff in diffs.items():
         print(f"train crops, same seed, {size[0]}x{size[1]}: mean |after - before| = {diff:.2f} / 255")
-        print(f"eval, {size[0]}x{size[1]}: mean |after - image processor| = {eval_diffs[size]:.2f} / 255")
+        for kind in ("float", "uint8"):
+            mean, share = eval_diffs[(size, kind)]
+            print(
+                f"eval {kind}, {size[0]}x{size[1]}: mean |after - image processor| = {mean:.3f} / 255, "
+                f"{share:.4%} of values differ"
+            )
     return rows
 
 

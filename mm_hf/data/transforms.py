@@ -10,7 +10,9 @@ keeps `DRAFT_MARGIN` times the model's input pixels per side; the crop box is dr
 full-resolution coordinates first, so augmentation statistics do not depend on the decode scale.
 Crop and resize are one PIL call, and rescale + normalise is a table lookup built from the
 processor's own output for the 256 possible byte values. Evaluation does the processor's resize
-and center crop with PIL the same way. Measured in README.md ("Input pipeline speed").
+and center crop with PIL, bit-identical to the processor at full resolution; for the Trainer's uint8
+batches the crop is resampled in one call instead (`ProcessorGeometry`, `exact`). Measured in README.md
+("Input pipeline speed").
 
 Randomness comes from Python's `random` module unless a `random.Random` is passed in. PyTorch's
 DataLoader reseeds `random` in every worker (with base_seed + worker_id, base_seed drawn anew each
@@ -197,28 +199,34 @@ class BatchPixelNormaliser:
         return pixels.to(torch.float32).mul_(scale).add_(shift)
 
 
-def attach_pixel_normaliser(model: torch.nn.Module, image_processor: Any) -> list:
-    """Let `model` take the uint8 `pixel_values` of `build_image_transform(..., uint8=True)`.
+# The batch keys that carry pixels: images (b, 3, H, W) and video frames (b, T, 3, H, W), as transformers names them.
+PIXEL_KEYS = ("pixel_values", "pixel_values_videos")
 
-    A forward pre-hook on every submodule whose `forward` has a `pixel_values` parameter (the model itself, its
-    vision tower, its patch embeddings) normalises a uint8 tensor with `BatchPixelNormaliser`: the outermost one
-    does the work, the inner ones then see floats. So `forward` and `get_image_features` both accept the batches,
-    on whatever device the Trainer moved them to. Hooks are not saved: `save_pretrained` and the saved processor
-    (float pixel values, `pipeline()`) are unchanged. Returns the hook handles (`.remove()` detaches).
+
+def attach_pixel_normaliser(model: torch.nn.Module, image_processor: Any) -> list:
+    """Let `model` take uint8 pixels (`build_image_transform(..., uint8=True)`, `MultimodalProcessor.transform(...,
+    uint8=True)`) in `pixel_values` or `pixel_values_videos`.
+
+    A forward pre-hook on every submodule whose `forward` has one of those parameters (the model itself or its fusion
+    body, its vision tower, its patch embeddings) normalises a uint8 tensor with `BatchPixelNormaliser`: the
+    outermost one does the work, the inner ones then see floats. So `forward` and `get_image_features` both accept
+    the batches, on whatever device the Trainer moved them to. Hooks are not saved: `save_pretrained` and the saved
+    processor (float pixel values, `pipeline()`) are unchanged. Returns the hook handles (`.remove()` detaches).
     """
     normalise = BatchPixelNormaliser(image_processor)
     handles = []
     for module in model.modules():
         parameters = list(inspect.signature(module.forward).parameters)
-        if "pixel_values" not in parameters:
+        positions = {key: parameters.index(key) for key in PIXEL_KEYS if key in parameters}
+        if not positions:
             continue
-        position = parameters.index("pixel_values")
 
-        def hook(module, args, kwargs, position=position):
-            if "pixel_values" in kwargs and kwargs["pixel_values"] is not None:
-                kwargs["pixel_values"] = normalise(kwargs["pixel_values"])
-            elif len(args) > position and args[position] is not None:
-                args = (*args[:position], normalise(args[position]), *args[position + 1 :])
+        def hook(module, args, kwargs, positions=positions):
+            for key, position in positions.items():
+                if kwargs.get(key) is not None:
+                    kwargs[key] = normalise(kwargs[key])
+                elif len(args) > position and args[position] is not None:
+                    args = (*args[:position], normalise(args[position]), *args[position + 1 :])
             return args, kwargs
 
         handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
@@ -234,15 +242,22 @@ class ProcessorGeometry:
     (the long side truncated to an int), `height`/`width` resizes to that size, the center crop
     pads with black when the image is smaller. `from_processor` returns None for other sizes
     (`longest_edge`, `max_height`, ...), which the processor then handles itself.
+
+    `exact` (the default) resizes the whole image, then crops, as the processor does: the same pixels, bit for bit.
+    Otherwise the crop's box is resampled to the crop size in one call, as for a reduced image: about as cheap as a
+    training crop (the whole-image resize took 1.7x as long on 500x375 JPEGs at 224 px), and within 1/255 of the
+    processor's pixels, for 0.0056 % of the values on those JPEGs and 8 % of a small pixel-noise image's (PIL's
+    filter weights for a fractional box differ in the last bits). README.md "Input pipeline speed".
     """
 
-    def __init__(self, size: SizeDict | None, crop: Size | None, resample: Image.Resampling):
+    def __init__(self, size: SizeDict | None, crop: Size | None, resample: Image.Resampling, exact: bool = True):
         self.size = size
         self.crop = crop
         self.resample = resample
+        self.exact = exact
 
     @classmethod
-    def from_processor(cls, image_processor: Any) -> ProcessorGeometry | None:
+    def from_processor(cls, image_processor: Any, exact: bool = True) -> ProcessorGeometry | None:
         if not _is_stock_pil_processor(image_processor):
             return None
         size = None
@@ -258,7 +273,7 @@ class ProcessorGeometry:
             crop = height_width(image_processor.crop_size)
         resample = image_processor.resample
         resample = Image.Resampling.BILINEAR if resample is None else Image.Resampling(int(resample))
-        return cls(size, crop, resample)
+        return cls(size, crop, resample, exact)
 
     def resized(self, width: int, height: int) -> Size:
         """(height, width) after the processor's resize of a `width` x `height` image."""
@@ -284,7 +299,7 @@ class ProcessorGeometry:
         # the processor's padding does.
         top, left = (resized_height - crop_height) // 2, (resized_width - crop_width) // 2
         fits = 0 <= top and 0 <= left  # the crop lies inside the resized image (no padding)
-        if reduction != 1 and fits:
+        if (reduction != 1 or not self.exact) and fits:
             # One call: the crop's box in the reduced image, resampled to the crop size. A drafted
             # image differs from the processor's anyway, so the last-bit rounding of a fractional
             # box does not matter here.
@@ -326,7 +341,12 @@ class _BatchImageTransform:
         # uint8 out only where the table reproduces the processor; other processors keep their float output,
         # which BatchPixelNormaliser passes through.
         self.uint8 = uint8 and stock
-        self.geometry = None if crop is not None else ProcessorGeometry.from_processor(image_processor)
+        # uint8 pixels are the Trainer's batches, which meet the model only through BatchPixelNormaliser (1e-6):
+        # their eval crop is the cheap one-call resample; float pixels (predict, evaluate, index, feature caches)
+        # stay bit-identical to the processor's, as `pipeline()` on the saved model gives.
+        self.geometry = None
+        if crop is None:
+            self.geometry = ProcessorGeometry.from_processor(image_processor, exact=not self.uint8)
 
     def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
         if self.image_column not in batch:
@@ -343,7 +363,8 @@ class _BatchImageTransform:
             return [torch.from_numpy(np.asarray(pixels, dtype=np.float32)) for pixels in pixel_values]
         images = [self._train_image(source) if self.crop else self._eval_image(source) for source in sources]
         if self.uint8:
-            return [torch.from_numpy(np.asarray(_rgb(image)).transpose(2, 0, 1).copy()) for image in images]
+            # (3, H, W) views of the (H, W, 3) pixels: the collator's stack is then the only copy.
+            return [torch.from_numpy(np.array(_rgb(image))).permute(2, 0, 1) for image in images]
         if self.normalise is not None:
             return [self.normalise(image) for image in images]
         # The images already have the model's input size; the processor must only rescale and
@@ -402,7 +423,8 @@ def build_image_transform(
     `TrainingArguments`, or Trainer drops the image column before the transform sees it.
     With `uint8`, `pixel_values` are the (3, H, W) uint8 pixels instead (for the stock PIL processors; others
     stay float): 4x fewer bytes from the DataLoader's workers, normalised on the batch by the model after
-    `attach_pixel_normaliser`. Measured in README.md ("Input pipeline speed").
+    `attach_pixel_normaliser`; the eval crop is then one PIL call (`ProcessorGeometry(exact=False)`: as cheap as
+    a training crop, within 1/255 of the processor's pixels). Measured in README.md ("Input pipeline speed").
     """
     if not train:
         return _BatchImageTransform(image_processor, image_column, None, None, load, uint8)
