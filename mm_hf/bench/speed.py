@@ -56,6 +56,11 @@ CLASSIFIER_STRATEGIES = (
     ("top_k", ["--finetune_strategy", "top_k"]),
 )
 NUM_CLASSES = 4
+BASELINES = ("plain", "examples")
+# A row's figures (medians over rounds) and those also given as ratios to each baseline of the same round.
+FIGURES = ("train_samples_per_s", "eval_samples_per_s", "data_wait_fraction", "wait_s_per_step", "compute_s_per_step",
+           "pipeline_samples_per_s", "peak_rss_mb", "max_memory_allocated_mb", "wall_s")  # fmt: skip
+RATIO_FIGURES = ("train_samples_per_s", "eval_samples_per_s", "peak_rss_mb")
 
 
 # Timing ---------------------------------------------------------------------------------------------------------
@@ -67,7 +72,11 @@ class StepTimer(TrainerCallback):
     Waiting runs from the end of the previous step (or the start of training) to the start of this one: Trainer
     fetches the step's batches from the DataLoader iterator there (`get_batch_samples`), after the previous step's
     logging. Compute runs from the start of the step to its end: forward, backward, optimizer. A plain loop calls
-    `train_begin`/`step_begin`/`step_end` itself at the same points."""
+    `train_begin`/`step_begin`/`step_end` itself at the same points.
+
+    Trainer's loader (accelerate's DataLoaderShard) reads one batch ahead: the first step fetches two batches, each
+    later one the next, and an epoch's last step none. So the first step is left out (`summary`), and a timed
+    training split holds more batches than the steps, or some measured step would be an epoch's last."""
 
     def __init__(self, clock=time.perf_counter):
         self.clock = clock
@@ -353,9 +362,12 @@ class Case:
         self.name = f"{self.recipe} / {self.model}"
 
 
-# (batch size, steps) per model size: enough measured steps after the first on the tiny models, a few on the real
-# ones (a CLIP ViT-B/32 step of 8 images takes seconds on one CPU thread).
-SCHEDULE = {"tiny": (16, 8), "real": (8, 4)}
+# (batch size, steps) per model size: enough measured steps after the first on the tiny models, two on the real
+# ones: a CLIP ViT-B/32 step of 8 images at 224 px took 18.5 s on one thread of the loaded 2-core machine.
+SCHEDULE = {"tiny": (16, 8), "real": (8, 3)}
+# top_k is left out on the real models: its step costs between the uncached probe's and full's (tiny rows), and a
+# real row costs a minute or more here.
+REAL_SKIP = ("top_k",)
 
 
 def common_argv(batch_size: int, steps: int, predict: bool = True) -> list[str]:
@@ -387,8 +399,8 @@ def build_cases(workdir: str, models: list[str]) -> list[Case]:
     cases = []
     for size in models:
         batch, steps = SCHEDULE[size]
-        # Training splits hold exactly the steps' samples: no partial batch; small held-out splits.
-        per_split = {"train": batch * steps, "validation": 2 * NUM_CLASSES, "test": 2 * batch}
+        # Training splits of whole batches, one more than the steps (StepTimer); small held-out splits.
+        per_split = {"train": batch * (steps + 1), "validation": 2 * NUM_CLASSES, "test": 2 * batch}
         if size == "tiny":
             image_model = once("tiny-dual-encoder", build_tiny_dual_encoder)
             images = once("tiles", write_images, per_split, size=64)
@@ -405,11 +417,12 @@ def build_cases(workdir: str, models: list[str]) -> list[Case]:
             audio_label = "Whisper-base (random init, 5 s window), 5 s WAV"
         run = common_argv(batch, steps)
         spec = dict(batch_size=batch, eval_batch_size=2 * batch, steps=steps, learning_rate=3e-5)
+        strategies = tuple(r for r in CLASSIFIER_STRATEGIES if size == "tiny" or r[0] not in REAL_SKIP)
         cases.append(Case("clip_imagecls", size, image_label, "image",
-                          ["--model_name_or_path", image_model, *split_dirs(images), *run], CLASSIFIER_STRATEGIES,
+                          ["--model_name_or_path", image_model, *split_dirs(images), *run], strategies,
                           dict(spec, modality="image", model=image_model, data=images)))  # fmt: skip
         audio_argv = ["--model_name_or_path", audio_model, *split_dirs(clips), "--max_length_seconds", str(seconds)]
-        cases.append(Case("audio_cls", size, audio_label, "clip", [*audio_argv, *run], CLASSIFIER_STRATEGIES,
+        cases.append(Case("audio_cls", size, audio_label, "clip", [*audio_argv, *run], strategies,
                           dict(spec, modality="audio", model=audio_model, data=clips, max_length_seconds=seconds)))  # fmt: skip
         if size != "tiny":
             continue
@@ -420,7 +433,7 @@ def build_cases(workdir: str, models: list[str]) -> list[Case]:
             build_tiny_encoders(encoders)
         towers = ["--vision_model_name_or_path", os.path.join(encoders, "tiny-vit")]
         towers += ["--text_model_name_or_path", os.path.join(encoders, "tiny-bert")]
-        xor = once("xor", write_imagetext_xor, sizes=(batch * steps, 16, 32))
+        xor = once("xor", write_imagetext_xor, sizes=(batch * (steps + 1), 16, 32))
         files = [a for s in ("train", "validation", "test") for a in (f"--{s}_file", os.path.join(xor, f"{s}.jsonl"))]
         columns = ["--image_column", "image", "--text_column", "text", "--label_column", "label"]
         cases.append(Case("fusion_imagetext_cls", size, "tiny ViT + BERT, 32 px PNG + text", "row",
@@ -430,7 +443,7 @@ def build_cases(workdir: str, models: list[str]) -> list[Case]:
                           ["--model_name_or_path", image_model, *split_dirs(digits), *common_argv(batch, steps, False)],
                           (("default (lock_text)", []),)))  # fmt: skip
         video_batch, video_steps = 4, 4
-        videos = once("videos", write_video_dataset, sizes=(video_batch * video_steps, 8, 8))
+        videos = once("videos", write_video_dataset, sizes=(video_batch * (video_steps + 1), 8, 8))
         files = [
             a for s in ("train", "validation", "test") for a in (f"--{s}_file", os.path.join(videos, f"{s}.jsonl"))
         ]
@@ -502,28 +515,31 @@ def run_case(case: Case, workdir: str, rounds: int, log=print) -> list[dict]:
     each figure and of its ratio to the same round's plain loop."""
     import shutil
 
-    names = [name for name, _ in case.rows]
-    specs = {name: ("recipe", extra) for name, extra in case.rows}
-    if case.baseline:
-        names = ["plain", "examples", *names]
+    specs = dict(case.rows)
+    names = [*(BASELINES if case.baseline else ()), *specs]
     rounds_ = {name: [] for name in names}
     for index in range(rounds):
-        for name in names:
-            out = os.path.join(workdir, "out", case.recipe, case.model, name.split()[0] + str(len(name)))
-            if name in ("plain", "examples"):
+        for number, name in enumerate(names):
+            out = os.path.join(workdir, "out", case.recipe, case.model, str(number))
+            if name in BASELINES:
                 report = measure(name, {**case.baseline, "output_dir": out})
-                argv = None
             else:
-                argv = [*case.argv, *specs[name][1], "--output_dir", out]
+                argv = [*case.argv, *specs[name], "--output_dir", out]
                 report = measure("recipe", {"recipe": case.recipe, "argv": argv})
             shutil.rmtree(out, ignore_errors=True)  # weights: GBs over the bench
             rounds_[name].append(report)
             log(f"[round {index + 1}] {case.name} {name}: " + summary_line(report))
+    return aggregate(case, rounds_)
+
+
+def aggregate(case: Case, rounds_: dict[str, list[dict]]) -> list[dict]:
+    """One row per name of `rounds_` (its reports, one a round): the median of each figure and of its ratio to the
+    plain loop's and the examples' report of the same round (where the case has baselines)."""
+    specs = dict(case.rows)
     rows = []
-    for name in names:
-        reports = rounds_[name]
+    for name, reports in rounds_.items():
         row = {"recipe": case.recipe, "model": case.model, "model_label": case.label, "unit": case.unit, "row": name}
-        row["argv"] = None if name in ("plain", "examples") else [*case.argv, *specs[name][1], "--output_dir", "..."]
+        row["argv"] = [*case.argv, *specs[name], "--output_dir", "..."] if name in specs else None
         errors = [r["error"] for r in reports if "error" in r]
         if errors:
             row["error"] = errors[0]
@@ -532,7 +548,7 @@ def run_case(case: Case, workdir: str, rounds: int, log=print) -> list[dict]:
         for key in FIGURES:
             values = [r[key] for r in reports if r.get(key) is not None]
             row[key] = statistics.median(values) if values else None
-        for base in ("plain", "examples") if case.baseline else ():
+        for base in BASELINES if case.baseline else ():
             for key in RATIO_FIGURES:
                 ratios = [r[key] / b[key] for r, b in zip(reports, rounds_[base], strict=True)
                           if r.get(key) and b.get(key)]  # fmt: skip
@@ -541,11 +557,6 @@ def run_case(case: Case, workdir: str, rounds: int, log=print) -> list[dict]:
         row["rounds"] = reports
         rows.append(row)
     return rows
-
-
-FIGURES = ("train_samples_per_s", "eval_samples_per_s", "data_wait_fraction", "wait_s_per_step", "compute_s_per_step",
-           "pipeline_samples_per_s", "peak_rss_mb", "max_memory_allocated_mb", "wall_s")  # fmt: skip
-RATIO_FIGURES = ("train_samples_per_s", "eval_samples_per_s", "peak_rss_mb")
 
 
 def summary_line(report: dict) -> str:
@@ -581,12 +592,13 @@ def format_table(rows: list[dict]) -> str:
         return "-" if value is None else f"{value:.2f}×"
 
     header = ["recipe", "model", "row", "train samples/s", "× plain", "× examples", "eval samples/s", "× plain",
-              "data wait", "wait + compute s/step", "pipeline samples/s/worker", "peak RSS MB", "× plain"]  # fmt: skip
+              "data wait", "wait + compute s/step", "pipeline samples/s/worker", "peak RSS MB", "× plain",
+              "notes"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["recipe"], r["model"], r["row"]]
         if "error" in r:
-            lines.append("| " + " | ".join(cells + [f"error: {r['error']}"[:120]] + [""] * 9) + " |")
+            lines.append("| " + " | ".join(cells + [""] * 10 + [f"error: {r['error']}"[:120]]) + " |")
             continue
         wait = r.get("data_wait_fraction")
         cells += [num(r.get("train_samples_per_s")), ratio(r.get("train_samples_per_s_x_plain")),
@@ -595,7 +607,7 @@ def format_table(rows: list[dict]) -> str:
                   "-" if r.get("wait_s_per_step") is None
                   else f"{r['wait_s_per_step']:.3f} + {r['compute_s_per_step']:.3f}",
                   num(r.get("pipeline_samples_per_s"), "{:.0f}"), num(r.get("peak_rss_mb"), "{:.0f}"),
-                  ratio(r.get("peak_rss_mb_x_plain"))]  # fmt: skip
+                  ratio(r.get("peak_rss_mb_x_plain")), r.get("notes", "")]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     models = {}
     for r in rows:
