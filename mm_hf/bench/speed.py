@@ -78,8 +78,10 @@ class StepTimer(TrainerCallback):
     later one the next, and an epoch's last step none. So the first step is left out (`summary`), and a timed
     training split holds more batches than the steps, or some measured step would be an epoch's last."""
 
-    def __init__(self, clock=time.perf_counter):
-        self.clock = clock
+    def __init__(self, clock=time.perf_counter, sync=None):
+        # On an accelerator the step's kernels are only queued when the host moves on: `sync` (e.g.
+        # torch.cuda.synchronize) waits for them at each boundary, so compute is not counted as the next wait.
+        self.clock, self.sync = clock, sync or (lambda: None)
         self.waits, self.computes = [], []
         self.samples_per_step = None
         self._last = self._begin = None
@@ -89,10 +91,12 @@ class StepTimer(TrainerCallback):
         self._last = self.clock()
 
     def step_begin(self):
+        self.sync()
         self._begin = self.clock()
         self.waits.append(self._begin - self._last)
 
     def step_end(self):
+        self.sync()
         self._last = self.clock()
         self.computes.append(self._last - self._begin)
 
@@ -125,6 +129,12 @@ class StepTimer(TrainerCallback):
         }
 
 
+def device_timer() -> StepTimer:
+    import torch
+
+    return StepTimer(sync=torch.cuda.synchronize if torch.cuda.is_available() else None)
+
+
 def peak_memory() -> dict:
     import torch
 
@@ -143,7 +153,7 @@ def run_recipe_child(recipe: str, argv: list[str]) -> dict:
     from transformers import Trainer
 
     module = load_recipe(recipe)
-    timer, spent = StepTimer(), {}
+    timer, spent = device_timer(), {}
     train = Trainer.train
 
     def timed_train(self, *args, **kwargs):
@@ -199,10 +209,12 @@ def run_baseline_child(kind: str, spec: dict) -> dict:
         augment = examples_image_augment(processor) if spec["modality"] == "image" else "random_window"
     train_set = FileDataset(files["train"], load, augment)
     test_set = FileDataset(files["test"], load)
-    timer = StepTimer()
+    timer = device_timer()
     start = time.perf_counter()
     if kind == "plain":
         loader = DataLoader(train_set, batch_size=spec["batch_size"], shuffle=True, num_workers=0)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model.to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=spec["learning_rate"])
         model.train()
         timer.train_begin(spec["batch_size"])
@@ -213,7 +225,8 @@ def run_baseline_child(kind: str, spec: dict) -> dict:
             except StopIteration:
                 batches = iter(loader)
                 batch = next(batches)
-            timer.step_begin()
+            timer.step_begin()  # the copy to the device is in the step, as in Trainer's training_step
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             model(**batch).loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -222,7 +235,7 @@ def run_baseline_child(kind: str, spec: dict) -> dict:
         model.eval()
         with torch.no_grad():
             for batch in DataLoader(test_set, batch_size=spec["eval_batch_size"], num_workers=0):
-                model(**batch)
+                model(**{k: v.to(device) for k, v in batch.items()})
                 count += len(batch["labels"])
         eval_speed_ = count / (time.perf_counter() - eval_start)
     else:
