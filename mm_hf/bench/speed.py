@@ -25,6 +25,8 @@ in the same round (medians over rounds), since the machines these run on are sha
 import argparse
 import json
 import os
+import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,9 +34,33 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from transformers import TrainerCallback
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.datasets import load_sample_image
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import (
+    AutoFeatureExtractor,
+    AutoImageProcessor,
+    AutoModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperModel,
+)
+from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .memory import build_clip_b32, peak_rss_mb
+from mm_hf.data.audio import load_audio
+from mm_hf.data.synthetic import write_imagetext_xor, write_video_dataset
+from mm_hf.demo import build_demo_audio_encoder, write_digits_imagefolder, write_tones_audiofolder
+from mm_hf.models.audio_classifier import fit_whisper_window
+from mm_hf.models.tiny import build_tiny_dual_encoder, build_tiny_encoders
+
+from .baselines import examples_image_augment, load_rgb
+from .memory import NUM_CLASSES, build_clip_b32, peak_rss_mb, write_images
 from .report import environment, format_checks
 from .runs import load_recipe
 
@@ -45,7 +71,7 @@ WAIT_TARGET_ROWS = ("linear_probe (no cache)", "lora")
 
 # (row, recipe flags) of the classifier recipes. The uncached probe trains its head by Trainer steps (the L-BFGS
 # solver needs cached features); the cached one fits by L-BFGS, so its train figure covers the feature pass + fit.
-CLASSIFIER_STRATEGIES = (
+STRATEGY_ROWS = (
     ("linear_probe (cache)", ["--finetune_strategy", "linear_probe"]),
     (
         "linear_probe (no cache)",
@@ -55,7 +81,6 @@ CLASSIFIER_STRATEGIES = (
     ("lora", ["--finetune_strategy", "lora"]),
     ("top_k", ["--finetune_strategy", "top_k"]),
 )
-NUM_CLASSES = 4
 BASELINES = ("plain", "examples")
 # A row's figures (medians over rounds) and those also given as ratios to each baseline of the same round.
 FIGURES = ("train_samples_per_s", "eval_samples_per_s", "data_wait_fraction", "wait_s_per_step", "compute_s_per_step",
@@ -130,13 +155,11 @@ class StepTimer(TrainerCallback):
 
 
 def device_timer() -> StepTimer:
-    import torch
 
     return StepTimer(sync=torch.cuda.synchronize if torch.cuda.is_available() else None)
 
 
 def peak_memory() -> dict:
-    import torch
 
     out = {"peak_rss_mb": round(peak_rss_mb())}
     if torch.cuda.is_available():
@@ -150,7 +173,6 @@ def peak_memory() -> dict:
 def run_recipe_child(recipe: str, argv: list[str]) -> dict:
     """`recipes/<recipe>.py main(argv)` with a StepTimer on its Trainer's training; the cached linear probe's
     feature pass (`classifier_datasets`) is timed too."""
-    from transformers import Trainer
 
     module = load_recipe(recipe)
     timer, spent = device_timer(), {}
@@ -195,10 +217,6 @@ def eval_speed(results: dict) -> float | None:
 
 def run_baseline_child(kind: str, spec: dict) -> dict:
     """The plain loop (`kind="plain"`) or the example scripts' pipeline in a stock Trainer (`"examples"`)."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from .baselines import examples_image_augment
 
     torch.manual_seed(0)
     model, processor, inputs = tower_classifier(spec["modality"], spec["model"], spec.get("max_length_seconds"))
@@ -239,8 +257,6 @@ def run_baseline_child(kind: str, spec: dict) -> dict:
                 count += len(batch["labels"])
         eval_speed_ = count / (time.perf_counter() - eval_start)
     else:
-        from transformers import Trainer, TrainingArguments
-
         args = TrainingArguments(
             output_dir=spec["output_dir"], max_steps=spec["steps"], per_device_train_batch_size=spec["batch_size"],
             per_device_eval_batch_size=spec["eval_batch_size"], learning_rate=spec["learning_rate"],
@@ -274,7 +290,6 @@ class FileDataset:
         return len(self.files)
 
     def __getitem__(self, index):
-        import torch
 
         path, label = self.files[index]
         return {**self.load(path, self.augment), "labels": torch.tensor(label)}
@@ -283,11 +298,6 @@ class FileDataset:
 def sample_loader(modality: str, processor, inputs: str, max_length_seconds: float | None):
     """`load(path, augment)`: one image through `augment` (if any) and the processor, or one clip's window (the
     first, or a random one for the example script's `random_subsample`) through the feature extractor."""
-    import random
-
-    import numpy as np
-
-    from .baselines import load_rgb
 
     if modality == "image":
 
@@ -297,7 +307,6 @@ def sample_loader(modality: str, processor, inputs: str, max_length_seconds: flo
             return {inputs: processor(images=image, return_tensors="pt")[inputs][0]}
 
         return load
-    from mm_hf.data.audio import load_audio
 
     rate = processor.sampling_rate
     size = int(max_length_seconds * rate)
@@ -315,12 +324,6 @@ def tower_classifier(modality: str, model_dir: str, max_length_seconds: float | 
     """(model, processor, input name): the recipe's backbone as the plain loop uses it: a dual encoder's image
     tower + projection, or an audio encoder (Whisper's encoder on the recipe's window) mean-pooled over frames;
     then a linear head. `model(**batch)` returns a ModelOutput with `loss` and `logits`."""
-    import torch
-    from torch import nn
-    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoModel
-    from transformers.modeling_outputs import SequenceClassifierOutput
-
-    from mm_hf.models.audio_classifier import fit_whisper_window
 
     backbone = AutoModel.from_pretrained(model_dir)
     if modality == "image":
@@ -398,11 +401,6 @@ def split_dirs(root: str) -> list[str]:
 
 def build_cases(workdir: str, models: list[str]) -> list[Case]:
     """Write each case's model and data under `workdir` (reused when there) and return the cases."""
-    from mm_hf.data.synthetic import write_imagetext_xor, write_video_dataset
-    from mm_hf.demo import build_demo_audio_encoder, write_digits_imagefolder, write_tones_audiofolder
-    from mm_hf.models.tiny import build_tiny_dual_encoder, build_tiny_encoders
-
-    from .memory import write_images
 
     def once(name, build, *args, **kwargs):
         path = os.path.join(workdir, name)
@@ -431,7 +429,7 @@ def build_cases(workdir: str, models: list[str]) -> list[Case]:
             audio_label = "Whisper-base (random init, 5 s window), 5 s WAV"
         run = common_argv(batch, steps)
         spec = dict(batch_size=batch, eval_batch_size=2 * batch, steps=steps, learning_rate=3e-5)
-        strategies = tuple(r for r in CLASSIFIER_STRATEGIES if size == "tiny" or r[0] not in REAL_SKIP)
+        strategies = tuple(r for r in STRATEGY_ROWS if size == "tiny" or r[0] not in REAL_SKIP)
         cases.append(Case("clip_imagecls", size, image_label, "image",
                           ["--model_name_or_path", image_model, *split_dirs(images), *run], strategies,
                           dict(spec, modality="image", model=image_model, data=images)))  # fmt: skip
@@ -475,9 +473,6 @@ def per_class(per_split: dict) -> tuple[int, int, int]:
 def write_jpeg_classes(output_dir: str, per_split: dict, size=(500, 375), seed: int = 0) -> str:
     """Class folders of 500x375 JPEGs (quality 90; scikit-learn's sample photos, cropped at random and tinted per
     class): the decode cost of ordinary photos, which noise or flat tiles would misstate."""
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_sample_image
 
     rng = np.random.default_rng(seed)
     photos = [load_sample_image(name) for name in ("china.jpg", "flower.jpg")]
@@ -498,8 +493,6 @@ def write_jpeg_classes(output_dir: str, per_split: dict, size=(500, 375), seed: 
 def build_whisper_base(output_dir: str, seed: int = 0) -> str:
     """A random-init Whisper-base (openai/whisper-base's dimensions: d_model 512, 6 + 6 layers, 8 heads, FFN 2048)
     with the default 80-bin feature extractor, saved to `output_dir`."""
-    import torch
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
     torch.manual_seed(seed)
     dims = dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8, decoder_attention_heads=8)
@@ -527,7 +520,6 @@ def measure(kind: str, spec: dict) -> dict:
 def run_case(case: Case, workdir: str, rounds: int, log=print) -> list[dict]:
     """Every row of `case`, round after round (baselines first in each round); per row the median over rounds of
     each figure and of its ratio to the same round's plain loop."""
-    import shutil
 
     specs = dict(case.rows)
     names = [*(BASELINES if case.baseline else ()), *specs]
@@ -660,10 +652,12 @@ def main(argv=None):
         cases = [c for c in build_cases(workdir, args.models) if not args.recipes or c.recipe in args.recipes]
         rows = [row for case in cases for row in run_case(case, workdir, args.rounds)]
     env = environment()
-    settings = {"rounds": args.rounds, "models": args.models, "schedule (batch, steps)": SCHEDULE,
+    settings = {"rounds": args.rounds, "torch_threads_per_row": 1, "dataloader_num_workers": 0, "models": args.models, "schedule (batch, steps)": SCHEDULE,
                 "total_s": round(time.perf_counter() - start)}  # fmt: skip
     checks = target_checks(rows)
-    print(f"\n{env['date']}, {env['machine']}; {args.rounds} round(s), {settings['total_s']} s in all\n")
+    # environment() reports this driver's threads; every row ran in its own process on one (measure()).
+    print(f"\n{env['date']}, {env['machine']} (driver); one torch thread per row, {args.rounds} round(s), "
+          f"{settings['total_s']} s in all\n")  # fmt: skip
     print(format_table(rows))
     print()
     print(format_checks(checks))
