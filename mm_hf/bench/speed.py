@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from PIL import Image
-from sklearn.datasets import load_sample_image
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import (
@@ -155,12 +154,10 @@ class StepTimer(TrainerCallback):
 
 
 def device_timer() -> StepTimer:
-
     return StepTimer(sync=torch.cuda.synchronize if torch.cuda.is_available() else None)
 
 
 def peak_memory() -> dict:
-
     out = {"peak_rss_mb": round(peak_rss_mb())}
     if torch.cuda.is_available():
         out["max_memory_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
@@ -173,7 +170,6 @@ def peak_memory() -> dict:
 def run_recipe_child(recipe: str, argv: list[str]) -> dict:
     """`recipes/<recipe>.py main(argv)` with a StepTimer on its Trainer's training; the cached linear probe's
     feature pass (`classifier_datasets`) is timed too."""
-
     module = load_recipe(recipe)
     timer, spent = device_timer(), {}
     train = Trainer.train
@@ -217,14 +213,14 @@ def eval_speed(results: dict) -> float | None:
 
 def run_baseline_child(kind: str, spec: dict) -> dict:
     """The plain loop (`kind="plain"`) or the example scripts' pipeline in a stock Trainer (`"examples"`)."""
-
     torch.manual_seed(0)
     model, processor, inputs = tower_classifier(spec["modality"], spec["model"], spec.get("max_length_seconds"))
     files = {split: labelled_files(os.path.join(spec["data"], split)) for split in ("train", "test")}
     load = sample_loader(spec["modality"], processor, inputs, spec.get("max_length_seconds"))
     augment = None
     if kind == "examples":
-        augment = examples_image_augment(processor) if spec["modality"] == "image" else "random_window"
+        # run_image_classification's crop + flip; run_audio_classification's random window (`random_subsample`)
+        augment = examples_image_augment(processor) if spec["modality"] == "image" else True
     train_set = FileDataset(files["train"], load, augment)
     test_set = FileDataset(files["test"], load)
     timer = device_timer()
@@ -290,7 +286,6 @@ class FileDataset:
         return len(self.files)
 
     def __getitem__(self, index):
-
         path, label = self.files[index]
         return {**self.load(path, self.augment), "labels": torch.tensor(label)}
 
@@ -298,7 +293,6 @@ class FileDataset:
 def sample_loader(modality: str, processor, inputs: str, max_length_seconds: float | None):
     """`load(path, augment)`: one image through `augment` (if any) and the processor, or one clip's window (the
     first, or a random one for the example script's `random_subsample`) through the feature extractor."""
-
     if modality == "image":
 
         def load(path, augment):
@@ -324,7 +318,6 @@ def tower_classifier(modality: str, model_dir: str, max_length_seconds: float | 
     """(model, processor, input name): the recipe's backbone as the plain loop uses it: a dual encoder's image
     tower + projection, or an audio encoder (Whisper's encoder on the recipe's window) mean-pooled over frames;
     then a linear head. `model(**batch)` returns a ModelOutput with `loss` and `logits`."""
-
     backbone = AutoModel.from_pretrained(model_dir)
     if modality == "image":
         processor = AutoImageProcessor.from_pretrained(model_dir)
@@ -473,6 +466,8 @@ def per_class(per_split: dict) -> tuple[int, int, int]:
 def write_jpeg_classes(output_dir: str, per_split: dict, size=(500, 375), seed: int = 0) -> str:
     """Class folders of 500x375 JPEGs (quality 90; scikit-learn's sample photos, cropped at random and tinted per
     class): the decode cost of ordinary photos, which noise or flat tiles would misstate."""
+    # Here, not at the top: every measured row imports this module, and scikit-learn would add to its peak RSS.
+    from sklearn.datasets import load_sample_image
 
     rng = np.random.default_rng(seed)
     photos = [load_sample_image(name) for name in ("china.jpg", "flower.jpg")]
@@ -493,7 +488,6 @@ def write_jpeg_classes(output_dir: str, per_split: dict, size=(500, 375), seed: 
 def build_whisper_base(output_dir: str, seed: int = 0) -> str:
     """A random-init Whisper-base (openai/whisper-base's dimensions: d_model 512, 6 + 6 layers, 8 heads, FFN 2048)
     with the default 80-bin feature extractor, saved to `output_dir`."""
-
     torch.manual_seed(seed)
     dims = dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8, decoder_attention_heads=8)
     WhisperModel(WhisperConfig(**dims, encoder_ffn_dim=2048, decoder_ffn_dim=2048)).save_pretrained(output_dir)
@@ -520,7 +514,6 @@ def measure(kind: str, spec: dict) -> dict:
 def run_case(case: Case, workdir: str, rounds: int, log=print) -> list[dict]:
     """Every row of `case`, round after round (baselines first in each round); per row the median over rounds of
     each figure and of its ratio to the same round's plain loop."""
-
     specs = dict(case.rows)
     names = [*(BASELINES if case.baseline else ()), *specs]
     rounds_ = {name: [] for name in names}
