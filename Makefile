@@ -7,7 +7,7 @@ DEMO_DIR ?= demo_out
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo demo-audio demo-fusion demo-medical demo-recommendation demo-robust demo-sentiment test test-all lint format clean bench-quality bench-memory
+.PHONY: setup demo demo-audio demo-fusion demo-medical demo-recommendation demo-robust demo-sentiment test test-all lint format clean bench-quality bench-memory bench
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -110,6 +110,12 @@ bench-quality: $(BENCH_STAMP)
 # without gradient checkpointing, on a random-init CLIP ViT-B/32, next to a plain torch + peft loop.
 bench-memory: $(BENCH_STAMP)
 	$(BIN)/python -m mm_hf.bench.memory --phases --json $(BENCH_DIR)/bench_memory.json $(BENCH_ARGS)
+
+# Opt-in speed benchmark (minutes on 2 CPU cores, no download; README "Speed benchmark"): every recipe and strategy's
+# train/eval samples/s, data waiting vs compute, pipeline samples/s per worker and peak RSS, on tiny and random-init
+# real-architecture models, next to the plain PyTorch loop and the example scripts' pipeline run in the same rounds.
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m mm_hf.bench.speed --json $(BENCH_DIR)/bench.json $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check mm_hf recipes tests

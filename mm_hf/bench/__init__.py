@@ -5,4 +5,6 @@ offline data, with plain baselines run side by side on the same splits.
 - `baselines`: scikit-learn's probe on frozen features, the article's plain PyTorch loop, the transformers
   example scripts' defaults.
 - `quality`: the driver (`python -m mm_hf.bench.quality`), its table and `bench_quality.json`.
+- `speed`: `make bench`, every recipe and strategy's samples/s, data waiting vs compute and peak RSS next to the
+  plain loop and the example scripts' pipeline (`bench.json`).
 """
