@@ -278,3 +278,18 @@ def colours_dir(tmp_path_factory):
                 rows.append({"file_name": f"{name}/{i}.png", "caption": [f"a {name} photo.", f"a picture of {name}."]})
         (root / split / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
+
+
+def sweep_argv(tiny_vtde, digits_dir, tmp_path, backend: str, n_trials: int) -> list[str]:
+    """clip_imagecls argv of an --hp_search sweep over the learning rate (tests/test_sweeps*.py); output in
+    tmp_path / "out"."""
+    space = tmp_path / "space.yaml"
+    space.write_text("learning_rate: {type: float, low: 1.0e-4, high: 3.0e-2, log: true}\n")
+    return [
+        "--model_name_or_path", str(tiny_vtde), "--output_dir", str(tmp_path / "out"),
+        "--train_dir", str(digits_dir / "train"), "--validation_dir", str(digits_dir / "validation"),
+        "--do_train", "--do_eval", "--finetune_strategy", "full", "--head_init", "zeroshot",
+        "--prompt_templates", "a photo of the digit {}.", "--max_steps", "2", "--per_device_train_batch_size", "16",
+        "--per_device_eval_batch_size", "32", "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true",
+        "--hp_search", backend, "--n_trials", str(n_trials), "--hp_space", str(space), "--metric_for_best_model", "loss",
+    ]  # fmt: skip

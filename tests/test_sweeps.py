@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import REPO, load_recipe
+from conftest import REPO, load_recipe, sweep_argv
 from huggingface_hub import ModelCard
 from transformers import TrainingArguments
 
@@ -26,17 +26,8 @@ recipe = load_recipe("clip_imagecls")
 
 
 def test_optuna_sweep_compares_trials_on_validation_and_retrains_the_best(tiny_vtde, digits_dir, tmp_path):
-    space = tmp_path / "space.yaml"
-    space.write_text("learning_rate: {type: float, low: 1.0e-4, high: 3.0e-2, log: true}\n")
     out = tmp_path / "out"
-    results = recipe.main([
-        "--model_name_or_path", str(tiny_vtde), "--output_dir", str(out),
-        "--train_dir", str(digits_dir / "train"), "--validation_dir", str(digits_dir / "validation"),
-        "--do_train", "--do_eval", "--finetune_strategy", "full", "--head_init", "zeroshot",
-        "--prompt_templates", "a photo of the digit {}.", "--max_steps", "2", "--per_device_train_batch_size", "16",
-        "--per_device_eval_batch_size", "32", "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true",
-        "--hp_search", "optuna", "--n_trials", "3", "--hp_space", str(space), "--metric_for_best_model", "loss",
-    ])  # fmt: skip
+    results = recipe.main(sweep_argv(tiny_vtde, digits_dir, tmp_path, "optuna", 3))
 
     on_disk = json.loads((out / "all_results.json").read_text())
     sweep = on_disk["hp_search"]

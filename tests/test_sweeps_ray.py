@@ -7,7 +7,7 @@ import json
 import os
 
 import pytest
-from conftest import load_recipe
+from conftest import load_recipe, sweep_argv
 from huggingface_hub import ModelCard
 
 from mm_hf.errors import UserError
@@ -26,17 +26,8 @@ def test_ray_tune_sweep_runs_trials_as_actors_and_retrains_the_best(tiny_vtde, d
     # A 1-CPU instance runs the trials one after the other in one reused actor: one actor's imports, not two
     # at once (pending 47 s instead of 98 s at load 9).
     monkeypatch.setenv("RAY_OVERRIDE_RESOURCES", '{"CPU": 1}')
-    space = tmp_path / "space.yaml"
-    space.write_text("learning_rate: {type: float, low: 1.0e-4, high: 3.0e-2, log: true}\n")
     out = tmp_path / "out"
-    results = recipe.main([
-        "--model_name_or_path", str(tiny_vtde), "--output_dir", str(out),
-        "--train_dir", str(digits_dir / "train"), "--validation_dir", str(digits_dir / "validation"),
-        "--do_train", "--do_eval", "--finetune_strategy", "full", "--head_init", "zeroshot",
-        "--prompt_templates", "a photo of the digit {}.", "--max_steps", "2", "--per_device_train_batch_size", "16",
-        "--per_device_eval_batch_size", "32", "--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true",
-        "--hp_search", "ray", "--n_trials", "2", "--hp_space", str(space), "--metric_for_best_model", "loss",
-    ])  # fmt: skip
+    results = recipe.main(sweep_argv(tiny_vtde, digits_dir, tmp_path, "ray", 2))
 
     assert not ray.is_initialized()  # the sweep's own Ray instance is stopped
     on_disk = json.loads((out / "all_results.json").read_text())

@@ -24,7 +24,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from mm_hf.data.validation import IN_MEMORY, BadSampleError, check_samples
+from mm_hf.data.validation import IN_MEMORY, BadSampleError, check_samples, require_file
 
 # A path, encoded bytes, a `datasets.Audio(decode=False)` record {"bytes", "path"}, or an in-memory
 # record {"array", "sampling_rate"}.
@@ -107,12 +107,7 @@ def decode_source(source: AudioSource) -> tuple[np.ndarray, int, str]:
 
 
 def _decode_path(path: Path) -> tuple[np.ndarray, int, str]:
-    if not path.exists():
-        raise BadSampleError(path, "file not found")
-    if not path.is_file():
-        raise BadSampleError(path, "not a regular file")
-    if path.stat().st_size == 0:
-        raise BadSampleError(path, "empty file (0 bytes)")
+    require_file(path)
     return _decode(path, str(path))
 
 
@@ -174,12 +169,7 @@ def check_audio_header(source: AudioSource) -> None:
     else:
         file, name = Path(source), str(source)
     if isinstance(file, Path):
-        if not file.exists():
-            raise BadSampleError(file, "file not found")
-        if not file.is_file():
-            raise BadSampleError(file, "not a regular file")
-        if file.stat().st_size == 0:
-            raise BadSampleError(file, "empty file (0 bytes)")
+        require_file(file)
     try:
         info = sf.info(file)
     except Exception as error:

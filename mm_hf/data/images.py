@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,7 +21,7 @@ import datasets
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from mm_hf.data.validation import IN_MEMORY, BadSampleError, check_samples
+from mm_hf.data.validation import IN_MEMORY, BadSampleError, check_samples, require_file
 
 # A path, an already-open PIL image, encoded bytes, or a `datasets.Image(decode=False)` record.
 ImageSource = str | os.PathLike | bytes | Image.Image | Mapping[str, Any]
@@ -138,12 +137,7 @@ def _load_record(record: Mapping[str, Any], max_reduction: MaxReduction | None) 
 
 
 def _load_path(path: Path, max_reduction: MaxReduction | None) -> tuple[Image.Image, int]:
-    if not path.exists():
-        raise BadSampleError(path, "file not found")
-    if not path.is_file():
-        raise BadSampleError(path, "not a regular file")
-    if path.stat().st_size == 0:
-        raise BadSampleError(path, "empty file (0 bytes)")
+    require_file(path)
     return _decode(path, str(path), max_reduction)
 
 
@@ -291,15 +285,8 @@ def check_image_header(source: ImageSource) -> None:
         file, name = io.BytesIO(source), IN_MEMORY
     else:
         file = name = os.fspath(source)
-    if isinstance(file, str):  # one stat answers all three (a million files: every call counts)
-        try:
-            info = os.stat(file)
-        except FileNotFoundError:
-            raise BadSampleError(file, "file not found") from None
-        if not stat.S_ISREG(info.st_mode):
-            raise BadSampleError(file, "not a regular file")
-        if info.st_size == 0:
-            raise BadSampleError(file, "empty file (0 bytes)")
+    if isinstance(file, str):
+        require_file(file)
     try:
         with Image.open(file) as image:
             _check_size(image, name)

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..validation import IN_MEMORY, BadSampleError
+from ..validation import IN_MEMORY, BadSampleError, require_file
 
 # A path, encoded bytes, or a `datasets.Video(decode=False)` record {"bytes", "path"}.
 VideoSource = str | os.PathLike | bytes | Mapping[str, Any]
@@ -49,12 +49,7 @@ def resolve_source(source: VideoSource) -> tuple[Callable[[], Any], str]:
 
 
 def _resolve_path(path: Path) -> tuple[Callable[[], Any], str]:
-    if not path.exists():
-        raise BadSampleError(path, "file not found")
-    if not path.is_file():
-        raise BadSampleError(path, "not a regular file")
-    if path.stat().st_size == 0:
-        raise BadSampleError(path, "empty file (0 bytes)")
+    require_file(path)
     return _opener(str(path)), str(path)
 
 
