@@ -11,7 +11,8 @@ from transformers import Trainer, TrainingArguments
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from mm_hf.bench.report import format_checks
-from mm_hf.bench.speed import Case, StepTimer, aggregate, format_table, target_checks, write_json
+from mm_hf.bench.speed import Case, aggregate, format_table, target_checks, write_json
+from mm_hf.bench.speed_rows import StepTimer
 
 DATA_DELAY, COMPUTE_DELAY, BATCH, STEPS = 0.05, 0.1, 2, 3
 
