@@ -67,7 +67,9 @@ def train_classifier(
         measure,
         ft_args,
         before_label=before_label,
-        fit=partial(fit_classifier_head, model, device=training_args.device) if lbfgs else None,
+        fit=partial(fit_classifier_head, model, device=training_args.device, selection=ft_args.probe_selection)
+        if lbfgs
+        else None,
         first_stage=first_stage,
         extra_sets=with_retention(ood, retention),
     )

@@ -118,6 +118,12 @@ def fusion_trainer(
     statistics on (its head).
     """
     explicit = getattr(training_args, "explicit_flags", set())
+    if unused := sorted({"probe_solver", "probe_selection"} & explicit):
+        raise UserError(
+            f"{', '.join('--' + flag for flag in unused)}: the L-BFGS probe fits a classifier's single linear head; "
+            "a fusion model's heads and fusion layers train by Trainer epochs (--learning_rate, --num_train_epochs, "
+            "--early_stopping_patience): drop the flag."
+        )
     streaming = isinstance(splits["train"], StreamedSplit)
     metrics = TaskMetrics(
         tasks, threshold=fusion_args.threshold, ranking_ks=fusion_args.ranking and fusion_args.ranking_ks

@@ -52,7 +52,10 @@ def lp_ft_first_stage(model, splits: dict, eval_transform, training_args, ft_arg
             if name in splits
         }
         head = SimpleNamespace(classifier=_trained_head(base.classifier), config=base.config)
-        fitted = fit_classifier_head(head, features["train"], features.get("validation"), device=training_args.device)
+        fitted = fit_classifier_head(
+            head, features["train"], features.get("validation"), device=training_args.device,
+            selection=ft_args.probe_selection,
+        )  # fmt: skip
         logger.info(
             "LP-FT stage 1: linear probe fitted (C=%.4g); stage 2 trains %s from its head",
             fitted["probe_C"],

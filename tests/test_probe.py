@@ -26,8 +26,10 @@ from mm_hf.demo import write_tones_audiofolder
 from mm_hf.models.modeling_audio_classifier import AudioClassifierForAudioClassification
 from mm_hf.models.modeling_clip_classifier import CosineClassifierHead
 from mm_hf.probe import (
+    AUTO_CV_BELOW_VALIDATION_ROWS,
     DEFAULT_C_GRID,
     LinearFit,
+    cross_validate,
     fit_logistic_regression,
     select_and_fit,
     stratified_folds,
@@ -90,10 +92,12 @@ def test_c_selection_regularises_noisy_data_and_frees_clean_data():
     noisy = select_and_fit(
         *tensors(*label_noise_in_many_tiny_dimensions(rng, 40), *label_noise_in_many_tiny_dimensions(rng, 200)),
         standardize=False,
+        selection="validation",
     )
     clean = select_and_fit(
         *tensors(*signal_under_a_measured_nuisance(rng, 150), *signal_under_a_measured_nuisance(rng, 200)),
         standardize=False,
+        selection="validation",
     )
     assert noisy.selection == "validation" and len(noisy.grid) == len(DEFAULT_C_GRID)
     # In the features' own units (scikit-learn's C): noisy 0.1 and clean 1e4 on this seed.
@@ -104,6 +108,41 @@ def test_c_selection_regularises_noisy_data_and_frees_clean_data():
     # Without a validation split, cross-validation on train lands on the same side.
     cv = select_and_fit(*tensors(*signal_under_a_measured_nuisance(rng, 150)), folds=3, standardize=False)
     assert cv.selection == "3-fold cross-validation on train" and cv.C >= 100.0
+
+
+def test_a_small_validation_split_is_pooled_with_train_to_choose_c_and_the_head_trains_on_train():
+    rng = np.random.default_rng(3)
+    (x_train, y_train), (x_val, y_val) = (label_noise_in_many_tiny_dimensions(rng, n) for n in (60, 20))
+    grid = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    auto = select_and_fit(*tensors(x_train, y_train, x_val, y_val), grid=grid, standardize=False)
+    assert auto.selection == "5-fold cross-validation on train + validation"
+    # The held-out accuracies are 5-fold cross-validation's over all 80 rows (the validation rows take part) ...
+    pooled, _, _ = cross_validate(
+        *tensors(np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])), auto.grid, 2, 5, 0
+    )
+    np.testing.assert_allclose(auto.held_out_accuracy, pooled)
+    train_only = select_and_fit(*tensors(x_train, y_train), grid=grid, standardize=False)
+    assert train_only.selection == "5-fold cross-validation on train"
+    assert train_only.held_out_accuracy != auto.held_out_accuracy
+    # ... but the head is the fit on the training rows alone at the chosen C: validation never trains it.
+    on_train = fit_logistic_regression(*tensors(x_train, y_train), auto.C)
+    torch.testing.assert_close(auto.fit.weight, on_train.weight, atol=1e-4, rtol=1e-3)
+    # --probe_selection validation keeps the validation split's own scores.
+    assert select_and_fit(*tensors(x_train, y_train, x_val, y_val), grid=grid, selection="validation").selection == (
+        "validation"
+    )
+    with pytest.raises(ValueError, match="selection must be one of"):
+        select_and_fit(*tensors(x_train, y_train, x_val, y_val), grid=grid, selection="holdout")
+
+
+def test_auto_selection_scores_c_on_a_large_validation_split():
+    rng = np.random.default_rng(4)
+    (x_train, y_train), (x_val, y_val) = (
+        signal_under_a_measured_nuisance(rng, n) for n in (100, AUTO_CV_BELOW_VALIDATION_ROWS)
+    )
+    large = select_and_fit(*tensors(x_train, y_train, x_val, y_val), grid=(0.1, 10.0))
+    small = select_and_fit(*tensors(x_train, y_train, x_val[:-1], y_val[:-1]), grid=(0.1, 10.0))
+    assert large.selection == "validation" and small.selection.startswith("5-fold cross-validation")
 
 
 def informative_features_of_small_scale(rng, n):
@@ -121,7 +160,7 @@ def test_standardised_probe_is_scikit_learns_scaler_and_logistic_regression():
         informative_features_of_small_scale(rng, n) for n in (90, 60, 300)
     )
     grid = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
-    result = select_and_fit(*tensors(x_train, y_train, x_val, y_val), grid=grid)
+    result = select_and_fit(*tensors(x_train, y_train, x_val, y_val), grid=grid, selection="validation")
     assert result.grid == grid and result.selection == "validation"
     references = [
         make_pipeline(StandardScaler(), LogisticRegression(C=C, tol=1e-10, max_iter=10_000)).fit(x_train, y_train)
@@ -210,7 +249,11 @@ def test_clip_imagecls_lbfgs_probe_matches_sklearn_and_the_checkpoint_reloads(ti
     recipe = load_recipe("clip_imagecls")
     out = tmp_path / "out"
     data = {split: digits_dir / split for split in ("train", "validation", "test")}
-    results = recipe.main(recipe_args(tiny_vtde, out, data, "--prompt_templates", "a photo of the digit {}."))
+    results = recipe.main(
+        recipe_args(
+            tiny_vtde, out, data, "--prompt_templates", "a photo of the digit {}.", "--probe_selection", "validation"
+        )
+    )
     on_disk = json.loads((out / "all_results.json").read_text())
     assert on_disk["probe_solver"] == "lbfgs" and on_disk["probe_selection"] == "validation"
     assert on_disk["probe_converged"] and on_disk["probe_iterations"] > 0 and on_disk["probe_fit_seconds"] > 0
@@ -297,6 +340,8 @@ def test_audio_linear_probe_encodes_each_clip_once(tiny_wav2vec2, tones, tmp_pat
         # Chance is 0.25; the converged probe on the mean-pooled frozen frames separates the tones.
         assert results["test_accuracy"] >= 0.6, results
         assert results["probe_solver"] == "lbfgs" and results["probe_C"] in results["probe_C_grid"]
+        # 8 validation clips: C is chosen by cross-validation over train + validation (--probe_selection auto).
+        assert results["probe_selection"] == "5-fold cross-validation on train + validation"
         # The saved classifier reproduces the reported accuracy from the raw clips (backbone + mean pooling + head).
         model = AutoModelForAudioClassification.from_pretrained(out).eval()
         transform = AudioTransform(AutoFeatureExtractor.from_pretrained(out), max_length_seconds=0.5)

@@ -10,6 +10,7 @@ from conftest import load_recipe
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
+from mm_hf.errors import UserError
 from mm_hf.models import ClipClassifierForImageClassification
 
 imagecls = load_recipe("clip_imagecls")
@@ -302,3 +303,27 @@ def test_audio_pooling_attention_is_built_trained_and_saved(tiny_wav2vec2, tmp_p
     # Its parameters were trained with the head (a linear probe trains pooler + classifier) and saved.
     assert any(k.startswith("pooler.") for k in load_file(str(out / "model.safetensors")))
     assert json.loads((out / "config.json").read_text())["pooling"] == "attention"
+
+
+@pytest.mark.parametrize("flag", [("--probe_selection", "validation"), ("--probe_solver", "lbfgs")])
+def test_fusion_refuses_the_lbfgs_probe_flags_it_cannot_honour(encoders, xor, tmp_path, flag):
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=rf"{flag[0]}: the L-BFGS probe fits a classifier's single linear head"):
+        load_recipe("fusion_imagetext_cls").main([
+            "--train_file", xor["train"], "--validation_file", xor["validation"],
+            "--vision_model_name_or_path", encoders["vision"], "--text_model_name_or_path", encoders["text"],
+            "--image_column", "image", "--text_column", "text", "--output_dir", str(out), "--do_train",
+            "--max_steps", "1", "--finetune_strategy", "linear_probe", "--report_to", "none", "--use_cpu", "true",
+            *flag,
+        ])  # fmt: skip
+    assert not (out / "model.safetensors").exists()
+
+
+def test_probe_selection_is_refused_where_no_lbfgs_probe_runs(tiny_vtde, colours_dir, tmp_path):
+    recipe = load_recipe("clip_imagecls")
+    for extra in (["--probe_solver", "trainer"], ["--finetune_strategy", "full"]):
+        with pytest.raises(UserError, match=r"--probe_selection cross_validation chooses the L2 strength.*drop"):
+            recipe.main([
+                "--model_name_or_path", tiny_vtde, "--train_dir", str(colours_dir / "train"), "--output_dir",
+                str(tmp_path / "out"), "--do_train", "--probe_selection", "cross_validation", *extra,
+            ])  # fmt: skip

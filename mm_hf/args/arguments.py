@@ -8,6 +8,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from ..errors import UserError
+from ..probe import PROBE_SELECTIONS
 from ..training import ALL_STRATEGIES, CLASSIFIER_STRATEGIES, CONTRASTIVE_STRATEGIES, LP_FT_SECOND_STAGES
 
 
@@ -185,9 +186,19 @@ class FinetuneArguments:
         default="lbfgs",
         metadata={
             "help": "With linear_probe on cached features (clip_imagecls, audio_cls): lbfgs fits the head to "
-            "convergence (logistic regression, L2 strength chosen on validation, else by 5-fold cross-validation "
-            "on train; ignores the learning rate, epochs and steps); trainer trains it by Trainer epochs instead.",
+            "convergence (logistic regression, L2 strength chosen on held-out data, see --probe_selection; ignores "
+            "the learning rate, epochs and steps); trainer trains it by Trainer epochs instead.",
             "choices": ["lbfgs", "trainer"],
+        },
+    )
+    probe_selection: str = field(
+        default="auto",
+        metadata={
+            "help": "How --probe_solver lbfgs chooses its L2 strength: validation scores each value on the "
+            "validation split; cross_validation by 5-fold cross-validation on train + validation pooled (the head "
+            "still trains on train only); auto cross-validates when the validation split has under 1000 rows "
+            "(small validation sets tie over wide ranges of C). Without a validation split: cross-validation on train.",
+            "choices": list(PROBE_SELECTIONS),
         },
     )
     lp_ft_second_stage: str = field(
@@ -281,6 +292,17 @@ class FinetuneArguments:
             )
         if self.probe_solver not in ("lbfgs", "trainer"):
             raise UserError(f"--probe_solver must be lbfgs or trainer; got {self.probe_solver!r}")
+        if self.probe_selection not in PROBE_SELECTIONS:
+            raise UserError(
+                f"--probe_selection must be one of {', '.join(PROBE_SELECTIONS)}; got {self.probe_selection!r}"
+            )
+        if self.probe_selection != "auto" and (
+            self.probe_solver != "lbfgs" or self.finetune_strategy not in ("linear_probe", "lp_ft")
+        ):
+            raise UserError(
+                f"--probe_selection {self.probe_selection} chooses the L2 strength of the L-BFGS probe, which only "
+                "--finetune_strategy linear_probe or lp_ft with --probe_solver lbfgs fits: drop --probe_selection."
+            )
         if self.lp_ft_second_stage not in LP_FT_SECOND_STAGES:
             raise UserError(
                 f"--lp_ft_second_stage must be one of {', '.join(LP_FT_SECOND_STAGES)}; got {self.lp_ft_second_stage!r}"
