@@ -96,6 +96,10 @@ def test_plain_loop_learns_and_checks_read_the_rows():
     assert checks["lora >= linear_probe (where frozen < 0.98)"] is False
     assert checks["linear_probe within 0.5 pt of sklearn"] is False  # 80.0 vs 81.0
     assert checks["lora > zero-shot (before)"] is True
+    # Exactly 0.5 points below passes (one image in 200), despite 0.820 - 0.825 < -0.005 in floats.
+    edge = [bench_report.row("clip_imagecls", "linear_probe", "d", 0.82)]
+    bench_report.attach(edge, {"sklearn_logreg": 0.825}, {}, {})
+    assert [c["pass"] for c in bench_report.target_checks(edge)] == [True]
     table = bench_report.format_table(rows)
     assert "| clip_imagecls | full | d | 0.900 | 0.810 | 0.950 |" in table
 
