@@ -99,3 +99,20 @@ def test_rows_ratios_targets_table_and_json(summaries, tmp_path):
     write_json(str(tmp_path / "bench.json"), {"date": "today"}, {"rounds": 1}, rows, checks)
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["targets"] == checks and [r["row"] for r in saved["rows"]] == [r["row"] for r in rows]
+
+
+def test_pipeline_bench_times_every_path_in_batches(capsys):
+    from mm_hf.bench import pipeline
+
+    rows = pipeline.main(["--rounds", "1", "--images", "2", "--batch_size", "2"])
+    timed = [r for r in rows if "mode" in r]
+    assert [(r["image"], r["mode"]) for r in timed] == [
+        (f"{w}x{h} JPEG", mode) for w, h in pipeline.SIZES for mode in ("train", "eval")
+    ]
+    for r in timed:
+        assert r["before_ratio"] == 1.0
+        assert all(r[f"{kind}_img_s"] > 0 and r[f"{kind}_ratio"] > 0 for kind in pipeline.KINDS)
+    # Large JPEGs are decoded at a reduced scale: even one round of two images is several times faster.
+    assert timed[0]["uint8_ratio"] > 2.0, timed[0]
+    out = capsys.readouterr().out
+    assert "| 500x375 JPEG | train |" in out and "train crops, same seed, 500x375: mean |after - before| = 0.00" in out

@@ -1,7 +1,7 @@
 """Input pipeline speed per core: images (`build_image_transform` against the full-decode pipeline it replaced),
 video (seeking against one decoding pass) and audio (decode + resample).
 
-    OMP_NUM_THREADS=1 python -m mm_hf.bench.pipeline [--rounds 5] [--images 12]
+    OMP_NUM_THREADS=1 python -m mm_hf.bench.pipeline [--rounds 5] [--images 12] [--batch_size 8]
     OMP_NUM_THREADS=1 python -m mm_hf.bench.pipeline --video [--rounds 3]
     OMP_NUM_THREADS=1 python -m mm_hf.bench.pipeline --audio [--rounds 5]
 
@@ -123,7 +123,7 @@ class Uint8Batches:
         return {"pixel_values": self.normalise(torch.stack(self.transform(batch)["pixel_values"]))}
 
 
-def images_per_second(transform, paths: list[str], batch_size: int = 4) -> float:
+def images_per_second(transform, paths: list[str], batch_size: int = 8) -> float:
     start = time.perf_counter()
     for offset in range(0, len(paths), batch_size):
         transform({"image": paths[offset : offset + batch_size]})
@@ -162,6 +162,13 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="Interleaved timing rounds (medians reported).")
     parser.add_argument("--images", type=int, default=12, help="JPEGs per size, each decoded once per round.")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=8,
+        help="Images per batch (the stack and the normalisation run per batch): default 8, TrainingArguments' "
+        "per_device_train_batch_size, which the recipes keep.",
+    )
     parser.add_argument("--video", action="store_true", help="Time video frame sampling instead of images.")
     parser.add_argument("--audio", action="store_true", help="Time audio decode + resample instead of images.")
     args = parser.parse_args(argv)
@@ -188,7 +195,7 @@ def main(argv=None) -> list[dict]:
                 for mode in ("train", "eval"):
                     # Each kind takes every place in the order in turn: none always runs first or last.
                     for kind in KINDS[round_ % len(KINDS) :] + KINDS[: round_ % len(KINDS)]:
-                        speed = images_per_second(pipelines[(mode, kind)], files[size])
+                        speed = images_per_second(pipelines[(mode, kind)], files[size], args.batch_size)
                         speeds.setdefault((size, mode, kind), []).append(speed)
         rows = []
         for size in SIZES:
