@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import UserError
+
 logger = logging.getLogger(__name__)
 
 # C for features scaled to unit variance (see select_and_fit): 1e-4 ... 1e4, 4 values per decade; the ends are
@@ -180,7 +182,7 @@ class ProbeResult:
 
     fit: LinearFit
     C: float
-    selection: str  # "validation" or "<k>-fold cross-validation on train"
+    selection: str  # "validation", or "<k>-fold cross-validation on train" (or "on train + validation")
     grid: tuple
     held_out_accuracy: list  # per grid value: validation accuracy, or mean cross-validation accuracy
     held_out_log_loss: list  # per grid value, likewise
@@ -223,8 +225,9 @@ def select_and_fit(
     cross-validation on train. On validation the best accuracy wins (ties to the lower log-loss), as the CLIP
     paper's probes; by cross-validation the lowest log-loss (CV_CRITERION).
     The head is the training-split fit at the chosen C: validation only helps choose C, so the validation metrics
-    reported after training come from data the head never trained on. With `standardize` (default) the problem is scikit-learn's
-    StandardScaler + LogisticRegression: each feature is scaled to zero mean and unit variance on the training
+    reported after training come from data the head never trained on.
+
+    With `standardize` (default) the problem is scikit-learn's StandardScaler + LogisticRegression: each feature is scaled to zero mean and unit variance on the training
     split, so the L2 penalty weighs every feature alike instead of favouring the high-variance ones, and the
     scaling is folded back into the returned weight and bias (an affine head absorbs it exactly). `C` and
     `grid` are then scikit-learn's C on standardised features. Without it, `grid` holds C for features of unit
@@ -235,6 +238,12 @@ def select_and_fit(
         raise ValueError(f"selection must be one of {PROBE_SELECTIONS}, got {selection!r}")
     if val_x is not None and not len(val_x):
         val_x = val_y = None
+    if val_x is None and selection == "validation":
+        raise UserError(
+            "--probe_selection validation scores each L2 strength on the validation split, and this run has none: "
+            "pass --validation_dir/--validation_file (or --train_val_split), or drop --probe_selection (C is then "
+            "chosen by cross-validation on train)."
+        )
     if val_x is not None and selection == "auto":
         selection = "cross_validation" if len(val_x) < AUTO_CV_BELOW_VALIDATION_ROWS else "validation"
     grid = tuple(sorted(grid))

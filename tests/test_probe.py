@@ -23,6 +23,7 @@ import mm_hf.models  # noqa: F401  (registers the Auto classes)
 from mm_hf.data.audio import AudioTransform
 from mm_hf.data.transforms import build_image_transform
 from mm_hf.demo import write_tones_audiofolder
+from mm_hf.errors import UserError
 from mm_hf.models.modeling_audio_classifier import AudioClassifierForAudioClassification
 from mm_hf.models.modeling_clip_classifier import CosineClassifierHead
 from mm_hf.probe import (
@@ -135,6 +136,8 @@ def test_a_small_validation_split_is_pooled_with_train_to_choose_c_and_the_head_
     )
     with pytest.raises(ValueError, match="selection must be one of"):
         select_and_fit(*tensors(x_train, y_train, x_val, y_val), grid=grid, selection="holdout")
+    with pytest.raises(UserError, match=r"--probe_selection validation .* this run has none"):
+        select_and_fit(*tensors(x_train, y_train), grid=grid, selection="validation")
 
 
 def test_auto_selection_scores_c_on_a_large_validation_split():

@@ -196,8 +196,9 @@ class FinetuneArguments:
         metadata={
             "help": "How --probe_solver lbfgs chooses its L2 strength: validation scores each value on the "
             "validation split (best accuracy); cross_validation by 5-fold cross-validation on train + validation "
-            "pooled (lowest log-loss; the head still trains on train only); auto cross-validates when the validation split has under 1000 rows "
-            "(small validation sets tie over wide ranges of C). Without a validation split: cross-validation on train.",
+            "pooled (lowest log-loss; the head still trains on train only); auto cross-validates when the "
+            "validation split has under 1000 rows (small validation sets tie over wide ranges of C). Without a "
+            "validation split: cross-validation on train (validation is then refused).",
             "choices": list(PROBE_SELECTIONS),
         },
     )
