@@ -86,7 +86,7 @@ test: setup
 test-all: setup
 	$(BIN)/python -m pytest -q -ra -m ""
 
-# Opt-in quality benchmark on real weights (minutes on 2 CPU cores; not part of `make test`): every classification
+# Opt-in quality benchmark on real weights (about 2 hours on 2 CPU cores, BENCH_ARGS=--quick for a smoke run; not part of `make test`): every classification
 # recipe and strategy against scikit-learn's probe, the plain PyTorch loop and the example scripts' defaults.
 REALMODELS ?= $(HOME)/.cache/mm-hf-dev/realmodels
 BENCH_DIR ?= bench_out
@@ -102,7 +102,7 @@ bench-quality: $(BENCH_STAMP)
 		{ echo "espeak-ng is missing (the speech datasets need it): sudo apt-get install espeak-ng"; exit 1; }
 	@for m in dinov2-small whisper-base all-minilm-l6-v2; do test -f $(REALMODELS)/$$m/config.json || { \
 		echo "real model $(REALMODELS)/$$m is missing: build them offline with" \
-		"PYTHON=$(BIN)/python ../shared/realmodels/build.sh $(REALMODELS)"; exit 1; }; done
+		"PYTHON=$(abspath $(BIN))/python ../shared/realmodels/build.sh $(REALMODELS)"; exit 1; }; done
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m mm_hf.bench.quality --realmodels $(REALMODELS) \
 		--out $(BENCH_DIR) $(BENCH_ARGS)
 
