@@ -122,7 +122,9 @@ def test_save_and_auto_reload_give_identical_logits(saved, name):
     assert isinstance(reloaded, AudioClassifierForAudioClassification)
     assert reloaded.config.id2label == ID2LABEL and reloaded.config.pooling == "attention"
     with torch.no_grad():
-        assert torch.equal(reloaded(**torch.load(folder / "inputs.pt")).logits, logits)
+        # Same weights, same inputs; a second model instance may get other CPU kernels (last-bit differences seen on
+        # AMD EPYC for AST), so equal up to float rounding: a wrong or missing weight moves logits by far more.
+        torch.testing.assert_close(reloaded(**torch.load(folder / "inputs.pt")).logits, logits, rtol=1e-5, atol=1e-6)
     # Loss is a per-batch cross-entropy mean.
     out = reloaded(**torch.load(folder / "inputs.pt"), labels=torch.tensor([1]))
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
@@ -154,7 +156,7 @@ def test_trust_remote_code_and_pipeline_without_mm_hf(saved):
     for folder, logits in saved.values():
         result = results[str(folder)]
         assert "mm_hf" not in result["module"] and result["module"].startswith("transformers_modules")
-        assert torch.equal(torch.tensor(result["logits"]), logits)
+        torch.testing.assert_close(torch.tensor(result["logits"]), logits, rtol=1e-5, atol=1e-6)  # float rounding
         # waveform() is what the pipeline received (same seed and length): its top label is the in-process argmax.
         assert result["top"] == ID2LABEL[int(logits.argmax())]
 

@@ -91,15 +91,15 @@ def test_round_trip_auto_class_and_remote_code_without_mm_hf(tiny_clap, tmp_path
         logits = model(**inputs).logits
     reloaded = AutoModelForAudioClassification.from_pretrained(folder).eval()
     assert isinstance(reloaded, ClapClassifierForAudioClassification)
-    with torch.no_grad():
-        assert torch.equal(reloaded(**inputs).logits, logits)
+    with torch.no_grad():  # equal up to float rounding: another instance may get other CPU kernels (AMD EPYC)
+        torch.testing.assert_close(reloaded(**inputs).logits, logits, rtol=1e-5, atol=1e-6)
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     proc = subprocess.run([sys.executable, "-c", REMOTE, str(folder)], capture_output=True, text=True, env=env, cwd="/")
     assert proc.returncode == 0, proc.stderr[-3000:]
     remote = json.loads(proc.stdout.strip().splitlines()[-1])
     assert remote["module"].startswith("transformers_modules")
-    torch.testing.assert_close(torch.tensor(remote["logits"]), logits, rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(remote["logits"]), logits, rtol=1e-5, atol=1e-6)
     assert remote["top"] == ID2LABEL[int(logits.argmax())]  # the pipeline's clip is the one in inputs.pt
 
 
