@@ -86,8 +86,9 @@ test: setup
 test-all: setup
 	$(BIN)/python -m pytest -q -ra -m ""
 
-# Opt-in quality benchmark on real weights (about 2 hours on 2 CPU cores, BENCH_ARGS=--quick for a smoke run; not part of `make test`): every classification
-# recipe and strategy against scikit-learn's probe, the plain PyTorch loop and the example scripts' defaults.
+# Opt-in quality benchmark on real weights (about 2 hours on 2 CPU cores, BENCH_ARGS=--quick for a smoke run; not
+# part of `make test`): every classification recipe and strategy against scikit-learn's probe, the plain PyTorch loop
+# and the example scripts' defaults.
 REALMODELS ?= $(HOME)/.cache/mm-hf-dev/realmodels
 BENCH_DIR ?= bench_out
 BENCH_ARGS ?=
